@@ -1,0 +1,16 @@
+"""Adapter modules: one kind per file.
+
+* :mod:`elp.adapters.encoder`: E-adapters (bottleneck inside a transformer layer).
+* :mod:`elp.adapters.layer`: L-adapters (a path from every layer to the head) and the
+  weighted layer sum.
+* :mod:`elp.adapters.prompt`: the P-adapter (pseudo CNN frames) and deep prefixes.
+* :mod:`elp.adapters.lora`: LoRA as a weight reparametrisation.
+"""
+
+from elp.adapters.encoder import EncoderAdapter
+from elp.adapters.layer import LayerAdapters, WeightedLayerSum
+from elp.adapters.lora import LoRAParametrization, add_lora
+from elp.adapters.prompt import LayerPrefixes, PromptAdapter
+
+__all__ = ["EncoderAdapter", "LayerAdapters", "WeightedLayerSum", "LoRAParametrization",
+           "add_lora", "LayerPrefixes", "PromptAdapter"]

@@ -1,0 +1,51 @@
+"""LoRA as a weight reparametrisation (``torch.nn.utils.parametrize``).
+
+HF WavLM reads ``q_proj.weight`` directly inside ``F.multi_head_attention_forward``, so a
+LoRA wrapper around the Linear's forward is never called and its parameters get no gradient
+(transformers PR 48773, ESPnet issue 5721). A parametrization changes what ``.weight``
+returns, so every code path that reads the weight sees ``W + (alpha / r) B A``.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class LoRAParametrization(nn.Module):
+    """``W -> W + scale * B @ A`` with A [r, in] (Kaiming-uniform) and B [out, r] (zeros).
+
+    Arguments
+    ---------
+    in_features, out_features: the Linear's shape.
+    rank: r.
+    alpha: scale = alpha / r.
+
+    Example
+    -------
+    >>> linear = nn.Linear(8, 8)
+    >>> add_lora(linear, rank=2).lora_a.shape
+    torch.Size([2, 8])
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 8, alpha: float = 16.0):
+        super().__init__()
+        if rank < 1:
+            raise ValueError("LoRA rank must be >= 1")
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scale * (self.lora_b @ self.lora_a).to(weight.dtype)
+
+
+def add_lora(linear: nn.Linear, rank: int = 8, alpha: float = 16.0) -> LoRAParametrization:
+    """Register LoRA on ``linear.weight`` in place (the original weight stays frozen)."""
+    lora = LoRAParametrization(linear.in_features, linear.out_features, rank, alpha)
+    lora.to(device=linear.weight.device)
+    parametrize.register_parametrization(linear, "weight", lora)
+    linear.parametrizations.weight.original.requires_grad_(False)
+    return lora

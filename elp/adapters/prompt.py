@@ -1,0 +1,57 @@
+"""Learnable pseudo frames: the P-adapter (before the transformer) and deep prefixes (every layer)."""
+
+import torch
+from torch import nn
+
+from elp.adapters.init import ADAPTER_INIT_STD
+
+
+class PromptAdapter(nn.Module):
+    """K learnable pseudo CNN frames, concatenated along time to the CNN output.
+
+    Our choice where the paper says only "appends pseudo features to CNN features": the K
+    frames go *before* each utterance's frames (same position for every utterance, so
+    batching with padding cannot move them), the attention mask counts them as valid, and
+    the backbone removes them from every hidden state before a head or L-adapter reads it.
+
+    Arguments
+    ---------
+    num_frames: K (default 10).
+    channels: C, the CNN's output channels (512 for Base and Large models).
+
+    Example
+    -------
+    >>> PromptAdapter(10, 512).frames.shape
+    torch.Size([10, 512])
+    """
+
+    def __init__(self, num_frames: int = 10, channels: int = 512, init_std: float = ADAPTER_INIT_STD):
+        super().__init__()
+        if num_frames < 1:
+            raise ValueError("a prompt needs at least one frame")
+        self.frames = nn.Parameter(torch.randn(num_frames, channels) * init_std)
+
+
+class LayerPrefixes(nn.Module):
+    """Deep prompt tuning: K learnable vectors prepended to the input of every layer.
+
+    They are dropped at each layer's output, so the next layer gets fresh ones and the hidden
+    states keep the input's length.
+
+    Arguments
+    ---------
+    num_layers: L.
+    num_frames: K (default 10).
+    dim: model width d.
+
+    Example
+    -------
+    >>> LayerPrefixes(12, 10, 768).frames.shape
+    torch.Size([12, 10, 768])
+    """
+
+    def __init__(self, num_layers: int, num_frames: int = 10, dim: int = 768, init_std: float = 0.02):
+        super().__init__()
+        if num_frames < 1:
+            raise ValueError("a prefix needs at least one frame")
+        self.frames = nn.Parameter(torch.randn(num_layers, num_frames, dim) * init_std)

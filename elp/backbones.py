@@ -1,0 +1,452 @@
+"""Self-supervised speech backbones: short names, configs, loading and a padding-safe wrapper.
+
+A backbone is a Hugging Face transformers model of the wav2vec 2.0 family (wav2vec2, HuBERT,
+ContentVec, WavLM). :class:`SSLBackbone` runs its pieces itself (CNN feature encoder, feature
+projection, positional convolution, transformer layers) so that adapters can be attached at
+the places the ELP specification names, without forking the HF code:
+
+* the CNN never receives gradients and runs without autograd;
+* the first CNN layer's GroupNorm (Base models) is computed over each utterance's valid
+  samples only, so zero-padding in a batch does not change an utterance's output;
+* optional pseudo frames (the P-adapter) are inserted before the feature projection and
+  optional per-layer prefixes (deep prompt tuning) around every transformer layer; both are
+  stripped again, so every returned hidden state has exactly the input's frame count.
+
+Example
+-------
+>>> from elp.backbones import backbone_config, SSLBackbone
+>>> cfg = backbone_config("wavlm", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+...                       intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8),
+...                       conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
+...                       num_conv_pos_embedding_groups=2)
+>>> backbone = SSLBackbone.from_config("wavlm", cfg)
+>>> out = backbone(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+>>> len(out.hidden_states), tuple(out.hidden_states[-1].shape), out.frame_mask.sum(1).tolist()
+(3, (2, 49, 32), [49, 24])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a short backbone name stands for.
+
+    Arguments
+    ---------
+    family: HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
+    hub_id: default Hugging Face hub id of the pretrained checkpoint.
+    size: ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
+    """
+
+    family: str
+    hub_id: str
+    size: str
+
+
+#: Short names accepted everywhere a backbone is named (hparams, CLI, adapter exports).
+#: ContentVec uses the HuBERT architecture; its hub id is a HF-format conversion
+#: (any local directory holding such a checkpoint works the same way).
+BACKBONES: dict[str, BackboneSpec] = {
+    "wav2vec2": BackboneSpec("wav2vec2", "facebook/wav2vec2-base", "base"),
+    "wav2vec2_large": BackboneSpec("wav2vec2", "facebook/wav2vec2-large-lv60", "large"),
+    "hubert": BackboneSpec("hubert", "facebook/hubert-base-ls960", "base"),
+    "hubert_large": BackboneSpec("hubert", "facebook/hubert-large-ll60k", "large"),
+    "contentvec": BackboneSpec("hubert", "lengyue233/content-vec-best", "base"),
+    "wavlm": BackboneSpec("wavlm", "microsoft/wavlm-base", "base"),
+    "wavlm_plus": BackboneSpec("wavlm", "microsoft/wavlm-base-plus", "base"),
+    "wavlm_large": BackboneSpec("wavlm", "microsoft/wavlm-large", "large"),
+}
+
+# Architecture of the published checkpoints (their config.json files), so that parameter
+# counts need no download. Base: 12 post-LN layers of 768; Large: 24 pre-LN layers of 1024.
+_SIZE_PRESETS = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, feat_extract_norm="group", do_stable_layer_norm=False,
+                 conv_bias=False),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
+                  conv_bias=True),
+}
+
+# Regularisers that must be off for ELP training: HF layerdrop skips layers (and so the
+# adapters inside them; under DDP it raises "Expected to have finished reduction"), and HF's
+# SpecAugment-style masking lives in HF's forward, which this wrapper does not call.
+_TRAINING_OVERRIDES = dict(layerdrop=0.0, mask_time_prob=0.0, mask_feature_prob=0.0)
+
+
+def _family_classes(family: str):
+    import transformers
+
+    classes = {
+        "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
+        "hubert": (transformers.HubertConfig, transformers.HubertModel),
+        "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+    }
+    if family not in classes:
+        raise ValueError(f"unknown backbone family {family!r}; expected one of {sorted(classes)}")
+    return classes[family]
+
+
+def resolve_backbone_name(name: str) -> BackboneSpec:
+    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def backbone_config(name: str, **overrides):
+    """The HF config of a backbone's architecture, built without downloading anything.
+
+    Arguments
+    ---------
+    name: a short name from :data:`BACKBONES`.
+    **overrides: config fields to change (e.g. a tiny test architecture).
+
+    Returns
+    -------
+    A ``transformers`` config object (``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``).
+
+    Example
+    -------
+    >>> backbone_config("wavlm_plus").hidden_size
+    768
+    """
+    spec = resolve_backbone_name(name)
+    config_cls, _ = _family_classes(spec.family)
+    fields = {**_SIZE_PRESETS[spec.size], **_TRAINING_OVERRIDES, **overrides}
+    return config_cls(**fields)
+
+
+def family_of_config(config) -> str:
+    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config."""
+    family = getattr(config, "model_type", None)
+    if family == "data2vec-audio" or family not in ("wav2vec2", "hubert", "wavlm"):
+        raise ValueError(f"unsupported model_type {family!r}: elp supports wav2vec2, hubert, wavlm")
+    return family
+
+
+@dataclass
+class BackboneOutput:
+    """Output of :class:`SSLBackbone`.
+
+    hidden_states: ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
+        transformer layer, entry i the output of layer i-1 (the HF convention).
+    last_hidden_state: [B, F, D], the last layer's output after the encoder's final LayerNorm
+        (equal to ``hidden_states[-1]`` for post-LN Base models).
+    frame_mask: [B, F] bool, True where a frame comes from real (unpadded) audio.
+    """
+
+    hidden_states: list[torch.Tensor]
+    last_hidden_state: torch.Tensor
+    frame_mask: torch.Tensor
+
+
+def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with one group per channel, statistics over valid frames only.
+
+    Arguments
+    ---------
+    x: [B, C, T] CNN activations.
+    mask: [B, T] bool, True for valid frames.
+    norm: the ``nn.GroupNorm`` whose eps and affine parameters are used
+        (``num_groups == num_channels``, as in wav2vec2/HuBERT/WavLM Base).
+
+    Returns
+    -------
+    [B, C, T]; padded frames are set to 0.
+    """
+    if norm.num_groups != norm.num_channels:
+        raise ValueError("masked_group_norm supports one group per channel only")
+    m = mask[:, None, :].to(x.dtype)
+    count = m.sum(-1, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(-1, keepdim=True) / count
+    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / count
+    y = (x - mean) / torch.sqrt(var + norm.eps)
+    if norm.affine:
+        y = y * norm.weight[None, :, None] + norm.bias[None, :, None]
+    return y * m
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[B] integer lengths -> [B, max_len] bool mask (True = valid)."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class SSLBackbone(nn.Module):
+    """A HF wav2vec2/HuBERT/WavLM model run piece by piece, padding-safe, adapter-ready.
+
+    Arguments
+    ---------
+    name: short name (:data:`BACKBONES`) or a free label for a local checkpoint.
+    model: the HF ``*Model`` (not ``*ForCTC``).
+    normalize_waveform: zero-mean/unit-variance per utterance over its valid samples (what the
+        Large checkpoints were pre-trained with; Base checkpoints were not: fairseq's
+        ``task.normalize``, also followed by s3prl).
+    """
+
+    def __init__(self, name: str, model: nn.Module, normalize_waveform: bool | None = None):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.family = family_of_config(model.config)
+        if normalize_waveform is None:
+            normalize_waveform = bool(model.config.do_stable_layer_norm)
+        self.normalize_waveform = normalize_waveform
+        model.feature_extractor.requires_grad_(False)
+        # Hooks that E-adapters and others may need: a callable run on the hidden states after
+        # each layer is not needed; adapters attach to HF submodules with forward hooks.
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_config(cls, name: str, config, **kwargs) -> "SSLBackbone":
+        """A randomly initialised backbone of the given architecture (tests, counting)."""
+        _, model_cls = _family_classes(family_of_config(config))
+        for key, value in _TRAINING_OVERRIDES.items():
+            setattr(config, key, value)
+        return cls(name, model_cls(config), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> "SSLBackbone":
+        """Load pretrained weights.
+
+        Arguments
+        ---------
+        name_or_path: a short name (:data:`BACKBONES`) or a local checkpoint directory.
+        source: where the weights are: a local directory or a hub id (default: the short
+            name's hub id). Offline machines pass a directory.
+        """
+        if name_or_path in BACKBONES:
+            name, source = name_or_path, source or BACKBONES[name_or_path].hub_id
+        else:
+            name, source = Path(name_or_path).name, source or name_or_path
+        config_file = Path(source) / "config.json"
+        if config_file.exists():
+            family = family_of_config(_ConfigStub(json.loads(config_file.read_text())))
+        elif name in BACKBONES:
+            family = BACKBONES[name].family
+        else:
+            raise FileNotFoundError(
+                f"{source!r} is neither a known backbone name ({', '.join(BACKBONES)}) nor a "
+                "directory with a config.json")
+        _, model_cls = _family_classes(family)
+        try:
+            model = model_cls.from_pretrained(source, **_TRAINING_OVERRIDES)
+        except OSError as err:
+            raise OSError(
+                f"could not load backbone weights from {source!r}: {err}\n"
+                "Without internet access, download the checkpoint elsewhere and pass its local "
+                "directory (backbone_source: /path/to/dir in the hparams).") from err
+        return cls(name, model, **kwargs)
+
+    # ---------------------------------------------------------------------------- geometry
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer layers (``model.encoder.layers``)."""
+        return self.model.encoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def cnn_channels(self) -> int:
+        return self.config.conv_dim[-1]
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape)."""
+        return self.model._get_feat_extract_output_lengths(num_samples)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples needed for one output frame (400 = 25 ms at 16 kHz for the standard CNN)."""
+        field = 1
+        for kernel, stride in reversed(list(zip(self.config.conv_kernel, self.config.conv_stride))):
+            field = (field - 1) * stride + kernel
+        return field
+
+    # ----------------------------------------------------------------------------- forward
+    def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> torch.Tensor:
+        """Relative lengths (SpeechBrain convention) -> integer sample counts [B]."""
+        total = wavs.shape[1]
+        if wav_lens is None:
+            return torch.full((wavs.shape[0],), total, dtype=torch.long, device=wavs.device)
+        lengths = torch.round(wav_lens.to(wavs.device).float() * total).long().clamp(max=total)
+        too_short = lengths < self.receptive_field
+        if too_short.any():
+            bad = too_short.nonzero().flatten().tolist()
+            raise ValueError(
+                f"utterance(s) at batch positions {bad} have {lengths[too_short].tolist()} samples, "
+                f"fewer than the CNN's receptive field ({self.receptive_field} samples); remove "
+                "them from the data dir (stage 1 validation rejects them)")
+        return lengths
+
+    @torch.no_grad()
+    def extract_cnn_features(self, wavs: torch.Tensor, lengths: torch.Tensor):
+        """Run the frozen CNN feature encoder.
+
+        Arguments
+        ---------
+        wavs: [B, T] waveforms at 16 kHz.
+        lengths: [B] valid samples per utterance.
+
+        Returns
+        -------
+        features [B, F, C] and frame_mask [B, F].
+        """
+        sample_mask = lengths_to_mask(lengths, wavs.shape[1])
+        x = wavs * sample_mask
+        if self.normalize_waveform:
+            count = lengths[:, None].to(x.dtype)
+            mean = x.sum(1, keepdim=True) / count
+            var = (((x - mean) * sample_mask) ** 2).sum(1, keepdim=True) / count
+            x = (x - mean) / torch.sqrt(var + 1e-7) * sample_mask
+        x = x[:, None, :]
+        conv_layers = self.model.feature_extractor.conv_layers
+        for index, conv_layer in enumerate(conv_layers):
+            if index == 0 and isinstance(getattr(conv_layer, "layer_norm", None), nn.GroupNorm):
+                x = conv_layer.conv(x)
+                valid = self.num_frames_after(lengths, 1)
+                x = masked_group_norm(x, lengths_to_mask(valid, x.shape[-1]), conv_layer.layer_norm)
+                x = conv_layer.activation(x)
+            else:
+                x = conv_layer(x)
+        frames = self.num_frames(lengths)
+        return x.transpose(1, 2), lengths_to_mask(frames, x.shape[-1])
+
+    def num_frames_after(self, lengths: torch.Tensor, num_conv_layers: int) -> torch.Tensor:
+        """Valid frames after the first ``num_conv_layers`` CNN layers."""
+        for kernel, stride in list(zip(self.config.conv_kernel, self.config.conv_stride))[:num_conv_layers]:
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(
+        self,
+        wavs: torch.Tensor,
+        wav_lens: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+        layer_prefixes: torch.Tensor | None = None,
+    ) -> BackboneOutput:
+        """Hidden states of every layer.
+
+        Arguments
+        ---------
+        wavs: [B, T] float waveforms at 16 kHz.
+        wav_lens: [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
+        prompt: optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
+        layer_prefixes: optional [L, K', D] vectors prepended to the input of every layer and
+            dropped from its output (deep prompt tuning).
+
+        Returns
+        -------
+        :class:`BackboneOutput` (prompt and prefix frames removed).
+        """
+        lengths = self.sample_lengths(wavs, wav_lens)
+        features, frame_mask = self.extract_cnn_features(wavs, lengths)
+        num_prompt = 0
+        mask = frame_mask
+        if prompt is not None:
+            num_prompt = prompt.shape[0]
+            batch = features.shape[0]
+            features = torch.cat([prompt.to(features.dtype).expand(batch, -1, -1), features], dim=1)
+            mask = torch.cat([frame_mask.new_ones(batch, num_prompt), frame_mask], dim=1)
+        hidden = self.model.feature_projection(features)
+        if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normalised CNN features
+            hidden = hidden[0]
+        hidden_states, last = self._run_encoder(hidden, mask, layer_prefixes)
+        if num_prompt:
+            hidden_states = [h[:, num_prompt:] for h in hidden_states]
+            last = last[:, num_prompt:]
+        return BackboneOutput(hidden_states, last, frame_mask)
+
+    def _attention_mask(self, hidden: torch.Tensor, mask: torch.Tensor):
+        """The attention mask in the form the family's layers expect."""
+        if self.family == "wavlm":
+            return mask.long()
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask)
+
+    def _run_layer(self, layer: nn.Module, hidden, attention_mask, position_bias, index: int):
+        if self.family == "wavlm":
+            if self.config.do_stable_layer_norm:
+                return layer(hidden, attention_mask=attention_mask, position_bias=position_bias)
+            return layer(hidden, attention_mask=attention_mask, position_bias=position_bias, index=index)
+        return layer(hidden, attention_mask=attention_mask), None
+
+    def _run_encoder(self, hidden: torch.Tensor, mask: torch.Tensor, layer_prefixes):
+        encoder = self.model.encoder
+        hidden = hidden * mask[..., None].to(hidden.dtype)  # padded frames are 0 before pos_conv
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        stable = self.config.do_stable_layer_norm
+        if not stable:
+            hidden = encoder.layer_norm(hidden)
+        hidden = encoder.dropout(hidden)
+
+        num_prefix = 0 if layer_prefixes is None else layer_prefixes.shape[1]
+        if num_prefix:
+            mask = torch.cat([mask.new_ones(mask.shape[0], num_prefix), mask], dim=1)
+            probe = torch.cat([layer_prefixes[0].expand(hidden.shape[0], -1, -1), hidden], dim=1)
+        else:
+            probe = hidden
+        attention_mask = self._attention_mask(probe, mask)
+
+        hidden_states = [hidden]
+        position_bias = None
+        for index, layer in enumerate(self.layers):
+            if num_prefix:
+                prefix = layer_prefixes[index].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
+                hidden = torch.cat([prefix, hidden], dim=1)
+            hidden, position_bias = self._run_layer(layer, hidden, attention_mask, position_bias, index)
+            if num_prefix:
+                hidden = hidden[:, num_prefix:]
+            hidden_states.append(hidden)
+        last = encoder.layer_norm(hidden) if stable else hidden
+        return hidden_states, last
+
+
+class _ConfigStub:
+    """Just enough of a config to read ``model_type`` from a config.json dict."""
+
+    def __init__(self, fields: dict):
+        self.model_type = fields.get("model_type")
+
+
+def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
+                  config_overrides: dict | None = None, **kwargs) -> SSLBackbone:
+    """Build a backbone from hparams.
+
+    Arguments
+    ---------
+    name: short name (:data:`BACKBONES`) or a local checkpoint directory.
+    source: local directory or hub id with the weights (default: the name's hub id).
+    pretrained: False builds random weights from the architecture config (no download).
+    config_overrides: config fields to change when ``pretrained`` is False.
+
+    Example
+    -------
+    >>> load_backbone("wav2vec2", pretrained=False, config_overrides=dict(num_hidden_layers=1)).num_layers
+    1
+    """
+    if pretrained:
+        return SSLBackbone.from_pretrained(name, source, **kwargs)
+    return SSLBackbone.from_config(name, backbone_config(name, **(config_overrides or {})), **kwargs)

@@ -1,0 +1,46 @@
+"""The ``elp`` command line: ``elp params``, ``elp bench``.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``;
+this file only dispatches.
+
+Usage::
+
+    elp params --backbone wavlm_plus
+    elp params --backbone wavlm_plus wav2vec2 hubert --methods el elp --prompt-frames 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> module implementing it
+COMMANDS = {
+    "params": "elp.commands.params",
+    "bench": "elp.commands.bench",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="elp", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        modules[name] = module
+        sub = subparsers.add_parser(name, help=module.__doc__.split("\n")[0],
+                                    description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    return modules[args.command].run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``elp`` command line (one module each)."""

@@ -1,0 +1,43 @@
+"""Learnable parameters per method for a backbone config (no weights needed).
+
+What each method counts is documented in :mod:`elp.methods`; ``full`` counts the transformer
+layers and the encoder LayerNorm (CNN, feature projection and positional conv stay frozen).
+The task head is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from elp.backbones import BACKBONES
+from elp.methods import METHODS, PARAMETER_GROUPS
+from elp.params import parameter_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", nargs="+", default=["wavlm_plus"], choices=list(BACKBONES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--prompt-frames", type=int, default=10, help="K of the P-adapter")
+    parser.add_argument("--prefix-frames", type=int, default=10, help="K of prefix tuning")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table: backbone, method, learnable total and per-group counts."""
+    groups = [g for g in PARAMETER_GROUPS if any(g in row["groups"] for row in rows)]
+    header = ["backbone", "method", "learnable", *groups]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["backbone"], row["method"], f"{row['total']:,}"]
+        cells += [f"{row['groups'][g]:,}" if g in row["groups"] else "" for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = parameter_table(args.backbone, args.methods, prompt_frames=args.prompt_frames,
+                           prefix_frames=args.prefix_frames, lora_rank=args.lora_rank)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0

@@ -1,0 +1,43 @@
+"""Learnable-parameter counts per method and backbone, computed from a config alone.
+
+The backbone is built on PyTorch's ``meta`` device: shapes without memory or weights, so
+counting WavLM Large takes well under a second and needs no download.
+
+Example
+-------
+>>> count_learnable("wavlm_plus", "el")["total"]
+9127436
+"""
+
+from __future__ import annotations
+
+import torch
+
+from elp.backbones import SSLBackbone, backbone_config
+from elp.methods import METHODS
+from elp.model import AdaptedSSL
+
+
+def count_learnable(backbone: str, method: str, config_overrides: dict | None = None, **options) -> dict:
+    """Learnable parameters of ``method`` on ``backbone`` (the task head excluded).
+
+    Returns
+    -------
+    dict with ``total`` and ``groups`` (group name -> count).
+    """
+    config = backbone_config(backbone, **(config_overrides or {}))
+    with torch.device("meta"):
+        model = AdaptedSSL(SSLBackbone.from_config(backbone, config), method, **options)
+    groups: dict[str, int] = {}
+    for group, params in model.parameter_groups().items():
+        groups[group] = sum(p.numel() for p in params)
+    return {"total": sum(groups.values()), "groups": groups}
+
+
+def parameter_table(backbones: list[str], methods: list[str] | None = None, **options) -> list[dict]:
+    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``."""
+    rows = []
+    for backbone in backbones:
+        for method in methods or list(METHODS):
+            rows.append({"backbone": backbone, "method": method, **count_learnable(backbone, method, **options)})
+    return rows

@@ -1,0 +1,36 @@
+"""Tiny backbone architectures for tests, examples and CPU smoke runs.
+
+They keep the real structure (CNN with the real first-layer kernel/stride, GroupNorm or
+LayerNorm CNN, post-LN or pre-LN transformer, WavLM's relative position bias) at ~50 frames
+per second, with widths small enough that a forward pass takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from elp.backbones import BACKBONES, SSLBackbone, backbone_config
+
+#: Config fields of the tiny architecture (the CNN keeps kernel 10 / stride 5 first, then two
+#: stride-8 layers: 320 samples per frame like the real 7-layer CNN).
+TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8),
+                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+def tiny_config(name: str, **overrides):
+    """The tiny config of backbone ``name`` (a short name from :data:`elp.backbones.BACKBONES`)."""
+    return backbone_config(name, **{**TINY_CONFIG, **overrides})
+
+
+def save_tiny_checkpoint(name: str, directory: str | Path, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised tiny ``name`` backbone as a HF checkpoint directory."""
+    import torch
+
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}")
+    torch.manual_seed(seed)
+    backbone = SSLBackbone.from_config(name, tiny_config(name, **overrides))
+    directory = Path(directory)
+    backbone.model.save_pretrained(directory)
+    return directory

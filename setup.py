@@ -1,0 +1,24 @@
+"""elp: ELP-adapter tuning of frozen self-supervised speech backbones."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [
+    line.strip()
+    for line in (Path(__file__).parent / "tools" / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="elp",
+    version="0.1.0",
+    description="ELP-adapter tuning (encoder, layer and prompt adapters) for speech SSL backbones",
+    long_description=(Path(__file__).parent / "README.md").read_text()
+    if (Path(__file__).parent / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["elp", "elp.*"]),
+    install_requires=requirements,
+    entry_points={"console_scripts": ["elp = elp.cli:main"]},
+)

@@ -1,0 +1,152 @@
+"""Every backbone x method: shapes, exact trainable sets, gradients, padding invariance."""
+
+import pytest
+import torch
+
+from elp.backbones import BACKBONES, load_backbone
+from elp.methods import METHODS
+from elp.model import AdaptedSSL, parameter_group
+
+L_DIM, E_DIM, K = 24, 8, 4
+OPTIONS = dict(l_dim=L_DIM, e_dim=E_DIM, prompt_frames=K, prefix_frames=K, lora_rank=2)
+LAYER = "backbone.model.encoder.layers.{}"
+
+
+def build(checkpoints, name, method, **extra):
+    torch.manual_seed(1)
+    backbone = load_backbone(name, source=str(checkpoints[name]))
+    return AdaptedSSL(backbone, method, **{**OPTIONS, **extra})
+
+
+def expected_trainable(method: str, num_layers: int, full_encoder_names: set[str]) -> set[str]:
+    """The spec's trainable set, written out independently of elp.methods."""
+    def e_adapters(site, layers):
+        return {f"encoder_adapters.{site}.{i}.{m}.{p}" for i in layers
+                for m in ("down", "up", "norm") for p in ("weight", "bias")}
+
+    layer_norms = {f"{LAYER.format(i)}.{ln}.{p}" for i in range(num_layers)
+                   for ln in ("layer_norm", "final_layer_norm") for p in ("weight", "bias")}
+    l_adapters = {f"layer_adapters.adapters.{i}.{m}.{p}" for i in range(num_layers)
+                  for m in ("proj", "norm") for p in ("weight", "bias")} | {"layer_adapters.layer_weights"}
+    every = range(num_layers)
+    but_last = range(num_layers - 1)
+    return {
+        "full": full_encoder_names,
+        "weighted_sum": {"weighted_sum.layer_weights"},
+        "conventional": e_adapters("mhsa", every) | e_adapters("ffn", every) | layer_norms,
+        "lora": {f"{LAYER.format(i)}.attention.{t}.parametrizations.weight.0.lora_{ab}"
+                 for i in every for t in ("q_proj", "v_proj") for ab in "ab"},
+        "prefix": {"prefix.frames"},
+        "e_only": e_adapters("ffn", every) | layer_norms,
+        "l_only": l_adapters,
+        "p_only": {"prompt.frames"},
+        "el": e_adapters("ffn", but_last) | l_adapters | layer_norms,
+        "elp": e_adapters("ffn", but_last) | l_adapters | layer_norms | {"prompt.frames"},
+    }[method]
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    wavs = torch.randn(3, 8000, generator=g)
+    wav_lens = torch.tensor([1.0, 0.7, 0.45])
+    return wavs, wav_lens
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_shapes_trainable_set_and_gradients(tiny_checkpoints, name, method):
+    model = build(tiny_checkpoints, name, method)
+    num_layers = model.backbone.num_layers
+    full_names = {n for n, _ in model.named_parameters()
+                  if n.startswith("backbone.model.encoder.layers.") or n.startswith("backbone.model.encoder.layer_norm.")}
+    trainable = set(model.learnable_parameters())
+    assert trainable == expected_trainable(method, num_layers, full_names)
+    assert not any(p.requires_grad for p in model.backbone.model.feature_extractor.parameters())
+
+    wavs, wav_lens = batch()
+    model.train()
+    feats, frame_mask = model(wavs, wav_lens)
+    frames = model.backbone.num_frames(torch.round(wav_lens * wavs.shape[1]).long())
+    assert feats.shape == (3, 24, model.output_dim)
+    assert model.output_dim == (L_DIM if method in ("l_only", "el", "elp") else 32)
+    assert frame_mask.sum(1).tolist() == frames.tolist()
+
+    # two steps, so that LoRA's B (zero at init) is non-zero when A's gradient is checked
+    optimizer = torch.optim.SGD(model.learnable_parameters().values(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        feats, frame_mask = model(wavs, wav_lens)
+        loss = (feats * frame_mask[..., None]).pow(2).mean() + feats[:, 0].sum()
+        loss.backward()
+        optimizer.step()
+    for pname, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{pname} got no gradient"
+        else:
+            assert param.grad is None, f"frozen {pname} got a gradient"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", ["wav2vec2", "hubert", "wavlm_plus", "wavlm_large"])
+def test_padding_invariance(tiny_checkpoints, name, method):
+    model = build(tiny_checkpoints, name, method).eval()
+    wavs, _ = batch(1)
+    with torch.no_grad():
+        padded, mask = model(wavs, torch.tensor([1.0, 0.6, 0.3]))
+        for index, length in enumerate([8000, 4800, 2400]):
+            alone, alone_mask = model(wavs[index:index + 1, :length])
+            frames = int(alone_mask.sum())
+            assert int(mask[index].sum()) == frames
+            diff = (padded[index, :frames] - alone[0]).abs().max().item()
+            assert diff <= 1e-4, f"{name}/{method}: utterance {index} changes by {diff} when padded"
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_wrapper_matches_hf_hidden_states(tiny_checkpoints, name):
+    backbone = load_backbone(name, source=str(tiny_checkpoints[name]), normalize_waveform=False).eval()
+    wavs = torch.randn(2, 6000)
+    with torch.no_grad():
+        ours = backbone(wavs)
+        reference = backbone.model(wavs, output_hidden_states=True)
+    assert len(ours.hidden_states) == len(reference.hidden_states) == backbone.num_layers + 1
+    for mine, theirs in zip(ours.hidden_states, reference.hidden_states):
+        assert (mine - theirs).abs().max().item() <= 1e-5
+    assert (ours.last_hidden_state - reference.last_hidden_state).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["p_only", "prefix", "elp"])
+def test_pseudo_frames_never_reach_the_head(tiny_checkpoints, method):
+    model = build(tiny_checkpoints, "wavlm_plus", method).eval()
+    captured = {}
+    model.backbone.register_forward_hook(lambda m, i, out: captured.update(out=out))
+    wavs = torch.randn(2, 8000)
+    feats, frame_mask = model(wavs, torch.tensor([1.0, 0.5]))
+    frames = model.backbone.num_frames(torch.tensor(8000)).item()
+    assert feats.shape[1] == frame_mask.shape[1] == frames
+    assert all(h.shape[1] == frames for h in captured["out"].hidden_states)
+    # the pseudo frames do change the real frames' outputs (they are attended to) ...
+    plain = build(tiny_checkpoints, "wavlm_plus", "weighted_sum").eval()
+    with torch.no_grad():
+        assert (plain.backbone(wavs).last_hidden_state - captured["out"].last_hidden_state).abs().max() > 1e-6
+
+
+def test_parameter_groups_cover_learnables(tiny_checkpoints):
+    model = build(tiny_checkpoints, "wavlm", "elp")
+    groups = model.parameter_groups()
+    assert set(groups) == {"e", "l", "ln", "p"}
+    assert sum(len(v) for v in groups.values()) == len(model.learnable_parameters())
+    assert parameter_group("backbone.model.encoder.layers.0.attention.q_proj.parametrizations.weight.0.lora_a") == "lora"
+
+
+def test_unknown_method_and_backbone_errors(tiny_checkpoints):
+    backbone = load_backbone("wavlm", source=str(tiny_checkpoints["wavlm"]))
+    with pytest.raises(ValueError, match="unknown method 'elpp'.*elp"):
+        AdaptedSSL(backbone, "elpp")
+    with pytest.raises(ValueError, match="unknown backbone 'wavlm_base'"):
+        load_backbone("wavlm_base", pretrained=False)
+
+
+def test_too_short_audio_is_rejected(tiny_checkpoints):
+    model = build(tiny_checkpoints, "wavlm", "el")
+    with pytest.raises(ValueError, match="receptive field"):
+        model(torch.randn(2, 8000), torch.tensor([1.0, 0.02]))
