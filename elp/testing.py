@@ -34,3 +34,13 @@ def save_tiny_checkpoint(name: str, directory: str | Path, seed: int = 0, **over
     directory = Path(directory)
     backbone.model.save_pretrained(directory)
     return directory
+
+
+#: Named architectures for randomly initialised backbones (``backbone_arch`` in hparams):
+#: ``tiny`` for unit tests, ``small`` for the CPU end-to-end runs of ``run_all.sh``.
+ARCH_PRESETS = {
+    "tiny": TINY_CONFIG,
+    "small": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192,
+                  conv_dim=(96, 96, 96), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8),
+                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+}

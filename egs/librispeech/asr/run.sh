@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# LibriSpeech ASR with ELP adapters (CTC, greedy decoding, WER).
+#
+#   ./run.sh                                   # synthetic mini corpus, stages 0-5
+#   ./run.sh --data_root /corpora/... --backbone wavlm_plus --method elp
+#   ./run.sh --stage 3 --stop_stage 5 --method el -- --number_of_epochs 30
+#
+# Options: see ../../../recipes/run_task.sh (all of its flags work here).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+exec ../../../recipes/run_task.sh \
+    --task asr --task_name asr --corpus librispeech \
+    --mini_corpus tools/mini_corpus/librispeech.py --mini_corpus_subdir '' \
+    --train_set train_clean_100 --valid_set dev_clean --test_sets 'test_clean' \
+    "$@"

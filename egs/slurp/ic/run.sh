@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# SLURP intent classification with ELP adapters (accuracy).
+#
+#   ./run.sh                                   # synthetic mini corpus, stages 0-5
+#   ./run.sh --data_root /corpora/... --backbone wavlm_plus --method elp
+#   ./run.sh --stage 3 --stop_stage 5 --method el -- --number_of_epochs 30
+#
+# Options: see ../../../recipes/run_task.sh (all of its flags work here).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+exec ../../../recipes/run_task.sh \
+    --task classify --task_name ic --corpus slurp \
+    --mini_corpus tools/mini_corpus/slurp.py --mini_corpus_subdir slurp \
+    --train_set train --valid_set devel --test_sets test \
+    "$@"

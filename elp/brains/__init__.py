@@ -1,0 +1,16 @@
+"""SpeechBrain ``Brain`` classes, one per task family.
+
+* :class:`elp.brains.asr.ASRBrain`: CTC speech recognition.
+* :class:`elp.brains.sv.SpeakerBrain`: speaker embeddings trained with AAM-softmax.
+* :class:`elp.brains.classify.UtteranceClassifierBrain`: emotion and intent classification.
+"""
+
+from elp.brains.asr import ASRBrain
+from elp.brains.base import ELPBrain
+from elp.brains.classify import UtteranceClassifierBrain
+from elp.brains.sv import SpeakerBrain
+
+#: task name in hparams -> Brain class
+BRAINS = {"asr": ASRBrain, "sv": SpeakerBrain, "classify": UtteranceClassifierBrain}
+
+__all__ = ["ELPBrain", "ASRBrain", "SpeakerBrain", "UtteranceClassifierBrain", "BRAINS"]

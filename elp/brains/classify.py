@@ -1,0 +1,46 @@
+"""Utterance classification (emotion, intent) on ELP features."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from elp.brains.base import ELPBrain
+from elp.scoring import accuracy, unweighted_accuracy
+
+
+class UtteranceClassifierBrain(ELPBrain):
+    """Cross-entropy over ``hparams.label_map`` classes; validation reports accuracy and UA.
+
+    The batch carries ``sig`` and ``label_id``.
+    """
+
+    def compute_forward(self, batch, stage):
+        feats, frame_mask = self.features(batch, stage)
+        return self.modules.head(feats, frame_mask)
+
+    def compute_objectives(self, logits, batch, stage):
+        targets = self.class_targets(batch)
+        if stage.name != "TRAIN":
+            self.preds.append(logits.argmax(-1).cpu())
+            self.targets.append(targets.cpu())
+        return F.cross_entropy(logits, targets)
+
+    def reset_stats(self, stage):
+        self.preds, self.targets = [], []
+
+    def stage_stats(self, stage):
+        preds, targets = torch.cat(self.preds), torch.cat(self.targets)
+        num_classes = len(self.hparams.label_map)
+        return {"accuracy": accuracy(preds, targets),
+                "ua": unweighted_accuracy(preds, targets, num_classes),
+                "error": 100.0 - accuracy(preds, targets)}
+
+    def predict(self, dataset, loader_kwargs):
+        """utt id -> predicted label name."""
+        labels = self.hparams.label_map.labels
+        predictions = {}
+        for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
+            best = self.modules.head(feats, frame_mask).argmax(-1).tolist()
+            predictions.update({utt: labels[i] for utt, i in zip(batch.id, best)})
+        return predictions

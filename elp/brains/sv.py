@@ -1,0 +1,52 @@
+"""Speaker verification: embeddings trained as AAM-softmax speaker classification."""
+
+from __future__ import annotations
+
+import torch
+
+from elp.brains.base import ELPBrain
+from elp.scoring import accuracy
+
+
+class SpeakerBrain(ELPBrain):
+    """``modules.head`` maps features to embeddings; ``modules.classifier`` is the AAM layer.
+
+    Training reads ``label_id`` (the training speaker); validation reports speaker-ID
+    accuracy on held-out utterances of the training speakers. :meth:`predict` returns
+    embeddings; stage 4 scores the trial list with them.
+    """
+
+    def compute_forward(self, batch, stage):
+        feats, frame_mask = self.features(batch, stage)
+        return self.modules.head(feats, frame_mask)
+
+    def compute_objectives(self, embeddings, batch, stage):
+        targets = self.class_targets(batch)
+        if stage.name != "TRAIN":
+            self.preds.append(self.modules.classifier(embeddings).argmax(-1).cpu())
+            self.targets.append(targets.cpu())
+        return self.modules.classifier.loss(embeddings, targets)
+
+    def reset_stats(self, stage):
+        self.preds, self.targets = [], []
+
+    def stage_stats(self, stage):
+        acc = accuracy(torch.cat(self.preds), torch.cat(self.targets))
+        return {"accuracy": acc, "error": 100.0 - acc}
+
+    def init_optimizers(self):
+        super().init_optimizers()
+        # the AAM weights belong with the head
+        self.optimizer.param_groups[-1]["params"] += [p for p in self.modules.classifier.parameters()]
+        self.optimizer.state.clear()
+
+    def learnable_parameter_count(self) -> int:
+        return super().learnable_parameter_count() + sum(p.numel() for p in self.modules.classifier.parameters())
+
+    def predict(self, dataset, loader_kwargs):
+        """utt id -> embedding [embed_dim] (CPU tensor)."""
+        embeddings = {}
+        for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
+            emb = self.modules.head(feats, frame_mask).cpu()
+            embeddings.update({utt: e for utt, e in zip(batch.id, emb)})
+        return embeddings

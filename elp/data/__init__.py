@@ -1,0 +1,29 @@
+"""Data layer: Kaldi-style data directories and audio reading.
+
+- :mod:`elp.data.kaldi_dir`: read/write/validate data dirs, hand them to SpeechBrain.
+- :mod:`elp.data.audio`: read a ``wav.scp`` entry as a 16 kHz mono float32 waveform.
+- :mod:`elp.data.prep`: shared plumbing of the corpus data-preparation scripts
+  (``egs/<corpus>/<task>/local/data_prep.py``).
+"""
+from elp.data.audio import AudioInfo, audio_info, num_samples, read_audio
+from elp.data.kaldi_dir import (
+    DataDir,
+    DataDirError,
+    Segment,
+    Trial,
+    data_dir_to_dict,
+    read_data_dir,
+    read_mapping,
+    read_trials,
+    validate_data_dir,
+    write_data_dir,
+    write_mapping,
+    write_trials,
+)
+
+__all__ = [
+    "AudioInfo", "audio_info", "num_samples", "read_audio",
+    "DataDir", "DataDirError", "Segment", "Trial", "data_dir_to_dict", "read_data_dir",
+    "read_mapping", "read_trials", "validate_data_dir", "write_data_dir", "write_mapping",
+    "write_trials",
+]

@@ -1,0 +1,173 @@
+"""Plumbing shared by the corpus data-preparation scripts (``egs/*/*/local/data_prep.py``).
+
+A script holds only what is specific to its corpus (how to find and parse the files) and
+leaves the rest here: the command line (``--corpus-root``, ``--out``, ``--skip-validation``),
+logging, locating a corpus folder, writing + validating a data dir with a summary line, and
+logging what was dropped (the toolkit never drops anything silently).
+
+Example
+-------
+>>> parser = data_prep_parser("Prepare my corpus.")
+>>> args = parser.parse_args(["--corpus-root", "/corpora/mine"])
+>>> str(args.out), args.skip_validation
+('data', False)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, TypeVar
+
+from elp.data.kaldi_dir import DataDirError, validate_data_dir, write_data_dir
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+class CorpusLayoutError(ValueError):
+    """The corpus on disk does not have the expected layout (the message says what is missing)."""
+
+
+def data_prep_parser(description: str) -> argparse.ArgumentParser:
+    """Argument parser with the options every data-prep script shares.
+
+    Arguments
+    ---------
+    description : str
+        The script's docstring (shown by ``--help``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With ``--corpus-root`` (required), ``--out`` (default ``data``), ``--skip-validation``
+        and ``--log-level``; a script adds its own options.
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus-root", type=Path, required=True,
+                        help="folder holding the corpus as downloaded")
+    parser.add_argument("--out", type=Path, default=Path("data"),
+                        help="where the Kaldi data dirs are written (default: data)")
+    parser.add_argument("--skip-validation", action="store_true",
+                        help="do not open every audio file (no utt2num_samples is written)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.Namespace], object],
+                  argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, set up logging and run ``prepare(args)``; user errors exit with status 1.
+
+    Corpus-layout and data-dir errors print one clear message instead of a traceback.
+
+    Returns
+    -------
+    int
+        0 on success (raises SystemExit(1) on a reported error).
+    """
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    try:
+        prepare(args)
+    except (CorpusLayoutError, DataDirError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        raise SystemExit(1) from None
+    return 0
+
+
+def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
+    """The corpus folder ``name`` given its parent or itself (``--corpus-root`` may be either).
+
+    Example
+    -------
+    ``find_corpus_dir("/corpora", "LibriSpeech")`` and
+    ``find_corpus_dir("/corpora/LibriSpeech", "LibriSpeech")`` both give ``/corpora/LibriSpeech``.
+    """
+    root = Path(corpus_root)
+    if (root / name).is_dir():
+        return root / name
+    if root.name == name and root.is_dir():
+        return root
+    raise CorpusLayoutError(f"{name}/ not found in {root} (pass its parent folder as --corpus-root)")
+
+
+def audio_path(path: os.PathLike) -> str:
+    """Absolute path for ``wav.scp`` (symlinks kept as they are); no whitespace allowed."""
+    text = os.path.abspath(path)
+    if any(ch.isspace() for ch in text):
+        raise CorpusLayoutError(f"audio path contains whitespace, which wav.scp cannot hold: {text!r}")
+    return text
+
+
+def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WARNING) -> int:
+    """Log ``message`` with a total and a per-key breakdown; returns the total (0: nothing logged).
+
+    Example
+    -------
+    ``log_counts("IEMOCAP: dropped utterances of unused emotions", Counter(fru=2, xxx=1))``
+    logs ``IEMOCAP: dropped utterances of unused emotions: 3 (fru=2, xxx=1)``.
+    """
+    total = sum(counts.values())
+    if total:
+        breakdown = ", ".join(f"{key}={counts[key]}" for key in sorted(counts))
+        logger.log(level, "%s: %d (%s)", message, total, breakdown)
+    return total
+
+
+def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING, examples: int = 3) -> int:
+    """Log ``message`` with a count and the first few ``items``; returns the count."""
+    if items:
+        shown = ", ".join(str(item) for item in list(items)[:examples])
+        logger.log(level, "%s: %d (e.g. %s)", message, len(items), shown)
+    return len(items)
+
+
+def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) -> Path:
+    """Write a data dir (:func:`write_data_dir`), validate it, log a summary.
+
+    Arguments
+    ---------
+    out_dir : str or Path
+        The data dir to write.
+    validate : bool
+        Run :func:`validate_data_dir` (opens every audio file, writes ``utt2num_samples``).
+    **mappings
+        Keyword arguments of :func:`write_data_dir` (``wav_scp``, ``utt2spk``, ...).
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    out_dir = write_data_dir(out_dir, **mappings)
+    if validate:
+        validate_data_dir(out_dir)
+    speakers = len(set(mappings["utt2spk"].values())) if mappings.get("utt2spk") else len(mappings["wav_scp"])
+    extra = f", {len(mappings['trials'])} trials" if mappings.get("trials") is not None else ""
+    logger.info("wrote %s: %d utterances, %d speakers%s", out_dir, len(mappings["wav_scp"]), speakers, extra)
+    return out_dir
+
+
+def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> List[Item]:
+    """Deterministically pick ``floor(len * fraction)`` items spread evenly over ``sorted(items)``.
+
+    Item ``i`` (0-based, in sorted order) is picked when ``floor((i + 1) * fraction)`` exceeds
+    ``floor(i * fraction)``: with fraction 0.1 these are items 9, 19, 29, ...
+
+    Example
+    -------
+    >>> evenly_spaced_holdout(range(25), 0.1)
+    [9, 19]
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    ratio = Fraction(fraction).limit_denominator(10**6)  # exact arithmetic: 0.1 -> 1/10
+    ordered = sorted(items)
+    return [item for i, item in enumerate(ordered)
+            if (i + 1) * ratio.numerator // ratio.denominator > i * ratio.numerator // ratio.denominator]
+

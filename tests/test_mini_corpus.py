@@ -1,0 +1,368 @@
+"""Tests of the synthetic mini corpora (tools/mini_corpus): real layouts, determinism,
+idempotence, distinct voices and emotions that differ in measured prosody.
+
+Every corpus is built at ``--size tiny`` into pytest's tmp_path (a few seconds in all).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="espeak-ng not installed (sudo apt-get install espeak-ng)")
+
+from tools.mini_corpus import espeak, iemocap, librispeech, slurp, voxceleb  # noqa: E402
+from tools.mini_corpus.espeak import SPEAKER_PALETTE, EspeakError, Voice  # noqa: E402
+
+BUILDERS = {"librispeech": librispeech, "voxceleb1": voxceleb, "iemocap": iemocap,
+            "slurp": slurp}
+SHARED_SLURP = slurp.shared_annotation_dir()
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def build_tiny(name: str, out: Path, **kwargs) -> dict:
+    extra = {"builtin": True} if name == "slurp" and "builtin" not in kwargs \
+        and "annotations" not in kwargs else {}
+    return BUILDERS[name].build(out, seed=kwargs.pop("seed", 0), size="tiny",
+                                **extra, **kwargs)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def median_f0(wav: np.ndarray, sr: int = 16000) -> float:
+    """Median F0 (Hz) of voiced 40 ms frames, by autocorrelation (60-400 Hz)."""
+    frame, hop = int(0.04 * sr), int(0.01 * sr)
+    lo, hi = sr // 400, sr // 60
+    peak = np.abs(wav).max()
+    f0s = []
+    for i in range(0, len(wav) - frame, hop):
+        x = wav[i:i + frame] - wav[i:i + frame].mean()
+        if np.sqrt(np.mean(x ** 2)) < 0.05 * peak:
+            continue
+        ac = np.correlate(x, x, "full")[frame - 1:]
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.4 * ac[0]:
+            f0s.append(sr / lag)
+    assert f0s, "no voiced frame found"
+    return float(np.median(f0s))
+
+
+def spectral_centroid(wav: np.ndarray, sr: int = 16000) -> float:
+    spec = np.abs(np.fft.rfft(wav * np.hanning(len(wav))))
+    return float((spec * np.fft.rfftfreq(len(wav), 1 / sr)).sum() / spec.sum())
+
+
+def rms(wav: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+
+
+def assert_audio(path: Path, fmt: str) -> None:
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.format, info.subtype) == \
+        (16000, 1, fmt, "PCM_16"), f"{path}: {info}"
+    assert 0.2 < info.frames / info.samplerate < 5.0, f"{path}: duration"
+
+
+# ----------------------------------------------------------------------------------------
+# fixtures: one tiny build of each corpus for the whole module
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("mini")
+    for name in BUILDERS:
+        summary = build_tiny(name, out)
+        assert summary["skipped"] is False
+    return {"out": out}
+
+
+# ----------------------------------------------------------------------------------------
+# voices and prosody
+# ----------------------------------------------------------------------------------------
+def test_check_voice_rejects_unknown_variant():
+    variants = espeak.available_variants()
+    assert {"m1", "m7", "f2", "klatt4"} <= variants
+    espeak.check_voice(Voice("m3"))
+    for bad in ("male3", "nosuchvoice"):  # espeak-ng would silently use the default voice
+        with pytest.raises(EspeakError, match=bad):
+            espeak.check_voice(Voice(bad))
+        with pytest.raises(EspeakError):
+            espeak.synthesize("one", Voice(bad))
+    for _, voice in SPEAKER_PALETTE:
+        espeak.check_voice(voice)
+    assert len({v.variant for _, v in SPEAKER_PALETTE}) == len(SPEAKER_PALETTE)
+
+
+def test_speakers_differ_in_measured_voice():
+    text = "one two three four"
+    wavs = [espeak.synthesize(text, v) for _, v in SPEAKER_PALETTE[:3]]  # M, F, M
+    f0 = [median_f0(w) for w in wavs]
+    centroid = [spectral_centroid(w) for w in wavs]
+    # male vs female: F0 differs by far more than an octave's third
+    assert f0[1] > 1.5 * f0[0], f0
+    # two male voices: different pitch or spectral envelope
+    assert abs(f0[2] - f0[0]) / f0[0] > 0.15 or abs(centroid[2] - centroid[0]) / centroid[0] > 0.05
+    # the same voice twice gives identical samples (espeak-ng is deterministic)
+    assert np.array_equal(wavs[0], espeak.synthesize(text, SPEAKER_PALETTE[0][1]))
+
+
+def test_emotions_differ_in_measured_prosody():
+    text = "where were you last night"
+    for _, speaker in SPEAKER_PALETTE[:2]:
+        wav = {e: espeak.synthesize(text, iemocap.emotion_voice(speaker, e))
+               for e in ("neu", "ang", "sad", "hap")}
+        loud = {e: rms(w) for e, w in wav.items()}
+        dur = {e: len(w) / 16000 for e, w in wav.items()}
+        f0 = {e: median_f0(w) for e, w in wav.items()}
+        assert loud["ang"] > 2.5 * loud["sad"] and loud["ang"] > 1.3 * loud["neu"], loud
+        assert dur["sad"] > 1.2 * dur["neu"] > 1.2 * dur["ang"], dur
+        assert f0["sad"] < f0["neu"] < f0["hap"] and f0["neu"] < f0["ang"], f0
+
+
+# ----------------------------------------------------------------------------------------
+# LibriSpeech
+# ----------------------------------------------------------------------------------------
+def test_librispeech_layout(built):
+    root = built["out"] / "LibriSpeech"
+    assert sorted(p.name for p in root.iterdir()) == sorted(librispeech.SUBSETS)
+    pattern = re.compile(r"^(train-clean-100|dev-clean|test-clean)/(\d+)/(\d+)/"
+                         r"(\2-\3-\d{4}\.flac|\2-\3\.trans\.txt)$")
+    files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    assert files and all(pattern.match(f) for f in files), files
+    sentences: dict[str, set[str]] = {}
+    for trans in root.rglob("*.trans.txt"):
+        lines = trans.read_text().splitlines()
+        ids = []
+        for line in lines:
+            utt, text = line.split(" ", 1)
+            assert re.fullmatch(r"[A-Z ]+", text) and text == text.upper()
+            assert set(text.split()) <= set(librispeech.VOCABULARY)
+            assert 2 <= len(text.split()) <= 4
+            ids.append(utt)
+            sentences.setdefault(trans.parts[-4], set()).add(text)
+        assert sorted(p.stem for p in trans.parent.glob("*.flac")) == sorted(ids)
+    for flac in root.rglob("*.flac"):
+        assert_audio(flac, "FLAC")
+        assert sf.info(str(flac)).duration <= 2.2
+    for a, b in itertools.combinations(sentences.values(), 2):
+        assert not a & b, "a sentence appears in two subsets"
+    assert len({p.parts[-3] for p in root.glob("train-clean-100/*/*/*.flac")}) >= 2
+
+
+def test_librispeech_small_plan():
+    plan = librispeech.plan_utterances(0, "small")
+    counts = {s: sum(1 for p in plan if p[0] == s) for s in librispeech.SUBSETS}
+    assert counts == {"train-clean-100": 240, "dev-clean": 40, "test-clean": 40}
+    assert len({p[2] for p in plan}) >= 6  # voices
+    train_voices = {p[2] for p in plan if p[0] == "train-clean-100"}
+    assert {p[2] for p in plan if p[0] in ("dev-clean", "test-clean")} <= train_voices
+
+
+# ----------------------------------------------------------------------------------------
+# VoxCeleb1
+# ----------------------------------------------------------------------------------------
+def test_voxceleb_layout_and_trials(built):
+    root = built["out"] / "voxceleb1"
+    wav_root = root / "wav"
+    files = sorted(str(p.relative_to(wav_root)) for p in wav_root.rglob("*") if p.is_file())
+    assert files and all(re.fullmatch(r"id\d{5}/[A-Za-z0-9_-]{11}/\d{5}\.wav", f) for f in files)
+    for f in files:
+        assert_audio(wav_root / f, "WAV")
+    test_ids = {f"id{voxceleb.TEST_ID_BASE + i}" for i in range(voxceleb.LAYOUT["tiny"][1])}
+    trials = [line.split(" ") for line in (root / "veri_test2.txt").read_text().splitlines()]
+    assert trials
+    for label, a, b in trials:
+        assert label in ("0", "1") and a != b
+        assert (wav_root / a).is_file() and (wav_root / b).is_file()
+        assert a.split("/")[0] in test_ids and b.split("/")[0] in test_ids
+        assert (a.split("/")[0] == b.split("/")[0]) == (label == "1")
+    labels = [t[0] for t in trials]
+    assert labels.count("1") == labels.count("0")
+    assert len({frozenset(t[1:]) for t in trials}) == len(trials)
+
+
+def test_voxceleb_small_plan_and_trials():
+    import random
+    plan = voxceleb.plan_files(0, "small")
+    speakers = {p[1].split("/")[0] for p in plan}
+    assert len(speakers) >= 12
+    test_files = [p[1] for p in plan if p[0] == "test"]
+    trials = voxceleb.make_trials(test_files, 100, random.Random(1))
+    assert sum(t[0] for t in trials) == 100 and len(trials) == 200
+    assert all(a != b for _, a, b in trials)
+
+
+# ----------------------------------------------------------------------------------------
+# IEMOCAP
+# ----------------------------------------------------------------------------------------
+LABEL_LINE = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0[1-5][FM]_\w+?_[FM]\d{3})\t"
+                        r"(neu|hap|exc|ang|sad|fru|sur|fea|dis|oth|xxx)\t"
+                        r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+
+
+def test_iemocap_layout_and_labels(built):
+    root = built["out"] / "IEMOCAP_full_release"
+    assert sorted(p.name for p in root.iterdir()) == [f"Session{n}" for n in range(1, 6)]
+    wavs = {}
+    for p in root.rglob("*.wav"):
+        rel = str(p.relative_to(root))
+        m = re.fullmatch(r"Session([1-5])/sentences/wav/(Ses0\1[FM]_\w+)/(\2_[FM]\d{3})\.wav", rel)
+        assert m, rel
+        wavs[m.group(3)] = p
+        assert_audio(p, "WAV")
+    labels = {}
+    for txt in root.glob("Session*/dialog/EmoEvaluation/*.txt"):
+        lines = txt.read_text().split("\n")
+        assert lines[0].startswith("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]")
+        assert lines[1] == ""
+        for line in lines[2:]:
+            if line.startswith("["):
+                m = LABEL_LINE.match(line)
+                assert m, line
+                utt = m.group(3)
+                assert utt.startswith(txt.stem + "_")
+                start, end = float(m.group(1)), float(m.group(2))
+                assert abs((end - start) - sf.info(str(wavs[utt])).duration) < 1e-3
+                labels[utt] = m.group(4)
+            else:
+                assert line == "" or re.match(r"^[CA]-[EF]\d:\t", line), line
+    assert set(labels) == set(wavs)
+    assert {"neu", "ang", "sad", "hap", "exc", "xxx"} <= set(labels.values())
+    loud = {e: np.mean([rms(sf.read(str(wavs[u]))[0]) for u in labels if labels[u] == e])
+            for e in ("ang", "sad")}
+    assert loud["ang"] > 2 * loud["sad"], loud
+
+
+def test_iemocap_small_counts():
+    import random
+    rng = random.Random(0)
+    turns = [t for s in iemocap.SESSIONS for t in iemocap.plan_session(s, "small", rng)]
+    counts = {e: sum(t["emotion"] == e for t in turns) for e in iemocap.EMOTION_PROSODY}
+    assert 300 <= len(turns) <= 400
+    assert all(counts[e] <= 20 * 5 for e in ("neu", "ang", "sad", "hap"))
+    assert counts["exc"] > 0 and counts["xxx"] > 0 and counts["fru"] > 0
+
+
+# ----------------------------------------------------------------------------------------
+# SLURP
+# ----------------------------------------------------------------------------------------
+def check_slurp(root: Path) -> list[dict]:
+    audio = root / "slurp_real"
+    listed = []
+    lines = []
+    for split in ("train", "devel", "test"):
+        path = root / "dataset" / "slurp" / f"{split}.jsonl"
+        split_lines = [json.loads(x) for x in path.read_text().splitlines()]
+        assert split_lines, path
+        for line in split_lines:
+            assert list(line)[:9] == list(slurp.FIELD_ORDER), list(line)
+            assert line["intent"] == f"{line['scenario']}_{line['action']}"
+            assert line["recordings"]
+            for rec in line["recordings"]:
+                assert set(rec) == {"file", "wer", "ent_wer", "status"}
+                assert re.fullmatch(r"audio-+\d+(-headset)?\.flac", rec["file"])
+                assert (audio / rec["file"]).is_file(), rec["file"]
+                listed.append(rec["file"])
+            n_tokens = len(line["tokens"])
+            for ent in line["entities"]:
+                assert all(0 <= i < n_tokens for i in ent["span"])
+        lines += split_lines
+    assert sorted(listed) == sorted(p.name for p in audio.iterdir())  # nothing extra
+    assert len({x["slurp_id"] for x in lines}) == len(lines)
+    for f in listed[:5]:
+        assert_audio(audio / f, "FLAC")
+    return lines
+
+
+def test_slurp_builtin_layout(built):
+    lines = check_slurp(built["out"] / "slurp")
+    assert len({x["intent"] for x in lines}) == 6
+    for line in lines:
+        assert line["sentence"] == " ".join(t["surface"] for t in line["tokens"])
+
+
+@pytest.mark.skipif(SHARED_SLURP is None, reason="../shared/data/slurp not found")
+def test_slurp_real_annotations(tmp_path):
+    summary = slurp.build(tmp_path, size="tiny", annotations=SHARED_SLURP, num_intents=4)
+    assert summary["source"] == "real"
+    lines = check_slurp(tmp_path / "slurp")
+    real = {}
+    for name in ("devel.jsonl", "test.jsonl"):
+        for x in (SHARED_SLURP / name).read_text().splitlines():
+            d = json.loads(x)
+            real[d["slurp_id"]] = d
+    assert len({x["intent"] for x in lines}) == 4
+    for line in lines:  # verbatim copies, except the capped recordings list
+        original = real[line["slurp_id"]]
+        assert {**original, "recordings": line["recordings"]} == line
+        assert line["recordings"] == original["recordings"][:1]
+
+
+def test_slurp_parse_annotation():
+    sentence, tokens, entities = slurp.parse_annotation(
+        "siri what is one [currency_name : american dollar] in [currency_name : yen]")
+    assert sentence == "siri what is one american dollar in yen"
+    assert entities == [{"span": [4, 5], "type": "currency_name"},
+                        {"span": [7], "type": "currency_name"}]
+    assert [t["id"] for t in tokens] == list(range(8))
+
+
+# ----------------------------------------------------------------------------------------
+# determinism and idempotence
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_build_is_deterministic(name, built, tmp_path):
+    build_tiny(name, tmp_path)
+    root_name = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
+                 "iemocap": "IEMOCAP_full_release", "slurp": "slurp"}[name]
+    assert tree(tmp_path / root_name) == tree(built["out"] / root_name)
+
+
+def test_rerun_is_instant_and_guarded(tmp_path):
+    first = build_tiny("librispeech", tmp_path)
+    marker = espeak.done_marker(tmp_path, "librispeech")
+    assert marker.is_file() and not first["skipped"]
+    sample = next((tmp_path / "LibriSpeech").rglob("*.flac"))
+    mtime = sample.stat().st_mtime_ns
+    start = time.time()
+    assert build_tiny("librispeech", tmp_path)["skipped"] is True
+    assert time.time() - start < 0.5 and sample.stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="--force"):
+        build_tiny("librispeech", tmp_path, seed=1)
+    assert build_tiny("librispeech", tmp_path, seed=1, force=True)["skipped"] is False
+    # a corpus folder this builder did not make is never overwritten
+    foreign = tmp_path / "other"
+    (foreign / "LibriSpeech").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not made by this builder"):
+        build_tiny("librispeech", foreign)
+
+
+def test_cli(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "mini_corpus" / "voxceleb.py"),
+           "--out", str(tmp_path), "--size", "tiny", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "voxceleb1" / "veri_test2.txt").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "already built" in again.stderr
