@@ -40,9 +40,21 @@ class AdaptedSSL(nn.Module):
     prefix_frames: K vectors per layer for ``prefix`` (10).
     lora_rank, lora_alpha, lora_targets: LoRA rank r, scale alpha / r, and the attention
         projections it reparametrises.
-    e_first_layer: put E-adapters only in layers >= this index (0 = the spec).
+    e_first_layer: k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
+        per-layer LayerNorms of layers < k are frozen too (only LNs of layers >= k train, for
+        methods that train LNs), so nothing below layer k learns; unless the method has
+        pseudo frames, prefixes or LoRA (which need gradients through every layer), the
+        backbone then runs layers < k without autograd (L-adapters still read their outputs).
     backbone_dropout: keep HF's dropout inside the frozen backbone (default: off, except for
         ``full`` which trains the backbone and keeps it).
+    activation_checkpointing: recompute the activations of the backbone layers that run with
+        autograd in backward instead of storing them (less memory, about one extra forward of
+        those layers). A runtime knob: not part of :attr:`options` (exports do not depend on it).
+
+    Speed notes: the CNN always runs without autograd; for methods that train nothing inside
+    the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
+    its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
+    :class:`elp.feature_cache.HiddenStateCache`).
 
     Returns (forward)
     -----------------
@@ -53,9 +65,12 @@ class AdaptedSSL(nn.Module):
                  e_dim: int = 256, l_dim: int = 512, prompt_frames: int = 10, prefix_frames: int = 10,
                  lora_rank: int = 8, lora_alpha: float = 16.0,
                  lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), e_first_layer: int = 0,
-                 backbone_dropout: bool | None = None):
+                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False):
         super().__init__()
         self.method = get_method(method) if isinstance(method, str) else method
+        if not 0 <= e_first_layer < backbone.num_layers:
+            raise ValueError(f"e_first_layer={e_first_layer} must be in [0, {backbone.num_layers - 1}] "
+                             f"for a backbone with {backbone.num_layers} layers")
         self.options = dict(activation=activation, e_dim=e_dim, l_dim=l_dim, prompt_frames=prompt_frames,
                             prefix_frames=prefix_frames, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             lora_targets=list(lora_targets), e_first_layer=e_first_layer)
@@ -67,13 +82,17 @@ class AdaptedSSL(nn.Module):
             backbone.layers.requires_grad_(True)
             backbone.model.encoder.layer_norm.requires_grad_(True)
         if spec.train_layer_norms:
-            for layer in backbone.layers:
+            for layer in list(backbone.layers)[e_first_layer:]:
                 layer.layer_norm.requires_grad_(True)
                 layer.final_layer_norm.requires_grad_(True)
         if backbone_dropout is None:
             backbone_dropout = spec.train_encoder
         if not backbone_dropout:
             _disable_dropout(backbone)
+        self.backbone_dropout = backbone_dropout
+        needs_grad_everywhere = spec.prompt or spec.prefix or spec.lora or spec.train_encoder
+        backbone.no_grad_layers = 0 if needs_grad_everywhere else e_first_layer
+        backbone.activation_checkpointing = activation_checkpointing
 
         self.encoder_adapters = nn.ModuleDict()
         self._hook_handles = []
@@ -109,13 +128,71 @@ class AdaptedSSL(nn.Module):
                 wavs, wav_lens,
                 prompt=self.prompt.frames if self.prompt is not None else None,
                 layer_prefixes=self.prefix.frames if self.prefix is not None else None)
+        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+
+    def _read_hidden_states(self, hidden_states, last_hidden_state) -> torch.Tensor:
         if self.layer_adapters is not None:
-            feats = self.layer_adapters(out.hidden_states[1:])
-        elif self.weighted_sum is not None:
-            feats = self.weighted_sum(out.hidden_states)
-        else:
-            feats = out.last_hidden_state
-        return feats, out.frame_mask
+            return self.layer_adapters(list(hidden_states[1:]))
+        if self.weighted_sum is not None:
+            return self.weighted_sum(list(hidden_states))
+        return last_hidden_state
+
+    # ------------------------------------------------------------------ cached hidden states
+    @property
+    def hidden_states_cacheable(self) -> bool:
+        """Whether the backbone's hidden states are a fixed function of the audio for this model.
+
+        True for methods that train nothing inside the backbone (``weighted_sum``,
+        ``l_only``) when the backbone's dropout is off. The caller must also apply no
+        waveform augmentation, or cached states would not match what the model would see.
+        """
+        return not self.method.backbone_needs_grad and not self.backbone_dropout
+
+    def backbone_hidden_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """The frozen backbone's output without autograd (what a cache stores).
+
+        Returns
+        -------
+        :class:`elp.backbones.BackboneOutput`: ``num_layers + 1`` hidden states [B, F, D] and
+        frame_mask [B, F].
+        """
+        self._require_cacheable()
+        with torch.no_grad():
+            return self.backbone(wavs, wav_lens)
+
+    def forward_from_hidden_states(self, hidden_states, frame_mask: torch.Tensor):
+        """The model's output computed from precomputed backbone hidden states.
+
+        Arguments
+        ---------
+        hidden_states: ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
+            [num_layers + 1, B, F, D]) as in :class:`elp.backbones.BackboneOutput`.
+        frame_mask: [B, F] bool.
+
+        Returns
+        -------
+        feats [B, F, output_dim] and frame_mask [B, F]; equal to ``self(wavs, wav_lens)``
+        when the hidden states come from the same audio.
+
+        Example
+        -------
+        >>> out = model.backbone_hidden_states(wavs, wav_lens)            # doctest: +SKIP
+        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)  # doctest: +SKIP
+        """
+        self._require_cacheable()
+        if len(hidden_states) != self.backbone.num_layers + 1:
+            raise ValueError(f"expected {self.backbone.num_layers + 1} hidden states, got {len(hidden_states)}")
+        last = hidden_states[-1]
+        if self.backbone.config.do_stable_layer_norm:  # pre-LN: the encoder's final LN comes last
+            last = self.backbone.model.encoder.layer_norm(last)
+        return self._read_hidden_states(hidden_states, last), frame_mask
+
+    def _require_cacheable(self) -> None:
+        if not self.hidden_states_cacheable:
+            raise ValueError(
+                f"method {self.method.name!r} (backbone_dropout={self.backbone_dropout}) trains or "
+                "randomises the backbone, so its hidden states cannot be precomputed; only "
+                "weighted_sum and l_only without backbone dropout can use a hidden-state cache")
 
     # ------------------------------------------------------------------------ parameters
     def learnable_parameters(self) -> dict[str, nn.Parameter]:

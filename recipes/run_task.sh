@@ -22,6 +22,7 @@ corpus=           # corpus name in results
 data_root=        # real corpus location; empty: build the mini corpus
 mini_corpus=      # tools/mini_corpus/<name>.py
 mini_corpus_subdir=   # corpus root inside the mini corpus folder
+mini_corpus_opts=     # extra options of the mini corpus builder, e.g. "--size tiny"
 prep_opts=        # extra options for local/data_prep.py
 train_set=        # data dirs, relative to data/
 valid_set=
@@ -29,6 +30,7 @@ test_sets=
 folds=            # cross-validation folds (IEMOCAP): runs stages 3-5 per fold, then the mean
 backbone=wavlm_plus
 backbone_arch=    # empty: the real architecture; tiny|small: random weights of that size
+backbone_source=  # local checkpoint directory or hub id (empty: the backbone's hub id)
 method=elp
 tag=              # experiment name (default <backbone>_<method>)
 config=conf/train.yaml
@@ -38,7 +40,7 @@ node_rank=0
 master_addr=localhost
 master_port=29500
 bpe=0             # ASR: sentencepiece BPE vocabulary (0 = characters)
-help_message="Usage: $0 [--stage N] [--stop_stage N] [--data_root DIR] [--backbone NAME] [--method NAME]
+help_message="Usage: $0 [--stage N] [--stop_stage N] [--data_root DIR] [--backbone NAME] [--backbone_source DIR] [--method NAME]
           [--tag TAG] [--ngpu N] [--bpe N] [--folds '1 2 3 4 5'] [-- hparam overrides]"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -56,11 +58,15 @@ arch_opts=()
 if [ -n "${backbone_arch}" ]; then
     arch_opts=(--backbone_pretrained false --backbone_arch "${backbone_arch}")
 fi
+if [ -n "${backbone_source}" ]; then
+    arch_opts+=(--backbone_source "$(readlink -f "${backbone_source}")")
+fi
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
     if [ -z "${data_root}" ]; then
         log "Stage 0: no --data_root given: building the synthetic mini corpus (${mini_corpus})"
-        python "${ELP_ROOT}/${mini_corpus}" --out corpus
+        # shellcheck disable=SC2086
+        python "${ELP_ROOT}/${mini_corpus}" --out corpus ${mini_corpus_opts}
         data_root=corpus/${mini_corpus_subdir}
     fi
     log "Stage 0: data preparation from ${data_root}"

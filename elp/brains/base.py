@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from pathlib import Path
 
 import speechbrain as sb
 import torch
 
+from elp.feature_cache import HiddenStateCache, cached_forward
 from elp.methods import PARAMETER_GROUPS
 
 logger = logging.getLogger(__name__)
@@ -75,9 +77,36 @@ class ELPBrain(sb.Brain):
 
     # ------------------------------------------------------------------ features
     def features(self, batch, stage):
-        """Waveforms of the batch -> (feats [B, F, D], frame_mask [B, F])."""
+        """Waveforms of the batch -> (feats [B, F, D], frame_mask [B, F]).
+
+        With ``hidden_state_cache: true`` in the hparams, methods whose backbone is frozen and
+        un-adapted (``weighted_sum``, ``l_only``) read the backbone's hidden states from an
+        on-disk cache after the first epoch (:mod:`elp.feature_cache`); it is refused when
+        training crops audio at random (the cached states would not match).
+        """
         wavs, wav_lens = batch.sig
-        return self.modules.model(wavs.to(self.device), wav_lens.to(self.device))
+        wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        cache = self.hidden_state_cache()
+        if cache is not None:
+            return cached_forward(unwrap(self.modules.model), cache, list(batch.id), wavs, wav_lens)
+        return self.modules.model(wavs, wav_lens)
+
+    def hidden_state_cache(self) -> HiddenStateCache | None:
+        """The hidden-state cache when the hparams ask for one and the method allows it."""
+        if not getattr(self.hparams, "hidden_state_cache", False):
+            return None
+        if not hasattr(self, "_hidden_state_cache"):
+            model = unwrap(self.modules.model)
+            if getattr(self.hparams, "max_train_seconds", 0):
+                raise ValueError("hidden_state_cache needs whole utterances: set max_train_seconds: 0")
+            self._hidden_state_cache = None
+            if model.hidden_states_cacheable:
+                self._hidden_state_cache = HiddenStateCache.for_model(
+                    Path(self.hparams.output_folder) / "hidden_state_cache", model, dtype="float16")
+            else:
+                logger.info("hidden_state_cache: method %s trains inside the backbone; not cached",
+                            model.method.name)
+        return self._hidden_state_cache
 
     def class_targets(self, batch) -> torch.Tensor:
         """[B] class ids of the batch (``label_id``, one per utterance)."""

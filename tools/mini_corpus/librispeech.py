@@ -86,7 +86,7 @@ def make_sentence(rng: random.Random) -> str:
     return " ".join(rng.choice(VOCABULARY) for _ in range(rng.randint(2, 4)))
 
 
-def plan_utterances(seed: int, size: str) -> list[tuple[str, str, int, int, str]]:
+def plan_utterances(seed: int, size: str, sentences: list[str] | None = None) -> list[tuple[str, str, int, int, str]]:
     """Decides every utterance of the corpus (no audio yet).
 
     Arguments
@@ -94,6 +94,9 @@ def plan_utterances(seed: int, size: str) -> list[tuple[str, str, int, int, str]
     seed : int
     size : str
         ``tiny`` or ``small``.
+    sentences : list of str, optional
+        Transcripts to use (in a seeded random order) instead of vocabulary sentences; a
+        sentence list shorter than the layout falls back to vocabulary sentences for the rest.
 
     Returns
     -------
@@ -101,6 +104,8 @@ def plan_utterances(seed: int, size: str) -> list[tuple[str, str, int, int, str]
         ``speaker_index`` indexes :data:`SPEAKER_PALETTE`.
     """
     rng = random.Random(seed)
+    pool = list(sentences or [])
+    rng.shuffle(pool)
     num_voices, per_subset = LAYOUT[size]
     used: set[str] = set()
     plan = []
@@ -112,16 +117,28 @@ def plan_utterances(seed: int, size: str) -> list[tuple[str, str, int, int, str]
             for c in range(chapters):
                 chapter = chapter_base + 100 * k + c
                 for n in range(utts):
-                    text = make_sentence(rng)
+                    text = pool.pop() if pool else make_sentence(rng)
                     while text in used:  # a sentence lives in one split only
-                        text = make_sentence(rng)
+                        text = pool.pop() if pool else make_sentence(rng)
                     used.add(text)
                     plan.append((subset, f"{spk}-{chapter}-{n:04d}", k, chapter, text))
     return plan
 
 
+def read_sentences(path: str | Path | None) -> list[str] | None:
+    """One transcript per line, upper-cased, keeping letters, apostrophes and single spaces."""
+    if path is None:
+        return None
+    sentences = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = " ".join("".join(ch for ch in line.upper() if ch.isalpha() and ch.isascii() or ch in " '").split())
+        if text:
+            sentences.append(text)
+    return sentences
+
+
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
-          force: bool = False) -> dict:
+          force: bool = False, sentences: str | Path | None = None) -> dict:
     """Builds ``<out>/LibriSpeech`` (see the module docstring).
 
     Arguments
@@ -134,6 +151,9 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
         Parallel espeak-ng processes (at most 2).
     force : bool
         Rebuild even if a finished build is there.
+    sentences : path, optional
+        A text file with one transcript per line to read instead of vocabulary sentences
+        (e.g. a pre-training corpus for ``tools/pretrain_backbone.py``).
 
     Returns
     -------
@@ -147,8 +167,9 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     """
     out = Path(out)
     root = out / "LibriSpeech"
-    params = build_params(CORPUS, seed, size)
-    plan = plan_utterances(seed, size)
+    texts = read_sentences(sentences)
+    params = build_params(CORPUS, seed, size, **({"sentences": str(sentences)} if sentences else {}))
+    plan = plan_utterances(seed, size, texts)
     counts = {s: sum(1 for p in plan if p[0] == s) for s in SUBSETS}
     if prepare_out(out, params, force, root):
         return {"root": str(root), "utterances": counts, "skipped": True}
@@ -172,6 +193,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_arg_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=Path, default=None,
+                        help="file with one transcript per line, used instead of vocabulary sentences")
     return run_cli(build, parser, argv)
 
 

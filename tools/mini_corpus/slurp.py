@@ -157,8 +157,9 @@ def read_annotations(folder: Path) -> list[dict]:
 
 
 def select_real_lines(lines: list[dict], num_intents: int, per_intent: int,
-                      rng: random.Random) -> dict[str, list[dict]]:
-    """Most frequent intents, up to ``per_intent`` short unique sentences each, split.
+                      rng: random.Random, intents: list[str] | None = None) -> dict[str, list[dict]]:
+    """Most frequent intents (or the given ``intents``), up to ``per_intent`` short unique
+    sentences each, split.
 
     Returns
     -------
@@ -166,7 +167,12 @@ def select_real_lines(lines: list[dict], num_intents: int, per_intent: int,
         split name -> lines (verbatim copies).
     """
     counts = Counter(line["intent"] for line in lines)
-    intents = sorted(counts, key=lambda i: (-counts[i], i))[:num_intents]
+    if intents:
+        unknown = sorted(set(intents) - set(counts))
+        if unknown:
+            raise ValueError(f"intents {unknown} do not occur in the annotations")
+    else:
+        intents = sorted(counts, key=lambda i: (-counts[i], i))[:num_intents]
     chosen: dict[str, list[dict]] = {s: [] for s in SPLITS}
     skipped_long = 0
     for intent in intents:
@@ -268,7 +274,7 @@ def recording_stem(file: str) -> str:
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False, annotations: str | Path | None = None, builtin: bool = False,
           num_intents: int = 6, sentences_per_intent: int | None = None,
-          recordings_per_line: int | None = None) -> dict:
+          recordings_per_line: int | None = None, intents: str | None = None) -> dict:
     """Builds ``<out>/slurp`` (see the module docstring).
 
     Arguments
@@ -291,6 +297,9 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
         Lines per intent (default by size: tiny 3, small 32).
     recordings_per_line : int, optional
         Recordings kept and synthesized per line (default by size: tiny 1, small 2).
+    intents : str, optional
+        Comma-separated intents to keep instead of the ``num_intents`` most frequent ones
+        (real annotations only).
 
     Returns
     -------
@@ -316,8 +325,10 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
         raise FileNotFoundError(f"{folder}: no devel.jsonl or test.jsonl (SLURP annotations); "
                                 "pass the folder of the real files or --builtin")
     source = "builtin" if folder is None else "real"
+    chosen_intents = [i for i in (intents or "").split(",") if i]
     params = build_params(CORPUS, seed, size, source=source, num_intents=num_intents,
-                          sentences_per_intent=per_intent, recordings_per_line=per_line)
+                          sentences_per_intent=per_intent, recordings_per_line=per_line,
+                          **({"intents": chosen_intents} if chosen_intents else {}))
 
     rng = random.Random(seed)
     if folder is None:
@@ -325,7 +336,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
         chosen = builtin_lines(per_intent, rng)
     else:
         logger.info("SLURP: real annotations from %s", folder)
-        chosen = select_real_lines(read_annotations(folder), num_intents, per_intent, rng)
+        chosen = select_real_lines(read_annotations(folder), num_intents, per_intent, rng,
+                                   chosen_intents)
     for lines in chosen.values():
         for i, line in enumerate(lines):
             lines[i] = ordered({**line, "recordings": line["recordings"][:per_line]})
@@ -382,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="lines per intent (default: tiny 3, small 32)")
     parser.add_argument("--recordings_per_line", type=int, default=None,
                         help="recordings synthesized per line (default: tiny 1, small 2)")
+    parser.add_argument("--intents", default=None,
+                        help="comma-separated intents to keep (real annotations) instead of the "
+                             "--num_intents most frequent")
     return run_cli(build, parser, argv)
 
 

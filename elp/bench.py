@@ -1,0 +1,463 @@
+"""Training-cost benchmark: one training step of every method on a random-weight backbone.
+
+Each *variant* is a method name with optional ``+`` flags:
+
+* ``+ckpt``: activation checkpointing of the backbone layers that run with autograd;
+* ``+k<N>``: ``e_first_layer=N`` (E-adapters and trainable LNs from layer N up, layers
+  below N without autograd);
+* ``+cache``: (``weighted_sum``/``l_only`` only) the step reads the backbone's hidden states
+  from a :class:`elp.feature_cache.HiddenStateCache` filled beforehand, i.e. the cost of
+  every epoch after the first.
+
+A step is forward (backbone + method + a small head: per-frame Linear, masked mean pool,
+cross-entropy), backward and an Adam step (+ ``zero_grad``). Each part is timed separately
+for ``repeats`` steps after ``warmup`` steps; the table shows medians. Peak memory is the
+increment over the memory in use after the model, head, optimizer and batch are built: on CPU
+the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` right before the
+steps), on CUDA ``torch.cuda.max_memory_allocated``. By default each variant runs in a fresh
+subprocess so that one variant's allocations do not hide another's peak. ``full`` always runs
+(first), and every ratio is against ``full`` from the same run.
+
+Example
+-------
+>>> settings = BenchSettings(backbone="wavlm_plus", config_overrides=TINY, batch_size=2,
+...                          duration=1.0, warmup=1, repeats=2)               # doctest: +SKIP
+>>> rows = run_bench(settings, ["full", "el"])                               # doctest: +SKIP
+>>> print(format_markdown(settings, rows))                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from elp.methods import METHODS
+
+#: Variants run when none are named: every method, plus the cached-hidden-state step of the two
+#: methods whose backbone is frozen and un-adapted.
+DEFAULT_VARIANTS = [*METHODS, "weighted_sum+cache", "l_only+cache"]
+
+
+@dataclass
+class BenchSettings:
+    """What one benchmark run measures.
+
+    Arguments
+    ---------
+    backbone: short backbone name (random weights built from its config; nothing downloaded).
+    config_overrides: config fields to change (e.g. :data:`elp.testing.TINY_CONFIG`).
+    batch_size, duration: B utterances of ``duration`` seconds (16 kHz, no padding).
+    precision: ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
+    device: ``"cpu"`` or ``"cuda"``.
+    warmup, repeats: steps before timing, timed steps.
+    threads: ``torch.set_num_threads`` in each worker (None: PyTorch's default / $OMP_NUM_THREADS).
+    num_classes: classes of the benchmark head.
+    seed: seed of weights and data.
+    profile: also record the top operators of one step (torch.profiler).
+    """
+
+    backbone: str = "wavlm_plus"
+    config_overrides: dict = field(default_factory=dict)
+    batch_size: int = 4
+    duration: float = 3.0
+    precision: str = "fp32"
+    device: str = "cpu"
+    warmup: int = 2
+    repeats: int = 5
+    threads: int | None = None
+    num_classes: int = 10
+    seed: int = 0
+    profile: bool = False
+
+    @property
+    def name(self) -> str:
+        """File stem of the outputs, e.g. ``wavlm_plus_cpu_fp32_b4x3s``."""
+        tiny = "_custom" if self.config_overrides else ""
+        return f"{self.backbone}{tiny}_{self.device}_{self.precision}_b{self.batch_size}x{self.duration:g}s"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method plus runtime options (see the module docstring for the ``+`` syntax)."""
+
+    label: str
+    method: str
+    activation_checkpointing: bool = False
+    e_first_layer: int = 0
+    cache: bool = False
+
+
+def parse_variant(label: str) -> Variant:
+    """``"el+ckpt+k4"`` -> Variant(method="el", activation_checkpointing=True, e_first_layer=4).
+
+    Example
+    -------
+    >>> parse_variant("l_only+cache").cache
+    True
+    """
+    method, *flags = label.split("+")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} in bench variant {label!r}; choose from {', '.join(METHODS)}")
+    options = {}
+    for flag in flags:
+        if flag == "ckpt":
+            options["activation_checkpointing"] = True
+        elif flag == "cache":
+            if METHODS[method].backbone_needs_grad:
+                raise ValueError(f"{label!r}: only methods with a frozen, un-adapted backbone "
+                                 "(weighted_sum, l_only) can use the hidden-state cache")
+            options["cache"] = True
+        elif flag.startswith("k") and flag[1:].isdigit():
+            options["e_first_layer"] = int(flag[1:])
+        else:
+            raise ValueError(f"unknown flag {flag!r} in bench variant {label!r}; use +ckpt, +k<N> or +cache")
+    return Variant(label, method, **options)
+
+
+class BenchHead(nn.Module):
+    """Per-frame Linear, mean over valid frames, cross-entropy: the loss of the benchmark step."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, num_classes)
+
+    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """feats [B, F, D], frame_mask [B, F], labels [B] -> scalar loss."""
+        mask = frame_mask[..., None].to(feats.dtype)
+        pooled = (self.proj(feats) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return nn.functional.cross_entropy(pooled.float(), labels)
+
+
+# --------------------------------------------------------------------------- memory probes
+def _proc_status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (VmHWM) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _MemoryProbe:
+    """Peak memory increment from :meth:`start` to :meth:`stop`, in MiB."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            self.resettable = _reset_peak_rss()
+            self.baseline = _proc_status_kib("VmRSS") * 1024
+            self.baseline_peak = _proc_status_kib("VmHWM") * 1024
+
+    def stop(self) -> tuple[float, str]:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self.baseline) / 2**20, "cuda max_memory_allocated"
+        peak = _proc_status_kib("VmHWM") * 1024
+        if self.resettable:
+            return (peak - self.baseline) / 2**20, "RSS peak (VmHWM after clear_refs)"
+        # without clear_refs the peak may predate the start; only a rise above it is visible
+        return (max(peak - self.baseline_peak, 0)) / 2**20, "RSS peak above pre-start peak (lower bound)"
+
+
+def _busy_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes have been busy, CPU seconds this process used) so far."""
+    import resource
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, usage.ru_utime + usage.ru_stime
+
+
+# ------------------------------------------------------------------------------- one variant
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
+    """Build one model and time its training steps in this process.
+
+    Returns
+    -------
+    dict: ``variant``, ``method``, ``learnable``, medians ``forward_s``, ``backward_s``,
+    ``optimizer_s``, ``step_s``, ``peak_mib``, ``audio_s_per_s`` (+ ``cache_fill_s`` and
+    ``profile`` where they apply).
+    """
+    from elp.backbones import load_backbone
+    from elp.feature_cache import HiddenStateCache, cached_forward
+    from elp.model import AdaptedSSL
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = settings.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda given but torch.cuda.is_available() is False")
+    torch.manual_seed(settings.seed)
+    backbone = load_backbone(settings.backbone, pretrained=False, config_overrides=settings.config_overrides)
+    model = AdaptedSSL(backbone, variant.method, e_first_layer=variant.e_first_layer,
+                       activation_checkpointing=variant.activation_checkpointing).to(device)
+    head = BenchHead(model.output_dim, settings.num_classes).to(device)
+    model.train()
+    head.train()
+    learnable = list(model.learnable_parameters().values())
+    optimizer = torch.optim.Adam(learnable + list(head.parameters()), lr=1e-4)
+    generator = torch.Generator().manual_seed(settings.seed)
+    num_samples = int(round(settings.duration * 16000))
+    wavs = (0.1 * torch.randn(settings.batch_size, num_samples, generator=generator)).to(device)
+    wav_lens = torch.ones(settings.batch_size, device=device)
+    labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator).to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+    utt_ids = [f"bench{index}" for index in range(settings.batch_size)]
+
+    result: dict = {}
+    tmp_dir = None
+    if variant.cache:
+        tmp_dir = tempfile.TemporaryDirectory(prefix="elp-bench-cache-")
+        cache = HiddenStateCache(tmp_dir.name, "bench")
+        start = time.perf_counter()
+        with autocast:  # the first epoch: compute and store
+            cached_forward(model, cache, utt_ids, wavs, wav_lens)
+        _sync(device)
+        result["cache_fill_s"] = time.perf_counter() - start
+
+        def forward():
+            return cached_forward(model, cache, utt_ids, wavs, wav_lens)
+    else:
+        def forward():
+            return model(wavs, wav_lens)
+
+    def step(times: dict | None):
+        start = time.perf_counter()
+        with autocast:
+            feats, frame_mask = forward()
+            loss = head(feats, frame_mask, labels)
+        _sync(device)
+        after_forward = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        after_backward = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        end = time.perf_counter()
+        if times is not None:
+            times["forward_s"].append(after_forward - start)
+            times["backward_s"].append(after_backward - after_forward)
+            times["optimizer_s"].append(end - after_backward)
+            times["step_s"].append(end - start)
+        return float(loss.detach())
+
+    probe = _MemoryProbe(device)
+    probe.start()
+    for _ in range(settings.warmup):
+        step(None)
+    times = {key: [] for key in ("forward_s", "backward_s", "optimizer_s", "step_s")}
+    busy_start, own_start, wall_start = *_busy_seconds(), time.perf_counter()
+    for _ in range(settings.repeats):
+        step(times)
+    busy_end, own_end, wall_end = *_busy_seconds(), time.perf_counter()
+    peak_mib, memory_kind = probe.stop()
+    # CPU cores other processes kept busy while we timed (a shared machine skews timings)
+    result["other_load"] = max(0.0, ((busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start))
+    if settings.profile:
+        result["profile"] = _profile_step(step, device)
+    if tmp_dir is not None:
+        tmp_dir.cleanup()
+    step_s = statistics.median(times["step_s"])
+    result.update(
+        variant=variant.label, method=variant.method,
+        learnable=sum(p.numel() for p in learnable),
+        **{key: statistics.median(values) for key, values in times.items()},
+        peak_mib=peak_mib, memory_kind=memory_kind,
+        step_min_s=min(times["step_s"]),
+        audio_s_per_s=settings.batch_size * settings.duration / step_s,
+        threads=torch.get_num_threads())
+    return result
+
+
+def _profile_step(step, device: str, top: int = 15) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(None)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "self_ms": getattr(e, key) / 1000, "calls": e.count} for e in events]
+
+
+# ----------------------------------------------------------------------------- whole bench
+def run_bench(settings: BenchSettings, variants: list[str] | None = None, isolate: bool = True,
+              log=print, max_other_load: float = 0.25, retries: int = 2) -> list[dict]:
+    """Measure every variant (``full`` first, always) and add ratios against ``full``.
+
+    Arguments
+    ---------
+    settings: what to measure.
+    variants: labels (see :func:`parse_variant`); default :data:`DEFAULT_VARIANTS`.
+    isolate: run each variant in a fresh subprocess (robust peak memory); False runs them in
+        this process (faster; peak memory then also sees earlier variants' leftovers).
+    log: where progress lines go.
+    max_other_load, retries: on a shared machine, a variant timed while other processes kept
+        more than ``max_other_load`` of the cores it uses busy (beyond the cores its threads
+        leave free) is measured again (up to ``retries`` more
+        times); the least disturbed measurement is kept.
+
+    Returns
+    -------
+    one dict per variant (see :func:`measure_variant`) plus ``step_vs_full`` and ``memory_vs_full``.
+    """
+    labels = list(variants or DEFAULT_VARIANTS)
+    for label in labels:
+        parse_variant(label)  # fail early on a typo
+    labels = ["full"] + [label for label in labels if label != "full"]
+    rows = []
+    for label in labels:
+        log(f"bench: {label} ...")
+        for attempt in range(retries + 1):
+            measured = _measure_isolated(settings, label) if isolate else measure_variant(settings, parse_variant(label))
+            log(f"bench: {label}: step {measured['step_s']:.3f} s, peak +{measured['peak_mib']:.0f} MiB, "
+                f"other load {measured['other_load']:.2f}")
+            if attempt == 0 or measured["other_load"] < row["other_load"]:
+                row = measured
+            spare_cores = max((os.cpu_count() or 1) - row["threads"], 0)
+            if row["other_load"] <= spare_cores + max_other_load:
+                break
+        rows.append(row)
+    full = rows[0]
+    for row in rows:
+        row["step_vs_full"] = row["step_s"] / full["step_s"]
+        row["memory_vs_full"] = row["peak_mib"] / full["peak_mib"] if full["peak_mib"] > 0 else float("nan")
+    return rows
+
+
+def _measure_isolated(settings: BenchSettings, label: str) -> dict:
+    payload = json.dumps({"settings": asdict(settings), "variant": label})
+    process = subprocess.run([sys.executable, "-m", "elp.bench", payload], capture_output=True, text=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"bench worker for {label!r} failed (exit {process.returncode}):\n{process.stderr[-4000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def machine_description(device: str) -> str:
+    """CPU model and core count (and the GPU name on CUDA)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {os.cpu_count()} logical CPUs"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+COLUMNS = [("variant", "method"), ("learnable", "learnable"), ("forward_s", "forward s"),
+           ("backward_s", "backward s"), ("optimizer_s", "optimizer s"), ("step_s", "step s"),
+           ("step_vs_full", "step vs full"), ("peak_mib", "peak MiB"), ("memory_vs_full", "memory vs full"),
+           ("audio_s_per_s", "audio s/s"), ("other_load", "other load")]
+
+
+def format_markdown(settings: BenchSettings, rows: list[dict], command: str | None = None) -> str:
+    """The result table (markdown) with a header naming the machine and the settings."""
+    threads = rows[0].get("threads") if rows else None
+    lines = [f"# elp bench: {settings.name}", "",
+             f"- machine: {machine_description(settings.device)}; torch {torch.__version__}; "
+             f"{threads} threads",
+             f"- backbone {settings.backbone} (random weights{', config overrides ' + json.dumps(settings.config_overrides) if settings.config_overrides else ''}), "
+             f"batch {settings.batch_size} x {settings.duration:g} s, {settings.precision}, {settings.device}, "
+             f"medians of {settings.repeats} steps after {settings.warmup} warm-up steps",
+             f"- peak memory: increment over the built model ({rows[0]['memory_kind'] if rows else ''})",
+             "- other load: CPU cores that other processes kept busy while the steps were timed "
+             "(rows where other load + threads > CPUs were slowed by contention)"]
+    if command:
+        lines.append(f"- command: `{command}`")
+    lines += ["", "| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            value = row[key]
+            if key == "learnable":
+                cells.append(f"{value:,}")
+            elif key in ("step_vs_full", "memory_vs_full"):
+                cells.append(f"{value:.2f}")
+            elif key == "peak_mib":
+                cells.append(f"{value:.0f}")
+            elif key in ("audio_s_per_s", "other_load"):
+                cells.append(f"{value:.1f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    fills = [row for row in rows if "cache_fill_s" in row]
+    if fills:
+        lines += ["", "`+cache` rows: step after the first epoch; the first epoch's forward that fills the "
+                  "cache took " + ", ".join(f"{row['variant']} {row['cache_fill_s']:.3f} s" for row in fills) + "."]
+    for row in rows:
+        if row.get("profile"):
+            lines += ["", f"Top operators of one {row['variant']} step (self time):", "",
+                      "| op | self ms | calls |", "|---|---|---|"]
+            lines += [f"| {e['op']} | {e['self_ms']:.1f} | {e['calls']} |" for e in row["profile"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.PathLike,
+                  command: str | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<settings.name>.md`` and ``.json``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / f"{settings.name}.md"
+    markdown.write_text(format_markdown(settings, rows, command))
+    record = {"settings": asdict(settings), "machine": machine_description(settings.device),
+              "torch": torch.__version__, "command": command, "rows": rows}
+    json_file = out_dir / f"{settings.name}.json"
+    json_file.write_text(json.dumps(record, indent=2))
+    return markdown, json_file
+
+
+def _worker_main(payload: str) -> None:
+    request = json.loads(payload)
+    settings = BenchSettings(**request["settings"])
+    row = measure_variant(settings, parse_variant(request["variant"]))
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1])

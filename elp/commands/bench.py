@@ -1,0 +1,78 @@
+"""Training-cost benchmark of every method: step time, peak memory, ratios against full.
+
+Builds the backbone from its config with random weights (nothing is downloaded), attaches
+each method and a small classification head, and times forward / backward / optimizer over
+a few steps. Each variant runs in a fresh subprocess. Writes markdown and JSON to
+``<out-dir>/<backbone>_<device>_<precision>_b<B>x<dur>s.{md,json}`` and prints the table.
+
+Variants: a method name, optionally with ``+ckpt`` (activation checkpointing), ``+k<N>``
+(E-adapters and trainable LNs from layer N up; lower layers without autograd) or
+``+cache`` (weighted_sum / l_only reading cached hidden states: the cost after epoch 1).
+
+Usage::
+
+    OMP_NUM_THREADS=2 elp bench --batch-size 4 --duration 3 --precision bf16
+    elp bench --methods full el el+ckpt el+k6 l_only+cache --repeats 3
+    elp bench --device cuda --batch-size 8 --duration 16 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from elp.backbones import BACKBONES
+from elp.bench import DEFAULT_VARIANTS, BenchSettings, format_markdown, run_bench, write_results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="wavlm_plus", choices=list(BACKBONES))
+    parser.add_argument("--tiny", action="store_true",
+                        help="use the tiny test architecture (elp.testing.TINY_CONFIG) of the backbone")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_VARIANTS, metavar="VARIANT",
+                        help="methods/variants to run (default: all methods + weighted_sum+cache, l_only+cache); "
+                             "full always runs")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per utterance")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16 = torch.autocast(bfloat16) around forward and loss")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per worker (default: $OMP_NUM_THREADS / PyTorch's default)")
+    parser.add_argument("--profile", action="store_true", help="add each variant's top operators to the report")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run variants in this process (faster; peak memory less reliable)")
+    parser.add_argument("--max-other-load", type=float, default=0.25,
+                        help="re-measure a variant when other processes kept more CPU cores busy than this")
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per disturbed variant")
+    parser.add_argument("--out-dir", default="exp/bench")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.tiny:
+        from elp.testing import TINY_CONFIG
+
+        overrides = dict(TINY_CONFIG)
+    for name, value in (("--batch-size", args.batch_size), ("--duration", args.duration),
+                        ("--repeats", args.repeats)):
+        if value <= 0:
+            raise SystemExit(f"elp bench: {name} must be positive (got {value})")
+    settings = BenchSettings(backbone=args.backbone, config_overrides=overrides, batch_size=args.batch_size,
+                             duration=args.duration, precision=args.precision, device=args.device,
+                             warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                             profile=args.profile)
+    try:
+        rows = run_bench(settings, args.methods, isolate=not args.in_process,
+                         log=lambda line: print(line, file=sys.stderr, flush=True),
+                         max_other_load=args.max_other_load, retries=args.retries)
+    except ValueError as err:
+        raise SystemExit(f"elp bench: {err}")
+    command = "elp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    markdown, json_file = write_results(settings, rows, args.out_dir, command)
+    print(format_markdown(settings, rows, command))
+    print(f"wrote {markdown} and {json_file}", file=sys.stderr)
+    return 0

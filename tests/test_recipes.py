@@ -1,0 +1,119 @@
+"""The four staged recipes end to end on their mini corpora (tiny random backbone).
+
+Each recipe directory is copied to a temporary tree (``egs/<corpus>/<task>`` next to a link
+to ``recipes/``), so the runs leave nothing in the checkout.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"asr": "egs/librispeech/asr", "sv": "egs/voxceleb/sv", "er": "egs/iemocap/er", "ic": "egs/slurp/ic"}
+METRICS = {"asr": "wer", "sv": "eer", "er": "accuracy", "ic": "accuracy"}
+TINY = ["--backbone_arch", "tiny", "--method", "elp", "--tag", "t"]
+
+
+def copy_recipe(tmp_path: Path, task: str) -> Path:
+    """A copy of one recipe (run.sh, conf, local) in ``tmp_path/egs/...``; returns its dir."""
+    source = ROOT / RECIPES[task]
+    target = tmp_path / RECIPES[task]
+    target.mkdir(parents=True)
+    for name in ("run.sh", "conf", "local"):
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name)
+        else:
+            shutil.copy2(source / name, target / name)
+    if not (tmp_path / "recipes").exists():
+        (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    return target
+
+
+def run_recipe(recipe: Path, *args: str, timeout: int = 400) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"run.sh {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result.stdout + result.stderr
+
+
+def train_losses(train_log: Path) -> list[float]:
+    """Training loss per epoch from SpeechBrain's FileTrainLogger file."""
+    return [float(m) for m in re.findall(r"train loss: ([0-9.e+-]+)", train_log.read_text())]
+
+
+@pytest.mark.parametrize("task", list(RECIPES))
+def test_recipe_end_to_end(tmp_path, task):
+    recipe = copy_recipe(tmp_path, task)
+    folds = ["--folds", "1"] if task == "er" else []
+    output = run_recipe(recipe, *TINY, *folds, "--", "--number_of_epochs", "3", "--ckpt_interval_steps", "0")
+    for stage in range(6):
+        assert f"Stage {stage}:" in output
+    exp = recipe / "exp" / "t" / ("fold1" if task == "er" else "")
+    losses = train_losses(exp / "train_log.txt")
+    assert len(losses) == 3 and losses[-1] < losses[0], f"training loss did not fall: {losses}"
+    result = json.loads((recipe / "exp" / "t" / "results.json").read_text())
+    assert result["metric"]["name"] == METRICS[task]
+    assert result["method"] == "elp" and result["learnable_params"] > 0 and result["train_wall_s"] > 0
+    assert (exp / "adapters" / "adapters.safetensors").exists()
+    assert "| elp |" in (recipe / "RESULTS.md").read_text()
+    # the data dirs of stage 0/1 are Kaldi dirs with utt2num_samples
+    data_dirs = [p.parent for p in (recipe / "data").rglob("wav.scp")]
+    assert data_dirs and all((d / "utt2num_samples").exists() for d in data_dirs)
+
+
+@pytest.fixture(scope="module")
+def prepared_ic(tmp_path_factory) -> Path:
+    """The IC recipe after stages 0-2 (mini SLURP corpus, data dirs, label inventory)."""
+    recipe = copy_recipe(tmp_path_factory.mktemp("ic"), "ic")
+    run_recipe(recipe, "--stop_stage", "2")
+    return recipe
+
+
+def checkpoints(save: Path) -> list[Path]:
+    return sorted(p for p in save.glob("CKPT+*") if (p / "CKPT.yaml").exists())
+
+
+def test_interrupted_training_resumes(prepared_ic):
+    recipe = prepared_ic
+    args = ["./run.sh", "--stage", "3", "--stop_stage", "3", *TINY[:-1], "resume", "--",
+            "--number_of_epochs", "2", "--ckpt_interval_steps", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    save = recipe / "exp" / "resume" / "save"
+    process = subprocess.Popen(args, cwd=recipe, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any("intra" in (c / "CKPT.yaml").read_text().lower()
+                                               for c in checkpoints(save)):
+        assert process.poll() is None, "training ended before an intra-epoch checkpoint was written"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # like a crashed machine: no clean-up
+    process.wait()
+    assert checkpoints(save), "no checkpoint survived the kill"
+    assert not (recipe / "exp" / "resume" / "train_stats.json").exists()
+
+    output = run_recipe(recipe, "--stage", "3", "--stop_stage", "3", *TINY[:-1], "resume", "--",
+                        "--number_of_epochs", "2", "--ckpt_interval_steps", "3")
+    assert "Loading a checkpoint" in output
+    stats = json.loads((recipe / "exp" / "resume" / "train_stats.json").read_text())
+    assert stats["epochs"] == 2
+    # the resumed run finished the interrupted epoch instead of starting over
+    assert len(train_losses(recipe / "exp" / "resume" / "train_log.txt")) == 2
+
+
+def test_ddp_two_cpu_processes(prepared_ic):
+    recipe = prepared_ic
+    output = run_recipe(recipe, "--stage", "3", "--ngpu", "2", *TINY[:-1], "ddp", "--",
+                        "--number_of_epochs", "3", "--ckpt_interval_steps", "0")
+    assert "backend gloo" in output
+    losses = train_losses(recipe / "exp" / "ddp" / "train_log.txt")
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert len(checkpoints(recipe / "exp" / "ddp" / "save")) == 1
+    assert len(list((recipe / "exp" / "ddp").rglob("results.json"))) == 1

@@ -1,0 +1,154 @@
+"""Speed options must not change results: contiguous attention input, activation checkpointing,
+layers without autograd below e_first_layer, the hidden-state cache, bf16 autocast."""
+
+import pytest
+import torch
+from torch import nn
+
+from elp.backbones import load_backbone
+from elp.feature_cache import HiddenStateCache, backbone_fingerprint, cached_forward
+from elp.model import AdaptedSSL
+
+OPTIONS = dict(l_dim=24, e_dim=8, prompt_frames=4, prefix_frames=4, lora_rank=2)
+
+
+def build(checkpoints, name, method, seed=1, backbone_kwargs=None, **extra):
+    torch.manual_seed(seed)
+    backbone = load_backbone(name, source=str(checkpoints[name]), **(backbone_kwargs or {}))
+    return AdaptedSSL(backbone, method, **{**OPTIONS, **extra})
+
+
+def batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 8000, generator=generator), torch.tensor([1.0, 0.7, 0.45])
+
+
+@pytest.mark.parametrize("name", ["wavlm", "wavlm_plus", "wavlm_large", "wav2vec2", "hubert"])
+def test_contiguous_attention_input_equals_stock(tiny_checkpoints, name):
+    wavs, wav_lens = batch()
+    fast = load_backbone(name, source=str(tiny_checkpoints[name])).eval()
+    stock = load_backbone(name, source=str(tiny_checkpoints[name]), contiguous_attention=False).eval()
+    expected_hooks = fast.num_layers if name.startswith("wavlm") else 0  # wav2vec2/HuBERT need none
+    assert len(fast._speed_hooks) == expected_hooks and not stock._speed_hooks
+    seen = []
+    for layer in fast.layers:  # WavLM's attention really gets a time-major input
+        layer.attention.register_forward_pre_hook(lambda m, args: seen.append(args[0].transpose(0, 1).is_contiguous()))
+    with torch.no_grad():
+        ours, theirs = fast(wavs, wav_lens), stock(wavs, wav_lens)
+    assert len(seen) == fast.num_layers and all(seen) == name.startswith("wavlm")
+    for mine, reference in zip(ours.hidden_states, theirs.hidden_states):
+        assert (mine - reference).abs().max().item() <= 1e-5
+
+
+def _loss(feats, frame_mask):
+    return (feats * frame_mask[..., None]).pow(2).mean() + feats[:, 0].sum()
+
+
+@pytest.mark.parametrize("method", ["el", "full", "prefix"])
+def test_activation_checkpointing_same_outputs_and_gradients(tiny_checkpoints, method):
+    wavs, wav_lens = batch()
+    results = []
+    for checkpointing in (False, True):
+        model = build(tiny_checkpoints, "wavlm_plus", method, activation_checkpointing=checkpointing,
+                      backbone_dropout=False).train()
+        feats, frame_mask = model(wavs, wav_lens)
+        _loss(feats, frame_mask).backward()
+        grads = {n: p.grad.clone() for n, p in model.learnable_parameters().items()}
+        results.append((feats.detach(), grads))
+    (plain, plain_grads), (ckpt, ckpt_grads) = results
+    assert torch.allclose(plain, ckpt, atol=1e-6)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], ckpt_grads[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_e_first_layer_trains_nothing_below_k_and_runs_it_without_autograd(tiny_checkpoints):
+    model = build(tiny_checkpoints, "wavlm_plus", "el", e_first_layer=1).train()
+    backbone = model.backbone
+    assert backbone.no_grad_layers == 1
+    assert set(model.encoder_adapters["ffn"]) == {"1"}  # el: layers k .. L-2
+    trainable_lns = {n for n in model.learnable_parameters() if "layer_norm" in n}
+    assert trainable_lns == {f"backbone.model.encoder.layers.{i}.{ln}.{p}" for i in (1, 2)
+                             for ln in ("layer_norm", "final_layer_norm") for p in ("weight", "bias")}
+    tracks_grad = []
+    for layer in backbone.layers:
+        layer.register_forward_hook(lambda m, i, out: tracks_grad.append(out[0].requires_grad))
+    wavs, wav_lens = batch()
+    feats, frame_mask = model(wavs, wav_lens)
+    assert tracks_grad == [False, True, True]
+    _loss(feats, frame_mask).backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert param.grad is None, f"frozen {name} got a gradient"
+    # L-adapters still read (and train on) the lower layers' outputs
+    assert model.layer_adapters.adapters[0].proj.weight.grad.abs().sum() > 0
+
+
+def test_e_first_layer_keeps_autograd_where_pseudo_frames_need_it(tiny_checkpoints):
+    assert build(tiny_checkpoints, "wavlm_plus", "elp", e_first_layer=1).backbone.no_grad_layers == 0
+    assert build(tiny_checkpoints, "wavlm_plus", "e_only", e_first_layer=2).backbone.no_grad_layers == 2
+    with pytest.raises(ValueError, match="e_first_layer=3"):
+        build(tiny_checkpoints, "wavlm_plus", "el", e_first_layer=3)
+
+
+def test_frozen_backbone_has_no_dropout_unless_asked(tiny_checkpoints):
+    def probabilities(model):
+        return {m.p for m in model.backbone.modules() if isinstance(m, nn.Dropout)} | {
+            m.dropout for m in model.backbone.modules() if isinstance(getattr(m, "dropout", None), float)}
+
+    assert probabilities(build(tiny_checkpoints, "wavlm_plus", "el")) == {0.0}
+    assert probabilities(build(tiny_checkpoints, "wavlm_plus", "full")) != {0.0}
+    assert probabilities(build(tiny_checkpoints, "wavlm_plus", "el", backbone_dropout=True)) != {0.0}
+
+
+@pytest.mark.parametrize("name", ["wavlm_plus", "wavlm_large", "wav2vec2"])
+@pytest.mark.parametrize("method", ["l_only", "weighted_sum"])
+def test_hidden_state_cache_round_trip(tiny_checkpoints, tmp_path, name, method):
+    model = build(tiny_checkpoints, name, method).train()
+    assert model.hidden_states_cacheable
+    cache = HiddenStateCache.for_model(tmp_path, model)
+    wavs, wav_lens = batch()
+    ids = ["spk1-utt1", "spk1/utt2", "spk2 utt3"]
+    live, live_mask = model(wavs, wav_lens)
+    filled, filled_mask = cached_forward(model, cache, ids, wavs, wav_lens)  # epoch 1: computes, stores
+    assert cache.hits == 0 and all(utt in cache for utt in ids)
+    cached, cached_mask = cached_forward(model, cache, ids, torch.zeros_like(wavs), wav_lens)  # epoch 2: reads
+    assert cache.hits == 3
+    assert torch.equal(cached_mask, live_mask) and torch.equal(filled_mask, live_mask)
+    valid = live_mask[..., None]  # padded frames are masked out by every head
+    assert ((cached - live) * valid).abs().max().item() <= 1e-6
+    assert ((filled - live) * valid).abs().max().item() <= 1e-6
+    cached.pow(2).mean().backward()  # the trainable part learns from cached states
+    assert all(p.grad is not None for p in model.learnable_parameters().values())
+
+
+def test_hidden_state_cache_is_keyed_by_backbone_weights(tiny_checkpoints, tmp_path):
+    model = build(tiny_checkpoints, "wavlm_plus", "l_only")
+    other = build(tiny_checkpoints, "wavlm", "l_only")
+    assert backbone_fingerprint(model.backbone) == backbone_fingerprint(build(tiny_checkpoints, "wavlm_plus", "l_only", seed=5).backbone)
+    assert backbone_fingerprint(model.backbone) != backbone_fingerprint(other.backbone)
+    cache = HiddenStateCache.for_model(tmp_path, model)
+    cache.put("u1", torch.zeros(4, 5, 32))
+    assert "u1" in cache and "u1" not in HiddenStateCache.for_model(tmp_path, other)
+
+
+def test_hidden_state_cache_refuses_adapted_backbones(tiny_checkpoints):
+    for method, options in (("el", {}), ("l_only", {"backbone_dropout": True})):
+        model = build(tiny_checkpoints, "wavlm_plus", method, **options)
+        assert not model.hidden_states_cacheable
+        with pytest.raises(ValueError, match="cannot be precomputed"):
+            model.forward_from_hidden_states([torch.zeros(1, 2, 32)] * 4, torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("method", ["el", "lora", "full"])
+def test_bf16_autocast_on_cpu(tiny_checkpoints, method):
+    model = build(tiny_checkpoints, "wavlm_plus", method).train()
+    wavs, wav_lens = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, frame_mask = model(wavs, wav_lens)
+        loss = _loss(feats.float(), frame_mask)
+    assert feats.dtype == torch.bfloat16 and torch.isfinite(feats).all()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.learnable_parameters().values())
