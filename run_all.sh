@@ -17,7 +17,7 @@ set -euo pipefail
 methods="full weighted_sum elp"
 backbone=wavlm_plus
 backbone_source=          # local checkpoint directory (default: hub id, or the pre-trained small one)
-pretrain_steps=400        # mini mode: steps of the stand-in backbone's pre-training
+pretrain_steps=800        # mini mode: steps of the stand-in backbone's pre-training
 librispeech_root=
 voxceleb_root=
 iemocap_root=
@@ -52,19 +52,35 @@ started=$(date +%s)
 
 common=(--backbone "${backbone}" --ngpu "${ngpu}")
 [ -n "${backbone_source}" ] && common+=(--backbone_source "$(readlink -f "${backbone_source}" || echo "${backbone_source}")")
-overrides=()
-[ -n "${epochs}" ] && overrides+=(--number_of_epochs "${epochs}")
-if ${mini}; then
-    # the mini corpora are small: few epochs, frequent validation
-    overrides+=(--ckpt_interval_steps 0)
-fi
 fold_opts() { [ "$1" = er ] && echo "--folds" && echo "${2:-${er_folds}}"; return 0; }
+
+# Settings for the mini corpora (a few hundred utterances each, a small backbone): word-level
+# BPE for the 17-word ASR vocabulary, larger learning rates, no intra-epoch checkpoints.
+# One token per line, for mapfile.
+mini_lr="{head: 5.0e-3, e: 3.0e-3, l: 3.0e-3, ln: 3.0e-3, p: 3.0e-3, lora: 3.0e-3, prefix: 3.0e-3, backbone: 5.0e-4}"
+recipe_flags() {
+    if ${mini} && [ "$1" = asr ]; then echo --bpe; echo 100; fi
+    return 0
+}
+hparam_overrides() {
+    if ${mini}; then
+        echo --ckpt_interval_steps; echo 0
+        case $1 in
+            asr) echo --number_of_epochs; echo 30; echo --lr; echo "${mini_lr}" ;;
+            ic) echo --number_of_epochs; echo 15; echo --lr; echo "${mini_lr}" ;;
+            sv|er) echo --number_of_epochs; echo 15 ;;
+        esac
+    fi
+    if [ -n "${epochs}" ]; then echo --number_of_epochs; echo "${epochs}"; fi
+    return 0
+}
 
 log "Preparing data (stages 0-2) for: ${tasks}"
 for task in ${tasks}; do
     mapfile -t folds < <(fold_opts "${task}")
+    mapfile -t flags < <(recipe_flags "${task}")
     (cd "${recipe_dir[${task}]}" && ./run.sh --stop_stage 2 ${data_root[${task}]:+--data_root "${data_root[${task}]}"} \
-        "${folds[@]}" "${common[@]}") > "${logs}/${task}_prep.log" 2>&1 \
+        "${folds[@]}" "${flags[@]}" "${common[@]}") > "${logs}/${task}_prep.log" 2>&1 \
         || die "data preparation of ${task} failed: see ${logs}/${task}_prep.log"
 done
 
@@ -77,9 +93,10 @@ if ${mini} && [ ! -f "${backbone_source}/config.json" ]; then
         > "${logs}/pretrain.log" 2>&1 || die "pre-training failed: see ${logs}/pretrain.log"
 fi
 
-# one job per (task, method[, fold]); run ${jobs} at a time
+# one job per (task, method[, fold]), the longest first (intent, ASR, SV, then the emotion
+# folds, which fill the gaps); ${jobs} run at a time
 job_list=()
-for task in ${tasks}; do
+for task in $(for t in ic asr sv er; do [[ " ${tasks} " == *" ${t} "* ]] && echo "${t}"; done); do
     for method in ${methods}; do
         if [ "${task}" = er ]; then
             for fold in ${er_folds}; do job_list+=("${task} ${method} ${fold}"); done
@@ -93,6 +110,7 @@ run_job() {
     local task=$1 method=$2 fold=${3:-}
     local name=${task}_${method}${fold:+_fold${fold}}
     mapfile -t folds < <(fold_opts "${task}" "${fold}")
+    mapfile -t overrides < <(hparam_overrides "${task}")
     if (cd "${recipe_dir[${task}]}" && ./run.sh --stage 3 --stop_stage 5 --method "${method}" \
             --tag "${label}_${method}" "${folds[@]}" "${common[@]}" -- "${overrides[@]}") \
             > "${logs}/${name}.log" 2>&1; then
@@ -132,7 +150,7 @@ fi
 
 roots=()
 for task in ${tasks}; do
-    for method in ${methods}; do roots+=("${recipe_dir[${task}]}/exp/${label}_${method}/results.json"); done
+    for method in ${methods}; do roots+=("${recipe_dir[${task}]}/exp/${label}_${method}"); done
 done
 python recipes/summarize.py --exp-root "${roots[@]}" --out exp/summary
 log "Finished in $(( $(date +%s) - started )) s: exp/summary.md, exp/summary.json, exp/summary.png"

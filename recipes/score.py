@@ -68,6 +68,17 @@ def score_sv(decode: Path) -> tuple[dict, dict]:
 SCORERS = {"asr": score_asr, "classify": score_classify, "sv": score_sv}
 
 
+def backbone_label(hparams: dict) -> str:
+    """``wavlm_plus``, ``wavlm_plus[tiny]`` (random weights) or ``wavlm_plus@<dir>`` (local weights)."""
+    label = hparams["backbone"]
+    if not hparams.get("backbone_pretrained", True) and hparams.get("backbone_arch"):
+        return f"{label}[{hparams['backbone_arch']}]"
+    source = hparams.get("backbone_source")
+    if source and Path(source).is_dir():
+        return f"{label}@{Path(source).name}"
+    return label
+
+
 def main(argv) -> int:
     configure_logging()
     hparams, _ = load_experiment(argv)
@@ -84,7 +95,7 @@ def main(argv) -> int:
     train_stats = json.loads((output / "train_stats.json").read_text())
     result = {
         "task": hparams.get("task_name", hparams["task"]), "corpus": hparams["corpus"],
-        "backbone": hparams["backbone"] + (f"[{hparams['backbone_arch']}]" if hparams.get("backbone_arch") else ""),
+        "backbone": backbone_label(hparams),
         "method": hparams["method"], "tag": hparams["tag"], "metric": metric,
         "learnable_params": train_stats["learnable_params"], "train_wall_s": train_stats["train_wall_s"],
         "peak_mem_mb": train_stats["peak_mem_mb"],

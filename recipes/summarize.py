@@ -301,6 +301,7 @@ def plot_summary(results: Sequence[dict], png_path) -> None:
                         fontsize=7, color="grey", xytext=(0, 2), textcoords="offset points")
         names = sorted({_metric_label(r) for r in task_results})
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded 2x10^4 labels
         ax.margins(x=0.2)
         ax.set_xlabel("learnable parameters")
         ax.set_ylabel(", ".join(names))

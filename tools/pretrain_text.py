@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     intents = {row["intent"] for row in used}
     candidates = [row for path in sources for row in read_jsonl(path)
                   if row["slurp_id"] not in used_ids and row["sentence"].lower() not in used_text
-                  and len(row["sentence"].split()) <= 12]
+                  and len(row["sentence"].split()) <= 8]
     rng = random.Random(args.seed)
     rng.shuffle(candidates)
     candidates.sort(key=lambda row: row["intent"] not in intents)  # stable: in-domain intents first

@@ -157,7 +157,8 @@ def read_annotations(folder: Path) -> list[dict]:
 
 
 def select_real_lines(lines: list[dict], num_intents: int, per_intent: int,
-                      rng: random.Random, intents: list[str] | None = None) -> dict[str, list[dict]]:
+                      rng: random.Random, intents: list[str] | None = None,
+                      max_words: int = MAX_WORDS) -> dict[str, list[dict]]:
     """Most frequent intents (or the given ``intents``), up to ``per_intent`` short unique
     sentences each, split.
 
@@ -181,7 +182,7 @@ def select_real_lines(lines: list[dict], num_intents: int, per_intent: int,
                            key=lambda x: x["slurp_id"]):
             if line["sentence"] in seen or not line["recordings"]:
                 continue
-            if len(line["sentence"].split()) > MAX_WORDS:
+            if len(line["sentence"].split()) > max_words:
                 skipped_long += 1
                 continue
             seen.add(line["sentence"])
@@ -190,7 +191,7 @@ def select_real_lines(lines: list[dict], num_intents: int, per_intent: int,
         for split, part in zip(SPLITS, split_counts(min(per_intent, len(pool)))):
             chosen[split] += [pool.pop(0) for _ in range(part)]
     logger.info("SLURP: intents %s; %d lines longer than %d words not chosen",
-                intents, skipped_long, MAX_WORDS)
+                intents, skipped_long, max_words)
     return chosen
 
 
@@ -274,7 +275,8 @@ def recording_stem(file: str) -> str:
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False, annotations: str | Path | None = None, builtin: bool = False,
           num_intents: int = 6, sentences_per_intent: int | None = None,
-          recordings_per_line: int | None = None, intents: str | None = None) -> dict:
+          recordings_per_line: int | None = None, intents: str | None = None,
+          max_words: int = MAX_WORDS) -> dict:
     """Builds ``<out>/slurp`` (see the module docstring).
 
     Arguments
@@ -300,6 +302,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     intents : str, optional
         Comma-separated intents to keep instead of the ``num_intents`` most frequent ones
         (real annotations only).
+    max_words : int
+        Longest sentence (in words) chosen from the real annotations.
 
     Returns
     -------
@@ -328,7 +332,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     chosen_intents = [i for i in (intents or "").split(",") if i]
     params = build_params(CORPUS, seed, size, source=source, num_intents=num_intents,
                           sentences_per_intent=per_intent, recordings_per_line=per_line,
-                          **({"intents": chosen_intents} if chosen_intents else {}))
+                          **({"intents": chosen_intents} if chosen_intents else {}),
+                          **({"max_words": max_words} if max_words != MAX_WORDS else {}))
 
     rng = random.Random(seed)
     if folder is None:
@@ -337,7 +342,7 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     else:
         logger.info("SLURP: real annotations from %s", folder)
         chosen = select_real_lines(read_annotations(folder), num_intents, per_intent, rng,
-                                   chosen_intents)
+                                   chosen_intents, max_words)
     for lines in chosen.values():
         for i, line in enumerate(lines):
             lines[i] = ordered({**line, "recordings": line["recordings"][:per_line]})
@@ -394,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="lines per intent (default: tiny 3, small 32)")
     parser.add_argument("--recordings_per_line", type=int, default=None,
                         help="recordings synthesized per line (default: tiny 1, small 2)")
+    parser.add_argument("--max_words", type=int, default=MAX_WORDS,
+                        help=f"longest sentence chosen, in words (default {MAX_WORDS})")
     parser.add_argument("--intents", default=None,
                         help="comma-separated intents to keep (real annotations) instead of the "
                              "--num_intents most frequent")

@@ -7,13 +7,14 @@
 #
 # Options: see ../../../recipes/run_task.sh (all of its flags work here).
 # The mini corpus keeps six intents whose real SLURP sentences differ in wording (weather,
-# music, news, email, calendar, time), so a small model can learn them in minutes.
+# music, news, email, calendar, time), short ones (<= 6 words), so a small model can learn
+# them in minutes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
     --task classify --task_name ic --corpus slurp \
     --mini_corpus tools/mini_corpus/slurp.py --mini_corpus_subdir slurp \
-    --mini_corpus_opts "--intents weather_query,play_music,news_query,email_query,calendar_set,datetime_query --sentences_per_intent 48" \
+    --mini_corpus_opts "--intents weather_query,play_music,news_query,email_query,calendar_set,datetime_query --sentences_per_intent 48 --max_words 6" \
     --train_set train --valid_set devel --test_sets test \
     "$@"
