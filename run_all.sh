@@ -67,7 +67,7 @@ hparam_overrides() {
         echo --ckpt_interval_steps; echo 0
         case $1 in
             asr) echo --number_of_epochs; echo 30; echo --lr; echo "${mini_lr}" ;;
-            ic) echo --number_of_epochs; echo 15; echo --lr; echo "${mini_lr}" ;;
+            ic) echo --number_of_epochs; echo 20; echo --lr; echo "${mini_lr}" ;;
             sv|er) echo --number_of_epochs; echo 15 ;;
         esac
     fi

@@ -57,7 +57,7 @@ class ELPBrain(sb.Brain):
         if unknown:
             raise ValueError(f"lr has unknown groups {sorted(unknown)}; groups are {PARAMETER_GROUPS}")
         groups = dict(unwrap(self.modules.model).parameter_groups())
-        groups["head"] = [p for p in unwrap(self.modules.head).parameters() if p.requires_grad]
+        groups["head"] = self.head_parameters()
         param_groups = []
         for name, params in groups.items():
             if name not in lrs:
@@ -69,11 +69,15 @@ class ELPBrain(sb.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the task head (the ``head`` learning-rate group)."""
+        return [p for p in unwrap(self.modules.head).parameters() if p.requires_grad]
+
     def learnable_parameter_count(self) -> int:
         """Learnable parameters of adapters/backbone plus the head."""
-        model, head = unwrap(self.modules.model), unwrap(self.modules.head)
+        model = unwrap(self.modules.model)
         return sum(p.numel() for p in model.learnable_parameters().values()) + \
-            sum(p.numel() for p in head.parameters() if p.requires_grad)
+            sum(p.numel() for p in self.head_parameters())
 
     # ------------------------------------------------------------------ features
     def features(self, batch, stage):

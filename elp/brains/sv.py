@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from elp.brains.base import ELPBrain
+from elp.brains.base import ELPBrain, unwrap
 from elp.scoring import accuracy
 
 
@@ -34,14 +34,9 @@ class SpeakerBrain(ELPBrain):
         acc = accuracy(torch.cat(self.preds), torch.cat(self.targets))
         return {"accuracy": acc, "error": 100.0 - acc}
 
-    def init_optimizers(self):
-        super().init_optimizers()
-        # the AAM weights belong with the head
-        self.optimizer.param_groups[-1]["params"] += [p for p in self.modules.classifier.parameters()]
-        self.optimizer.state.clear()
-
-    def learnable_parameter_count(self) -> int:
-        return super().learnable_parameter_count() + sum(p.numel() for p in self.modules.classifier.parameters())
+    def head_parameters(self):
+        """The embedding head and the AAM classifier share the ``head`` learning rate."""
+        return super().head_parameters() + list(unwrap(self.modules.classifier).parameters())
 
     def predict(self, dataset, loader_kwargs):
         """utt id -> embedding [embed_dim] (CPU tensor)."""
