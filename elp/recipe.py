@@ -137,8 +137,6 @@ def make_dataset(data_dir: str, hparams: dict, inventory, split: str) -> sb.data
         dataset.add_dynamic_item(label_pipeline)
         keys += ["label", "label_id"]
     dataset.set_output_keys(keys)
-    if train and hparams.get("sort_by_length", False):
-        dataset = dataset.filtered_sorted(sort_key="num_samples")
     return dataset
 
 
