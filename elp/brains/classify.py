@@ -19,12 +19,20 @@ class UtteranceClassifierBrain(ELPBrain):
         feats, frame_mask = self.features(batch, stage)
         return self.modules.head(feats, frame_mask)
 
-    def compute_objectives(self, logits, batch, stage):
+    def class_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """[B, num_classes] scores of the head's outputs (here the outputs themselves)."""
+        return outputs
+
+    def class_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of the head's outputs (cross-entropy)."""
+        return F.cross_entropy(outputs, targets)
+
+    def compute_objectives(self, outputs, batch, stage):
         targets = self.class_targets(batch)
         if stage.name != "TRAIN":
-            self.preds.append(logits.argmax(-1).cpu())
+            self.preds.append(self.class_logits(outputs).argmax(-1).cpu())
             self.targets.append(targets.cpu())
-        return F.cross_entropy(logits, targets)
+        return self.class_loss(outputs, targets)
 
     def reset_stats(self, stage):
         self.preds, self.targets = [], []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from elp.brains.base import ELPBrain, unwrap
-from elp.scoring import accuracy
+from elp.brains.base import unwrap
+from elp.brains.classify import UtteranceClassifierBrain
 
 
-class SpeakerBrain(ELPBrain):
+class SpeakerBrain(UtteranceClassifierBrain):
     """``modules.head`` maps features to embeddings; ``modules.classifier`` is the AAM layer.
 
     Training reads ``label_id`` (the training speaker); validation reports speaker-ID
@@ -16,23 +16,13 @@ class SpeakerBrain(ELPBrain):
     embeddings; stage 4 scores the trial list with them.
     """
 
-    def compute_forward(self, batch, stage):
-        feats, frame_mask = self.features(batch, stage)
-        return self.modules.head(feats, frame_mask)
+    def class_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Scaled cosines to the training speakers (no margin)."""
+        return self.modules.classifier(embeddings)
 
-    def compute_objectives(self, embeddings, batch, stage):
-        targets = self.class_targets(batch)
-        if stage.name != "TRAIN":
-            self.preds.append(self.modules.classifier(embeddings).argmax(-1).cpu())
-            self.targets.append(targets.cpu())
+    def class_loss(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """AAM-softmax cross-entropy."""
         return self.modules.classifier.loss(embeddings, targets)
-
-    def reset_stats(self, stage):
-        self.preds, self.targets = [], []
-
-    def stage_stats(self, stage):
-        acc = accuracy(torch.cat(self.preds), torch.cat(self.targets))
-        return {"accuracy": acc, "error": 100.0 - acc}
 
     def head_parameters(self):
         """The embedding head and the AAM classifier share the ``head`` learning rate."""
