@@ -32,6 +32,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -239,6 +240,9 @@ class SSLBackbone(nn.Module):
         self._speed_hooks = add_contiguous_attention_inputs(model) if contiguous_attention else []
         self.no_grad_layers = 0
         self.activation_checkpointing = False
+        # Identity of the frozen weights as loaded (before any training changes them): exports,
+        # checkpoints and model packages reference the backbone by it instead of copying it.
+        self.weights_sha256 = weights_hash(model)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -462,6 +466,43 @@ class SSLBackbone(nn.Module):
             hidden_states.append(hidden)
         last = encoder.layer_norm(hidden) if stable else hidden
         return hidden_states, last
+
+
+def weights_hash(module: nn.Module) -> str | None:
+    """SHA-256 over a module's parameters and buffers (names, dtypes, shapes and bytes).
+
+    Two backbones have the same hash exactly when their weights are bit-identical, whatever
+    directory or hub id they came from. ``None`` for a module on the meta device.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Any module; tensors are read in ``state_dict`` order sorted by name.
+
+    Returns
+    -------
+    str or None
+        64 hex digits.
+
+    Examples
+    --------
+    >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> weights_hash(a) == weights_hash(b)
+    True
+    >>> with torch.no_grad():
+    ...     _ = b.weight.add_(1e-6)
+    >>> weights_hash(a) == weights_hash(b)
+    False
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if tensor.is_meta:
+            return None
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class _ConfigStub:
