@@ -26,6 +26,8 @@ class SpeakerVerification(Task):
         0: plain cosine scores; C > 0: adaptive S-norm against C training-set embeddings.
     snorm_top_k : int, optional
         Top-k cohort scores per side (None: all).
+    cohort_set : str, optional
+        The data dir whose embeddings form the S-norm cohort (the training set).
     **kwargs
         See :class:`elp.tasks.base.Task` (``max_train_seconds``: the random training crops).
 
@@ -39,11 +41,12 @@ class SpeakerVerification(Task):
     valid_key, valid_key_mode = "accuracy", "max"
     metric_name, higher_is_better = "eer", False
 
-    def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, **kwargs):
+    def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.snorm_cohort = int(snorm_cohort or 0)
         self.snorm_top_k = snorm_top_k
-        self.train_set: str | None = None  # the cohort's source (set by the driver)
+        self.cohort_set = cohort_set
 
     def build_inventory(self, train_dir, lang_dir):
         LabelMap.from_values(read_data_dir(train_dir).utt2spk.values()).save(lang_dir)
@@ -68,7 +71,7 @@ class SpeakerVerification(Task):
         embeddings = brain.predict(dataset, loader_kwargs)
         cohort = None
         if self.snorm_cohort:
-            train = self.dataset(self.train_set, "test", None)
+            train = self.dataset(self.cohort_set, "test", None)
             train_emb = brain.predict(train, loader_kwargs)
             if train_emb is not None:
                 cohort = torch.stack([train_emb[u] for u in sorted(train_emb)][: self.snorm_cohort])
