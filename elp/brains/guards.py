@@ -10,7 +10,8 @@ What it changes in ``Brain.fit_batch`` / ``Brain.optimizers_step``:
   run, nothing is updated. **Non-finite gradients** (total norm over every parameter of every
   optimizer is NaN/inf): logged with the ids, gradients zeroed, no optimizer step.
   A skipped batch leaves the weights, the optimizer state and the running training loss
-  untouched (the average is over the batches that were used).
+  untouched (the average is over the batches that were used), and no intra-epoch checkpoint
+  is written right after it.
 * After ``nonfinite_patience`` (SpeechBrain's run option, default 3; settable in the hparams)
   consecutive skipped batches training stops with :class:`NonFiniteTrainingError`, a
   one-line message naming the utterances and the likely causes. The error propagates out of
@@ -162,6 +163,14 @@ class NonFiniteGuard:
             self._skipped_in_stage = 0
             self._batch_skipped = False
             self._nonfinite_batches_in_run = 0
+            self._last_batch_skipped = False
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """No intra-epoch checkpoint right after a skipped batch (all processes agree on skips)."""
+        self._guard_state()
+        if self._last_batch_skipped:
+            return False
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
     def on_stage_start(self, stage, epoch=None):
         self._guard_state()
@@ -191,6 +200,7 @@ class NonFiniteGuard:
         self._nonfinite_run.extend(ids)
         self._skipped_in_stage += 1
         self._batch_skipped = True
+        self._last_batch_skipped = True
         run = self._nonfinite_run
         self._nonfinite_batches_in_run += 1
         count = self._nonfinite_batches_in_run
@@ -239,6 +249,7 @@ class NonFiniteGuard:
             self._check_parameters(batch)
 
         self.on_fit_batch_end(batch, outputs, loss, should_step)
+        self._last_batch_skipped = False
         self._nonfinite_run = []
         self._nonfinite_batches_in_run = 0
         return loss.detach().cpu()
