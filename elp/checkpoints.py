@@ -556,3 +556,55 @@ def _nonfinite_in(obj, prefix: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+# ------------------------------------------------------------------------------ measurement
+def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: str | os.PathLike | None = None) -> dict:
+    """Bytes of one checkpoint before (whole module, ``torch.save``) and after (:class:`TrainableState`).
+
+    Builds ``backbone`` with random weights of its real architecture (no download), the method
+    with default options and a 4-class :class:`elp.heads.PooledClassifier`, takes one Adam step
+    (so the optimizer holds its state) and writes a checkpoint and an adapter export.
+
+    Returns
+    -------
+    dict
+        ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes) and
+        ``ratio`` = (model + head) / export.
+    """
+    import tempfile
+
+    from elp.backbones import load_backbone
+    from elp.export import CONFIG_FILE, WEIGHTS_FILE, save_adapters
+    from elp.heads import PooledClassifier
+    from elp.model import AdaptedSSL
+
+    torch.manual_seed(0)
+    model = AdaptedSSL(load_backbone(backbone, pretrained=False), method)
+    head = PooledClassifier(model.output_dim, 4)
+    params = list(model.learnable_parameters().values()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params)
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    root = Path(directory or tempfile.mkdtemp())
+    torch.save(model.state_dict(), root / "whole_module.ckpt")
+    saved = AtomicCheckpointer(root / "save", {"model": TrainableState(model), "head": head, "optimizer": optimizer,
+                                               "rng": RNGState()}).save_checkpoint(verbosity=logging.DEBUG)
+    export = save_adapters(model, root / "export", head=head)
+    size = {name: (saved.path / f"{name}{PARAMFILE_EXT}").stat().st_size for name in ("model", "head", "optimizer", "rng")}
+    size["whole_module"] = (root / "whole_module.ckpt").stat().st_size
+    size["export"] = (export / WEIGHTS_FILE).stat().st_size + (export / CONFIG_FILE).stat().st_size
+    size["learnable"] = sum(p.numel() for p in model.learnable_parameters().values())
+    size["ratio"] = round((size["model"] + size["head"]) / size["export"], 4)
+    if directory is None:
+        shutil.rmtree(root)
+    return size
+
+
+if __name__ == "__main__":  # python -m elp.checkpoints [backbone] [method ...]
+    import sys
+
+    args = sys.argv[1:] or ["wavlm_plus", "elp"]
+    for method_name in args[1:]:
+        print(json.dumps({"backbone": args[0], "method": method_name, **measure_sizes(args[0], method_name)}))
