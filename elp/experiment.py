@@ -64,6 +64,7 @@ IGNORED_KEYS: dict[str, str] = {
     "train_log": "derived from the experiment directory",
     "log_file": "derived from the experiment directory",
     "tag": "names the experiment directory",
+    "restart": "the flag that asks for a restart",
     "stage": "which recipe stages run",
     "stop_stage": "which recipe stages run",
     "ckpt_interval_steps": "when checkpoints are written (resume is exact)",
