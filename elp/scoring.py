@@ -468,6 +468,54 @@ def select_cohort(
     return torch.stack([torch.as_tensor(embeddings[u]).float() for u in chosen_utts]), chosen_utts
 
 
+def cohort_utterance_ids(
+    utt2spk: Mapping[str, str], num_speakers: int, per_speaker: int, seed: int = 0
+) -> list[str]:
+    """The utterances to embed for a speaker-balanced cohort, chosen from ``utt2spk`` alone.
+
+    Embedding a whole training set only to keep a few thousand cohort entries costs a full
+    pass over it (VoxCeleb1 dev: about 340 h of audio); pick the ids first, embed those, then
+    call :func:`select_cohort` on their embeddings (``size >= num_speakers`` keeps every
+    chosen speaker).
+
+    Parameters
+    ----------
+    utt2spk : Mapping[str, str]
+        utt id -> speaker id of the cohort set (e.g. the training data dir).
+    num_speakers : int
+        Speakers drawn at random (seeded); all of them when there are fewer.
+    per_speaker : int
+        Utterances drawn at random (seeded) per chosen speaker (all when it has fewer).
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    list[str]
+        Sorted utterance ids.
+
+    Examples
+    --------
+    >>> spk = {"a1": "a", "a2": "a", "a3": "a", "b1": "b"}
+    >>> ids = cohort_utterance_ids(spk, num_speakers=5, per_speaker=2)
+    >>> len(ids), sum(u.startswith("a") for u in ids), "b1" in ids
+    (3, 2, True)
+    """
+    if num_speakers < 1 or per_speaker < 1:
+        raise ValueError(f"num_speakers and per_speaker must be >= 1, got {num_speakers} and {per_speaker}")
+    by_speaker: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk):
+        by_speaker.setdefault(utt2spk[utt], []).append(utt)
+    generator = torch.Generator().manual_seed(seed)
+    speakers = sorted(by_speaker)
+    speakers = [speakers[i] for i in torch.randperm(len(speakers), generator=generator).tolist()][:num_speakers]
+    chosen = []
+    for spk in speakers:
+        utts = by_speaker[spk]
+        chosen += [utts[i] for i in torch.randperm(len(utts), generator=generator).tolist()[:per_speaker]]
+    return sorted(chosen)
+
+
 def cohort_statistics(
     embeddings: torch.Tensor,
     cohort: torch.Tensor,

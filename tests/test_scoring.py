@@ -283,3 +283,17 @@ def test_select_cohort_utterances_spreads_over_speakers():
         select_cohort({"x": torch.ones(2), **embeddings}, utt2spk, size=4)
     with pytest.raises(ValueError, match="mode"):
         select_cohort(embeddings, utt2spk, size=4, mode="first")
+
+
+def test_cohort_utterance_ids_then_select_cohort():
+    from elp.scoring import cohort_utterance_ids
+
+    embeddings, utt2spk = _speaker_corpus()
+    ids = cohort_utterance_ids(utt2spk, num_speakers=4, per_speaker=2, seed=5)
+    assert ids == cohort_utterance_ids(utt2spk, num_speakers=4, per_speaker=2, seed=5)
+    speakers = {utt2spk[u] for u in ids}
+    assert len(speakers) == 4
+    assert all(sum(utt2spk[u] == s for u in ids) == min(2, sum(v == s for v in utt2spk.values()))
+               for s in speakers)
+    cohort, rows = select_cohort({u: embeddings[u] for u in ids}, utt2spk, size=4, seed=5)
+    assert sorted(rows) == sorted(speakers) and cohort.shape == (4, 4)
