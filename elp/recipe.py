@@ -19,6 +19,7 @@ ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run opt
 precision             fp32 | bf16 | fp16 autocast (SpeechBrain run option)
 results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
 results_md            the recipe's RESULTS.md table ("" for none)
+restart               stage 3: move a finished run with other hparams aside and start over
 ===================== =================================================================
 """
 
@@ -30,16 +31,18 @@ from pathlib import Path
 import speechbrain as sb
 
 from elp.data.audio import TARGET_SAMPLE_RATE
-from elp.hparams import load_hparams, peek_hparams, read_overrides
+from elp.experiment import ExperimentGuard, ExperimentLock, require_trained_model
+from elp.hparams import load_hparams, peek_hparams, read_overrides, resolved_text
 from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
 
 logger = logging.getLogger(__name__)
+_HELD: list = []  # the experiment locks this process holds
 
 #: Run options a recipe may leave out of its YAML (see the module docstring).
 RUN_DEFAULTS = {
     "batch_size": 8, "dynamic_batching": False, "max_batch_seconds": 40.0, "num_buckets": 4,
     "num_workers": 0, "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "fp32",
-    "results_file": "results.json", "results_md": "RESULTS.md",
+    "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
 }
 
 
@@ -83,11 +86,13 @@ def peek_keys(hparams_file: str) -> set[str]:
         return set(ruamel.yaml.YAML().load(fin) or {})
 
 
-def load_experiment(argv: list[str]) -> tuple[dict, dict]:
-    """Parse the command line, initialise DDP, build the hparams' objects.
+def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
+    """Parse the command line, initialise DDP, build the hparams' objects, guard the exp dir.
 
     DDP is initialised right after parsing (before anything touches torch.distributed), as
-    SpeechBrain requires. The resolved hparams are saved in the output folder.
+    SpeechBrain requires. ``stage="train"`` takes the experiment's lock and refuses hparams
+    that differ from the ones it was trained with (:class:`elp.experiment.ExperimentGuard`);
+    ``stage="eval"`` takes the lock and refuses an experiment without a trained model.
 
     Returns
     -------
@@ -98,6 +103,16 @@ def load_experiment(argv: list[str]) -> tuple[dict, dict]:
     sb.utils.distributed.ddp_init_group(run_opts)
     overrides = _with_run_defaults(hparams_file, overrides)
     hparams = load_hparams(hparams_file, overrides, allowed_new=RUN_DEFAULTS)
+    output = hparams["output_folder"]
+    if sb.utils.distributed.if_main_process():
+        if stage == "train":
+            guard = ExperimentGuard(output, resolved_text(hparams_file, overrides, RUN_DEFAULTS),
+                                    restart=bool(hparams["restart"]))
+        else:
+            require_trained_model(output)
+            guard = ExperimentLock(output)
+        _HELD.append(guard.__enter__())  # released when the process exits
+    sb.utils.distributed.ddp_barrier()
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
                                    hyperparams_to_save=hparams_file, overrides=overrides)
     hparams["hparams_file"] = hparams_file

@@ -66,3 +66,33 @@ def shared_data_dir() -> Path | None:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
+
+
+def run_main(main, argv: list[str]) -> int:
+    """Run an entry point; a user error (bad option, file, data, experiment state) prints one
+    line ``ERROR: <message>`` and returns 1 instead of a traceback (``ELP_DEBUG=1``: raise).
+
+    Parameters
+    ----------
+    main : callable
+        ``main(argv) -> int``.
+    argv : list of str
+
+    Examples
+    --------
+    >>> def main(argv):
+    ...     raise FileNotFoundError("data/train/wav.scp is missing: run stage 0 first")
+    >>> run_main(main, [])  # prints "ERROR: data/train/wav.scp is missing: ..." on stderr
+    1
+    """
+    from elp.brains.guards import NonFiniteTrainingError
+    from elp.experiment import ExperimentLockedError
+
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, KeyError, ExperimentLockedError, NonFiniteTrainingError) as err:
+        if os.environ.get("ELP_DEBUG"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"ERROR: {' '.join(message.split())}", file=sys.stderr)
+        return 1

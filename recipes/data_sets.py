@@ -8,6 +8,7 @@ Usage::
 
 import sys
 
+from elp.runtime import run_main
 from elp.recipe import peek_experiment
 
 
@@ -20,4 +21,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

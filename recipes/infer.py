@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
-from elp.runtime import configure_logging
+from elp.runtime import configure_logging, run_main
 
 
 def main(argv) -> int:
     configure_logging()
-    hparams, run_opts = load_experiment(argv)
+    hparams, run_opts = load_experiment(argv, stage="eval")
     brain = build_brain(hparams, run_opts)
     brain.recover_best()
     decode_root = Path(hparams["output_folder"]) / "decode"
@@ -30,4 +30,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -14,7 +14,7 @@ import sys
 
 from elp.hparams import build_node
 from elp.recipe import peek_experiment
-from elp.runtime import configure_logging
+from elp.runtime import configure_logging, run_main
 
 logger = logging.getLogger("inventory")
 
@@ -32,4 +32,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

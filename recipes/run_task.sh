@@ -25,11 +25,14 @@ backbone_arch=        # tiny | small: random weights of that size (tests; no dow
 method=elp            # full weighted_sum conventional lora prefix e_only l_only p_only el elp
 tag=                  # experiment name (default <backbone>[_<arch>]_<method>)
 seed=                 # random seed (default: the YAML's)
+restart=false         # stage 3: move a run trained with other hparams aside and start over
 config=conf/train.yaml    # the recipe's hparams
 mini_config=conf/mini.yaml   # hparams applied on top in mini mode
 folds=                # cross-validation folds (data/fold<k>/...): stages 2-5 per fold, then the mean
 show_folds=false      # print the folds (one per line) and exit (run_all.sh asks this)
-ngpu=0                # GPUs per node (0: CPU)
+ngpu=0                # GPUs per node for training (0: CPU)
+ddp_cpu=0             # CPU processes per node for DDP over gloo (tests; 0: off)
+dry_run=false         # print the training command instead of running it
 nnodes=1              # nodes of a multi-node run
 node_rank=0           # this node's rank (stages other than 3 run on rank 0 only)
 master_addr=localhost
@@ -47,10 +50,14 @@ help_message="Usage: $0 [options] [-- hparam overrides]
   --method NAME                   full weighted_sum conventional lora prefix e_only l_only p_only el elp
   --tag TAG                       experiment name (default <backbone>_<method>)
   --seed N                        random seed (default: the YAML's seed)
+  --restart true                  stage 3: move a run trained with other hparams aside, start over
   --config FILE --mini_config FILE   hparams (default conf/train.yaml, conf/mini.yaml)
   --folds 'K ...'                 cross-validation folds (data/fold<k>)
   --show_folds true               print the recipe's folds and exit
   --ngpu N --nnodes N --node_rank R --master_addr HOST --master_port PORT   GPUs / nodes
+                                  (torchrun when processes x nodes > 1; --ngpu without CUDA is an error)
+  --ddp_cpu N                     N CPU processes with DDP over gloo (no GPU)
+  --dry_run true                  print stage 3's command instead of running it
   --prep_opts 'OPTS'              extra options of local/data_prep.py
   -- --key value ...              any hparam of the YAML (or a run option, see docs/RECIPES.md)"
 
@@ -58,6 +65,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${here}/path.sh"
 . "${here}/utils/log.sh"
 . "${here}/utils/parse_options.sh"
+. "${here}/utils/launch.sh"
 [ "${1:-}" = "--" ] && shift
 overrides=("$@")
 
@@ -67,6 +75,7 @@ if ${show_folds}; then
 fi
 [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 0 ] && [ "${stage}" -le "${stop_stage}" ] \
     || die "--stage ${stage} --stop_stage ${stop_stage}: stages are 0-5 and stage <= stop_stage"
+elp_check_launch
 [ -f "${config}" ] || die "--config ${config}: no such file (run ./run.sh from the recipe directory)"
 python "${ELP_ROOT}/recipes/check_options.py" --backbone "${backbone}" --method "${method}" ${backbone_arch:+--backbone_arch "${backbone_arch}"} \
     || die "fix the option above (./run.sh --help lists them)"
@@ -79,9 +88,7 @@ tag=${tag:-${backbone}${backbone_arch:+_${backbone_arch}}_${method}}
 exp=exp/${tag}
 data=data
 
-on_rank0() { [ "${node_rank}" -eq 0 ]; }   # stages other than training run on node 0 only
-
-if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ] && on_rank0; then
+if elp_stage 0; then
     if [ -z "${data_root}" ]; then
         log "Stage 0: no --data_root given: building the synthetic mini corpus (${mini_corpus})"
         # shellcheck disable=SC2086
@@ -99,9 +106,10 @@ fi
 # mini mode: the data came from the mini corpus (stage 0 left data/.mini)
 hp=(--backbone "${backbone}" --method "${method}")
 [ -n "${seed}" ] && hp+=(--seed "${seed}")
+${restart} && hp+=(--restart true)
 if [ -f "${data}/.mini" ]; then
     [ -f "${mini_config}" ] && hp+=(--overrides_file "${mini_config}")
-    if [ -z "${backbone_source}" ] && [ -z "${backbone_arch}" ] && [ "${stop_stage}" -ge 3 ]; then
+    if [ -z "${backbone_source}" ] && [ -z "${backbone_arch}" ] && [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
         backbone_source=${ELP_ROOT}/exp/backbone_${backbone}_small
         "${ELP_ROOT}/tools/standin_backbone.sh" --backbone "${backbone}" --out "${backbone_source}" \
             || die "building the stand-in backbone failed"
@@ -128,7 +136,7 @@ if [ -n "${folds}" ]; then
     for fold in ${folds}; do prefixes+=("fold${fold}/"); done
 fi
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && on_rank0; then
+if elp_stage 1; then
     log "Stage 1: validating data dirs"
     dirs=()
     for prefix in "${prefixes[@]}"; do
@@ -145,39 +153,23 @@ fi
 run_fold() {
     local prefix=$1 fold_exp=$2 fold_tag=$3
     fold_hparams "${prefix}" "${fold_exp}" "${fold_tag}"
-    if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && on_rank0; then
+    if elp_stage 2; then
         log "Stage 2: inventory (${fold_exp})"
         python "${ELP_ROOT}/recipes/inventory.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
     fi
-    if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    if elp_stage 3; then
         mkdir -p "${fold_exp}"
         log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${fold_exp}/train.log)"
-        launch_training "${config}" "${fold_hp[@]}" "${overrides[@]}" 2>&1 | tee -a "${fold_exp}/train.log"
+        elp_train_command "${ELP_ROOT}/recipes/train.py" "${config}" "${fold_hp[@]}" -- "${overrides[@]}"
+        elp_run "${ELP_CMD[@]}" 2>&1 | tee -a "${fold_exp}/train.log"
     fi
-    if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ] && on_rank0; then
+    if elp_stage 4; then
         log "Stage 4: inference (${fold_exp}/decode)"
         python "${ELP_ROOT}/recipes/infer.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
     fi
-    if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && on_rank0; then
+    if elp_stage 5; then
         log "Stage 5: scoring"
         python "${ELP_ROOT}/recipes/score.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
-    fi
-}
-
-# Stage 3's command: torchrun whenever ngpu x nnodes > 1, else one process.
-launch_training() {
-    local world=$((ngpu > 0 ? ngpu * nnodes : nnodes))
-    if [ "${world}" -gt 1 ]; then
-        local backend=nccl per_node=${ngpu}
-        [ "${ngpu}" -eq 0 ] && backend=gloo && per_node=1
-        log "Stage 3: torchrun, ${per_node} process(es) per node, ${nnodes} node(s), backend ${backend}"
-        torchrun --nnodes "${nnodes}" --node_rank "${node_rank}" --nproc_per_node "${per_node}" \
-            --master_addr "${master_addr}" --master_port "${master_port}" \
-            "${ELP_ROOT}/recipes/train.py" "$@" --distributed_backend="${backend}"
-    else
-        local device=cpu
-        [ "${ngpu}" -ge 1 ] && device=cuda:0
-        python "${ELP_ROOT}/recipes/train.py" "$@" --device "${device}"
     fi
 }
 
@@ -188,7 +180,7 @@ else
     for fold in ${folds}; do
         run_fold "fold${fold}/" "${exp}/fold${fold}" "${tag}_fold${fold}"
     done
-    if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ] && on_rank0; then
+    if elp_stage 5; then
         log "Stage 5: mean over folds ${folds}"
         python "${ELP_ROOT}/recipes/aggregate_folds.py" --exp "${exp}" --folds ${folds} --results-md RESULTS.md
     fi

@@ -16,7 +16,7 @@ from pathlib import Path
 from elp.hparams import build_node
 from elp.recipe import peek_experiment
 from elp.results import append_results_line, backbone_label, write_results_json
-from elp.runtime import configure_logging
+from elp.runtime import configure_logging, run_main
 
 
 def main(argv) -> int:
@@ -53,4 +53,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

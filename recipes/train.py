@@ -21,7 +21,7 @@ import speechbrain as sb
 from elp.brains.base import unwrap
 from elp.export import save_adapters
 from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
-from elp.runtime import configure_logging, peak_memory_mb
+from elp.runtime import configure_logging, peak_memory_mb, run_main
 
 
 def main(argv) -> int:
@@ -52,4 +52,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

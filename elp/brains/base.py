@@ -10,6 +10,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
+from elp.brains.guards import NonFiniteGuard
 from elp.feature_cache import HiddenStateCache, cached_forward
 from elp.methods import BACKBONE_GROUPS
 from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
@@ -34,7 +35,7 @@ def known_lr_groups() -> set[str]:
     return groups
 
 
-class ELPBrain(sb.Brain):
+class ELPBrain(NonFiniteGuard, sb.Brain):
     """Base Brain: ``modules`` holds ``model`` (:class:`elp.model.AdaptedSSL`) and ``head``.
 
     Hparams it reads (a recipe's YAML declares them; see ``recipes/conf/base.yaml``)
