@@ -21,7 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
-from elp.data.kaldi_dir import DataDirError, validate_data_dir, write_data_dir
+from elp.data.errors import DataError
+from elp.data.kaldi_dir import validate_data_dir, write_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
                         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     try:
         prepare(args)
-    except (CorpusLayoutError, DataDirError, FileNotFoundError) as error:
+    except (CorpusLayoutError, DataError, FileNotFoundError) as error:
         logger.error("%s", error)
         raise SystemExit(1) from None
     return 0

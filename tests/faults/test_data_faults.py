@@ -116,11 +116,12 @@ def test_nan_in_segmented_recording_names_recording_and_utts(tmp_path, capsys, c
 def test_bad_label_names_file_line_utt(tmp_path, capsys, caplog, line, what):
     d = make_dir(tmp_path, labels={f"spk{i % 2}-u{i:02d}": "neu" for i in range(4)})
     lines = (d / "utt2label").read_text().splitlines()
-    lines[1] = line
+    assert lines[2].startswith("spk1-u01 ")  # sorted: spk0-u00, spk0-u02, spk1-u01, spk1-u03
+    lines[2] = line
     (d / "utt2label").write_text("\n".join(lines) + "\n")
     rc, out = run_stage1(capsys, caplog, d)
     assert rc == 1
-    assert f"{d / 'utt2label'}:2" in out and "'spk1-u01'" in out and what in out and "one token" in out
+    assert f"{d / 'utt2label'}:3" in out and "'spk1-u01'" in out and what in out and "one token" in out
 
 
 def test_unseen_test_label_caught_in_stage2(tmp_path):
@@ -180,7 +181,7 @@ def test_unsafe_entry_names_file_line_and_fix(tmp_path, capsys, caplog, entry):
     set_entry(d, "spk1-u01", entry)
     rc, out = run_stage1(capsys, caplog, d)
     assert rc == 1
-    assert f"{d / 'wav.scp'}:2" in out and "'spk1-u01'" in out and "convert the audio to files first" in out
+    assert f"{d / 'wav.scp'}:3" in out and "'spk1-u01'" in out  # line 3 in sorted order and "convert the audio to files first" in out
 
 
 @pytest.mark.parametrize("entry", PIPED)
@@ -299,7 +300,7 @@ def test_empty_transcript_fails_stage1(tmp_path, capsys, caplog):
     text["spk0-u02"] = ""
     d = make_dir(tmp_path, text=text)
     rc, out = run_stage1(capsys, caplog, d)
-    assert rc == 1 and f"{d / 'text'}:3" in out and "'spk0-u02'" in out and "empty transcript" in out
+    assert rc == 1 and f"{d / 'text'}:2" in out and "'spk0-u02'" in out and "empty transcript" in out
 
 
 # --------------------------------------------------------------------------- entry points
