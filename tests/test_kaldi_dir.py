@@ -1,5 +1,6 @@
 """Kaldi data dirs: read/write round trips, validation errors and fixes, SpeechBrain dict."""
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,8 @@ def test_data_dir_to_dict_recomputes_stale_lengths(data_dir, audio, tmp_path):
     table = read_mapping(data_dir / "wav.scp")
     table["spkA-u1"] = str(longer)
     write_mapping(data_dir / "wav.scp", table)
+    stamp = (data_dir / "utt2num_samples").stat().st_mtime_ns + 10**9  # edited a second later
+    os.utime(data_dir / "wav.scp", ns=(stamp, stamp))
     assert data_dir_to_dict(data_dir)["spkA-u1"]["num_samples"] == 3200
     assert read_utt2num_samples(data_dir / "utt2num_samples")["spkA-u1"] == 3200
 

@@ -74,8 +74,8 @@ class CharTokenizer:
             return [self.index[SPACE if ch == " " else ch] for ch in text]
         except KeyError as err:
             where = f"utt {utt!r}: " if utt else ""
-            raise DataError(f"{where}character {err.args[0]!r} of {text!r} is not in the training token "
-                            "inventory; normalise the text like the training text or remove the utterance "
+            raise DataError(f"{where}character {err.args[0]!r} of {text!r} is not in the token inventory "
+                            "(built from the training text); normalise the text like the training text or remove the utterance "
                             "(stage 2 checks every dev/test set: check_eval_sets)") from None
 
     def decode(self, ids: Iterable[int]) -> str:
