@@ -372,3 +372,24 @@ def test_ark_pickle_entry_is_never_unpickled(tmp_path):
     with pytest.raises(ValueError, match="not a waveform"):
         read_audio(f"{tmp_path / 'x.ark'}:3")
     assert not canary.exists()
+
+
+def test_unseen_test_character_caught_for_bpe(tmp_path):
+    from elp.data.inventory import BPETokenizer, check_eval_sets
+
+    BPETokenizer.train(["YES NO UP", "GO DOWN LEFT", "NINE ONE"] * 5, tmp_path / "lang", vocab_size=30)
+    text = {"spk0-u00": "YES NO", "spk1-u01": "GO UP", "spk0-u02": "NINE", "spk1-u03": "ONE"}
+    check_eval_sets("asr", tmp_path / "lang", [make_dir(tmp_path, "dev", text=text)])
+    test = make_dir(tmp_path, "test", text=dict(text, **{"spk0-u02": "NINE ZQ"}))
+    with pytest.raises(ValueError) as error:
+        check_eval_sets("asr", tmp_path / "lang", [test])
+    assert f"{test / 'text'}:2" in str(error.value) and "'spk0-u02' has 'Q', 'Z'" in str(error.value)
+
+
+def test_unseen_speaker_in_sv_validation_set(tmp_path):
+    from elp.data.inventory import LabelMap, check_eval_sets
+
+    LabelMap(["spk0"]).save(tmp_path / "lang")
+    cv = make_dir(tmp_path, "train_cv")
+    with pytest.raises(ValueError, match=r"utt2spk:3: utt 'spk1-u01' has 'spk1'"):
+        check_eval_sets("sv", tmp_path / "lang", [cv])
