@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print the data dirs a recipe's hparams name (train, valid, then test sets), one per line.
+"""Print the data dirs a recipe's hparams name, one ``<role> <dir>`` per line (train, valid, test).
 
 Usage::
 
@@ -15,8 +15,10 @@ from elp.recipe import peek_experiment
 def main(argv) -> int:
     argv = [a for a in argv if a != "--"]
     hparams = peek_experiment(argv)
-    for data_dir in [hparams["train_set"], hparams["valid_set"], *hparams["test_sets"]]:
-        print(data_dir)
+    print("train", hparams["train_set"])
+    print("valid", hparams["valid_set"])
+    for data_dir in hparams["test_sets"]:
+        print("test", data_dir)
     return 0
 
 

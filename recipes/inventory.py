@@ -24,9 +24,8 @@ def main(argv) -> int:
     hparams = peek_experiment(argv)
     task = build_node(hparams["task"])
     task.build_inventory(hparams["train_set"], hparams["lang_dir"])
-    inventory = task.load_inventory(hparams["lang_dir"])
     for data_dir in [hparams["valid_set"], *hparams["test_sets"]]:
-        task.check_coverage(inventory, data_dir)
+        task.check_coverage(hparams["lang_dir"], data_dir)
     logger.info("%s: %s inventory of %s", hparams["lang_dir"], task.kind, hparams["train_set"])
     return 0
 

@@ -41,6 +41,8 @@ mini_corpus=          # tools/mini_corpus/<name>.py (set by run.sh)
 mini_corpus_subdir=   # corpus root inside the mini corpus folder (set by run.sh)
 mini_corpus_opts=     # extra options of the mini corpus builder (set by run.sh)
 prep_opts=            # extra options of local/data_prep.py
+fix_data=false        # stage 1: repair training/validation dirs (sort, drop incomplete utterances)
+max_drop=0.05         # stage 1 with --fix_data: dropping more than this share of a set is an error
 help_message="Usage: $0 [options] [-- hparam overrides]
   --stage N --stop_stage N        stages to run (0-5; default 0-5)
   --data_root DIR                 the real corpus (default: build the mini corpus, mini mode)
@@ -59,6 +61,7 @@ help_message="Usage: $0 [options] [-- hparam overrides]
   --ddp_cpu N                     N CPU processes with DDP over gloo (no GPU)
   --dry_run true                  print stage 3's command instead of running it
   --prep_opts 'OPTS'              extra options of local/data_prep.py
+  --fix_data true [--max_drop 0.05]   stage 1 repairs training/validation dirs (never test sets)
   -- --key value ...              any hparam of the YAML (or a run option, see docs/RECIPES.md)"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -138,15 +141,20 @@ fi
 
 if elp_stage 1; then
     log "Stage 1: validating data dirs"
-    dirs=()
+    fix_opts=()
+    ${fix_data} && fix_opts+=(--fix --max-drop "${max_drop}")
+    train_dirs=() test_dirs=()
     for prefix in "${prefixes[@]}"; do
         fold_hparams "${prefix}" "${exp}" "${tag}"
         sets=$(python "${ELP_ROOT}/recipes/data_sets.py" "${config}" "${fold_hp[@]}" "${overrides[@]}") \
             || die "could not read the data sets of ${config}"
-        mapfile -t -O "${#dirs[@]}" dirs <<< "${sets}"
+        while read -r role dir; do
+            if [ "${role}" = test ]; then test_dirs+=("${dir}"); else train_dirs+=("${dir}"); fi
+        done <<< "${sets}"
     done
-    mapfile -t dirs < <(printf '%s\n' "${dirs[@]}" | sort -u)
-    python "${ELP_ROOT}/recipes/validate_data.py" "${dirs[@]}"
+    mapfile -t train_dirs < <(printf '%s\n' "${train_dirs[@]}" | sort -u)
+    mapfile -t test_dirs < <(printf '%s\n' "${test_dirs[@]}" | sort -u)
+    python "${ELP_ROOT}/recipes/validate_data.py" "${fix_opts[@]}" "${train_dirs[@]}" --test "${test_dirs[@]}"
 fi
 
 # Stages 2-5 of one fold ("" = no folds). Arguments: fold-prefix, experiment dir, tag.

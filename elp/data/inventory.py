@@ -309,89 +309,84 @@ def _unknown_characters(tokenizer) -> "callable":
     return unknown
 
 
-def check_eval_sets(task: str, lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike],
-                    label_file: Optional[str] = None) -> None:
-    """Check dev/test sets against the training inventory saved by stage 2.
-
-    Arguments
-    ---------
-    task : str
-        ``"asr"`` (every character must be encodable by the tokenizer in ``lang_dir``: the
-        character list, or the BPE model without falling back to its unknown piece),
-        ``"classify"`` (every label must be a training class) or ``"sv"`` (every speaker of
-        ``utt2spk`` must be a training speaker: pass only sets scored against training
-        speakers, such as the held-out ``<train>_cv``, not verification test sets).
-    lang_dir : str or Path
-        Stage 2's output (``tokens.txt`` / ``bpe.model`` / ``labels.txt``).
-    data_dirs : sequence of str or Path
-        The sets to check.
-    label_file : str, optional
-        Classification label file name (default ``utt2label``).
+def check_transcript_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike]) -> None:
+    """Check that the tokenizer stage 2 saved in ``lang_dir`` encodes every transcript of
+    ``data_dirs`` (characters of the character list, or BPE without its unknown piece).
 
     Raises
     ------
     DataError
         One line naming, per offending set, the file:line and utterances, the unseen
-        labels/characters with counts, and the fix.
+        characters with counts, and the fix.
+    """
+    problems = []
+    unknown = _unknown_characters(load_tokenizer(lang_dir))
+    for data_dir in data_dirs:
+        path = Path(data_dir) / TEXT
+        if not path.is_file():
+            problems.append(f"{path}: file not found (an ASR set needs transcripts)")
+            continue
+        counts, examples = Counter(), []
+        for number, utt, transcript in read_numbered_lines(path):
+            missing = sorted({ch for ch in transcript if unknown(ch)})
+            if not transcript.strip():
+                examples.append(f"{path}:{number}: utt {utt!r} has an empty transcript")
+                counts["<empty>"] += 1
+            elif missing:
+                counts.update(missing)
+                examples.append(f"{path}:{number}: utt {utt!r} has {', '.join(map(repr, missing))}")
+        if examples:
+            summary = ", ".join(f"{ch!r}={n}" for ch, n in counts.most_common())
+            problems.append(
+                f"{path}: {len(examples)} transcript(s) hold characters the training inventory of {lang_dir} "
+                f"cannot encode ({summary}): {'; '.join(examples[:5])}; normalise this set like the "
+                "training text, or remove these utterances from it"
+            )
+    if problems:
+        raise DataError(" | ".join(problems))
 
-    Example
-    -------
+
+def check_label_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike],
+                         label_file: str = UTT2LABEL, what: str = "labels") -> None:
+    """Check that every label of ``label_file`` in ``data_dirs`` is in the label map stage 2
+    saved in ``lang_dir`` (classes, or training speakers with ``label_file="utt2spk"``).
+
+    Raises
+    ------
+    DataError
+        One line naming, per offending set, the file:line and utterances, the unseen labels
+        with counts, and the fix.
+
+    Examples
+    --------
     >>> import tempfile, os
     >>> lang, test = tempfile.mkdtemp(), tempfile.mkdtemp()
     >>> LabelMap(["ang", "neu"]).save(lang)
     >>> write_mapping(os.path.join(test, "utt2label"), {"u1": "neu", "u2": "hap"})
-    >>> check_eval_sets("classify", lang, [test])
+    >>> check_label_coverage(lang, [test])
     Traceback (most recent call last):
     ...
     elp.data.errors.DataError: ...utt2label: 1 utterance(s) have labels no training utterance has (hap=1): ...utt2label:2: utt 'u2' has 'hap'; ...
     """
-    if task not in ("asr", "classify", "sv"):
-        raise DataError(f"check_eval_sets: unknown task {task!r} (asr, classify or sv)")
+    labels = LabelMap.load(lang_dir)
     problems = []
-    if task == "asr":
-        unknown = _unknown_characters(load_tokenizer(lang_dir))
-        for data_dir in data_dirs:
-            path = Path(data_dir) / TEXT
-            if not path.is_file():
-                problems.append(f"{path}: file not found (an ASR set needs transcripts)")
-                continue
-            counts, examples = Counter(), []
-            for number, utt, transcript in read_numbered_lines(path):
-                missing = sorted({ch for ch in transcript if unknown(ch)})
-                if not transcript.strip():
-                    examples.append(f"{path}:{number}: utt {utt!r} has an empty transcript")
-                    counts["<empty>"] += 1
-                elif missing:
-                    counts.update(missing)
-                    examples.append(f"{path}:{number}: utt {utt!r} has {', '.join(map(repr, missing))}")
-            if examples:
-                summary = ", ".join(f"{ch!r}={n}" for ch, n in counts.most_common())
-                problems.append(
-                    f"{path}: {len(examples)} transcript(s) hold characters the training inventory of {lang_dir} "
-                    f"cannot encode ({summary}): {'; '.join(examples[:5])}; normalise this set like the "
-                    "training text, or remove these utterances from it"
-                )
-    else:
-        labels = LabelMap.load(lang_dir)
-        name = UTT2SPK if task == "sv" else (label_file or UTT2LABEL)
-        for data_dir in data_dirs:
-            path = Path(data_dir) / name
-            if not path.is_file():
-                problems.append(f"{path}: file not found")
-                continue
-            read_token_mapping(path)  # one token per line, named errors
-            counts, examples = Counter(), []
-            for number, utt, label in read_numbered_lines(path):
-                if label not in labels.index:
-                    counts[label] += 1
-                    examples.append(f"{path}:{number}: utt {utt!r} has {label!r}")
-            if examples:
-                summary = ", ".join(f"{label}={n}" for label, n in sorted(counts.items()))
-                kind = "speakers" if task == "sv" else "labels"
-                problems.append(
-                    f"{path}: {len(examples)} utterance(s) have {kind} no training utterance has ({summary}): "
-                    f"{'; '.join(examples[:5])}; the model cannot predict them: remove these utterances from "
-                    "the set, or add training examples and rerun stage 2"
-                )
+    for data_dir in data_dirs:
+        path = Path(data_dir) / label_file
+        if not path.is_file():
+            problems.append(f"{path}: file not found")
+            continue
+        read_token_mapping(path)  # one token per line, named errors
+        counts, examples = Counter(), []
+        for number, utt, label in read_numbered_lines(path):
+            if label not in labels.index:
+                counts[label] += 1
+                examples.append(f"{path}:{number}: utt {utt!r} has {label!r}")
+        if examples:
+            summary = ", ".join(f"{label}={n}" for label, n in sorted(counts.items()))
+            problems.append(
+                f"{path}: {len(examples)} utterance(s) have {what} no training utterance has ({summary}): "
+                f"{'; '.join(examples[:5])}; the model cannot predict them: remove these utterances from "
+                "the set, or add training examples and rerun stage 2"
+            )
     if problems:
         raise DataError(" | ".join(problems))

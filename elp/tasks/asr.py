@@ -7,7 +7,8 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.data.inventory import BPETokenizer, CharTokenizer, load_tokenizer
+from elp.data.inventory import (BPETokenizer, CharTokenizer, check_transcript_coverage, check_transcripts,
+                                load_tokenizer)
 from elp.data.kaldi_dir import read_data_dir
 from elp.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
@@ -41,11 +42,15 @@ class SpeechRecognition(Task):
         data = read_data_dir(train_dir)
         if data.text is None:
             raise FileNotFoundError(f"{train_dir}/text is missing: an ASR data dir needs transcripts")
+        check_transcripts(train_dir)
         texts = list(data.text.values())
         if self.bpe_vocab:
             BPETokenizer.train(texts, lang_dir, self.bpe_vocab)
         else:
             CharTokenizer.from_texts(texts).save(lang_dir)
+
+    def check_coverage(self, lang_dir, data_dir):
+        check_transcript_coverage(lang_dir, [data_dir])
 
     def load_inventory(self, lang_dir):
         return load_tokenizer(lang_dir)

@@ -66,8 +66,9 @@ class Task:
         """The inventory :meth:`build_inventory` wrote (a :class:`LabelMap` unless overridden)."""
         return LabelMap.load(lang_dir)
 
-    def check_coverage(self, inventory, data_dir: str | Path) -> None:
-        """Raise a one-line error naming utterances of ``data_dir`` the inventory cannot encode."""
+    def check_coverage(self, lang_dir: str | Path, data_dir: str | Path) -> None:
+        """Raise a one-line error naming utterances of ``data_dir`` the inventory in ``lang_dir``
+        cannot encode (stage 2, so a bad dev/test set fails before training, not after)."""
 
     # ------------------------------------------------------------------ data
     def dataset(self, data_dir: str | Path, split: str, inventory) -> sb.dataio.dataset.DynamicItemDataset:
@@ -89,10 +90,10 @@ class Task:
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
         max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" else 0
 
-        @sb.utils.data_pipeline.takes("wav", "start", "end")
+        @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
         @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(wav, start, end):
-            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=(start, end) if start is not None else None)
+        def audio_pipeline(utt, wav, start, end):
+            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=(start, end) if start is not None else None, utt=utt)
             if max_samples and sig.shape[0] > max_samples:
                 offset = random.randint(0, sig.shape[0] - max_samples)
                 sig = sig[offset:offset + max_samples]

@@ -8,8 +8,8 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.data.inventory import LabelMap
-from elp.data.kaldi_dir import read_data_dir, read_mapping
+from elp.data.inventory import LabelMap, check_label_coverage
+from elp.data.kaldi_dir import read_mapping
 from elp.scoring import unweighted_accuracy
 from elp.tasks.base import Task, write_lines
 
@@ -38,11 +38,14 @@ class UtteranceClassification(Task):
     def build_inventory(self, train_dir, lang_dir):
         LabelMap.from_values(self.labels(train_dir).values()).save(lang_dir)
 
+    def check_coverage(self, lang_dir, data_dir):
+        check_label_coverage(lang_dir, [data_dir], label_file=self.label_file or "utt2label")
+
     def add_targets(self, dataset, split, inventory):
-        @sb.utils.data_pipeline.takes("label")
+        @sb.utils.data_pipeline.takes("id", "label")
         @sb.utils.data_pipeline.provides("label_id")
-        def label_pipeline(label):
-            return torch.LongTensor([inventory.encode(label)])
+        def label_pipeline(utt, label):
+            return torch.LongTensor([inventory.encode(label, utt=utt)])
 
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.data.inventory import LabelMap
+from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
 from elp.scoring import cosine_scores, equal_error_rate, min_dcf, s_norm
 from elp.tasks.base import Task, write_lines
@@ -51,6 +51,10 @@ class SpeakerVerification(Task):
     def build_inventory(self, train_dir, lang_dir):
         LabelMap.from_values(read_data_dir(train_dir).utt2spk.values()).save(lang_dir)
 
+    def check_coverage(self, lang_dir, data_dir):
+        if not (Path(data_dir) / "trials").exists():  # a validation set of training speakers
+            check_label_coverage(lang_dir, [data_dir], label_file="utt2spk", what="speakers")
+
     def prepare_entries(self, data, split):
         for entry in data.values():
             entry.setdefault("label", entry["spk"])
@@ -59,10 +63,10 @@ class SpeakerVerification(Task):
         if split == "test":  # new speakers: no class targets
             return []
 
-        @sb.utils.data_pipeline.takes("label")
+        @sb.utils.data_pipeline.takes("id", "label")
         @sb.utils.data_pipeline.provides("label_id")
-        def label_pipeline(label):
-            return torch.LongTensor([inventory.encode(label)])
+        def label_pipeline(utt, label):
+            return torch.LongTensor([inventory.encode(label, utt=utt)])
 
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]

@@ -125,29 +125,29 @@ def test_bad_label_names_file_line_utt(tmp_path, capsys, caplog, line, what):
 
 
 def test_unseen_test_label_caught_in_stage2(tmp_path):
-    from elp.data.inventory import LabelMap, check_eval_sets
+    from elp.data.inventory import LabelMap, check_label_coverage
 
     labels = {f"spk{i % 2}-u{i:02d}": "neu" if i % 2 else "ang" for i in range(4)}
     LabelMap.from_values(labels.values()).save(tmp_path / "lang")
     test_labels = dict(labels, **{"spk0-u02": "hap"})
     test = make_dir(tmp_path, "test", labels=test_labels)
     dev = make_dir(tmp_path, "dev", labels=labels)
-    check_eval_sets("classify", tmp_path / "lang", [dev])
+    check_label_coverage(tmp_path / "lang", [dev])
     with pytest.raises(ValueError) as error:
-        check_eval_sets("classify", tmp_path / "lang", [dev, test])
+        check_label_coverage(tmp_path / "lang", [dev, test])
     message = str(error.value)
     assert f"{test / 'utt2label'}" in message and "'spk0-u02'" in message and "'hap'" in message
     assert "\n" not in message
 
 
 def test_unseen_test_character_caught_in_stage2(tmp_path):
-    from elp.data.inventory import CharTokenizer, check_eval_sets
+    from elp.data.inventory import CharTokenizer, check_transcript_coverage
 
     train_text = {"spk0-u00": "AB", "spk1-u01": "BA", "spk0-u02": "A B", "spk1-u03": "B"}
     CharTokenizer.from_texts(train_text.values()).save(tmp_path / "lang")
     test = make_dir(tmp_path, "test", text=dict(train_text, **{"spk1-u03": "BQ"}))
     with pytest.raises(ValueError) as error:
-        check_eval_sets("asr", tmp_path / "lang", [test])
+        check_transcript_coverage(tmp_path / "lang", [test])
     message = str(error.value)
     assert f"{test / 'text'}" in message and "'spk1-u03'" in message and "'Q'" in message
 
@@ -375,21 +375,21 @@ def test_ark_pickle_entry_is_never_unpickled(tmp_path):
 
 
 def test_unseen_test_character_caught_for_bpe(tmp_path):
-    from elp.data.inventory import BPETokenizer, check_eval_sets
+    from elp.data.inventory import BPETokenizer, check_transcript_coverage
 
     BPETokenizer.train(["YES NO UP", "GO DOWN LEFT", "NINE ONE"] * 5, tmp_path / "lang", vocab_size=30)
     text = {"spk0-u00": "YES NO", "spk1-u01": "GO UP", "spk0-u02": "NINE", "spk1-u03": "ONE"}
-    check_eval_sets("asr", tmp_path / "lang", [make_dir(tmp_path, "dev", text=text)])
+    check_transcript_coverage(tmp_path / "lang", [make_dir(tmp_path, "dev", text=text)])
     test = make_dir(tmp_path, "test", text=dict(text, **{"spk0-u02": "NINE ZQ"}))
     with pytest.raises(ValueError) as error:
-        check_eval_sets("asr", tmp_path / "lang", [test])
+        check_transcript_coverage(tmp_path / "lang", [test])
     assert f"{test / 'text'}:2" in str(error.value) and "'spk0-u02' has 'Q', 'Z'" in str(error.value)
 
 
 def test_unseen_speaker_in_sv_validation_set(tmp_path):
-    from elp.data.inventory import LabelMap, check_eval_sets
+    from elp.data.inventory import LabelMap, check_label_coverage
 
     LabelMap(["spk0"]).save(tmp_path / "lang")
     cv = make_dir(tmp_path, "train_cv")
     with pytest.raises(ValueError, match=r"utt2spk:3: utt 'spk1-u01' has 'spk1'"):
-        check_eval_sets("sv", tmp_path / "lang", [cv])
+        check_label_coverage(tmp_path / "lang", [cv], label_file="utt2spk", what="speakers")
