@@ -106,8 +106,7 @@ def _tag_of(node: Any) -> str | None:
 
 def _deep_update(target: dict, update: dict) -> None:
     for key, value in update.items():
-        plain_maps = isinstance(value, dict) and isinstance(target.get(key), dict)
-        if plain_maps and not _tag_of(value) and not _tag_of(target[key]):
+        if isinstance(value, dict) and not _tag_of(value) and isinstance(target.get(key), dict):
             _deep_update(target[key], value)
         else:
             target[key] = value
@@ -122,6 +121,28 @@ def _check_keys(hparams_file: str | os.PathLike, overrides: dict, allowed_new=()
     if unknown:
         raise ValueError(f"{hparams_file}: no hparam named {', '.join(unknown)} "
                          f"(the file defines: {', '.join(sorted(keys))})")
+
+
+def _with_overrides(hparams_file: str | os.PathLike, overrides: dict | None, allowed_new) -> io.StringIO:
+    """The file's YAML with ``overrides`` applied, as a stream named like the file (so that
+    ``!include:`` paths stay relative to it).
+
+    Unlike HyperPyYAML's own merge, an override that is an object (a tagged node, e.g.
+    ``head: !new:my.Head``) *replaces* the node instead of merging keys into the old object;
+    a plain mapping is merged key by key (``lr: {head: 0.1}`` changes one learning rate,
+    ``head: {hidden_dim: 64}`` one argument of the head).
+    """
+    overrides = dict(overrides or {})
+    _check_keys(hparams_file, overrides, allowed_new)
+    yaml = ruamel.yaml.YAML()
+    with open(hparams_file, encoding="utf-8") as fin:
+        tree = yaml.load(fin)
+    _deep_update(tree, overrides)
+    stream = io.StringIO()
+    yaml.dump(tree, stream)
+    stream.seek(0)
+    stream.name = str(Path(hparams_file).resolve())
+    return stream
 
 
 def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> dict:
@@ -141,10 +162,7 @@ def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None,
     dict
         The loaded hparams (objects built).
     """
-    overrides = dict(overrides or {})
-    _check_keys(hparams_file, overrides, allowed_new)
-    with open(hparams_file, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, overrides, overrides_must_match=False)
+    return load_hyperpyyaml(_with_overrides(hparams_file, overrides, allowed_new))
 
 
 def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> str:
@@ -152,10 +170,7 @@ def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None
 
     This is what an experiment's identity is hashed from (:mod:`elp.experiment`).
     """
-    overrides = dict(overrides or {})
-    _check_keys(hparams_file, overrides, allowed_new)
-    with open(hparams_file, encoding="utf-8") as fin:
-        return resolve_references(fin, overrides).getvalue()
+    return resolve_references(_with_overrides(hparams_file, overrides, allowed_new)).getvalue()
 
 
 def peek_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> dict:

@@ -26,13 +26,14 @@ restart               stage 3: move a finished run with other hparams aside and 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import speechbrain as sb
 
 from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.experiment import ExperimentGuard, ExperimentLock, require_trained_model
-from elp.hparams import load_hparams, peek_hparams, read_overrides, resolved_text
+from elp.hparams import load_hparams, peek_hparams, read_overrides, recipe_root, resolved_text
 from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
     run_opts : dict
     """
     hparams_file, run_opts, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
     sb.utils.distributed.ddp_init_group(run_opts)
     overrides = _with_run_defaults(hparams_file, overrides)
     hparams = load_hparams(hparams_file, overrides, allowed_new=RUN_DEFAULTS)
@@ -113,8 +115,9 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
             guard = ExperimentLock(output)
         _HELD.append(guard.__enter__())  # released when the process exits
     sb.utils.distributed.ddp_barrier()
-    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
-                                   hyperparams_to_save=hparams_file, overrides=overrides)
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():  # the resolved hparams this run used
+        (Path(output) / "hyperparams.yaml").write_text(resolved_text(hparams_file, overrides, RUN_DEFAULTS))
     hparams["hparams_file"] = hparams_file
     return hparams, run_opts
 
@@ -122,9 +125,18 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
 def peek_experiment(argv: list[str]) -> dict:
     """The hparams' values without building objects (:func:`elp.hparams.peek_hparams`)."""
     hparams_file, _, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
     hparams = peek_hparams(hparams_file, _with_run_defaults(hparams_file, overrides), allowed_new=RUN_DEFAULTS)
     hparams["hparams_file"] = hparams_file
     return hparams
+
+
+def make_recipe_importable(hparams_file: str) -> None:
+    """Put the recipe directory (``conf/..``) first on ``sys.path``, so its YAML can name a
+    module of its own, e.g. ``head: !new:local.my_head.MyHead`` for ``local/my_head.py``."""
+    root = str(recipe_root(hparams_file))
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 def make_dataset(hparams: dict, data_dir: str, split: str):

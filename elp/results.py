@@ -235,7 +235,21 @@ def _extras(result: dict) -> str:
 
 
 SUMMARY_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "value", "chance",
-                   "other metrics", "learnable params", "train time", "peak mem"]
+                   "other metrics", "learnable params", "share of backbone", "train time", "peak mem"]
+
+
+def format_share(result: dict) -> str:
+    """Learnable parameters as a percentage of the backbone's (``-`` when unknown).
+
+    Examples
+    --------
+    >>> format_share({"learnable_params": 9_132_556, "backbone_params": 94_381_936})
+    '9.68%'
+    """
+    backbone = result.get("backbone_params")
+    if not backbone:
+        return "-"
+    return f"{100.0 * result['learnable_params'] / backbone:.2f}%"
 
 
 def summary_markdown(results: Sequence[dict]) -> str:
@@ -257,7 +271,7 @@ def summary_markdown(results: Sequence[dict]) -> str:
             value = f"**{value}**"
         cells = [result["task"], result["corpus"], result["backbone"], result["method"],
                  result["tag"], _metric_label(result), value, format_value(metric["chance"]),
-                 _extras(result), format_params(result["learnable_params"]),
+                 _extras(result), format_params(result["learnable_params"]), format_share(result),
                  format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"])]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
