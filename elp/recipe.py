@@ -9,14 +9,20 @@ The drivers (``recipes/{inventory,train,infer,score}.py``) read it with the same
 Run options every recipe accepts without declaring them (defaults in :data:`RUN_DEFAULTS`):
 
 ===================== =================================================================
-batch_size            fixed batch size (also the cap of dynamic batches)
-dynamic_batching      SpeechBrain's DynamicBatchSampler, ``max_batch_seconds`` per batch
-max_batch_seconds     audio seconds per dynamic batch
-num_buckets           length buckets of the dynamic batch sampler
-num_workers           DataLoader worker processes
+batch_size            fixed batch size (also the utterance cap of dynamic batches)
+dynamic_batching      length-bucketed batches of at most ``max_batch_seconds`` of padded audio;
+                      ``auto``: on a GPU yes, on CPU no (fixed ``batch_size``)
+max_batch_seconds     padded audio seconds per training batch (dynamic batching)
+num_buckets           length buckets of dynamic batching
+eval_batch_size       evaluation: utterances per batch at most (sorted by length)
+eval_max_batch_seconds  evaluation: padded audio seconds per batch at most
+grad_accumulation_factor  batches per optimizer step (SpeechBrain run option): the effective
+                      batch is this times the batch
+num_workers           DataLoader worker processes (``auto``: 4 with pinned memory on a GPU, 0 on CPU)
 hidden_state_cache    weighted_sum / l_only: cache the frozen backbone's hidden states
 ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run option)
-precision             fp32 | bf16 | fp16 autocast (SpeechBrain run option)
+precision             fp32 | bf16 | fp16 autocast for training and evaluation (``auto``: bf16 on
+                      a GPU, fp32 on CPU)
 results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
 results_md            the recipe's RESULTS.md table ("" for none)
 restart               stage 3: move a finished run with other hparams aside and start over
@@ -32,6 +38,7 @@ from pathlib import Path
 import speechbrain as sb
 
 from elp.data.audio import TARGET_SAMPLE_RATE
+from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
 from elp.experiment import ExperimentGuard, ExperimentLock, require_trained_model
 from elp.hparams import load_hparams, peek_hparams, read_overrides, recipe_root, resolved_text
 from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
@@ -41,8 +48,9 @@ _HELD: list = []  # the experiment locks this process holds
 
 #: Run options a recipe may leave out of its YAML (see the module docstring).
 RUN_DEFAULTS = {
-    "batch_size": 8, "dynamic_batching": False, "max_batch_seconds": 40.0, "num_buckets": 4,
-    "num_workers": 0, "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "fp32",
+    "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "num_buckets": 32,
+    "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
+    "num_workers": "auto", "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "auto",
     "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
 }
 
@@ -105,6 +113,10 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
     sb.utils.distributed.ddp_init_group(run_opts)
     overrides = _with_run_defaults(hparams_file, overrides)
     hparams = load_hparams(hparams_file, overrides, allowed_new=RUN_DEFAULTS)
+    hparams["device"] = run_opts.get("device") or sb.utils.distributed.infer_device()
+    if hparams["precision"] == "auto":  # bf16 autocast on a GPU (TF32 is on through SpeechBrain)
+        hparams["precision"] = "bf16" if str(hparams["device"]).startswith("cuda") else "fp32"
+    hparams.setdefault("eval_precision", hparams["precision"])
     output = hparams["output_folder"]
     if sb.utils.distributed.if_main_process():
         if stage == "train":
@@ -145,17 +157,41 @@ def make_dataset(hparams: dict, data_dir: str, split: str):
 
 
 def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
-    """Batching: fixed ``batch_size`` or, with ``dynamic_batching``, SpeechBrain's
-    ``DynamicBatchSampler`` bounded by ``max_batch_seconds`` of audio."""
-    if train and hparams["dynamic_batching"]:
-        from speechbrain.dataio.sampler import DynamicBatchSampler
+    """DataLoader options of a dataset: batching, workers, pinned memory.
 
-        sampler = DynamicBatchSampler(
-            dataset, max_batch_length=hparams["max_batch_seconds"] * TARGET_SAMPLE_RATE,
-            num_buckets=hparams["num_buckets"], length_func=lambda x: x["num_samples"],
-            shuffle=True, batch_ordering="random")
-        return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}
-    return {"batch_size": hparams["batch_size"], "shuffle": train, "num_workers": hparams["num_workers"]}
+    * training: a fixed ``batch_size`` (shuffled), or with ``dynamic_batching`` length buckets
+      (:class:`elp.data.sampler.BucketBatchSampler`) capped at ``max_batch_seconds`` of padded
+      audio (crops counted at their cropped length) and ``batch_size`` utterances; a new order
+      every epoch;
+    * evaluation: utterances sorted by length in batches capped at ``eval_max_batch_seconds``
+      and ``eval_batch_size`` (:class:`elp.data.sampler.EvalBatchSampler`), so a long test
+      utterance never shares a batch with many others; results are per utterance, so the
+      order does not change them.
+
+    ``num_workers: auto`` is 4 workers with pinned memory on a GPU, none on CPU.
+    """
+    cuda = str(hparams.get("device", "cpu")).startswith("cuda")
+    workers = hparams["num_workers"]
+    workers = (4 if cuda else 0) if workers == "auto" else int(workers)
+    common = {"num_workers": workers, "pin_memory": cuda}
+    if workers:
+        common["persistent_workers"] = True
+    lengths = [int(dataset.data[i]["num_samples"]) for i in dataset.data_ids]
+    if train:
+        dynamic = hparams["dynamic_batching"]
+        if dynamic == "auto":
+            dynamic = cuda
+        if not dynamic:
+            return {"batch_size": hparams["batch_size"], "shuffle": True, **common}
+        crop = int(hparams["task"].max_train_seconds * TARGET_SAMPLE_RATE)
+        if crop:
+            lengths = [min(n, crop) for n in lengths]
+        sampler = BucketBatchSampler(lengths, hparams["max_batch_seconds"], max_batch_size=hparams["batch_size"],
+                                     num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]))
+        return {"batch_sampler": sampler, **common}
+    sampler = EvalBatchSampler(lengths, hparams["eval_max_batch_seconds"], max_batch_size=hparams["eval_batch_size"],
+                               rank=0, world_size=1)
+    return {"batch_sampler": sampler, **common}
 
 
 def build_brain(hparams: dict, run_opts: dict):

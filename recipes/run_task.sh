@@ -133,6 +133,9 @@ fold_hparams() {
     fi
 }
 
+eval_device=cpu           # stage 4 runs where training ran: --ngpu 0 never touches a GPU
+[ "${ngpu}" -gt 0 ] && eval_device=cuda:0
+
 prefixes=("")
 if [ -n "${folds}" ]; then
     prefixes=()
@@ -169,11 +172,12 @@ run_fold() {
         mkdir -p "${fold_exp}"
         log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${fold_exp}/train.log)"
         elp_train_command "${ELP_ROOT}/recipes/train.py" "${config}" "${fold_hp[@]}" -- "${overrides[@]}"
+        log "Stage 3: ${ELP_CMD[*]}"
         elp_run "${ELP_CMD[@]}" 2>&1 | tee -a "${fold_exp}/train.log"
     fi
     if elp_stage 4; then
         log "Stage 4: inference (${fold_exp}/decode)"
-        python "${ELP_ROOT}/recipes/infer.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
+        python "${ELP_ROOT}/recipes/infer.py" "${config}" "${fold_hp[@]}" --device "${eval_device}" "${overrides[@]}"
     fi
     if elp_stage 5; then
         log "Stage 5: scoring"

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 
+from elp.backbones import weights_hash
 from elp.brains.base import unwrap
 from elp.export import save_adapters
 from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
@@ -33,8 +35,13 @@ def main(argv) -> int:
     brain.fit(brain.hparams.epoch_counter, train_set, valid_set,
               train_loader_kwargs=loader_kwargs(hparams, train_set, train=True),
               valid_loader_kwargs=loader_kwargs(hparams, valid_set, train=False))
+    output = Path(hparams["output_folder"])
+    if torch.distributed.is_initialized():  # every rank must end with the same weights
+        rank = torch.distributed.get_rank()
+        learnable = {**{f"model.{k}": v for k, v in unwrap(brain.modules.model).learnable_parameters().items()},
+                     **{f"head.{k}": v for k, v in unwrap(brain.modules.head).state_dict().items()}}
+        (output / f"rank{rank}_learnable.sha256").write_text(weights_hash(learnable) + "\n")
     if sb.utils.distributed.if_main_process():
-        output = Path(hparams["output_folder"])
         stats_file = output / "train_stats.json"
         previous = json.loads(stats_file.read_text()) if stats_file.exists() else {}
         stats = {

@@ -99,6 +99,9 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return getattr(self.hparams, "lr_scheduler", None)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        batch_sampler = loader_kwargs.get("batch_sampler")
+        if stage == sb.Stage.TRAIN and batch_sampler is not None and not self.distributed_launch:
+            self.train_sampler = batch_sampler  # SpeechBrain calls its set_epoch every epoch
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.train_batches_per_epoch = len(loader)
