@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 
 from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
@@ -143,6 +144,18 @@ def peek_experiment(argv: list[str]) -> dict:
     return hparams
 
 
+def present_test_sets(hparams: dict) -> list[str]:
+    """The hparams' ``test_sets`` whose data dir exists; each absent one is logged (a corpus
+    download without test-other, say), and none present is an error."""
+    present = [t for t in hparams["test_sets"] if Path(t, "wav.scp").is_file()]
+    for missing in sorted(set(map(str, hparams["test_sets"])) - set(map(str, present))):
+        logger.warning("test set %s is not prepared (no wav.scp): skipped", missing)
+    if not present:
+        raise FileNotFoundError(f"none of the test sets {', '.join(map(str, hparams['test_sets']))} exists: "
+                                "run stage 0 (data preparation) first")
+    return present
+
+
 def make_recipe_importable(hparams_file: str) -> None:
     """Put the recipe directory (``conf/..``) first on ``sys.path``, so its YAML can name a
     module of its own, e.g. ``head: !new:local.my_head.MyHead`` for ``local/my_head.py``."""
@@ -173,7 +186,10 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
     cuda = str(hparams.get("device", "cpu")).startswith("cuda")
     workers = hparams["num_workers"]
     workers = (4 if cuda else 0) if workers == "auto" else int(workers)
-    common = {"num_workers": workers, "pin_memory": cuda}
+    # A DataLoader without its own generator draws its workers' base seed from the global torch
+    # RNG each time it is iterated, so a resumed run (RNG state restored, then a new iterator)
+    # would see other dropout masks than the uninterrupted one.
+    common = {"num_workers": workers, "pin_memory": cuda, "generator": torch.Generator().manual_seed(int(hparams["seed"]))}
     if workers:
         common["persistent_workers"] = True
     lengths = [int(dataset.data[i]["num_samples"]) for i in dataset.data_ids]

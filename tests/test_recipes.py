@@ -144,12 +144,13 @@ def test_rerun_with_other_hparams_is_refused_in_one_line(prepared_ic):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["./run.sh", *args, "--", "--number_of_epochs", "1", "--lr", "{head: 0.5}"], cwd=recipe,
                             env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "ERROR: exp/rerun: hparams changed since this experiment was trained: lr.head 0.005 -> 0.5" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "ERROR: exp/rerun: hparams changed since this experiment was trained: lr.head 0.005 -> 0.5" in output
+    assert "Traceback" not in output
     result = subprocess.run(["./run.sh", "--stage", "4", "--stop_stage", "4", "--backbone_arch", "tiny",
                              "--tag", "typo"], cwd=recipe, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "exp/typo has no trained model" in result.stderr
+    assert result.returncode != 0 and "exp/typo has no trained model" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

@@ -219,7 +219,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """Yield (batch, feats, frame_mask) over ``dataset`` in eval mode without autograd."""
         loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
         self.modules.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.evaluation_ctx:  # the training precision (bf16 autocast on a GPU)
             for batch in loader:
                 feats, frame_mask = self.features(batch, sb.Stage.TEST)
-                yield batch, feats, frame_mask
+                yield batch, feats.float(), frame_mask

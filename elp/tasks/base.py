@@ -111,8 +111,11 @@ class Task:
         return []
 
     # ------------------------------------------------------------------ stages 4-5
-    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs: dict) -> None:
-        """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``."""
+    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of) -> None:
+        """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
+
+        ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
+        (the test set, and for SV the S-norm cohort)."""
         raise NotImplementedError
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
