@@ -11,6 +11,16 @@ code stays stock:
   ``transpose(0, 1)`` is contiguous (``x.transpose(0, 1).contiguous().transpose(0, 1)``).
   wav2vec2 and HuBERT project q/k/v with ordinary ``nn.Linear`` calls on a contiguous input
   (eager or SDPA attention interface) and need nothing.
+* :func:`add_sdpa_attention`: WavLM's attention computed with
+  ``torch.nn.functional.scaled_dot_product_attention`` (its gated relative-position bias and
+  the key padding mask become one additive float mask) instead of HF's
+  ``F.multi_head_attention_forward(need_weights=True)``, which materialises and averages the
+  attention weights. The q/k/v/out projections are the HF module's own ``nn.Linear`` calls, so
+  LoRA parametrizations and hooks keep working. wav2vec2 and HuBERT already use SDPA in
+  transformers 5 (``config._attn_implementation == "sdpa"``).
+* :func:`cast_frozen_linear_`: frozen ``nn.Linear`` weights held in bfloat16 once, so that
+  autocast does not re-cast them on every call (autocast caches casts only of weights that
+  require grad).
 * :func:`checkpointed`: activation checkpointing of one layer call
   (``torch.utils.checkpoint``, non-reentrant, so forward hooks such as E-adapters inside the
   layer are recomputed and receive gradients).
@@ -26,9 +36,11 @@ True
 
 from __future__ import annotations
 
+import types
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -93,3 +105,116 @@ def checkpointed(function: Callable, *args, **kwargs):
     torch.Size([2, 4])
     """
     return checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+
+# ----------------------------------------------------------------------- SDPA attention
+#: Attention classes (by class name) whose attention computation :func:`add_sdpa_attention` replaces.
+_SDPA_REPLACEABLE = ("WavLMAttention",)
+
+
+def _sdpa_self_attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                         gated_position_bias: torch.Tensor):
+    """Drop-in for ``WavLMAttention.torch_multi_head_self_attention`` (bound to the module).
+
+    Same inputs and the same first output as HF's method ([B, T, D]); the second output
+    (attention weights, which no caller in the encoder reads) is None.
+    """
+    batch, frames, _ = hidden_states.shape
+    heads, head_dim = self.num_heads, self.head_dim
+
+    def split(projection: nn.Linear) -> torch.Tensor:
+        return projection(hidden_states).view(batch, frames, heads, head_dim).transpose(1, 2)
+
+    query, key, value = split(self.q_proj), split(self.k_proj), split(self.v_proj)
+    bias = gated_position_bias.view(batch, heads, frames, frames)
+    if attention_mask is not None:
+        padded = attention_mask.ne(1)[:, None, None, :]
+        bias = bias.masked_fill(padded, float("-inf"))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
+                                         dropout_p=self.dropout if self.training else 0.0)
+    out = out.transpose(1, 2).reshape(batch, frames, heads * head_dim)
+    return self.out_proj(out), None
+
+
+def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
+    """Compute every WavLM attention of ``model`` with ``scaled_dot_product_attention``.
+
+    Sets an instance attribute ``torch_multi_head_self_attention`` on each ``WavLMAttention``
+    (the HF class is untouched; :func:`remove_sdpa_attention` deletes the attribute again).
+    Equal to HF's attention to float rounding (fp32: < 1e-5 on hidden states, tested), for
+    every method: LoRA reparametrises the projections' weights (read through the modules
+    here), prefixes are extra frames of the input, E-adapters hook the attention's output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A HF model (or any module containing ``WavLMAttention`` modules).
+
+    Returns
+    -------
+    list of torch.nn.Module
+        The attention modules changed (empty for wav2vec2/HuBERT, which use SDPA already).
+
+    Examples
+    --------
+    >>> add_sdpa_attention(nn.Linear(2, 2))
+    []
+    """
+    changed = []
+    for module in model.modules():
+        if type(module).__name__ in _SDPA_REPLACEABLE:
+            module.torch_multi_head_self_attention = types.MethodType(_sdpa_self_attention, module)
+            changed.append(module)
+    return changed
+
+
+def remove_sdpa_attention(modules: list[nn.Module]) -> None:
+    """Undo :func:`add_sdpa_attention` on the modules it returned."""
+    for module in modules:
+        module.__dict__.pop("torch_multi_head_self_attention", None)
+
+
+# ------------------------------------------------------------------- frozen weights in bf16
+def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Cast the frozen ``nn.Linear`` weights and biases inside ``module`` to ``dtype``, in place.
+
+    Only parameters with ``requires_grad=False`` that belong directly to an ``nn.Linear``
+    change; trainable parameters, LayerNorms, embeddings, convolutions and buffers keep their
+    dtype. A parametrized weight (LoRA) is left in its dtype: its low-rank update is added to
+    the frozen original on every call, and adding it to a bfloat16 original would round small
+    updates away before autocast sees them.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module to change (e.g. a backbone's transformer encoder).
+    dtype : torch.dtype
+        Target dtype (``torch.bfloat16`` or ``torch.float16``).
+
+    Returns
+    -------
+    list of str
+        Names (relative to ``module``) of the parameters cast.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2))
+    >>> net[2].requires_grad_(False) and None
+    >>> net[0].requires_grad_(True) and None
+    >>> cast_frozen_linear_(net)
+    ['2.weight', '2.bias']
+    >>> net[2].weight.dtype, net[0].weight.dtype, net[1].weight.dtype
+    (torch.bfloat16, torch.float32, torch.float32)
+    """
+    cast = []
+    for prefix, sub in module.named_modules():
+        if not isinstance(sub, nn.Linear):
+            continue
+        parametrized = getattr(sub, "parametrizations", {})
+        for name in ("weight", "bias"):
+            param = sub._parameters.get(name)
+            if name in parametrized or param is None or param.requires_grad or param.dtype == dtype:
+                continue
+            param.data = param.data.to(dtype)
+            cast.append(f"{prefix}.{name}".lstrip("."))
+    return cast

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from elp.backbones import load_backbone
-from elp.feature_cache import HiddenStateCache, backbone_fingerprint, cached_forward
+from elp.feature_cache import HiddenStateCache, audio_key, backbone_fingerprint, batch_audio_keys, cached_forward
 from elp.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=24, e_dim=8, prompt_frames=4, prefix_frames=4, lora_rank=2)
@@ -113,8 +113,10 @@ def test_hidden_state_cache_round_trip(tiny_checkpoints, tmp_path, name, method)
     ids = ["spk1-utt1", "spk1/utt2", "spk2 utt3"]
     live, live_mask = model(wavs, wav_lens)
     filled, filled_mask = cached_forward(model, cache, ids, wavs, wav_lens)  # epoch 1: computes, stores
-    assert cache.hits == 0 and all(utt in cache for utt in ids)
-    cached, cached_mask = cached_forward(model, cache, ids, torch.zeros_like(wavs), wav_lens)  # epoch 2: reads
+    keys = batch_audio_keys(wavs, model.backbone.sample_lengths(wavs, wav_lens))
+    assert cache.hits == 0 and all(key in cache for key in keys)
+    padded_more = torch.cat([wavs, torch.randn(3, 800)], dim=1)  # padding does not change the keys
+    cached, cached_mask = cached_forward(model, cache, ids, padded_more, wav_lens * 8000 / 8800)  # epoch 2: reads
     assert cache.hits == 3
     assert torch.equal(cached_mask, live_mask) and torch.equal(filled_mask, live_mask)
     valid = live_mask[..., None]  # padded frames are masked out by every head
@@ -130,8 +132,39 @@ def test_hidden_state_cache_is_keyed_by_backbone_weights(tiny_checkpoints, tmp_p
     assert backbone_fingerprint(model.backbone) == backbone_fingerprint(build(tiny_checkpoints, "wavlm_plus", "l_only", seed=5).backbone)
     assert backbone_fingerprint(model.backbone) != backbone_fingerprint(other.backbone)
     cache = HiddenStateCache.for_model(tmp_path, model)
-    cache.put("u1", torch.zeros(4, 5, 32))
-    assert "u1" in cache and "u1" not in HiddenStateCache.for_model(tmp_path, other)
+    key = audio_key(torch.ones(800))
+    cache.put(key, torch.zeros(4, 5, 32))
+    assert key in cache and key not in HiddenStateCache.for_model(tmp_path, other)
+
+
+def test_hidden_state_cache_is_keyed_by_audio_content(tiny_checkpoints, tmp_path):
+    """A second set reusing the ids (a noisy copy) gets its own states; fixed audio is recomputed."""
+    model = build(tiny_checkpoints, "wavlm_plus", "l_only").eval()
+    cache = HiddenStateCache.for_model(tmp_path, model)
+    clean, wav_lens = batch()
+    noisy = clean + 0.5 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    ids = ["u1", "u2", "u3"]
+    with torch.no_grad():
+        from_clean, _ = cached_forward(model, cache, ids, clean, wav_lens)
+        from_noisy, mask = cached_forward(model, cache, ids, noisy, wav_lens)  # same ids, other audio
+        live_noisy, _ = model(noisy, wav_lens)
+    assert cache.hits == 0  # nothing served across sets
+    valid = mask[..., None]
+    assert ((from_noisy - live_noisy) * valid).abs().max().item() <= 1e-6
+    assert ((from_noisy - from_clean) * valid).abs().max().item() > 1e-2
+    fixed = clean.clone()
+    fixed[1, :100] = 0.0  # "fixed" audio of u2: recomputed, the others are read
+    fixed_key = audio_key(fixed[1, :int(model.backbone.sample_lengths(fixed, wav_lens)[1])])
+    assert fixed_key not in cache
+    with torch.no_grad():
+        out, _ = cached_forward(model, cache, ids, fixed, wav_lens)
+        live_fixed, _ = model(fixed, wav_lens)
+    assert fixed_key in cache
+    hits = cache.hits
+    with torch.no_grad():
+        cached_forward(model, cache, ids, fixed, wav_lens)
+    assert cache.hits == hits + 3
+    assert ((out - live_fixed) * valid).abs().max().item() <= 1e-6
 
 
 def test_hidden_state_cache_refuses_adapted_backbones(tiny_checkpoints):
