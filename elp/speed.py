@@ -218,3 +218,150 @@ def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) 
             param.data = param.data.to(dtype)
             cast.append(f"{prefix}.{name}".lstrip("."))
     return cast
+
+
+# ----------------------------------------------------------------------- interleaved comparison
+#: Speed options compared by :func:`compare_options`: name -> (sdpa_attention, cnn_cache, frozen_bf16).
+OPTION_SETS = {
+    "base": (False, False, False),
+    "sdpa": (True, False, False),
+    "cnn_cache": (False, True, False),
+    "sdpa+cnn_cache": (True, True, False),
+    "sdpa+cnn_cache+bf16w": (True, True, True),
+}
+
+
+def compare_options(backbone_name: str = "wavlm_plus", methods: tuple[str, ...] = ("full", "el", "elp", "weighted_sum", "l_only"),
+                    option_sets: tuple[str, ...] = tuple(OPTION_SETS), precision: str = "fp32",
+                    batch_size: int = 4, duration: float = 3.0, rounds: int = 3, threads: int | None = None,
+                    config_overrides: dict | None = None, log=print) -> list[dict]:
+    """Training-step time of methods under speed options, interleaved round by round in one process.
+
+    For each method the models (one with float32 frozen weights, and one holding them in
+    bfloat16 when an option set asks for it) are built once; every round then times one step
+    of every option set back to back, so that load from other processes hits them alike. A
+    step is the same as ``elp bench``'s (forward, per-frame Linear + mean pool +
+    cross-entropy, backward, Adam). With ``cnn_cache`` the step reads the CNN features from a
+    cache filled before timing (the cost after the first epoch).
+
+    Parameters
+    ----------
+    backbone_name : str
+        Short backbone name (random weights from its config).
+    methods : tuple of str
+        Methods to time.
+    option_sets : tuple of str
+        Keys of :data:`OPTION_SETS`; ratios are against the first.
+    precision : str
+        ``"fp32"`` or ``"bf16"`` (autocast around forward and loss). ``+bf16w`` sets need bf16.
+    batch_size, duration : int, float
+        B utterances of ``duration`` seconds.
+    rounds : int
+        Timed rounds (after one warm-up round); medians are reported.
+    threads : int, optional
+        ``torch.set_num_threads``.
+    config_overrides : dict, optional
+        Backbone config changes (e.g. :data:`elp.testing.TINY_CONFIG`).
+    log : callable
+        Where progress and the table go.
+
+    Returns
+    -------
+    list of dict
+        One row per (method, option set): ``method``, ``options``, ``step_s`` (median),
+        ``vs_first`` (ratio to the first option set of the same method).
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> rows = compare_options(methods=("el",), option_sets=("base", "sdpa+cnn_cache"), rounds=1,
+    ...                        config_overrides=TINY_CONFIG, duration=0.5, log=lambda *a: None)
+    >>> [row["options"] for row in rows], rows[0]["vs_first"]
+    (['base', 'sdpa+cnn_cache'], 1.0)
+    """
+    import statistics
+    import tempfile
+    import time
+
+    from elp.backbones import load_backbone
+    from elp.feature_cache import CNNFeatureCache, cached_cnn_forward
+    from elp.model import AdaptedSSL
+
+    if threads:
+        torch.set_num_threads(threads)
+    unknown = [name for name in option_sets if name not in OPTION_SETS]
+    if unknown:
+        raise ValueError(f"unknown option sets {unknown}; choose from {list(OPTION_SETS)}")
+    if precision != "bf16" and any(OPTION_SETS[name][2] for name in option_sets):
+        raise ValueError("option sets with +bf16w need precision='bf16'")
+    generator = torch.Generator().manual_seed(0)
+    wavs = 0.1 * torch.randn(batch_size, int(round(duration * 16000)), generator=generator)
+    wav_lens = torch.ones(batch_size)
+    labels = torch.randint(0, 10, (batch_size,), generator=generator)
+    rows = []
+    for method in methods:
+        models = {}
+        for bf16_weights in sorted({OPTION_SETS[name][2] for name in option_sets}):
+            torch.manual_seed(0)
+            backbone = load_backbone(backbone_name, pretrained=False, config_overrides=config_overrides or {})
+            model = AdaptedSSL(backbone, method).train()
+            if bf16_weights:
+                model.cast_frozen_(torch.bfloat16)
+            head = nn.Linear(model.output_dim, 10)
+            optimizer = torch.optim.Adam(list(model.learnable_parameters().values()) + list(head.parameters()), 1e-4)
+            models[bf16_weights] = (model, head, optimizer)
+        tmp = tempfile.TemporaryDirectory(prefix="elp-speed-")
+        cache = CNNFeatureCache.for_model(tmp.name, models[False if False in models else True][0], dtype="bfloat16")
+
+        def step(name: str) -> float:
+            sdpa, use_cache, bf16_weights = OPTION_SETS[name]
+            model, head, optimizer = models[bf16_weights]
+            model.backbone.set_sdpa_attention(sdpa)
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                if use_cache:
+                    feats, mask = cached_cnn_forward(model, cache, None, wavs, wav_lens)
+                else:
+                    feats, mask = model(wavs, wav_lens)
+                weights = mask[..., None].to(feats.dtype)
+                pooled = (head(feats) * weights).sum(1) / weights.sum(1)
+                loss = nn.functional.cross_entropy(pooled.float(), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return time.perf_counter() - start
+
+        times = {name: [] for name in option_sets}
+        for round_index in range(rounds + 1):
+            for name in option_sets:
+                elapsed = step(name)
+                if round_index:  # round 0 warms up (and fills the cache)
+                    times[name].append(elapsed)
+        tmp.cleanup()
+        first = statistics.median(times[option_sets[0]])
+        for name in option_sets:
+            median = statistics.median(times[name])
+            rows.append(dict(method=method, options=name, step_s=median, vs_first=median / first))
+            log(f"{method:>12} {precision} {name:<22} step {median:.3f} s  x{median / first:.2f}")
+        del models
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Interleaved step times of speed options (compare_options).")
+    parser.add_argument("--backbone", default="wavlm_plus")
+    parser.add_argument("--methods", nargs="+", default=["full", "el", "elp", "weighted_sum", "l_only"])
+    parser.add_argument("--options", nargs="+", default=None, help=f"option sets from {list(OPTION_SETS)}")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    default = [n for n in OPTION_SETS if args.precision == "bf16" or not OPTION_SETS[n][2]]
+    result = compare_options(args.backbone, tuple(args.methods), tuple(args.options or default), args.precision,
+                             args.batch_size, args.duration, args.rounds, args.threads)
+    print(json.dumps(result))
