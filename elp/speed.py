@@ -311,7 +311,7 @@ def compare_options(backbone_name: str = "wavlm_plus", methods: tuple[str, ...] 
             optimizer = torch.optim.Adam(list(model.learnable_parameters().values()) + list(head.parameters()), 1e-4)
             models[bf16_weights] = (model, head, optimizer)
         tmp = tempfile.TemporaryDirectory(prefix="elp-speed-")
-        cache = CNNFeatureCache.for_model(tmp.name, models[False if False in models else True][0], dtype="bfloat16")
+        cache = CNNFeatureCache.for_model(tmp.name, models[False if False in models else True][0])
 
         def step(name: str) -> float:
             sdpa, use_cache, bf16_weights = OPTION_SETS[name]

@@ -62,3 +62,14 @@ def test_corrupt_or_clashing_files_name_the_file_and_the_fix(tmp_path):
     cache.path(key).write_bytes(b"\0" * 20)  # truncated by a crash outside our atomic write
     with pytest.raises(CacheError, match="unreadable.*delete it to recompute"):
         cache.get(key)
+
+
+def test_non_finite_or_out_of_range_features_are_refused(tmp_path):
+    cache = CNNFeatureCache(tmp_path, "c" * 16)  # float16 by default
+    key = audio_key(torch.ones(3))
+    with pytest.raises(CacheError, match="utterance 'u7' \\(beyond float16's range: use dtype bfloat16"):
+        cache.put(key, torch.full((2, 4), 1e6), utt_id="u7")
+    with pytest.raises(CacheError, match="utterance 'u8'; check the audio for NaN"):
+        cache.put(key, torch.full((2, 4), float("nan")), utt_id="u8")
+    assert key not in cache
+    CNNFeatureCache(tmp_path, "c" * 16, dtype="bfloat16").put(key, torch.full((2, 4), 1e6))
