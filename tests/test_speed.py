@@ -247,7 +247,10 @@ def test_cast_frozen_bf16_equals_autocast_of_fp32_weights(tiny_checkpoints, meth
     reference = build(tiny_checkpoints, "wavlm_plus", method, backbone_dropout=False).train()
     model = build(tiny_checkpoints, "wavlm_plus", method, backbone_dropout=False).train()
     names = model.cast_frozen_(torch.bfloat16)
-    assert names and "encoder.layers.0.feed_forward.intermediate_dense.weight" in names or method == "full"
+    assert "feature_projection.projection.weight" in names
+    frozen_layers = method in ("el", "elp", "lora", "prefix", "weighted_sum")  # full trains the layers
+    assert ("encoder.layers.0.feed_forward.intermediate_dense.weight" in names) == frozen_layers
+    assert not any("parametrizations" in name for name in names)  # LoRA originals stay fp32
     for pname, param in model.backbone.model.named_parameters():
         if pname in names:
             assert param.dtype == torch.bfloat16 and not param.requires_grad
