@@ -65,7 +65,8 @@ class AdaptedSSL(nn.Module):
                  e_dim: int = 256, l_dim: int = 512, prompt_frames: int = 10, prefix_frames: int = 10,
                  lora_rank: int = 8, lora_alpha: float = 16.0,
                  lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), e_first_layer: int = 0,
-                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False):
+                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False,
+                 frozen_dtype: str = "fp32", sdpa_attention: bool = False):
         super().__init__()
         self.method = get_method(method) if isinstance(method, str) else method
         if not 0 <= e_first_layer < backbone.num_layers:
@@ -116,6 +117,14 @@ class AdaptedSSL(nn.Module):
             for layer in backbone.layers:
                 for target in lora_targets:
                     add_lora(getattr(layer.attention, target), lora_rank, lora_alpha)
+        # runtime knobs (no effect on results beyond rounding): frozen weights held in bf16 for
+        # bf16 autocast, frozen attention through scaled_dot_product_attention
+        if frozen_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"frozen_dtype must be fp32 or bf16, got {frozen_dtype!r}")
+        if frozen_dtype == "bf16":
+            self.cast_frozen_(torch.bfloat16)
+        if sdpa_attention:
+            backbone.set_sdpa_attention(True)
 
     @property
     def output_dim(self) -> int:

@@ -20,6 +20,9 @@ grad_accumulation_factor  batches per optimizer step (SpeechBrain run option): t
                       batch is this times the batch
 num_workers           DataLoader worker processes (``auto``: 4 with pinned memory on a GPU, 0 on CPU)
 hidden_state_cache    weighted_sum / l_only: cache the frozen backbone's hidden states
+cnn_cache             every method: cache the frozen CNN's features (``cnn_cache_dir``, default
+                      ``exp/cnn_cache``, shared by the recipe's experiments; ``cnn_cache_dtype``
+                      float16)
 ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run option)
 precision             fp32 | bf16 | fp16 autocast for training and evaluation (``auto``: bf16 on
                       a GPU, fp32 on CPU)
@@ -51,7 +54,8 @@ _HELD: list = []  # the experiment locks this process holds
 RUN_DEFAULTS = {
     "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "num_buckets": 32,
     "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
-    "num_workers": "auto", "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "auto",
+    "num_workers": "auto", "hidden_state_cache": False, "cnn_cache": False, "cnn_cache_dir": None,
+    "cnn_cache_dtype": "float16", "ckpt_interval_steps": 50, "precision": "auto",
     "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
 }
 
@@ -166,7 +170,7 @@ def make_recipe_importable(hparams_file: str) -> None:
 
 def make_dataset(hparams: dict, data_dir: str, split: str):
     """``hparams["task"]``'s dataset of ``data_dir`` (``split``: train, valid or test)."""
-    return hparams["task"].dataset(data_dir, split, hparams["inventory"])
+    return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
 
 
 def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:

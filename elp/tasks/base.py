@@ -71,7 +71,8 @@ class Task:
         cannot encode (stage 2, so a bad dev/test set fails before training, not after)."""
 
     # ------------------------------------------------------------------ data
-    def dataset(self, data_dir: str | Path, split: str, inventory) -> sb.dataio.dataset.DynamicItemDataset:
+    def dataset(self, data_dir: str | Path, split: str, inventory,
+                crop_audio: bool = True) -> sb.dataio.dataset.DynamicItemDataset:
         """A Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
 
         Parameters
@@ -81,6 +82,8 @@ class Task:
             ``"train"`` (random crops when ``max_train_seconds``), ``"valid"`` or ``"test"``.
         inventory : object
             From :func:`elp.tasks.load_inventory`.
+        crop_audio : bool
+            False: training utterances stay whole (the Brain crops cached CNN frames instead).
         """
         data = data_dir_to_dict(data_dir, label_file=self.label_file)
         for entry in data.values():
@@ -88,7 +91,7 @@ class Task:
             entry.setdefault("end", None)
         self.prepare_entries(data, split)
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
-        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" else 0
+        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" and crop_audio else 0
 
         @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
         @sb.utils.data_pipeline.provides("sig")
