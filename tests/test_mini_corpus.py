@@ -31,17 +31,23 @@ from tools.mini_corpus.espeak import SPEAKER_PALETTE, EspeakError, Voice  # noqa
 
 BUILDERS = {"librispeech": librispeech, "voxceleb1": voxceleb, "iemocap": iemocap,
             "slurp": slurp}
-SHARED_SLURP = slurp.shared_annotation_dir()
+
+
+def shared_slurp_dir() -> Path | None:
+    """The real SLURP annotations beside the project (tests only; builders never look)."""
+    base = os.environ.get("ELP_SHARED_DATA")
+    folder = (Path(base) if base else ROOT.parent / "shared" / "data") / "slurp"
+    return folder if (folder / "devel.jsonl").is_file() else None
+
+
+SHARED_SLURP = shared_slurp_dir()
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
 def build_tiny(name: str, out: Path, **kwargs) -> dict:
-    extra = {"builtin": True} if name == "slurp" and "builtin" not in kwargs \
-        and "annotations" not in kwargs else {}
-    return BUILDERS[name].build(out, seed=kwargs.pop("seed", 0), size="tiny",
-                                **extra, **kwargs)
+    return BUILDERS[name].build(out, seed=kwargs.pop("seed", 0), size="tiny", **kwargs)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -296,9 +302,82 @@ def check_slurp(root: Path) -> list[dict]:
 
 def test_slurp_builtin_layout(built):
     lines = check_slurp(built["out"] / "slurp")
-    assert len({x["intent"] for x in lines}) == 6
+    assert {x["intent"] for x in lines} == set(slurp.BUILTIN_TEMPLATES)
+    assert [x["slurp_id"] for x in lines] != [] and min(x["slurp_id"] for x in lines) == 900001
     for line in lines:
         assert line["sentence"] == " ".join(t["surface"] for t in line["tokens"])
+        assert len(line["sentence"].split()) <= slurp.BUILTIN_MAX_WORDS
+        assert slurp.parse_annotation(line["sentence_annotation"])[0] == line["sentence"]
+
+
+def test_slurp_builtin_text_is_lexically_distinct():
+    """Every intent has enough sentences for the mini recipe (48) plus pre-training text, and
+    each has words of its own (the task is learnable from the words)."""
+    sentences = {i: [slurp.parse_annotation(a)[0] for a in slurp.builtin_annotations(i)]
+                 for i in slurp.BUILTIN_TEMPLATES}
+    assert len(sentences) == 6
+    assert all(len(s) >= 48 + 25 for s in sentences.values()), {i: len(s) for i, s in sentences.items()}
+    words = {i: {w for s in ss for w in s.split()} for i, ss in sentences.items()}
+    for intent, own in words.items():
+        others = set().union(*(w for i, w in words.items() if i != intent))
+        assert len(own - others) >= 8, (intent, sorted(own - others))
+    # a given (seed, intent) fixes the order, whatever the corpus size
+    first = slurp.builtin_lines(["news_query"], 10, seed=0)
+    more = slurp.builtin_lines(["news_query", "play_music"], 20, seed=0)
+    texts = lambda c: [x["sentence_annotation"] for s in slurp.SPLITS for x in c[s]]  # noqa: E731
+    assert set(texts(first)) < set(texts(more))
+    with pytest.raises(ValueError, match="--sentences_per_intent"):
+        slurp.builtin_lines(["datetime_query"], 1000, seed=0)
+    with pytest.raises(ValueError, match="no built-in sentences for intent 'qa_currency'"):
+        slurp.build(Path("unused"), size="tiny", intents="qa_currency")
+
+
+def test_slurp_same_bytes_with_and_without_shared_data(built, tmp_path, monkeypatch):
+    """The corpus and the pre-training text never read ../shared or $ELP_SHARED_DATA."""
+    import tools.pretrain_text as pretrain_text
+    shared = tmp_path / "shared" / "data"
+    (shared / "slurp").mkdir(parents=True)
+    if SHARED_SLURP is not None:  # the real files when available, else a decoy line
+        for name in ("devel.jsonl", "test.jsonl"):
+            (shared / "slurp" / name).symlink_to(SHARED_SLURP / name)
+    else:
+        (shared / "slurp" / "devel.jsonl").write_text(json.dumps({
+            "slurp_id": 1, "sentence": "decoy", "sentence_annotation": "decoy",
+            "intent": "qa_decoy", "action": "decoy", "tokens": [], "scenario": "qa",
+            "recordings": [{"file": "audio-1.flac"}], "entities": []}) + "\n")
+    texts = {}
+    for label, value in (("with", str(shared)), ("without", str(tmp_path / "absent"))):
+        monkeypatch.setenv("ELP_SHARED_DATA", value)
+        build_tiny("slurp", tmp_path / label)
+        assert tree(tmp_path / label / "slurp") == tree(built["out"] / "slurp")
+        out = tmp_path / f"{label}.txt"
+        assert pretrain_text.main(["--out", str(out), "--exclude",
+                                   str(tmp_path / label / "slurp" / "dataset" / "slurp")]) == 0
+        texts[label] = out.read_bytes()
+    assert texts["with"] == texts["without"]
+    assert len(texts["with"].decode().splitlines()) == 200
+
+
+def test_pretrain_text_is_disjoint_from_the_ic_corpus(tmp_path):
+    import tools.pretrain_text as pretrain_text
+    text = set(pretrain_text.pretrain_sentences(200))
+    assert len(text) == 200
+    # the mini IC recipe's corpus: 48 sentences per intent (only the text is needed here)
+    corpus = slurp.builtin_lines(sorted(slurp.BUILTIN_TEMPLATES), 48, seed=0)
+    used = {x["sentence"] for lines in corpus.values() for x in lines}
+    assert len(used) == 6 * 48 and not text & used
+    # every intent contributes
+    per_intent = {i: sum(s in text for s in map(lambda a: slurp.parse_annotation(a)[0],
+                                                slurp.builtin_annotations(i)))
+                  for i in slurp.BUILTIN_TEMPLATES}
+    assert min(per_intent.values()) >= 20, per_intent
+    # a corpus that uses the reserved positions is caught by --exclude
+    big = slurp.builtin_lines(["weather_query"], 100, seed=0)
+    folder = tmp_path / "dataset" / "slurp"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in big["train"]))
+    with pytest.raises(ValueError, match="train.jsonl:.*--reserve"):
+        pretrain_text.check_disjoint(sorted(text), folder)
 
 
 @pytest.mark.skipif(SHARED_SLURP is None, reason="../shared/data/slurp not found")
