@@ -26,11 +26,15 @@ if str(ROOT) not in sys.path:
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                 reason="espeak-ng not installed (sudo apt-get install espeak-ng)")
 
-from tools.mini_corpus import espeak, iemocap, librispeech, slurp, voxceleb  # noqa: E402
+from tools.mini_corpus import (espeak, iemocap, librispeech, slurp,  # noqa: E402
+                               speech_commands, voxceleb)
 from tools.mini_corpus.espeak import SPEAKER_PALETTE, EspeakError, Voice  # noqa: E402
 
 BUILDERS = {"librispeech": librispeech, "voxceleb1": voxceleb, "iemocap": iemocap,
-            "slurp": slurp}
+            "slurp": slurp, "speech_commands": speech_commands}
+ROOT_NAMES = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
+              "iemocap": "IEMOCAP_full_release", "slurp": "slurp",
+              "speech_commands": "speech_commands_v0.02"}
 
 
 def shared_slurp_dir() -> Path | None:
@@ -407,14 +411,86 @@ def test_slurp_parse_annotation():
 
 
 # ----------------------------------------------------------------------------------------
+# Speech Commands v0.02
+# ----------------------------------------------------------------------------------------
+def test_speech_commands_layout(built):
+    root = built["out"] / "speech_commands_v0.02"
+    words = set(speech_commands.COMMAND_WORDS) | set(speech_commands.AUXILIARY_WORDS)
+    assert len(words) == 35 and len(speech_commands.AUXILIARY_WORDS) == 25
+    clips = sorted(str(p.relative_to(root)) for p in root.glob("*/*.wav")
+                   if p.parent.name != "_background_noise_")
+    for rel in clips:
+        word, name = rel.split("/")
+        assert word in words and re.fullmatch(r"[0-9a-f]{8}_nohash_0\.wav", name), rel
+        info = sf.info(str(root / rel))
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == \
+            (16000, 1, "PCM_16", 16000), rel
+    lists = {}
+    for split, name in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+        lines = (root / name).read_text().splitlines()
+        assert lines == sorted(lines) and set(lines) <= set(clips)
+        lists[split] = lines
+    training = sorted(set(clips) - set(lists["validation"]) - set(lists["testing"]))
+    lists["training"] = training
+    # tiny: 2/1/1 speakers, each says the 10 command words and 1 other word
+    assert {s: len(v) for s, v in lists.items()} == {"validation": 11, "testing": 11,
+                                                      "training": 22}
+    for split, lines in lists.items():  # the real rule: split = hash of the speaker id
+        assert all(speech_commands.which_split(line) == split for line in lines), split
+    speakers = {s: {line.split("/")[1].split("_")[0] for line in v} for s, v in lists.items()}
+    assert not any(a & b for a, b in itertools.combinations(speakers.values(), 2))
+    noise = sorted(p.name for p in (root / "_background_noise_").iterdir())
+    assert noise == ["README.md", "brown_noise.wav", "pink_noise.wav", "white_noise.wav"]
+    for name in noise[1:]:
+        wav, sr = sf.read(str(root / "_background_noise_" / name))
+        assert sr == 16000 and len(wav) == 20 * 16000 and abs(rms(wav) - 0.1) < 0.002
+    # a word is louder than the floor around it, and sits at different offsets
+    onsets = []
+    for rel in clips[:6]:
+        wav, _ = sf.read(str(root / rel))
+        loud = np.flatnonzero(np.abs(wav) > 0.05)
+        assert loud.size and (np.abs(wav[:200]).max() < 0.02 or np.abs(wav[-200:]).max() < 0.02)
+        onsets.append(int(loud[0]))
+    assert len(set(onsets)) > 3
+
+
+def test_speech_commands_split_rule_and_small_plan():
+    ids = [f"{i:08x}" for i in range(0, 20000 * 7919, 7919)]
+    shares = {s: sum(speech_commands.which_split(i) == s for i in ids) / len(ids)
+              for s in ("validation", "testing", "training")}
+    assert abs(shares["validation"] - 0.1) < 0.01 and abs(shares["testing"] - 0.1) < 0.01
+    assert speech_commands.which_split("left/0a7c2a8d_nohash_3.wav") == \
+        speech_commands.which_split("0a7c2a8d")
+    # stricter split -> different assignment (percentages are honoured)
+    assert all(speech_commands.which_split(i, 0.0, 0.0) == "training" for i in ids[:50])
+    plan = speech_commands.plan_files(0, "small")
+    counts = {s: sum(p[0] == s for p in plan) for s in speech_commands.SPLITS}
+    assert counts == {"training": 264, "validation": 44, "testing": 44}
+    per_word = {w: sum(p[1].startswith(f"{w}/") and p[0] == "training" for p in plan)
+                for w in speech_commands.COMMAND_WORDS}
+    assert set(per_word.values()) == {24}
+    auxiliary = [p[1].split("/")[0] for p in plan
+                 if p[1].split("/")[0] in speech_commands.AUXILIARY_WORDS]
+    assert len(auxiliary) == 32 and len(set(auxiliary)) == 25  # every word, about once
+    voices = {p[2] for p in plan}
+    assert len(voices) == 32 and len({v.variant for v in voices}) >= 15
+    for voice in voices:
+        espeak.check_voice(voice)
+
+
+def test_speech_commands_clip_too_long_is_an_error():
+    with pytest.raises(EspeakError, match="yes/x_nohash_0.wav.*longer than a 1 s clip"):
+        speech_commands.place_in_clip(np.zeros(16001, np.float32), np.random.default_rng(0),
+                                      "yes/x_nohash_0.wav")
+
+
+# ----------------------------------------------------------------------------------------
 # determinism and idempotence
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_build_is_deterministic(name, built, tmp_path):
     build_tiny(name, tmp_path)
-    root_name = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
-                 "iemocap": "IEMOCAP_full_release", "slurp": "slurp"}[name]
-    assert tree(tmp_path / root_name) == tree(built["out"] / root_name)
+    assert tree(tmp_path / ROOT_NAMES[name]) == tree(built["out"] / ROOT_NAMES[name])
 
 
 def test_rerun_is_instant_and_guarded(tmp_path):
