@@ -114,21 +114,50 @@ def word_files(root: Path) -> list[str]:
 
 
 def utterance_id(relative: str) -> tuple[str, str]:
-    """``yes/0a7c2a8d_nohash_1.wav`` -> (``0a7c2a8d-yes-1``, ``0a7c2a8d``)."""
+    """Utterance id and speaker of a word file.
+
+    Example
+    -------
+    >>> utterance_id("yes/0a7c2a8d_nohash_1.wav")
+    ('0a7c2a8d-yes-1', '0a7c2a8d')
+    """
     word, name = relative.split("/")
     match = _FILE_NAME.match(name)
     return f"{match['speaker']}-{word}-{match['n']}", match["speaker"]
 
 
 def evenly_spaced(items: Sequence[str], count: int) -> list[str]:
-    """``count`` items spread evenly over ``items`` (all of them when ``count >= len``)."""
+    """``count`` items spread evenly over ``items`` (all of them when ``count >= len``).
+
+    Item ``floor(i * len / count)`` is picked for ``i = 0 .. count-1``.
+
+    Example
+    -------
+    >>> evenly_spaced(list("abcdefghij"), 3)
+    ['a', 'd', 'g']
+    """
     if count >= len(items):
         return list(items)
     return [items[i * len(items) // count] for i in range(count)]
 
 
 def silence_windows(noise_files: Sequence[Path], split: str, count: int) -> list[tuple[str, float]]:
-    """``count`` 1 s windows (recording path, start seconds) in the split's part of the files."""
+    """``count`` 1 s windows in the split's part of the noise files (module docstring).
+
+    Arguments
+    ---------
+    noise_files : sequence of Path
+        The ``_background_noise_/*.wav`` files, sorted.
+    split : str
+        ``train``, ``valid`` or ``test`` (a key of :data:`NOISE_PARTS`).
+    count : int
+        Windows wanted; file ``k`` gets ``count // F`` of them, plus one for ``k < count % F``.
+
+    Returns
+    -------
+    list of (Path, float)
+        (noise file, start in seconds, floored to the millisecond).
+    """
     if count == 0:
         return []
     if not noise_files:
