@@ -376,11 +376,17 @@ def test_pretrain_text_is_disjoint_from_the_ic_corpus(tmp_path):
                   for i in slurp.BUILTIN_TEMPLATES}
     assert min(per_intent.values()) >= 20, per_intent
     # a corpus that uses the reserved positions is caught by --exclude
-    big = slurp.builtin_lines(["weather_query"], 100, seed=0)
+    big = slurp.builtin_lines(["weather_query"], 80, seed=0)
     folder = tmp_path / "dataset" / "slurp"
     folder.mkdir(parents=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in big["train"]))
-    with pytest.raises(ValueError, match="train.jsonl:.*--reserve"):
+    for split in ("train", "devel", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in big[split]))
+    assert pretrain_text.check_disjoint(sorted(text), folder.parent) == 0  # no jsonl there
+    (folder / "devel.jsonl").rename(tmp_path / "devel.jsonl")
+    (folder / "test.jsonl").unlink()  # train: the first 56 of the order, no collision
+    assert pretrain_text.check_disjoint(sorted(text), folder) == 56
+    (tmp_path / "devel.jsonl").rename(folder / "devel.jsonl")  # positions 56-67 collide
+    with pytest.raises(ValueError, match="devel.jsonl:.*--reserve"):
         pretrain_text.check_disjoint(sorted(text), folder)
 
 

@@ -20,7 +20,7 @@ occurs there and fails otherwise (the corpus was built with more sentences per i
 Usage::
 
     python tools/pretrain_text.py --out exp/pretrain_text.txt [--num 200] [--seed 0]
-        [--reserve 64] [--exclude egs/slurp/ic/corpus/slurp/dataset/slurp]
+        [--reserve 56] [--exclude egs/slurp/ic/corpus/slurp/dataset/slurp]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # run as a script: make ``tools.mini_corpus`` imp
 
 from tools.mini_corpus.slurp import BUILTIN_TEMPLATES, builtin_order, parse_annotation  # noqa: E402
 
-DEFAULT_RESERVE = 64
+DEFAULT_RESERVE = 56
 """Sentences per intent left to the IC corpus (its mini recipe uses 48)."""
 
 
