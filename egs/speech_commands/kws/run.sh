@@ -11,5 +11,5 @@ export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}   # a relative --data_root is re
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
-    --mini_corpus tools/mini_corpus/speech_commands.py --mini_corpus_subdir '' \
+    --mini_corpus tools/mini_corpus/speech_commands.py --mini_corpus_subdir speech_commands_v0.02 \
     "$@"
