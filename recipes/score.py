@@ -42,6 +42,7 @@ def main(argv) -> int:
         "learnable_params": train_stats["learnable_params"],
         "backbone_params": train_stats.get("backbone_params"),
         "train_wall_s": train_stats["train_wall_s"], "peak_mem_mb": train_stats["peak_mem_mb"],
+        "peak_mem_kind": train_stats.get("peak_mem_kind"),
         "seed": hparams["seed"],
         "extra_metrics": {k: round(float(v), 4) for k, v in extra.items()}, "exp_dir": str(output),
     }

@@ -49,6 +49,7 @@ def main(argv) -> int:
             "backbone_params": sum(p.numel() for p in unwrap(brain.modules.model).backbone.parameters()),
             "train_wall_s": round(brain.train_wall_s, 2),  # includes an interrupted run's epochs
             "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
+            "peak_mem_kind": "cuda max_memory_allocated" if str(brain.device).startswith("cuda") else "cpu peak RSS",
             "epochs": brain.hparams.epoch_counter.current,
             "final_train_loss": float(brain.train_stats["loss"]) if hasattr(brain, "train_stats") else None,
         }

@@ -93,14 +93,17 @@ class Task:
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
         max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" and crop_audio else 0
 
-        @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
+        @sb.utils.data_pipeline.takes("id", "wav", "start", "end", "num_samples")
         @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(utt, wav, start, end):
-            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=(start, end) if start is not None else None, utt=utt)
-            if max_samples and sig.shape[0] > max_samples:
-                offset = random.randint(0, sig.shape[0] - max_samples)
-                sig = sig[offset:offset + max_samples]
-            return sig
+        def audio_pipeline(utt, wav, start, end, num_samples):
+            segment = (start, end) if start is not None else None
+            if max_samples and num_samples and num_samples > max_samples:
+                # a random crop: read only its samples, not the whole file
+                offset = random.randint(0, num_samples - max_samples) / TARGET_SAMPLE_RATE
+                begin = (start or 0.0) + offset
+                segment = (begin, begin + max_samples / TARGET_SAMPLE_RATE)
+            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=segment, utt=utt)
+            return sig[:max_samples] if max_samples else sig
 
         dataset.add_dynamic_item(audio_pipeline)
         dataset.set_output_keys(["id", "sig"] + self.add_targets(dataset, split, inventory))
