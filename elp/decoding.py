@@ -4,7 +4,8 @@ Beam search runs through torchaudio's ``ctc_decoder`` (flashlight-text's lexicon
 lexicon decoders, with KenLM for ARPA or binary n-gram files). We picked it over
 ``pyctcdecode`` because it ships as binary wheels (``flashlight-text``, KenLM included,
 nothing to compile), is maintained with torchaudio (which the stack already pins), and
-decodes a batch in C++.
+decodes a batch in C++. Hypotheses sharing a prefix are merged by log-add (``log_add=True``):
+a proper prefix beam search, not a Viterbi beam.
 
 * Without an LM the search is lexicon-free over the tokenizer's tokens (characters or BPE
   pieces): the CTC prefix beam search that ESPnet/SpeechBrain call ``beam_size`` decoding.
