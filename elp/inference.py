@@ -147,6 +147,15 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def check_lengths(items: Sequence, waves: Sequence[torch.Tensor], receptive_field: int) -> None:
+    """Refuse inputs shorter than one backbone frame, naming the input."""
+    for index, (item, wave) in enumerate(zip(items, waves)):
+        if wave.shape[0] < receptive_field:
+            name = str(item) if isinstance(item, (str, os.PathLike)) else f"input {index}"
+            raise AudioInputError(f"{name} has {wave.shape[0]} samples at 16 kHz, fewer than the backbone's "
+                                  f"receptive field ({receptive_field} samples); pass longer audio")
+
+
 def _progress(total: int, enabled: bool | None, desc: str):
     if enabled is None:
         enabled = total >= 50
@@ -220,6 +229,7 @@ class Predictor:
         items = list(wavs)
         bar = _progress(len(items), progress, self.package.name)
         waves = [load_waveform(item, sample_rate) for item in items]
+        check_lengths(items, waves, self.package.model.backbone.receptive_field)
         results: list = [None] * len(waves)
         for indices in length_batches([w.shape[0] for w in waves], batch_size):
             for index, out in zip(indices, self.forward_batch([waves[i] for i in indices])):
