@@ -211,8 +211,13 @@ def plot_wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: di
     return _save(fig, path)
 
 
-def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Bar plot of softmax layer weights, one group of bars per model (name -> weights)."""
+def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathLike, title: str | None = None,
+                       first_layer: int = 0) -> Path:
+    """Bar plot of softmax layer weights, one group of bars per model (name -> weights).
+
+    ``first_layer``: the layer number of the first weight (1 for L-adapters, which read
+    layer outputs 1..L; 0 for a weighted sum that includes the input embedding).
+    """
     plt = _pyplot()
     names = list(weights)
     num_layers = max(len(w) for w in weights.values())
@@ -221,7 +226,7 @@ def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathL
     for k, name in enumerate(names):
         values = list(weights[name])
         ax.bar(np.arange(len(values)) + k * width - 0.4 + width / 2, values, width, label=name)
-    ax.set_xticks(range(num_layers))
+    ax.set_xticks(range(num_layers), [str(first_layer + i) for i in range(num_layers)])
     ax.set(xlabel="layer", ylabel="softmax weight", title=title or "learned layer weights")
     if len(names) > 1:
         ax.legend(fontsize=8)

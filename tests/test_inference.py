@@ -95,3 +95,53 @@ def test_errors_name_the_problem(packages, tmp_path):
         predictor.transcribe(np.zeros(16000), sample_rate=16000)
     with pytest.raises(ValueError, match="input 0 has 100 samples.*receptive field"):
         predictor.classify(np.zeros(100), sample_rate=16000)
+
+
+# ----------------------------------------------------------------------------------- CLI
+def _cli(argv):
+    from elp.cli import main
+
+    return main(argv)
+
+
+def test_cli_infer_several_packages_wav_scp_and_jsonl(tmp_path, capsys):
+    import json
+
+    from elp.testing import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint("wavlm", tmp_path / "ckpt")
+    er = make_tiny_package(tmp_path / "er", task="classify", method="l_only", backbone_dir=ckpt)
+    asr = make_tiny_package(tmp_path / "asr", task="asr", method="elp", backbone_dir=ckpt, seed=1)
+    waves = _waves(3, (8000, 12000))
+    for i, wave in enumerate(waves):
+        sf.write(tmp_path / f"{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
+    (tmp_path / "wav.scp").write_text("".join(f"utt{i} {tmp_path / f'{i}.wav'}\n" for i in range(2)))
+    assert _cli(["infer", "--package", str(er), "--package", str(asr), "--wav-scp", str(tmp_path / "wav.scp"),
+                 "--jsonl", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["utt0", "er"], ["utt0", "asr"], ["utt1", "er"], ["utt1", "asr"]]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    alone = Predictor.from_package(er).classify([str(tmp_path / "0.wav"), str(tmp_path / "1.wav")])
+    texts = Predictor.from_package(asr).transcribe([str(tmp_path / "0.wav"), str(tmp_path / "1.wav")])
+    for record, result, text in zip(records, alone, texts):
+        assert record["er"]["result"]["label"] == result.label
+        np.testing.assert_allclose(list(record["er"]["result"]["probabilities"].values()),
+                                   list(result.probabilities.values()), atol=1e-5)
+        assert record["asr"]["result"] == text
+
+
+def test_cli_verify_inspect_and_errors(tmp_path, capsys, packages):
+    sf.write(tmp_path / "a.wav", _waves(4, (8000,))[0].numpy(), 16000)
+    assert _cli(["verify", "--package", str(packages["sv"]), str(tmp_path / "a.wav"), str(tmp_path / "a.wav")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1.0000") and ("accept" in out or "no decision" in out)
+    with pytest.raises(SystemExit, match="elp verify: audio file .*b.wav does not exist"):
+        _cli(["verify", "--package", str(packages["sv"]), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")])
+    with pytest.raises(SystemExit, match="elp infer: .*nope: no such model package directory"):
+        _cli(["infer", "--package", str(tmp_path / "nope"), str(tmp_path / "a.wav")])
+    with pytest.raises(SystemExit, match="elp infer: no input"):
+        _cli(["infer", "--package", str(packages["sv"])])
+    assert _cli(["inspect", "--package", str(packages["asr"]), "--plot", str(tmp_path / "lw.png")]) == 0
+    out = capsys.readouterr().out
+    assert "method    elp" in out and "  p " in out and "layer weights, L-adapters" in out
+    assert (tmp_path / "lw.png").read_bytes()[:4] == b"\x89PNG"
