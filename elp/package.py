@@ -96,8 +96,9 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
     tokenizer : CharTokenizer or BPETokenizer, optional
         For ``asr``.
     backbone_source : str, optional
-        Where the backbone's weights come from (local directory or hub id); default: the
-        short name's hub id.
+        Where the backbone's weights come from (local directory or hub id; a short name means
+        its hub id); default: the short name's hub id. Needed when the backbone was named by
+        a local directory (pass that directory).
     backbone_pretrained : bool
         False for random-weight backbones (``backbone_arch`` runs): their frozen weights are
         stored in ``backbone/`` since no checkpoint holds them.
@@ -127,6 +128,8 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
     if backbone.weights_sha256 is None:
         raise PackageError("the backbone is on the meta device: its weights have no identity to record")
     source = backbone_source or (BACKBONES[backbone.name].hub_id if backbone.name in BACKBONES else None)
+    if source in BACKBONES:  # a short name stands for its hub id
+        source = BACKBONES[source].hub_id
     backbone_entry = {"name": backbone.name, "source": source, "family": backbone.family,
                       "weights_sha256": backbone.weights_sha256, "pretrained": bool(backbone_pretrained),
                       "stored": None}

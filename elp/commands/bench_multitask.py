@@ -130,15 +130,17 @@ def worker(spec: dict) -> dict:
         run(waves)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    times = []
+    times, cpu_times = [], []
     for _ in range(spec["repeats"]):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run(waves)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     best = min(times)
-    return {"audio_s_per_s": spec["batch_size"] * spec["duration"] / best, "step_s": best,
+    audio = spec["batch_size"] * spec["duration"]
+    return {"audio_s_per_s": audio / best, "step_s": best, "audio_s_per_cpu_s": audio / min(cpu_times),
             "model_mb": loaded, "run_peak_mb": _peak_mb(device) - start_mem, "learnable_mb": learnable / 2**20}
 
 
@@ -208,7 +210,9 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
     lines = [f"Backbone {arch} ({backbone_mb:.0f} MiB of weights), {args.device}, threads {threads or 'default'}, "
              f"batch {args.batch_size} x {args.duration:g} s, best of {args.repeats} after {args.warmup} warm-up.",
              "",
-             "* audio s/s: seconds of audio per wall second with ALL N tasks done;",
+             "* audio s/s: seconds of audio per wall second with ALL N tasks done (in brackets: per CPU second of",
+             "  the process, which a busy shared machine disturbs far less; the ratios use it on CPU);",
+             "* separate time / shared time: N separate models over one shared backbone;",
              "* cost vs 1 task: time of the N tasks (shared) / time of the mix's first method alone (shared);",
              "* models MiB: memory the loaded models occupy (RSS after loading minus before; CUDA: allocated);",
              "  bound = backbone weights + all tasks' learnable tensors (what one backbone + N tasks should cost);",
@@ -219,10 +223,12 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
     for row in rows:
         shared, separate = row["shared"], row["separate"]
         first = single.get(row["mix"].split(",")[0])
-        cost = f"{first['audio_s_per_s'] / shared['audio_s_per_s']:.2f}x" if first else "-"
+        key = "audio_s_per_cpu_s" if args.device == "cpu" else "audio_s_per_s"
+        cost = f"{first[key] / shared[key]:.2f}x" if first else "-"
         bound = backbone_mb + shared["learnable_mb"]
-        lines.append(f"| {row['mix']} | {row['n']} | {shared['audio_s_per_s']:.2f} | {separate['audio_s_per_s']:.2f} "
-                     f"| {shared['audio_s_per_s'] / separate['audio_s_per_s']:.2f}x | {cost} | {shared['model_mb']:.0f} "
+        lines.append(f"| {row['mix']} | {row['n']} | {shared['audio_s_per_s']:.2f} ({shared.get('audio_s_per_cpu_s', 0):.2f}) "
+                     f"| {separate['audio_s_per_s']:.2f} ({separate.get('audio_s_per_cpu_s', 0):.2f}) "
+                     f"| {shared[key] / separate[key]:.2f}x | {cost} | {shared['model_mb']:.0f} "
                      f"| {separate['model_mb']:.0f} | {bound:.0f} | {shared['run_peak_mb']:.0f} "
                      f"| {separate['run_peak_mb']:.0f} |")
     return "\n".join(lines) + "\n"
