@@ -77,3 +77,23 @@ def test_different_backbone_weights_are_refused(setup, tmp_path):
     with pytest.raises(BackboneHashMismatchError, match="same weights: run them in separate") as err:
         MultiTask([dirs[0], other])
     assert str(other) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bench_worker_measures_both_modes(setup):
+    import argparse
+
+    from elp.commands.bench_multitask import format_table, worker
+
+    _, dirs = setup
+    spec = dict(dirs=[str(d) for d in dirs[:2]], duration=0.5, batch_size=2, warmup=0, repeats=1, threads=None,
+                device="cpu")
+    shared = worker({**spec, "mode": "shared"})
+    separate = worker({**spec, "mode": "separate"})
+    for result in (shared, separate):
+        assert result["audio_s_per_s"] > 0 and result["audio_s_per_cpu_s"] > 0 and result["run_peak_mb"] >= 0
+    assert shared["learnable_mb"] > 0 and separate["learnable_mb"] == 0
+    args = argparse.Namespace(backbone="wavlm_plus", tiny=True, device="cpu", batch_size=2, duration=0.5,
+                              repeats=1, warmup=0)
+    table = format_table([{"mix": "weighted_sum,l_only", "n": 2, "shared": shared, "separate": separate}],
+                         {}, 1.0, args, None)
+    assert "| weighted_sum,l_only | 2 |" in table
