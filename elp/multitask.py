@@ -7,11 +7,15 @@
 * tasks whose method trains nothing inside the backbone (``weighted_sum``, ``l_only``) read
   ONE shared pass of the transformer (their L-adapters / layer weights differ, not the
   hidden states);
-* tasks that change the encoder (E-adapters, trained LayerNorms, the P-adapter, LoRA,
-  prefixes, full fine-tuning) run their own transformer layers from the shared CNN features.
-  Each such task holds a *view* of the backbone: a structural copy whose frozen tensors are
-  the shared backbone's tensors (same storage), with its own adapters, LayerNorms and LoRA
-  factors. Memory is therefore one backbone plus each task's learnable tensors.
+* tasks that change the encoder through FFN E-adapters, LayerNorms and the P-adapter
+  (``e_only``, ``el``, ``elp``, ``p_only``) with the same number of pseudo frames share ONE
+  batch: every utterance once per task, routed per sample (each sample's LayerNorms use its
+  task's parameters, each task's E-adapters apply to its samples) (:class:`RoutedGroup`);
+* the others (LoRA, prefixes, MHSA adapters, full fine-tuning) run their own transformer
+  layers from the shared CNN features. Each task that changes the encoder holds a *view* of
+  the backbone: a structural copy whose frozen tensors are the shared backbone's tensors
+  (same storage), with its own adapters, LayerNorms and LoRA factors. Memory is therefore one
+  backbone plus each task's learnable tensors.
 
 Each task's results equal the task run alone (:class:`elp.inference.Predictor`) to float
 rounding.
@@ -26,7 +30,7 @@ Examples
 ...         for t, m in [("classify", "l_only"), ("asr", "weighted_sum"), ("sv", "elp")]]
 >>> tasks = MultiTask(dirs)
 >>> tasks.plan()
-{'shared_pass': [0, 1], 'own_layers': [2]}
+{'shared_pass': [0, 1], 'routed_batches': [], 'own_layers': [2]}
 >>> results = tasks.run([np.zeros(16000), np.zeros(8000)], sample_rate=16000)
 >>> len(results), len(results[0])
 (2, 3)
@@ -92,7 +96,8 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
         From :meth:`SSLBackbone.extract_cnn_features`.
     frame_mask : torch.Tensor [B, F] bool
     prompt, layer_prefixes : optional
-        P-adapter frames [K, C] and prefixes [L, K', D], as in :meth:`SSLBackbone.forward`.
+        P-adapter frames [K, C] (or one set per sample, [B, K, C]) and prefixes [L, K', D], as
+        in :meth:`SSLBackbone.forward`.
 
     Returns
     -------
@@ -101,8 +106,9 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
     """
     num_prompt, mask = 0, frame_mask
     if prompt is not None:
-        num_prompt, batch = prompt.shape[0], features.shape[0]
-        features = torch.cat([prompt.to(features.dtype).expand(batch, -1, -1), features], dim=1)
+        num_prompt, batch = prompt.shape[-2], features.shape[0]
+        prompt = prompt if prompt.dim() == 3 else prompt.expand(batch, -1, -1)  # [K, C] or per sample [B, K, C]
+        features = torch.cat([prompt.to(features.dtype), features], dim=1)
         mask = torch.cat([frame_mask.new_ones(batch, num_prompt), frame_mask], dim=1)
     hidden = backbone.model.feature_projection(features)
     if isinstance(hidden, tuple):
@@ -112,6 +118,90 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
         hidden_states = [h[:, num_prompt:] for h in hidden_states]
         last = last[:, num_prompt:]
     return hidden_states, last
+
+
+def routable(model: AdaptedSSL) -> bool:
+    """Whether a task can share a batch with others through per-sample routing.
+
+    True for methods that change the encoder only through FFN E-adapters, per-layer
+    LayerNorms and the P-adapter (``e_only``, ``el``, ``elp``, ``p_only``): their frozen matrices
+    are the same for every task, so one batch can hold several tasks' utterances. LoRA (its
+    weights enter HF's attention kernel whole), prefixes, MHSA adapters and full fine-tuning
+    run their own layers.
+    """
+    spec = model.method
+    return (spec.backbone_needs_grad and set(spec.encoder_adapter_sites) <= {"ffn"} and not spec.lora
+            and not spec.prefix and not spec.train_encoder)
+
+
+class RoutedLayerNorm(nn.Module):
+    """A LayerNorm whose affine parameters are chosen per sample (``route`` [B] task indices)."""
+
+    def __init__(self, base: nn.LayerNorm, weights: list[torch.Tensor], biases: list[torch.Tensor]):
+        super().__init__()
+        self.normalized_shape, self.eps = base.normalized_shape, base.eps
+        self.register_buffer("weights", torch.stack([w.detach() for w in weights]), persistent=False)
+        self.register_buffer("biases", torch.stack([b.detach() for b in biases]), persistent=False)
+        self.route: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        return y * self.weights[self.route].view(shape) + self.biases[self.route].view(shape)
+
+
+class RoutedGroup:
+    """Several routable tasks (same prompt length) in one batch through one backbone view.
+
+    The batch holds every utterance once per task (task-major blocks); per-layer LayerNorms
+    take each sample's task's parameters, and each FFN E-adapter is applied to its task's
+    block only. The tasks' own :class:`AdaptedSSL` modules (adapters, L-adapters, prompt) are
+    used as loaded, nothing is copied but the LayerNorm affine tensors (stacked).
+    """
+
+    def __init__(self, shared: SSLBackbone, models: list[AdaptedSSL]):
+        self.models = models
+        self.view = backbone_view(shared).eval()
+        self.norms: list[RoutedLayerNorm] = []
+        self.block = 0
+        for index, layer in enumerate(self.view.layers):
+            for attr in ("layer_norm", "final_layer_norm"):
+                base = getattr(layer, attr)
+                sources = [getattr(m.backbone.layers[index], attr) for m in models]
+                routed = RoutedLayerNorm(base, [n.weight for n in sources], [n.bias for n in sources])
+                setattr(layer, attr, routed)
+                self.norms.append(routed)
+            adapters = []
+            for model in models:
+                site = model.encoder_adapters["ffn"] if "ffn" in model.encoder_adapters else {}
+                adapters.append(site[str(index)] if str(index) in site else None)
+            if any(a is not None for a in adapters):
+                layer.feed_forward.register_forward_hook(self._adapter_hook(adapters))
+        prompts = [m.prompt.frames.detach() if m.prompt is not None else None for m in models]
+        self.prompts = None if prompts[0] is None else torch.stack(prompts)  # [T, K, C]
+
+    def _adapter_hook(self, adapters):
+        def hook(module, inputs, output):
+            blocks = output.split(self.block, dim=0)
+            return torch.cat([a(b) if a is not None else b for a, b in zip(adapters, blocks)], dim=0)
+
+        return hook
+
+    def features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
+        """CNN features [B, F, C] -> each task's model features [B, F, D'] (one routed pass)."""
+        num_tasks, batch = len(self.models), features.shape[0]
+        self.block = batch
+        route = torch.arange(num_tasks, device=features.device).repeat_interleave(batch)
+        for norm in self.norms:
+            norm.route = route
+        prompt = None if self.prompts is None else self.prompts.repeat_interleave(batch, dim=0)
+        hidden_states, last = encoder_from_features(self.view, features.repeat(num_tasks, 1, 1),
+                                                    frame_mask.repeat(num_tasks, 1), prompt=prompt)
+        outputs = []
+        for task, model in enumerate(self.models):
+            rows = slice(task * batch, (task + 1) * batch)
+            outputs.append(model._read_hidden_states([h[rows] for h in hidden_states], last[rows]))
+        return outputs
 
 
 class MultiTask:
@@ -127,7 +217,7 @@ class MultiTask:
     """
 
     def __init__(self, directories: Sequence[str | os.PathLike], backbone_source: str | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", route: bool = True):
         directories = [Path(d) for d in directories]
         if not directories:
             raise ValueError("MultiTask needs at least one package directory")
@@ -161,11 +251,27 @@ class MultiTask:
             self.shares_pass.append(frozen_inside)
         self.names = _unique_names([p.package.name for p in self.predictors])
         self.device = torch.device(device)
+        # routable tasks with the same prompt length share one routed batch (2+ tasks per group)
+        self.groups: list[tuple[list[int], RoutedGroup]] = []
+        if route:
+            by_prompt: dict[int, list[int]] = {}
+            for index, predictor in enumerate(self.predictors):
+                model = predictor.package.model
+                if not self.shares_pass[index] and routable(model):
+                    key = 0 if model.prompt is None else model.prompt.frames.shape[0]
+                    by_prompt.setdefault(key, []).append(index)
+            for indices in by_prompt.values():
+                if len(indices) > 1:
+                    models = [self.predictors[i].package.model for i in indices]
+                    self.groups.append((indices, RoutedGroup(self.backbone, models)))
 
-    def plan(self) -> dict[str, list[int]]:
-        """Which tasks read the shared transformer pass and which run their own layers."""
+    def plan(self) -> dict[str, list]:
+        """Which tasks read the shared transformer pass, which share routed batches, which run
+        their own layers."""
+        routed = {i for indices, _ in self.groups for i in indices}
         return {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
-                "own_layers": [i for i, s in enumerate(self.shares_pass) if not s]}
+                "routed_batches": [list(indices) for indices, _ in self.groups],
+                "own_layers": [i for i, s in enumerate(self.shares_pass) if not s and i not in routed]}
 
     def learnable_tensor_bytes(self) -> list[int]:
         """Bytes each task holds beyond the shared backbone (learnable tensors + head)."""
@@ -184,10 +290,15 @@ class MultiTask:
         lengths = self.backbone.sample_lengths(batch, rel_lengths)
         features, frame_mask = self.backbone.extract_cnn_features(batch, lengths)  # once for all tasks
         shared = None
+        routed_feats: dict[int, torch.Tensor] = {}
+        for indices, group in self.groups:  # one batch per group, several tasks' utterances
+            routed_feats.update(zip(indices, group.features(features, frame_mask)))
         outputs = []
-        for predictor, shares in zip(self.predictors, self.shares_pass):
+        for index, (predictor, shares) in enumerate(zip(self.predictors, self.shares_pass)):
             model = predictor.package.model
-            if shares:
+            if index in routed_feats:
+                feats = routed_feats[index]
+            elif shares:
                 if shared is None:  # once for all frozen-inside tasks
                     shared = encoder_from_features(self.backbone, features, frame_mask)[0]
                 feats, _ = model.forward_from_hidden_states(shared, frame_mask)

@@ -11,7 +11,7 @@ from elp.package import BackboneHashMismatchError, make_tiny_package
 from elp.testing import save_tiny_checkpoint
 
 MIX = [("classify", "weighted_sum"), ("asr", "l_only"), ("sv", "el"), ("classify", "elp"), ("asr", "lora"),
-       ("classify", "l_only")]
+       ("classify", "l_only"), ("asr", "e_only"), ("asr", "elp"), ("sv", "prefix")]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,14 @@ def _waves():
     return [torch.randn(n, generator=g) * 0.1 for n in (16000, 7000, 11000, 4000, 9000)]
 
 
-def test_multitask_equals_each_task_alone(setup):
+@pytest.mark.parametrize("route", [True, False])
+def test_multitask_equals_each_task_alone(setup, route):
     _, dirs = setup
-    tasks = MultiTask(dirs)
-    assert tasks.plan() == {"shared_pass": [0, 1, 5], "own_layers": [2, 3, 4]}
+    tasks = MultiTask(dirs, route=route)
+    if not route:
+        assert tasks.plan()["routed_batches"] == [] and tasks.plan()["own_layers"] == [2, 3, 4, 6, 7, 8]
+    else:
+        assert tasks.plan() == {"shared_pass": [0, 1, 5], "routed_batches": [[2, 6], [3, 7]], "own_layers": [4, 8]}
     waves = _waves()
     together = tasks.outputs(waves, sample_rate=16000, batch_size=3)
     for directory, task_outputs in zip(dirs, together):
