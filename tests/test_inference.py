@@ -205,3 +205,16 @@ def test_package_of_a_brain_predicts_what_stage_4_predicts(tmp_path, task, metho
     else:
         torch.testing.assert_close(predictor.embed([wavs[u] for u in utts]), torch.stack([stage4[u] for u in utts]),
                                    atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["elp", "lora", "prefix", "conventional", "weighted_sum", "full"])
+def test_inspect_groups_equal_the_models_learning_rate_groups(tmp_path, method):
+    from elp.commands.inspect import summarize
+    from elp.package import load_package
+
+    directory = make_tiny_package(tmp_path, task="classify", method=method)
+    model = load_package(directory).model
+    counts = {group: sum(p.numel() for p in params) for group, params in model.parameter_groups().items()}
+    info = summarize(directory)
+    head = info["groups"].pop("head")
+    assert info["groups"] == counts and head > 0

@@ -25,13 +25,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="PNG for the layer weights (default: <package>/layer_weights.png)")
 
 
+def group_of(name: str) -> str:
+    """Learning-rate group of an exported ``AdaptedSSL`` parameter name (read from the name only,
+    so that no model needs to be built): ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or ``backbone``."""
+    top = name.split(".", 1)[0]
+    named = {"encoder_adapters": "e", "layer_adapters": "l", "weighted_sum": "l", "prompt": "p", "prefix": "prefix"}
+    if top in named:
+        return named[top]
+    if ".parametrizations." in name and name.rsplit(".", 1)[-1].startswith("lora_"):
+        return "lora"
+    if ".layers." in name and name.endswith(("layer_norm.weight", "layer_norm.bias")):
+        return "ln"
+    return "backbone"
+
+
 def summarize(directory: Path) -> dict:
     """Method, learnable counts per group and softmax layer weights of an export/package."""
     import torch
     from safetensors.torch import load_file
 
     from elp.export import CONFIG_FILE, WEIGHTS_FILE
-    from elp.model import parameter_group
 
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
@@ -41,7 +54,7 @@ def summarize(directory: Path) -> dict:
     state = load_file(directory / WEIGHTS_FILE)
     groups: dict[str, int] = {}
     for key, tensor in state.items():
-        group = "head" if key.startswith("head.") else parameter_group(key[len("model."):])
+        group = "head" if key.startswith("head.") else group_of(key[len("model."):])
         groups[group] = groups.get(group, 0) + tensor.numel()
     layer_weights = {label: torch.softmax(state[key].double(), 0).tolist()
                      for key, label in LAYER_WEIGHT_KEYS.items() if key in state}
