@@ -1,35 +1,29 @@
 #!/usr/bin/env bash
-# Every recipe end to end, then one results table (exp/summary.{md,json,png}).
+# Every recipe under egs/ end to end, then one results table (exp/summary.{md,json,png}).
 #
-#   ./run_all.sh                                  # CPU, synthetic mini corpora, small backbone
+#   ./run_all.sh                                  # CPU, synthetic mini corpora, stand-in backbone
 #   ./run_all.sh --backbone wavlm_plus --ngpu 1 \
-#       --librispeech_root /corpora --voxceleb_root /corpora/voxceleb1 \
-#       --iemocap_root /corpora --slurp_root /corpora/slurp \
+#       --data_roots "librispeech=/corpora voxceleb=/corpora/voxceleb1 iemocap=/corpora slurp=/corpora/slurp" \
 #       --methods "full weighted_sum conventional lora prefix e_only l_only p_only el elp"
 #
-# Without corpus roots it builds the mini corpora (tools/mini_corpus) and, since no machine
-# here reaches a model hub, pre-trains a small WavLM-architecture backbone on a separate
-# synthetic corpus (tools/pretrain_backbone.py) to stand in for a downloaded one. With real
-# corpora and --backbone wavlm_plus (weights from the hub, or --backbone_source DIR) it runs
-# the paper's comparison.
+# The recipes are discovered (egs/<corpus>/<task>/run.sh); a recipe without a data root runs
+# its mini mode (its conf/mini.yaml, the mini corpus, the shared stand-in backbone), exactly as
+# `cd egs/<corpus>/<task> && ./run.sh` does on its own. Each recipe's metric comes from its
+# results.json.
 set -euo pipefail
 
 methods="full weighted_sum elp"
 backbone=wavlm_plus
-backbone_source=          # local checkpoint directory (default: hub id, or the pre-trained small one)
-pretrain_steps=800        # mini mode: steps of the stand-in backbone's pre-training
-librispeech_root=
-voxceleb_root=
-iemocap_root=
-slurp_root=
-er_folds="1 2 3 4 5"
-tasks="asr sv er ic"
-ngpu=0
-jobs=$(nproc)             # trainings run in parallel (one thread each) on CPU
+backbone_source=          # weights (default: the hub id; mini mode: the stand-in backbone)
+data_roots=               # "corpus=DIR ..." (the corpus is egs/<corpus>); others run in mini mode
+recipes=                  # "corpus/task ..." (default: every egs/*/*/run.sh)
+seeds=                    # "1986 1987": every cell once per seed (default: each YAML's seed)
+ngpu=0                    # GPUs per job (0: CPU); jobs get disjoint GPU sets and ports
+jobs=$(nproc)             # jobs at a time (CPU: one thread each; GPU: capped by the GPU slots)
 epochs=                   # override every recipe's number_of_epochs
 help_message="Usage: $0 [--methods 'full weighted_sum elp'] [--backbone NAME] [--backbone_source DIR]
-                [--librispeech_root DIR] [--voxceleb_root DIR] [--iemocap_root DIR] [--slurp_root DIR]
-                [--tasks 'asr sv er ic'] [--er_folds '1 2 3 4 5'] [--ngpu N] [--jobs N] [--epochs N]"
+                [--data_roots 'corpus=DIR ...'] [--recipes 'corpus/task ...'] [--seeds 'N ...']
+                [--ngpu N] [--jobs N] [--epochs N]"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "${root}"
@@ -37,83 +31,69 @@ cd "${root}"
 . recipes/path.sh
 . recipes/utils/log.sh
 . recipes/utils/parse_options.sh
+. recipes/utils/gpu_slots.sh
 
-declare -A recipe_dir=([asr]=egs/librispeech/asr [sv]=egs/voxceleb/sv [er]=egs/iemocap/er [ic]=egs/slurp/ic)
-declare -A data_root=([asr]=${librispeech_root} [sv]=${voxceleb_root} [er]=${iemocap_root} [ic]=${slurp_root})
-mini=true
-for task in ${tasks}; do [ -n "${data_root[${task}]}" ] && mini=false; done
-if ${mini} && [ -z "${backbone_source}" ]; then
-    backbone_source=${root}/exp/backbone_${backbone}_small
+if [ -z "${recipes}" ]; then
+    recipes=$(for r in egs/*/*/run.sh; do r=${r#egs/}; echo "${r%/run.sh}"; done)
 fi
-label=$(${mini} && echo mini || echo "${backbone}")
+declare -A root_of=()
+for pair in ${data_roots}; do
+    [[ ${pair} == *=* ]] || die "--data_roots: '${pair}' is not corpus=DIR"
+    root_of[${pair%%=*}]=$(readlink -f "${pair#*=}")
+done
+for recipe in ${recipes}; do
+    [ -x "egs/${recipe}/run.sh" ] || die "--recipes: egs/${recipe}/run.sh not found"
+done
 logs=exp/run_all/logs
 mkdir -p "${logs}"
 started=$(date +%s)
 
-common=(--backbone "${backbone}" --ngpu "${ngpu}")
+common=(--backbone "${backbone}")
 [ -n "${backbone_source}" ] && common+=(--backbone_source "$(readlink -f "${backbone_source}" || echo "${backbone_source}")")
-fold_opts() { [ "$1" = er ] && echo "--folds" && echo "${2:-${er_folds}}"; return 0; }
+overrides=()
+[ -n "${epochs}" ] && overrides+=(--number_of_epochs "${epochs}")
+label_of() { local corpus=${1%%/*}; [ -n "${root_of[${corpus}]:-}" ] && echo "${backbone}" || echo mini; }
 
-# Settings for the mini corpora (a few hundred utterances each, a small backbone): word-level
-# BPE for the 17-word ASR vocabulary, larger learning rates, no intra-epoch checkpoints.
-# One token per line, for mapfile.
-mini_lr="{head: 5.0e-3, e: 3.0e-3, l: 3.0e-3, ln: 3.0e-3, p: 3.0e-3, lora: 3.0e-3, prefix: 3.0e-3, backbone: 5.0e-4}"
-recipe_flags() {
-    if ${mini} && [ "$1" = asr ]; then echo --bpe; echo 100; fi
-    return 0
-}
-hparam_overrides() {
-    if ${mini}; then
-        echo --ckpt_interval_steps; echo 0
-        case $1 in
-            asr) echo --number_of_epochs; echo 30; echo --lr; echo "${mini_lr}" ;;
-            ic) echo --number_of_epochs; echo 20; echo --lr; echo "${mini_lr}" ;;
-            sv|er) echo --number_of_epochs; echo 15 ;;
-        esac
-    fi
-    if [ -n "${epochs}" ]; then echo --number_of_epochs; echo "${epochs}"; fi
-    return 0
-}
-
-log "Preparing data (stages 0-2) for: ${tasks}"
-for task in ${tasks}; do
-    mapfile -t folds < <(fold_opts "${task}")
-    mapfile -t flags < <(recipe_flags "${task}")
-    (cd "${recipe_dir[${task}]}" && ./run.sh --stop_stage 2 ${data_root[${task}]:+--data_root "${data_root[${task}]}"} \
-        "${folds[@]}" "${flags[@]}" "${common[@]}") > "${logs}/${task}_prep.log" 2>&1 \
-        || die "data preparation of ${task} failed: see ${logs}/${task}_prep.log"
+log "Preparing data (stages 0-2) for: ${recipes//$'\n'/ }"
+for recipe in ${recipes}; do
+    corpus=${recipe%%/*}
+    name=${recipe//\//_}
+    (cd "egs/${recipe}" && ./run.sh --stop_stage 2 ${root_of[${corpus}]:+--data_root "${root_of[${corpus}]}"} \
+        "${common[@]}") > "${logs}/${name}_prep.log" 2>&1 \
+        || die "data preparation of ${recipe} failed: see ${logs}/${name}_prep.log"
 done
 
-if ${mini} && [ ! -f "${backbone_source}/config.json" ]; then
-    log "Pre-training the stand-in backbone (${backbone} architecture, small) -> ${backbone_source}"
-    python tools/pretrain_text.py --exclude egs/slurp/ic/corpus/slurp/dataset/slurp --out exp/pretrain_text.txt
-    python tools/mini_corpus/librispeech.py --out exp/pretrain_corpus --seed 1 --sentences exp/pretrain_text.txt
-    OMP_NUM_THREADS=${jobs} python tools/pretrain_backbone.py --corpus exp/pretrain_corpus \
-        --out "${backbone_source}" --backbone "${backbone}" --arch small --steps "${pretrain_steps}" \
-        > "${logs}/pretrain.log" 2>&1 || die "pre-training failed: see ${logs}/pretrain.log"
+if [ -z "${backbone_source}" ] && [[ " $(for r in ${recipes}; do label_of "${r}"; done | tr '\n' ' ') " == *" mini "* ]]; then
+    tools/standin_backbone.sh --backbone "${backbone}" --out "exp/backbone_${backbone}_small" --threads "${jobs}" \
+        || die "building the stand-in backbone failed"
 fi
 
-# one job per (task, method[, fold]), the longest first (intent, ASR, SV, then the emotion
-# folds, which fill the gaps); ${jobs} run at a time
+# one job per (recipe, method, seed[, fold]); recipes without folds first, then the many short
+# fold jobs, which fill the gaps
+declare -A folds_of=()
+for recipe in ${recipes}; do folds_of[${recipe}]=$(cd "egs/${recipe}" && ./run.sh --show_folds true | tr '\n' ' '); done
 job_list=()
-for task in $(for t in ic asr sv er; do [[ " ${tasks} " == *" ${t} "* ]] && echo "${t}"; done); do
+for recipe in $(for r in ${recipes}; do [ -z "${folds_of[${r}]// /}" ] && echo "${r}"; done) \
+              $(for r in ${recipes}; do [ -n "${folds_of[${r}]// /}" ] && echo "${r}"; done); do
+    read -r -a folds <<< "${folds_of[${recipe}]}"
     for method in ${methods}; do
-        if [ "${task}" = er ]; then
-            for fold in ${er_folds}; do job_list+=("${task} ${method} ${fold}"); done
-        else
-            job_list+=("${task} ${method}")
-        fi
+        for seed in ${seeds:-default}; do
+            for fold in "${folds[@]:-}"; do job_list+=("${recipe} ${method} ${seed} ${fold}"); done
+        done
     done
 done
 
 run_job() {
-    local task=$1 method=$2 fold=${3:-}
-    local name=${task}_${method}${fold:+_fold${fold}}
-    mapfile -t folds < <(fold_opts "${task}" "${fold}")
-    mapfile -t overrides < <(hparam_overrides "${task}")
-    if (cd "${recipe_dir[${task}]}" && ./run.sh --stage 3 --stop_stage 5 --method "${method}" \
-            --tag "${label}_${method}" "${folds[@]}" "${common[@]}" -- "${overrides[@]}") \
-            > "${logs}/${name}.log" 2>&1; then
+    local recipe=$1 method=$2 seed=$3 fold=${4:-}
+    local tag
+    tag=$(label_of "${recipe}")_${method}
+    [ "${seed}" = default ] || tag=${tag}_s${seed}
+    local name=${recipe//\//_}_${tag}${fold:+_fold${fold}}
+    local opts=(--stage 3 --stop_stage 5 --method "${method}" --tag "${tag}" --master_port "${ELP_MASTER_PORT:-29500}")
+    [ "${seed}" = default ] || opts+=(--seed "${seed}")
+    [ -n "${fold}" ] && opts+=(--folds "${fold}")
+    [ "${ngpu}" -gt 0 ] && opts+=(--ngpu "${ngpu}")
+    if (cd "egs/${recipe}" && ./run.sh "${opts[@]}" "${common[@]}" -- "${overrides[@]}") > "${logs}/${name}.log" 2>&1; then
         log "done: ${name}"
     else
         log "FAILED: ${name} (see ${logs}/${name}.log)"
@@ -121,36 +101,26 @@ run_job() {
     fi
 }
 
-log "Training ${#job_list[@]} jobs, ${jobs} at a time (logs in ${logs})"
-failed=0
-running=0
-threads=1
-[ "${ngpu}" -gt 0 ] && threads=${OMP_NUM_THREADS}
-for job in "${job_list[@]}"; do
-    # shellcheck disable=SC2086
-    OMP_NUM_THREADS=${threads} run_job ${job} &
-    running=$((running + 1))
-    if [ "${running}" -ge "${jobs}" ]; then
-        wait -n || failed=$((failed + 1))
-        running=$((running - 1))
-    fi
-done
-while [ "${running}" -gt 0 ]; do
-    wait -n || failed=$((failed + 1))
-    running=$((running - 1))
-done
-[ "${failed}" -eq 0 ] || die "${failed} job(s) failed"
+gpu_slots_init "${ngpu}" "${jobs}" || die "no job slots for --ngpu ${ngpu} --jobs ${jobs}"
+log "Training ${#job_list[@]} jobs in ${NUM_SLOTS} slot(s) (logs in ${logs})"
+run_in_slots run_job "${job_list[@]}"
+[ "${SLOTS_FAILED}" -eq 0 ] || die "${SLOTS_FAILED} job(s) failed"
 
-if [[ " ${tasks} " == *" er "* ]]; then
-    for method in ${methods}; do
-        python recipes/aggregate_folds.py --exp "${recipe_dir[er]}/exp/${label}_${method}" --folds ${er_folds} \
-            --results-md "${recipe_dir[er]}/RESULTS.md" > /dev/null
-    done
-fi
-
+# recipes with folds: the mean over all folds of each (method, seed)
 roots=()
-for task in ${tasks}; do
-    for method in ${methods}; do roots+=("${recipe_dir[${task}]}/exp/${label}_${method}"); done
+for recipe in ${recipes}; do
+    read -r -a folds <<< "${folds_of[${recipe}]}"
+    for method in ${methods}; do
+        for seed in ${seeds:-default}; do
+            tag=$(label_of "${recipe}")_${method}
+            [ "${seed}" = default ] || tag=${tag}_s${seed}
+            if [ -n "${folds[*]:-}" ]; then
+                python recipes/aggregate_folds.py --exp "egs/${recipe}/exp/${tag}" --folds "${folds[@]}" \
+                    --results-md "egs/${recipe}/RESULTS.md" > /dev/null
+            fi
+            roots+=("egs/${recipe}/exp/${tag}")
+        done
+    done
 done
 python recipes/summarize.py --exp-root "${roots[@]}" --out exp/summary
 log "Finished in $(( $(date +%s) - started )) s: exp/summary.md, exp/summary.json, exp/summary.png"

@@ -468,7 +468,7 @@ class SSLBackbone(nn.Module):
         return hidden_states, last
 
 
-def weights_hash(module: nn.Module) -> str | None:
+def weights_hash(module: nn.Module | dict) -> str | None:
     """SHA-256 over a module's parameters and buffers (names, dtypes, shapes and bytes).
 
     Two backbones have the same hash exactly when their weights are bit-identical, whatever
@@ -476,8 +476,8 @@ def weights_hash(module: nn.Module) -> str | None:
 
     Parameters
     ----------
-    module : torch.nn.Module
-        Any module; tensors are read in ``state_dict`` order sorted by name.
+    module : torch.nn.Module or dict
+        Any module (its ``state_dict``), or a name -> tensor dict; read sorted by name.
 
     Returns
     -------
@@ -496,7 +496,8 @@ def weights_hash(module: nn.Module) -> str | None:
     False
     """
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, tensor in sorted(state.items()):
         if tensor.is_meta:
             return None
         tensor = tensor.detach().cpu().contiguous()

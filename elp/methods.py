@@ -92,8 +92,9 @@ METHODS: dict[str, MethodSpec] = {
     ]
 }
 
-#: Parameter groups a recipe may give its own learning rate (``lr_<group>`` in hparams).
-PARAMETER_GROUPS = ("head", "e", "l", "p", "ln", "lora", "prefix", "backbone")
+#: Learning-rate groups of what :class:`elp.model.AdaptedSSL` trains inside the backbone (the
+#: adapters declare their own group as ``lr_group``; these two are the backbone's own modules).
+BACKBONE_GROUPS = {"ln": "the backbone's per-layer LayerNorms", "backbone": "the transformer itself (full)"}
 
 
 def get_method(name: str) -> MethodSpec:

@@ -79,12 +79,14 @@ class AdaptedSSL(nn.Module):
 
         backbone.requires_grad_(False)
         if spec.train_encoder:
-            backbone.layers.requires_grad_(True)
-            backbone.model.encoder.layer_norm.requires_grad_(True)
+            for module in (backbone.layers, backbone.model.encoder.layer_norm):
+                module.requires_grad_(True)
+                module.lr_group = "backbone"
         if spec.train_layer_norms:
             for layer in list(backbone.layers)[e_first_layer:]:
-                layer.layer_norm.requires_grad_(True)
-                layer.final_layer_norm.requires_grad_(True)
+                for norm in (layer.layer_norm, layer.final_layer_norm):
+                    norm.requires_grad_(True)
+                    norm.lr_group = "ln"
         if backbone_dropout is None:
             backbone_dropout = spec.train_encoder
         if not backbone_dropout:
@@ -200,29 +202,29 @@ class AdaptedSSL(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Learnable parameters by group (``e``, ``l``, ``p``, ``ln``, ``lora``, ``prefix``, ``backbone``)."""
+        """Learnable parameters by learning-rate group.
+
+        A parameter belongs to the group its nearest enclosing module declares as ``lr_group``
+        (each adapter class declares its own; the backbone's trainable LayerNorms are ``ln``,
+        the transformer of ``full`` is ``backbone``). A learnable parameter without one is an
+        error, so a new adapter kind cannot train silently at a wrong rate.
+
+        Returns
+        -------
+        dict
+            group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
+        """
+        owners = {name: module.lr_group for name, module in self.named_modules() if getattr(module, "lr_group", None)}
         groups: dict[str, list[nn.Parameter]] = {}
         for name, param in self.learnable_parameters().items():
-            groups.setdefault(parameter_group(name), []).append(param)
+            prefix = name
+            while prefix and prefix not in owners:
+                prefix = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+            if not prefix:
+                raise ValueError(f"learnable parameter {name!r} has no learning-rate group: give its "
+                                 "module an lr_group attribute")
+            groups.setdefault(owners[prefix], []).append(param)
         return groups
-
-
-def parameter_group(name: str) -> str:
-    """The learning-rate group of a parameter of :class:`AdaptedSSL`, from its name."""
-    top = name.split(".", 1)[0]
-    if top == "encoder_adapters":
-        return "e"
-    if top in ("layer_adapters", "weighted_sum"):
-        return "l"
-    if top == "prompt":
-        return "p"
-    if top == "prefix":
-        return "prefix"
-    if ".parametrizations." in name and name.rsplit(".", 1)[-1].startswith("lora_"):
-        return "lora"
-    if name.endswith(("layer_norm.weight", "layer_norm.bias")) and ".layers." in name:
-        return "ln"
-    return "backbone"
 
 
 def _sublayer(layer: nn.Module, site: str) -> nn.Module:

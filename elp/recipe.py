@@ -1,170 +1,200 @@
-"""Recipe plumbing shared by ``recipes/train.py``, ``infer.py`` and ``score.py``.
+"""What the task-agnostic drivers in ``recipes/`` share: arguments, hparams, datasets, Brain.
 
-From one HyperPyYAML file (plus command-line overrides) it builds the backbone, the method,
-the head, the datasets (Kaldi data dirs -> SpeechBrain ``DynamicItemDataset``) and the Brain.
-A recipe's YAML therefore holds values only: corpus paths, task, heads, learning rates.
+A recipe is its HyperPyYAML file (``egs/<corpus>/<task>/conf/train.yaml``): it builds the task
+object, the model, head, loss, optimizer, schedule, checkpointer and names the Brain class.
+The drivers (``recipes/{inventory,train,infer,score}.py``) read it with the same command line:
 
-Hparams keys read here (see any ``egs/*/*/conf/train.yaml``):
+    python recipes/train.py conf/train.yaml [--overrides_file conf/mini.yaml] [--key value ...]
 
-=================== ======================================================================
-task                ``asr`` | ``sv`` | ``classify`` (picks the Brain class)
-backbone            short name (``wavlm_plus`` ...) or a local checkpoint directory
-backbone_source     local directory or hub id with the weights (null: the name's hub id)
-backbone_pretrained false builds random weights (no download) from ``backbone_arch``
-backbone_arch       null (the real architecture) or a preset of :data:`elp.testing.ARCH_PRESETS`
-method              a name of :data:`elp.methods.METHODS`
-method_options      dict passed to :class:`elp.model.AdaptedSSL`
-head_class          ``!name:`` of a head in :mod:`elp.heads`, called with (in_dim, n_out, **head_options)
-train_set ...       data dirs; ``lang_dir`` holds stage 2's inventory
-=================== ======================================================================
+Run options every recipe accepts without declaring them (defaults in :data:`RUN_DEFAULTS`):
+
+===================== =================================================================
+batch_size            fixed batch size (also the utterance cap of dynamic batches)
+dynamic_batching      length-bucketed batches of at most ``max_batch_seconds`` of padded audio;
+                      ``auto``: on a GPU yes, on CPU no (fixed ``batch_size``)
+max_batch_seconds     padded audio seconds per training batch (dynamic batching)
+num_buckets           length buckets of dynamic batching
+eval_batch_size       evaluation: utterances per batch at most (sorted by length)
+eval_max_batch_seconds  evaluation: padded audio seconds per batch at most
+grad_accumulation_factor  batches per optimizer step (SpeechBrain run option): the effective
+                      batch is this times the batch
+num_workers           DataLoader worker processes (``auto``: 4 with pinned memory on a GPU, 0 on CPU)
+hidden_state_cache    weighted_sum / l_only: cache the frozen backbone's hidden states
+ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run option)
+precision             fp32 | bf16 | fp16 autocast for training and evaluation (``auto``: bf16 on
+                      a GPU, fp32 on CPU)
+results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
+results_md            the recipe's RESULTS.md table ("" for none)
+restart               stage 3: move a finished run with other hparams aside and start over
+===================== =================================================================
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import sys
 from pathlib import Path
 
 import speechbrain as sb
-import torch
-from hyperpyyaml import load_hyperpyyaml
 
-from elp.backbones import load_backbone
-from elp.brains import BRAINS
-from elp.data.audio import read_audio
-from elp.data.inventory import LabelMap, load_tokenizer
-from elp.data.kaldi_dir import data_dir_to_dict
-from elp.model import AdaptedSSL
-from elp.testing import ARCH_PRESETS
+from elp.data.audio import TARGET_SAMPLE_RATE
+from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
+from elp.experiment import ExperimentGuard, ExperimentLock, require_trained_model
+from elp.hparams import load_hparams, peek_hparams, read_overrides, recipe_root, resolved_text
+from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
 
 logger = logging.getLogger(__name__)
+_HELD: list = []  # the experiment locks this process holds
 
-SAMPLE_RATE = 16000
+#: Run options a recipe may leave out of its YAML (see the module docstring).
+RUN_DEFAULTS = {
+    "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "num_buckets": 32,
+    "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
+    "num_workers": "auto", "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "auto",
+    "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
+}
 
 
-def load_experiment(argv: list[str]):
-    """Parse ``hparams.yaml [--key value ...]`` the SpeechBrain way.
+def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
+    """``hparams.yaml [--overrides_file F ...] [--key value ...]`` the SpeechBrain way.
 
-    Returns (hparams dict, run_opts dict). DDP is initialised right after parsing (before
-    anything else touches torch.distributed), as SpeechBrain requires.
+    Returns
+    -------
+    hparams_file : str
+    run_opts : dict
+        SpeechBrain's run options (``--device``, ``--distributed_backend``, ...).
+    overrides : dict
+        Override files first, then the command line's ``--key value`` pairs.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)
+    argv, files = list(argv), []
+    while "--overrides_file" in argv:
+        at = argv.index("--overrides_file")
+        if at + 1 >= len(argv):
+            raise ValueError("--overrides_file needs a YAML file")
+        files.append(argv[at + 1])
+        del argv[at:at + 2]
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--overrides_file {path}: no such file")
+    hparams_file, run_opts, cli = sb.parse_arguments(argv)
+    return hparams_file, run_opts, read_overrides(files, cli)
+
+
+def _with_run_defaults(hparams_file: str, overrides: dict) -> dict:
+    """Overrides plus the run defaults the file does not define itself."""
+    declared = peek_keys(hparams_file)
+    missing = {k: v for k, v in RUN_DEFAULTS.items() if k not in declared and k not in overrides}
+    return {**missing, **overrides}
+
+
+def peek_keys(hparams_file: str) -> set[str]:
+    """Top-level keys of a hparams file."""
+    import ruamel.yaml
+
     with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
-                                   hyperparams_to_save=hparams_file, overrides=overrides)
+        return set(ruamel.yaml.YAML().load(fin) or {})
+
+
+def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
+    """Parse the command line, initialise DDP, build the hparams' objects, guard the exp dir.
+
+    DDP is initialised right after parsing (before anything touches torch.distributed), as
+    SpeechBrain requires. ``stage="train"`` takes the experiment's lock and refuses hparams
+    that differ from the ones it was trained with (:class:`elp.experiment.ExperimentGuard`);
+    ``stage="eval"`` takes the lock and refuses an experiment without a trained model.
+
+    Returns
+    -------
+    hparams : dict
+    run_opts : dict
+    """
+    hparams_file, run_opts, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    overrides = _with_run_defaults(hparams_file, overrides)
+    hparams = load_hparams(hparams_file, overrides, allowed_new=RUN_DEFAULTS)
+    hparams["device"] = run_opts.get("device") or sb.utils.distributed.infer_device()
+    if hparams["precision"] == "auto":  # bf16 autocast on a GPU (TF32 is on through SpeechBrain)
+        hparams["precision"] = "bf16" if str(hparams["device"]).startswith("cuda") else "fp32"
+    hparams.setdefault("eval_precision", hparams["precision"])
+    output = hparams["output_folder"]
+    if sb.utils.distributed.if_main_process():
+        if stage == "train":
+            guard = ExperimentGuard(output, resolved_text(hparams_file, overrides, RUN_DEFAULTS),
+                                    restart=bool(hparams["restart"]))
+        else:
+            require_trained_model(output)
+            guard = ExperimentLock(output)
+        _HELD.append(guard.__enter__())  # released when the process exits
+    sb.utils.distributed.ddp_barrier()
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():  # the resolved hparams this run used
+        (Path(output) / "hyperparams.yaml").write_text(resolved_text(hparams_file, overrides, RUN_DEFAULTS))
+    hparams["hparams_file"] = hparams_file
     return hparams, run_opts
 
 
-def build_model(hparams: dict) -> AdaptedSSL:
-    """Backbone + method from hparams."""
-    arch = hparams.get("backbone_arch")
-    overrides = dict(ARCH_PRESETS[arch]) if arch else {}
-    backbone = load_backbone(hparams["backbone"], source=hparams.get("backbone_source"),
-                             pretrained=hparams.get("backbone_pretrained", True),
-                             config_overrides=overrides)
-    return AdaptedSSL(backbone, hparams["method"], **dict(hparams.get("method_options") or {}))
+def peek_experiment(argv: list[str]) -> dict:
+    """The hparams' values without building objects (:func:`elp.hparams.peek_hparams`)."""
+    hparams_file, _, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
+    hparams = peek_hparams(hparams_file, _with_run_defaults(hparams_file, overrides), allowed_new=RUN_DEFAULTS)
+    hparams["hparams_file"] = hparams_file
+    return hparams
 
 
-def build_inventory(hparams: dict):
-    """Tokenizer (ASR) or label map (classification, speakers) saved by stage 2."""
-    lang_dir = hparams["lang_dir"]
-    if hparams["task"] == "asr":
-        return load_tokenizer(lang_dir)
-    return LabelMap.load(lang_dir)
+def make_recipe_importable(hparams_file: str) -> None:
+    """Put the recipe directory (``conf/..``) first on ``sys.path``, so its YAML can name a
+    module of its own, e.g. ``head: !new:local.my_head.MyHead`` for ``local/my_head.py``."""
+    root = str(recipe_root(hparams_file))
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
-def build_modules(hparams: dict, inventory) -> dict[str, torch.nn.Module]:
-    """``model``, ``head`` (and for SV the AAM ``classifier``)."""
-    model = build_model(hparams)
-    num_outputs = inventory.vocab_size if hparams["task"] == "asr" else len(inventory)
-    head_options = dict(hparams.get("head_options") or {})
-    if hparams["task"] == "sv":
-        head = hparams["head_class"](model.output_dim, **head_options)
-        classifier = hparams["classifier_class"](head_options.get("embed_dim", 768), num_outputs)
-        return {"model": model, "head": head, "classifier": classifier}
-    return {"model": model, "head": hparams["head_class"](model.output_dim, num_outputs, **head_options)}
-
-
-def make_dataset(data_dir: str, hparams: dict, inventory, split: str) -> sb.dataio.dataset.DynamicItemDataset:
-    """A Kaldi data dir as a DynamicItemDataset with ``sig`` and the task's targets.
-
-    Arguments
-    ---------
-    split: ``"train"`` crops utterances longer than ``hparams.max_train_seconds`` (random
-        crop: the spec's "random crops <= 3 s" for SV); ``"valid"`` and ``"test"`` read whole
-        utterances. SV test sets have no class targets (their speakers are new).
-    """
-    task = hparams["task"]
-    train = split == "train"
-    data = data_dir_to_dict(data_dir, label_file=hparams.get("label_file"))
-    for entry in data.values():
-        entry.setdefault("start", None)
-        entry.setdefault("end", None)
-        if task == "sv":
-            entry.setdefault("label", entry["spk"])
-    dataset = sb.dataio.dataset.DynamicItemDataset(data)
-    max_samples = int(hparams.get("max_train_seconds", 0) * SAMPLE_RATE) if train else 0
-
-    @sb.utils.data_pipeline.takes("wav", "start", "end")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav, start, end):
-        sig = read_audio(wav, SAMPLE_RATE, segment=(start, end) if start is not None else None)
-        if max_samples and sig.shape[0] > max_samples:
-            offset = random.randint(0, sig.shape[0] - max_samples)
-            sig = sig[offset:offset + max_samples]
-        return sig
-
-    dataset.add_dynamic_item(audio_pipeline)
-    keys = ["id", "sig"]
-
-    if task == "asr":
-        @sb.utils.data_pipeline.takes("text")
-        @sb.utils.data_pipeline.provides("tokens")
-        def token_pipeline(text):
-            return torch.LongTensor(inventory.encode(text))
-
-        dataset.add_dynamic_item(token_pipeline)
-        keys += ["text", "tokens"]
-    elif not (task == "sv" and split == "test"):
-        @sb.utils.data_pipeline.takes("label")
-        @sb.utils.data_pipeline.provides("label_id")
-        def label_pipeline(label):
-            return torch.LongTensor([inventory.encode(label)])
-
-        dataset.add_dynamic_item(label_pipeline)
-        keys += ["label", "label_id"]
-    dataset.set_output_keys(keys)
-    return dataset
+def make_dataset(hparams: dict, data_dir: str, split: str):
+    """``hparams["task"]``'s dataset of ``data_dir`` (``split``: train, valid or test)."""
+    return hparams["task"].dataset(data_dir, split, hparams["inventory"])
 
 
 def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
-    """Batching: fixed ``batch_size`` or, with ``dynamic_batching``, SpeechBrain's
-    ``DynamicBatchSampler`` bounded by ``max_batch_seconds`` of audio."""
-    if train and hparams.get("dynamic_batching", False):
-        from speechbrain.dataio.sampler import DynamicBatchSampler
+    """DataLoader options of a dataset: batching, workers, pinned memory.
 
-        sampler = DynamicBatchSampler(
-            dataset, max_batch_length=hparams["max_batch_seconds"] * SAMPLE_RATE,
-            num_buckets=hparams.get("num_buckets", 4), length_func=lambda x: x["num_samples"],
-            shuffle=True, batch_ordering="random")
-        return {"batch_sampler": sampler, "num_workers": hparams.get("num_workers", 0)}
-    return {"batch_size": hparams["batch_size"], "shuffle": train, "num_workers": hparams.get("num_workers", 0)}
+    * training: a fixed ``batch_size`` (shuffled), or with ``dynamic_batching`` length buckets
+      (:class:`elp.data.sampler.BucketBatchSampler`) capped at ``max_batch_seconds`` of padded
+      audio (crops counted at their cropped length) and ``batch_size`` utterances; a new order
+      every epoch;
+    * evaluation: utterances sorted by length in batches capped at ``eval_max_batch_seconds``
+      and ``eval_batch_size`` (:class:`elp.data.sampler.EvalBatchSampler`), so a long test
+      utterance never shares a batch with many others; results are per utterance, so the
+      order does not change them.
+
+    ``num_workers: auto`` is 4 workers with pinned memory on a GPU, none on CPU.
+    """
+    cuda = str(hparams.get("device", "cpu")).startswith("cuda")
+    workers = hparams["num_workers"]
+    workers = (4 if cuda else 0) if workers == "auto" else int(workers)
+    common = {"num_workers": workers, "pin_memory": cuda}
+    if workers:
+        common["persistent_workers"] = True
+    lengths = [int(dataset.data[i]["num_samples"]) for i in dataset.data_ids]
+    if train:
+        dynamic = hparams["dynamic_batching"]
+        if dynamic == "auto":
+            dynamic = cuda
+        if not dynamic:
+            return {"batch_size": hparams["batch_size"], "shuffle": True, **common}
+        crop = int(hparams["task"].max_train_seconds * TARGET_SAMPLE_RATE)
+        if crop:
+            lengths = [min(n, crop) for n in lengths]
+        sampler = BucketBatchSampler(lengths, hparams["max_batch_seconds"], max_batch_size=hparams["batch_size"],
+                                     num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]))
+        return {"batch_sampler": sampler, **common}
+    sampler = EvalBatchSampler(lengths, hparams["eval_max_batch_seconds"], max_batch_size=hparams["eval_batch_size"],
+                               rank=0, world_size=1)
+    return {"batch_sampler": sampler, **common}
 
 
-def build_brain(hparams: dict, run_opts: dict, inventory):
-    """The task's Brain with modules, hparams (tokenizer/label map added) and checkpointer."""
-    modules = build_modules(hparams, inventory)
-    checkpointer = sb.utils.checkpoints.Checkpointer(
-        checkpoints_dir=Path(hparams["output_folder"]) / "save",
-        recoverables={**modules, "counter": hparams["epoch_counter"]})
-    hparams = {**hparams, "tokenizer" if hparams["task"] == "asr" else "label_map": inventory}
-    brain_class = BRAINS[hparams["task"]]
-    return brain_class(modules=modules, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_brain(hparams: dict, run_opts: dict):
+    """The hparams' ``brain_class`` with its modules, optimizer class and checkpointer."""
+    return hparams["brain_class"](modules=hparams["modules"], opt_class=hparams["opt_class"],
+                                  hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])

@@ -365,6 +365,284 @@ def s_norm(
 
 
 # --------------------------------------------------------------------------------------
+# Streaming S-norm with a speaker-balanced cohort
+# --------------------------------------------------------------------------------------
+#: Rows of embeddings scored against the cohort at once by :func:`cohort_statistics`: the
+#: largest temporary is a [SNORM_CHUNK_SIZE, C] float32 matrix (1024 x 150,000 = 0.6 GB).
+SNORM_CHUNK_SIZE = 1024
+
+
+def select_cohort(
+    embeddings: Mapping[str, torch.Tensor],
+    utt2spk: Mapping[str, str],
+    size: int,
+    mode: str = "speaker_mean",
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[str]]:
+    """A speaker-balanced S-norm cohort, deterministic for a given ``seed``.
+
+    * ``mode="speaker_mean"``: one embedding per speaker, the mean of that speaker's
+      L2-normalised utterance embeddings; with more speakers than ``size``, ``size`` speakers
+      are drawn at random (seeded); with fewer, every speaker is used (the cohort is then
+      smaller than ``size``).
+    * ``mode="utterances"``: ``size`` single utterances spread over all speakers: speakers
+      and each speaker's utterances are shuffled (seeded), then utterances are taken in
+      rounds (the first of every speaker, then the second of every speaker, ...), so no
+      speaker has two more cohort entries than another while it still has utterances left.
+
+    Taking the first ``size`` sorted utterance ids instead would fill the cohort with the
+    first few speakers of the corpus (VoxCeleb1 ids start with the speaker id).
+
+    Parameters
+    ----------
+    embeddings : Mapping[str, torch.Tensor]
+        utt id -> embedding [D] (e.g. the training set's, from the SV Brain's ``predict``).
+    utt2spk : Mapping[str, str]
+        utt id -> speaker id; every utterance of ``embeddings`` must have one.
+    size : int
+        Number of cohort entries wanted (>= 2).
+    mode : str
+        ``"speaker_mean"`` or ``"utterances"``.
+    seed : int
+        Seed of the random draws.
+
+    Returns
+    -------
+    tuple[torch.Tensor, list[str]]
+        The cohort [C, D] (float32) and the id of each row: speaker ids
+        (``speaker_mean``) or utterance ids (``utterances``).
+
+    Examples
+    --------
+    >>> emb = {"a1": torch.tensor([1.0, 0.0]), "a2": torch.tensor([0.0, 2.0]),
+    ...        "b1": torch.tensor([3.0, 0.0])}
+    >>> spk = {"a1": "a", "a2": "a", "b1": "b"}
+    >>> cohort, ids = select_cohort(emb, spk, size=10)
+    >>> sorted(ids), cohort[ids.index("a")].tolist()
+    (['a', 'b'], [0.5, 0.5])
+    >>> len(select_cohort(emb, spk, size=2, mode="utterances")[1])
+    2
+    """
+    if mode not in ("speaker_mean", "utterances"):
+        raise ValueError(f"cohort mode must be 'speaker_mean' or 'utterances', got {mode!r}")
+    if size < 2:
+        raise ValueError(f"the S-norm cohort size must be >= 2 (snorm_cohort), got {size}")
+    missing = [u for u in embeddings if u not in utt2spk]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} cohort utterance(s) have no speaker in utt2spk, e.g. "
+            f"'{missing[0]}'; pass the utt2spk of the data dir the embeddings come from"
+        )
+    by_speaker: dict[str, list[str]] = {}
+    for utt in sorted(embeddings):
+        by_speaker.setdefault(utt2spk[utt], []).append(utt)
+    speakers = sorted(by_speaker)
+    generator = torch.Generator().manual_seed(seed)
+
+    def shuffled(items: list[str]) -> list[str]:
+        return [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+
+    speakers = shuffled(speakers)
+    if mode == "speaker_mean":
+        chosen = speakers[:size]
+        rows = []
+        for spk in chosen:
+            stacked = torch.stack([torch.as_tensor(embeddings[u]).float() for u in by_speaker[spk]])
+            rows.append(torch.nn.functional.normalize(stacked, dim=-1).mean(dim=0))
+        if len(rows) < 2:
+            raise ValueError(
+                f"the cohort has {len(rows)} speaker(s); speaker_mean needs >= 2 speakers "
+                f"(use a cohort set with more speakers)"
+            )
+        return torch.stack(rows), chosen
+    queues = [shuffled(by_speaker[spk]) for spk in speakers]
+    chosen_utts: list[str] = []
+    depth = 0
+    while len(chosen_utts) < size and any(depth < len(q) for q in queues):
+        for queue in queues:
+            if depth < len(queue) and len(chosen_utts) < size:
+                chosen_utts.append(queue[depth])
+        depth += 1
+    if len(chosen_utts) < 2:
+        raise ValueError(f"the cohort has {len(chosen_utts)} utterance(s); S-norm needs >= 2")
+    return torch.stack([torch.as_tensor(embeddings[u]).float() for u in chosen_utts]), chosen_utts
+
+
+def cohort_utterance_ids(
+    utt2spk: Mapping[str, str], num_speakers: int, per_speaker: int, seed: int = 0
+) -> list[str]:
+    """The utterances to embed for a speaker-balanced cohort, chosen from ``utt2spk`` alone.
+
+    Embedding a whole training set only to keep a few thousand cohort entries costs a full
+    pass over it (VoxCeleb1 dev: about 340 h of audio); pick the ids first, embed those, then
+    call :func:`select_cohort` on their embeddings (``size >= num_speakers`` keeps every
+    chosen speaker).
+
+    Parameters
+    ----------
+    utt2spk : Mapping[str, str]
+        utt id -> speaker id of the cohort set (e.g. the training data dir).
+    num_speakers : int
+        Speakers drawn at random (seeded); all of them when there are fewer.
+    per_speaker : int
+        Utterances drawn at random (seeded) per chosen speaker (all when it has fewer).
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    list[str]
+        Sorted utterance ids.
+
+    Examples
+    --------
+    >>> spk = {"a1": "a", "a2": "a", "a3": "a", "b1": "b"}
+    >>> ids = cohort_utterance_ids(spk, num_speakers=5, per_speaker=2)
+    >>> len(ids), sum(u.startswith("a") for u in ids), "b1" in ids
+    (3, 2, True)
+    """
+    if num_speakers < 1 or per_speaker < 1:
+        raise ValueError(f"num_speakers and per_speaker must be >= 1, got {num_speakers} and {per_speaker}")
+    by_speaker: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk):
+        by_speaker.setdefault(utt2spk[utt], []).append(utt)
+    generator = torch.Generator().manual_seed(seed)
+    speakers = sorted(by_speaker)
+    speakers = [speakers[i] for i in torch.randperm(len(speakers), generator=generator).tolist()][:num_speakers]
+    chosen = []
+    for spk in speakers:
+        utts = by_speaker[spk]
+        chosen += [utts[i] for i in torch.randperm(len(utts), generator=generator).tolist()[:per_speaker]]
+    return sorted(chosen)
+
+
+def cohort_statistics(
+    embeddings: torch.Tensor,
+    cohort: torch.Tensor,
+    top_k: Optional[int] = None,
+    chunk_size: int = SNORM_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of each embedding's cosine scores against the cohort
+    (the top ``top_k`` scores only for adaptive S-norm), computed ``chunk_size`` rows at a
+    time: memory O(chunk_size x C), never [N x C].
+
+    Parameters
+    ----------
+    embeddings : torch.Tensor [N, D]
+        Enrolment or test embeddings (not necessarily normalised).
+    cohort : torch.Tensor [C, D]
+        Cohort embeddings (not necessarily normalised).
+    top_k : int, optional
+        Keep the k highest cohort scores of each row (2 <= top_k <= C).
+    chunk_size : int
+        Rows scored at once.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        mean [N] and unbiased standard deviation [N] (float32), the statistics
+        :func:`s_norm` computes from a dense [N, C] score matrix.
+
+    Examples
+    --------
+    >>> mean, std = cohort_statistics(torch.tensor([[1.0, 0.0]]),
+    ...                               torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    >>> mean, std
+    (tensor([0.]), tensor([1.]))
+    """
+    embeddings = torch.nn.functional.normalize(torch.atleast_2d(embeddings).float(), dim=-1)
+    cohort = torch.nn.functional.normalize(torch.atleast_2d(cohort).float(), dim=-1)
+    if embeddings.shape[-1] != cohort.shape[-1]:
+        raise ValueError(
+            f"embedding sizes differ: {embeddings.shape[-1]} (embeddings) vs "
+            f"{cohort.shape[-1]} (cohort); the cohort must come from the same model"
+        )
+    num_cohort = cohort.shape[0]
+    if top_k is not None and not 2 <= top_k <= num_cohort:
+        raise ValueError(f"top_k must be in [2, C={num_cohort}], got {top_k} (snorm_top_k)")
+    if top_k is None and num_cohort < 2:
+        raise ValueError("S-norm needs a cohort of at least 2 embeddings")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    means, stds = [], []
+    for start in range(0, embeddings.shape[0], chunk_size):
+        block = embeddings[start:start + chunk_size] @ cohort.T  # [chunk, C]
+        if top_k is not None:
+            block = block.topk(top_k, dim=1).values
+        means.append(block.mean(dim=1))
+        stds.append(block.std(dim=1))
+    if not means:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(means), torch.cat(stds)
+
+
+def s_norm_trials(
+    embeddings: Mapping[str, torch.Tensor],
+    trials: Sequence,
+    cohort: Optional[torch.Tensor] = None,
+    top_k: Optional[int] = None,
+    chunk_size: int = SNORM_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Cosine scores of a trial list, S-normalised against ``cohort`` when one is given.
+
+    The cohort statistics are computed once per distinct enrolment/test utterance, in
+    chunks (:func:`cohort_statistics`); the result equals :func:`s_norm` on the dense
+    [trials x cohort] matrices, which are never built (VoxCeleb1-O against a 150k-utterance
+    cohort would need 2 x 37,611 x 150,000 float32 = 45 GB).
+
+    Parameters
+    ----------
+    embeddings : Mapping[str, torch.Tensor]
+        utt id -> embedding [D].
+    trials : sequence of (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
+        (:class:`elp.data.kaldi_dir.Trial`).
+    cohort : torch.Tensor [C, D], optional
+        The S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
+    top_k : int, optional
+        Adaptive S-norm: statistics over the k highest cohort scores.
+    chunk_size : int
+        Utterances scored against the cohort at once.
+
+    Returns
+    -------
+    torch.Tensor [T], one score per trial, in trial order.
+
+    Examples
+    --------
+    >>> emb = {"e": torch.tensor([1.0, 0.0]), "t": torch.tensor([1.0, 1.0])}
+    >>> s_norm_trials(emb, [("e", "t")])
+    tensor([0.7071])
+    >>> cohort = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> s_norm_trials(emb, [("e", "t")], cohort).shape
+    torch.Size([1])
+    """
+    pairs = [(t.enroll, t.test) if hasattr(t, "enroll") else tuple(t) for t in trials]
+    missing = sorted({u for pair in pairs for u in pair if u not in embeddings})
+    if missing:
+        raise ValueError(
+            f"{len(missing)} trial utterance(s) have no embedding, e.g. '{missing[0]}'; "
+            f"the trials file must only name utterances of the test data dir"
+        )
+    utts = sorted({u for pair in pairs for u in pair})
+    index = {u: i for i, u in enumerate(utts)}
+    if not pairs:
+        return torch.zeros(0)
+    matrix = torch.stack([torch.as_tensor(embeddings[u]).float() for u in utts])
+    enroll_idx = torch.tensor([index[e] for e, _ in pairs])
+    test_idx = torch.tensor([index[t] for _, t in pairs])
+    scores = torch.empty(len(pairs))
+    for start in range(0, len(pairs), chunk_size * 16):
+        end = start + chunk_size * 16
+        scores[start:end] = cosine_scores(matrix[enroll_idx[start:end]], matrix[test_idx[start:end]])
+    if cohort is None:
+        return scores
+    mean, std = cohort_statistics(matrix, cohort, top_k=top_k, chunk_size=chunk_size)
+    norm_e = (scores - mean[enroll_idx]) / std[enroll_idx]
+    norm_t = (scores - mean[test_idx]) / std[test_idx]
+    return (norm_e + norm_t) / 2
+
+
+# --------------------------------------------------------------------------------------
 # Classification (emotion, intent)
 # --------------------------------------------------------------------------------------
 def _class_indices(values: ArrayLike, name: str) -> torch.Tensor:

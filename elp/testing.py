@@ -44,3 +44,23 @@ ARCH_PRESETS = {
                   conv_dim=(96, 96, 96), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8),
                   num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
 }
+
+
+def arch_overrides(arch: str | None) -> dict:
+    """Config fields of a named architecture preset (``backbone_arch`` in hparams; None: {}).
+
+    Examples
+    --------
+    >>> arch_overrides(None), arch_overrides("small")["hidden_size"]
+    ({}, 96)
+    """
+    if not arch:
+        return {}
+    if arch not in ARCH_PRESETS:
+        raise ValueError(f"backbone_arch {arch!r} is not one of {', '.join(ARCH_PRESETS)}")
+    return dict(ARCH_PRESETS[arch])
+
+
+def is_pretrained(arch: str | None) -> bool:
+    """Whether hparams with this ``backbone_arch`` load pretrained weights (only without one)."""
+    return not arch

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from summarize import append_results_line, write_results_json  # noqa: E402
+from elp.results import append_results_line, write_results_json
 
 
 def aggregate(folds: list[dict]) -> dict:

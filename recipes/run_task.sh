@@ -1,87 +1,140 @@
 #!/usr/bin/env bash
-# Shared stages of every recipe (the ESPnet TEMPLATE idea): a corpus recipe's run.sh sets its
-# corpus-specific options and calls this script with "$@".
+# Shared stages of every recipe (the ESPnet TEMPLATE idea): a corpus recipe's run.sh names its
+# corpus-specific options and calls this script with "$@". The task, the data sets and every
+# hparam are declared once, in the recipe's conf/train.yaml.
 #
 #   0  data preparation from the real corpus layout (local/data_prep.py); without --data_root,
-#      a synthetic mini corpus in the same layout is built first (tools/mini_corpus)
-#   1  validation of the data dirs (sorted, consistent, readable, long enough)
-#   2  token / label inventory (data/lang)
-#   3  training (recipes/train.py; --ngpu N > 1 launches N processes through torchrun)
+#      a synthetic mini corpus in the same layout is built first (tools/mini_corpus) and the
+#      recipe runs in mini mode (conf/mini.yaml on top of conf/train.yaml, the stand-in backbone)
+#   1  validation of the data dirs (sorted, consistent, readable, long enough, finite)
+#   2  token / label inventory (the YAML's lang_dir)
+#   3  training (recipes/train.py; torchrun when ngpu x nnodes > 1)
 #   4  inference on the test sets (recipes/infer.py)
 #   5  scoring -> exp/<tag>/results.json and a line in RESULTS.md (recipes/score.py)
 #
-# Everything after "--" (or any unknown trailing argument) is passed to HyperPyYAML, e.g.
+# Everything after "--" is passed to HyperPyYAML, e.g.
 #   ./run.sh --stage 3 --method el -- --number_of_epochs 20 --batch_size 4
 set -euo pipefail
 
-stage=0
-stop_stage=5
-task=             # asr | sv | classify
-task_name=        # name in results (asr, sv, er, ic)
-corpus=           # corpus name in results
-data_root=        # real corpus location; empty: build the mini corpus
-mini_corpus=      # tools/mini_corpus/<name>.py
-mini_corpus_subdir=   # corpus root inside the mini corpus folder
-mini_corpus_opts=     # extra options of the mini corpus builder, e.g. "--size tiny"
-prep_opts=        # extra options for local/data_prep.py
-train_set=        # data dirs, relative to data/
-valid_set=
-test_sets=
-folds=            # cross-validation folds (IEMOCAP): runs stages 3-5 per fold, then the mean
-backbone=wavlm_plus
-backbone_arch=    # empty: the real architecture; tiny|small: random weights of that size
-backbone_source=  # local checkpoint directory or hub id (empty: the backbone's hub id)
-method=elp
-tag=              # experiment name (default <backbone>_<method>)
-config=conf/train.yaml
-ngpu=0            # >1: torchrun with N processes (CUDA when available, else N CPU processes, gloo)
-nnodes=1
-node_rank=0
+stage=0               # first stage to run
+stop_stage=5          # last stage to run
+data_root=            # real corpus location; empty: build the mini corpus (mini mode)
+backbone=wavlm_plus   # short name: wav2vec2 hubert contentvec wavlm wavlm_plus *_large
+backbone_source=      # local checkpoint directory or hub id (empty: the name's hub id; mini mode: the stand-in)
+backbone_arch=        # tiny | small: random weights of that size (tests; no download)
+method=elp            # full weighted_sum conventional lora prefix e_only l_only p_only el elp
+tag=                  # experiment name (default <backbone>[_<arch>]_<method>)
+seed=                 # random seed (default: the YAML's)
+restart=false         # stage 3: move a run trained with other hparams aside and start over
+config=conf/train.yaml    # the recipe's hparams
+mini_config=conf/mini.yaml   # hparams applied on top in mini mode
+folds=                # cross-validation folds (data/fold<k>/...): stages 2-5 per fold, then the mean
+show_folds=false      # print the folds (one per line) and exit (run_all.sh asks this)
+ngpu=0                # GPUs per node for training (0: CPU)
+ddp_cpu=0             # CPU processes per node for DDP over gloo (tests; 0: off)
+dry_run=false         # print the training command instead of running it
+nnodes=1              # nodes of a multi-node run
+node_rank=0           # this node's rank (stages other than 3 run on rank 0 only)
 master_addr=localhost
 master_port=29500
-bpe=0             # ASR: sentencepiece BPE vocabulary (0 = characters)
-help_message="Usage: $0 [--stage N] [--stop_stage N] [--data_root DIR] [--backbone NAME] [--backbone_source DIR] [--method NAME]
-          [--tag TAG] [--ngpu N] [--bpe N] [--folds '1 2 3 4 5'] [-- hparam overrides]"
+mini_corpus=          # tools/mini_corpus/<name>.py (set by run.sh)
+mini_corpus_subdir=   # corpus root inside the mini corpus folder (set by run.sh)
+mini_corpus_opts=     # extra options of the mini corpus builder (set by run.sh)
+prep_opts=            # extra options of local/data_prep.py
+fix_data=false        # stage 1: repair training/validation dirs (sort, drop incomplete utterances)
+max_drop=0.05         # stage 1 with --fix_data: dropping more than this share of a set is an error
+help_message="Usage: $0 [options] [-- hparam overrides]
+  --stage N --stop_stage N        stages to run (0-5; default 0-5)
+  --data_root DIR                 the real corpus (default: build the mini corpus, mini mode)
+  --backbone NAME                 wav2vec2 hubert contentvec wavlm wavlm_plus wav2vec2_large hubert_large wavlm_large
+  --backbone_source DIR|HUB_ID    weights (default: the name's hub id; in mini mode the stand-in backbone)
+  --backbone_arch tiny|small      random weights of that size (no download)
+  --method NAME                   full weighted_sum conventional lora prefix e_only l_only p_only el elp
+  --tag TAG                       experiment name (default <backbone>_<method>)
+  --seed N                        random seed (default: the YAML's seed)
+  --restart true                  stage 3: move a run trained with other hparams aside, start over
+  --config FILE --mini_config FILE   hparams (default conf/train.yaml, conf/mini.yaml)
+  --folds 'K ...'                 cross-validation folds (data/fold<k>)
+  --show_folds true               print the recipe's folds and exit
+  --ngpu N --nnodes N --node_rank R --master_addr HOST --master_port PORT   GPUs / nodes
+                                  (torchrun when processes x nodes > 1; --ngpu without CUDA is an error)
+  --ddp_cpu N                     N CPU processes with DDP over gloo (no GPU)
+  --dry_run true                  print stage 3's command instead of running it
+  --prep_opts 'OPTS'              extra options of local/data_prep.py
+  --fix_data true [--max_drop 0.05]   stage 1 repairs training/validation dirs (never test sets)
+  -- --key value ...              any hparam of the YAML (or a run option, see docs/RECIPES.md)"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${here}/path.sh"
 . "${here}/utils/log.sh"
 . "${here}/utils/parse_options.sh"
+. "${here}/utils/launch.sh"
 [ "${1:-}" = "--" ] && shift
 overrides=("$@")
 
-[ -n "${task}" ] || die "--task is required (asr | sv | classify)"
+if ${show_folds}; then
+    for fold in ${folds}; do echo "${fold}"; done
+    exit 0
+fi
+[ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 0 ] && [ "${stage}" -le "${stop_stage}" ] \
+    || die "--stage ${stage} --stop_stage ${stop_stage}: stages are 0-5 and stage <= stop_stage"
+elp_check_launch
+[ -f "${config}" ] || die "--config ${config}: no such file (run ./run.sh from the recipe directory)"
+python "${ELP_ROOT}/recipes/check_options.py" --backbone "${backbone}" --method "${method}" ${backbone_arch:+--backbone_arch "${backbone_arch}"} \
+    || die "fix the option above (./run.sh --help lists them)"
+if [ -n "${data_root}" ]; then
+    # a relative --data_root is relative to where the user typed the command
+    case ${data_root} in /*) ;; *) data_root=${ELP_CALLER_PWD:-${PWD}}/${data_root} ;; esac
+    [ -d "${data_root}" ] || die "--data_root ${data_root}: no such directory"
+fi
 tag=${tag:-${backbone}${backbone_arch:+_${backbone_arch}}_${method}}
 exp=exp/${tag}
 data=data
-arch_opts=()
-if [ -n "${backbone_arch}" ]; then
-    arch_opts=(--backbone_pretrained false --backbone_arch "${backbone_arch}")
-fi
-if [ -n "${backbone_source}" ]; then
-    arch_opts+=(--backbone_source "$(readlink -f "${backbone_source}")")
-fi
 
-if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+if elp_stage 0; then
     if [ -z "${data_root}" ]; then
         log "Stage 0: no --data_root given: building the synthetic mini corpus (${mini_corpus})"
         # shellcheck disable=SC2086
         python "${ELP_ROOT}/${mini_corpus}" --out corpus ${mini_corpus_opts}
-        data_root=corpus/${mini_corpus_subdir}
+        corpus_root=corpus/${mini_corpus_subdir}
+    else
+        corpus_root=${data_root}
     fi
-    log "Stage 0: data preparation from ${data_root}"
+    log "Stage 0: data preparation from ${corpus_root}"
     # shellcheck disable=SC2086
-    python local/data_prep.py --corpus-root "${data_root}" --out "${data}" ${prep_opts}
+    python local/data_prep.py --corpus-root "${corpus_root}" --out "${data}" ${prep_opts}
+    if [ -z "${data_root}" ]; then touch "${data}/.mini"; else rm -f "${data}/.mini"; fi
 fi
 
-# data dirs of one fold (or of the whole corpus when there are no folds)
-set_dirs() {
-    local prefix=$1
-    train_dir=${data}/${prefix}${train_set}
-    valid_dir=${data}/${prefix}${valid_set}
-    test_dirs=()
-    for t in ${test_sets}; do test_dirs+=("${data}/${prefix}${t}"); done
+# mini mode: the data came from the mini corpus (stage 0 left data/.mini)
+hp=(--backbone "${backbone}" --method "${method}")
+[ -n "${seed}" ] && hp+=(--seed "${seed}")
+${restart} && hp+=(--restart true)
+if [ -f "${data}/.mini" ]; then
+    [ -f "${mini_config}" ] && hp+=(--overrides_file "${mini_config}")
+    if [ -z "${backbone_source}" ] && [ -z "${backbone_arch}" ] && [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
+        backbone_source=${ELP_ROOT}/exp/backbone_${backbone}_small
+        "${ELP_ROOT}/tools/standin_backbone.sh" --backbone "${backbone}" --out "${backbone_source}" \
+            || die "building the stand-in backbone failed"
+    fi
+fi
+[ -n "${backbone_arch}" ] && hp+=(--backbone_arch "${backbone_arch}")
+if [ -n "${backbone_source}" ]; then
+    [ -e "${backbone_source}" ] && backbone_source=$(readlink -f "${backbone_source}")
+    hp+=(--backbone_source "${backbone_source}")
+fi
+
+# the data sets a fold's hparams name (prefix "" = no folds)
+fold_hparams() {
+    local prefix=$1 fold_exp=$2 fold_tag=$3
+    fold_hp=("${hp[@]}" --tag "${fold_tag}" --output_folder "${fold_exp}" --data_dir "${data}${prefix:+/${prefix%/}}")
+    if [ -n "${prefix}" ]; then
+        fold_hp+=(--results_file fold_results.json --results_md "")
+    fi
 }
+
+eval_device=cpu           # stage 4 runs where training ran: --ngpu 0 never touches a GPU
+[ "${ngpu}" -gt 0 ] && eval_device=cuda:0
 
 prefixes=("")
 if [ -n "${folds}" ]; then
@@ -89,73 +142,57 @@ if [ -n "${folds}" ]; then
     for fold in ${folds}; do prefixes+=("fold${fold}/"); done
 fi
 
-if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+if elp_stage 1; then
     log "Stage 1: validating data dirs"
-    dirs=()
+    fix_opts=()
+    ${fix_data} && fix_opts+=(--fix --max-drop "${max_drop}")
+    train_dirs=() test_dirs=()
     for prefix in "${prefixes[@]}"; do
-        set_dirs "${prefix}"
-        dirs+=("${train_dir}" "${test_dirs[@]}")
-        [ "${task}" = sv ] || dirs+=("${valid_dir}")
+        fold_hparams "${prefix}" "${exp}" "${tag}"
+        sets=$(python "${ELP_ROOT}/recipes/data_sets.py" "${config}" "${fold_hp[@]}" "${overrides[@]}") \
+            || die "could not read the data sets of ${config}"
+        while read -r role dir; do
+            if [ "${role}" = test ]; then test_dirs+=("${dir}"); else train_dirs+=("${dir}"); fi
+        done <<< "${sets}"
     done
-    python "${ELP_ROOT}/recipes/validate_data.py" --fix "${dirs[@]}"
+    mapfile -t train_dirs < <(printf '%s\n' "${train_dirs[@]}" | sort -u)
+    mapfile -t test_dirs < <(printf '%s\n' "${test_dirs[@]}" | sort -u)
+    python "${ELP_ROOT}/recipes/validate_data.py" "${fix_opts[@]}" "${train_dirs[@]}" --test "${test_dirs[@]}"
 fi
 
-# Stages 2-5 for one fold ("" = no folds). Arguments: fold-prefix, experiment dir, tag.
+# Stages 2-5 of one fold ("" = no folds). Arguments: fold-prefix, experiment dir, tag.
 run_fold() {
     local prefix=$1 fold_exp=$2 fold_tag=$3
-    set_dirs "${prefix}"
-    local lang=${data}/${prefix}lang
-    if [ "${task}" = sv ]; then
-        valid_dir=${train_dir}_cv
+    fold_hparams "${prefix}" "${fold_exp}" "${fold_tag}"
+    if elp_stage 2; then
+        log "Stage 2: inventory (${fold_exp})"
+        python "${ELP_ROOT}/recipes/inventory.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
     fi
-    local hp=(--data_dir "${data}" --tag "${fold_tag}" --output_folder "${fold_exp}" --lang_dir "${lang}"
-              --backbone "${backbone}" --method "${method}" --task_name "${task_name}" --corpus "${corpus}"
-              --train_set "$([ "${task}" = sv ] && echo "${train_dir}_trn" || echo "${train_dir}")"
-              --valid_set "${valid_dir}" --test_sets "[$(IFS=,; echo "${test_dirs[*]}")]"
-              "${arch_opts[@]}")
-    if [ -n "${prefix}" ]; then
-        hp+=(--results_file fold_results.json --results_md "")
-    else
-        hp+=(--results_md RESULTS.md)
-    fi
-
-    if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
-        log "Stage 2: inventory -> ${lang}"
-        python "${ELP_ROOT}/recipes/inventory.py" --task "${task}" --train "${train_dir}" --lang "${lang}" --bpe "${bpe}"
-    fi
-    if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
-        log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${fold_exp}/train.log)"
+    if elp_stage 3; then
         mkdir -p "${fold_exp}"
-        if [ "${ngpu}" -gt 1 ]; then
-            local backend=gloo
-            python -c "import torch, sys; sys.exit(0 if torch.cuda.device_count() >= ${ngpu} else 1)" && backend=nccl
-            log "Stage 3: torchrun with ${ngpu} processes per node, ${nnodes} node(s), backend ${backend}"
-            torchrun --nnodes "${nnodes}" --node_rank "${node_rank}" --nproc_per_node "${ngpu}" \
-                --master_addr "${master_addr}" --master_port "${master_port}" \
-                "${ELP_ROOT}/recipes/train.py" "${config}" "${hp[@]}" --distributed_backend="${backend}" "${overrides[@]}"
-        else
-            local device=cpu
-            [ "${ngpu}" -eq 1 ] && device=cuda:0
-            python "${ELP_ROOT}/recipes/train.py" "${config}" "${hp[@]}" --device "${device}" "${overrides[@]}"
-        fi
+        log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${fold_exp}/train.log)"
+        elp_train_command "${ELP_ROOT}/recipes/train.py" "${config}" "${fold_hp[@]}" -- "${overrides[@]}"
+        log "Stage 3: ${ELP_CMD[*]}"
+        elp_run "${ELP_CMD[@]}" 2>&1 | tee -a "${fold_exp}/train.log"
     fi
-    if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-        log "Stage 4: inference on ${test_sets}"
-        python "${ELP_ROOT}/recipes/infer.py" "${config}" "${hp[@]}" "${overrides[@]}"
+    if elp_stage 4; then
+        log "Stage 4: inference (${fold_exp}/decode)"
+        python "${ELP_ROOT}/recipes/infer.py" "${config}" "${fold_hp[@]}" --device "${eval_device}" "${overrides[@]}"
     fi
-    if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    if elp_stage 5; then
         log "Stage 5: scoring"
-        python "${ELP_ROOT}/recipes/score.py" "${config}" "${hp[@]}" "${overrides[@]}"
+        python "${ELP_ROOT}/recipes/score.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
     fi
 }
 
+set -o pipefail
 if [ -z "${folds}" ]; then
     run_fold "" "${exp}" "${tag}"
 else
     for fold in ${folds}; do
         run_fold "fold${fold}/" "${exp}/fold${fold}" "${tag}_fold${fold}"
     done
-    if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    if elp_stage 5; then
         log "Stage 5: mean over folds ${folds}"
         python "${ELP_ROOT}/recipes/aggregate_folds.py" --exp "${exp}" --folds ${folds} --results-md RESULTS.md
     fi

@@ -1,16 +1,15 @@
 #!/usr/bin/env python3
-"""Stage 3: train one (task, backbone, method) from a recipe's HyperPyYAML file.
+"""Stage 3: train the model a recipe's HyperPyYAML file builds.
 
 Usage::
 
-    python recipes/train.py conf/train.yaml --data_dir data --tag elp --method elp
-    torchrun --standalone --nproc_per_node=2 recipes/train.py conf/train.yaml \\
-        --data_dir data --tag elp --distributed_backend=gloo      # 2 CPU processes
+    python recipes/train.py conf/train.yaml --tag elp [--overrides_file conf/mini.yaml] [--key value ...]
+    torchrun --standalone --nproc_per_node=2 recipes/train.py conf/train.yaml --tag elp \\
+        --distributed_backend=gloo      # 2 CPU processes
 
-Any hparam can be overridden with ``--<key> <value>``. Rerunning resumes from the latest
-checkpoint in ``<output_folder>/save`` (intra-epoch ones included). On success it writes
-``<output_folder>/train_stats.json`` (learnable parameters, wall time, peak memory) and the
-adapter-only export ``<output_folder>/adapters/``.
+Rerunning resumes from the latest checkpoint in ``<output_folder>/save``. On success it writes
+``<output_folder>/train_stats.json`` and the adapter-only export of the *best* checkpoint (the
+model stage 4 evaluates) in ``<output_folder>/adapters/``.
 """
 
 import json
@@ -18,36 +17,46 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 
-from elp.brains.base import peak_memory_mb, unwrap
+from elp.backbones import weights_hash
+from elp.brains.base import unwrap
 from elp.export import save_adapters
-from elp.recipe import build_brain, build_inventory, configure_logging, load_experiment, loader_kwargs, make_dataset
+from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
+from elp.runtime import configure_logging, peak_memory_mb, run_main
 
 
 def main(argv) -> int:
     configure_logging()
     hparams, run_opts = load_experiment(argv)
-    inventory = build_inventory(hparams)
-    train_set = make_dataset(hparams["train_set"], hparams, inventory, "train")
-    valid_set = make_dataset(hparams["valid_set"], hparams, inventory, "valid")
-    brain = build_brain(hparams, run_opts, inventory)
+    train_set = make_dataset(hparams, hparams["train_set"], "train")
+    valid_set = make_dataset(hparams, hparams["valid_set"], "valid")
+    brain = build_brain(hparams, run_opts)
     brain.fit(brain.hparams.epoch_counter, train_set, valid_set,
               train_loader_kwargs=loader_kwargs(hparams, train_set, train=True),
               valid_loader_kwargs=loader_kwargs(hparams, valid_set, train=False))
+    output = Path(hparams["output_folder"])
+    if torch.distributed.is_initialized():  # every rank must end with the same weights
+        rank = torch.distributed.get_rank()
+        learnable = {**{f"model.{k}": v for k, v in unwrap(brain.modules.model).learnable_parameters().items()},
+                     **{f"head.{k}": v for k, v in unwrap(brain.modules.head).state_dict().items()}}
+        (output / f"rank{rank}_learnable.sha256").write_text(weights_hash(learnable) + "\n")
     if sb.utils.distributed.if_main_process():
-        output = Path(hparams["output_folder"])
-        previous = json.loads((output / "train_stats.json").read_text()) if (output / "train_stats.json").exists() else {}
+        stats_file = output / "train_stats.json"
+        previous = json.loads(stats_file.read_text()) if stats_file.exists() else {}
         stats = {
             "learnable_params": brain.learnable_parameter_count(),
+            "backbone_params": sum(p.numel() for p in unwrap(brain.modules.model).backbone.parameters()),
             "train_wall_s": round(brain.train_wall_s, 2),  # includes an interrupted run's epochs
             "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
             "epochs": brain.hparams.epoch_counter.current,
             "final_train_loss": float(brain.train_stats["loss"]) if hasattr(brain, "train_stats") else None,
         }
-        (output / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        stats_file.write_text(json.dumps(stats, indent=2))
+        brain.recover_best()
         save_adapters(unwrap(brain.modules.model), output / "adapters", head=unwrap(brain.modules.head))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -3,31 +3,62 @@
 
 Usage::
 
-    python recipes/validate_data.py [--fix] [--min-samples 400] data/train data/test ...
+    python recipes/validate_data.py [--fix] [--fix-test] [--max-drop 0.05] [--min-samples 400] \\
+        data/train data/dev --test data/test_a data/test_b
 
-Errors name the file or utterance and say how to fix it; the exit status is 1 on any error.
+Positional dirs are training/development sets; dirs after ``--test`` are test sets. ``--fix``
+repairs only the former (sorting, identical duplicates, utterances missing from some file);
+a test set is repaired only with ``--fix-test``, since dropping test utterances changes the
+reported numbers. Removing more than ``--max-drop`` (default 5%) of the utterances or trials
+of any set is an error naming how many and why; everything removed is logged (utterance,
+file, and a count per file).
+
+Each error is one line naming the file / line / utterance and the fix; the exit status is 1
+on any error (no traceback).
 """
 
 import argparse
 import logging
 import sys
 
-from elp.data.kaldi_dir import MIN_SAMPLES, DataDirError, validate_data_dir
+from elp.data.errors import DataError
+from elp.data.kaldi_dir import DEFAULT_MAX_DROP, MIN_SAMPLES, validate_data_dir
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dirs", nargs="+")
-    parser.add_argument("--fix", action="store_true", help="sort, drop identical duplicates and incomplete utterances")
+    parser.add_argument("data_dirs", nargs="*", help="training / development data dirs")
+    parser.add_argument("--test", nargs="+", default=[], metavar="DIR", help="test data dirs")
+    parser.add_argument("--fix", action="store_true",
+                        help="repair the training/development dirs: sort, drop identical duplicates and "
+                             "utterances missing from some file")
+    parser.add_argument("--fix-test", action="store_true", help="also repair the --test dirs (changes what is scored)")
+    parser.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                        help="largest share of a set's utterances or trials a fix may remove (default: %(default)s)")
     parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES)
+    parser.add_argument("--recheck-audio", action="store_true",
+                        help="re-read every recording even if an earlier validation checked it")
+    parser.add_argument("--scan-all-samples", action="store_true",
+                        help="decode every sample of every format (default: float formats only)")
+    parser.add_argument("--jobs", type=int, default=4, help="threads opening recordings (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not args.data_dirs and not args.test:
+        parser.error("give at least one data dir")
+    if not 0.0 <= args.max_drop <= 1.0:
+        parser.error(f"--max-drop must be between 0 and 1, got {args.max_drop}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (validate_data.py) %(message)s")
     failed = 0
-    for data_dir in args.data_dirs:
+    sets = [(d, args.fix) for d in args.data_dirs] + [(d, args.fix_test) for d in args.test]
+    for data_dir, fix in sets:
         try:
-            validate_data_dir(data_dir, fix=args.fix, min_samples=args.min_samples)
-        except DataDirError as err:
-            logging.error("%s", err)
+            validate_data_dir(data_dir, fix=fix, min_samples=args.min_samples, max_drop=args.max_drop,
+                              recheck_audio=args.recheck_audio,
+                              scan_samples=True if args.scan_all_samples else None, jobs=args.jobs)
+        except DataError as error:
+            hint = ""
+            if fix is False and data_dir in args.test and args.fix:
+                hint = " (--fix does not touch test sets: repair the files, or pass --fix-test)"
+            print(f"validate_data.py: error: {error}{hint}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

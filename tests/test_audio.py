@@ -75,5 +75,35 @@ def test_resampling_logged_once_per_rate(tmp_path, caplog):
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="audio not found"):
         read_audio(str(tmp_path / "missing.wav"))
-    with pytest.raises(ValueError, match="piped wav.scp entry"):
+    with pytest.raises(ValueError, match=r"wav.scp entry 'sox in.wav -t wav - \|' contains '\|'.*convert the audio"):
         read_audio("sox in.wav -t wav - |")
+    (tmp_path / "feats.ark").write_bytes(b"u1 \x00BFM " + bytes(20))
+    with pytest.raises(ValueError, match=r"utt 'u1': .*feats.ark:3' holds a Kaldi matrix \(features\), not a waveform"):
+        read_audio(f"{tmp_path / 'feats.ark'}:3", utt="u1")
+
+
+def test_float_ark_and_ark_segment(tmp_path):
+    """A float RIFF wave inside an ark is read from its header + raw samples (no kaldiio)."""
+    samples = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
+    path = tmp_path / "f.wav"
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+    (tmp_path / "w.ark").write_bytes(b"utt1 " + path.read_bytes())
+    entry = f"{tmp_path / 'w.ark'}:5"
+    torch.testing.assert_close(read_audio(entry), torch.from_numpy(samples))
+    torch.testing.assert_close(read_audio(entry, segment=(0.025, 0.05)), torch.from_numpy(samples[400:800]))
+    assert num_samples(entry, segment=(0.025, -1)) == 1200
+
+
+def test_flac_with_nan_impossible_and_float_wav_with_nan_refused(tmp_path):
+    from elp.data.audio import check_audio
+
+    clean = write_noise(tmp_path / "a.flac", seconds=0.1)
+    assert check_audio(str(clean)) == AudioInfo(1600, 16000, 1)
+    samples = np.zeros((1600, 2), dtype=np.float32)
+    samples[1200, 1] = np.inf
+    soundfile.write(tmp_path / "inf.wav", samples, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"utt 'x': audio '.*inf.wav' holds 1 non-finite sample\(s\) \(NaN or inf; first at 0.075 s\)"):
+        check_audio(str(tmp_path / "inf.wav"), utt="x")
+    with pytest.raises(ValueError, match="holds 1 non-finite"):
+        read_audio(str(tmp_path / "inf.wav"), segment=(0.05, -1))
+    torch.testing.assert_close(read_audio(str(tmp_path / "inf.wav"), segment=(0.0, 0.05)), torch.zeros(800))

@@ -68,11 +68,15 @@ def test_voxceleb_from_real_fsdd_speech(tmp_path, caplog):
     prep = load_data_prep("voxceleb", "sv")
     corpus = make_voxceleb_from_fsdd(tmp_path / "vox1", recordings)
     with caplog.at_level(logging.INFO):
-        train_dir, test_dir = prep.prepare_voxceleb(corpus, tmp_path / "data")
+        train_dir, valid_dir, test_dir = prep.prepare_voxceleb(corpus, tmp_path / "data", holdout=0.34)
 
-    train_utts = [f"{spk}-yt-D_{d}-{i:05d}" for spk in ("id10001", "id10002") for d in (0, 1) for i in (1, 2, 3)]
+    speaker_utts = [f"{spk}-yt-D_{d}-{i:05d}" for spk in ("id10001", "id10002") for d in (0, 1) for i in (1, 2, 3)]
+    # every third utterance of each training speaker (in sorted order) is held out for validation
+    held_out = [u for spk in range(2) for j, u in enumerate(speaker_utts[6 * spk:6 * spk + 6]) if j in (2, 5)]
+    assert keys(valid_dir / "wav.scp") == held_out
+    train_utts = [u for u in speaker_utts if u not in held_out]
     assert keys(train_dir / "wav.scp") == train_utts
-    assert (train_dir / "spk2utt").read_text().splitlines()[0] == "id10001 " + " ".join(train_utts[:6])
+    assert (train_dir / "spk2utt").read_text().splitlines()[0] == "id10001 " + " ".join(train_utts[:4])
     test_utts = [f"{spk}-yt-D_{d}-{i:05d}" for spk in ("id10270", "id10271") for d in (0, 1) for i in (1, 2, 3)]
     test_utts.remove("id10271-yt-D_1-00003")
     assert keys(test_dir / "wav.scp") == test_utts

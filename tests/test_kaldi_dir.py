@@ -1,5 +1,6 @@
 """Kaldi data dirs: read/write round trips, validation errors and fixes, SpeechBrain dict."""
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -133,10 +134,13 @@ def test_validate_names_missing_utt_and_file_then_fix_removes_it(data_dir, caplo
     with pytest.raises(DataDirError) as error:
         validate_data_dir(data_dir)
     assert "utt 'spkA-u2' is missing from text (present in wav.scp, utt2spk, utt2label)" in str(error.value)
+    with pytest.raises(DataDirError, match=r"--fix would remove 1 of 3 utterance\(s\) \(33.3% > --max-drop 5.0%\): "
+                                           r"missing from text: 1"):
+        validate_data_dir(data_dir, fix=True)
     with caplog.at_level(logging.WARNING):
-        counts = validate_data_dir(data_dir, fix=True)
+        counts = validate_data_dir(data_dir, fix=True, max_drop=0.34)
     assert "removing utterance 'spkA-u2': missing from text" in caplog.text
-    assert "removed 1 utterance(s)" in caplog.text
+    assert "removed 1 utterance(s) not present in every file (1 of 3; missing from text: 1)" in caplog.text
     assert sorted(counts) == ["spkA-u1", "spkB-u1"]
     for name in ("wav.scp", "utt2spk", "utt2label", "text", "utt2num_samples"):
         assert [line.split()[0] for line in lines(data_dir / name)] == ["spkA-u1", "spkB-u1"], name
@@ -162,8 +166,9 @@ def test_validate_names_unreadable_audio(data_dir, tmp_path):
         with pytest.raises(DataDirError) as error:
             validate_data_dir(data_dir, fix=fix)
         message = str(error.value)
-        assert f"utt 'spkA-u2': cannot read audio '{broken}'" in message
-        assert f"utt 'spkB-u1': cannot read audio '{tmp_path / 'absent.flac'}'" in message
+        assert f"wav.scp:2: utt 'spkA-u2': cannot read audio '{broken}'" in message
+        assert f"wav.scp:3: utt 'spkB-u1': audio not found: '{tmp_path / 'absent.flac'}'" in message
+        assert "\n" not in message
 
 
 def test_validate_rejects_too_short_audio(data_dir, tmp_path):
@@ -198,7 +203,9 @@ def test_validate_with_segments_and_trials(tmp_path):
     (d / "trials").write_text("reco-a reco-b target\nreco-a reco-c nontarget\n")
     with pytest.raises(DataDirError, match="1 trial\\(s\\) name utterances absent"):
         validate_data_dir(d)
-    validate_data_dir(d, fix=True)
+    with pytest.raises(DataDirError, match=r"--fix would remove 1 of 2 trial\(s\)"):
+        validate_data_dir(d, fix=True)
+    validate_data_dir(d, fix=True, max_drop=0.5)
     assert read_trials(d / "trials") == [Trial("reco-a", "reco-b", True)]
 
 
@@ -228,3 +235,66 @@ def test_subset_and_combine(data_dir):
         combine_data_dirs([data, clash])
     with pytest.raises(DataDirError, match="not in the data dir"):
         subset_data_dir(data, ["nope"])
+
+
+def test_audio_check_stamp_spares_a_second_header_pass(data_dir, audio, caplog):
+    """Stage 1 after a validated data prep trusts utt2num_samples; a rewrite of wav.scp or
+    --recheck-audio re-reads the audio."""
+    validate_data_dir(data_dir)
+    assert (data_dir / ".audio_checked").is_file()
+    for path in audio.values():
+        Path(path).unlink()
+    with caplog.at_level(logging.INFO):
+        assert validate_data_dir(data_dir) == {u: 1600 for u in audio}
+    assert "audio already checked" in caplog.text
+    with pytest.raises(DataDirError, match="audio not found"):
+        validate_data_dir(data_dir, recheck_audio=True)
+    write_data_dir(data_dir, **read_data_dir(data_dir).mappings())  # a rewrite removes the stamp
+    assert not (data_dir / ".audio_checked").exists()
+    with pytest.raises(DataDirError, match="audio not found"):
+        validate_data_dir(data_dir)
+
+
+def test_validation_reads_each_recording_once_and_in_threads(tmp_path, monkeypatch):
+    from elp.data import kaldi_dir
+
+    reco = write_noise(tmp_path / "reco.flac", seconds=1.0)
+    other = write_noise(tmp_path / "other.flac", seconds=1.0)
+    segments = {f"reco-{i}": Segment("reco", 0.1 * i, 0.1 * i + 0.1) for i in range(5)}
+    segments["other-0"] = Segment("other", 0.0, -1)
+    d = write_data_dir(tmp_path / "d", wav_scp={"reco": str(reco), "other": str(other)}, segments=segments)
+    opened = []
+    real = kaldi_dir.check_recording
+    monkeypatch.setattr(kaldi_dir, "check_recording", lambda entry, **kw: opened.append(entry) or real(entry, **kw))
+    counts = validate_data_dir(d, jobs=2)
+    assert sorted(opened) == sorted([str(reco), str(other)])
+    assert counts == {**{f"reco-{i}": 1600 for i in range(5)}, "other-0": 16000}
+
+
+def test_data_dir_to_dict_recomputes_stale_lengths(data_dir, audio, tmp_path):
+    validate_data_dir(data_dir)
+    longer = write_noise(tmp_path / "longer.wav", seconds=0.2)
+    table = read_mapping(data_dir / "wav.scp")
+    table["spkA-u1"] = str(longer)
+    write_mapping(data_dir / "wav.scp", table)
+    stamp = (data_dir / "utt2num_samples").stat().st_mtime_ns + 10**9  # edited a second later
+    os.utime(data_dir / "wav.scp", ns=(stamp, stamp))
+    assert data_dir_to_dict(data_dir)["spkA-u1"]["num_samples"] == 3200
+    assert read_utt2num_samples(data_dir / "utt2num_samples")["spkA-u1"] == 3200
+
+
+def test_labels_one_token_in_every_reader(data_dir):
+    (data_dir / "utt2label").write_text("spkA-u1 neu\nspkA-u2 \nspkB-u1 neu\n")
+    with pytest.raises(DataDirError, match=r"utt2label:2: utt 'spkA-u2' has an empty label; a label is one token"):
+        read_data_dir(data_dir)
+    (data_dir / "utt2label").write_text("spkA-u1 neu\nspkA-u2 ang\nspkB-u1 neu\n")
+    validate_data_dir(data_dir)
+    (data_dir / "utt2emo").write_text("spkA-u1 neu\nspkA-u2 very sad\nspkB-u1 neu\n")
+    with pytest.raises(DataDirError, match=r"utt2emo:2: utt 'spkA-u2' has 2 tokens 'very sad'"):
+        data_dir_to_dict(data_dir, label_file="utt2emo")
+
+
+def test_byte_order_mark_is_named(data_dir):
+    (data_dir / "text").write_bytes(b"\xef\xbb\xbfspkA-u1 HELLO WORLD\nspkA-u2 GOOD BYE\nspkB-u1 YES\n")
+    with pytest.raises(DataDirError, match=r"text:1: starts with a UTF-8 byte-order mark"):
+        validate_data_dir(data_dir)

@@ -5,7 +5,7 @@ import torch
 
 from elp.backbones import BACKBONES, load_backbone
 from elp.methods import METHODS
-from elp.model import AdaptedSSL, parameter_group
+from elp.model import AdaptedSSL
 
 L_DIM, E_DIM, K = 24, 8, 4
 OPTIONS = dict(l_dim=L_DIM, e_dim=E_DIM, prompt_frames=K, prefix_frames=K, lora_rank=2)
@@ -130,12 +130,30 @@ def test_pseudo_frames_never_reach_the_head(tiny_checkpoints, method):
         assert (plain.backbone(wavs).last_hidden_state - captured["out"].last_hidden_state).abs().max() > 1e-6
 
 
-def test_parameter_groups_cover_learnables(tiny_checkpoints):
-    model = build(tiny_checkpoints, "wavlm", "elp")
+EXPECTED_GROUPS = {"full": {"backbone"}, "weighted_sum": {"l"}, "conventional": {"e", "ln"}, "lora": {"lora"},
+                   "prefix": {"prefix"}, "e_only": {"e", "ln"}, "l_only": {"l"}, "p_only": {"p"},
+                   "el": {"e", "l", "ln"}, "elp": {"e", "l", "ln", "p"}}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_GROUPS))
+def test_parameter_groups_cover_learnables(tiny_checkpoints, method):
+    model = build(tiny_checkpoints, "wavlm", method)
     groups = model.parameter_groups()
-    assert set(groups) == {"e", "l", "ln", "p"}
-    assert sum(len(v) for v in groups.values()) == len(model.learnable_parameters())
-    assert parameter_group("backbone.model.encoder.layers.0.attention.q_proj.parametrizations.weight.0.lora_a") == "lora"
+    assert set(groups) == EXPECTED_GROUPS[method]
+    grouped = [id(p) for params in groups.values() for p in params]
+    assert sorted(grouped) == sorted(id(p) for p in model.learnable_parameters().values())
+    if method == "lora":
+        names = {id(p): n for n, p in model.learnable_parameters().items()}
+        assert all(".lora_" in names[id(p)] for p in groups["lora"])
+
+
+def test_a_new_adapter_kind_without_a_group_is_refused(tiny_checkpoints):
+    model = build(tiny_checkpoints, "wavlm", "l_only")
+    model.extra = torch.nn.Linear(2, 2)  # a new adapter kind that forgot its lr_group
+    with pytest.raises(ValueError, match="'extra.weight' has no learning-rate group"):
+        model.parameter_groups()
+    model.extra.lr_group = "x"
+    assert {"l", "x"} == set(model.parameter_groups())
 
 
 def test_unknown_method_and_backbone_errors(tiny_checkpoints):

@@ -162,3 +162,138 @@ def test_s_norm_hand_computed():
     assert top2[0].item() == pytest.approx(1.06066, abs=1e-4)
     with pytest.raises(ValueError, match="top_k"):
         s_norm(scores, enroll_c, test_c, top_k=5)
+
+
+# ---------------------------------------------------------------- streaming S-norm, cohort
+from elp.scoring import cohort_statistics, s_norm_trials, select_cohort  # noqa: E402
+
+
+def _dense_s_norm(embeddings, pairs, cohort, top_k):
+    """The previous recipe code: [utts x C] matrix, then rows gathered per trial."""
+    utts = sorted(embeddings)
+    index = {u: i for i, u in enumerate(utts)}
+    matrix = torch.stack([embeddings[u] for u in utts])
+    against = cosine_scores(matrix, cohort, all_pairs=True)
+    raw = cosine_scores(torch.stack([embeddings[e] for e, _ in pairs]),
+                        torch.stack([embeddings[t] for _, t in pairs]))
+    return s_norm(raw, against[[index[e] for e, _ in pairs]], against[[index[t] for _, t in pairs]],
+                  top_k=top_k)
+
+
+@pytest.mark.parametrize("top_k", [None, 2, 7])
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+def test_streaming_s_norm_equals_dense(top_k, chunk_size):
+    gen = torch.Generator().manual_seed(0)
+    embeddings = {f"u{i:02d}": torch.randn(6, generator=gen) for i in range(13)}
+    cohort = torch.randn(9, 6, generator=gen)
+    utts = sorted(embeddings)
+    pairs = [(utts[i], utts[j]) for i in range(13) for j in range(13) if (i * 5 + j) % 4 == 0]
+    dense = _dense_s_norm(embeddings, pairs, cohort, top_k)
+    streamed = s_norm_trials(embeddings, pairs, cohort, top_k=top_k, chunk_size=chunk_size)
+    assert streamed.shape == (len(pairs),)
+    assert torch.allclose(streamed, dense, atol=1e-6, rtol=0)
+    # without a cohort: plain cosine scores in trial order
+    raw = s_norm_trials(embeddings, pairs)
+    assert torch.allclose(raw, torch.stack([
+        torch.nn.functional.cosine_similarity(embeddings[e], embeddings[t], dim=0) for e, t in pairs]),
+        atol=1e-6)
+
+
+def test_streaming_s_norm_accepts_trial_objects_and_names_missing_utterances():
+    from elp.data.kaldi_dir import Trial
+
+    embeddings = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0])}
+    cohort = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    as_objects = s_norm_trials(embeddings, [Trial("a", "b", False)], cohort)
+    assert torch.equal(as_objects, s_norm_trials(embeddings, [("a", "b")], cohort))
+    with pytest.raises(ValueError, match="'zz'"):
+        s_norm_trials(embeddings, [("a", "zz")], cohort)
+
+
+def test_cohort_statistics_chunked_memory_and_values():
+    # embedding e = (1, 0); cohort scores 1, 0, -1, 0 (cosines) -> mean 0,
+    # unbiased std sqrt((1 + 0 + 1 + 0) / 3) = 0.8165; top_k = 2: [1, 0] -> mean 0.5,
+    # std sqrt((0.25 + 0.25) / 1) = 0.7071
+    cohort = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -3.0]])
+    mean, std = cohort_statistics(torch.tensor([[1.0, 0.0]]), cohort)
+    assert mean.item() == pytest.approx(0.0, abs=1e-7) and std.item() == pytest.approx(0.8164966)
+    mean, std = cohort_statistics(torch.tensor([[1.0, 0.0]]), cohort, top_k=2)
+    assert mean.item() == pytest.approx(0.5) and std.item() == pytest.approx(0.7071068)
+    with pytest.raises(ValueError, match="top_k"):
+        cohort_statistics(torch.ones(1, 2), cohort, top_k=5)
+    with pytest.raises(ValueError, match="same model"):
+        cohort_statistics(torch.ones(1, 3), cohort)
+
+
+def test_cohort_statistics_never_builds_the_full_matrix(monkeypatch):
+    # every [rows x C] product is at most chunk_size rows
+    seen = []
+    real_topk = torch.Tensor.topk
+
+    def spy(self, k, dim=-1, *args, **kwargs):
+        seen.append(tuple(self.shape))
+        return real_topk(self, k, dim, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", spy)
+    cohort_statistics(torch.randn(50, 4), torch.randn(30, 4), top_k=5, chunk_size=8)
+    assert seen and max(rows for rows, _ in seen) == 8 and len(seen) == 7  # ceil(50 / 8)
+
+
+def _speaker_corpus(num_speakers=6, utts_per_speaker=(5, 1, 3, 4, 2, 6)):
+    gen = torch.Generator().manual_seed(1)
+    embeddings, utt2spk = {}, {}
+    for s in range(num_speakers):
+        for u in range(utts_per_speaker[s]):
+            utt = f"spk{s}-{u:02d}"
+            embeddings[utt] = torch.randn(4, generator=gen)
+            utt2spk[utt] = f"spk{s}"
+    return embeddings, utt2spk
+
+
+def test_select_cohort_speaker_mean_is_balanced_and_deterministic():
+    embeddings, utt2spk = _speaker_corpus()
+    cohort, ids = select_cohort(embeddings, utt2spk, size=4, seed=3)
+    assert cohort.shape == (4, 4) and len(set(ids)) == 4
+    again, again_ids = select_cohort(embeddings, utt2spk, size=4, seed=3)
+    assert again_ids == ids and torch.equal(again, cohort)
+    # another seed draws other speakers (6 choose 4 = 15 sets; seeds 0..9 give > 1 set)
+    assert len({tuple(sorted(select_cohort(embeddings, utt2spk, 4, seed=s)[1])) for s in range(10)}) > 1
+    # each row is the mean of the speaker's L2-normalised utterance embeddings
+    spk = ids[0]
+    members = [torch.nn.functional.normalize(e, dim=0) for u, e in embeddings.items() if utt2spk[u] == spk]
+    assert torch.allclose(cohort[0], torch.stack(members).mean(0), atol=1e-7)
+    # more cohort entries than speakers: every speaker once
+    _, all_ids = select_cohort(embeddings, utt2spk, size=100)
+    assert sorted(all_ids) == [f"spk{s}" for s in range(6)]
+
+
+def test_select_cohort_utterances_spreads_over_speakers():
+    embeddings, utt2spk = _speaker_corpus()
+    _, ids = select_cohort(embeddings, utt2spk, size=12, mode="utterances", seed=0)
+    assert len(ids) == len(set(ids)) == 12
+    counts = {}
+    for u in ids:
+        counts[utt2spk[u]] = counts.get(utt2spk[u], 0) + 1
+    # 6 speakers with 5, 1, 3, 4, 2, 6 utterances; rounds of one per speaker:
+    # round 1: 6 (all), round 2: 5 (spk1 exhausted) -> 11, round 3: 1 more -> 12.
+    assert len(counts) == 6 and counts["spk1"] == 1
+    assert sorted(counts.values()) == [1, 2, 2, 2, 2, 3]
+    # the first sorted ids (the old cohort) would be spk0's 5 and spk1's 1 and spk2's ...
+    with pytest.raises(ValueError, match="utt2spk"):
+        select_cohort({"x": torch.ones(2), **embeddings}, utt2spk, size=4)
+    with pytest.raises(ValueError, match="mode"):
+        select_cohort(embeddings, utt2spk, size=4, mode="first")
+
+
+def test_cohort_utterance_ids_then_select_cohort():
+    from elp.scoring import cohort_utterance_ids
+
+    embeddings, utt2spk = _speaker_corpus()
+    ids = cohort_utterance_ids(utt2spk, num_speakers=4, per_speaker=2, seed=5)
+    assert ids == cohort_utterance_ids(utt2spk, num_speakers=4, per_speaker=2, seed=5)
+    speakers = {utt2spk[u] for u in ids}
+    assert len(speakers) == 4
+    assert all(sum(utt2spk[u] == s for u in ids) == min(2, sum(v == s for v in utt2spk.values()))
+               for s in speakers)
+    cohort, rows = select_cohort({u: embeddings[u] for u in ids}, utt2spk, size=4, seed=5)
+    assert sorted(rows) == sorted(speakers) and cohort.shape == (4, 4)

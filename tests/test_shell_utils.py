@@ -140,3 +140,181 @@ def test_path_sh_sets_the_environment(tmp_path, through_symlink):
     out = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, env=env,
                          timeout=30)
     assert "omp=3" in out.stdout
+
+
+# ---------------------------------------------------------------- job slots (run_all.sh)
+GPU_SLOTS_PY = ROOT / "recipes" / "utils" / "gpu_slots.py"
+GPU_SLOTS_SH = ROOT / "recipes" / "utils" / "gpu_slots.sh"
+LAUNCH = ROOT / "recipes" / "utils" / "launch.sh"
+
+
+def slots(fake_gpus, ngpu, jobs, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(ELP_FAKE_GPU_COUNT=str(fake_gpus), **env_extra)
+    result = subprocess.run(["python3", str(GPU_SLOTS_PY), "--ngpu", str(ngpu), "--jobs", str(jobs)],
+                            capture_output=True, text=True, env=env, timeout=30)
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    return result, rows
+
+
+def test_gpu_slots_four_gpus_two_per_job():
+    result, rows = slots(4, 2, 8)
+    assert result.returncode == 0, result.stderr
+    assert [r[1] for r in rows] == ["0,1", "2,3"]
+    ports = [int(r[2]) for r in rows]
+    assert len(set(ports)) == 2 and all(p > 29500 for p in ports)
+
+
+def test_gpu_slots_eight_gpus_one_per_job_and_fewer_jobs():
+    _, rows = slots(8, 1, 8)
+    assert [r[1] for r in rows] == [str(i) for i in range(8)]
+    assert len({r[2] for r in rows}) == 8
+    _, rows = slots(8, 1, 3)  # fewer jobs than GPUs: only as many slots as jobs
+    assert [r[1] for r in rows] == ["0", "1", "2"]
+
+
+def test_gpu_slots_cpu_and_errors():
+    _, rows = slots(0, 0, 3)
+    assert [(r[1], r[3]) for r in rows] == [("-", "1")] * 3  # no GPU, one thread each
+    result, rows = slots(0, 1, 4)
+    assert result.returncode == 1 and rows == []
+    assert "--ngpu 1" in result.stderr and "--ngpu 0" in result.stderr
+    result, _ = slots(3, 4, 4)
+    assert result.returncode == 1 and "use --ngpu 3 or fewer" in result.stderr
+
+
+def test_gpu_slots_skip_a_port_in_use():
+    import socket
+
+    sys_path = str(GPU_SLOTS_PY.parent)
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        import gpu_slots
+    finally:
+        sys.path.remove(sys_path)
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = gpu_slots.free_ports(2, base_port=taken - 1)
+    assert taken not in ports and len(set(ports)) == 2 and min(ports) > taken
+    # CUDA_VISIBLE_DEVICES restricts (and renames nothing): slots use the listed ids
+    assert gpu_slots.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
+    assert gpu_slots.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_run_in_slots_gives_each_running_job_its_own_devices(tmp_path):
+    # 6 jobs on 2 slots of 2 fake GPUs: each job records its env; jobs in a slot never overlap
+    script = tmp_path / "jobs.sh"
+    script.write_text(f"""
+set -euo pipefail
+. {LOG}
+. {GPU_SLOTS_SH}
+job() {{
+    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT start $(date +%s%N)" >> {tmp_path}/log
+    sleep 0.2
+    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT end $(date +%s%N)" >> {tmp_path}/log
+    [ "$1" != j3 ]   # j3 fails
+}}
+gpu_slots_init 2 8
+echo "slots=$NUM_SLOTS"
+run_in_slots job j0 j1 j2 j3 j4 j5
+echo "failed=$SLOTS_FAILED"
+""")
+    env = {**os.environ, "ELP_FAKE_GPU_COUNT": "4"}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "slots=2" in result.stdout and "failed=1" in result.stdout
+    events = [line.split() for line in (tmp_path / "log").read_text().splitlines()]
+    assert sorted({e[0] for e in events}) == [f"j{i}" for i in range(6)]
+    by_slot = {}
+    for name, devices, port, _threads, slot, kind, stamp in events:
+        assert (devices, slot) in (("0,1", "0"), ("2,3", "1"))
+        by_slot.setdefault(slot, []).append((int(stamp), kind, port))
+    assert len({ev[2] for evs in by_slot.values() for ev in evs}) == 2  # one port per slot
+    for evs in by_slot.values():  # within a slot: start, end, start, end ... (never two at once)
+        kinds = [kind for _, kind, _ in sorted(evs)]
+        assert kinds == ["start", "end"] * (len(kinds) // 2)
+
+
+# ---------------------------------------------------------------- launcher (run_task.sh)
+def launch(tmp_path, *, fake_gpus=0, ngpu=0, ddp_cpu=0, nnodes=1, node_rank=0, stage=0, stop_stage=5):
+    script = tmp_path / "launch_test.sh"
+    script.write_text(f"""
+set -euo pipefail
+. {LOG}
+. {LAUNCH}
+ngpu={ngpu}; ddp_cpu={ddp_cpu}; nnodes={nnodes}; node_rank={node_rank}
+master_addr=node0; master_port=29512; stage={stage}; stop_stage={stop_stage}
+elp_train_command recipes/train.py conf/train.yaml --output_folder "exp/a b" -- --lr 0.1
+elp_run "${{ELP_CMD[@]}}"
+for n in 0 1 2 3 4 5; do if elp_stage $n; then echo "stage$n"; fi; done
+""")
+    env = {**os.environ, "ELP_FAKE_GPU_COUNT": str(fake_gpus), "ELP_DRY_RUN": "1"}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
+    lines = result.stdout.splitlines()
+    return result, (lines[0] if lines else ""), [l for l in lines[1:] if l.startswith("stage")]
+
+
+HP = "recipes/train.py conf/train.yaml --output_folder exp/a\\ b"
+
+
+def test_launch_cpu_single_process(tmp_path):
+    result, cmd, stages = launch(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert cmd == f"python {HP} --device cpu --lr 0.1"
+    assert stages == [f"stage{n}" for n in range(6)]
+
+
+def test_launch_one_gpu_one_node(tmp_path):
+    _, cmd, _ = launch(tmp_path, fake_gpus=1, ngpu=1)
+    assert cmd == f"python {HP} --device cuda:0 --lr 0.1"
+
+
+def test_launch_one_gpu_two_nodes_is_torchrun(tmp_path):
+    result, cmd, stages = launch(tmp_path, fake_gpus=1, ngpu=1, nnodes=2)
+    assert result.returncode == 0, result.stderr
+    assert cmd == ("torchrun --nnodes 2 --node_rank 0 --master_addr node0 --master_port 29512 "
+                   f"--nproc_per_node 1 {HP} --distributed_backend=nccl --lr 0.1")
+    assert stages == [f"stage{n}" for n in range(6)]  # node rank 0 runs every stage
+
+
+def test_launch_four_gpus_second_node_runs_only_training(tmp_path):
+    result, cmd, stages = launch(tmp_path, fake_gpus=4, ngpu=4, nnodes=2, node_rank=1)
+    assert result.returncode == 0, result.stderr
+    assert cmd == ("torchrun --nnodes 2 --node_rank 1 --master_addr node0 --master_port 29512 "
+                   f"--nproc_per_node 4 {HP} --distributed_backend=nccl --lr 0.1")
+    assert stages == ["stage3"]
+    for n in (0, 1, 2, 4, 5):
+        assert f"Stage {n}: skipped on node rank 1" in result.stderr
+
+
+def test_launch_gpus_without_cuda_is_an_error(tmp_path):
+    result, cmd, _ = launch(tmp_path, fake_gpus=0, ngpu=2)
+    assert result.returncode == 1 and cmd == ""
+    errors = [l for l in result.stderr.splitlines() if "ERROR" in l]
+    assert len(errors) == 1
+    assert "--ngpu 2 but torch sees 0 usable CUDA device(s)" in errors[0] and "--ddp_cpu" in errors[0]
+    result, _, _ = launch(tmp_path, fake_gpus=1, ngpu=2)  # fewer than asked
+    assert result.returncode == 1 and "sees 1 usable" in result.stderr
+
+
+def test_launch_explicit_cpu_ddp(tmp_path):
+    result, cmd, _ = launch(tmp_path, ddp_cpu=2)
+    assert result.returncode == 0, result.stderr
+    assert cmd == ("torchrun --nnodes 1 --node_rank 0 --master_addr node0 --master_port 29512 "
+                   f"--nproc_per_node 2 {HP} --distributed_backend=gloo --device cpu --lr 0.1")
+    # CPU on several nodes only through --ddp_cpu; both --ngpu and --ddp_cpu is an error
+    result, _, _ = launch(tmp_path, nnodes=2)
+    assert result.returncode == 1 and "--ddp_cpu N for CPU DDP" in result.stderr
+    result, _, _ = launch(tmp_path, fake_gpus=2, ngpu=2, ddp_cpu=2)
+    assert result.returncode == 1 and "not both" in result.stderr
+    result, _, _ = launch(tmp_path, nnodes=2, node_rank=2, ddp_cpu=1)
+    assert result.returncode == 1 and "--node_rank 2 must be smaller than --nnodes 2" in result.stderr
+
+
+def test_launch_stage_range(tmp_path):
+    _, _, stages = launch(tmp_path, stage=3, stop_stage=4)
+    assert stages == ["stage3", "stage4"]

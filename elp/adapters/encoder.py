@@ -28,6 +28,9 @@ class EncoderAdapter(nn.Module):
     395776
     """
 
+    #: learning-rate group of this module's parameters (``lr.e`` in the hparams)
+    lr_group = "e"
+
     def __init__(self, dim: int, bottleneck: int = 256, act: str = "gelu",
                  init_std: float = ADAPTER_INIT_STD):
         super().__init__()

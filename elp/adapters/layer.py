@@ -20,6 +20,9 @@ class WeightedLayerSum(nn.Module):
     1.0
     """
 
+    #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
+    lr_group = "l"
+
     def __init__(self, num_layers: int):
         super().__init__()
         self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
@@ -65,6 +68,9 @@ class LayerAdapters(nn.Module):
     >>> sum(p.numel() for p in adapters.parameters())
     4737036
     """
+
+    #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
+    lr_group = "l"
 
     def __init__(self, num_layers: int, dim: int, out_dim: int = 512, act: str = "relu",
                  init_std: float = ADAPTER_INIT_STD):

@@ -29,6 +29,9 @@ class LoRAParametrization(nn.Module):
     torch.Size([2, 8])
     """
 
+    #: learning-rate group of this module's parameters (``lr.lora`` in the hparams)
+    lr_group = "lora"
+
     def __init__(self, in_features: int, out_features: int, rank: int = 8, alpha: float = 16.0):
         super().__init__()
         if rank < 1:

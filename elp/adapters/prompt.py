@@ -25,6 +25,9 @@ class PromptAdapter(nn.Module):
     torch.Size([10, 512])
     """
 
+    #: learning-rate group of this module's parameters (``lr.p`` in the hparams)
+    lr_group = "p"
+
     def __init__(self, num_frames: int = 10, channels: int = 512, init_std: float = ADAPTER_INIT_STD):
         super().__init__()
         if num_frames < 1:
@@ -49,6 +52,9 @@ class LayerPrefixes(nn.Module):
     >>> LayerPrefixes(12, 10, 768).frames.shape
     torch.Size([12, 10, 768])
     """
+
+    #: learning-rate group of this module's parameters (``lr.prefix`` in the hparams)
+    lr_group = "prefix"
 
     def __init__(self, num_layers: int, num_frames: int = 10, dim: int = 768, init_std: float = 0.02):
         super().__init__()

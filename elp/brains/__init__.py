@@ -10,7 +10,4 @@ from elp.brains.base import ELPBrain
 from elp.brains.classify import UtteranceClassifierBrain
 from elp.brains.sv import SpeakerBrain
 
-#: task name in hparams -> Brain class
-BRAINS = {"asr": ASRBrain, "sv": SpeakerBrain, "classify": UtteranceClassifierBrain}
-
-__all__ = ["ELPBrain", "ASRBrain", "SpeakerBrain", "UtteranceClassifierBrain", "BRAINS"]
+__all__ = ["ELPBrain", "ASRBrain", "SpeakerBrain", "UtteranceClassifierBrain"]

@@ -35,7 +35,7 @@ def greedy_ctc(log_probs: torch.Tensor, frame_mask: torch.Tensor, blank: int = 0
 
 
 class ASRBrain(ELPBrain):
-    """CTC over ``hparams.tokenizer`` tokens (blank = 0); validation reports WER.
+    """CTC (``hparams.loss``) over ``hparams.inventory`` tokens (blank = 0); validation reports WER.
 
     The batch carries ``sig`` (waveforms), ``tokens`` (padded token ids) and ``text``.
     """
@@ -48,10 +48,9 @@ class ASRBrain(ELPBrain):
         log_probs, frame_mask = predictions
         tokens, token_lens = batch.tokens
         input_lens = frame_mask.sum(1).float() / frame_mask.shape[1]
-        loss = sb.nnet.losses.ctc_loss(log_probs, tokens.to(self.device), input_lens,
-                                       token_lens.to(self.device), blank_index=0)
+        loss = self.hparams.loss(log_probs, tokens.to(self.device), input_lens, token_lens.to(self.device))
         if stage != sb.Stage.TRAIN:
-            tokenizer = self.hparams.tokenizer
+            tokenizer = self.hparams.inventory
             self.refs += list(batch.text)
             self.hyps += [tokenizer.decode(h) for h in greedy_ctc(log_probs, frame_mask)]
         return loss
@@ -67,5 +66,5 @@ class ASRBrain(ELPBrain):
         hyps = {}
         for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
             decoded = greedy_ctc(self.modules.head(feats), frame_mask)
-            hyps.update({utt: self.hparams.tokenizer.decode(h) for utt, h in zip(batch.id, decoded)})
+            hyps.update({utt: self.hparams.inventory.decode(h) for utt, h in zip(batch.id, decoded)})
         return hyps

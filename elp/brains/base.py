@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-import resource
+import math
 import time
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 
+from elp.brains.guards import NonFiniteGuard
 from elp.feature_cache import HiddenStateCache, cached_forward
-from elp.methods import PARAMETER_GROUPS
+from elp.methods import BACKBONE_GROUPS
+from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
 
 logger = logging.getLogger(__name__)
 
@@ -21,23 +23,36 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
-def peak_memory_mb(device: str | torch.device) -> float:
-    """Peak memory of this process: CUDA max allocated, or peak RSS on CPU (MiB)."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def known_lr_groups() -> set[str]:
+    """Every learning-rate group a recipe may name: the adapters' ``lr_group`` declarations
+    (any imported module class that declares one), the backbone's own groups and ``head``."""
+    groups, pending = set(BACKBONE_GROUPS) | {"head", "default"}, [torch.nn.Module]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if isinstance(getattr(cls, "lr_group", None), str):
+            groups.add(cls.lr_group)
+    return groups
 
 
-class ELPBrain(sb.Brain):
+class ELPBrain(NonFiniteGuard, sb.Brain):
     """Base Brain: ``modules`` holds ``model`` (:class:`elp.model.AdaptedSSL`) and ``head``.
 
-    Hparams it reads
-    ----------------
-    lr: dict, learning rate per parameter group (``head``, ``e``, ``l``, ``p``, ``ln``, ``lora``,
-        ``prefix``, ``backbone``); a group without an entry is an error.
-    train_logger: a SpeechBrain ``FileTrainLogger``.
-    valid_key: name of the validation statistic that selects the best checkpoint.
-    valid_key_mode: ``"min"`` or ``"max"``.
+    Hparams it reads (a recipe's YAML declares them; see ``recipes/conf/base.yaml``)
+    ------------------------------------------------------------------------------
+    task : elp.tasks.base.Task
+        The task kind (its ``valid_key``/``valid_key_mode`` pick the best checkpoint).
+    inventory : object
+        Tokenizer or label map (``elp.tasks.load_inventory``).
+    loss : callable
+        The training loss (e.g. ``torch.nn.CrossEntropyLoss``, SpeechBrain's ``ctc_loss``).
+    opt_class : callable
+        Called with a list of parameter groups (``torch.optim.Adam`` by default).
+    lr : dict
+        Learning rate per parameter group, ``default`` for the others.
+    lr_scheduler : callable, optional
+        Called with the optimizer before every optimizer step (:mod:`elp.schedulers`).
+    train_logger, epoch_counter : SpeechBrain objects.
 
     Subclasses implement :meth:`compute_forward`, :meth:`compute_objectives`, the per-stage
     statistics (:meth:`stage_stats`) and inference (:meth:`predict`).
@@ -51,23 +66,54 @@ class ELPBrain(sb.Brain):
 
     # ------------------------------------------------------------------ optimisation
     def init_optimizers(self):
-        """Adam with one parameter group (and learning rate) per group of :mod:`elp.methods`."""
+        """``opt_class`` over one parameter group per learning-rate group.
+
+        ``lr`` maps group names (:meth:`elp.model.AdaptedSSL.parameter_groups` plus ``head``)
+        to learning rates; ``default`` serves any group without its own entry. A name that is
+        no known group is an error (a typo would otherwise train at the default rate).
+        """
         lrs = dict(self.hparams.lr)
-        unknown = set(lrs) - set(PARAMETER_GROUPS)
+        unknown = set(lrs) - known_lr_groups()
         if unknown:
-            raise ValueError(f"lr has unknown groups {sorted(unknown)}; groups are {PARAMETER_GROUPS}")
+            raise ValueError(f"lr names unknown parameter groups {sorted(unknown)}; known groups: "
+                             f"{', '.join(sorted(known_lr_groups()))}")
+        default = lrs.get("default")
         groups = dict(unwrap(self.modules.model).parameter_groups())
         groups["head"] = self.head_parameters()
         param_groups = []
         for name, params in groups.items():
-            if name not in lrs:
-                raise ValueError(f"no learning rate for parameter group {name!r}: add lr.{name} to the hparams")
-            param_groups.append({"params": params, "lr": lrs[name], "name": name})
-            logger.info("parameter group %-8s %10d parameters, lr %g", name, sum(p.numel() for p in params), lrs[name])
-        self.optimizer = torch.optim.Adam(param_groups)
+            lr = lrs.get(name, default)
+            if lr is None:
+                raise ValueError(f"no learning rate for parameter group {name!r}: add lr.{name} "
+                                 "(or lr.default) to the hparams")
+            param_groups.append({"params": params, "lr": float(lr), "name": name})
+            logger.info("parameter group %-8s %10d parameters, lr %g", name, sum(p.numel() for p in params), lr)
+        self.optimizer = self.hparams.opt_class(param_groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    @property
+    def lr_scheduler(self):
+        """The hparams' ``lr_scheduler`` (called once per optimizer step), or ``None``."""
+        return getattr(self.hparams, "lr_scheduler", None)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        batch_sampler = loader_kwargs.get("batch_sampler")
+        if stage == sb.Stage.TRAIN and batch_sampler is not None and not self.distributed_launch:
+            self.train_sampler = batch_sampler  # SpeechBrain calls its set_epoch every epoch
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.train_batches_per_epoch = len(loader)
+        return loader
+
+    def on_fit_batch_start(self, batch, should_step):
+        scheduler = self.lr_scheduler
+        if should_step and scheduler is not None:
+            if scheduler.total_steps is None and getattr(self, "train_batches_per_epoch", None):
+                steps = math.ceil(self.train_batches_per_epoch / self.grad_accumulation_factor)
+                scheduler.set_total_steps(steps * self.hparams.epoch_counter.limit)
+            scheduler(self.optimizer)
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters of the task head (the ``head`` learning-rate group)."""
@@ -137,9 +183,9 @@ class ELPBrain(sb.Brain):
         stats.update(self.stage_stats(stage))
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr_head": self.optimizer.param_groups[-1]["lr"]},
+                stats_meta={"epoch": epoch, **{f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}},
                 train_stats=self.train_stats, valid_stats=stats)
-            key, mode = self.hparams.valid_key, self.hparams.valid_key_mode
+            key, mode = self.hparams.task.valid_key, self.hparams.task.valid_key_mode
             meta = {key: stats[key], "train_wall_s": self.train_wall_s}
             self.checkpointer.save_and_keep_only(
                 meta=meta, num_to_keep=1, **({"min_keys": [key]} if mode == "min" else {"max_keys": [key]}))
@@ -147,6 +193,23 @@ class ELPBrain(sb.Brain):
             self.hparams.train_logger.log_stats(stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
                                                 test_stats=stats)
         self.last_stats = stats
+
+    def recover_best(self) -> None:
+        """Load the checkpoint with the best validation statistic (the task's ``valid_key``).
+
+        Raises
+        ------
+        FileNotFoundError
+            When the experiment has no end-of-epoch checkpoint (a mistyped ``--tag``, or stage
+            3 has not run): evaluating a freshly initialised model would write wrong numbers.
+        """
+        key, mode = self.hparams.task.valid_key, self.hparams.task.valid_key_mode
+        checkpoint = self.checkpointer.find_checkpoint(**({"min_key": key} if mode == "min" else {"max_key": key}))
+        if checkpoint is None:
+            raise FileNotFoundError(f"{self.checkpointer.checkpoints_dir}: no trained checkpoint; run stage 3 "
+                                    "(training) for this --tag first")
+        self.checkpointer.load_checkpoint(checkpoint)
+        logger.info("loaded the best checkpoint %s (%s %s)", checkpoint.path.name, key, checkpoint.meta.get(key))
 
     def predict(self, dataset, loader_kwargs: dict) -> dict:
         """Run inference over ``dataset``; returns what the task writes in stage 4."""

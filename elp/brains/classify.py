@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from elp.brains.base import ELPBrain
 from elp.scoring import accuracy, unweighted_accuracy
 
 
 class UtteranceClassifierBrain(ELPBrain):
-    """Cross-entropy over ``hparams.label_map`` classes; validation reports accuracy and UA.
+    """Classes of ``hparams.inventory`` trained with ``hparams.loss``; validation reports accuracy and UA.
 
     The batch carries ``sig`` and ``label_id``.
     """
@@ -24,8 +23,8 @@ class UtteranceClassifierBrain(ELPBrain):
         return outputs
 
     def class_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of the head's outputs (cross-entropy)."""
-        return F.cross_entropy(outputs, targets)
+        """Training loss of the head's outputs (the hparams' ``loss``)."""
+        return self.hparams.loss(outputs, targets)
 
     def compute_objectives(self, outputs, batch, stage):
         targets = self.class_targets(batch)
@@ -39,14 +38,14 @@ class UtteranceClassifierBrain(ELPBrain):
 
     def stage_stats(self, stage):
         preds, targets = torch.cat(self.preds), torch.cat(self.targets)
-        num_classes = len(self.hparams.label_map)
+        num_classes = len(self.hparams.inventory)
         return {"accuracy": accuracy(preds, targets),
                 "ua": unweighted_accuracy(preds, targets, num_classes),
                 "error": 100.0 - accuracy(preds, targets)}
 
     def predict(self, dataset, loader_kwargs):
         """utt id -> predicted label name."""
-        labels = self.hparams.label_map.labels
+        labels = self.hparams.inventory.labels
         predictions = {}
         for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
             best = self.modules.head(feats, frame_mask).argmax(-1).tolist()

@@ -21,8 +21,12 @@ class SpeakerBrain(UtteranceClassifierBrain):
         return self.modules.classifier(embeddings)
 
     def class_loss(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """AAM-softmax cross-entropy."""
-        return self.modules.classifier.loss(embeddings, targets)
+        """The hparams' ``loss`` of the classifier's margin logits (AAM-softmax with cross-entropy).
+
+        The classifier is called as a module (its ``forward`` with targets), so under DDP the
+        call goes through the wrapper and its gradients are all-reduced.
+        """
+        return self.hparams.loss(self.modules.classifier(embeddings, targets), targets)
 
     def head_parameters(self):
         """The embedding head and the AAM classifier share the ``head`` learning rate."""

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from elp.backbones import BACKBONES
-from elp.methods import METHODS, PARAMETER_GROUPS
+from elp.methods import METHODS
 from elp.params import parameter_table
 
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table: backbone, method, learnable total and per-group counts."""
-    groups = [g for g in PARAMETER_GROUPS if any(g in row["groups"] for row in rows)]
+    groups = list(dict.fromkeys(g for row in rows for g in row["groups"]))
     header = ["backbone", "method", "learnable", *groups]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:

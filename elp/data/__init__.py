@@ -2,10 +2,13 @@
 
 - :mod:`elp.data.kaldi_dir`: read/write/validate data dirs, hand them to SpeechBrain.
 - :mod:`elp.data.audio`: read a ``wav.scp`` entry as a 16 kHz mono float32 waveform.
+- :mod:`elp.data.inventory`: token / label inventories (stage 2) and their checks.
+- :mod:`elp.data.errors`: :class:`DataError`, the one exception of data-side user errors.
 - :mod:`elp.data.prep`: shared plumbing of the corpus data-preparation scripts
   (``egs/<corpus>/<task>/local/data_prep.py``).
 """
-from elp.data.audio import AudioInfo, audio_info, num_samples, read_audio
+from elp.data.audio import AudioInfo, audio_info, check_audio, check_entry, num_samples, read_audio
+from elp.data.errors import AudioError, AudioNotFoundError, DataError, UnsafeEntryError
 from elp.data.kaldi_dir import (
     DataDir,
     DataDirError,
@@ -15,6 +18,7 @@ from elp.data.kaldi_dir import (
     read_data_dir,
     read_mapping,
     read_trials,
+    utterance_lengths,
     validate_data_dir,
     write_data_dir,
     write_mapping,
@@ -22,7 +26,8 @@ from elp.data.kaldi_dir import (
 )
 
 __all__ = [
-    "AudioInfo", "audio_info", "num_samples", "read_audio",
+    "AudioInfo", "audio_info", "check_audio", "check_entry", "num_samples", "read_audio",
+    "AudioError", "AudioNotFoundError", "DataError", "UnsafeEntryError", "utterance_lengths",
     "DataDir", "DataDirError", "Segment", "Trial", "data_dir_to_dict", "read_data_dir",
     "read_mapping", "read_trials", "validate_data_dir", "write_data_dir", "write_mapping",
     "write_trials",

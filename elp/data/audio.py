@@ -3,15 +3,30 @@
 A ``wav.scp`` value (an *entry*) is one of
 
 * a plain path to any file soundfile reads (wav, flac, ogg, ...);
-* ``path.ark:offset``, a wave matrix inside a Kaldi archive (read with kaldiio).
+* ``path.ark:offset``, a RIFF wave inside a Kaldi archive (as written by ``wav-copy`` or
+  ``kaldiio.save_ark(ark, {utt: (rate, samples)})``).
 
-Piped commands (``sox ... |``) are not supported: convert such corpora to files first.
+Nothing of an entry ever reaches a shell or an unpickler. Kaldi (and kaldiio) run entries
+that begin or end with ``|`` as shell commands, read ``-`` from standard input, and kaldiio
+unpickles ``PKL`` archive entries; so :func:`check_entry` refuses every entry with a ``|``
+anywhere, a leading ``-`` or whitespace (a command line in Kaldi's convention), and archive
+entries are parsed here (RIFF header + raw samples), never by ``kaldiio.load_mat``. Piped
+corpora must be converted to files first.
+
+Each recording is opened once (one ``open``, no ``stat`` of the path): soundfile reads from
+that descriptor, and for WAV files (plain or inside an archive) the RIFF chunk headers are
+read with ``pread`` to detect a truncated data chunk (the header declares more frames than
+the file holds; libsndfile silently reports the shorter length). Archive entries are
+measured from their RIFF header alone.
+
 An optional segment ``(start, end)`` in seconds (Kaldi ``segments`` convention, ``end < 0``
 meaning "to the end of the recording") cuts a part of the recording.
 
 Every waveform comes out mono (channels averaged) at ``target_sr`` (16 kHz by default),
-resampled with :func:`torchaudio.functional.resample`. That resampling happens is logged
-once per distinct source rate, not once per file.
+resampled with :func:`torchaudio.functional.resample`; resampling is logged once per
+distinct source rate. :func:`read_audio` refuses non-finite samples (NaN/inf) and short
+reads, naming the utterance and the entry; :func:`check_audio` (stage 1) also detects
+them without loading whole files where the format cannot hold them (integer PCM, FLAC).
 
 Example
 -------
@@ -22,6 +37,10 @@ Example
 torch.Size([1600])
 >>> num_samples(path)
 1600
+>>> check_entry("sox in.flac -t wav - |", utt="u1")
+Traceback (most recent call last):
+...
+elp.data.errors.UnsafeEntryError: utt 'u1': wav.scp entry 'sox in.flac -t wav - |' contains '|' (kaldiio and Kaldi run such entries with a shell); convert the audio to files first (e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp
 """
 from __future__ import annotations
 
@@ -29,6 +48,7 @@ import logging
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -36,6 +56,8 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio.functional
+
+from elp.data.errors import AudioError, AudioNotFoundError, UnsafeEntryError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +69,11 @@ Segment = Tuple[float, float]
 
 _ARK_ENTRY = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
 _resampling_logged: set = set()
+_INTEGER_SUBTYPES = ("PCM_", "ULAW", "ALAW", "DPCM_", "DWVW_", "IMA_ADPCM", "MS_ADPCM", "GSM610",
+                     "G721_32", "G723_", "VOX_ADPCM", "NMS_ADPCM", "ALAC_")
+"""soundfile subtypes that store integers: their samples are always finite."""
+_SCAN_BLOCK = 1 << 20
+_UNKNOWN_SIZE = 0xFFFFFFFF  # data chunk size of a streamed WAV whose length was never written
 
 
 @dataclass(frozen=True)
@@ -100,57 +127,294 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     return -(-num_frames * new // orig)
 
 
-def _split_ark_entry(entry: str) -> Optional[Tuple[str, int]]:
-    """``(ark path, offset)`` if ``entry`` is an ark entry, None if it is a plain path."""
-    if os.path.exists(entry):
-        return None
-    match = _ARK_ENTRY.match(entry)
-    if match is None or not os.path.exists(match.group("path")):
-        return None
-    return match.group("path"), int(match.group("offset"))
+def _where(utt: Optional[str]) -> str:
+    return f"utt {utt!r}: " if utt else ""
 
 
-def _check_entry(entry: str) -> None:
-    """Raise a clear error for entries that name no readable source."""
-    if entry.rstrip().endswith("|"):
-        raise ValueError(
-            f"piped wav.scp entry {entry!r} is not supported: write the audio to files "
-            "(e.g. with sox or ffmpeg) and list their paths in wav.scp"
-        )
-    if not os.path.exists(entry) and _split_ark_entry(entry) is None:
-        raise FileNotFoundError(f"audio not found: {entry!r} (neither a file nor path.ark:offset)")
-
-
-def _load_ark_wave(entry: str) -> Tuple[np.ndarray, int]:
-    """Read a Kaldi wave matrix: returns float32 ``[T, C]`` in [-1, 1] and its rate."""
-    import kaldiio
-
-    loaded = kaldiio.load_mat(entry)
-    if not isinstance(loaded, tuple):
-        raise ValueError(
-            f"{entry!r} holds a feature matrix, not a waveform: wav.scp must name audio "
-            "(a Kaldi wave ark written with kaldiio.save_ark(ark, {utt: (rate, samples)}))"
-        )
-    rate, samples = loaded
-    samples = np.asarray(samples)
-    if np.issubdtype(samples.dtype, np.integer):
-        scale = float(np.iinfo(samples.dtype).max) + 1.0
-        samples = samples.astype(np.float32) / scale
-    samples = samples.astype(np.float32, copy=False)
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    return samples, int(rate)
-
-
-def audio_info(entry: str) -> AudioInfo:
-    """Length, rate and channels of the audio an entry names (cheap: a header read).
-
-    Plain files are queried with :func:`soundfile.info`; ark entries have to be loaded.
+def unsafe_entry_reason(entry: str) -> Optional[str]:
+    """Why an entry could reach a shell or standard input (None when it is a safe path).
 
     Arguments
     ---------
     entry : str
         A ``wav.scp`` value.
+
+    Returns
+    -------
+    str or None
+        The reason, worded to follow "entry '...'".
+
+    Example
+    -------
+    >>> unsafe_entry_reason("/corpus/a.flac") is None
+    True
+    >>> unsafe_entry_reason("evil |:0")
+    "contains '|' (kaldiio and Kaldi run such entries with a shell)"
+    """
+    if not entry:
+        return "is empty"
+    if "|" in entry:
+        return "contains '|' (kaldiio and Kaldi run such entries with a shell)"
+    if entry.startswith("-"):
+        return "starts with '-' (read as standard input or taken for a command-line option)"
+    if any(ch.isspace() for ch in entry):
+        return "contains whitespace (a command line in Kaldi's convention, run with a shell)"
+    if "\x00" in entry:
+        return "contains a NUL byte"
+    return None
+
+
+def check_entry(entry: str, utt: Optional[str] = None, where: str = "") -> None:
+    """Refuse an entry that any reader could hand to a shell or to standard input.
+
+    Arguments
+    ---------
+    entry : str
+        A ``wav.scp`` value.
+    utt : str, optional
+        Utterance (or recording) named in the message.
+    where : str
+        Prefix of the message, e.g. ``"data/test/wav.scp:3: "``.
+
+    Raises
+    ------
+    UnsafeEntryError
+        Naming the entry, why it is refused and the fix (convert to files first).
+    """
+    reason = unsafe_entry_reason(entry)
+    if reason is not None:
+        raise UnsafeEntryError(
+            f"{where}{_where(utt)}wav.scp entry {entry!r} {reason}; convert the audio to files first "
+            "(e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp"
+        )
+
+
+# --------------------------------------------------------------------------- RIFF headers
+@dataclass(frozen=True)
+class _Riff:
+    """What the chunk headers of a RIFF/WAVE stream declare."""
+
+    format_tag: int
+    channels: int
+    sample_rate: int
+    bits: int
+    data_offset: int
+    declared_bytes: int
+    available_bytes: int
+
+    @property
+    def block_align(self) -> int:
+        return max(1, self.channels * self.bits // 8)
+
+    @property
+    def declared_frames(self) -> int:
+        return self.declared_bytes // self.block_align
+
+    @property
+    def available_frames(self) -> int:
+        return min(self.declared_bytes, max(0, self.available_bytes)) // self.block_align
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_bytes != _UNKNOWN_SIZE and self.declared_bytes > self.available_bytes
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, 1 << 30), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_riff(fd: int, base: int, file_size: int) -> Optional[_Riff]:
+    """The RIFF/WAVE header at ``base`` (None if there is none or it is malformed)."""
+    head = _pread(fd, 12, base)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position, fmt = base + 12, None
+    for _ in range(256):  # bounded walk over the chunk headers
+        chunk = _pread(fd, 8, position)
+        if len(chunk) < 8:
+            return None
+        chunk_id, size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+        if chunk_id == b"fmt ":
+            body = _pread(fd, min(size, 40), position + 8)
+            if len(body) < 16:
+                return None
+            tag, channels, rate = struct.unpack_from("<HHI", body, 0)
+            bits = struct.unpack_from("<H", body, 14)[0]
+            if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format
+                tag = struct.unpack_from("<H", body, 24)[0]
+            fmt = (tag, channels, rate, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                return None
+            return _Riff(*fmt, data_offset=position + 8, declared_bytes=size,
+                         available_bytes=file_size - (position + 8))
+        position += 8 + size + (size & 1)
+    return None
+
+
+_ARK_DTYPES = {(1, 8): np.dtype("u1"), (1, 16): np.dtype("<i2"), (1, 32): np.dtype("<i4"),
+               (3, 32): np.dtype("<f4"), (3, 64): np.dtype("<f8")}
+
+
+def _to_float(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return (raw.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.float32) / (float(np.iinfo(raw.dtype).max) + 1.0)
+    return raw.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- one open per read
+class _Recording:
+    """An opened recording: a plain file read by soundfile, or a wave inside a Kaldi ark.
+
+    Opens the source exactly once (``os.open``); use as a context manager.
+    """
+
+    def __init__(self, entry: str, utt: Optional[str] = None):
+        check_entry(entry, utt)
+        self.entry, self.where = entry, _where(utt)
+        self.fd, ark_offset = self._open(entry)
+        self.sound: Optional[soundfile.SoundFile] = None
+        try:
+            file_size = os.fstat(self.fd).st_size
+            if ark_offset is not None:
+                self._init_ark(ark_offset, file_size)
+            else:
+                self._init_file(file_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, entry: str) -> Tuple[int, Optional[int]]:
+        match = _ARK_ENTRY.match(entry)
+        if match is not None:
+            try:
+                return os.open(match.group("path"), os.O_RDONLY), int(match.group("offset"))
+            except FileNotFoundError:
+                pass  # maybe a plain file whose name ends in ":<digits>"
+            except OSError as error:
+                raise AudioError(f"{self.where}cannot open audio {entry!r}: {error.strerror}") from None
+        try:
+            return os.open(entry, os.O_RDONLY), None
+        except FileNotFoundError:
+            raise AudioNotFoundError(
+                f"{self.where}audio not found: {entry!r} (neither a file nor path.ark:offset); "
+                "fix the path in wav.scp or remove the utterance"
+            ) from None
+        except OSError as error:
+            raise AudioError(f"{self.where}cannot open audio {entry!r}: {error.strerror}") from None
+
+    def _init_ark(self, offset: int, file_size: int) -> None:
+        self.riff = _parse_riff(self.fd, offset, file_size)
+        if self.riff is None:
+            head = _pread(self.fd, 5, offset)
+            kind = "a Kaldi matrix (features)" if head[:2] == b"\x00B" else f"no RIFF wave (starts {head!r})"
+            raise AudioError(
+                f"{self.where}{self.entry!r} holds {kind}, not a waveform: wav.scp must name audio "
+                "(a RIFF wave ark written by wav-copy or kaldiio.save_ark(ark, {utt: (rate, samples)}))"
+            )
+        key = (self.riff.format_tag, self.riff.bits)
+        if key not in _ARK_DTYPES:
+            raise AudioError(f"{self.where}{self.entry!r}: unsupported wave format (tag {key[0]}, "
+                             f"{key[1]} bits); use 8/16/32-bit PCM or 32/64-bit float")
+        self.dtype = _ARK_DTYPES[key]
+        self.subtype = "FLOAT" if key[0] == 3 else "PCM"
+        self.info = AudioInfo(self.riff.declared_frames, self.riff.sample_rate, self.riff.channels)
+
+    def _init_file(self, file_size: int) -> None:
+        self.riff = _parse_riff(self.fd, 0, file_size)
+        try:
+            self.sound = soundfile.SoundFile(self.fd, closefd=False)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise AudioError(f"{self.where}cannot read audio {self.entry!r}: {error}") from None
+        self.subtype = self.sound.subtype
+        self.info = AudioInfo(int(self.sound.frames), int(self.sound.samplerate), int(self.sound.channels))
+
+    # ------------------------------------------------------------------ checks and reads
+    def check_truncation(self) -> None:
+        if self.riff is not None and self.riff.truncated:
+            raise AudioError(
+                f"{self.where}audio {self.entry!r} is truncated: its header declares "
+                f"{self.riff.declared_frames} frames but the file holds {self.riff.available_frames}; "
+                "re-create (re-download or re-convert) the file or remove the utterance from the data dir"
+            )
+
+    @property
+    def may_hold_non_finite(self) -> bool:
+        return not self.subtype.startswith(_INTEGER_SUBTYPES) and self.subtype != "PCM"
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as float32 ``[T, C]``; a short read is an error."""
+        if self.sound is None:
+            nbytes = (stop - start) * self.riff.block_align
+            raw = _pread(self.fd, nbytes, self.riff.data_offset + start * self.riff.block_align)
+            raw = raw[: len(raw) - len(raw) % self.riff.block_align]
+            samples = _to_float(np.frombuffer(raw, self.dtype).reshape(-1, self.riff.channels))
+        else:
+            try:
+                self.sound.seek(start)
+                samples = self.sound.read(stop - start, dtype="float32", always_2d=True)
+            except (RuntimeError, ValueError) as error:
+                raise AudioError(f"{self.where}cannot decode audio {self.entry!r}: {error}") from None
+        if samples.shape[0] != stop - start:
+            raise AudioError(
+                f"{self.where}audio {self.entry!r} is truncated: decoded {start + samples.shape[0]} of the "
+                f"{stop} frames its header declares; re-create the file or remove the utterance"
+            )
+        return samples
+
+    def check_finite(self, samples: np.ndarray, start: int = 0) -> None:
+        """Raise naming the count and the first time of non-finite samples (``[T, C]``)."""
+        if np.isfinite(samples.sum(dtype=np.float64)):  # fast path: a sum of finite audio is finite
+            return
+        bad = ~np.isfinite(samples)
+        if bad.any():
+            first = start + int(np.argmax(bad.any(axis=1)))
+            raise AudioError(
+                f"{self.where}audio {self.entry!r} holds {int(bad.any(axis=1).sum())} non-finite sample(s) "
+                f"(NaN or inf; first at {first / self.info.sample_rate:.3f} s): the recording is corrupt; "
+                "re-create it or remove the utterance from every file of the data dir"
+            )
+
+    def scan(self) -> None:
+        """Decode everything block by block: truncated streams and non-finite samples raise."""
+        for start in range(0, self.info.num_frames, _SCAN_BLOCK):
+            stop = min(start + _SCAN_BLOCK, self.info.num_frames)
+            self.check_finite(self.read(start, stop), start)
+
+    def close(self) -> None:
+        if self.sound is not None:
+            self.sound.close()
+            self.sound = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "_Recording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
+    """Length, rate and channels of the audio an entry names (one open, headers only).
+
+    Arguments
+    ---------
+    entry : str
+        A ``wav.scp`` value.
+    utt : str, optional
+        Utterance named in error messages.
 
     Returns
     -------
@@ -164,13 +428,49 @@ def audio_info(entry: str) -> AudioInfo:
     >>> audio_info(path)
     AudioInfo(num_frames=4000, sample_rate=8000, num_channels=1)
     """
-    _check_entry(entry)
-    ark = _split_ark_entry(entry)
-    if ark is not None:
-        samples, rate = _load_ark_wave(entry)
-        return AudioInfo(samples.shape[0], rate, samples.shape[1])
-    info = soundfile.info(entry)
-    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+    with _Recording(entry, utt) as recording:
+        return recording.info
+
+
+def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bool] = None) -> AudioInfo:
+    """Stage-1 check of a recording: safe entry, readable, not truncated, finite samples.
+
+    Arguments
+    ---------
+    entry : str
+        A ``wav.scp`` value.
+    utt : str, optional
+        Utterance (or recording) named in error messages.
+    scan_samples : bool, optional
+        Decode every sample. None (default) decodes only formats that can hold non-finite
+        values (float WAV, lossy codecs); integer PCM and FLAC are checked from their
+        headers (a WAV data chunk shorter than declared is caught there). True also decodes
+        integer formats (catches corrupt FLAC streams, at the cost of a full read).
+
+    Returns
+    -------
+    AudioInfo
+
+    Raises
+    ------
+    AudioError
+        Naming the utterance, the entry and the fix.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "nan.wav")
+    >>> sf.write(path, np.array([0.0, np.nan] * 400, dtype="float32"), 16000, subtype="FLOAT")
+    >>> check_audio(path, utt="u7")
+    Traceback (most recent call last):
+    ...
+    elp.data.errors.AudioError: utt 'u7': audio '...nan.wav' holds 400 non-finite sample(s) (NaN or inf; first at 0.000 s): the recording is corrupt; re-create it or remove the utterance from every file of the data dir
+    """
+    with _Recording(entry, utt) as recording:
+        recording.check_truncation()
+        if scan_samples or (scan_samples is None and recording.may_hold_non_finite):
+            recording.scan()
+        return recording.info
 
 
 def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int) -> Tuple[int, int]:
@@ -203,14 +503,28 @@ def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int
     start = int(round(start_s * sample_rate))
     stop = num_frames if end_s < 0 else min(int(round(end_s * sample_rate)), num_frames)
     if start < 0 or start >= stop:
-        raise ValueError(
+        raise AudioError(
             f"segment {start_s}-{end_s} s is empty or outside the recording "
             f"({num_frames / sample_rate:.3f} s long)"
         )
     return start, stop
 
 
-def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Optional[Segment] = None) -> int:
+def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
+                        segment: Optional[Segment] = None) -> int:
+    """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
+
+    Example
+    -------
+    >>> segment_num_samples(AudioInfo(16000, 8000, 1), 16000, (0.5, 1.0))
+    8000
+    """
+    start, stop = segment_frames(segment, info.sample_rate, info.num_frames)
+    return resampled_length(stop - start, info.sample_rate, target_sr)
+
+
+def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Optional[Segment] = None,
+                utt: Optional[str] = None) -> int:
     """Number of samples :func:`read_audio` returns for an entry, from its header only.
 
     Arguments
@@ -221,14 +535,14 @@ def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Option
         Rate the samples are counted at (after resampling).
     segment : (float, float) or None
         Optional part of the recording in seconds.
+    utt : str, optional
+        Utterance named in error messages.
 
     Returns
     -------
     int
     """
-    info = audio_info(entry)
-    start, stop = segment_frames(segment, info.sample_rate, info.num_frames)
-    return resampled_length(stop - start, info.sample_rate, target_sr)
+    return segment_num_samples(audio_info(entry, utt), target_sr, segment)
 
 
 def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
@@ -239,8 +553,12 @@ def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
 
 
 def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
-               segment: Optional[Segment] = None) -> torch.Tensor:
+               segment: Optional[Segment] = None, utt: Optional[str] = None) -> torch.Tensor:
     """Read the audio a ``wav.scp`` entry names: mono, float32, at ``target_sr``.
+
+    One ``open`` per call. Non-finite samples, a truncated WAV data chunk and short reads
+    raise :class:`~elp.data.errors.AudioError` naming ``utt`` and the entry, so a corrupt
+    recording can never be trained on or silently predicted.
 
     Arguments
     ---------
@@ -250,6 +568,8 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
         Output rate in Hz (16 kHz for every backbone of the toolkit).
     segment : (float, float) or None
         ``(start, end)`` seconds to cut (``end < 0``: to the end), as in Kaldi ``segments``.
+    utt : str, optional
+        Utterance named in error messages.
 
     Returns
     -------
@@ -264,16 +584,16 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     >>> read_audio(path, segment=(0.25, 0.5)).shape
     torch.Size([4000])
     """
-    _check_entry(entry)
-    if _split_ark_entry(entry) is not None:
-        samples, rate = _load_ark_wave(entry)
-        start, stop = segment_frames(segment, rate, samples.shape[0])
-        samples = samples[start:stop]
-    else:
-        info = soundfile.info(entry)
-        rate = int(info.samplerate)
-        start, stop = segment_frames(segment, rate, int(info.frames))
-        samples, _ = soundfile.read(entry, start=start, stop=stop, dtype="float32", always_2d=True)
+    with _Recording(entry, utt) as recording:
+        recording.check_truncation()
+        rate = recording.info.sample_rate
+        try:
+            start, stop = segment_frames(segment, rate, recording.info.num_frames)
+        except AudioError as error:
+            raise AudioError(f"{_where(utt)}{entry!r}: {error}") from None
+        samples = recording.read(start, stop)
+        if recording.may_hold_non_finite and not np.isfinite(samples.sum(dtype=np.float64)):
+            recording.check_finite(samples, start)  # integer formats cannot hold NaN/inf
     waveform = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32)))
     if rate != target_sr:
         _log_resampling_once(rate, target_sr)

@@ -12,10 +12,21 @@ A data dir holds one file per mapping, one ``<key> <value>`` line per utterance,
 ``utt2label``       ``<utt> <class>``: THE label file of classification tasks (emotion for
                     ER, intent for IC); one generic name so every recipe reads the same file
 ``segments``        ``<utt> <recording> <start-s> <end-s>`` (optional; ``end`` -1 = to the end)
-``utt2num_samples`` ``<utt> <samples at 16 kHz after resampling>`` (written by validation)
+``utt2num_samples`` ``<utt> <samples at 16 kHz after resampling>`` (written by validation;
+                    trusted by :func:`utterance_lengths` while newer than ``wav.scp``)
 ``trials``          ``<enroll-utt> <test-utt> target|nontarget`` (speaker verification; kept
                     in the order given, not a key-value file)
 =================== ==========================================================================
+
+Labels (``utt2label``, ``utt2spk`` and every other ``utt2*`` file) are one non-empty token;
+transcripts are non-empty. Files are UTF-8 (an undecodable byte is an error naming the file
+and line). No entry of ``wav.scp`` may contain a pipe, start with ``-`` or hold whitespace
+(see :func:`elp.data.audio.check_entry`): nothing of a data file ever reaches a shell.
+
+``.audio_checked`` (JSON, written by :func:`validate_data_dir` after every recording passed
+its audio checks) lets a later validation trust ``utt2num_samples`` instead of re-reading
+every header, as long as it is newer than ``wav.scp``/``segments``;
+:func:`write_data_dir` removes it.
 
 Typical use::
 
@@ -25,14 +36,19 @@ Typical use::
 """
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from elp.data.audio import TARGET_SAMPLE_RATE, num_samples
+from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
+                            segment_num_samples, unsafe_entry_reason)
+from elp.data.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +68,16 @@ UTT2NUM_SAMPLES = "utt2num_samples"
 TRIALS = "trials"
 DATA_DIR_FILES = (WAV_SCP, UTT2SPK, SPK2UTT, TEXT, UTT2LABEL, SEGMENTS, UTT2NUM_SAMPLES, TRIALS)
 """Every file :func:`write_data_dir` manages (stale ones are removed when rewriting)."""
+AUDIO_CHECKED = ".audio_checked"
+"""Stamp of a completed audio check (see the module docstring)."""
+_AUDIO_CHECK_VERSION = 1
+DEFAULT_MAX_DROP = 0.05
+"""Largest share of a set's utterances (or trials) ``fix=True`` may remove."""
 
 _MAX_LISTED_PROBLEMS = 20
 
 
-class DataDirError(ValueError):
+class DataDirError(DataError):
     """A data directory (or one of its files) is malformed; the message says how to fix it."""
 
 
@@ -114,6 +135,75 @@ def _check_key(key: str, where: str) -> None:
         raise DataDirError(f"{where}: key {key!r} is empty or contains whitespace (Kaldi keys are single tokens)")
 
 
+def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file; bad bytes raise naming file and line.
+
+    Arguments
+    ---------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    list of (int, str)
+        1-based line numbers and lines without their line break.
+
+    Raises
+    ------
+    DataDirError
+        The file is missing, starts with a byte-order mark or is not UTF-8.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "text")
+    >>> _ = open(path, "wb").write(bytes([117, 49, 10, 117, 50, 32, 99, 97, 102, 0xE9, 10]))  # "u1", "u2 caf\\xe9"
+    >>> read_text_lines(path)
+    Traceback (most recent call last):
+    ...
+    elp.data.kaldi_dir.DataDirError: ...text:2: not valid UTF-8 (byte 0xe9 at column 7); convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8 ...
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataDirError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataDirError(f"{path}: is a directory, expected a text file") from None
+    if data.startswith(codecs.BOM_UTF8):
+        raise DataDirError(f"{path}:1: starts with a UTF-8 byte-order mark, which would become part of the "
+                           f"first key; remove it (e.g. sed -i '1s/^\xEF\xBB\xBF//' {path})")
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    result = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            result.append((number, raw.decode("utf-8").rstrip("\r")))
+        except UnicodeDecodeError as error:
+            raise DataDirError(
+                f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}"
+            ) from None
+    return result
+
+
+def read_numbered_lines(path: PathLike) -> List[Tuple[int, str, str]]:
+    """``(line number, key, value)`` of a Kaldi mapping file, duplicates kept (for validation).
+
+    The value is the rest of the line after the first whitespace (may contain spaces, as in
+    ``text``; may be empty). Blank lines are skipped.
+    """
+    result = []
+    for number, line in read_text_lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=1)
+        result.append((number, parts[0], parts[1] if len(parts) > 1 else ""))
+    return result
+
+
 def read_mapping_lines(path: PathLike) -> List[Tuple[str, str]]:
     """Read ``<key> <value>`` lines in file order, keeping duplicates (for validation).
 
@@ -127,18 +217,48 @@ def read_mapping_lines(path: PathLike) -> List[Tuple[str, str]]:
     -------
     list of (str, str)
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataDirError(f"{path}: file not found")
-    lines = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            lines.append((parts[0], parts[1] if len(parts) > 1 else ""))
-    return lines
+    return [(key, value) for _, key, value in read_numbered_lines(path)]
+
+
+def token_problem(path: PathLike, number: int, key: str, value: str) -> Optional[str]:
+    """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
+
+    Example
+    -------
+    >>> token_problem("d/utt2label", 3, "u3", "neu sad")
+    "d/utt2label:3: utt 'u3' has 2 tokens 'neu sad' as its label; a label is one token (join words with '_', or fix the data preparation)"
+    >>> token_problem("d/utt2label", 3, "u3", "neu") is None
+    True
+    """
+    tokens = value.split()
+    if len(tokens) == 1:
+        return None
+    kind = "speaker" if Path(path).name == UTT2SPK else "label"
+    if not tokens:
+        return (f"{path}:{number}: utt {key!r} has an empty {kind}; a {kind} is one token "
+                "(write it, or remove the utterance from every file of the data dir)")
+    return (f"{path}:{number}: utt {key!r} has {len(tokens)} tokens {value!r} as its {kind}; a {kind} is one "
+            "token (join words with '_', or fix the data preparation)")
+
+
+def read_token_mapping(path: PathLike) -> Dict[str, str]:
+    """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file).
+
+    Raises
+    ------
+    DataDirError
+        For a duplicated key, an empty value or a value of several tokens (naming the file,
+        line and utterance).
+    """
+    mapping: Dict[str, str] = {}
+    for number, key, value in read_numbered_lines(path):
+        problem = token_problem(path, number, key, value)
+        if problem is not None:
+            raise DataDirError(problem)
+        if key in mapping:
+            raise DataDirError(f"{path}:{number}: key {key!r} occurs more than once; keep one line per key")
+        mapping[key] = value
+    return mapping
 
 
 def read_mapping(path: PathLike) -> Dict[str, str]:
@@ -279,16 +399,15 @@ def read_trials(path: PathLike) -> List[Trial]:
         In file order.
     """
     trials = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3 or parts[2] not in ("target", "nontarget"):
-                raise DataDirError(
-                    f"{path}:{number}: expected '<enroll-utt> <test-utt> target|nontarget', got {line.strip()!r}"
-                )
-            trials.append(Trial(parts[0], parts[1], parts[2] == "target"))
+    for number, line in read_text_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[2] not in ("target", "nontarget"):
+            raise DataDirError(
+                f"{path}:{number}: expected '<enroll-utt> <test-utt> target|nontarget', got {line.strip()!r}"
+            )
+        trials.append(Trial(parts[0], parts[1], parts[2] == "target"))
     return trials
 
 
@@ -377,6 +496,7 @@ def write_data_dir(
             raise DataDirError(f"{data_dir}: trials name utterances absent from the dir: {unknown[:5]}")
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / AUDIO_CHECKED).unlink(missing_ok=True)  # the audio check covered the old files
     given = {WAV_SCP: wav_scp, SPK2UTT: utt2spk, SEGMENTS: segments, TRIALS: trials, **per_utt}
     for name in DATA_DIR_FILES:
         if given[name] is None and (data_dir / name).exists():
@@ -403,7 +523,8 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
     Raises
     ------
     DataDirError
-        If ``wav.scp`` or ``utt2spk`` is missing or a key is duplicated.
+        If ``wav.scp`` or ``utt2spk`` is missing, a key is duplicated, a file is not UTF-8,
+        or a speaker / label is not one token.
     """
     data_dir = Path(data_dir)
 
@@ -415,9 +536,9 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
             raise DataDirError(f"{data_dir}: {name} is missing (every data dir needs {WAV_SCP} and {UTT2SPK})")
     return DataDir(
         wav_scp=read_mapping(data_dir / WAV_SCP),
-        utt2spk=read_mapping(data_dir / UTT2SPK),
+        utt2spk=read_token_mapping(data_dir / UTT2SPK),
         text=optional(TEXT, read_mapping),
-        utt2label=optional(UTT2LABEL, read_mapping),
+        utt2label=optional(UTT2LABEL, read_token_mapping),
         segments=optional(SEGMENTS, read_segments),
         utt2num_samples=optional(UTT2NUM_SAMPLES, read_utt2num_samples),
         trials=optional(TRIALS, read_trials),
@@ -484,11 +605,11 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
 
 # --------------------------------------------------------------------------- validation
-def _utterance_files(data_dir: Path, check_audio: bool) -> List[str]:
+def _utterance_files(data_dir: Path, use_counts: bool) -> List[str]:
     """Names of the files keyed by utterance that exist in ``data_dir``."""
     names = [UTT2SPK, TEXT, SEGMENTS]
     names += sorted(p.name for p in data_dir.glob("utt2*") if p.name not in (UTT2SPK, UTT2NUM_SAMPLES))
-    if not check_audio:
+    if use_counts:
         names.append(UTT2NUM_SAMPLES)
     if not (data_dir / SEGMENTS).is_file():
         names.insert(0, WAV_SCP)
@@ -536,19 +657,34 @@ def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
 
 
 def _raise_if_problems(data_dir: Path, problems: List[str]) -> None:
+    """One :class:`DataDirError` of one line listing (up to 20 of) the problems."""
     if not problems:
         return
+    if len(problems) == 1:
+        raise DataDirError(f"{data_dir}: {problems[0]}")
     shown = problems[:_MAX_LISTED_PROBLEMS]
     more = len(problems) - len(shown)
-    message = f"{data_dir}: {len(problems)} problem(s):\n  - " + "\n  - ".join(shown)
+    message = f"{data_dir}: {len(problems)} problems: " + " | ".join(
+        f"({index}) {problem}" for index, problem in enumerate(shown, start=1))
     if more:
-        message += f"\n  ... and {more} more"
+        message += f" | ... and {more} more"
     raise DataDirError(message)
 
 
+def _file_of(where: str) -> str:
+    """``"wav.scp (recording 'r')"`` -> ``"wav.scp"``."""
+    return where.split(" ", 1)[0]
+
+
 def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: List[str],
-                                reco_of: Dict[str, str], fix: bool, problems: List[str]) -> None:
-    """Every utterance must be in every utterance file (and its recording in wav.scp)."""
+                                reco_of: Dict[str, str], fix: bool, max_drop: float,
+                                problems: List[str]) -> None:
+    """Every utterance must be in every utterance file (and its recording in wav.scp).
+
+    Without ``fix`` each gap is a problem; with ``fix`` the incomplete utterances are removed
+    from every table (each logged, with per-file counts) unless they exceed ``max_drop`` of
+    the set, which is a problem naming how many and why.
+    """
     all_utts = set().union(*(tables[name] for name in utt_names))
     missing_from: Dict[str, List[str]] = defaultdict(list)
     for name in utt_names:
@@ -557,21 +693,99 @@ def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: Li
     for utt, reco in reco_of.items():
         if reco not in tables[WAV_SCP]:
             missing_from[utt].append(f"{WAV_SCP} (recording {reco!r})")
+    if not missing_from:
+        return
+    counts = Counter(_file_of(where) for wheres in missing_from.values() for where in wheres)
+    breakdown = ", ".join(f"missing from {name}: {counts[name]}" for name in sorted(counts))
+    first = min(missing_from)
+    present = [name for name in utt_names if first in tables[name]]
+    example = (f"utt {first!r} is missing from {', '.join(missing_from[first])} "
+               f"(present in {', '.join(present)})")
+    total, dropped = len(all_utts), len(missing_from)
+    if not fix:
+        problems.append(
+            f"{dropped} utterance(s) are not in every file ({breakdown}); e.g. {example}; add them there or "
+            "remove them everywhere (validate_data.py --fix removes them from train/dev sets, --fix-test "
+            "from test sets, as long as at most --max-drop of the set goes)"
+        )
+        return
+    if dropped > max_drop * total:
+        problems.append(
+            f"--fix would remove {dropped} of {total} utterance(s) ({dropped / total:.1%} > --max-drop "
+            f"{max_drop:.1%}): {breakdown}; e.g. {example}; a file is probably truncated or from another "
+            "set: repair it, or raise --max-drop if removing them is intended"
+        )
+        return
     for utt in sorted(missing_from):
-        present = [name for name in utt_names if utt in tables[name]]
-        where = ", ".join(missing_from[utt])
-        if fix:
-            logger.warning("removing utterance %r: missing from %s", utt, where)
-        else:
-            problems.append(
-                f"utt {utt!r} is missing from {where} (present in {', '.join(present)}); add it there "
-                "or remove it everywhere (validate_data_dir(fix=True) removes it)"
-            )
-    if fix and missing_from:
-        logger.warning("removed %d utterance(s) not present in every file", len(missing_from))
-        for name in utt_names:
-            for utt in missing_from:
-                tables[name].pop(utt, None)
+        logger.warning("removing utterance %r: missing from %s", utt, ", ".join(missing_from[utt]))
+    logger.warning("removed %d utterance(s) not present in every file (%d of %d; %s)",
+                   dropped, dropped, total, breakdown)
+    for name in utt_names:
+        for utt in missing_from:
+            tables[name].pop(utt, None)
+
+
+def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> bool:
+    """Whether ``.audio_checked`` vouches for ``utt2num_samples`` and the current file lists."""
+    stamp = data_dir / AUDIO_CHECKED
+    try:
+        record = json.loads(stamp.read_text())
+        stamp_time = stamp.stat().st_mtime_ns
+        if (record.get("version") != _AUDIO_CHECK_VERSION or record.get("target_sr") != target_sr
+                or (scan_samples and record.get("scan_samples") is not True)):
+            return False
+        inputs = [data_dir / UTT2NUM_SAMPLES, data_dir / WAV_SCP]
+        if (data_dir / SEGMENTS).exists():
+            inputs.append(data_dir / SEGMENTS)
+        return all(path.stat().st_mtime_ns <= stamp_time for path in inputs)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> None:
+    record = {"version": _AUDIO_CHECK_VERSION, "target_sr": target_sr, "scan_samples": bool(scan_samples),
+              "checks": "safe entries, readable, data chunk complete, finite samples of float formats"}
+    (data_dir / AUDIO_CHECKED).write_text(json.dumps(record) + "\n")
+
+
+def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mapping[str, int],
+                   utts: Sequence[str], segments: Mapping[str, Segment], target_sr: int,
+                   deep: bool, scan_samples: Optional[bool], jobs: int,
+                   problems: List[str]) -> Dict[str, int]:
+    """Samples at ``target_sr`` of every utterance, each recording opened once.
+
+    ``deep`` runs :func:`elp.data.audio.check_audio` (truncation, non-finite samples),
+    otherwise headers only. ``jobs`` threads open recordings concurrently.
+    """
+    by_recording: Dict[str, List[str]] = defaultdict(list)
+    for utt in utts:
+        by_recording[segments[utt].recording if utt in segments else utt].append(utt)
+    recordings = sorted(by_recording)
+
+    def inspect(reco: str):
+        try:
+            return check_recording(wav_scp[reco], scan_samples=scan_samples) if deep else audio_info(wav_scp[reco])
+        except AudioError as error:
+            return error
+
+    if jobs > 1 and len(recordings) > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            infos = list(pool.map(inspect, recordings))
+    else:
+        infos = [inspect(reco) for reco in recordings]
+    counts: Dict[str, int] = {}
+    for reco, info in zip(recordings, infos):
+        label = "recording" if segments else "utt"
+        if not isinstance(info, AudioInfo):
+            problems.append(f"{data_dir / WAV_SCP}:{wav_lines.get(reco, '?')}: {label} {reco!r}: {info}")
+            continue
+        for utt in by_recording[reco]:
+            segment = segments.get(utt)
+            try:
+                counts[utt] = segment_num_samples(info, target_sr, segment.as_tuple() if segment else None)
+            except AudioError as error:
+                problems.append(f"{SEGMENTS}: utt {utt!r}: {error}")
+    return counts
 
 
 def validate_data_dir(
@@ -580,18 +794,30 @@ def validate_data_dir(
     min_samples: int = MIN_SAMPLES,
     check_audio: bool = True,
     target_sr: int = TARGET_SAMPLE_RATE,
+    max_drop: float = DEFAULT_MAX_DROP,
+    recheck_audio: bool = False,
+    scan_samples: Optional[bool] = None,
+    jobs: int = 1,
 ) -> Dict[str, int]:
     """Check a data dir and write its ``utt2num_samples``.
 
-    Checks: ``wav.scp`` and ``utt2spk`` exist; every file is sorted with unique keys; every
-    utterance file (``utt2spk``, ``text``, ``utt2*``, ``segments`` or ``wav.scp``) covers the same
-    utterances; ``spk2utt`` matches ``utt2spk``; ``trials`` name known utterances; every
-    utterance's audio can be read and has at least ``min_samples`` samples at ``target_sr``.
+    Checks: ``wav.scp`` and ``utt2spk`` exist; every file is UTF-8, sorted, with unique keys;
+    every ``wav.scp`` entry is safe (no pipe, no leading ``-``, no whitespace: nothing reaches
+    a shell); ``utt2spk`` and every ``utt2*`` file hold one non-empty token per line;
+    transcripts in ``text`` are non-empty; every utterance file (``utt2spk``, ``text``,
+    ``utt2*``, ``segments`` or ``wav.scp``) covers the same utterances; ``spk2utt`` matches
+    ``utt2spk``; ``trials`` name known utterances; every recording can be read, its WAV data
+    chunk is complete, its samples are finite (decoded for float formats, see
+    :func:`elp.data.audio.check_audio`) and every utterance has at least ``min_samples``
+    samples at ``target_sr``.
 
     ``fix=True`` repairs what has one right answer: sorts files, drops identical duplicate
-    lines, removes utterances absent from some file (each logged, with a count), drops trials
-    of removed utterances and rewrites ``spk2utt``. It never resolves contradictions (a key
-    with two different values), unreadable or too short audio: those always raise.
+    lines, removes utterances absent from some file (each logged, with counts per file),
+    drops trials of removed utterances and rewrites ``spk2utt``. Removing more than
+    ``max_drop`` of the utterances (or trials) is an error naming how many and why. It never
+    resolves contradictions (a key with two different values), bad labels, unreadable,
+    corrupt or too short audio: those always raise. Never pass ``fix=True`` for a test set
+    unless the user asked for it (``validate_data.py --fix-test``).
 
     Arguments
     ---------
@@ -603,11 +829,19 @@ def validate_data_dir(
         Shortest allowed utterance in samples at ``target_sr`` (400 = receptive field of the
         wav2vec2/WavLM/HuBERT CNN feature encoder).
     check_audio : bool
-        Open every recording (soundfile header / kaldiio). False trusts an existing
-        ``utt2num_samples`` (e.g. in a subset of a validated dir) and only checks its coverage
-        and the length limit.
+        Open every recording. False trusts an existing ``utt2num_samples`` (e.g. in a subset
+        of a validated dir) and only checks its coverage and the length limit.
     target_sr : int
         Rate the sample counts refer to.
+    max_drop : float
+        Largest share (0-1) of utterances or trials ``fix`` may remove.
+    recheck_audio : bool
+        Re-read the audio even when ``.audio_checked`` vouches for ``utt2num_samples`` (a
+        previous validation checked every recording and no file list changed since).
+    scan_samples : bool, optional
+        Passed to :func:`elp.data.audio.check_audio` (None: decode float formats only).
+    jobs : int
+        Threads opening recordings concurrently (I/O bound: helps on network storage).
 
     Returns
     -------
@@ -617,11 +851,25 @@ def validate_data_dir(
     Raises
     ------
     DataDirError
-        Listing every problem found, each naming the utterance / file / path and the fix.
+        One line listing every problem found, each naming the file:line / utterance /
+        path and the fix.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile as sf, os
+    >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
+    >>> sf.write(wav, np.zeros(800, dtype="float32"), 16000)
+    >>> _ = write_data_dir(d, wav_scp={"u": wav}, utt2label={"u": "neu sad"})
+    >>> validate_data_dir(d)
+    Traceback (most recent call last):
+    ...
+    elp.data.kaldi_dir.DataDirError: ...utt2label:1: utt 'u' has 2 tokens 'neu sad' as its label; a label is one token (join words with '_', or fix the data preparation)
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataDirError(f"{data_dir}: not a directory (run the data preparation first)")
+    if not 0.0 <= max_drop <= 1.0:
+        raise DataDirError(f"max_drop must be a share between 0 and 1, got {max_drop}")
     problems: List[str] = []
     for name in (WAV_SCP, UTT2SPK):
         if not (data_dir / name).is_file():
@@ -629,43 +877,83 @@ def validate_data_dir(
     if not check_audio and not (data_dir / UTT2NUM_SAMPLES).is_file():
         problems.append(f"{UTT2NUM_SAMPLES} is missing: validate with check_audio=True to create it")
     _raise_if_problems(data_dir, problems)
+    trusted = check_audio and not recheck_audio and _audio_check_is_fresh(data_dir, target_sr, scan_samples)
+    use_counts = trusted or not check_audio
+    if trusted:
+        logger.info("%s: audio already checked (%s newer than %s); not re-reading it (--recheck-audio does)",
+                    data_dir, AUDIO_CHECKED, WAV_SCP)
 
-    utt_names = _utterance_files(data_dir, check_audio)
+    utt_names = _utterance_files(data_dir, use_counts)
     tables: Dict[str, Dict[str, str]] = {}
+    line_of: Dict[str, Dict[str, int]] = {}
     changed = set()
     for name in dict.fromkeys([WAV_SCP] + utt_names):
-        tables[name], was_changed = _check_lines(name, read_mapping_lines(data_dir / name), fix, problems)
+        numbered = read_numbered_lines(data_dir / name)
+        line_of[name] = {}
+        for number, key, _ in numbered:
+            line_of[name].setdefault(key, number)
+        tables[name], was_changed = _check_lines(name, [(k, v) for _, k, v in numbered], fix, problems)
         if was_changed:
             changed.add(name)
-    empty_audio = [utt for utt, entry in tables[WAV_SCP].items() if not entry]
-    if empty_audio:
-        problems.append(f"{WAV_SCP}: {len(empty_audio)} line(s) without an audio entry, e.g. {empty_audio[0]!r}")
-    bad_speakers = [utt for utt, spk in tables[UTT2SPK].items() if len(spk.split()) != 1]
-    if bad_speakers:
-        problems.append(f"{UTT2SPK}: {len(bad_speakers)} line(s) whose speaker is not one token, "
-                        f"e.g. {bad_speakers[0]!r}")
+    keyed_by = "recording" if SEGMENTS in tables else "utt"
+    for key, entry in tables[WAV_SCP].items():
+        reason = unsafe_entry_reason(entry)
+        if reason is not None:
+            problems.append(
+                f"{data_dir / WAV_SCP}:{line_of[WAV_SCP][key]}: {keyed_by} {key!r}: entry {entry!r} {reason}; "
+                "convert the audio to files first (e.g. with sox or ffmpeg) and list their paths "
+                "(or path.ark:offset) in wav.scp"
+            )
+    for name in utt_names:
+        if name.startswith("utt2"):
+            for key, value in tables[name].items():
+                problem = token_problem(data_dir / name, line_of[name][key], key, value)
+                if problem is not None:
+                    problems.append(problem)
+    if TEXT in tables:
+        for utt, transcript in tables[TEXT].items():
+            if not transcript.strip():
+                problems.append(
+                    f"{data_dir / TEXT}:{line_of[TEXT][utt]}: utt {utt!r} has an empty transcript; write its "
+                    "words, or remove the utterance from every file of the data dir"
+                )
     _raise_if_problems(data_dir, problems)
 
     segments: Dict[str, Segment] = {}
     if SEGMENTS in tables:
         for utt, value in tables[SEGMENTS].items():
             try:
-                segments[utt] = _parse_segment(value, f"{SEGMENTS}: utt {utt!r}")
+                segments[utt] = _parse_segment(value, f"{data_dir / SEGMENTS}:{line_of[SEGMENTS][utt]}: utt {utt!r}")
             except DataDirError as error:
                 problems.append(str(error))
     reco_of = {utt: seg.recording for utt, seg in segments.items()}
     before = {name: len(tables[name]) for name in utt_names}
-    _drop_incomplete_utterances(tables, utt_names, reco_of, fix, problems)
+    _drop_incomplete_utterances(tables, utt_names, reco_of, fix, max_drop, problems)
     changed.update(name for name in utt_names if len(tables[name]) != before[name])
+    segments = {utt: seg for utt, seg in segments.items() if utt in tables[UTT2SPK]}
     utts = sorted(tables[UTT2SPK])
+    if SEGMENTS in tables:  # recordings no utterance uses any more leave wav.scp with them
+        used = {seg.recording for seg in segments.values()}
+        unused = sorted(set(tables[WAV_SCP]) - used)
+        if unused and fix:
+            logger.warning("%s: removing %d recording(s) no segment uses, e.g. %r", WAV_SCP, len(unused), unused[0])
+            for reco in unused:
+                del tables[WAV_SCP][reco]
+            changed.add(WAV_SCP)
 
     trials = read_trials(data_dir / TRIALS) if (data_dir / TRIALS).is_file() else None
     if trials is not None:
         known = set(utts)
         bad = [t for t in trials if t.enroll not in known or t.test not in known]
-        if bad and fix:
-            logger.warning("dropping %d trial(s) naming removed or unknown utterances, e.g. %s %s",
-                           len(bad), bad[0].enroll, bad[0].test)
+        if bad and fix and len(bad) > max_drop * len(trials):
+            problems.append(
+                f"--fix would remove {len(bad)} of {len(trials)} trial(s) ({len(bad) / len(trials):.1%} > "
+                f"--max-drop {max_drop:.1%}) naming utterances absent from the dir, e.g. {bad[0].enroll!r} "
+                f"{bad[0].test!r}; repair the data dir, or raise --max-drop if removing them is intended"
+            )
+        elif bad and fix:
+            logger.warning("dropping %d of %d trial(s) naming removed or unknown utterances, e.g. %s %s",
+                           len(bad), len(trials), bad[0].enroll, bad[0].test)
             trials = [t for t in trials if t not in bad]
             changed.add(TRIALS)
         elif bad:
@@ -685,14 +973,9 @@ def validate_data_dir(
     _raise_if_problems(data_dir, problems)
 
     utt2num_samples: Dict[str, int] = {}
-    if check_audio:
-        for utt in utts:
-            segment = segments.get(utt)
-            entry = tables[WAV_SCP][segment.recording if segment else utt]
-            try:
-                utt2num_samples[utt] = num_samples(entry, target_sr, segment.as_tuple() if segment else None)
-            except Exception as error:  # noqa: BLE001 - any reader failure is reported per utterance
-                problems.append(f"utt {utt!r}: cannot read audio {entry!r}: {error}")
+    if not use_counts:
+        utt2num_samples = _measure_audio(data_dir, tables[WAV_SCP], line_of[WAV_SCP], utts, segments,
+                                         target_sr, True, scan_samples, jobs, problems)
     else:
         for utt in utts:
             try:
@@ -714,8 +997,80 @@ def validate_data_dir(
         write_trials(data_dir / TRIALS, trials)
     write_spk2utt(data_dir / SPK2UTT, spk2utt)
     write_utt2num_samples(data_dir / UTT2NUM_SAMPLES, utt2num_samples)
+    if check_audio:
+        _write_audio_stamp(data_dir, target_sr, scan_samples)
     logger.info("%s: valid, %d utterances, %d speakers", data_dir, len(utts), len(spk2utt))
     return utt2num_samples
+
+
+def _counts_are_fresh(data_dir: Path) -> bool:
+    """``utt2num_samples`` exists and is not older than ``wav.scp`` (and ``segments``)."""
+    try:
+        counts_time = (data_dir / UTT2NUM_SAMPLES).stat().st_mtime_ns
+        inputs = [data_dir / WAV_SCP] + ([data_dir / SEGMENTS] if (data_dir / SEGMENTS).exists() else [])
+        return all(path.stat().st_mtime_ns <= counts_time for path in inputs)
+    except OSError:
+        return False
+
+
+def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> Dict[str, int]:
+    """Samples of every utterance at ``target_sr``, for length sorting and dynamic batching.
+
+    ``utt2num_samples`` is trusted while it is not older than ``wav.scp`` (and ``segments``):
+    no audio is opened. Otherwise every recording header is read once (``jobs`` threads) and
+    ``utt2num_samples`` is rewritten atomically (safe when several processes do it at once).
+
+    Arguments
+    ---------
+    data_dir : str or Path
+        A data dir.
+    target_sr : int
+        Rate of the counts (``utt2num_samples`` always holds 16 kHz counts).
+    jobs : int
+        Threads reading headers when the counts have to be recomputed.
+
+    Returns
+    -------
+    dict
+        utt -> samples, sorted by utt.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile as sf, os
+    >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
+    >>> sf.write(wav, np.zeros(800, dtype="float32"), 8000)
+    >>> _ = write_data_dir(d, wav_scp={"u": wav})
+    >>> utterance_lengths(d)  # no utt2num_samples yet: reads the header, writes the file
+    {'u': 1600}
+    >>> os.remove(wav); utterance_lengths(d)  # trusted now: no audio opened
+    {'u': 1600}
+    """
+    data_dir = Path(data_dir)
+    if target_sr == TARGET_SAMPLE_RATE and _counts_are_fresh(data_dir):
+        return read_utt2num_samples(data_dir / UTT2NUM_SAMPLES)
+    if (data_dir / UTT2NUM_SAMPLES).exists() and target_sr == TARGET_SAMPLE_RATE:
+        logger.warning("%s: %s is older than %s: re-reading the audio headers", data_dir, UTT2NUM_SAMPLES, WAV_SCP)
+    for name in (WAV_SCP, UTT2SPK):
+        if not (data_dir / name).is_file():
+            raise DataDirError(f"{data_dir}: {name} is missing (every data dir needs {WAV_SCP} and {UTT2SPK})")
+    wav_lines = {key: number for number, key, _ in read_numbered_lines(data_dir / WAV_SCP)}
+    wav_scp = read_mapping(data_dir / WAV_SCP)
+    segments = read_segments(data_dir / SEGMENTS) if (data_dir / SEGMENTS).is_file() else {}
+    problems: List[str] = []
+    for key, entry in wav_scp.items():
+        reason = unsafe_entry_reason(entry)
+        if reason is not None:
+            problems.append(f"{data_dir / WAV_SCP}:{wav_lines[key]}: {key!r}: entry {entry!r} {reason}; "
+                            "convert the audio to files first")
+    _raise_if_problems(data_dir, problems)
+    utts = sorted(read_mapping(data_dir / UTT2SPK))
+    counts = _measure_audio(data_dir, wav_scp, wav_lines, utts, segments, target_sr, False, None, jobs, problems)
+    _raise_if_problems(data_dir, problems)
+    if target_sr == TARGET_SAMPLE_RATE:
+        temporary = data_dir / f".{UTT2NUM_SAMPLES}.{os.getpid()}.tmp"
+        write_utt2num_samples(temporary, counts)
+        os.replace(temporary, data_dir / UTT2NUM_SAMPLES)
+    return counts
 
 
 # --------------------------------------------------------------------------- SpeechBrain
@@ -750,9 +1105,11 @@ def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Di
     data = read_data_dir(data_dir)
     if data.utt2num_samples is None:
         raise DataDirError(f"{data_dir}: {UTT2NUM_SAMPLES} is missing: run validate_data_dir on it first")
+    if not _counts_are_fresh(data_dir):
+        data.utt2num_samples = utterance_lengths(data_dir)
     labels = None
     if label_file is not None:
-        labels = read_mapping(data_dir / label_file)
+        labels = read_token_mapping(data_dir / label_file)
     elif data.utt2label is not None:
         labels = data.utt2label
     result: Dict[str, Dict[str, object]] = {}

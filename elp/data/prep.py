@@ -21,7 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
-from elp.data.kaldi_dir import DataDirError, validate_data_dir, write_data_dir
+from elp.data.errors import DataError
+from elp.data.kaldi_dir import validate_data_dir, write_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
                         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     try:
         prepare(args)
-    except (CorpusLayoutError, DataDirError, FileNotFoundError) as error:
+    except (CorpusLayoutError, DataError, FileNotFoundError) as error:
         logger.error("%s", error)
         raise SystemExit(1) from None
     return 0
@@ -146,7 +147,7 @@ def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) 
     """
     out_dir = write_data_dir(out_dir, **mappings)
     if validate:
-        validate_data_dir(out_dir)
+        validate_data_dir(out_dir, jobs=4)  # headers read by 4 threads (I/O bound)
     speakers = len(set(mappings["utt2spk"].values())) if mappings.get("utt2spk") else len(mappings["wav_scp"])
     extra = f", {len(mappings['trials'])} trials" if mappings.get("trials") is not None else ""
     logger.info("wrote %s: %d utterances, %d speakers%s", out_dir, len(mappings["wav_scp"]), speakers, extra)

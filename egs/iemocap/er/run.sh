@@ -7,10 +7,10 @@
 #
 # Options: see ../../../recipes/run_task.sh (all of its flags work here).
 set -euo pipefail
+export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
-    --task classify --task_name er --corpus iemocap \
     --mini_corpus tools/mini_corpus/iemocap.py --mini_corpus_subdir '' \
-    --train_set train --valid_set dev --test_sets test --folds '1 2 3 4 5' \
+    --folds '1 2 3 4 5' \
     "$@"

@@ -7,10 +7,9 @@
 #
 # Options: see ../../../recipes/run_task.sh (all of its flags work here).
 set -euo pipefail
+export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
-    --task asr --task_name asr --corpus librispeech \
     --mini_corpus tools/mini_corpus/librispeech.py --mini_corpus_subdir '' \
-    --train_set train_clean_100 --valid_set dev_clean --test_sets 'test_clean' \
     "$@"

@@ -10,11 +10,10 @@
 # music, news, email, calendar, time), short ones (<= 6 words), so a small model can learn
 # them in minutes.
 set -euo pipefail
+export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
-    --task classify --task_name ic --corpus slurp \
     --mini_corpus tools/mini_corpus/slurp.py --mini_corpus_subdir slurp \
     --mini_corpus_opts "--intents weather_query,play_music,news_query,email_query,calendar_set,datetime_query --sentences_per_intent 48 --max_words 6" \
-    --train_set train --valid_set devel --test_sets test \
     "$@"

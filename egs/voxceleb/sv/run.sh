@@ -7,10 +7,9 @@
 #
 # Options: see ../../../recipes/run_task.sh (all of its flags work here).
 set -euo pipefail
+export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 exec ../../../recipes/run_task.sh \
-    --task sv --task_name sv --corpus voxceleb1 \
     --mini_corpus tools/mini_corpus/voxceleb.py --mini_corpus_subdir voxceleb1 \
-    --train_set train --valid_set train_cv --test_sets test \
     "$@"

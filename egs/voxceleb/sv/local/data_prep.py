@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from elp.data.kaldi_dir import Trial
-from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, log_skipped,
-                           run_data_prep, write_prepared_dir)
+from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, evenly_spaced_holdout,
+                           log_skipped, run_data_prep, write_prepared_dir)
 
 logger = logging.getLogger("voxceleb.data_prep")
 
@@ -63,8 +63,9 @@ def read_trial_list(path: Path) -> List[Tuple[bool, str, str]]:
 
 
 def prepare_voxceleb(corpus_root: Path, out_dir: Path, trial_list: Optional[Path] = None,
-                     validate: bool = True) -> List[Path]:
-    """Write ``<out>/train`` and ``<out>/test`` (with ``trials``); returns both paths.
+                     validate: bool = True, holdout: float = 0.1) -> List[Path]:
+    """Write ``<out>/train``, ``<out>/valid`` (held-out utterances of the training speakers)
+    and ``<out>/test`` (with ``trials``); returns the three paths.
 
     Arguments
     ---------
@@ -109,9 +110,19 @@ def prepare_voxceleb(corpus_root: Path, out_dir: Path, trial_list: Optional[Path
     def mappings(utts):
         return {"wav_scp": {u: audio_path(wavs[u]) for u in utts}, "utt2spk": {u: u.split("-")[0] for u in utts}}
 
+    # every training speaker's held-out utterances are the validation set (speaker
+    # identification accuracy selects the best checkpoint); the rest trains
+    by_speaker: dict = {}
+    for utt in sorted(train_utts):
+        by_speaker.setdefault(utt.split("-")[0], []).append(utt)
+    valid_utts = sorted(u for utts in by_speaker.values() for u in evenly_spaced_holdout(utts, holdout))
+    if not valid_utts:
+        raise CorpusLayoutError(f"--holdout {holdout} leaves no validation utterance; raise it")
+    train_utts = sorted(set(train_utts) - set(valid_utts))
     out_dir = Path(out_dir)
     return [
         write_prepared_dir(out_dir / "train", validate=validate, **mappings(train_utts)),
+        write_prepared_dir(out_dir / "valid", validate=validate, **mappings(valid_utts)),
         write_prepared_dir(out_dir / "test", validate=validate, trials=trials, **mappings(test_utts)),
     ]
 
@@ -120,8 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = data_prep_parser(__doc__)
     parser.add_argument("--trial-list", type=Path, default=None,
                         help=f"trial list (default: <corpus-root>/{TRIAL_LIST_NAME})")
+    parser.add_argument("--holdout", type=float, default=0.1,
+                        help="fraction of every training speaker's utterances held out for validation")
     return run_data_prep(parser, lambda args: prepare_voxceleb(
-        args.corpus_root, args.out, args.trial_list, validate=not args.skip_validation), argv)
+        args.corpus_root, args.out, args.trial_list, validate=not args.skip_validation,
+        holdout=args.holdout), argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Task kinds: one module each, and the registry that names them.
+
+========================= ======================================================
+``asr``                   :class:`elp.tasks.asr.SpeechRecognition` (CTC, WER)
+``sv``                    :class:`elp.tasks.sv.SpeakerVerification` (EER, minDCF)
+``classify``              :class:`elp.tasks.classify.UtteranceClassification` (accuracy)
+========================= ======================================================
+
+A recipe's YAML instantiates one (``task: !new:elp.tasks.UtteranceClassification``); a new
+kind is a new module here with a :class:`elp.tasks.base.Task` subclass and one registry line.
+
+Examples
+--------
+>>> sorted(TASKS)
+['asr', 'classify', 'sv']
+>>> num_outputs(LabelMap(["a", "b", "c"]))
+3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from elp.data.inventory import LabelMap  # noqa: F401  (doctest)
+from elp.tasks.asr import SpeechRecognition
+from elp.tasks.base import Task
+from elp.tasks.classify import UtteranceClassification
+from elp.tasks.sv import SpeakerVerification
+
+#: kind -> class
+TASKS: dict[str, type[Task]] = {cls.kind: cls for cls in (SpeechRecognition, SpeakerVerification,
+                                                          UtteranceClassification)}
+
+
+def load_inventory(task: Task, lang_dir: str | Path):
+    """The inventory stage 2 wrote for ``task``: a tokenizer (ASR) or a :class:`LabelMap`.
+
+    Parameters
+    ----------
+    task : Task
+    lang_dir : path
+    """
+    return task.load_inventory(lang_dir)
+
+
+def num_outputs(inventory) -> int:
+    """Output units of a head over ``inventory`` (tokens incl. blank, or classes)."""
+    return int(getattr(inventory, "vocab_size", None) or len(inventory))
+
+
+__all__ = ["TASKS", "Task", "SpeechRecognition", "SpeakerVerification", "UtteranceClassification",
+           "load_inventory", "num_outputs"]

@@ -1,0 +1,153 @@
+"""What every task kind provides: inventory, datasets with targets, decode outputs, scoring.
+
+A *task kind* is what differs between speech recognition, speaker verification and
+utterance classification once the model is an :class:`elp.model.AdaptedSSL` plus a head:
+
+================================ ===================================================
+:meth:`Task.build_inventory`      stage 2: tokens or labels from the training set
+:meth:`Task.check_coverage`       stage 2: dev/test sets use only that inventory
+:meth:`Task.dataset`              Kaldi dir -> DynamicItemDataset with ``sig`` + targets
+:meth:`Task.write_outputs`        stage 4: hypotheses / predictions / trial scores
+:meth:`Task.score`                stage 5: the metric (and extras) of one test set
+``valid_key`` / ``valid_key_mode`` the validation statistic that picks the best checkpoint
+================================ ===================================================
+
+The recipe's YAML declares its task once (``task: !new:elp.tasks.UtteranceClassification``);
+the drivers in ``recipes/`` never branch on the kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import ClassVar
+
+import speechbrain as sb
+
+from elp.data.audio import TARGET_SAMPLE_RATE, read_audio
+from elp.data.inventory import LabelMap
+from elp.data.kaldi_dir import data_dir_to_dict
+
+logger = logging.getLogger(__name__)
+
+
+class Task:
+    """Base class of the task kinds (see the module docstring).
+
+    Parameters
+    ----------
+    max_train_seconds : float
+        Training utterances longer than this are randomly cropped to it (0: whole
+        utterances). Validation and test always read whole utterances.
+    label_file : str, optional
+        The data-dir file with one label per utterance (classification; default ``utt2label``).
+    """
+
+    #: registry name (``elp.tasks.TASKS``)
+    kind: ClassVar[str] = ""
+    #: name of the validation statistic that selects the best checkpoint, and its direction
+    valid_key: ClassVar[str] = "loss"
+    valid_key_mode: ClassVar[str] = "min"
+    #: the primary metric written to results.json
+    metric_name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = False
+
+    def __init__(self, max_train_seconds: float = 0.0, label_file: str | None = None):
+        self.max_train_seconds = float(max_train_seconds or 0.0)
+        self.label_file = label_file
+
+    # ------------------------------------------------------------------ stage 2
+    def build_inventory(self, train_dir: str | Path, lang_dir: str | Path) -> None:
+        """Write the token or label inventory of ``train_dir`` to ``lang_dir``."""
+        raise NotImplementedError
+
+    def load_inventory(self, lang_dir: str | Path):
+        """The inventory :meth:`build_inventory` wrote (a :class:`LabelMap` unless overridden)."""
+        return LabelMap.load(lang_dir)
+
+    def check_coverage(self, lang_dir: str | Path, data_dir: str | Path) -> None:
+        """Raise a one-line error naming utterances of ``data_dir`` the inventory in ``lang_dir``
+        cannot encode (stage 2, so a bad dev/test set fails before training, not after)."""
+
+    # ------------------------------------------------------------------ data
+    def dataset(self, data_dir: str | Path, split: str, inventory) -> sb.dataio.dataset.DynamicItemDataset:
+        """A Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
+
+        Parameters
+        ----------
+        data_dir : path
+        split : str
+            ``"train"`` (random crops when ``max_train_seconds``), ``"valid"`` or ``"test"``.
+        inventory : object
+            From :func:`elp.tasks.load_inventory`.
+        """
+        data = data_dir_to_dict(data_dir, label_file=self.label_file)
+        for entry in data.values():
+            entry.setdefault("start", None)
+            entry.setdefault("end", None)
+        self.prepare_entries(data, split)
+        dataset = sb.dataio.dataset.DynamicItemDataset(data)
+        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" else 0
+
+        @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
+        @sb.utils.data_pipeline.provides("sig")
+        def audio_pipeline(utt, wav, start, end):
+            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=(start, end) if start is not None else None, utt=utt)
+            if max_samples and sig.shape[0] > max_samples:
+                offset = random.randint(0, sig.shape[0] - max_samples)
+                sig = sig[offset:offset + max_samples]
+            return sig
+
+        dataset.add_dynamic_item(audio_pipeline)
+        dataset.set_output_keys(["id", "sig"] + self.add_targets(dataset, split, inventory))
+        return dataset
+
+    def prepare_entries(self, data: dict, split: str) -> None:
+        """Adjust the per-utterance entries before the dataset is built (subclasses)."""
+
+    def add_targets(self, dataset, split: str, inventory) -> list[str]:
+        """Add this task's target items to ``dataset``; return their output keys."""
+        return []
+
+    # ------------------------------------------------------------------ stages 4-5
+    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs: dict) -> None:
+        """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``."""
+        raise NotImplementedError
+
+    def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
+        """(metric, extra metrics) of one decoded test set.
+
+        Returns
+        -------
+        metric : dict
+            ``{"name", "value", "higher_is_better", "chance"}`` (results.json's ``metric``).
+        extra : dict
+            Other numbers by name.
+        """
+        raise NotImplementedError
+
+    def metric(self, value: float, chance: float | None) -> dict:
+        """The results.json ``metric`` entry of this task."""
+        return {"name": self.metric_name, "value": float(value), "higher_is_better": self.higher_is_better,
+                "chance": None if chance is None else float(chance)}
+
+
+def write_lines(path: Path, lines) -> None:
+    """Write text lines atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_pairs(path: Path) -> dict[str, str]:
+    """``<utt> <rest of line>`` lines as a dict (a missing file names stage 4 as the fix)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
+    pairs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        utt, _, rest = line.partition(" ")
+        pairs[utt] = rest
+    return pairs
+

@@ -1,0 +1,128 @@
+"""Speaker verification: embeddings trained as speaker classification, trials scored by cosine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+
+from elp.data.inventory import LabelMap, check_label_coverage
+from elp.data.kaldi_dir import read_data_dir, read_trials
+from elp.scoring import cosine_scores, equal_error_rate, min_dcf, s_norm
+from elp.tasks.base import Task, write_lines
+
+
+class SpeakerVerification(Task):
+    """Training speakers are the classes (``utt2spk``); test sets hold ``trials``.
+
+    The validation set holds unseen utterances of the *training* speakers (data preparation
+    splits them off), so validation reports speaker-identification accuracy; stage 4 embeds
+    the test set and scores its trial list (cosine, optionally S-normalised).
+
+    Parameters
+    ----------
+    snorm_cohort : int
+        0: plain cosine scores; C > 0: adaptive S-norm against C training-set embeddings.
+    snorm_top_k : int, optional
+        Top-k cohort scores per side (None: all).
+    cohort_set : str, optional
+        The data dir whose embeddings form the S-norm cohort (the training set).
+    **kwargs
+        See :class:`elp.tasks.base.Task` (``max_train_seconds``: the random training crops).
+
+    Examples
+    --------
+    >>> SpeakerVerification(max_train_seconds=3).max_train_seconds
+    3.0
+    """
+
+    kind = "sv"
+    valid_key, valid_key_mode = "accuracy", "max"
+    metric_name, higher_is_better = "eer", False
+
+    def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.snorm_cohort = int(snorm_cohort or 0)
+        self.snorm_top_k = snorm_top_k
+        self.cohort_set = cohort_set
+
+    def build_inventory(self, train_dir, lang_dir):
+        LabelMap.from_values(read_data_dir(train_dir).utt2spk.values()).save(lang_dir)
+
+    def check_coverage(self, lang_dir, data_dir):
+        if not (Path(data_dir) / "trials").exists():  # a validation set of training speakers
+            check_label_coverage(lang_dir, [data_dir], label_file="utt2spk", what="speakers")
+
+    def prepare_entries(self, data, split):
+        for entry in data.values():
+            entry.setdefault("label", entry["spk"])
+
+    def add_targets(self, dataset, split, inventory):
+        if split == "test":  # new speakers: no class targets
+            return []
+
+        @sb.utils.data_pipeline.takes("id", "label")
+        @sb.utils.data_pipeline.provides("label_id")
+        def label_pipeline(utt, label):
+            return torch.LongTensor([inventory.encode(label, utt=utt)])
+
+        dataset.add_dynamic_item(label_pipeline)
+        return ["label", "label_id"]
+
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs):
+        embeddings = brain.predict(dataset, loader_kwargs)
+        cohort = None
+        if self.snorm_cohort:
+            train = self.dataset(self.cohort_set, "test", None)
+            train_emb = brain.predict(train, loader_kwargs)
+            if train_emb is not None:
+                cohort = torch.stack([train_emb[u] for u in sorted(train_emb)][: self.snorm_cohort])
+        if embeddings is None:
+            return
+        trials = read_trials(Path(test_dir) / "trials")
+        scores = score_trials(embeddings, trials, cohort, self.snorm_top_k)
+        write_lines(decode_dir / "scores.txt",
+                    (f"{t.enroll} {t.test} {s:.6f} {'target' if t.target else 'nontarget'}"
+                     for t, s in zip(trials, scores.tolist())))
+
+    def score(self, test_dir, decode_dir):
+        path = Path(decode_dir) / "scores.txt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
+        rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+        scores = [float(r[2]) for r in rows]
+        labels = [1 if r[3] == "target" else 0 for r in rows]
+        eer = equal_error_rate(scores, labels)["eer"]
+        dcf = min_dcf(scores, labels, p_target=0.01)["min_dcf"]
+        return self.metric(eer, 50.0), {"min_dcf": dcf, "num_trials": len(rows)}
+
+
+def score_trials(embeddings: dict, trials, cohort: torch.Tensor | None, top_k: int | None) -> torch.Tensor:
+    """Cosine (and, with a cohort, S-normalised) scores of ``trials``.
+
+    Parameters
+    ----------
+    embeddings : dict
+        utt -> embedding [E].
+    trials : list of elp.data.kaldi_dir.Trial
+    cohort : torch.Tensor, optional
+        [C, E] cohort embeddings.
+    top_k : int, optional
+
+    Returns
+    -------
+    torch.Tensor
+        [num_trials] scores.
+    """
+    enroll = torch.stack([embeddings[t.enroll] for t in trials])
+    test = torch.stack([embeddings[t.test] for t in trials])
+    scores = cosine_scores(enroll, test)
+    if cohort is not None:
+        utts = sorted(embeddings)
+        index = {u: i for i, u in enumerate(utts)}
+        against_cohort = cosine_scores(torch.stack([embeddings[u] for u in utts]), cohort, all_pairs=True)
+        scores = s_norm(scores, against_cohort[[index[t.enroll] for t in trials]],
+                        against_cohort[[index[t.test] for t in trials]], top_k=top_k)
+    return scores

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build the stand-in backbone of mini mode once, shared by every recipe: a small model of the
+# named backbone's architecture pre-trained on a synthetic corpus of its own (no machine here
+# reaches a model hub, and a random transformer is a useless frozen backbone; see
+# docs/RECIPES.md "Mini mode"). Idempotent and safe to call from parallel recipes (a lock).
+#
+#   tools/standin_backbone.sh --backbone wavlm_plus --out exp/backbone_wavlm_plus_small [--steps 800]
+set -euo pipefail
+
+backbone=wavlm_plus
+out=
+steps=800
+threads=${OMP_NUM_THREADS:-1}
+help_message="Usage: $0 --backbone NAME --out DIR [--steps N] [--threads N]"
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "${root}/recipes/path.sh"
+. "${root}/recipes/utils/log.sh"
+. "${root}/recipes/utils/parse_options.sh"
+[ -n "${out}" ] || die "--out is required"
+
+mkdir -p "$(dirname "${out}")"
+exec 9>"${out}.lock"
+flock 9
+if [ -f "${out}/config.json" ]; then
+    exit 0
+fi
+work=${out}.work
+rm -rf "${work}"
+mkdir -p "${work}"
+log "Pre-training the stand-in backbone (${backbone} architecture, small, ${steps} steps) -> ${out}"
+python "${root}/tools/pretrain_text.py" --out "${work}/text.txt"
+python "${root}/tools/mini_corpus/librispeech.py" --out "${work}/corpus" --seed 1 --sentences "${work}/text.txt"
+OMP_NUM_THREADS=${threads} python "${root}/tools/pretrain_backbone.py" --corpus "${work}/corpus" \
+    --out "${work}/model" --backbone "${backbone}" --arch small --steps "${steps}" > "${work}/pretrain.log" 2>&1 \
+    || die "pre-training failed: see ${work}/pretrain.log"
+mv "${work}/model" "${out}"
+rm -rf "${work}"
+log "stand-in backbone ready: ${out}"
