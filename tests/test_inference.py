@@ -148,63 +148,32 @@ def test_cli_verify_inspect_and_errors(tmp_path, capsys, packages):
 
 
 # ------------------------------------------------------------------- equals stage 4 (Brain.predict)
-@pytest.mark.parametrize("task,method", [("classify", "elp"), ("asr", "l_only"), ("sv", "lora")])
-def test_package_of_a_brain_predicts_what_stage_4_predicts(tmp_path, task, method):
-    """The wiring of stage 3 (write_package from the Brain's modules) reproduces stage 4."""
-    import speechbrain as sb
-    from data_fixtures import write_noise
+@pytest.mark.parametrize("method", ["elp", "lora"])
+def test_package_of_a_recipe_brain_predicts_what_stage_4_predicts(tmp_path, monkeypatch, method):
+    """Stage 3's wiring (write_package from the Brain's modules) reproduces stage 4's predictions."""
+    from recipe_fixtures import experiment, make_recipe
 
     from elp.brains.base import unwrap
-    from elp.data.inventory import CharTokenizer, LabelMap
-    from elp.data.kaldi_dir import validate_data_dir, write_data_dir
-    from elp.heads import AAMSoftmaxClassifier, CTCHead, PooledClassifier, SpeakerEmbeddingHead
+    from elp.data.kaldi_dir import read_data_dir
     from elp.package import write_package
-    from elp.recipe import build_brain, loader_kwargs, make_dataset
+    from elp.recipe import loader_kwargs, make_dataset
 
-    wavs, labels, texts, spks = {}, {}, {}, {}
-    for i, seconds in enumerate([0.3, 0.9, 0.5, 1.2, 0.7]):
-        utt = f"utt{i}"
-        wavs[utt] = str(write_noise(tmp_path / "audio" / f"{utt}.wav", seconds=seconds, seed=i))
-        labels[utt], texts[utt], spks[utt] = ["neu", "ang"][i % 2], ["YES NO", "GO UP"][i % 2], f"s{i % 2}"
-    data = tmp_path / "data"
-    write_data_dir(data, wav_scp=wavs, utt2label=labels, text=texts, utt2spk=spks)
-    validate_data_dir(data)
-    lang = tmp_path / "lang"
-    if task == "asr":
-        inventory = CharTokenizer.from_texts(texts.values())
-        inventory.save(lang)
-        head_class, head_options = CTCHead, {}
-    else:
-        inventory = LabelMap.from_values(labels.values() if task == "classify" else spks.values())
-        inventory.save(lang)
-        head_class, head_options = ((PooledClassifier, {"hidden_dim": 8}) if task == "classify"
-                                    else (SpeakerEmbeddingHead, {"embed_dim": 8, "pooling": "attentive"}))
-    hparams = {"task": task, "label_file": None, "max_train_seconds": 0, "batch_size": 2, "backbone": "wavlm",
-               "backbone_pretrained": False, "backbone_arch": "tiny", "method": method,
-               "method_options": {"l_dim": 16, "e_dim": 8, "prompt_frames": 3, "lora_rank": 2},
-               "head_class": head_class, "head_options": head_options, "classifier_class": AAMSoftmaxClassifier,
-               "output_folder": str(tmp_path / "exp"), "lr": {}, "valid_key": "error", "valid_key_mode": "min",
-               "epoch_counter": sb.utils.epoch_loop.EpochCounter(1), "lang_dir": str(lang),
-               "train_logger": sb.utils.train_logger.FileTrainLogger(str(tmp_path / "log.txt"))}
-    torch.manual_seed(0)
-    brain = build_brain(hparams, {"device": "cpu"}, inventory)
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    hparams, brain = experiment(recipe, "--method", method, "--tag", method)
     with torch.no_grad():
         for p in unwrap(brain.modules.model).learnable_parameters().values():
             p.add_(0.1 * torch.randn_like(p))
-    dataset = make_dataset(str(data), hparams, inventory, "test")
+    dataset = make_dataset(hparams, hparams["test_sets"][0], "test")
     stage4 = brain.predict(dataset, loader_kwargs(hparams, dataset, train=False))
-    package_dir = write_package(tmp_path / "exp" / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head),
-                                task=task, inventory_dir=lang, backbone_source=hparams.get("backbone_source"),
-                                backbone_pretrained=hparams["backbone_pretrained"])
-    predictor = Predictor.from_package(package_dir)
-    utts = sorted(wavs)
-    if task == "asr":
-        assert predictor.transcribe([wavs[u] for u in utts]) == [stage4[u] for u in utts]
-    elif task == "classify":
-        assert [r.label for r in predictor.classify([wavs[u] for u in utts])] == [stage4[u] for u in utts]
-    else:
-        torch.testing.assert_close(predictor.embed([wavs[u] for u in utts]), torch.stack([stage4[u] for u in utts]),
-                                   atol=1e-5, rtol=0)
+    package = write_package(recipe / "exp" / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head),
+                            task=hparams["task"].kind, labels=hparams["inventory"].labels,
+                            backbone_source=hparams["backbone_source"],
+                            backbone_pretrained=not hparams["backbone_arch"])
+    predictor = Predictor.from_package(package)
+    wavs = read_data_dir(hparams["test_sets"][0]).wav_scp
+    utts = sorted(stage4)
+    assert [r.label for r in predictor.classify([wavs[u] for u in utts])] == [stage4[u] for u in utts]
 
 
 @pytest.mark.parametrize("method", ["elp", "lora", "prefix", "conventional", "weighted_sum", "full"])
@@ -218,3 +187,5 @@ def test_inspect_groups_equal_the_models_learning_rate_groups(tmp_path, method):
     info = summarize(directory)
     head = info["groups"].pop("head")
     assert info["groups"] == counts and head > 0
+    if method == "full":
+        assert list(info["groups"]) == ["backbone"]

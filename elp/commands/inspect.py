@@ -25,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="PNG for the layer weights (default: <package>/layer_weights.png)")
 
 
-def group_of(name: str) -> str:
+def group_of(name: str, method: str = "") -> str:
     """Learning-rate group of an exported ``AdaptedSSL`` parameter name (read from the name only,
-    so that no model needs to be built): ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or ``backbone``."""
+    so that no model needs to be built): ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or
+    ``backbone`` (everything inside the transformer of ``full``, whose whole encoder trains)."""
     top = name.split(".", 1)[0]
+    if top == "backbone" and method == "full":
+        return "backbone"
     named = {"encoder_adapters": "e", "layer_adapters": "l", "weighted_sum": "l", "prompt": "p", "prefix": "prefix"}
     if top in named:
         return named[top]
@@ -54,7 +57,7 @@ def summarize(directory: Path) -> dict:
     state = load_file(directory / WEIGHTS_FILE)
     groups: dict[str, int] = {}
     for key, tensor in state.items():
-        group = "head" if key.startswith("head.") else group_of(key[len("model."):])
+        group = "head" if key.startswith("head.") else group_of(key[len("model."):], export["method"])
         groups[group] = groups.get(group, 0) + tensor.numel()
     layer_weights = {label: torch.softmax(state[key].double(), 0).tolist()
                      for key, label in LAYER_WEIGHT_KEYS.items() if key in state}
