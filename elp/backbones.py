@@ -42,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elp.speed import add_contiguous_attention_inputs, checkpointed
+from contextlib import nullcontext
+
+from elp.speed import (add_contiguous_attention_inputs, add_sdpa_attention, cast_frozen_linear_, checkpointed,
+                       remove_sdpa_attention)
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +167,43 @@ class BackboneOutput:
 def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """GroupNorm with one group per channel, statistics over valid frames only.
 
-    Arguments
-    ---------
-    x: [B, C, T] CNN activations.
-    mask: [B, T] bool, True for valid frames.
-    norm: the ``nn.GroupNorm`` whose eps and affine parameters are used
-        (``num_groups == num_channels``, as in wav2vec2/HuBERT/WavLM Base).
+    The statistics (mean, variance) are always computed in float32 and the result is cast
+    back to ``x``'s dtype: in float16 the sum of squares over a few thousand frames overflows
+    (65504 is fp16's largest value) and every channel would become 0 without an error.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        [B, C, T] CNN activations (any float dtype).
+    mask : torch.Tensor
+        [B, T] bool, True for valid frames.
+    norm : torch.nn.GroupNorm
+        The module whose eps and affine parameters are used (``num_groups == num_channels``,
+        as in wav2vec2/HuBERT/WavLM Base).
 
     Returns
     -------
-    [B, C, T]; padded frames are set to 0.
+    torch.Tensor
+        [B, C, T] in ``x.dtype``; padded frames are set to 0.
+
+    Examples
+    --------
+    >>> norm = nn.GroupNorm(4, 4)
+    >>> x = 300 * torch.randn(1, 4, 3000)
+    >>> mask = torch.ones(1, 3000, dtype=torch.bool)
+    >>> half = masked_group_norm(x.half(), mask, norm)
+    >>> (half.float() - masked_group_norm(x, mask, norm)).abs().max().item() < 1e-2
+    True
     """
     if norm.num_groups != norm.num_channels:
         raise ValueError("masked_group_norm supports one group per channel only")
-    m = mask[:, None, :].to(x.dtype)
+    dtype = x.dtype
+    x = x.float()
+    m = mask[:, None, :].float()
     count = m.sum(-1, keepdim=True).clamp_min(1.0)
+    weight = bias = None
+    if norm.affine:
+        weight, bias = norm.weight.float()[None, :, None], norm.bias.float()[None, :, None]
     if not (torch.is_grad_enabled() and (x.requires_grad or (norm.affine and norm.weight.requires_grad))):
         # Without autograd: one [B, C, T] temporary instead of five (the first CNN layer's
         # output is the largest activation of the model: 512 x 16000/5 per second of audio).
@@ -188,14 +213,14 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -
         var = torch.einsum("bct,bct->bc", y, y)[..., None] / count
         y.mul_(torch.rsqrt(var + norm.eps))
         if norm.affine:
-            y.mul_(norm.weight[None, :, None]).add_(norm.bias[None, :, None])
-        return y.mul_(m)
+            y.mul_(weight).add_(bias)
+        return y.mul_(m).to(dtype)
     mean = (x * m).sum(-1, keepdim=True) / count
     var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / count
     y = (x - mean) / torch.sqrt(var + norm.eps)
     if norm.affine:
-        y = y * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return y * m
+        y = y * weight + bias
+    return (y * m).to(dtype)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -216,6 +241,10 @@ class SSLBackbone(nn.Module):
     contiguous_attention: give WavLM's attention a time-major input
         (:func:`elp.speed.add_contiguous_attention_inputs`; outputs equal the stock ones to
         float rounding, 3-30x faster attention with frozen weights). No effect on wav2vec2/HuBERT.
+    sdpa_attention: compute WavLM's attention with ``scaled_dot_product_attention``
+        (:func:`elp.speed.add_sdpa_attention`; equal to HF's to float rounding, serves every
+        method). Replaces ``contiguous_attention``. No effect on wav2vec2/HuBERT (HF already
+        uses SDPA for them).
 
     Attributes (runtime knobs, no effect on results)
     ------------------------------------------------
@@ -227,7 +256,7 @@ class SSLBackbone(nn.Module):
     """
 
     def __init__(self, name: str, model: nn.Module, normalize_waveform: bool | None = None,
-                 contiguous_attention: bool = True):
+                 contiguous_attention: bool = True, sdpa_attention: bool = False):
         super().__init__()
         self.name = name
         self.model = model
@@ -237,7 +266,11 @@ class SSLBackbone(nn.Module):
         self.normalize_waveform = normalize_waveform
         model.feature_extractor.requires_grad_(False)
         # Adapters attach to HF sub-modules with forward hooks (see elp.model).
-        self._speed_hooks = add_contiguous_attention_inputs(model) if contiguous_attention else []
+        self._contiguous_attention = contiguous_attention
+        self._sdpa_modules, self._speed_hooks = [], []
+        self.set_sdpa_attention(sdpa_attention)
+        #: dtype the frozen transformer weights are held in (None = as loaded); see cast_frozen_.
+        self.frozen_dtype: torch.dtype | None = None
         self.no_grad_layers = 0
         self.activation_checkpointing = False
         # Identity of the frozen weights as loaded (before any training changes them): exports,
@@ -398,22 +431,144 @@ class SSLBackbone(nn.Module):
         """
         lengths = self.sample_lengths(wavs, wav_lens)
         features, frame_mask = self.extract_cnn_features(wavs, lengths)
-        num_prompt = 0
-        mask = frame_mask
-        if prompt is not None:
-            num_prompt = prompt.shape[0]
-            batch = features.shape[0]
-            features = torch.cat([prompt.to(features.dtype).expand(batch, -1, -1), features], dim=1)
-            mask = torch.cat([frame_mask.new_ones(batch, num_prompt), frame_mask], dim=1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.no_grad_layers):
-            hidden = self.model.feature_projection(features)
-        if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normalised CNN features
-            hidden = hidden[0]
-        hidden_states, last = self._run_encoder(hidden, mask, layer_prefixes)
+        return self.forward_from_cnn_features(features, frame_mask, prompt, layer_prefixes)
+
+    def forward_from_cnn_features(
+        self,
+        features: torch.Tensor,
+        frame_mask: torch.Tensor,
+        prompt: torch.Tensor | None = None,
+        layer_prefixes: torch.Tensor | None = None,
+    ) -> BackboneOutput:
+        """Hidden states of every layer, from the CNN's output (e.g. read from a cache).
+
+        ``forward(wavs, wav_lens)`` is ``extract_cnn_features`` followed by this; the values of
+        padded frames of ``features`` do not matter (they are masked before the positional
+        convolution and in attention).
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            [B, F, C] CNN features (:meth:`extract_cnn_features`).
+        frame_mask : torch.Tensor
+            [B, F] bool, True for valid frames.
+        prompt, layer_prefixes : torch.Tensor, optional
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        BackboneOutput
+            As :meth:`forward` returns.
+
+        Examples
+        --------
+        >>> from elp.testing import TINY_CONFIG
+        >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG)).eval()
+        >>> wavs, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
+        >>> feats, mask = backbone.extract_cnn_features(wavs, lengths)
+        >>> a = backbone.forward_from_cnn_features(feats, mask).last_hidden_state
+        >>> b = backbone(wavs, lengths / 8000).last_hidden_state
+        >>> bool(((a - b) * mask[..., None]).abs().max() < 1e-5)
+        True
+        """
+        with self._frozen_precision(features.device.type) as own_autocast:
+            num_prompt = 0
+            mask = frame_mask
+            if prompt is not None:
+                num_prompt = prompt.shape[0]
+                batch = features.shape[0]
+                features = torch.cat([prompt.to(features.dtype).expand(batch, -1, -1), features], dim=1)
+                mask = torch.cat([frame_mask.new_ones(batch, num_prompt), frame_mask], dim=1)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.no_grad_layers):
+                hidden = self.model.feature_projection(features)
+            if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normalised CNN features
+                hidden = hidden[0]
+            hidden_states, last = self._run_encoder(hidden, mask, layer_prefixes)
         if num_prompt:
             hidden_states = [h[:, num_prompt:] for h in hidden_states]
             last = last[:, num_prompt:]
+        if own_autocast:  # called without autocast: hand back float32 as the caller expects
+            hidden_states, last = [h.float() for h in hidden_states], last.float()
         return BackboneOutput(hidden_states, last, frame_mask)
+
+    def set_sdpa_attention(self, enabled: bool) -> None:
+        """Switch WavLM's attention between SDPA (:func:`elp.speed.add_sdpa_attention`) and HF's.
+
+        With SDPA off, the ``contiguous_attention`` pre-hooks (if asked for) are in place; with
+        it on they are removed (SDPA projects q/k/v with ordinary Linear calls). wav2vec2 and
+        HuBERT are unaffected (HF already uses SDPA for them).
+
+        Parameters
+        ----------
+        enabled : bool
+            True: SDPA; False: HF's ``F.multi_head_attention_forward``.
+
+        Examples
+        --------
+        >>> from elp.testing import TINY_CONFIG
+        >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG))
+        >>> backbone.set_sdpa_attention(True); backbone.sdpa_attention, len(backbone._speed_hooks)
+        (True, 0)
+        """
+        remove_sdpa_attention(self._sdpa_modules)
+        for handle in self._speed_hooks:
+            handle.remove()
+        self._sdpa_modules = add_sdpa_attention(self.model) if enabled else []
+        #: whether WavLM attention runs through SDPA (always False for wav2vec2/HuBERT)
+        self.sdpa_attention = bool(self._sdpa_modules)
+        use_hooks = self._contiguous_attention and not self._sdpa_modules
+        self._speed_hooks = add_contiguous_attention_inputs(self.model) if use_hooks else []
+
+    # ------------------------------------------------------------------- frozen precision
+    def cast_frozen_(self, dtype: torch.dtype | None = torch.bfloat16) -> list[str]:
+        """Hold the frozen ``nn.Linear`` weights of the transformer part in ``dtype``, in place.
+
+        Under ``torch.autocast(dtype=bfloat16)`` every frozen float32 weight is cast again at
+        every call (autocast caches casts only for weights that require grad); holding them in
+        bfloat16 once removes that work. Changed: frozen Linear weights/biases of the feature
+        projection and the transformer layers (q/k/v/out, WavLM's gate, feed-forward).
+        Unchanged: every trainable parameter, all LayerNorms, the positional convolution,
+        WavLM's relative-position embedding, LoRA-parametrized weights and the whole CNN
+        (whose GroupNorm statistics are float32 anyway, :func:`masked_group_norm`).
+
+        Call it after the method has set ``requires_grad`` (e.g. through
+        :meth:`elp.model.AdaptedSSL.cast_frozen_`). Afterwards the backbone always runs its
+        transformer part under autocast to ``dtype``; when the caller has no autocast active
+        it opens one itself and returns float32 hidden states.
+
+        Parameters
+        ----------
+        dtype : torch.dtype
+            ``torch.bfloat16`` (or ``torch.float16`` on GPUs).
+
+        Returns
+        -------
+        list of str
+            Names of the parameters cast (relative to ``self.model``).
+
+        Examples
+        --------
+        >>> from elp.testing import TINY_CONFIG
+        >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG))
+        >>> _ = backbone.requires_grad_(False)
+        >>> names = backbone.cast_frozen_(torch.bfloat16)
+        >>> "encoder.layers.0.attention.q_proj.weight" in names, backbone.layers[0].layer_norm.weight.dtype
+        (True, torch.float32)
+        >>> backbone(torch.randn(1, 8000)).last_hidden_state.dtype
+        torch.float32
+        """
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"cast_frozen_ holds frozen weights in bfloat16 or float16, not {dtype}")
+        names = [f"feature_projection.{n}" for n in cast_frozen_linear_(self.model.feature_projection, dtype)]
+        names += [f"encoder.{n}" for n in cast_frozen_linear_(self.model.encoder, dtype)]
+        self.frozen_dtype = dtype
+        return names
+
+    def _frozen_precision(self, device_type: str):
+        """Autocast to ``frozen_dtype`` when weights are held in it and no autocast is active."""
+        if self.frozen_dtype is None or torch.is_autocast_enabled(device_type):
+            return nullcontext(False)
+        return _AutocastFlag(device_type, self.frozen_dtype)
 
     def _attention_mask(self, hidden: torch.Tensor, mask: torch.Tensor):
         """The attention mask in the form the family's layers expect."""
@@ -504,6 +659,17 @@ def weights_hash(module: nn.Module | dict) -> str | None:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+class _AutocastFlag(torch.autocast):
+    """``torch.autocast`` whose ``__enter__`` returns True (the backbone opened it itself)."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype):
+        super().__init__(device_type=device_type, dtype=dtype)
+
+    def __enter__(self):
+        super().__enter__()
+        return True
 
 
 class _ConfigStub:

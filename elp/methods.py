@@ -2,8 +2,8 @@
 
 Each method is a :class:`MethodSpec`; :class:`elp.model.AdaptedSSL` builds a model from one.
 Adding a method = adding an entry to :data:`METHODS` (plus a module in ``elp/adapters`` when it
-needs a new kind). Facts from the ELP specification (``../shared/docs/ELP_SPEC.md``, sections
-2-4); the counts in the comments are for WavLM Base+ (d=768, 12 layers) and exclude the head.
+needs a new kind, which declares its learning-rate group as ``lr_group``). The design is written
+up in docs/DESIGN.md; the counts below are for WavLM Base+ (d=768, 12 layers) without the head.
 
 =============== ==================================================================== ===========
 method          learnable (besides the head)                                         WavLM Base+

@@ -65,7 +65,8 @@ class AdaptedSSL(nn.Module):
                  e_dim: int = 256, l_dim: int = 512, prompt_frames: int = 10, prefix_frames: int = 10,
                  lora_rank: int = 8, lora_alpha: float = 16.0,
                  lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), e_first_layer: int = 0,
-                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False):
+                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False,
+                 frozen_dtype: str = "fp32", sdpa_attention: bool = False):
         super().__init__()
         self.method = get_method(method) if isinstance(method, str) else method
         if not 0 <= e_first_layer < backbone.num_layers:
@@ -116,14 +117,35 @@ class AdaptedSSL(nn.Module):
             for layer in backbone.layers:
                 for target in lora_targets:
                     add_lora(getattr(layer.attention, target), lora_rank, lora_alpha)
+        # runtime knobs (no effect on results beyond rounding): frozen weights held in bf16 for
+        # bf16 autocast, frozen attention through scaled_dot_product_attention
+        if frozen_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"frozen_dtype must be fp32 or bf16, got {frozen_dtype!r}")
+        if frozen_dtype == "bf16":
+            self.cast_frozen_(torch.bfloat16)
+        if sdpa_attention:
+            backbone.set_sdpa_attention(True)
 
     @property
     def output_dim(self) -> int:
         """Width of the features the head reads."""
         return self.options["l_dim"] if self.layer_adapters is not None else self.backbone.hidden_size
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
-        """[B, T] waveforms (+ [B] relative lengths) -> feats [B, F, output_dim], frame_mask [B, F]."""
+    def forward(self, wavs: torch.Tensor | None, wav_lens: torch.Tensor | None = None, *,
+                cnn_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                hidden_states: tuple[list[torch.Tensor], torch.Tensor] | None = None):
+        """[B, T] waveforms (+ [B] relative lengths) -> feats [B, F, output_dim], frame_mask [B, F].
+
+        Instead of waveforms (``wavs`` None), ``cnn_features=(cnn_feats [B, F, C],
+        frame_lens [B])`` starts after the frozen CNN (:meth:`forward_from_cnn_features`) and
+        ``hidden_states=(hidden_states, frame_mask)`` after the whole frozen backbone
+        (:meth:`forward_from_hidden_states`). Going through ``forward`` matters under
+        DistributedDataParallel, which all-reduces gradients only of calls to the wrapper.
+        """
+        if cnn_features is not None:
+            return self.forward_from_cnn_features(*cnn_features)
+        if hidden_states is not None:
+            return self.forward_from_hidden_states(*hidden_states)
         grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
         with torch.set_grad_enabled(grad):
             out = self.backbone(
@@ -131,6 +153,62 @@ class AdaptedSSL(nn.Module):
                 prompt=self.prompt.frames if self.prompt is not None else None,
                 layer_prefixes=self.prefix.frames if self.prefix is not None else None)
         return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+
+    def forward_from_cnn_features(self, cnn_feats: torch.Tensor, frame_lens: torch.Tensor):
+        """What :meth:`forward` returns, computed from the frozen CNN's output (e.g. cached).
+
+        The CNN never trains in any method, so its features can be computed once per
+        utterance (:class:`elp.feature_cache.CNNFeatureCache`); everything after it (the
+        P-adapter's pseudo frames, prefixes, LoRA, E/L-adapters) runs here as in :meth:`forward`.
+
+        Parameters
+        ----------
+        cnn_feats : torch.Tensor
+            [B, F, C] CNN features (values of padded frames do not matter).
+        frame_lens : torch.Tensor
+            [B] integer count of valid frames per utterance.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            feats [B, F, output_dim] and frame_mask [B, F] bool; equal to
+            ``self(wavs, wav_lens)`` (to float rounding) when the features are the CNN output of
+            those waveforms.
+
+        Examples
+        --------
+        >>> from elp.backbones import backbone_config
+        >>> from elp.testing import TINY_CONFIG
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG)),
+        ...                    "elp", l_dim=16, e_dim=8, prompt_frames=4).eval()
+        >>> wavs, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+        >>> cnn, mask = model.backbone.extract_cnn_features(wavs, lengths)
+        >>> a, _ = model.forward_from_cnn_features(cnn, mask.sum(1))
+        >>> b, _ = model(wavs, lengths / 8000)
+        >>> bool(((a - b) * mask[..., None]).abs().max() < 1e-5)
+        True
+        """
+        if cnn_feats.dim() != 3 or cnn_feats.shape[-1] != self.backbone.cnn_channels:
+            raise ValueError(f"cnn_feats must be [B, F, {self.backbone.cnn_channels}], got {tuple(cnn_feats.shape)}")
+        frame_mask = torch.arange(cnn_feats.shape[1], device=cnn_feats.device)[None, :] < frame_lens.to(cnn_feats.device)[:, None]
+        grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
+        with torch.set_grad_enabled(grad):
+            out = self.backbone.forward_from_cnn_features(
+                cnn_feats, frame_mask,
+                prompt=self.prompt.frames if self.prompt is not None else None,
+                layer_prefixes=self.prefix.frames if self.prefix is not None else None)
+        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+
+    def cast_frozen_(self, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+        """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
+        :meth:`elp.backbones.SSLBackbone.cast_frozen_`); trainable parameters keep float32.
+
+        Returns
+        -------
+        list of str
+            Names of the parameters cast (relative to the HF model).
+        """
+        return self.backbone.cast_frozen_(dtype)
 
     def _read_hidden_states(self, hidden_states, last_hidden_state) -> torch.Tensor:
         if self.layer_adapters is not None:

@@ -20,6 +20,9 @@ grad_accumulation_factor  batches per optimizer step (SpeechBrain run option): t
                       batch is this times the batch
 num_workers           DataLoader worker processes (``auto``: 4 with pinned memory on a GPU, 0 on CPU)
 hidden_state_cache    weighted_sum / l_only: cache the frozen backbone's hidden states
+cnn_cache             every method: cache the frozen CNN's features (``cnn_cache_dir``, default
+                      ``exp/cnn_cache``, shared by the recipe's experiments; ``cnn_cache_dtype``
+                      float16)
 ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run option)
 precision             fp32 | bf16 | fp16 autocast for training and evaluation (``auto``: bf16 on
                       a GPU, fp32 on CPU)
@@ -36,6 +39,7 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 
 from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
@@ -50,7 +54,8 @@ _HELD: list = []  # the experiment locks this process holds
 RUN_DEFAULTS = {
     "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "num_buckets": 32,
     "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
-    "num_workers": "auto", "hidden_state_cache": False, "ckpt_interval_steps": 50, "precision": "auto",
+    "num_workers": "auto", "hidden_state_cache": False, "cnn_cache": False, "cnn_cache_dir": None,
+    "cnn_cache_dtype": "float16", "ckpt_interval_steps": 50, "precision": "auto",
     "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
 }
 
@@ -143,6 +148,18 @@ def peek_experiment(argv: list[str]) -> dict:
     return hparams
 
 
+def present_test_sets(hparams: dict) -> list[str]:
+    """The hparams' ``test_sets`` whose data dir exists; each absent one is logged (a corpus
+    download without test-other, say), and none present is an error."""
+    present = [t for t in hparams["test_sets"] if Path(t, "wav.scp").is_file()]
+    for missing in sorted(set(map(str, hparams["test_sets"])) - set(map(str, present))):
+        logger.warning("test set %s is not prepared (no wav.scp): skipped", missing)
+    if not present:
+        raise FileNotFoundError(f"none of the test sets {', '.join(map(str, hparams['test_sets']))} exists: "
+                                "run stage 0 (data preparation) first")
+    return present
+
+
 def make_recipe_importable(hparams_file: str) -> None:
     """Put the recipe directory (``conf/..``) first on ``sys.path``, so its YAML can name a
     module of its own, e.g. ``head: !new:local.my_head.MyHead`` for ``local/my_head.py``."""
@@ -153,7 +170,7 @@ def make_recipe_importable(hparams_file: str) -> None:
 
 def make_dataset(hparams: dict, data_dir: str, split: str):
     """``hparams["task"]``'s dataset of ``data_dir`` (``split``: train, valid or test)."""
-    return hparams["task"].dataset(data_dir, split, hparams["inventory"])
+    return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
 
 
 def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
@@ -173,7 +190,10 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
     cuda = str(hparams.get("device", "cpu")).startswith("cuda")
     workers = hparams["num_workers"]
     workers = (4 if cuda else 0) if workers == "auto" else int(workers)
-    common = {"num_workers": workers, "pin_memory": cuda}
+    # A DataLoader without its own generator draws its workers' base seed from the global torch
+    # RNG each time it is iterated, so a resumed run (RNG state restored, then a new iterator)
+    # would see other dropout masks than the uninterrupted one.
+    common = {"num_workers": workers, "pin_memory": cuda, "generator": torch.Generator().manual_seed(int(hparams["seed"]))}
     if workers:
         common["persistent_workers"] = True
     lengths = [int(dataset.data[i]["num_samples"]) for i in dataset.data_ids]

@@ -11,6 +11,16 @@ code stays stock:
   ``transpose(0, 1)`` is contiguous (``x.transpose(0, 1).contiguous().transpose(0, 1)``).
   wav2vec2 and HuBERT project q/k/v with ordinary ``nn.Linear`` calls on a contiguous input
   (eager or SDPA attention interface) and need nothing.
+* :func:`add_sdpa_attention`: WavLM's attention computed with
+  ``torch.nn.functional.scaled_dot_product_attention`` (its gated relative-position bias and
+  the key padding mask become one additive float mask) instead of HF's
+  ``F.multi_head_attention_forward(need_weights=True)``, which materialises and averages the
+  attention weights. The q/k/v/out projections are the HF module's own ``nn.Linear`` calls, so
+  LoRA parametrizations and hooks keep working. wav2vec2 and HuBERT already use SDPA in
+  transformers 5 (``config._attn_implementation == "sdpa"``).
+* :func:`cast_frozen_linear_`: frozen ``nn.Linear`` weights held in bfloat16 once, so that
+  autocast does not re-cast them on every call (autocast caches casts only of weights that
+  require grad).
 * :func:`checkpointed`: activation checkpointing of one layer call
   (``torch.utils.checkpoint``, non-reentrant, so forward hooks such as E-adapters inside the
   layer are recomputed and receive gradients).
@@ -26,9 +36,11 @@ True
 
 from __future__ import annotations
 
+import types
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -93,3 +105,263 @@ def checkpointed(function: Callable, *args, **kwargs):
     torch.Size([2, 4])
     """
     return checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+
+# ----------------------------------------------------------------------- SDPA attention
+#: Attention classes (by class name) whose attention computation :func:`add_sdpa_attention` replaces.
+_SDPA_REPLACEABLE = ("WavLMAttention",)
+
+
+def _sdpa_self_attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                         gated_position_bias: torch.Tensor):
+    """Drop-in for ``WavLMAttention.torch_multi_head_self_attention`` (bound to the module).
+
+    Same inputs and the same first output as HF's method ([B, T, D]); the second output
+    (attention weights, which no caller in the encoder reads) is None.
+    """
+    batch, frames, _ = hidden_states.shape
+    heads, head_dim = self.num_heads, self.head_dim
+
+    def split(projection: nn.Linear) -> torch.Tensor:
+        return projection(hidden_states).view(batch, frames, heads, head_dim).transpose(1, 2)
+
+    query, key, value = split(self.q_proj), split(self.k_proj), split(self.v_proj)
+    bias = gated_position_bias.view(batch, heads, frames, frames)
+    if attention_mask is not None:
+        padded = attention_mask.ne(1)[:, None, None, :]
+        bias = bias.masked_fill(padded, float("-inf"))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
+                                         dropout_p=self.dropout if self.training else 0.0)
+    out = out.transpose(1, 2).reshape(batch, frames, heads * head_dim)
+    return self.out_proj(out), None
+
+
+def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
+    """Compute every WavLM attention of ``model`` with ``scaled_dot_product_attention``.
+
+    Sets an instance attribute ``torch_multi_head_self_attention`` on each ``WavLMAttention``
+    (the HF class is untouched; :func:`remove_sdpa_attention` deletes the attribute again).
+    Equal to HF's attention to float rounding (fp32: < 1e-5 on hidden states, tested), for
+    every method: LoRA reparametrises the projections' weights (read through the modules
+    here), prefixes are extra frames of the input, E-adapters hook the attention's output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A HF model (or any module containing ``WavLMAttention`` modules).
+
+    Returns
+    -------
+    list of torch.nn.Module
+        The attention modules changed (empty for wav2vec2/HuBERT, which use SDPA already).
+
+    Examples
+    --------
+    >>> add_sdpa_attention(nn.Linear(2, 2))
+    []
+    """
+    changed = []
+    for module in model.modules():
+        if type(module).__name__ in _SDPA_REPLACEABLE:
+            module.torch_multi_head_self_attention = types.MethodType(_sdpa_self_attention, module)
+            changed.append(module)
+    return changed
+
+
+def remove_sdpa_attention(modules: list[nn.Module]) -> None:
+    """Undo :func:`add_sdpa_attention` on the modules it returned."""
+    for module in modules:
+        module.__dict__.pop("torch_multi_head_self_attention", None)
+
+
+# ------------------------------------------------------------------- frozen weights in bf16
+def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Cast the frozen ``nn.Linear`` weights and biases inside ``module`` to ``dtype``, in place.
+
+    Only parameters with ``requires_grad=False`` that belong directly to an ``nn.Linear``
+    change; trainable parameters, LayerNorms, embeddings, convolutions and buffers keep their
+    dtype. A parametrized weight (LoRA) is left in its dtype: its low-rank update is added to
+    the frozen original on every call, and adding it to a bfloat16 original would round small
+    updates away before autocast sees them.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module to change (e.g. a backbone's transformer encoder).
+    dtype : torch.dtype
+        Target dtype (``torch.bfloat16`` or ``torch.float16``).
+
+    Returns
+    -------
+    list of str
+        Names (relative to ``module``) of the parameters cast.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2))
+    >>> net[2].requires_grad_(False) and None
+    >>> net[0].requires_grad_(True) and None
+    >>> cast_frozen_linear_(net)
+    ['2.weight', '2.bias']
+    >>> net[2].weight.dtype, net[0].weight.dtype, net[1].weight.dtype
+    (torch.bfloat16, torch.float32, torch.float32)
+    """
+    cast = []
+    for prefix, sub in module.named_modules():
+        if not isinstance(sub, nn.Linear):
+            continue
+        parametrized = getattr(sub, "parametrizations", {})
+        for name in ("weight", "bias"):
+            param = sub._parameters.get(name)
+            if name in parametrized or param is None or param.requires_grad or param.dtype == dtype:
+                continue
+            param.data = param.data.to(dtype)
+            cast.append(f"{prefix}.{name}".lstrip("."))
+    return cast
+
+
+# ----------------------------------------------------------------------- interleaved comparison
+#: Speed options compared by :func:`compare_options`: name -> (sdpa_attention, cnn_cache, frozen_bf16).
+OPTION_SETS = {
+    "base": (False, False, False),
+    "sdpa": (True, False, False),
+    "cnn_cache": (False, True, False),
+    "sdpa+cnn_cache": (True, True, False),
+    "sdpa+cnn_cache+bf16w": (True, True, True),
+}
+
+
+def compare_options(backbone_name: str = "wavlm_plus", methods: tuple[str, ...] = ("full", "el", "elp", "weighted_sum", "l_only"),
+                    option_sets: tuple[str, ...] = tuple(OPTION_SETS), precision: str = "fp32",
+                    batch_size: int = 4, duration: float = 3.0, rounds: int = 3, threads: int | None = None,
+                    config_overrides: dict | None = None, log=print) -> list[dict]:
+    """Training-step time of methods under speed options, interleaved round by round in one process.
+
+    For each method the models (one with float32 frozen weights, and one holding them in
+    bfloat16 when an option set asks for it) are built once; every round then times one step
+    of every option set back to back, so that load from other processes hits them alike. A
+    step is the same as ``elp bench``'s (forward, per-frame Linear + mean pool +
+    cross-entropy, backward, Adam). With ``cnn_cache`` the step reads the CNN features from a
+    cache filled before timing (the cost after the first epoch).
+
+    Parameters
+    ----------
+    backbone_name : str
+        Short backbone name (random weights from its config).
+    methods : tuple of str
+        Methods to time.
+    option_sets : tuple of str
+        Keys of :data:`OPTION_SETS`; ratios are against the first.
+    precision : str
+        ``"fp32"`` or ``"bf16"`` (autocast around forward and loss). ``+bf16w`` sets need bf16.
+    batch_size, duration : int, float
+        B utterances of ``duration`` seconds.
+    rounds : int
+        Timed rounds (after one warm-up round); medians are reported.
+    threads : int, optional
+        ``torch.set_num_threads``.
+    config_overrides : dict, optional
+        Backbone config changes (e.g. :data:`elp.testing.TINY_CONFIG`).
+    log : callable
+        Where progress and the table go.
+
+    Returns
+    -------
+    list of dict
+        One row per (method, option set): ``method``, ``options``, ``step_s`` (median),
+        ``vs_first`` (ratio to the first option set of the same method).
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> rows = compare_options(methods=("el",), option_sets=("base", "sdpa+cnn_cache"), rounds=1,
+    ...                        config_overrides=TINY_CONFIG, duration=0.5, log=lambda *a: None)
+    >>> [row["options"] for row in rows], rows[0]["vs_first"]
+    (['base', 'sdpa+cnn_cache'], 1.0)
+    """
+    import statistics
+    import tempfile
+    import time
+
+    from elp.backbones import load_backbone
+    from elp.feature_cache import CNNFeatureCache, cached_cnn_forward
+    from elp.model import AdaptedSSL
+
+    if threads:
+        torch.set_num_threads(threads)
+    unknown = [name for name in option_sets if name not in OPTION_SETS]
+    if unknown:
+        raise ValueError(f"unknown option sets {unknown}; choose from {list(OPTION_SETS)}")
+    if precision != "bf16" and any(OPTION_SETS[name][2] for name in option_sets):
+        raise ValueError("option sets with +bf16w need precision='bf16'")
+    generator = torch.Generator().manual_seed(0)
+    wavs = 0.1 * torch.randn(batch_size, int(round(duration * 16000)), generator=generator)
+    wav_lens = torch.ones(batch_size)
+    labels = torch.randint(0, 10, (batch_size,), generator=generator)
+    rows = []
+    for method in methods:
+        models = {}
+        for bf16_weights in sorted({OPTION_SETS[name][2] for name in option_sets}):
+            torch.manual_seed(0)
+            backbone = load_backbone(backbone_name, pretrained=False, config_overrides=config_overrides or {})
+            model = AdaptedSSL(backbone, method).train()
+            if bf16_weights:
+                model.cast_frozen_(torch.bfloat16)
+            head = nn.Linear(model.output_dim, 10)
+            optimizer = torch.optim.Adam(list(model.learnable_parameters().values()) + list(head.parameters()), 1e-4)
+            models[bf16_weights] = (model, head, optimizer)
+        tmp = tempfile.TemporaryDirectory(prefix="elp-speed-")
+        cache = CNNFeatureCache.for_model(tmp.name, models[False if False in models else True][0])
+
+        def step(name: str) -> float:
+            sdpa, use_cache, bf16_weights = OPTION_SETS[name]
+            model, head, optimizer = models[bf16_weights]
+            model.backbone.set_sdpa_attention(sdpa)
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                if use_cache:
+                    feats, mask = cached_cnn_forward(model, cache, None, wavs, wav_lens)
+                else:
+                    feats, mask = model(wavs, wav_lens)
+                weights = mask[..., None].to(feats.dtype)
+                pooled = (head(feats) * weights).sum(1) / weights.sum(1)
+                loss = nn.functional.cross_entropy(pooled.float(), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return time.perf_counter() - start
+
+        times = {name: [] for name in option_sets}
+        for round_index in range(rounds + 1):
+            for name in option_sets:
+                elapsed = step(name)
+                if round_index:  # round 0 warms up (and fills the cache)
+                    times[name].append(elapsed)
+        tmp.cleanup()
+        first = statistics.median(times[option_sets[0]])
+        for name in option_sets:
+            median = statistics.median(times[name])
+            rows.append(dict(method=method, options=name, step_s=median, vs_first=median / first))
+            log(f"{method:>12} {precision} {name:<22} step {median:.3f} s  x{median / first:.2f}")
+        del models
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Interleaved step times of speed options (compare_options).")
+    parser.add_argument("--backbone", default="wavlm_plus")
+    parser.add_argument("--methods", nargs="+", default=["full", "el", "elp", "weighted_sum", "l_only"])
+    parser.add_argument("--options", nargs="+", default=None, help=f"option sets from {list(OPTION_SETS)}")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    default = [n for n in OPTION_SETS if args.precision == "bf16" or not OPTION_SETS[n][2]]
+    result = compare_options(args.backbone, tuple(args.methods), tuple(args.options or default), args.precision,
+                             args.batch_size, args.duration, args.rounds, args.threads)
+    print(json.dumps(result))

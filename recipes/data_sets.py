@@ -9,7 +9,7 @@ Usage::
 import sys
 
 from elp.runtime import run_main
-from elp.recipe import peek_experiment
+from elp.recipe import peek_experiment, present_test_sets
 
 
 def main(argv) -> int:
@@ -17,7 +17,7 @@ def main(argv) -> int:
     hparams = peek_experiment(argv)
     print("train", hparams["train_set"])
     print("valid", hparams["valid_set"])
-    for data_dir in hparams["test_sets"]:
+    for data_dir in present_test_sets(hparams):
         print("test", data_dir)
     return 0
 

@@ -12,7 +12,7 @@ Writes ``<output_folder>/decode/<set>/`` with what the recipe's task writes (ASR
 import sys
 from pathlib import Path
 
-from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
+from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
 from elp.runtime import configure_logging, run_main
 
 
@@ -22,10 +22,10 @@ def main(argv) -> int:
     brain = build_brain(hparams, run_opts)
     brain.recover_best()
     decode_root = Path(hparams["output_folder"]) / "decode"
-    for test_dir in hparams["test_sets"]:
+    for test_dir in present_test_sets(hparams):
         dataset = make_dataset(hparams, test_dir, "test")
         hparams["task"].write_outputs(brain, dataset, test_dir, decode_root / Path(test_dir).name,
-                                      loader_kwargs(hparams, dataset, train=False))
+                                      lambda data: loader_kwargs(hparams, data, train=False))
     return 0
 
 

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from elp.hparams import build_node
-from elp.recipe import peek_experiment
+from elp.recipe import peek_experiment, present_test_sets
 from elp.runtime import configure_logging, run_main
 
 logger = logging.getLogger("inventory")
@@ -24,7 +24,7 @@ def main(argv) -> int:
     hparams = peek_experiment(argv)
     task = build_node(hparams["task"])
     task.build_inventory(hparams["train_set"], hparams["lang_dir"])
-    for data_dir in [hparams["valid_set"], *hparams["test_sets"]]:
+    for data_dir in [hparams["valid_set"], *present_test_sets(hparams)]:
         task.check_coverage(hparams["lang_dir"], data_dir)
     logger.info("%s: %s inventory of %s", hparams["lang_dir"], task.kind, hparams["train_set"])
     return 0

@@ -6,7 +6,7 @@
 #   PATH              ${ELP_ROOT}/.venv/bin first, when the virtual environment exists
 #   PYTHONPATH        ${ELP_ROOT} first, so "import elp" works without installing
 #   OMP_NUM_THREADS   kept if set, else 1 (several threads per process oversubscribe
-#                     small machines; ELP_SPEC.md section 9)
+#                     small machines; docs/DESIGN.md "Threads")
 #   LC_ALL=C          byte-order sorting, as Kaldi data directories require
 #   PYTHONUTF8=1      Python keeps UTF-8 I/O under LC_ALL=C
 

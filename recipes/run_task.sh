@@ -61,6 +61,7 @@ help_message="Usage: $0 [options] [-- hparam overrides]
   --ddp_cpu N                     N CPU processes with DDP over gloo (no GPU)
   --dry_run true                  print stage 3's command instead of running it
   --prep_opts 'OPTS'              extra options of local/data_prep.py
+  --mini_corpus PY --mini_corpus_subdir DIR --mini_corpus_opts 'OPTS'   the mini corpus (set by run.sh)
   --fix_data true [--max_drop 0.05]   stage 1 repairs training/validation dirs (never test sets)
   -- --key value ...              any hparam of the YAML (or a run option, see docs/RECIPES.md)"
 

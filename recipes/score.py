@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from elp.hparams import build_node
-from elp.recipe import peek_experiment
+from elp.recipe import peek_experiment, present_test_sets
 from elp.results import append_results_line, backbone_label, write_results_json
 from elp.runtime import configure_logging, run_main
 
@@ -25,7 +25,7 @@ def main(argv) -> int:
     task = build_node(hparams["task"])
     output = Path(hparams["output_folder"])
     metric, extra = None, {}
-    for index, test_dir in enumerate(hparams["test_sets"]):
+    for index, test_dir in enumerate(present_test_sets(hparams)):
         name = Path(test_dir).name
         set_metric, set_extra = task.score(test_dir, output / "decode" / name)
         if index == 0:

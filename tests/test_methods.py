@@ -168,3 +168,53 @@ def test_too_short_audio_is_rejected(tiny_checkpoints):
     model = build(tiny_checkpoints, "wavlm", "el")
     with pytest.raises(ValueError, match="receptive field"):
         model(torch.randn(2, 8000), torch.tensor([1.0, 0.02]))
+
+
+# ------------------------------------------------- speed paths keep parity and padding invariance
+@pytest.mark.parametrize("name", ["wavlm", "wavlm_plus", "wavlm_large"])
+def test_sdpa_attention_matches_hf_hidden_states(tiny_checkpoints, name):
+    backbone = load_backbone(name, source=str(tiny_checkpoints[name]), normalize_waveform=False,
+                             sdpa_attention=True).eval()
+    assert backbone.sdpa_attention
+    wavs = torch.randn(2, 6000)
+    with torch.no_grad():
+        ours = backbone(wavs)
+        backbone.set_sdpa_attention(False)
+        reference = backbone.model(wavs, output_hidden_states=True)
+    for mine, theirs in zip(ours.hidden_states, reference.hidden_states):
+        assert (mine - theirs).abs().max().item() <= 1e-5
+    assert (ours.last_hidden_state - reference.last_hidden_state).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", ["wavlm_plus", "wavlm_large"])
+def test_padding_invariance_with_sdpa_attention(tiny_checkpoints, name, method):
+    torch.manual_seed(1)
+    backbone = load_backbone(name, source=str(tiny_checkpoints[name]), sdpa_attention=True)
+    model = AdaptedSSL(backbone, method, **OPTIONS).eval()
+    wavs, _ = batch(1)
+    with torch.no_grad():
+        padded, mask = model(wavs, torch.tensor([1.0, 0.6, 0.3]))
+        for index, length in enumerate([8000, 4800, 2400]):
+            alone, alone_mask = model(wavs[index:index + 1, :length])
+            frames = int(alone_mask.sum())
+            diff = (padded[index, :frames] - alone[0]).abs().max().item()
+            assert diff <= 1e-4, f"{name}/{method}: utterance {index} changes by {diff} when padded"
+
+
+@pytest.mark.parametrize("method", ["el", "elp", "prefix", "lora"])
+def test_forward_from_cnn_features_equals_forward(tiny_checkpoints, method):
+    model = build(tiny_checkpoints, "wavlm_plus", method).eval()
+    wavs, wav_lens = batch()
+    lengths = model.backbone.sample_lengths(wavs, wav_lens)
+    with torch.no_grad():
+        expected, expected_mask = model(wavs, wav_lens)
+        cnn, cnn_mask = model.backbone.extract_cnn_features(wavs, lengths)
+        cnn = cnn + 100.0 * ~cnn_mask[..., None]  # values of padded frames do not matter
+        feats, frame_mask = model.forward_from_cnn_features(cnn, cnn_mask.sum(1))
+        via_forward, _ = model(None, cnn_features=(cnn, cnn_mask.sum(1)))
+    assert torch.equal(frame_mask, expected_mask)
+    assert (feats - expected).abs().max().item() <= 1e-5
+    assert torch.equal(feats, via_forward)
+    with pytest.raises(ValueError, match=r"cnn_feats must be \[B, F, 32\]"):
+        model.forward_from_cnn_features(cnn[..., :4], cnn_mask.sum(1))

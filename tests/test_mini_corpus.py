@@ -26,22 +26,32 @@ if str(ROOT) not in sys.path:
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                 reason="espeak-ng not installed (sudo apt-get install espeak-ng)")
 
-from tools.mini_corpus import espeak, iemocap, librispeech, slurp, voxceleb  # noqa: E402
+from tools.mini_corpus import (espeak, iemocap, librispeech, slurp,  # noqa: E402
+                               speech_commands, voxceleb)
 from tools.mini_corpus.espeak import SPEAKER_PALETTE, EspeakError, Voice  # noqa: E402
 
 BUILDERS = {"librispeech": librispeech, "voxceleb1": voxceleb, "iemocap": iemocap,
-            "slurp": slurp}
-SHARED_SLURP = slurp.shared_annotation_dir()
+            "slurp": slurp, "speech_commands": speech_commands}
+ROOT_NAMES = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
+              "iemocap": "IEMOCAP_full_release", "slurp": "slurp",
+              "speech_commands": "speech_commands_v0.02"}
+
+
+def shared_slurp_dir() -> Path | None:
+    """The real SLURP annotations beside the project (tests only; builders never look)."""
+    base = os.environ.get("ELP_SHARED_DATA")
+    folder = (Path(base) if base else ROOT.parent / "shared" / "data") / "slurp"
+    return folder if (folder / "devel.jsonl").is_file() else None
+
+
+SHARED_SLURP = shared_slurp_dir()
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
 def build_tiny(name: str, out: Path, **kwargs) -> dict:
-    extra = {"builtin": True} if name == "slurp" and "builtin" not in kwargs \
-        and "annotations" not in kwargs else {}
-    return BUILDERS[name].build(out, seed=kwargs.pop("seed", 0), size="tiny",
-                                **extra, **kwargs)
+    return BUILDERS[name].build(out, seed=kwargs.pop("seed", 0), size="tiny", **kwargs)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -296,9 +306,88 @@ def check_slurp(root: Path) -> list[dict]:
 
 def test_slurp_builtin_layout(built):
     lines = check_slurp(built["out"] / "slurp")
-    assert len({x["intent"] for x in lines}) == 6
+    assert {x["intent"] for x in lines} == set(slurp.BUILTIN_TEMPLATES)
+    assert [x["slurp_id"] for x in lines] != [] and min(x["slurp_id"] for x in lines) == 900001
     for line in lines:
         assert line["sentence"] == " ".join(t["surface"] for t in line["tokens"])
+        assert len(line["sentence"].split()) <= slurp.BUILTIN_MAX_WORDS
+        assert slurp.parse_annotation(line["sentence_annotation"])[0] == line["sentence"]
+
+
+def test_slurp_builtin_text_is_lexically_distinct():
+    """Every intent has enough sentences for the mini recipe (48) plus pre-training text, and
+    each has words of its own (the task is learnable from the words)."""
+    sentences = {i: [slurp.parse_annotation(a)[0] for a in slurp.builtin_annotations(i)]
+                 for i in slurp.BUILTIN_TEMPLATES}
+    assert len(sentences) == 6
+    assert all(len(s) >= 48 + 25 for s in sentences.values()), {i: len(s) for i, s in sentences.items()}
+    words = {i: {w for s in ss for w in s.split()} for i, ss in sentences.items()}
+    for intent, own in words.items():
+        others = set().union(*(w for i, w in words.items() if i != intent))
+        assert len(own - others) >= 8, (intent, sorted(own - others))
+    # a given (seed, intent) fixes the order, whatever the corpus size
+    first = slurp.builtin_lines(["news_query"], 10, seed=0)
+    more = slurp.builtin_lines(["news_query", "play_music"], 20, seed=0)
+    texts = lambda c: [x["sentence_annotation"] for s in slurp.SPLITS for x in c[s]]  # noqa: E731
+    assert set(texts(first)) < set(texts(more))
+    with pytest.raises(ValueError, match="--sentences_per_intent"):
+        slurp.builtin_lines(["datetime_query"], 1000, seed=0)
+    with pytest.raises(ValueError, match="no built-in sentences for intent 'qa_currency'"):
+        slurp.build(Path("unused"), size="tiny", intents="qa_currency")
+
+
+def test_slurp_same_bytes_with_and_without_shared_data(built, tmp_path, monkeypatch):
+    """The corpus and the pre-training text never read ../shared or $ELP_SHARED_DATA."""
+    import tools.pretrain_text as pretrain_text
+    shared = tmp_path / "shared" / "data"
+    (shared / "slurp").mkdir(parents=True)
+    if SHARED_SLURP is not None:  # the real files when available, else a decoy line
+        for name in ("devel.jsonl", "test.jsonl"):
+            (shared / "slurp" / name).symlink_to(SHARED_SLURP / name)
+    else:
+        (shared / "slurp" / "devel.jsonl").write_text(json.dumps({
+            "slurp_id": 1, "sentence": "decoy", "sentence_annotation": "decoy",
+            "intent": "qa_decoy", "action": "decoy", "tokens": [], "scenario": "qa",
+            "recordings": [{"file": "audio-1.flac"}], "entities": []}) + "\n")
+    texts = {}
+    for label, value in (("with", str(shared)), ("without", str(tmp_path / "absent"))):
+        monkeypatch.setenv("ELP_SHARED_DATA", value)
+        build_tiny("slurp", tmp_path / label)
+        assert tree(tmp_path / label / "slurp") == tree(built["out"] / "slurp")
+        out = tmp_path / f"{label}.txt"
+        assert pretrain_text.main(["--out", str(out), "--exclude",
+                                   str(tmp_path / label / "slurp" / "dataset" / "slurp")]) == 0
+        texts[label] = out.read_bytes()
+    assert texts["with"] == texts["without"]
+    assert len(texts["with"].decode().splitlines()) == 200
+
+
+def test_pretrain_text_is_disjoint_from_the_ic_corpus(tmp_path):
+    import tools.pretrain_text as pretrain_text
+    text = set(pretrain_text.pretrain_sentences(200))
+    assert len(text) == 200
+    # the mini IC recipe's corpus: 48 sentences per intent (only the text is needed here)
+    corpus = slurp.builtin_lines(sorted(slurp.BUILTIN_TEMPLATES), 48, seed=0)
+    used = {x["sentence"] for lines in corpus.values() for x in lines}
+    assert len(used) == 6 * 48 and not text & used
+    # every intent contributes
+    per_intent = {i: sum(s in text for s in map(lambda a: slurp.parse_annotation(a)[0],
+                                                slurp.builtin_annotations(i)))
+                  for i in slurp.BUILTIN_TEMPLATES}
+    assert min(per_intent.values()) >= 20, per_intent
+    # a corpus that uses the reserved positions is caught by --exclude
+    big = slurp.builtin_lines(["weather_query"], 80, seed=0)
+    folder = tmp_path / "dataset" / "slurp"
+    folder.mkdir(parents=True)
+    for split in ("train", "devel", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in big[split]))
+    assert pretrain_text.check_disjoint(sorted(text), folder.parent) == 0  # no jsonl there
+    (folder / "devel.jsonl").rename(tmp_path / "devel.jsonl")
+    (folder / "test.jsonl").unlink()  # train: the first 56 of the order, no collision
+    assert pretrain_text.check_disjoint(sorted(text), folder) == 56
+    (tmp_path / "devel.jsonl").rename(folder / "devel.jsonl")  # positions 56-67 collide
+    with pytest.raises(ValueError, match="devel.jsonl:.*--reserve"):
+        pretrain_text.check_disjoint(sorted(text), folder)
 
 
 @pytest.mark.skipif(SHARED_SLURP is None, reason="../shared/data/slurp not found")
@@ -328,14 +417,86 @@ def test_slurp_parse_annotation():
 
 
 # ----------------------------------------------------------------------------------------
+# Speech Commands v0.02
+# ----------------------------------------------------------------------------------------
+def test_speech_commands_layout(built):
+    root = built["out"] / "speech_commands_v0.02"
+    words = set(speech_commands.COMMAND_WORDS) | set(speech_commands.AUXILIARY_WORDS)
+    assert len(words) == 35 and len(speech_commands.AUXILIARY_WORDS) == 25
+    clips = sorted(str(p.relative_to(root)) for p in root.glob("*/*.wav")
+                   if p.parent.name != "_background_noise_")
+    for rel in clips:
+        word, name = rel.split("/")
+        assert word in words and re.fullmatch(r"[0-9a-f]{8}_nohash_0\.wav", name), rel
+        info = sf.info(str(root / rel))
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == \
+            (16000, 1, "PCM_16", 16000), rel
+    lists = {}
+    for split, name in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+        lines = (root / name).read_text().splitlines()
+        assert lines == sorted(lines) and set(lines) <= set(clips)
+        lists[split] = lines
+    training = sorted(set(clips) - set(lists["validation"]) - set(lists["testing"]))
+    lists["training"] = training
+    # tiny: 2/1/1 speakers, each says the 10 command words and 1 other word
+    assert {s: len(v) for s, v in lists.items()} == {"validation": 11, "testing": 11,
+                                                      "training": 22}
+    for split, lines in lists.items():  # the real rule: split = hash of the speaker id
+        assert all(speech_commands.which_split(line) == split for line in lines), split
+    speakers = {s: {line.split("/")[1].split("_")[0] for line in v} for s, v in lists.items()}
+    assert not any(a & b for a, b in itertools.combinations(speakers.values(), 2))
+    noise = sorted(p.name for p in (root / "_background_noise_").iterdir())
+    assert noise == ["README.md", "brown_noise.wav", "pink_noise.wav", "white_noise.wav"]
+    for name in noise[1:]:
+        wav, sr = sf.read(str(root / "_background_noise_" / name))
+        assert sr == 16000 and len(wav) == 20 * 16000 and abs(rms(wav) - 0.1) < 0.002
+    # a word is louder than the floor around it, and sits at different offsets
+    onsets = []
+    for rel in clips[:6]:
+        wav, _ = sf.read(str(root / rel))
+        loud = np.flatnonzero(np.abs(wav) > 0.05)
+        assert loud.size and (np.abs(wav[:200]).max() < 0.02 or np.abs(wav[-200:]).max() < 0.02)
+        onsets.append(int(loud[0]))
+    assert len(set(onsets)) > 3
+
+
+def test_speech_commands_split_rule_and_small_plan():
+    ids = [f"{i:08x}" for i in range(0, 20000 * 7919, 7919)]
+    shares = {s: sum(speech_commands.which_split(i) == s for i in ids) / len(ids)
+              for s in ("validation", "testing", "training")}
+    assert abs(shares["validation"] - 0.1) < 0.01 and abs(shares["testing"] - 0.1) < 0.01
+    assert speech_commands.which_split("left/0a7c2a8d_nohash_3.wav") == \
+        speech_commands.which_split("0a7c2a8d")
+    # stricter split -> different assignment (percentages are honoured)
+    assert all(speech_commands.which_split(i, 0.0, 0.0) == "training" for i in ids[:50])
+    plan = speech_commands.plan_files(0, "small")
+    counts = {s: sum(p[0] == s for p in plan) for s in speech_commands.SPLITS}
+    assert counts == {"training": 264, "validation": 44, "testing": 44}
+    per_word = {w: sum(p[1].startswith(f"{w}/") and p[0] == "training" for p in plan)
+                for w in speech_commands.COMMAND_WORDS}
+    assert set(per_word.values()) == {24}
+    auxiliary = [p[1].split("/")[0] for p in plan
+                 if p[1].split("/")[0] in speech_commands.AUXILIARY_WORDS]
+    assert len(auxiliary) == 32 and len(set(auxiliary)) == 25  # every word, about once
+    voices = {p[2] for p in plan}
+    assert len(voices) == 32 and len({v.variant for v in voices}) >= 15
+    for voice in voices:
+        espeak.check_voice(voice)
+
+
+def test_speech_commands_clip_too_long_is_an_error():
+    with pytest.raises(EspeakError, match="yes/x_nohash_0.wav.*longer than a 1 s clip"):
+        speech_commands.place_in_clip(np.zeros(16001, np.float32), np.random.default_rng(0),
+                                      "yes/x_nohash_0.wav")
+
+
+# ----------------------------------------------------------------------------------------
 # determinism and idempotence
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_build_is_deterministic(name, built, tmp_path):
     build_tiny(name, tmp_path)
-    root_name = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
-                 "iemocap": "IEMOCAP_full_release", "slurp": "slurp"}[name]
-    assert tree(tmp_path / root_name) == tree(built["out"] / root_name)
+    assert tree(tmp_path / ROOT_NAMES[name]) == tree(built["out"] / ROOT_NAMES[name])
 
 
 def test_rerun_is_instant_and_guarded(tmp_path):

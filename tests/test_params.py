@@ -8,7 +8,7 @@ import pytest
 from elp.cli import main
 from elp.params import count_learnable
 
-# ELP_SPEC.md section 3 (WavLM Base+ config; the same for every Base model except `full`)
+# docs/DESIGN.md "Counts" (WavLM Base+ config; the same for every Base model except `full`)
 SPEC_COUNTS = {"el": 9_127_436, "conventional": 9_535_488, "e_only": 4_786_176, "l_only": 4_737_036,
                "weighted_sum": 13}
 

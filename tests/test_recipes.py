@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,12 +44,25 @@ def copy_recipe(tmp_path: Path, task: str) -> Path:  # noqa: D401
     return target
 
 
-def run_recipe(recipe: Path, *args: str, timeout: int = 400) -> str:
+def run_recipe(recipe: Path, *args: str, timeout: int = 900) -> str:
+    """Run ``./run.sh args`` in ``recipe``; on a timeout the whole process group is killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["./run.sh", *args], cwd=recipe, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"run.sh {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result.stdout + result.stderr
+    process = subprocess.Popen(["./run.sh", *args], cwd=recipe, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, f"run.sh {' '.join(args)} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    return stdout + stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def train_losses(train_log: Path) -> list[float]:
@@ -144,12 +158,13 @@ def test_rerun_with_other_hparams_is_refused_in_one_line(prepared_ic):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["./run.sh", *args, "--", "--number_of_epochs", "1", "--lr", "{head: 0.5}"], cwd=recipe,
                             env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "ERROR: exp/rerun: hparams changed since this experiment was trained: lr.head 0.005 -> 0.5" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "ERROR: exp/rerun: hparams changed since this experiment was trained: lr.head 0.005 -> 0.5" in output
+    assert "Traceback" not in output
     result = subprocess.run(["./run.sh", "--stage", "4", "--stop_stage", "4", "--backbone_arch", "tiny",
                              "--tag", "typo"], cwd=recipe, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "exp/typo has no trained model" in result.stderr
+    assert result.returncode != 0 and "exp/typo has no trained model" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -161,7 +176,7 @@ def test_ddp_two_cpu_processes(tmp_path, task, method, extra):
     recipe = copy_recipe(tmp_path, task)
     run_recipe(recipe, "--stop_stage", "2", "--backbone_arch", "tiny")
     output = run_recipe(recipe, "--stage", "3", "--ddp_cpu", "2", "--backbone_arch", "tiny", "--method", method,
-                        "--tag", "ddp", "--", "--number_of_epochs", "3", "--ckpt_interval_steps", "0", *extra)
+                        "--tag", "ddp", "--master_port", str(free_port()), "--", "--number_of_epochs", "3", "--ckpt_interval_steps", "0", *extra)
     assert "--distributed_backend=gloo" in output
     exp = recipe / "exp" / "ddp"
     losses = train_losses(exp / "train_log.txt")

@@ -1,61 +1,124 @@
 #!/usr/bin/env python3
-"""Transcripts for the synthetic pre-training corpus, disjoint from every recipe's data.
+"""Transcripts for the synthetic pre-training corpus: in-domain, disjoint from the IC corpus.
 
-Takes real SLURP sentences (``../shared/data/slurp`` or ``--slurp``) whose ``slurp_id`` the
-mini SLURP corpus does NOT use, preferring the intents that corpus covers (so the frozen
-backbone has heard the domain's words, as a real SSL backbone has heard English), and writes
-one sentence per line. Without SLURP annotations it writes an empty file: the pre-training
-corpus then falls back to the LibriSpeech mini vocabulary.
+The stand-in backbone of the mini recipes is pre-trained on a synthetic LibriSpeech-layout
+corpus (``tools/pretrain_backbone.py``). Its transcripts come from here: sentences of the
+mini SLURP corpus's built-in text (``tools/mini_corpus/slurp.py``), so the frozen backbone
+has heard the domain's words as a real self-supervised backbone has heard English, but never
+a sentence of the intent-classification corpus.
+
+The mini SLURP corpus takes, per intent, the first ``--sentences_per_intent`` sentences of
+:func:`~tools.mini_corpus.slurp.builtin_order` (seeded by the corpus seed and the intent
+only). This tool takes sentences from position ``--reserve`` on (default
+:data:`DEFAULT_RESERVE`, above the mini IC recipe's 48), one intent after the other in turn,
+until ``--num`` are chosen, and writes them sorted, one per line. The output depends only on
+these options: nothing outside the repository is read, and no corpus must be built first.
+``--exclude DIR`` (a built corpus's ``dataset/slurp``) only *checks* that no chosen sentence
+occurs there and fails otherwise (the corpus was built with more sentences per intent than
+``--reserve`` or with another seed).
 
 Usage::
 
-    python tools/pretrain_text.py --exclude egs/slurp/ic/corpus/slurp/dataset/slurp \\
-        --out exp/pretrain_text.txt [--num 200]
+    python tools/pretrain_text.py --out exp/pretrain_text.txt [--num 200] [--seed 0]
+        [--reserve 56] [--exclude egs/slurp/ic/corpus/slurp/dataset/slurp]
 """
+from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``tools.mini_corpus`` importable
+    sys.path.insert(0, str(ROOT))
+
+from tools.mini_corpus.slurp import BUILTIN_TEMPLATES, builtin_order, parse_annotation  # noqa: E402
+
+DEFAULT_RESERVE = 56
+"""Sentences per intent left to the IC corpus (its mini recipe uses 48)."""
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def pretrain_sentences(num: int = 200, seed: int = 0, reserve: int = DEFAULT_RESERVE,
+                       intents: list[str] | None = None) -> list[str]:
+    """Up to ``num`` built-in sentences that a corpus of at most ``reserve`` lines per intent
+    built with ``seed`` does not use, sorted.
+
+    Arguments
+    ---------
+    num : int
+        Sentences wanted (fewer if the built-in text has fewer beyond ``reserve``).
+    seed : int
+        Seed of the mini SLURP corpus.
+    reserve : int
+        Sentences per intent left to the corpus.
+    intents : list of str, optional
+        Intents to draw from (default: every built-in intent).
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> text = pretrain_sentences(num=12)
+    >>> len(text), text == sorted(set(text))
+    (12, True)
+    """
+    pools = [[parse_annotation(a)[0] for a in builtin_order(intent, seed)[reserve:]]
+             for intent in (intents or sorted(BUILTIN_TEMPLATES))]
+    chosen: list[str] = []
+    for position in range(max(map(len, pools), default=0)):
+        for pool in pools:
+            if position < len(pool) and len(chosen) < num:
+                chosen.append(pool[position])
+    return sorted(set(chosen))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slurp", type=Path,
-                        default=Path(os.environ.get("ELP_SHARED_DATA", ROOT.parent / "shared" / "data")) / "slurp")
-    parser.add_argument("--exclude", type=Path, required=True, help="dataset/slurp folder of the mini corpus")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--num", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+def check_disjoint(sentences: list[str], corpus_jsonl_dir: Path) -> int:
+    """Raises ValueError if a sentence occurs in a ``*.jsonl`` of ``corpus_jsonl_dir``.
+
+    Returns
+    -------
+    int
+        Number of corpus lines checked (0 when the folder holds no jsonl file).
+    """
+    chosen = {s.lower() for s in sentences}
+    checked = 0
+    for path in sorted(corpus_jsonl_dir.glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            sentence = json.loads(line)["sentence"]
+            checked += 1
+            if sentence.lower() in chosen:
+                raise ValueError(
+                    f"{path}:{number}: sentence {sentence!r} is also pre-training text; the "
+                    f"corpus uses more sentences per intent than --reserve or another seed: "
+                    f"pass a larger --reserve or the corpus's --seed")
+    return checked
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="text file to write")
+    parser.add_argument("--num", type=int, default=200, help="sentences (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mini SLURP corpus")
+    parser.add_argument("--reserve", type=int, default=DEFAULT_RESERVE,
+                        help=f"sentences per intent left to the IC corpus "
+                             f"(default {DEFAULT_RESERVE})")
+    parser.add_argument("--exclude", type=Path, default=None,
+                        help="dataset/slurp folder of a built mini corpus: check that no chosen "
+                             "sentence occurs there")
     args = parser.parse_args(argv)
 
+    sentences = pretrain_sentences(args.num, args.seed, args.reserve)
+    checked = check_disjoint(sentences, args.exclude) if args.exclude else 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sources = sorted(args.slurp.glob("*.jsonl")) if args.slurp.is_dir() else []
-    if not sources:
-        args.out.write_text("")
-        print(f"no SLURP annotations under {args.slurp}: empty {args.out}", file=sys.stderr)
-        return 0
-    used = [row for path in sorted(args.exclude.glob("*.jsonl")) for row in read_jsonl(path)]
-    used_ids = {row["slurp_id"] for row in used}
-    used_text = {row["sentence"].lower() for row in used}
-    intents = {row["intent"] for row in used}
-    candidates = [row for path in sources for row in read_jsonl(path)
-                  if row["slurp_id"] not in used_ids and row["sentence"].lower() not in used_text
-                  and len(row["sentence"].split()) <= 8]
-    rng = random.Random(args.seed)
-    rng.shuffle(candidates)
-    candidates.sort(key=lambda row: row["intent"] not in intents)  # stable: in-domain intents first
-    sentences = sorted({row["sentence"] for row in candidates[: args.num]})
-    args.out.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    print(f"{args.out}: {len(sentences)} sentences ({len(used_ids)} slurp ids of the mini corpus excluded)",
+    args.out.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+    print(f"{args.out}: {len(sentences)} sentences"
+          + (f" (none among the {checked} lines of {args.exclude})" if args.exclude else ""),
           file=sys.stderr)
     return 0
 

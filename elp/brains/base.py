@@ -11,7 +11,7 @@ import speechbrain as sb
 import torch
 
 from elp.brains.guards import NonFiniteGuard
-from elp.feature_cache import HiddenStateCache, cached_forward
+from elp.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
 from elp.methods import BACKBONE_GROUPS
 from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
 
@@ -129,16 +129,26 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
     def features(self, batch, stage):
         """Waveforms of the batch -> (feats [B, F, D], frame_mask [B, F]).
 
-        With ``hidden_state_cache: true`` in the hparams, methods whose backbone is frozen and
-        un-adapted (``weighted_sum``, ``l_only``) read the backbone's hidden states from an
-        on-disk cache after the first epoch (:mod:`elp.feature_cache`); it is refused when
-        training crops audio at random (the cached states would not match).
+        Two on-disk caches, both keyed by the audio's content and the backbone's weights:
+
+        * ``hidden_state_cache: true``: methods whose backbone is frozen and un-adapted
+          (``weighted_sum``, ``l_only``) read all hidden states after the first epoch;
+        * ``cnn_cache: true``: every method reads the frozen CNN's features (the CNN never
+          trains); random training crops (``max_train_seconds``) become crops of the cached
+          frame sequence.
+
+        The cached paths call the model as a module (``model(None, ..., hidden_states=...)``),
+        so under DDP its gradients are all-reduced like the live path's.
         """
         wavs, wav_lens = batch.sig
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
         cache = self.hidden_state_cache()
         if cache is not None:
-            return cached_forward(unwrap(self.modules.model), cache, list(batch.id), wavs, wav_lens)
+            return cached_forward(self.modules.model, cache, list(batch.id), wavs, wav_lens)
+        cnn_cache = self.cnn_cache()
+        if cnn_cache is not None:
+            crop = self.train_crop_frames() if stage == sb.Stage.TRAIN else 0
+            return cached_cnn_forward(self.modules.model, cnn_cache, list(batch.id), wavs, wav_lens, max_frames=crop)
         return self.modules.model(wavs, wav_lens)
 
     def hidden_state_cache(self) -> HiddenStateCache | None:
@@ -147,8 +157,8 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
             return None
         if not hasattr(self, "_hidden_state_cache"):
             model = unwrap(self.modules.model)
-            if getattr(self.hparams, "max_train_seconds", 0):
-                raise ValueError("hidden_state_cache needs whole utterances: set max_train_seconds: 0")
+            if self.hparams.task.max_train_seconds:
+                raise ValueError("hidden_state_cache needs whole utterances: use cnn_cache with random crops")
             self._hidden_state_cache = None
             if model.hidden_states_cacheable:
                 self._hidden_state_cache = HiddenStateCache.for_model(
@@ -157,6 +167,24 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
                 logger.info("hidden_state_cache: method %s trains inside the backbone; not cached",
                             model.method.name)
         return self._hidden_state_cache
+
+    def cnn_cache(self) -> CNNFeatureCache | None:
+        """The CNN-feature cache (``cnn_cache: true``), shared by every experiment of the recipe
+        on the same backbone (``cnn_cache_dir``, default ``exp/cnn_cache``)."""
+        if not getattr(self.hparams, "cnn_cache", False):
+            return None
+        if not hasattr(self, "_cnn_cache"):
+            root = getattr(self.hparams, "cnn_cache_dir", None) or Path(self.hparams.output_folder).parent / "cnn_cache"
+            self._cnn_cache = CNNFeatureCache.for_model(root, unwrap(self.modules.model),
+                                                        dtype=getattr(self.hparams, "cnn_cache_dtype", "float16"))
+        return self._cnn_cache
+
+    def train_crop_frames(self) -> int:
+        """Frames of a random training crop (``max_train_seconds`` of the task; 0: none)."""
+        seconds = self.hparams.task.max_train_seconds
+        if not seconds:
+            return 0
+        return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * 16000))))
 
     def class_targets(self, batch) -> torch.Tensor:
         """[B] class ids of the batch (``label_id``, one per utterance)."""
@@ -219,7 +247,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """Yield (batch, feats, frame_mask) over ``dataset`` in eval mode without autograd."""
         loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
         self.modules.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.evaluation_ctx:  # the training precision (bf16 autocast on a GPU)
             for batch in loader:
                 feats, frame_mask = self.features(batch, sb.Stage.TEST)
-                yield batch, feats, frame_mask
+                yield batch, feats.float(), frame_mask

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import speechbrain as sb
 import torch
 
 from elp.brains.base import unwrap
 from elp.brains.classify import UtteranceClassifierBrain
+from elp.windows import windowed_embeddings
 
 
 class SpeakerBrain(UtteranceClassifierBrain):
@@ -33,9 +35,22 @@ class SpeakerBrain(UtteranceClassifierBrain):
         return super().head_parameters() + list(unwrap(self.modules.classifier).parameters())
 
     def predict(self, dataset, loader_kwargs):
-        """utt id -> embedding [embed_dim] (CPU tensor)."""
+        """utt id -> embedding [embed_dim] (CPU tensor, fp32).
+
+        Utterances longer than the task's ``window_seconds`` are embedded in overlapping
+        windows whose L2-normalised embeddings are averaged (:func:`elp.windows.windowed_embeddings`),
+        so memory is bounded by the window, not the utterance (VoxCeleb test files reach minutes).
+        """
+        task = self.hparams.task
+        model, head = unwrap(self.modules.model), unwrap(self.modules.head)
+        loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
+        self.modules.eval()
         embeddings = {}
-        for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
-            emb = self.modules.head(feats, frame_mask).cpu()
-            embeddings.update({utt: e for utt, e in zip(batch.id, emb)})
+        with torch.no_grad(), self.evaluation_ctx:
+            for batch in loader:
+                wavs, wav_lens = batch.sig
+                emb = windowed_embeddings(lambda w, lens: head(*model(w, lens)), wavs.to(self.device),
+                                          wav_lens.to(self.device), window_seconds=task.window_seconds,
+                                          overlap_seconds=task.window_overlap_seconds)
+                embeddings.update({utt: e for utt, e in zip(batch.id, emb.float().cpu())})
         return embeddings

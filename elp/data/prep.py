@@ -148,9 +148,10 @@ def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) 
     out_dir = write_data_dir(out_dir, **mappings)
     if validate:
         validate_data_dir(out_dir, jobs=4)  # headers read by 4 threads (I/O bound)
-    speakers = len(set(mappings["utt2spk"].values())) if mappings.get("utt2spk") else len(mappings["wav_scp"])
+    utterances = mappings.get("segments") or mappings["wav_scp"]  # with segments, wav.scp lists recordings
+    speakers = len(set(mappings["utt2spk"].values())) if mappings.get("utt2spk") else len(utterances)
     extra = f", {len(mappings['trials'])} trials" if mappings.get("trials") is not None else ""
-    logger.info("wrote %s: %d utterances, %d speakers%s", out_dir, len(mappings["wav_scp"]), speakers, extra)
+    logger.info("wrote %s: %d utterances, %d speakers%s", out_dir, len(utterances), speakers, extra)
     return out_dir
 
 

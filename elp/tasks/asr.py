@@ -64,8 +64,8 @@ class SpeechRecognition(Task):
         dataset.add_dynamic_item(token_pipeline)
         return ["text", "tokens"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs):
-        hyps = brain.predict(dataset, loader_kwargs)
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+        hyps = brain.predict(dataset, loader_kwargs_of(dataset))
         if hyps is None:
             return
         refs = read_data_dir(test_dir).text

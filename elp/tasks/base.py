@@ -71,7 +71,8 @@ class Task:
         cannot encode (stage 2, so a bad dev/test set fails before training, not after)."""
 
     # ------------------------------------------------------------------ data
-    def dataset(self, data_dir: str | Path, split: str, inventory) -> sb.dataio.dataset.DynamicItemDataset:
+    def dataset(self, data_dir: str | Path, split: str, inventory,
+                crop_audio: bool = True) -> sb.dataio.dataset.DynamicItemDataset:
         """A Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
 
         Parameters
@@ -81,6 +82,8 @@ class Task:
             ``"train"`` (random crops when ``max_train_seconds``), ``"valid"`` or ``"test"``.
         inventory : object
             From :func:`elp.tasks.load_inventory`.
+        crop_audio : bool
+            False: training utterances stay whole (the Brain crops cached CNN frames instead).
         """
         data = data_dir_to_dict(data_dir, label_file=self.label_file)
         for entry in data.values():
@@ -88,7 +91,7 @@ class Task:
             entry.setdefault("end", None)
         self.prepare_entries(data, split)
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
-        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" else 0
+        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" and crop_audio else 0
 
         @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
         @sb.utils.data_pipeline.provides("sig")
@@ -111,8 +114,11 @@ class Task:
         return []
 
     # ------------------------------------------------------------------ stages 4-5
-    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs: dict) -> None:
-        """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``."""
+    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of) -> None:
+        """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
+
+        ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
+        (the test set, and for SV the S-norm cohort)."""
         raise NotImplementedError
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:

@@ -50,8 +50,8 @@ class UtteranceClassification(Task):
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs):
-        predictions = brain.predict(dataset, loader_kwargs)
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+        predictions = brain.predict(dataset, loader_kwargs_of(dataset))
         if predictions is None:
             return
         refs = self.labels(test_dir)

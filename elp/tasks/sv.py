@@ -9,7 +9,7 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
-from elp.scoring import cosine_scores, equal_error_rate, min_dcf, s_norm
+from elp.scoring import cohort_utterance_ids, equal_error_rate, min_dcf, s_norm_trials, select_cohort
 from elp.tasks.base import Task, write_lines
 
 
@@ -27,7 +27,12 @@ class SpeakerVerification(Task):
     snorm_top_k : int, optional
         Top-k cohort scores per side (None: all).
     cohort_set : str, optional
-        The data dir whose embeddings form the S-norm cohort (the training set).
+        The data dir whose speakers form the S-norm cohort (the training set).
+    cohort_per_speaker : int
+        Utterances embedded per cohort speaker (their L2-normalised mean is the speaker's entry).
+    window_seconds, window_overlap_seconds : float
+        Test utterances longer than ``window_seconds`` are embedded in windows of that length
+        overlapping by ``window_overlap_seconds`` (mean of the normalised window embeddings).
     **kwargs
         See :class:`elp.tasks.base.Task` (``max_train_seconds``: the random training crops).
 
@@ -42,11 +47,15 @@ class SpeakerVerification(Task):
     metric_name, higher_is_better = "eer", False
 
     def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,
+                 cohort_per_speaker: int = 5, window_seconds: float = 6.0, window_overlap_seconds: float = 1.5,
                  **kwargs):
         super().__init__(**kwargs)
         self.snorm_cohort = int(snorm_cohort or 0)
         self.snorm_top_k = snorm_top_k
         self.cohort_set = cohort_set
+        self.cohort_per_speaker = int(cohort_per_speaker)
+        self.window_seconds = float(window_seconds)
+        self.window_overlap_seconds = float(window_overlap_seconds)
 
     def build_inventory(self, train_dir, lang_dir):
         LabelMap.from_values(read_data_dir(train_dir).utt2spk.values()).save(lang_dir)
@@ -71,18 +80,18 @@ class SpeakerVerification(Task):
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs):
-        embeddings = brain.predict(dataset, loader_kwargs)
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+        embeddings = brain.predict(dataset, loader_kwargs_of(dataset))
         cohort = None
         if self.snorm_cohort:
-            train = self.dataset(self.cohort_set, "test", None)
-            train_emb = brain.predict(train, loader_kwargs)
-            if train_emb is not None:
-                cohort = torch.stack([train_emb[u] for u in sorted(train_emb)][: self.snorm_cohort])
-        if embeddings is None:
-            return
+            # a speaker-balanced cohort: C training speakers spread over all of them, each the
+            # mean of a few of its utterances; only those utterances are embedded
+            utt2spk = read_data_dir(self.cohort_set).utt2spk
+            ids = set(cohort_utterance_ids(utt2spk, self.snorm_cohort, self.cohort_per_speaker))
+            train = self.dataset(self.cohort_set, "test", None).filtered_sorted(key_test={"id": lambda u: u in ids})
+            cohort, _ = select_cohort(brain.predict(train, loader_kwargs_of(train)), utt2spk, size=self.snorm_cohort)
         trials = read_trials(Path(test_dir) / "trials")
-        scores = score_trials(embeddings, trials, cohort, self.snorm_top_k)
+        scores = s_norm_trials(embeddings, trials, cohort, self.snorm_top_k)
         write_lines(decode_dir / "scores.txt",
                     (f"{t.enroll} {t.test} {s:.6f} {'target' if t.target else 'nontarget'}"
                      for t, s in zip(trials, scores.tolist())))
@@ -98,31 +107,3 @@ class SpeakerVerification(Task):
         dcf = min_dcf(scores, labels, p_target=0.01)["min_dcf"]
         return self.metric(eer, 50.0), {"min_dcf": dcf, "num_trials": len(rows)}
 
-
-def score_trials(embeddings: dict, trials, cohort: torch.Tensor | None, top_k: int | None) -> torch.Tensor:
-    """Cosine (and, with a cohort, S-normalised) scores of ``trials``.
-
-    Parameters
-    ----------
-    embeddings : dict
-        utt -> embedding [E].
-    trials : list of elp.data.kaldi_dir.Trial
-    cohort : torch.Tensor, optional
-        [C, E] cohort embeddings.
-    top_k : int, optional
-
-    Returns
-    -------
-    torch.Tensor
-        [num_trials] scores.
-    """
-    enroll = torch.stack([embeddings[t.enroll] for t in trials])
-    test = torch.stack([embeddings[t.test] for t in trials])
-    scores = cosine_scores(enroll, test)
-    if cohort is not None:
-        utts = sorted(embeddings)
-        index = {u: i for i, u in enumerate(utts)}
-        against_cohort = cosine_scores(torch.stack([embeddings[u] for u in utts]), cohort, all_pairs=True)
-        scores = s_norm(scores, against_cohort[[index[t.enroll] for t in trials]],
-                        against_cohort[[index[t.test] for t in trials]], top_k=top_k)
-    return scores

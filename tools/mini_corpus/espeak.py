@@ -1,6 +1,7 @@
 """Shared synthesis helpers for the synthetic mini corpora (Debian's ``espeak-ng``).
 
-The mini-corpus builders (``librispeech.py``, ``voxceleb.py``, ``iemocap.py``, ``slurp.py``)
+The mini-corpus builders (``librispeech.py``, ``voxceleb.py``, ``iemocap.py``, ``slurp.py``,
+``speech_commands.py``)
 render short English sentences with espeak-ng in the real corpus layouts so that recipes run
 end to end on a machine without the corpora. This module holds what they share:
 
@@ -396,13 +397,20 @@ class SynthesisJob:
     path: Path
 
 
-def _render(job: SynthesisJob) -> float:
+Transform = Callable[[SynthesisJob, np.ndarray], np.ndarray]
+"""``(job, waveform [T]) -> waveform [T']``: applied to a rendering before it is written."""
+
+
+def _render(job: SynthesisJob, transform: Transform | None = None) -> float:
     wav = synthesize(job.text, job.voice)
+    if transform is not None:
+        wav = transform(job, wav)
     write_audio(job.path, wav)
     return wav.size / SAMPLE_RATE
 
 
-def run_synthesis_jobs(jobs: Sequence[SynthesisJob], num_workers: int = MAX_WORKERS) -> list[float]:
+def run_synthesis_jobs(jobs: Sequence[SynthesisJob], num_workers: int = MAX_WORKERS,
+                       transform: Transform | None = None) -> list[float]:
     """Renders and writes all jobs, with at most :data:`MAX_WORKERS` espeak-ng processes.
 
     The workers are threads, each waiting on one espeak-ng subprocess at a time, so at most
@@ -413,6 +421,9 @@ def run_synthesis_jobs(jobs: Sequence[SynthesisJob], num_workers: int = MAX_WORK
     jobs : sequence of SynthesisJob
     num_workers : int
         1 or 2 (values above :data:`MAX_WORKERS` are capped).
+    transform : callable, optional
+        ``transform(job, wav)`` returns the waveform to write instead of ``wav`` (float32
+        [T] in [-1, 1]); it must depend on the job only, so that builds stay deterministic.
 
     Returns
     -------
@@ -422,10 +433,11 @@ def run_synthesis_jobs(jobs: Sequence[SynthesisJob], num_workers: int = MAX_WORK
     for voice in {job.voice for job in jobs}:
         check_voice(voice)
     workers = max(1, min(int(num_workers), MAX_WORKERS))
+    render = functools.partial(_render, transform=transform)
     if workers == 1:
-        return [_render(job) for job in jobs]
+        return [render(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_render, jobs))
+        return list(pool.map(render, jobs))
 
 
 def audio_duration(path: str | Path) -> float:

@@ -6,9 +6,9 @@
 #   ./run.sh --stage 3 --stop_stage 5 --method el -- --number_of_epochs 30
 #
 # Options: see ../../../recipes/run_task.sh (all of its flags work here).
-# The mini corpus keeps six intents whose real SLURP sentences differ in wording (weather,
-# music, news, email, calendar, time), short ones (<= 6 words), so a small model can learn
-# them in minutes.
+# The mini corpus holds six intents (weather, music, news, email, calendar, time) in the real
+# SLURP layout, with short sentences of our own wording (tools/mini_corpus/slurp.py), so a small
+# model can learn them in minutes.
 set -euo pipefail
 export ELP_CALLER_PWD=${ELP_CALLER_PWD:-${PWD}}
 cd "$(dirname "${BASH_SOURCE[0]}")"

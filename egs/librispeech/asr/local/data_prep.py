@@ -9,7 +9,7 @@ Absent subsets are skipped with a log line; audio without transcript (and the re
 dropped with a logged count.
 
 Usage:
-    python local/data_prep.py --corpus-root /corpora --out data
+    python local/data_prep.py --corpus-root /corpora --out data [--train-960]
     python local/data_prep.py --corpus-root /corpora/LibriSpeech --subsets dev-clean test-clean
 """
 from __future__ import annotations
@@ -18,13 +18,15 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from elp.data.kaldi_dir import read_mapping
+from elp.data.kaldi_dir import combine_data_dirs, read_data_dir, read_mapping
 from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, find_corpus_dir,
                            log_skipped, run_data_prep, write_prepared_dir)
 
 logger = logging.getLogger("librispeech.data_prep")
 
-DEFAULT_SUBSETS = ("train-clean-100", "dev-clean", "test-clean", "test-other")
+DEFAULT_SUBSETS = ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other")
+#: the 960 h training set: every training subset, combined into ``train_960``
+TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")
 
 
 def read_subset(subset_dir: Path) -> Dict[str, Dict[str, str]]:
@@ -50,7 +52,7 @@ def read_subset(subset_dir: Path) -> Dict[str, Dict[str, str]]:
 
 
 def prepare_librispeech(corpus_root: Path, out_dir: Path, subsets: Sequence[str] = DEFAULT_SUBSETS,
-                        validate: bool = True) -> List[Path]:
+                        validate: bool = True, train_960: bool = False) -> List[Path]:
     """Write one data dir per present subset; returns their paths.
 
     Arguments
@@ -63,8 +65,16 @@ def prepare_librispeech(corpus_root: Path, out_dir: Path, subsets: Sequence[str]
         Subset names as in the corpus (``dev-clean``); absent ones are skipped (logged).
     validate : bool
         Validate each dir (reads every audio header, writes utt2num_samples).
+    train_960 : bool
+        Also prepare the three training subsets and combine them into ``train_960``
+        (all must be present).
     """
     librispeech = find_corpus_dir(corpus_root, "LibriSpeech")
+    if train_960:
+        missing = [s for s in TRAIN_960 if not (librispeech / s).is_dir()]
+        if missing:
+            raise CorpusLayoutError(f"--train-960 needs {', '.join(missing)} under {librispeech}")
+        subsets = list(dict.fromkeys([*subsets, *TRAIN_960]))
     written = []
     for subset in subsets:
         subset_dir = librispeech / subset
@@ -75,6 +85,10 @@ def prepare_librispeech(corpus_root: Path, out_dir: Path, subsets: Sequence[str]
         written.append(write_prepared_dir(Path(out_dir) / subset.replace("-", "_"), validate=validate, **mappings))
     if not written:
         raise CorpusLayoutError(f"none of the subsets {list(subsets)} found in {librispeech}")
+    if train_960:
+        parts = [read_data_dir(Path(out_dir) / s.replace("-", "_")) for s in TRAIN_960]
+        combined = combine_data_dirs(parts)
+        written.append(write_prepared_dir(Path(out_dir) / "train_960", validate=validate, **combined.mappings()))
     return written
 
 
@@ -82,8 +96,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = data_prep_parser(__doc__)
     parser.add_argument("--subsets", nargs="+", default=list(DEFAULT_SUBSETS),
                         help=f"subsets to prepare (default: {' '.join(DEFAULT_SUBSETS)})")
+    parser.add_argument("--train-960", action="store_true",
+                        help="also prepare train-clean-360 and train-other-500 and combine the three "
+                             "training subsets into data/train_960 (then: -- --train_set data/train_960)")
     return run_data_prep(parser, lambda args: prepare_librispeech(
-        args.corpus_root, args.out, args.subsets, validate=not args.skip_validation), argv)
+        args.corpus_root, args.out, args.subsets, validate=not args.skip_validation,
+        train_960=args.train_960), argv)
 
 
 if __name__ == "__main__":
