@@ -66,6 +66,9 @@ def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
     view = SSLBackbone(backbone.name, model, normalize_waveform=backbone.normalize_waveform,
                        contiguous_attention=False)
     view.weights_sha256 = backbone.weights_sha256
+    # the copy keeps the original's attention implementation (SDPA attribute or speed hooks)
+    view.sdpa_attention = getattr(backbone, "sdpa_attention", False)
+    view.frozen_dtype = getattr(backbone, "frozen_dtype", None)
     return view
 
 
@@ -88,6 +91,9 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
                           prompt: torch.Tensor | None = None, layer_prefixes: torch.Tensor | None = None):
     """The transformer part of :meth:`SSLBackbone.forward`, from CNN features.
 
+    :meth:`SSLBackbone.forward_from_cnn_features`, plus one P-adapter prompt per sample (a
+    routed batch holds several tasks' pseudo frames).
+
     Parameters
     ----------
     backbone : SSLBackbone
@@ -104,20 +110,14 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
     (hidden_states, last_hidden_state)
         ``num_layers + 1`` tensors [B, F, D] and [B, F, D], prompt frames removed.
     """
-    num_prompt, mask = 0, frame_mask
-    if prompt is not None:
-        num_prompt, batch = prompt.shape[-2], features.shape[0]
-        prompt = prompt if prompt.dim() == 3 else prompt.expand(batch, -1, -1)  # [K, C] or per sample [B, K, C]
+    if prompt is not None and prompt.dim() == 3:  # per sample: prepend them here, as the backbone would
+        num_prompt = prompt.shape[1]
         features = torch.cat([prompt.to(features.dtype), features], dim=1)
-        mask = torch.cat([frame_mask.new_ones(batch, num_prompt), frame_mask], dim=1)
-    hidden = backbone.model.feature_projection(features)
-    if isinstance(hidden, tuple):
-        hidden = hidden[0]
-    hidden_states, last = backbone._run_encoder(hidden, mask, layer_prefixes)
-    if num_prompt:
-        hidden_states = [h[:, num_prompt:] for h in hidden_states]
-        last = last[:, num_prompt:]
-    return hidden_states, last
+        mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], num_prompt), frame_mask], dim=1)
+        out = backbone.forward_from_cnn_features(features, mask, None, layer_prefixes)
+        return [h[:, num_prompt:] for h in out.hidden_states], out.last_hidden_state[:, num_prompt:]
+    out = backbone.forward_from_cnn_features(features, frame_mask, prompt, layer_prefixes)
+    return out.hidden_states, out.last_hidden_state
 
 
 def routable(model: AdaptedSSL) -> bool:
