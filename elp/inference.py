@@ -10,15 +10,15 @@ Examples
 --------
 >>> import tempfile
 >>> from elp.package import make_tiny_package
->>> classifier = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task="classify"))
+>>> classifier = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY))
 >>> result = classifier.classify(np.zeros(16000, dtype=np.float32), sample_rate=16000)
 >>> result.label in classifier.labels, round(sum(result.probabilities.values()), 6)
 (True, 1.0)
->>> asr = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task="asr", method="elp"))
+>>> asr = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=ASR, method="elp"))
 >>> texts = asr.transcribe([np.zeros(8000), np.zeros((2, 16000))], sample_rate=8000)
 >>> len(texts), all(isinstance(t, str) for t in texts)
 (2, True)
->>> sv = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora"))
+>>> sv = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=SV, method="lora"))
 >>> sv.embed(torch.zeros(16000), sample_rate=16000).shape
 torch.Size([8])
 >>> trial = sv.verify(torch.ones(16000), torch.ones(16000), sample_rate=16000)
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from elp.data.audio import read_audio
 from elp.package import SAMPLE_RATE, Package, load_package
+from elp.tasks import ASR, CLASSIFY, SV
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 MAX_CHANNELS = 16
@@ -208,11 +209,11 @@ class Predictor:
         SV: embedding [E].
         """
         head = self.package.head
-        if self.task == "asr":
+        if self.task == ASR:
             log_probs = head(feats, frame_mask)
             return [lp[:n].cpu() for lp, n in zip(log_probs, frame_mask.sum(1).tolist())]
         out = head(feats, frame_mask)
-        if self.task == "classify":
+        if self.task == CLASSIFY:
             out = F.softmax(out, dim=-1)
         return list(out.cpu())
 
@@ -279,7 +280,7 @@ class Predictor:
         progress : bool, optional
             tqdm bar (default: for 50 or more inputs).
         """
-        self._require("asr", what="transcribe")
+        self._require(ASR, what="transcribe")
         items, single = as_batch(wavs)
         texts = [self.decode(lp, beam_size, lm, **lm_options)
                  for lp in self.outputs(items, sample_rate, batch_size, progress)]
@@ -292,14 +293,14 @@ class Predictor:
 
     def classify(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
         """Classify one utterance (-> :class:`Classification`) or a list of them."""
-        self._require("classify", what="classify")
+        self._require(CLASSIFY, what=CLASSIFY)
         items, single = as_batch(wavs)
         results = [self.to_classification(p) for p in self.outputs(items, sample_rate, batch_size, progress)]
         return results[0] if single else results
 
     def embed(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
         """Speaker embeddings: [E] for one utterance, [N, E] for a list."""
-        self._require("sv", what="embed")
+        self._require(SV, what="embed")
         items, single = as_batch(wavs)
         embeddings = torch.stack(self.outputs(items, sample_rate, batch_size, progress))
         return embeddings[0] if single else embeddings
@@ -313,7 +314,7 @@ class Predictor:
     def verify(self, a, b, sample_rate: int | None = None, batch_size: int = 8):
         """Verify trial(s): ``a`` and ``b`` one utterance each (-> :class:`Verification`) or
         equal-length lists (-> list)."""
-        self._require("sv", what="verify")
+        self._require(SV, what="verify")
         items_a, single = as_batch(a)
         items_b, single_b = as_batch(b)
         if single != single_b or len(items_a) != len(items_b):
@@ -326,8 +327,8 @@ class Predictor:
 
     def result(self, output: torch.Tensor, beam_size: int | None = None, lm=None):
         """The task's user-facing result for one :meth:`head_outputs` element."""
-        if self.task == "asr":
+        if self.task == ASR:
             return self.decode(output, beam_size, lm)
-        if self.task == "classify":
+        if self.task == CLASSIFY:
             return self.to_classification(output)
         return output

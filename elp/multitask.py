@@ -27,7 +27,7 @@ Examples
 >>> from elp.testing import save_tiny_checkpoint
 >>> ckpt = save_tiny_checkpoint("wavlm", tempfile.mkdtemp())
 >>> dirs = [make_tiny_package(tempfile.mkdtemp(), task=t, method=m, backbone_dir=ckpt)
-...         for t, m in [("classify", "l_only"), ("asr", "weighted_sum"), ("sv", "elp")]]
+...         for t, m in [(CLASSIFY, "l_only"), (ASR, "weighted_sum"), (SV, "elp")]]
 >>> tasks = MultiTask(dirs)
 >>> tasks.plan()
 {'shared_pass': [0, 1], 'routed_batches': [], 'own_layers': [2]}
@@ -53,6 +53,7 @@ from elp.methods import get_method
 from elp.model import AdaptedSSL
 from elp.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
                          load_package_backbone, load_weights, read_package_config)
+from elp.tasks import ASR, CLASSIFY, SV
 
 
 def backbone_view(backbone: SSLBackbone) -> SSLBackbone:

@@ -23,7 +23,7 @@ hash differs.
 Examples
 --------
 >>> import tempfile
->>> directory = make_tiny_package(tempfile.mkdtemp(), task="classify", method="l_only")
+>>> directory = make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY, method="l_only")
 >>> package = load_package(directory)
 >>> package.task, package.labels, package.model.method.name
 ('classify', ['angry', 'happy', 'neutral'], 'l_only')
@@ -46,12 +46,14 @@ from elp.backbones import BACKBONES, SSLBackbone, weights_hash
 from elp.data.inventory import BPE_MODEL, LABELS_FILE, TOKENS_FILE, BPETokenizer, CharTokenizer, load_tokenizer
 from elp.export import load_adapters, save_adapters
 from elp.model import AdaptedSSL
+from elp.tasks import ASR, CLASSIFY, SV
+from elp.tasks import TASKS as TASK_CLASSES
 
 PACKAGE_FILE = "package.json"
 CALIBRATION_FILE = "calibration.safetensors"
 BACKBONE_DIR = "backbone"
 PACKAGE_FORMAT_VERSION = 1
-TASKS = ("asr", "sv", "classify")
+TASKS = tuple(TASK_CLASSES)
 SAMPLE_RATE = 16000
 
 
@@ -85,7 +87,7 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
         The trained head; with a ``config`` dict (every head of :mod:`elp.heads`) unless
         ``head_spec`` is given.
     task : str
-        ``"asr"``, ``"sv"`` or ``"classify"``.
+        a task kind of :data:`elp.tasks.TASKS`.
     head_spec : dict, optional
         ``{"class": "module.Class", "options": {...}}``; default: from ``head``.
     inventory_dir : path, optional
@@ -116,7 +118,7 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
 
     Examples
     --------
-    >>> write_package("exp/elp/package", model, head, task="asr", inventory_dir="data/lang")  # doctest: +SKIP
+    >>> write_package("exp/elp/package", model, head, task=ASR, inventory_dir="data/lang")  # doctest: +SKIP
     """
     if task not in TASKS:
         raise PackageError(f"task={task!r} is not one of {TASKS}")
@@ -144,11 +146,11 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
         "head": head_spec, "inventory": inventory, "backbone": backbone_entry,
         "frontend": {"sample_rate": SAMPLE_RATE, "channels": "mean of all channels",
                      "normalize_waveform": bool(backbone.normalize_waveform)},
-        "sv": None, "extra": dict(extra or {}),
+        SV: None, "extra": dict(extra or {}),
     }
     _write_json(directory / PACKAGE_FILE, config)
     if sv_trials is not None:
-        if task != "sv":
+        if task != SV:
             raise PackageError(f"sv_trials given for a {task!r} package; only SV packages have a threshold")
         calibrate_threshold(directory, *sv_trials)
     return directory
@@ -180,7 +182,7 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
     Examples
     --------
     >>> import tempfile
-    >>> d = make_tiny_package(tempfile.mkdtemp(), task="sv", method="weighted_sum")
+    >>> d = make_tiny_package(tempfile.mkdtemp(), task=SV, method="weighted_sum")
     >>> calibrate_threshold(d, [0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])["threshold"]
     0.3
     """
@@ -188,7 +190,7 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
 
     directory = Path(directory)
     config = read_package_config(directory)
-    if config["task"] != "sv":
+    if config["task"] != SV:
         raise PackageError(f"{directory} is a {config['task']!r} package; only SV packages have a threshold")
     scores_t = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
     labels_t = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
@@ -196,10 +198,10 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
         raise PackageError(f"calibration: {scores_t.numel()} scores but {labels_t.numel()} labels")
     eer = equal_error_rate(scores_t.numpy(), labels_t.numpy())
     save_file({"scores": scores_t, "labels": labels_t}, str(directory / CALIBRATION_FILE))
-    config["sv"] = {"threshold": eer["threshold"], "eer": eer["eer"], "num_trials": int(scores_t.numel()),
+    config[SV] = {"threshold": eer["threshold"], "eer": eer["eer"], "num_trials": int(scores_t.numel()),
                     "source": source, "file": CALIBRATION_FILE}
     _write_json(directory / PACKAGE_FILE, config)
-    return config["sv"]
+    return config[SV]
 
 
 def _head_spec(head: nn.Module) -> dict:
@@ -213,7 +215,7 @@ def _head_spec(head: nn.Module) -> dict:
 def _write_inventory(directory: Path, task: str, inventory_dir, labels, tokenizer) -> dict:
     for name in (TOKENS_FILE, BPE_MODEL, LABELS_FILE):
         (directory / name).unlink(missing_ok=True)
-    if task == "asr":
+    if task == ASR:
         if tokenizer is None:
             if inventory_dir is None:
                 raise PackageError("an ASR package needs inventory_dir= (stage 2's data/lang) or tokenizer=")
@@ -225,7 +227,7 @@ def _write_inventory(directory: Path, task: str, inventory_dir, labels, tokenize
             tokenizer.save(directory)
             return {"kind": "char", "file": TOKENS_FILE}
         raise PackageError(f"unsupported tokenizer {type(tokenizer).__name__}; expected CharTokenizer or BPETokenizer")
-    if task == "classify":
+    if task == CLASSIFY:
         if labels is None:
             if inventory_dir is None:
                 raise PackageError("a classification package needs inventory_dir= (stage 2's data/lang) or labels=")
@@ -310,7 +312,7 @@ class Package:
     @property
     def threshold(self) -> float | None:
         """SV decision threshold (None when not calibrated)."""
-        sv = self.config.get("sv")
+        sv = self.config.get(SV)
         return None if not sv else float(sv["threshold"])
 
     @property
@@ -465,7 +467,7 @@ def _write_json(path: Path, data: dict) -> None:
 TINY_LABELS = ["angry", "happy", "neutral"]
 
 
-def make_tiny_package(directory: str | os.PathLike, task: str = "classify", method: str = "l_only",
+def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method: str = "l_only",
                       seed: int = 0, backbone_dir: str | os.PathLike | None = None,
                       backbone: str = "wavlm", **method_options) -> Path:
     """A package of a tiny random model (doctests, tests, demos): nothing is trained.
@@ -475,7 +477,7 @@ def make_tiny_package(directory: str | os.PathLike, task: str = "classify", meth
     directory : path
         Where to write it.
     task : str
-        ``"asr"`` (character tokens), ``"classify"`` (:data:`TINY_LABELS`) or ``"sv"``.
+        a task kind of :data:`elp.tasks.TASKS` (ASR: character tokens; classification: :data:`TINY_LABELS`).
     method : str
         Any method of :data:`elp.methods.METHODS`.
     seed : int
@@ -507,13 +509,13 @@ def make_tiny_package(directory: str | os.PathLike, task: str = "classify", meth
         for param in model.learnable_parameters().values():
             param.add_(0.1 * torch.randn_like(param))
     tokenizer, labels = None, None
-    if task == "asr":
+    if task == ASR:
         tokenizer = CharTokenizer.from_texts(["HELLO WORLD", "A CAT"])
         head = CTCHead(model.output_dim, tokenizer.vocab_size)
-    elif task == "classify":
+    elif task == CLASSIFY:
         labels = list(TINY_LABELS)
         head = PooledClassifier(model.output_dim, len(labels), hidden_dim=8)
-    elif task == "sv":
+    elif task == SV:
         head = SpeakerEmbeddingHead(model.output_dim, embed_dim=8, pooling="attentive")
     else:
         raise PackageError(f"task={task!r} is not one of {TASKS}")

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from elp.tasks import CLASSIFY
 
 DEFAULT_MIXES = ["l_only", "l_only,weighted_sum", "l_only,weighted_sum,l_only,weighted_sum",
                  "el", "el,elp", "el,elp,el,elp", "l_only,weighted_sum,el,elp"]
@@ -167,7 +168,7 @@ def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> 
     ssl.model.save_pretrained(ckpt)
     del ssl
     options = {} if tiny else {"l_dim": 256, "e_dim": 256, "prompt_frames": 10}
-    return {method: make_tiny_package(root / method, task="classify", method=method, backbone_dir=ckpt,
+    return {method: make_tiny_package(root / method, task=CLASSIFY, method=method, backbone_dir=ckpt,
                                       backbone=backbone, seed=i, **options)
             for i, method in enumerate(sorted(methods))}
 

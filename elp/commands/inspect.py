@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from elp.tasks import SV
 
 LAYER_WEIGHT_KEYS = {"model.layer_adapters.layer_weights": "L-adapters (layer 1..L outputs)",
                      "model.weighted_sum.layer_weights": "weighted sum (input embedding + layers 1..L)"}
@@ -63,7 +64,7 @@ def summarize(directory: Path) -> dict:
                      for key, label in LAYER_WEIGHT_KEYS.items() if key in state}
     return {"method": export["method"], "backbone": export["backbone"], "task": package.get("task"),
             "options": export["options"], "groups": groups, "layer_weights": layer_weights,
-            "sv": package.get("sv")}
+            SV: package.get(SV)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     for group, count in sorted(info["groups"].items()):
         print(f"  {group:8s} {count:>12,d}")
     print(f"  {'total':8s} {sum(info['groups'].values()):>12,d}")
-    if info["sv"]:
+    if info[SV]:
         print(f"SV threshold {info['sv']['threshold']:.6f} (EER {info['sv']['eer']:.2f}% on "
               f"{info['sv']['num_trials']} {info['sv']['source']})")
     if not info["layer_weights"]:
