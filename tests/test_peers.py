@@ -80,12 +80,16 @@ def test_missing_peft_prints_how_to_install_and_skips_the_row(checkpoint, tmp_pa
     out_dir = tmp_path / "bench"
     code = main(["bench", "--peers", "--tiny", "--methods", "weighted_sum", "--batch-size", "2",
                  "--duration", "0.5", "--warmup", "0", "--repeats", "1", "--threads", "1", "--no-memory",
+                 "--precision", "fp32", "bf16",
                  "--source", str(checkpoint), "--out-dir", str(out_dir)])
     assert code == 0
     captured = capsys.readouterr()
-    assert captured.err.count(peers.PEFT_MISSING) == 1 and "pip install -e .[peers]" in peers.PEFT_MISSING
-    record = json.loads((out_dir / "peers_wavlm_plus_custom_cpu_fp32_b2x0.5s.json").read_text())
-    assert [row["key"] for row in record["rows"]] == ["sb_full", "sb_weighted_sum", "elp:weighted_sum"]
+    # one line per run (one run per precision)
+    assert captured.err.count(peers.PEFT_MISSING) == 2 and "pip install -e .[peers]" in peers.PEFT_MISSING
+    for precision in ("fp32", "bf16"):
+        record = json.loads((out_dir / f"peers_wavlm_plus_custom_cpu_{precision}_b2x0.5s.json").read_text())
+        assert record["settings"]["precision"] == precision
+        assert [row["key"] for row in record["rows"]] == ["sb_full", "sb_weighted_sum", "elp:weighted_sum"]
     assert "| SpeechBrain WavLM, full FT, CNN frozen |" in captured.out
     assert "HF PEFT LoRA" not in captured.out
 
