@@ -8,8 +8,9 @@ Usage::
         --distributed_backend=gloo      # 2 CPU processes
 
 Rerunning resumes from the latest checkpoint in ``<output_folder>/save``. On success it writes
-``<output_folder>/train_stats.json`` and the adapter-only export of the *best* checkpoint (the
-model stage 4 evaluates) in ``<output_folder>/adapters/``.
+``<output_folder>/train_stats.json`` and the model package of the *best* checkpoint (the model
+stage 4 evaluates) in ``<output_folder>/adapters/``: the adapter export plus everything inference
+needs (:mod:`elp.package`; ``elp infer --package``).
 """
 
 import json
@@ -21,7 +22,7 @@ import torch
 
 from elp.backbones import weights_hash
 from elp.brains.base import unwrap
-from elp.export import save_adapters
+from elp.package import write_package
 from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
 from elp.runtime import configure_logging, peak_memory_mb, run_main
 
@@ -55,7 +56,13 @@ def main(argv) -> int:
         }
         stats_file.write_text(json.dumps(stats, indent=2))
         brain.recover_best()
-        save_adapters(unwrap(brain.modules.model), output / "adapters", head=unwrap(brain.modules.head))
+        task, source = hparams["task"], hparams["backbone_source"]
+        if source is None and Path(hparams["backbone"]).is_dir():
+            source = hparams["backbone"]
+        write_package(output / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head), task=task.kind,
+                      backbone_source=source, backbone_pretrained=not hparams["backbone_arch"],
+                      extra={"corpus": hparams["corpus"], "task_name": hparams["task_name"], "tag": hparams["tag"]},
+                      **task.package_fields(hparams["inventory"]))
     return 0
 
 

@@ -117,12 +117,22 @@ class Task:
         return []
 
     # ------------------------------------------------------------------ stages 4-5
-    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of) -> None:
+    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of,
+                      exp_dir: Path) -> None:
         """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
 
         ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
-        (the test set, and for SV the S-norm cohort)."""
+        (the test set, and for SV the S-norm cohort and the calibration trials); ``exp_dir`` is
+        the experiment (its model package is ``exp_dir/adapters``)."""
         raise NotImplementedError
+
+    def package_fields(self, inventory) -> dict:
+        """What a model package stores of the inventory (:func:`elp.package.write_package`)."""
+        return {"labels": list(inventory.labels)}
+
+    def plot(self, test_dir: str | Path, decode_dir: Path, out_dir: Path, inventory_labels=None) -> list[Path]:
+        """Stage 5's plots of one decoded test set (PNG paths); none by default."""
+        return []
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
         """(metric, extra metrics) of one decoded test set.
