@@ -42,8 +42,8 @@ def main(argv) -> int:
         learnable = {**{f"model.{k}": v for k, v in unwrap(brain.modules.model).learnable_parameters().items()},
                      **{f"head.{k}": v for k, v in unwrap(brain.modules.head).state_dict().items()}}
         (output / f"rank{rank}_learnable.sha256").write_text(weights_hash(learnable) + "\n")
+    stats_file = output / "train_stats.json"
     if sb.utils.distributed.if_main_process():
-        stats_file = output / "train_stats.json"
         previous = json.loads(stats_file.read_text()) if stats_file.exists() else {}
         stats = {
             "learnable_params": brain.learnable_parameter_count(),
@@ -54,8 +54,10 @@ def main(argv) -> int:
             "epochs": brain.hparams.epoch_counter.current,
             "final_train_loss": float(brain.train_stats["loss"]) if hasattr(brain, "train_stats") else None,
         }
+    brain.recover_best()  # on every rank: under DDP the checkpointer lists checkpoints collectively
+    if sb.utils.distributed.if_main_process():
+        stats["best_epoch"] = brain.hparams.epoch_counter.current
         stats_file.write_text(json.dumps(stats, indent=2))
-        brain.recover_best()
         task, source = hparams["task"], hparams["backbone_source"]
         if source is None and Path(hparams["backbone"]).is_dir():
             source = hparams["backbone"]
