@@ -1,4 +1,4 @@
-"""Task heads on backbone features (spec section 5).
+"""Task heads on backbone features (docs/DESIGN.md).
 
 Every head takes ``feats`` [B, F, D] (float) and ``frame_mask`` [B, F] (bool, True = real
 frame). Padded frames never influence pooled outputs: they are zeroed with ``torch.where``
@@ -50,6 +50,9 @@ def _check_inputs(feats: torch.Tensor, frame_mask: torch.Tensor) -> None:
             f"frame_mask shape {tuple(frame_mask.shape)} does not match feats [B, F] = "
             f"{tuple(feats.shape[:2])}"
         )
+    if frame_mask.is_cuda:  # no host synchronisation per step: a device-side assertion instead
+        torch._assert_async(frame_mask.any(dim=1).all(), "an utterance has no valid frame")
+        return
     empty = (~frame_mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
         raise ValueError(
@@ -194,7 +197,7 @@ class CTCHead(nn.Module):
 
 class PooledClassifier(nn.Module):
     """Utterance classifier for emotion and intent: Linear(in_dim -> hidden_dim), masked
-    mean over frames, Linear(hidden_dim -> num_classes) (spec section 5; no nonlinearity).
+    mean over frames, Linear(hidden_dim -> num_classes) (the paper's emotion/intent head; no nonlinearity).
 
     Arguments
     ---------
