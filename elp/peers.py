@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from elp.bench import BenchHead, _busy_seconds, _MemoryProbe, _sync, machine_description, parse_variant
+from elp.bench import BenchSettings, BenchHead, _busy_seconds, _MemoryProbe, _sync, machine_description, parse_variant
 
 #: Peer variants, always run first, in this order (``sb_full`` is the reference of every ratio).
 PEERS = {
@@ -84,7 +84,7 @@ LORA_RANK, LORA_ALPHA, LORA_TARGETS = 8, 16.0, ("q_proj", "v_proj")
 
 
 @dataclass
-class PeerSettings:
+class PeerSettings(BenchSettings):
     """What one peer benchmark run measures.
 
     Parameters
@@ -112,25 +112,14 @@ class PeerSettings:
         Measure peak memory in one subprocess per variant.
     """
 
-    backbone: str = "wavlm_plus"
-    config_overrides: dict = field(default_factory=dict)
-    batch_size: int = 4
-    duration: float = 3.0
-    precision: str = "fp32"
-    device: str = "cpu"
     warmup: int = 1
-    repeats: int = 5
-    threads: int | None = None
-    num_classes: int = 10
-    seed: int = 0
+    profile: bool = False
     memory: bool = True
 
     @property
     def name(self) -> str:
         """File stem of the outputs, e.g. ``peers_wavlm_plus_cpu_fp32_b4x3s``."""
-        custom = "_custom" if self.config_overrides else ""
-        return (f"peers_{self.backbone}{custom}_{self.device}_{self.precision}_"
-                f"b{self.batch_size}x{self.duration:g}s")
+        return f"peers_{super().name}"
 
 
 # ------------------------------------------------------------------------------ checkpoint

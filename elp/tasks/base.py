@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import speechbrain as sb
+import torch
 
 from elp.data.audio import TARGET_SAMPLE_RATE, read_audio
 from elp.data.inventory import LabelMap
@@ -115,6 +116,18 @@ class Task:
     def add_targets(self, dataset, split: str, inventory) -> list[str]:
         """Add this task's target items to ``dataset``; return their output keys."""
         return []
+
+    @staticmethod
+    def add_label_targets(dataset, inventory) -> list[str]:
+        """``label_id`` ([1] class id of the entry's ``label``; errors name the utterance)."""
+
+        @sb.utils.data_pipeline.takes("id", "label")
+        @sb.utils.data_pipeline.provides("label_id")
+        def label_pipeline(utt, label):
+            return torch.LongTensor([inventory.encode(label, utt=utt)])
+
+        dataset.add_dynamic_item(label_pipeline)
+        return ["label", "label_id"]
 
     # ------------------------------------------------------------------ stages 4-5
     def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of,

@@ -43,13 +43,7 @@ class UtteranceClassification(Task):
         check_label_coverage(lang_dir, [data_dir], label_file=self.label_file or "utt2label")
 
     def add_targets(self, dataset, split, inventory):
-        @sb.utils.data_pipeline.takes("id", "label")
-        @sb.utils.data_pipeline.provides("label_id")
-        def label_pipeline(utt, label):
-            return torch.LongTensor([inventory.encode(label, utt=utt)])
-
-        dataset.add_dynamic_item(label_pipeline)
-        return ["label", "label_id"]
+        return self.add_label_targets(dataset, inventory)
 
     def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
         rows = [line.split(" ") for line in (Path(decode_dir) / "predictions.txt").read_text(encoding="utf-8").splitlines()]
