@@ -279,7 +279,7 @@ class SSLBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def from_config(cls, name: str, config, **kwargs) -> "SSLBackbone":
+    def from_config(cls, name: str, config, **kwargs) -> SSLBackbone:
         """A randomly initialised backbone of the given architecture (tests, counting)."""
         _, model_cls = _family_classes(family_of_config(config))
         for key, value in _TRAINING_OVERRIDES.items():
@@ -287,7 +287,7 @@ class SSLBackbone(nn.Module):
         return cls(name, model_cls(config), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> "SSLBackbone":
+    def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> SSLBackbone:
         """Load pretrained weights.
 
         Arguments

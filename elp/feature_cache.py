@@ -259,7 +259,7 @@ class CNNFeatureCache(_TensorStore):
         super().__init__(directory, fingerprint, dtype, info)
 
     @classmethod
-    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> "CNNFeatureCache":
+    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> CNNFeatureCache:
         """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
@@ -329,7 +329,7 @@ class HiddenStateCache(_TensorStore):
         super().__init__(directory, fingerprint, dtype, info)
 
     @classmethod
-    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> "HiddenStateCache":
+    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> HiddenStateCache:
         """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "num_layers": backbone.num_layers, "hidden_size": backbone.hidden_size}

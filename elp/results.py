@@ -51,7 +51,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 logger = logging.getLogger("summarize")
 
@@ -132,7 +132,7 @@ def write_results_json(path, result: dict) -> dict:
     return result
 
 
-def result_key(result: dict) -> Tuple[str, ...]:
+def result_key(result: dict) -> tuple[str, ...]:
     return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
 
 
@@ -153,7 +153,7 @@ def _read_json(path: Path):
         raise ResultsError(f"{path}: not valid JSON ({error})") from error
 
 
-def load_results(roots: Iterable, skip_invalid: bool = False) -> List[dict]:
+def load_results(roots: Iterable, skip_invalid: bool = False) -> list[dict]:
     """Reads and validates every results.json under ``roots`` (recursively).
 
     Returns the results sorted by task, corpus, backbone, method (canonical order), tag;
@@ -196,7 +196,7 @@ def load_results(roots: Iterable, skip_invalid: bool = False) -> List[dict]:
 # --------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------
-def format_value(value: Optional[float]) -> str:
+def format_value(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
@@ -340,7 +340,7 @@ def plot_summary(results: Sequence[dict], png_path) -> None:
                        unplotted)
 
 
-def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> List[dict]:
+def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[dict]:
     """Writes ``<out_prefix>.md``, ``.json`` and ``.png``; returns the results."""
     results = load_results(roots, skip_invalid=skip_invalid)
     out_prefix = Path(out_prefix)
@@ -374,7 +374,7 @@ RESULTS_HEADER = "| " + " | ".join(RESULTS_COLUMNS) + " |"
 RESULTS_RULE = "|" + "|".join("---" for _ in RESULTS_COLUMNS) + "|"
 
 
-def _split_row(line: str) -> List[str]:
+def _split_row(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
@@ -433,7 +433,7 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Summarise every results.json under the given roots into "
                     "<out>.md, <out>.json and <out>.png.")

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from speechbrain.utils.metric_stats import EER, ErrorRateStats, minDCF
 
-ArrayLike = Union[Sequence[float], np.ndarray, torch.Tensor]
-Transcripts = Union[Sequence[Union[str, Sequence[str]]], Mapping[str, Union[str, Sequence[str]]]]
+ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
+Transcripts = Sequence[str | Sequence[str]] | Mapping[str, str | Sequence[str]]
 
 # SpeechBrain's minDCF materialises [num_thresholds, num_trials] float matrices (2 N^2 floats:
 # about 11 GB for the 37,611 VoxCeleb1-O trials) and its EER loops over 2 N thresholds in
@@ -100,7 +100,7 @@ def _error_rate(refs, hyps, split_words: bool, alignment_file) -> dict:
 
 
 def word_error_rate(
-    refs: Transcripts, hyps: Transcripts, alignment_file: Optional[Union[str, Path]] = None
+    refs: Transcripts, hyps: Transcripts, alignment_file: str | Path | None = None
 ) -> dict:
     """Word error rate with its insertions, deletions and substitutions (SpeechBrain's
     ``ErrorRateStats``, Kaldi-compatible alignment).
@@ -130,7 +130,7 @@ def word_error_rate(
 
 
 def character_error_rate(
-    refs: Transcripts, hyps: Transcripts, alignment_file: Optional[Union[str, Path]] = None
+    refs: Transcripts, hyps: Transcripts, alignment_file: str | Path | None = None
 ) -> dict:
     """Character error rate; words are joined by single spaces and the spaces count as
     characters (SpeechBrain's ``split_tokens`` convention).
@@ -309,7 +309,7 @@ def s_norm(
     scores: torch.Tensor,
     enroll_cohort_scores: torch.Tensor,
     test_cohort_scores: torch.Tensor,
-    top_k: Optional[int] = None,
+    top_k: int | None = None,
 ) -> torch.Tensor:
     """Symmetric score normalisation (S-norm; adaptive S-norm with ``top_k``).
 
@@ -519,7 +519,7 @@ def cohort_utterance_ids(
 def cohort_statistics(
     embeddings: torch.Tensor,
     cohort: torch.Tensor,
-    top_k: Optional[int] = None,
+    top_k: int | None = None,
     chunk_size: int = SNORM_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of each embedding's cosine scores against the cohort
@@ -579,8 +579,8 @@ def cohort_statistics(
 def s_norm_trials(
     embeddings: Mapping[str, torch.Tensor],
     trials: Sequence,
-    cohort: Optional[torch.Tensor] = None,
-    top_k: Optional[int] = None,
+    cohort: torch.Tensor | None = None,
+    top_k: int | None = None,
     chunk_size: int = SNORM_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Cosine scores of a trial list, S-normalised against ``cohort`` when one is given.

@@ -7,6 +7,8 @@
 * :mod:`elp.adapters.lora`: LoRA as a weight reparametrisation.
 """
 
+from __future__ import annotations
+
 from elp.adapters.encoder import EncoderAdapter
 from elp.adapters.layer import LayerAdapters, WeightedLayerSum
 from elp.adapters.lora import LoRAParametrization, add_lora

@@ -1,5 +1,7 @@
 """E-adapters: bottleneck adapters inside the transformer layers."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 

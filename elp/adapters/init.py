@@ -1,5 +1,7 @@
 """Initialisation shared by the adapter modules."""
 
+from __future__ import annotations
+
 from torch import nn
 
 #: Standard deviation of adapter weights at initialisation (the authors' code: N(0, 1e-3)).

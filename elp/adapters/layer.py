@@ -1,5 +1,7 @@
 """L-adapters and the weighted layer sum: ways for a head to read every layer."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 

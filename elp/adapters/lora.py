@@ -6,6 +6,8 @@ LoRA wrapper around the Linear's forward is never called and its parameters get 
 returns, so every code path that reads the weight sees ``W + (alpha / r) B A``.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch

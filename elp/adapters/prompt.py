@@ -1,5 +1,7 @@
 """Learnable pseudo frames: the P-adapter (before the transformer) and deep prefixes (every layer)."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 

@@ -7,6 +7,8 @@
 - :mod:`elp.data.prep`: shared plumbing of the corpus data-preparation scripts
   (``egs/<corpus>/<task>/local/data_prep.py``).
 """
+
+from __future__ import annotations
 from elp.data.audio import AudioInfo, audio_info, check_audio, check_entry, num_samples, read_audio
 from elp.data.errors import AudioError, AudioNotFoundError, DataError, UnsafeEntryError
 from elp.data.kaldi_dir import (

@@ -50,7 +50,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import numpy as np
 import soundfile
@@ -64,7 +63,7 @@ logger = logging.getLogger(__name__)
 TARGET_SAMPLE_RATE = 16000
 """The sample rate every backbone of the toolkit consumes."""
 
-Segment = Tuple[float, float]
+Segment = tuple[float, float]
 """``(start, end)`` in seconds; ``end < 0`` means the end of the recording."""
 
 _ARK_ENTRY = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
@@ -127,11 +126,11 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     return -(-num_frames * new // orig)
 
 
-def _where(utt: Optional[str]) -> str:
+def _where(utt: str | None) -> str:
     return f"utt {utt!r}: " if utt else ""
 
 
-def unsafe_entry_reason(entry: str) -> Optional[str]:
+def unsafe_entry_reason(entry: str) -> str | None:
     """Why an entry could reach a shell or standard input (None when it is a safe path).
 
     Arguments
@@ -164,7 +163,7 @@ def unsafe_entry_reason(entry: str) -> Optional[str]:
     return None
 
 
-def check_entry(entry: str, utt: Optional[str] = None, where: str = "") -> None:
+def check_entry(entry: str, utt: str | None = None, where: str = "") -> None:
     """Refuse an entry that any reader could hand to a shell or to standard input.
 
     Arguments
@@ -231,7 +230,7 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_riff(fd: int, base: int, file_size: int) -> Optional[_Riff]:
+def _parse_riff(fd: int, base: int, file_size: int) -> _Riff | None:
     """The RIFF/WAVE header at ``base`` (None if there is none or it is malformed)."""
     head = _pread(fd, 12, base)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -279,11 +278,11 @@ class _Recording:
     Opens the source exactly once (``os.open``); use as a context manager.
     """
 
-    def __init__(self, entry: str, utt: Optional[str] = None):
+    def __init__(self, entry: str, utt: str | None = None):
         check_entry(entry, utt)
         self.entry, self.where = entry, _where(utt)
         self.fd, ark_offset = self._open(entry)
-        self.sound: Optional[soundfile.SoundFile] = None
+        self.sound: soundfile.SoundFile | None = None
         try:
             file_size = os.fstat(self.fd).st_size
             if ark_offset is not None:
@@ -294,7 +293,7 @@ class _Recording:
             self.close()
             raise
 
-    def _open(self, entry: str) -> Tuple[int, Optional[int]]:
+    def _open(self, entry: str) -> tuple[int, int | None]:
         match = _ARK_ENTRY.match(entry)
         if match is not None:
             try:
@@ -399,14 +398,14 @@ class _Recording:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "_Recording":
+    def __enter__(self) -> _Recording:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
+def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
     """Length, rate and channels of the audio an entry names (one open, headers only).
 
     Arguments
@@ -432,7 +431,7 @@ def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
         return recording.info
 
 
-def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bool] = None) -> AudioInfo:
+def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = None) -> AudioInfo:
     """Stage-1 check of a recording: safe entry, readable, not truncated, finite samples.
 
     Arguments
@@ -473,7 +472,7 @@ def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bo
         return recording.info
 
 
-def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int) -> Tuple[int, int]:
+def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -> tuple[int, int]:
     """Frame range ``[start, stop)`` a segment covers inside a recording.
 
     Arguments
@@ -511,7 +510,7 @@ def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int
 
 
 def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
-                        segment: Optional[Segment] = None) -> int:
+                        segment: Segment | None = None) -> int:
     """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
 
     Example
@@ -523,8 +522,8 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
     return resampled_length(stop - start, info.sample_rate, target_sr)
 
 
-def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Optional[Segment] = None,
-                utt: Optional[str] = None) -> int:
+def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segment | None = None,
+                utt: str | None = None) -> int:
     """Number of samples :func:`read_audio` returns for an entry, from its header only.
 
     Arguments
@@ -553,7 +552,7 @@ def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
 
 
 def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
-               segment: Optional[Segment] = None, utt: Optional[str] = None) -> torch.Tensor:
+               segment: Segment | None = None, utt: str | None = None) -> torch.Tensor:
     """Read the audio a ``wav.scp`` entry names: mono, float32, at ``target_sr``.
 
     One ``open`` per call. Non-finite samples, a truncated WAV data chunk and short reads

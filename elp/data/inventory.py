@@ -37,7 +37,7 @@ import os
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import (TEXT, UTT2LABEL, UTT2SPK, read_numbered_lines, read_text_lines,
@@ -60,7 +60,7 @@ class CharTokenizer:
         self.index = {tok: i for i, tok in enumerate(tokens)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
         chars = sorted({SPACE if ch == " " else ch for text in texts for ch in text})
         return cls([BLANK] + chars)
 
@@ -68,7 +68,7 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    def encode(self, text: str, utt: Optional[str] = None) -> list[int]:
+    def encode(self, text: str, utt: str | None = None) -> list[int]:
         """Token ids of ``text``; ``utt`` is named in the error for an unknown character."""
         try:
             return [self.index[SPACE if ch == " " else ch] for ch in text]
@@ -96,7 +96,7 @@ class BPETokenizer:
         self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
 
     @classmethod
-    def train(cls, texts: Iterable[str], directory: os.PathLike, vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], directory: os.PathLike, vocab_size: int) -> BPETokenizer:
         import sentencepiece as spm
 
         directory = Path(directory)
@@ -141,7 +141,7 @@ class LabelMap:
         self.index = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_values(cls, values: Iterable[str]) -> "LabelMap":
+    def from_values(cls, values: Iterable[str]) -> LabelMap:
         values = set(values)
         bad = sorted(value for value in values if len(value.split()) != 1 or value != value.strip())
         if bad:
@@ -152,7 +152,7 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def encode(self, label: str, utt: Optional[str] = None) -> int:
+    def encode(self, label: str, utt: str | None = None) -> int:
         """Class id of ``label``; ``utt`` is named in the error for an unseen label."""
         if label not in self.index:
             where = f"utt {utt!r}: " if utt else ""
@@ -167,7 +167,7 @@ class LabelMap:
         (Path(directory) / filename).write_text("\n".join(self.labels) + "\n")
 
     @classmethod
-    def load(cls, directory: os.PathLike, filename: str = LABELS_FILE) -> "LabelMap":
+    def load(cls, directory: os.PathLike, filename: str = LABELS_FILE) -> LabelMap:
         path = Path(directory) / filename
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run stage 2 (label inventory) first")
@@ -178,7 +178,7 @@ class LabelMap:
 _KEPT_PUNCTUATION = "'"
 
 
-def _char_problem(ch: str, allow: str) -> Optional[str]:
+def _char_problem(ch: str, allow: str) -> str | None:
     """Why ``ch`` must not enter a character inventory (None: it may)."""
     if ch == " " or ch in allow:
         return None
@@ -295,7 +295,7 @@ def normalize_text_file(data_dir: os.PathLike, keep: str = _KEPT_PUNCTUATION) ->
     return sum(normalized[utt] != texts[utt] for utt in texts)
 
 
-def _unknown_characters(tokenizer) -> "callable":
+def _unknown_characters(tokenizer) -> Callable[[str], bool]:
     """A function: character -> True if the tokenizer cannot encode it."""
     if isinstance(tokenizer, CharTokenizer):
         return lambda ch: (SPACE if ch == " " else ch) not in tokenizer.index

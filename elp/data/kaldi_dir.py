@@ -44,7 +44,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
 
 from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
                             segment_num_samples, unsafe_entry_reason)
@@ -52,7 +52,7 @@ from elp.data.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 MIN_SAMPLES = 400
 """Shortest input (samples at 16 kHz) the wav2vec2/WavLM/HuBERT CNN feature encoder accepts:
@@ -89,7 +89,7 @@ class Segment:
     start: float
     end: float
 
-    def as_tuple(self) -> Tuple[float, float]:
+    def as_tuple(self) -> tuple[float, float]:
         """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it."""
         return (self.start, self.end)
 
@@ -111,20 +111,20 @@ class DataDir:
     ``write_data_dir(path, **data.mappings())`` writes it back.
     """
 
-    wav_scp: Dict[str, str]
-    utt2spk: Dict[str, str]
-    text: Optional[Dict[str, str]] = None
-    utt2label: Optional[Dict[str, str]] = None
-    segments: Optional[Dict[str, Segment]] = None
-    utt2num_samples: Optional[Dict[str, int]] = None
-    trials: Optional[List[Trial]] = None
+    wav_scp: dict[str, str]
+    utt2spk: dict[str, str]
+    text: dict[str, str] | None = None
+    utt2label: dict[str, str] | None = None
+    segments: dict[str, Segment] | None = None
+    utt2num_samples: dict[str, int] | None = None
+    trials: list[Trial] | None = None
 
     @property
-    def utterances(self) -> List[str]:
+    def utterances(self) -> list[str]:
         """Sorted utterance ids."""
         return sorted(self.utt2spk)
 
-    def mappings(self) -> Dict[str, object]:
+    def mappings(self) -> dict[str, object]:
         """The fields as a dict (for ``write_data_dir(path, **data.mappings())``)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
@@ -135,7 +135,7 @@ def _check_key(key: str, where: str) -> None:
         raise DataDirError(f"{where}: key {key!r} is empty or contains whitespace (Kaldi keys are single tokens)")
 
 
-def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
+def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
     """``(line number, line)`` of a UTF-8 text file; bad bytes raise naming file and line.
 
     Arguments
@@ -188,7 +188,7 @@ def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
     return result
 
 
-def read_numbered_lines(path: PathLike) -> List[Tuple[int, str, str]]:
+def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
     """``(line number, key, value)`` of a Kaldi mapping file, duplicates kept (for validation).
 
     The value is the rest of the line after the first whitespace (may contain spaces, as in
@@ -204,7 +204,7 @@ def read_numbered_lines(path: PathLike) -> List[Tuple[int, str, str]]:
     return result
 
 
-def read_mapping_lines(path: PathLike) -> List[Tuple[str, str]]:
+def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
     """Read ``<key> <value>`` lines in file order, keeping duplicates (for validation).
 
     Arguments
@@ -220,7 +220,7 @@ def read_mapping_lines(path: PathLike) -> List[Tuple[str, str]]:
     return [(key, value) for _, key, value in read_numbered_lines(path)]
 
 
-def token_problem(path: PathLike, number: int, key: str, value: str) -> Optional[str]:
+def token_problem(path: PathLike, number: int, key: str, value: str) -> str | None:
     """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
 
     Example
@@ -241,7 +241,7 @@ def token_problem(path: PathLike, number: int, key: str, value: str) -> Optional
             "token (join words with '_', or fix the data preparation)")
 
 
-def read_token_mapping(path: PathLike) -> Dict[str, str]:
+def read_token_mapping(path: PathLike) -> dict[str, str]:
     """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file).
 
     Raises
@@ -250,7 +250,7 @@ def read_token_mapping(path: PathLike) -> Dict[str, str]:
         For a duplicated key, an empty value or a value of several tokens (naming the file,
         line and utterance).
     """
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     for number, key, value in read_numbered_lines(path):
         problem = token_problem(path, number, key, value)
         if problem is not None:
@@ -261,7 +261,7 @@ def read_token_mapping(path: PathLike) -> Dict[str, str]:
     return mapping
 
 
-def read_mapping(path: PathLike) -> Dict[str, str]:
+def read_mapping(path: PathLike) -> dict[str, str]:
     """Read a Kaldi mapping file (``wav.scp``, ``utt2spk``, ``text``, ``utt2label``, ...).
 
     Arguments
@@ -289,7 +289,7 @@ def read_mapping(path: PathLike) -> Dict[str, str]:
     >>> read_mapping(path)
     {'u1': 'A', 'u2': 'B C'}
     """
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     for key, value in read_mapping_lines(path):
         if key in mapping:
             raise DataDirError(
@@ -324,7 +324,7 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 
 
 # --------------------------------------------------------------------------- specific files
-def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:
+def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     """Invert ``utt2spk``: speaker -> sorted utterances (keys sorted).
 
     Example
@@ -332,13 +332,13 @@ def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:
     >>> utt2spk_to_spk2utt({"a-2": "a", "b-1": "b", "a-1": "a"})
     {'a': ['a-1', 'a-2'], 'b': ['b-1']}
     """
-    spk2utt: Dict[str, List[str]] = defaultdict(list)
+    spk2utt: dict[str, list[str]] = defaultdict(list)
     for utt in sorted(utt2spk):
         spk2utt[utt2spk[utt]].append(utt)
     return {spk: spk2utt[spk] for spk in sorted(spk2utt)}
 
 
-def read_spk2utt(path: PathLike) -> Dict[str, List[str]]:
+def read_spk2utt(path: PathLike) -> dict[str, list[str]]:
     """Read ``spk2utt``: speaker -> list of utterances (in file order)."""
     return {spk: utts.split() for spk, utts in read_mapping(path).items()}
 
@@ -348,7 +348,7 @@ def write_spk2utt(path: PathLike, spk2utt: Mapping[str, Sequence[str]]) -> None:
     write_mapping(path, {spk: " ".join(sorted(utts)) for spk, utts in spk2utt.items()})
 
 
-def read_segments(path: PathLike) -> Dict[str, Segment]:
+def read_segments(path: PathLike) -> dict[str, Segment]:
     """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``)."""
     segments = {}
     for utt, value in read_mapping(path).items():
@@ -374,7 +374,7 @@ def write_segments(path: PathLike, segments: Mapping[str, Segment]) -> None:
     write_mapping(path, {utt: f"{s.recording} {s.start:g} {s.end:g}" for utt, s in segments.items()})
 
 
-def read_utt2num_samples(path: PathLike) -> Dict[str, int]:
+def read_utt2num_samples(path: PathLike) -> dict[str, int]:
     """Read ``utt2num_samples``: utt -> number of samples at 16 kHz."""
     result = {}
     for utt, value in read_mapping(path).items():
@@ -390,7 +390,7 @@ def write_utt2num_samples(path: PathLike, utt2num_samples: Mapping[str, int]) ->
     write_mapping(path, {utt: int(n) for utt, n in utt2num_samples.items()})
 
 
-def read_trials(path: PathLike) -> List[Trial]:
+def read_trials(path: PathLike) -> list[Trial]:
     """Read a ``trials`` file: lines ``<enroll-utt> <test-utt> target|nontarget``.
 
     Returns
@@ -427,12 +427,12 @@ def write_data_dir(
     data_dir: PathLike,
     *,
     wav_scp: Mapping[str, str],
-    utt2spk: Optional[Mapping[str, str]] = None,
-    text: Optional[Mapping[str, str]] = None,
-    utt2label: Optional[Mapping[str, str]] = None,
-    segments: Optional[Mapping[str, Segment]] = None,
-    utt2num_samples: Optional[Mapping[str, int]] = None,
-    trials: Optional[Sequence[Trial]] = None,
+    utt2spk: Mapping[str, str] | None = None,
+    text: Mapping[str, str] | None = None,
+    utt2label: Mapping[str, str] | None = None,
+    segments: Mapping[str, Segment] | None = None,
+    utt2num_samples: Mapping[str, int] | None = None,
+    trials: Sequence[Trial] | None = None,
 ) -> Path:
     """Write a data dir: sorted mapping files, ``spk2utt`` derived from ``utt2spk``.
 
@@ -591,7 +591,7 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
         elif name == "trials":
             combined[name] = [trial for value in values for trial in value]
         else:
-            merged: Dict[str, object] = {}
+            merged: dict[str, object] = {}
             for value in values:
                 for key, item in value.items():
                     if key in merged and merged[key] != item:
@@ -605,7 +605,7 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
 
 # --------------------------------------------------------------------------- validation
-def _utterance_files(data_dir: Path, use_counts: bool) -> List[str]:
+def _utterance_files(data_dir: Path, use_counts: bool) -> list[str]:
     """Names of the files keyed by utterance that exist in ``data_dir``."""
     names = [UTT2SPK, TEXT, SEGMENTS]
     names += sorted(p.name for p in data_dir.glob("utt2*") if p.name not in (UTT2SPK, UTT2NUM_SAMPLES))
@@ -616,8 +616,8 @@ def _utterance_files(data_dir: Path, use_counts: bool) -> List[str]:
     return [name for name in dict.fromkeys(names) if (data_dir / name).is_file()]
 
 
-def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
-                 problems: List[str]) -> Tuple[Dict[str, str], bool]:
+def _check_lines(name: str, lines: list[tuple[str, str]], fix: bool,
+                 problems: list[str]) -> tuple[dict[str, str], bool]:
     """Sortedness and uniqueness of one file. Returns (mapping, whether fix changed it)."""
     changed = False
     keys = [key for key, _ in lines]
@@ -631,7 +631,7 @@ def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
                 f"{name} is not sorted: {keys[unsorted_at]!r} (entry {unsorted_at + 1}) comes after "
                 f"{keys[unsorted_at - 1]!r}; sort it (LC_ALL=C sort) or use validate_data_dir(fix=True)"
             )
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     duplicates = []
     for key, value in lines:
         if key in mapping:
@@ -656,7 +656,7 @@ def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
     return mapping, changed
 
 
-def _raise_if_problems(data_dir: Path, problems: List[str]) -> None:
+def _raise_if_problems(data_dir: Path, problems: list[str]) -> None:
     """One :class:`DataDirError` of one line listing (up to 20 of) the problems."""
     if not problems:
         return
@@ -676,9 +676,9 @@ def _file_of(where: str) -> str:
     return where.split(" ", 1)[0]
 
 
-def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: List[str],
-                                reco_of: Dict[str, str], fix: bool, max_drop: float,
-                                problems: List[str]) -> None:
+def _drop_incomplete_utterances(tables: dict[str, dict[str, str]], utt_names: list[str],
+                                reco_of: dict[str, str], fix: bool, max_drop: float,
+                                problems: list[str]) -> None:
     """Every utterance must be in every utterance file (and its recording in wav.scp).
 
     Without ``fix`` each gap is a problem; with ``fix`` the incomplete utterances are removed
@@ -686,7 +686,7 @@ def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: Li
     the set, which is a problem naming how many and why.
     """
     all_utts = set().union(*(tables[name] for name in utt_names))
-    missing_from: Dict[str, List[str]] = defaultdict(list)
+    missing_from: dict[str, list[str]] = defaultdict(list)
     for name in utt_names:
         for utt in all_utts - set(tables[name]):
             missing_from[utt].append(name)
@@ -725,7 +725,7 @@ def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: Li
             tables[name].pop(utt, None)
 
 
-def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> bool:
+def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: bool | None) -> bool:
     """Whether ``.audio_checked`` vouches for ``utt2num_samples`` and the current file lists."""
     stamp = data_dir / AUDIO_CHECKED
     try:
@@ -742,7 +742,7 @@ def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: Optional
         return False
 
 
-def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> None:
+def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: bool | None) -> None:
     record = {"version": _AUDIO_CHECK_VERSION, "target_sr": target_sr, "scan_samples": bool(scan_samples),
               "checks": "safe entries, readable, data chunk complete, finite samples of float formats"}
     (data_dir / AUDIO_CHECKED).write_text(json.dumps(record) + "\n")
@@ -750,14 +750,14 @@ def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: Optional[bo
 
 def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mapping[str, int],
                    utts: Sequence[str], segments: Mapping[str, Segment], target_sr: int,
-                   deep: bool, scan_samples: Optional[bool], jobs: int,
-                   problems: List[str]) -> Dict[str, int]:
+                   deep: bool, scan_samples: bool | None, jobs: int,
+                   problems: list[str]) -> dict[str, int]:
     """Samples at ``target_sr`` of every utterance, each recording opened once.
 
     ``deep`` runs :func:`elp.data.audio.check_audio` (truncation, non-finite samples),
     otherwise headers only. ``jobs`` threads open recordings concurrently.
     """
-    by_recording: Dict[str, List[str]] = defaultdict(list)
+    by_recording: dict[str, list[str]] = defaultdict(list)
     for utt in utts:
         by_recording[segments[utt].recording if utt in segments else utt].append(utt)
     recordings = sorted(by_recording)
@@ -773,7 +773,7 @@ def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mappin
             infos = list(pool.map(inspect, recordings))
     else:
         infos = [inspect(reco) for reco in recordings]
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for reco, info in zip(recordings, infos):
         label = "recording" if segments else "utt"
         if not isinstance(info, AudioInfo):
@@ -796,9 +796,9 @@ def validate_data_dir(
     target_sr: int = TARGET_SAMPLE_RATE,
     max_drop: float = DEFAULT_MAX_DROP,
     recheck_audio: bool = False,
-    scan_samples: Optional[bool] = None,
+    scan_samples: bool | None = None,
     jobs: int = 1,
-) -> Dict[str, int]:
+) -> dict[str, int]:
     """Check a data dir and write its ``utt2num_samples``.
 
     Checks: ``wav.scp`` and ``utt2spk`` exist; every file is UTF-8, sorted, with unique keys;
@@ -870,7 +870,7 @@ def validate_data_dir(
         raise DataDirError(f"{data_dir}: not a directory (run the data preparation first)")
     if not 0.0 <= max_drop <= 1.0:
         raise DataDirError(f"max_drop must be a share between 0 and 1, got {max_drop}")
-    problems: List[str] = []
+    problems: list[str] = []
     for name in (WAV_SCP, UTT2SPK):
         if not (data_dir / name).is_file():
             problems.append(f"{name} is missing (write utt2spk as '<utt> <utt>' if speakers are unknown)")
@@ -884,8 +884,8 @@ def validate_data_dir(
                     data_dir, AUDIO_CHECKED, WAV_SCP)
 
     utt_names = _utterance_files(data_dir, use_counts)
-    tables: Dict[str, Dict[str, str]] = {}
-    line_of: Dict[str, Dict[str, int]] = {}
+    tables: dict[str, dict[str, str]] = {}
+    line_of: dict[str, dict[str, int]] = {}
     changed = set()
     for name in dict.fromkeys([WAV_SCP] + utt_names):
         numbered = read_numbered_lines(data_dir / name)
@@ -919,7 +919,7 @@ def validate_data_dir(
                 )
     _raise_if_problems(data_dir, problems)
 
-    segments: Dict[str, Segment] = {}
+    segments: dict[str, Segment] = {}
     if SEGMENTS in tables:
         for utt, value in tables[SEGMENTS].items():
             try:
@@ -972,7 +972,7 @@ def validate_data_dir(
                 problems.append(f"{SPK2UTT} does not match {UTT2SPK}: regenerate it (fix=True does)")
     _raise_if_problems(data_dir, problems)
 
-    utt2num_samples: Dict[str, int] = {}
+    utt2num_samples: dict[str, int] = {}
     if not use_counts:
         utt2num_samples = _measure_audio(data_dir, tables[WAV_SCP], line_of[WAV_SCP], utts, segments,
                                          target_sr, True, scan_samples, jobs, problems)
@@ -1013,7 +1013,7 @@ def _counts_are_fresh(data_dir: Path) -> bool:
         return False
 
 
-def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> Dict[str, int]:
+def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> dict[str, int]:
     """Samples of every utterance at ``target_sr``, for length sorting and dynamic batching.
 
     ``utt2num_samples`` is trusted while it is not older than ``wav.scp`` (and ``segments``):
@@ -1056,7 +1056,7 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     wav_lines = {key: number for number, key, _ in read_numbered_lines(data_dir / WAV_SCP)}
     wav_scp = read_mapping(data_dir / WAV_SCP)
     segments = read_segments(data_dir / SEGMENTS) if (data_dir / SEGMENTS).is_file() else {}
-    problems: List[str] = []
+    problems: list[str] = []
     for key, entry in wav_scp.items():
         reason = unsafe_entry_reason(entry)
         if reason is not None:
@@ -1074,7 +1074,7 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 
 
 # --------------------------------------------------------------------------- SpeechBrain
-def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Dict[str, Dict[str, object]]:
+def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[str, dict[str, object]]:
     """A validated data dir as the ``data`` dict of SpeechBrain's ``DynamicItemDataset``.
 
     Arguments
@@ -1112,11 +1112,11 @@ def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Di
         labels = read_token_mapping(data_dir / label_file)
     elif data.utt2label is not None:
         labels = data.utt2label
-    result: Dict[str, Dict[str, object]] = {}
+    result: dict[str, dict[str, object]] = {}
     for utt in data.utterances:
         segment = data.segments.get(utt) if data.segments is not None else None
         try:
-            item: Dict[str, object] = {
+            item: dict[str, object] = {
                 "wav": data.wav_scp[segment.recording if segment else utt],
                 "spk": data.utt2spk[utt],
                 "num_samples": data.utt2num_samples[utt],

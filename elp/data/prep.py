@@ -19,7 +19,8 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import validate_data_dir, write_data_dir
@@ -60,7 +61,7 @@ def data_prep_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.Namespace], object],
-                  argv: Optional[Sequence[str]] = None) -> int:
+                  argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, set up logging and run ``prepare(args)``; user errors exit with status 1.
 
     Corpus-layout and data-dir errors print one clear message instead of a traceback.
@@ -155,7 +156,7 @@ def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) 
     return out_dir
 
 
-def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> List[Item]:
+def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> list[Item]:
     """Deterministically pick ``floor(len * fraction)`` items spread evenly over ``sorted(items)``.
 
     Item ``i`` (0-based, in sorted order) is picked when ``floor((i + 1) * fraction)`` exceeds
