@@ -17,8 +17,8 @@ the places the ELP specification names, without forking the HF code:
   activation checkpointing (``activation_checkpointing``). :class:`elp.model.AdaptedSSL`
   sets both from its method and options.
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import backbone_config, SSLBackbone
 >>> cfg = backbone_config("wavlm", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
 ...                       intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8),
@@ -54,8 +54,8 @@ logger = logging.getLogger(__name__)
 class BackboneSpec:
     """What a short backbone name stands for.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     family: HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
     hub_id: default Hugging Face hub id of the pretrained checkpoint.
     size: ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
@@ -120,8 +120,8 @@ def resolve_backbone_name(name: str) -> BackboneSpec:
 def backbone_config(name: str, **overrides):
     """The HF config of a backbone's architecture, built without downloading anything.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     name: a short name from :data:`BACKBONES`.
     **overrides: config fields to change (e.g. a tiny test architecture).
 
@@ -129,8 +129,8 @@ def backbone_config(name: str, **overrides):
     -------
     A ``transformers`` config object (``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> backbone_config("wavlm_plus").hidden_size
     768
     """
@@ -231,8 +231,8 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 class SSLBackbone(nn.Module):
     """A HF wav2vec2/HuBERT/WavLM model run piece by piece, padding-safe, adapter-ready.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     name: short name (:data:`BACKBONES`) or a free label for a local checkpoint.
     model: the HF ``*Model`` (not ``*ForCTC``).
     normalize_waveform: zero-mean/unit-variance per utterance over its valid samples (what the
@@ -290,8 +290,8 @@ class SSLBackbone(nn.Module):
     def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> SSLBackbone:
         """Load pretrained weights.
 
-        Arguments
-        ---------
+        Parameters
+        ----------
         name_or_path: a short name (:data:`BACKBONES`) or a local checkpoint directory.
         source: where the weights are: a local directory or a hub id (default: the short
             name's hub id). Offline machines pass a directory.
@@ -373,8 +373,8 @@ class SSLBackbone(nn.Module):
     def extract_cnn_features(self, wavs: torch.Tensor, lengths: torch.Tensor):
         """Run the frozen CNN feature encoder.
 
-        Arguments
-        ---------
+        Parameters
+        ----------
         wavs: [B, T] waveforms at 16 kHz.
         lengths: [B] valid samples per utterance.
 
@@ -417,8 +417,8 @@ class SSLBackbone(nn.Module):
     ) -> BackboneOutput:
         """Hidden states of every layer.
 
-        Arguments
-        ---------
+        Parameters
+        ----------
         wavs: [B, T] float waveforms at 16 kHz.
         wav_lens: [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
         prompt: optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
@@ -683,15 +683,15 @@ def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
                   config_overrides: dict | None = None, **kwargs) -> SSLBackbone:
     """Build a backbone from hparams.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     name: short name (:data:`BACKBONES`) or a local checkpoint directory.
     source: local directory or hub id with the weights (default: the name's hub id).
     pretrained: False builds random weights from the architecture config (no download).
     config_overrides: config fields to change when ``pretrained`` is False.
 
-    Example
-    -------
+    Examples
+    --------
     >>> load_backbone("wav2vec2", pretrained=False, config_overrides=dict(num_hidden_layers=1)).num_layers
     1
     """

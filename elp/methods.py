@@ -32,8 +32,8 @@ from dataclasses import dataclass
 class MethodSpec:
     """What one fine-tuning method adds to a frozen backbone and what it trains.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     name: the method's name in hparams.
     encoder_adapter_sites: where E-type adapters go inside each layer: ``"mhsa"`` (after
         self-attention) and/or ``"ffn"`` (after the feed-forward block).

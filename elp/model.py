@@ -1,7 +1,7 @@
 """A frozen backbone plus one fine-tuning method: the model every recipe trains.
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import load_backbone
 >>> backbone = load_backbone("wavlm", pretrained=False, config_overrides=dict(
 ...     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -28,8 +28,8 @@ from elp.methods import MethodSpec, get_method
 class AdaptedSSL(nn.Module):
     """A :class:`SSLBackbone` with the modules of one method attached.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     backbone: the (pretrained) backbone; its parameters are frozen here, except what the
         method trains.
     method: a name from :data:`elp.methods.METHODS` or a :class:`MethodSpec`.
@@ -243,8 +243,8 @@ class AdaptedSSL(nn.Module):
     def forward_from_hidden_states(self, hidden_states, frame_mask: torch.Tensor):
         """The model's output computed from precomputed backbone hidden states.
 
-        Arguments
-        ---------
+        Parameters
+        ----------
         hidden_states: ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
             [num_layers + 1, B, F, D]) as in :class:`elp.backbones.BackboneOutput`.
         frame_mask: [B, F] bool.
@@ -254,8 +254,8 @@ class AdaptedSSL(nn.Module):
         feats [B, F, output_dim] and frame_mask [B, F]; equal to ``self(wavs, wav_lens)``
         when the hidden states come from the same audio.
 
-        Example
-        -------
+        Examples
+        --------
         >>> out = model.backbone_hidden_states(wavs, wav_lens)            # doctest: +SKIP
         >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)  # doctest: +SKIP
         """

@@ -3,8 +3,8 @@
 The backbone is built on PyTorch's ``meta`` device: shapes without memory or weights, so
 counting WavLM Large takes well under a second and needs no download.
 
-Example
--------
+Examples
+--------
 >>> count_learnable("wavlm_plus", "el")["total"]
 9127436
 """

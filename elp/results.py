@@ -385,8 +385,8 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
     The table (header and rule) is appended when the file or the table is absent; other
     content of the file is kept. The file is locked while it is rewritten.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     results_md_path : path
     result_dict : dict following the results.json schema (validated)
 

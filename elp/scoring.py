@@ -11,8 +11,8 @@ Thin glue over ``speechbrain.utils.metric_stats`` with one convention for units:
 
 Verification labels: 1 (or True) = target trial (same speaker), 0 = non-target trial.
 
-Example
--------
+Examples
+--------
 >>> word_error_rate(["a b c"], ["a x c d"])["wer"]
 66.66666666666667
 >>> equal_error_rate([0.9, 0.2], [1, 0])["eer"]
@@ -105,8 +105,8 @@ def word_error_rate(
     """Word error rate with its insertions, deletions and substitutions (SpeechBrain's
     ``ErrorRateStats``, Kaldi-compatible alignment).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     refs : list of str (or of word lists), or dict utt_id -> str
         Reference transcripts; words are whitespace-separated.
     hyps : same type as refs
@@ -118,8 +118,8 @@ def word_error_rate(
     -------
     dict with ``wer`` (percent), ``ins``, ``del``, ``sub``, ``num_words``, ``num_utts``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> r = word_error_rate(["the cat sat"], ["the cat sat down"])
     >>> r["wer"], r["ins"], r["num_words"]
     (33.333333333333336, 1, 3)
@@ -139,8 +139,8 @@ def character_error_rate(
     -------
     dict with ``cer`` (percent), ``ins``, ``del``, ``sub``, ``num_chars``, ``num_utts``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> character_error_rate(["ab cd"], ["ab d"])["cer"]
     20.0
     """
@@ -193,8 +193,8 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
 
     At the threshold where |P_fa - P_miss| is smallest the EER is (P_fa + P_miss) / 2.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     scores : array-like [N]
         Trial scores, higher = more likely the same speaker.
     labels : array-like [N]
@@ -204,8 +204,8 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
     -------
     dict with ``eer`` (percent) and ``threshold``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> equal_error_rate([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])
     {'eer': 25.0, 'threshold': 0.4}
     """
@@ -234,8 +234,8 @@ def min_dcf(
     C_det(t) = c_miss * P_miss(t) * p_target + c_fa * P_fa(t) * (1 - p_target);
     minDCF = min_t C_det(t) / min(c_miss * p_target, c_fa * (1 - p_target)).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     scores : array-like [N]
         Trial scores.
     labels : array-like [N]
@@ -248,8 +248,8 @@ def min_dcf(
     dict with ``min_dcf`` (normalised), ``c_det`` (unnormalised minimum, what SpeechBrain
     returns) and ``threshold``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> min_dcf([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])["min_dcf"]
     0.5
     """
@@ -278,16 +278,16 @@ def cosine_scores(
 ) -> torch.Tensor:
     """Cosine similarity between embeddings.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     enroll_emb : torch.Tensor [N, D] (or [D])
     test_emb : torch.Tensor [N, D] (or [D]); [M, D] when ``all_pairs``
     all_pairs : bool
         False: row i of enroll against row i of test (one score per trial) -> [N].
         True: every enroll row against every test row -> [N, M] (cohort scoring).
 
-    Example
-    -------
+    Examples
+    --------
     >>> cosine_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
     tensor([0.7071])
     """
@@ -318,8 +318,8 @@ def s_norm(
     against the cohort, and mu_t, sd_t those of the test embedding. With ``top_k`` only
     the k highest cohort scores of each side are used (as SpeechBrain's VoxCeleb recipe).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     scores : torch.Tensor [N]
         Raw trial scores.
     enroll_cohort_scores : torch.Tensor [N, C]
@@ -333,8 +333,8 @@ def s_norm(
     -------
     torch.Tensor [N], normalised scores.
 
-    Example
-    -------
+    Examples
+    --------
     >>> s_norm(torch.tensor([0.5]), torch.tensor([[0.1, 0.3, 0.5]]),
     ...        torch.tensor([[0.0, 0.2, 0.4]]))
     tensor([1.2500])
@@ -657,13 +657,13 @@ def _class_indices(values: ArrayLike, name: str) -> torch.Tensor:
 def accuracy(preds: ArrayLike, targets: ArrayLike) -> float:
     """Weighted accuracy (WA): percent of correctly classified items.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     preds : array-like [N] class indices, or [N, C] scores (argmax taken)
     targets : array-like [N] class indices
 
-    Example
-    -------
+    Examples
+    --------
     >>> accuracy([0, 1, 1, 2], [0, 1, 2, 2])
     75.0
     """
@@ -679,8 +679,8 @@ def unweighted_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) 
     Classes that do not occur in ``targets`` have no recall and are **excluded** from the
     mean (a fold without e.g. any 'sad' utterance averages over the other classes).
 
-    Example
-    -------
+    Examples
+    --------
     >>> unweighted_accuracy([0, 0, 0, 0, 1], [0, 0, 0, 1, 1], num_classes=3)
     75.0
     """

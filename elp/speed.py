@@ -25,8 +25,8 @@ code stays stock:
   (``torch.utils.checkpoint``, non-reentrant, so forward hooks such as E-adapters inside the
   layer are recomputed and receive gradients).
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import backbone_config, SSLBackbone
 >>> from elp.testing import TINY_CONFIG
 >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG))
@@ -72,8 +72,8 @@ def _contiguous_input_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 def add_contiguous_attention_inputs(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
     """Register the time-major-input pre-hook on every attention that needs it.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     model: a HF model (or any module containing ``WavLMAttention`` modules).
 
     Returns
@@ -81,8 +81,8 @@ def add_contiguous_attention_inputs(model: nn.Module) -> list[torch.utils.hooks.
     The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
     and HuBERT.
 
-    Example
-    -------
+    Examples
+    --------
     >>> handles = add_contiguous_attention_inputs(nn.Linear(2, 2))
     >>> handles
     []
@@ -98,8 +98,8 @@ def checkpointed(function: Callable, *args, **kwargs):
     but parameters inside do, keeps forward hooks, and restores the RNG state so that dropout
     (if on) draws the same masks when recomputing.
 
-    Example
-    -------
+    Examples
+    --------
     >>> layer = nn.Linear(4, 4)
     >>> checkpointed(layer, torch.randn(2, 4)).shape
     torch.Size([2, 4])

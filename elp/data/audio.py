@@ -28,8 +28,8 @@ distinct source rate. :func:`read_audio` refuses non-finite samples (NaN/inf) an
 reads, naming the utterance and the entry; :func:`check_audio` (stage 1) also detects
 them without loading whole files where the format cannot hold them (integer PCM, FLAC).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, soundfile as sf, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
 >>> sf.write(path, np.zeros((800, 2), dtype="float32"), 8000)  # 0.1 s stereo at 8 kHz
@@ -79,8 +79,8 @@ _UNKNOWN_SIZE = 0xFFFFFFFF  # data chunk size of a streamed WAV whose length was
 class AudioInfo:
     """Length and format of a recording, without its samples.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     num_frames : int
         Samples per channel at the source rate.
     sample_rate : int
@@ -102,8 +102,8 @@ class AudioInfo:
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     """Length after :func:`torchaudio.functional.resample` (exactly, integer arithmetic).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     num_frames : int
         Samples at ``orig_sr``.
     orig_sr, target_sr : int
@@ -114,8 +114,8 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     int
         ``ceil(num_frames * target_sr / orig_sr)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> resampled_length(2401, 44100, 16000)
     872
     """
@@ -133,8 +133,8 @@ def _where(utt: str | None) -> str:
 def unsafe_entry_reason(entry: str) -> str | None:
     """Why an entry could reach a shell or standard input (None when it is a safe path).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
 
@@ -143,8 +143,8 @@ def unsafe_entry_reason(entry: str) -> str | None:
     str or None
         The reason, worded to follow "entry '...'".
 
-    Example
-    -------
+    Examples
+    --------
     >>> unsafe_entry_reason("/corpus/a.flac") is None
     True
     >>> unsafe_entry_reason("evil |:0")
@@ -166,8 +166,8 @@ def unsafe_entry_reason(entry: str) -> str | None:
 def check_entry(entry: str, utt: str | None = None, where: str = "") -> None:
     """Refuse an entry that any reader could hand to a shell or to standard input.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -408,8 +408,8 @@ class _Recording:
 def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
     """Length, rate and channels of the audio an entry names (one open, headers only).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -419,8 +419,8 @@ def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
     -------
     AudioInfo
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
     >>> sf.write(path, np.zeros(4000, dtype="float32"), 8000)
@@ -434,8 +434,8 @@ def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
 def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = None) -> AudioInfo:
     """Stage-1 check of a recording: safe entry, readable, not truncated, finite samples.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -455,8 +455,8 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
     AudioError
         Naming the utterance, the entry and the fix.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "nan.wav")
     >>> sf.write(path, np.array([0.0, np.nan] * 400, dtype="float32"), 16000, subtype="FLOAT")
@@ -475,8 +475,8 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
 def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -> tuple[int, int]:
     """Frame range ``[start, stop)`` a segment covers inside a recording.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     segment : (float, float) or None
         ``(start, end)`` seconds (``end < 0``: to the end); None is the whole recording.
     sample_rate : int
@@ -489,8 +489,8 @@ def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -
     (int, int)
         First frame and one past the last.
 
-    Example
-    -------
+    Examples
+    --------
     >>> segment_frames((0.5, 1.0), 8000, 16000)
     (4000, 8000)
     >>> segment_frames((0.5, -1), 8000, 16000)
@@ -513,8 +513,8 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
                         segment: Segment | None = None) -> int:
     """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> segment_num_samples(AudioInfo(16000, 8000, 1), 16000, (0.5, 1.0))
     8000
     """
@@ -526,8 +526,8 @@ def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segmen
                 utt: str | None = None) -> int:
     """Number of samples :func:`read_audio` returns for an entry, from its header only.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     target_sr : int
@@ -559,8 +559,8 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     raise :class:`~elp.data.errors.AudioError` naming ``utt`` and the entry, so a corrupt
     recording can never be trained on or silently predicted.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         Plain path (any soundfile format, e.g. wav or flac) or ``path.ark:offset``.
     target_sr : int
@@ -575,8 +575,8 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     torch.Tensor
         ``[T]`` float32 waveform, ``T == num_samples(entry, target_sr, segment)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
     >>> sf.write(path, np.zeros(16000, dtype="float32"), 16000)

@@ -22,8 +22,8 @@ line and utterance, and the fix):
   training utterance has, or a character the tokenizer cannot encode, is reported with the
   utterances before any training starts (instead of failing after an epoch).
 
-Example
--------
+Examples
+--------
 >>> tok = CharTokenizer.from_texts(["HI YOU", "YO"])
 >>> tok.tokens
 ['<blank>', '<space>', 'H', 'I', 'O', 'U', 'Y']
@@ -197,8 +197,8 @@ def _char_problem(ch: str, allow: str) -> str | None:
 def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> dict[str, str]:
     """Check the ``text`` of a data dir before an inventory is built from it (or checked).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     data_dir : str or Path
         A data dir with ``text``.
     allow : str
@@ -216,8 +216,8 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
         utterance and character, and the fix (normalise in data preparation, or the explicit
         :func:`normalize_text_file`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
     >>> write_mapping(os.path.join(d, "text"), {"u1": "HELLO", "u2": "Hello"})
@@ -254,8 +254,8 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
 def normalize_transcript(text: str, keep: str = _KEPT_PUNCTUATION) -> str:
     """Upper-case, punctuation and symbols -> space (``keep`` excepted), single spaces.
 
-    Example
-    -------
+    Examples
+    --------
     >>> normalize_transcript("Hello, world!  It’s  A-OK.")
     "HELLO WORLD IT'S A OK"
     """

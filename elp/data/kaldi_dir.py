@@ -138,8 +138,8 @@ def _check_key(key: str, where: str) -> None:
 def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
     """``(line number, line)`` of a UTF-8 text file; bad bytes raise naming file and line.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     path : str or Path
         The file.
 
@@ -153,8 +153,8 @@ def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
     DataDirError
         The file is missing, starts with a byte-order mark or is not UTF-8.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "text")
     >>> _ = open(path, "wb").write(bytes([117, 49, 10, 117, 50, 32, 99, 97, 102, 0xE9, 10]))  # "u1", "u2 caf\\xe9"
@@ -207,8 +207,8 @@ def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
 def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
     """Read ``<key> <value>`` lines in file order, keeping duplicates (for validation).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     path : str or Path
         A Kaldi mapping file. The value is the rest of the line after the first whitespace
         (may contain spaces, as in ``text``; may be empty). Blank lines are skipped.
@@ -223,8 +223,8 @@ def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
 def token_problem(path: PathLike, number: int, key: str, value: str) -> str | None:
     """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
 
-    Example
-    -------
+    Examples
+    --------
     >>> token_problem("d/utt2label", 3, "u3", "neu sad")
     "d/utt2label:3: utt 'u3' has 2 tokens 'neu sad' as its label; a label is one token (join words with '_', or fix the data preparation)"
     >>> token_problem("d/utt2label", 3, "u3", "neu") is None
@@ -264,8 +264,8 @@ def read_token_mapping(path: PathLike) -> dict[str, str]:
 def read_mapping(path: PathLike) -> dict[str, str]:
     """Read a Kaldi mapping file (``wav.scp``, ``utt2spk``, ``text``, ``utt2label``, ...).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     path : str or Path
         The file.
 
@@ -279,8 +279,8 @@ def read_mapping(path: PathLike) -> dict[str, str]:
     DataDirError
         If a key occurs twice (the message names the key and both lines).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "text")
     >>> write_mapping(path, {"u2": "B C", "u1": "A"})
@@ -303,8 +303,8 @@ def read_mapping(path: PathLike) -> dict[str, str]:
 def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
     """Write ``<key> <value>`` lines sorted by key (C-locale order).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     path : str or Path
         Output file (parent dirs are created).
     mapping : Mapping[str, object]
@@ -327,8 +327,8 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     """Invert ``utt2spk``: speaker -> sorted utterances (keys sorted).
 
-    Example
-    -------
+    Examples
+    --------
     >>> utt2spk_to_spk2utt({"a-2": "a", "b-1": "b", "a-1": "a"})
     {'a': ['a-1', 'a-2'], 'b': ['b-1']}
     """
@@ -439,8 +439,8 @@ def write_data_dir(
     Files of :data:`DATA_DIR_FILES` left over from an earlier write and not given now are
     removed (with a log line), so the directory never mixes two versions.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     data_dir : str or Path
         Output directory (created).
     wav_scp : Mapping[str, str]
@@ -466,8 +466,8 @@ def write_data_dir(
     DataDirError
         If the mappings do not cover the same utterances (names the first offenders).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile
     >>> out = write_data_dir(tempfile.mkdtemp(), wav_scp={"s1-u1": "/a.flac"}, utt2spk={"s1-u1": "s1"})
     >>> sorted(p.name for p in out.iterdir())
@@ -548,8 +548,8 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
 def subset_data_dir(data: DataDir, utterances: Iterable[str]) -> DataDir:
     """Keep only ``utterances`` (and trials whose two sides are both kept).
 
-    Example
-    -------
+    Examples
+    --------
     >>> data = DataDir(wav_scp={"a": "a.wav", "b": "b.wav"}, utt2spk={"a": "a", "b": "b"})
     >>> subset_data_dir(data, ["b"]).wav_scp
     {'b': 'b.wav'}
@@ -819,8 +819,8 @@ def validate_data_dir(
     corrupt or too short audio: those always raise. Never pass ``fix=True`` for a test set
     unless the user asked for it (``validate_data.py --fix-test``).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     data_dir : str or Path
         The data dir.
     fix : bool
@@ -854,8 +854,8 @@ def validate_data_dir(
         One line listing every problem found, each naming the file:line / utterance /
         path and the fix.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 16000)
@@ -1020,8 +1020,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     no audio is opened. Otherwise every recording header is read once (``jobs`` threads) and
     ``utt2num_samples`` is rewritten atomically (safe when several processes do it at once).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     data_dir : str or Path
         A data dir.
     target_sr : int
@@ -1034,8 +1034,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     dict
         utt -> samples, sorted by utt.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 8000)
@@ -1077,8 +1077,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[str, dict[str, object]]:
     """A validated data dir as the ``data`` dict of SpeechBrain's ``DynamicItemDataset``.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     data_dir : str or Path
         A data dir that passed :func:`validate_data_dir` (``utt2num_samples`` is required).
     label_file : str, optional
@@ -1091,8 +1091,8 @@ def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[
         "text": transcript (if ``text`` exists), "label": class (if a label file is used),
         "start"/"end": seconds (if ``segments`` exists)}, sorted by utt.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 16000)

@@ -5,8 +5,8 @@ leaves the rest here: the command line (``--corpus-root``, ``--out``, ``--skip-v
 logging, locating a corpus folder, writing + validating a data dir with a summary line, and
 logging what was dropped (the toolkit never drops anything silently).
 
-Example
--------
+Examples
+--------
 >>> parser = data_prep_parser("Prepare my corpus.")
 >>> args = parser.parse_args(["--corpus-root", "/corpora/mine"])
 >>> str(args.out), args.skip_validation
@@ -37,8 +37,8 @@ class CorpusLayoutError(ValueError):
 def data_prep_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser with the options every data-prep script shares.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     description : str
         The script's docstring (shown by ``--help``).
 
@@ -85,8 +85,8 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
 def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
     """The corpus folder ``name`` given its parent or itself (``--corpus-root`` may be either).
 
-    Example
-    -------
+    Examples
+    --------
     ``find_corpus_dir("/corpora", "LibriSpeech")`` and
     ``find_corpus_dir("/corpora/LibriSpeech", "LibriSpeech")`` both give ``/corpora/LibriSpeech``.
     """
@@ -109,8 +109,8 @@ def audio_path(path: os.PathLike) -> str:
 def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WARNING) -> int:
     """Log ``message`` with a total and a per-key breakdown; returns the total (0: nothing logged).
 
-    Example
-    -------
+    Examples
+    --------
     ``log_counts("IEMOCAP: dropped utterances of unused emotions", Counter(fru=2, xxx=1))``
     logs ``IEMOCAP: dropped utterances of unused emotions: 3 (fru=2, xxx=1)``.
     """
@@ -132,8 +132,8 @@ def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING
 def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) -> Path:
     """Write a data dir (:func:`write_data_dir`), validate it, log a summary.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     out_dir : str or Path
         The data dir to write.
     validate : bool
@@ -162,8 +162,8 @@ def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> list[Item]:
     Item ``i`` (0-based, in sorted order) is picked when ``floor((i + 1) * fraction)`` exceeds
     ``floor(i * fraction)``: with fraction 0.1 these are items 9, 19, 29, ...
 
-    Example
-    -------
+    Examples
+    --------
     >>> evenly_spaced_holdout(range(25), 0.1)
     [9, 19]
     """
