@@ -56,9 +56,12 @@ class BackboneSpec:
 
     Parameters
     ----------
-    family: HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
-    hub_id: default Hugging Face hub id of the pretrained checkpoint.
-    size: ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
+    family : str
+        HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
+    hub_id : str
+        Default Hugging Face hub id of the pretrained checkpoint.
+    size : str
+        ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
     """
 
     family: str
@@ -122,12 +125,15 @@ def backbone_config(name: str, **overrides):
 
     Parameters
     ----------
-    name: a short name from :data:`BACKBONES`.
-    **overrides: config fields to change (e.g. a tiny test architecture).
+    name : str
+        A short name from :data:`BACKBONES`.
+    **overrides
+        Config fields to change (e.g. a tiny test architecture).
 
     Returns
     -------
-    A ``transformers`` config object (``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``).
+    transformers.PretrainedConfig
+        ``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``.
 
     Examples
     --------
@@ -233,26 +239,33 @@ class SSLBackbone(nn.Module):
 
     Parameters
     ----------
-    name: short name (:data:`BACKBONES`) or a free label for a local checkpoint.
-    model: the HF ``*Model`` (not ``*ForCTC``).
-    normalize_waveform: zero-mean/unit-variance per utterance over its valid samples (what the
+    name : str
+        Short name (:data:`BACKBONES`) or a free label for a local checkpoint.
+    model : nn.Module
+        The HF ``*Model`` (not ``*ForCTC``).
+    normalize_waveform : bool | None, optional
+        Zero-mean/unit-variance per utterance over its valid samples (what the
         Large checkpoints were pre-trained with; Base checkpoints were not: fairseq's
         ``task.normalize``, also followed by s3prl).
-    contiguous_attention: give WavLM's attention a time-major input
+    contiguous_attention : bool, optional
+        Give WavLM's attention a time-major input
         (:func:`elp.speed.add_contiguous_attention_inputs`; outputs equal the stock ones to
         float rounding, 3-30x faster attention with frozen weights). No effect on wav2vec2/HuBERT.
-    sdpa_attention: compute WavLM's attention with ``scaled_dot_product_attention``
+    sdpa_attention : bool, optional
+        Compute WavLM's attention with ``scaled_dot_product_attention``
         (:func:`elp.speed.add_sdpa_attention`; equal to HF's to float rounding, serves every
         method). Replaces ``contiguous_attention``. No effect on wav2vec2/HuBERT (HF already
         uses SDPA for them).
 
-    Attributes (runtime knobs, no effect on results)
-    ------------------------------------------------
-    no_grad_layers: the first this-many transformer layers (and everything before them) run
-        under ``torch.no_grad`` (only valid when nothing in them trains and no pseudo frames
-        need gradients; :class:`elp.model.AdaptedSSL` decides).
-    activation_checkpointing: recompute each remaining layer's activations in backward instead
-        of storing them (less memory, about one more forward of those layers).
+    Attributes
+    ----------
+    no_grad_layers : int
+        Runtime knob, no effect on results: the first this-many transformer layers (and
+        everything before them) run under ``torch.no_grad`` (only valid when nothing in them
+        trains and no pseudo frames need gradients; :class:`elp.model.AdaptedSSL` decides).
+    activation_checkpointing : bool
+        Runtime knob, no effect on results: recompute each remaining layer's activations in
+        backward instead of storing them (less memory, about one more forward of those layers).
     """
 
     def __init__(self, name: str, model: nn.Module, normalize_waveform: bool | None = None,
@@ -292,8 +305,10 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        name_or_path: a short name (:data:`BACKBONES`) or a local checkpoint directory.
-        source: where the weights are: a local directory or a hub id (default: the short
+        name_or_path : str
+            A short name (:data:`BACKBONES`) or a local checkpoint directory.
+        source : str | None, optional
+            Where the weights are: a local directory or a hub id (default: the short
             name's hub id). Offline machines pass a directory.
         """
         if name_or_path in BACKBONES:
@@ -375,12 +390,17 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        wavs: [B, T] waveforms at 16 kHz.
-        lengths: [B] valid samples per utterance.
+        wavs : torch.Tensor
+            [B, T] waveforms at 16 kHz.
+        lengths : torch.Tensor
+            [B] valid samples per utterance.
 
         Returns
         -------
-        features [B, F, C] and frame_mask [B, F].
+        features : torch.Tensor
+            [B, F, C] CNN output.
+        frame_mask : torch.Tensor
+            [B, F] bool, True on valid frames.
         """
         sample_mask = lengths_to_mask(lengths, wavs.shape[1])
         x = wavs * sample_mask
@@ -419,15 +439,20 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        wavs: [B, T] float waveforms at 16 kHz.
-        wav_lens: [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
-        prompt: optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
-        layer_prefixes: optional [L, K', D] vectors prepended to the input of every layer and
+        wavs : torch.Tensor
+            [B, T] float waveforms at 16 kHz.
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
+        prompt : torch.Tensor | None, optional
+            Optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
+        layer_prefixes : torch.Tensor | None, optional
+            Optional [L, K', D] vectors prepended to the input of every layer and
             dropped from its output (deep prompt tuning).
 
         Returns
         -------
-        :class:`BackboneOutput` (prompt and prefix frames removed).
+        BackboneOutput
+            Hidden states and frame mask (prompt and prefix frames removed).
         """
         lengths = self.sample_lengths(wavs, wav_lens)
         features, frame_mask = self.extract_cnn_features(wavs, lengths)
@@ -685,10 +710,14 @@ def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
 
     Parameters
     ----------
-    name: short name (:data:`BACKBONES`) or a local checkpoint directory.
-    source: local directory or hub id with the weights (default: the name's hub id).
-    pretrained: False builds random weights from the architecture config (no download).
-    config_overrides: config fields to change when ``pretrained`` is False.
+    name : str
+        Short name (:data:`BACKBONES`) or a local checkpoint directory.
+    source : str | None, optional
+        Local directory or hub id with the weights (default: the name's hub id).
+    pretrained : bool, optional
+        False builds random weights from the architecture config (no download).
+    config_overrides : dict | None, optional
+        Config fields to change when ``pretrained`` is False.
 
     Examples
     --------

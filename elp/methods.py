@@ -34,17 +34,27 @@ class MethodSpec:
 
     Parameters
     ----------
-    name: the method's name in hparams.
-    encoder_adapter_sites: where E-type adapters go inside each layer: ``"mhsa"`` (after
+    name : str
+        The method's name in hparams.
+    encoder_adapter_sites : tuple[str, ...], optional
+        Where E-type adapters go inside each layer: ``"mhsa"`` (after
         self-attention) and/or ``"ffn"`` (after the feed-forward block).
-    skip_last_layer: E-adapters in every layer but the last (ELP's E+L).
-    layer_adapters: L-adapters from every layer's output to the head.
-    weighted_sum: softmax-weighted sum of all hidden states to the head.
-    prompt: the P-adapter (pseudo CNN frames).
-    prefix: deep prefixes in every layer.
-    lora: LoRA on attention projections.
-    train_layer_norms: the backbone's per-layer LayerNorms (LN1, LN2) train.
-    train_encoder: the whole transformer encoder trains (full fine-tuning).
+    skip_last_layer : bool, optional
+        E-adapters in every layer but the last (ELP's E+L).
+    layer_adapters : bool, optional
+        L-adapters from every layer's output to the head.
+    weighted_sum : bool, optional
+        Softmax-weighted sum of all hidden states to the head.
+    prompt : bool, optional
+        The P-adapter (pseudo CNN frames).
+    prefix : bool, optional
+        Deep prefixes in every layer.
+    lora : bool, optional
+        LoRA on attention projections.
+    train_layer_norms : bool, optional
+        The backbone's per-layer LayerNorms (LN1, LN2) train.
+    train_encoder : bool, optional
+        The whole transformer encoder trains (full fine-tuning).
     """
 
     name: str

@@ -30,35 +30,56 @@ class AdaptedSSL(nn.Module):
 
     Parameters
     ----------
-    backbone: the (pretrained) backbone; its parameters are frozen here, except what the
+    backbone : SSLBackbone
+        The (pretrained) backbone; its parameters are frozen here, except what the
         method trains.
-    method: a name from :data:`elp.methods.METHODS` or a :class:`MethodSpec`.
-    activation: adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
-    e_dim: E-adapter bottleneck width (256).
-    l_dim: L-adapter output width = the head's input width (512).
-    prompt_frames: K pseudo CNN frames of the P-adapter (10).
-    prefix_frames: K vectors per layer for ``prefix`` (10).
-    lora_rank, lora_alpha, lora_targets: LoRA rank r, scale alpha / r, and the attention
-        projections it reparametrises.
-    e_first_layer: k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
+    method : str | MethodSpec, optional
+        A name from :data:`elp.methods.METHODS` or a :class:`MethodSpec`.
+    activation : str, optional
+        Adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
+    e_dim : int, optional
+        E-adapter bottleneck width (256).
+    l_dim : int, optional
+        L-adapter output width = the head's input width (512).
+    prompt_frames : int, optional
+        K pseudo CNN frames of the P-adapter (10).
+    prefix_frames : int, optional
+        K vectors per layer for ``prefix`` (10).
+    lora_rank : int, optional
+        LoRA rank r.
+    lora_alpha : float, optional
+        LoRA scale is alpha / r.
+    lora_targets : tuple[str, ...], optional
+        The attention projections LoRA reparametrises.
+    e_first_layer : int, optional
+        k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
         per-layer LayerNorms of layers < k are frozen too (only LNs of layers >= k train, for
         methods that train LNs), so nothing below layer k learns; unless the method has
         pseudo frames, prefixes or LoRA (which need gradients through every layer), the
         backbone then runs layers < k without autograd (L-adapters still read their outputs).
-    backbone_dropout: keep HF's dropout inside the frozen backbone (default: off, except for
+    backbone_dropout : bool | None, optional
+        Keep HF's dropout inside the frozen backbone (default: off, except for
         ``full`` which trains the backbone and keeps it).
-    activation_checkpointing: recompute the activations of the backbone layers that run with
+    activation_checkpointing : bool, optional
+        Recompute the activations of the backbone layers that run with
         autograd in backward instead of storing them (less memory, about one extra forward of
         those layers). A runtime knob: not part of :attr:`options` (exports do not depend on it).
+    frozen_dtype : str, optional
+        ``"fp32"`` or ``"bf16"``: the dtype the frozen weights are held in (``"bf16"`` for bf16
+        autocast). A runtime knob (no effect on results beyond rounding).
+    sdpa_attention : bool, optional
+        Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
+        (no effect on results beyond rounding).
 
     Speed notes: the CNN always runs without autograd; for methods that train nothing inside
     the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
     its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
     :class:`elp.feature_cache.HiddenStateCache`).
 
-    Returns (forward)
-    -----------------
-    feats [B, F, output_dim] and frame_mask [B, F] bool.
+    Notes
+    -----
+    ``forward(wavs, wav_lens)`` returns ``feats`` [B, F, output_dim] and ``frame_mask``
+    [B, F] bool.
     """
 
     def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", activation: str = "gelu",
@@ -233,8 +254,8 @@ class AdaptedSSL(nn.Module):
 
         Returns
         -------
-        :class:`elp.backbones.BackboneOutput`: ``num_layers + 1`` hidden states [B, F, D] and
-        frame_mask [B, F].
+        elp.backbones.BackboneOutput
+            ``num_layers + 1`` hidden states [B, F, D] and frame_mask [B, F].
         """
         self._require_cacheable()
         with torch.no_grad():
@@ -245,19 +266,30 @@ class AdaptedSSL(nn.Module):
 
         Parameters
         ----------
-        hidden_states: ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
+        hidden_states : list[torch.Tensor] | torch.Tensor
+            ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
             [num_layers + 1, B, F, D]) as in :class:`elp.backbones.BackboneOutput`.
-        frame_mask: [B, F] bool.
+        frame_mask : torch.Tensor
+            [B, F] bool.
 
         Returns
         -------
-        feats [B, F, output_dim] and frame_mask [B, F]; equal to ``self(wavs, wav_lens)``
-        when the hidden states come from the same audio.
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` when the hidden states come
+            from the same audio.
+        frame_mask : torch.Tensor
+            [B, F] bool.
 
         Examples
         --------
-        >>> out = model.backbone_hidden_states(wavs, wav_lens)            # doctest: +SKIP
-        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)  # doctest: +SKIP
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum").eval()
+        >>> wavs, wav_lens = torch.randn(2, 8000), torch.tensor([1.0, 0.75])
+        >>> out = model.backbone_hidden_states(wavs, wav_lens)
+        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)
+        >>> ref, ref_mask = model(wavs, wav_lens)
+        >>> torch.equal(mask, ref_mask), bool((feats - ref).abs().max() < 1e-5)
+        (True, True)
         """
         self._require_cacheable()
         if len(hidden_states) != self.backbone.num_layers + 1:

@@ -21,9 +21,30 @@ from elp.model import AdaptedSSL
 def count_learnable(backbone: str, method: str, config_overrides: dict | None = None, **options) -> dict:
     """Learnable parameters of ``method`` on ``backbone`` (the task head excluded).
 
+    Built on the meta device: nothing is allocated or downloaded.
+
+    Parameters
+    ----------
+    backbone : str
+        Short backbone name (:data:`elp.backbones.BACKBONES`).
+    method : str
+        Method name (:data:`elp.methods.METHODS`).
+    config_overrides : dict | None, optional
+        Architecture config fields to change (e.g. a tiny test architecture).
+    **options
+        Keyword arguments of :class:`elp.model.AdaptedSSL` (``e_dim``, ``l_dim``, ...).
+
     Returns
     -------
-    dict with ``total`` and ``groups`` (group name -> count).
+    dict
+        ``total`` and ``groups`` (group name -> count).
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> counts = count_learnable("wavlm", "weighted_sum", config_overrides=TINY_CONFIG)
+    >>> counts["total"] == sum(counts["groups"].values())
+    True
     """
     config = backbone_config(backbone, **(config_overrides or {}))
     with torch.device("meta"):

@@ -392,7 +392,8 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
 
     Returns
     -------
-    The markdown row written.
+    str
+        The markdown row written.
     """
     result = validate_result(result_dict, f"result for {results_md_path}")
     date = result.get("date") or datetime.datetime.now().isoformat(timespec="seconds")

@@ -116,7 +116,8 @@ def word_error_rate(
 
     Returns
     -------
-    dict with ``wer`` (percent), ``ins``, ``del``, ``sub``, ``num_words``, ``num_utts``.
+    dict
+        ``wer`` (percent), ``ins``, ``del``, ``sub``, ``num_words``, ``num_utts``.
 
     Examples
     --------
@@ -137,7 +138,8 @@ def character_error_rate(
 
     Returns
     -------
-    dict with ``cer`` (percent), ``ins``, ``del``, ``sub``, ``num_chars``, ``num_utts``.
+    dict
+        ``cer`` (percent), ``ins``, ``del``, ``sub``, ``num_chars``, ``num_utts``.
 
     Examples
     --------
@@ -202,7 +204,8 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
 
     Returns
     -------
-    dict with ``eer`` (percent) and ``threshold``.
+    dict
+        ``eer`` (percent) and ``threshold``.
 
     Examples
     --------
@@ -245,8 +248,9 @@ def min_dcf(
 
     Returns
     -------
-    dict with ``min_dcf`` (normalised), ``c_det`` (unnormalised minimum, what SpeechBrain
-    returns) and ``threshold``.
+    dict
+        ``min_dcf`` (normalised), ``c_det`` (unnormalised minimum, what SpeechBrain
+        returns) and ``threshold``.
 
     Examples
     --------
@@ -331,7 +335,8 @@ def s_norm(
 
     Returns
     -------
-    torch.Tensor [N], normalised scores.
+    torch.Tensor
+        [N] normalised scores.
 
     Examples
     --------
@@ -605,7 +610,8 @@ def s_norm_trials(
 
     Returns
     -------
-    torch.Tensor [T], one score per trial, in trial order.
+    torch.Tensor
+        [T] one score per trial, in trial order.
 
     Examples
     --------

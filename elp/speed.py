@@ -74,12 +74,14 @@ def add_contiguous_attention_inputs(model: nn.Module) -> list[torch.utils.hooks.
 
     Parameters
     ----------
-    model: a HF model (or any module containing ``WavLMAttention`` modules).
+    model : nn.Module
+        A HF model (or any module containing ``WavLMAttention`` modules).
 
     Returns
     -------
-    The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
-    and HuBERT.
+    list[torch.utils.hooks.RemovableHandle]
+        The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
+        and HuBERT.
 
     Examples
     --------
