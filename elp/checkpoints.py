@@ -126,8 +126,13 @@ def backbone_identity(model) -> dict:
 
     Examples
     --------
-    >>> sorted(backbone_identity(model))  # doctest: +SKIP
-    ['backbone', 'method', 'options', 'weights_sha256']
+    >>> from elp.backbones import load_backbone
+    >>> from elp.model import AdaptedSSL
+    >>> from elp.testing import TINY_CONFIG
+    >>> model = AdaptedSSL(load_backbone("wavlm", pretrained=False, config_overrides=TINY_CONFIG), "elp")
+    >>> identity = backbone_identity(model)
+    >>> sorted(identity), identity["backbone"], identity["method"]
+    (['backbone', 'method', 'options', 'weights_sha256'], 'wavlm', 'elp')
     """
     return {"backbone": str(model.backbone.name),
             "weights_sha256": getattr(model.backbone, "weights_sha256", None),
@@ -135,7 +140,23 @@ def backbone_identity(model) -> dict:
 
 
 def short_hash(sha: str | None) -> str:
-    """First 12 hex digits of a SHA-256 (``"unknown"`` for None)."""
+    """First 12 hex digits of a SHA-256 (``"unknown"`` for None).
+
+    Parameters
+    ----------
+    sha : str | None
+        A hex digest.
+
+    Returns
+    -------
+    str
+        Its first 12 characters, or ``"unknown"``.
+
+    Examples
+    --------
+    >>> short_hash("0123456789abcdef0123"), short_hash(None)
+    ('0123456789ab', 'unknown')
+    """
     return sha[:12] if sha else "unknown"
 
 

@@ -397,9 +397,19 @@ class ExperimentGuard:
 
     Parameters
     ----------
-    exp_dir, hparams, restart, ignore, restart_flag
+    exp_dir : str | os.PathLike
+        The experiment directory, as in :func:`check_hparams`.
+    hparams : dict | str
+        As in :func:`check_hparams`.
+    restart : bool, optional
+        As in :func:`check_hparams`.
+    ignore : Iterable[str] | None, optional
+        As in :func:`check_hparams`.
+    restart_flag : str, optional
         As in :func:`check_hparams`.
 
+    Notes
+    -----
     Use it around the whole training run, on the main process only, before SpeechBrain's
     ``create_experiment_directory`` writes into the directory::
 

@@ -33,10 +33,21 @@ float16 (3.6 GB per hour).
 
 Examples
 --------
->>> cache = CNNFeatureCache.for_model(tmp_dir, model)                              # doctest: +SKIP
->>> feats, mask = cached_cnn_forward(model, cache, batch.id, wavs, wav_lens)        # doctest: +SKIP
->>> cache = HiddenStateCache.for_model(tmp_dir, model)                              # doctest: +SKIP
->>> feats, mask = cached_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)     # doctest: +SKIP
+>>> import tempfile
+>>> from elp.model import AdaptedSSL
+>>> from elp.testing import tiny_config
+>>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum").eval()
+>>> wavs, wav_lens = torch.randn(2, 8000), torch.tensor([1.0, 0.5])
+>>> live, live_mask = model(wavs, wav_lens)
+>>> cache = CNNFeatureCache.for_model(tempfile.mkdtemp(), model, dtype="float32")
+>>> feats, mask = cached_cnn_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)  # fills
+>>> feats, mask = cached_cnn_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)  # reads
+>>> torch.equal(mask, live_mask), bool(((feats - live) * mask[..., None]).abs().max() < 1e-5)
+(True, True)
+>>> cache = HiddenStateCache.for_model(tempfile.mkdtemp(), model)
+>>> feats, mask = cached_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)
+>>> bool(((feats - live[:, :feats.shape[1]]) * mask[..., None]).abs().max() < 1e-5)
+True
 """
 
 from __future__ import annotations
@@ -434,7 +445,24 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 
 # ---------------------------------------------------------------------------- forward paths
 def cnn_features_for_cache(backbone: SSLBackbone, wavs: torch.Tensor, lengths: torch.Tensor):
-    """The CNN's output as the cache stores it: float32 (autocast off), no autograd."""
+    """The CNN's output as the cache stores it: float32 (autocast off), no autograd.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+    wavs : torch.Tensor
+        [B, T] waveforms.
+    lengths : torch.Tensor
+        [B] valid samples per utterance.
+
+    Returns
+    -------
+    features : torch.Tensor
+        [B, F, C] float32 CNN output.
+    frame_mask : torch.Tensor
+        [B, F] bool.
+    """
     with torch.autocast(wavs.device.type, enabled=False):
         return backbone.extract_cnn_features(wavs.float(), lengths)
 
@@ -458,8 +486,10 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
         :meth:`CNNFeatureCache.for_model` of the model's backbone.
     utt_ids : list of str or None
         The batch's utterance ids (stored as metadata; the key is the audio content).
-    wavs, wav_lens : torch.Tensor
-        The batch, [B, T] and [B] relative lengths, as read (no augmentation, no crop).
+    wavs : torch.Tensor
+        [B, T] waveforms of the batch, as read (no augmentation, no crop).
+    wav_lens : torch.Tensor | None, optional
+        [B] relative lengths (None: all full).
     max_frames : int
         0: whole utterances (output padded to ``num_frames(T)``, as the waveform path).
         > 0: a random crop of at most this many frames per utterance (:func:`crop_frames`;
@@ -469,8 +499,15 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
 
     Returns
     -------
-    tuple of torch.Tensor
-        feats [B, F, output_dim] and frame_mask [B, F], as ``model(wavs, wav_lens)``.
+    feats : torch.Tensor
+        [B, F, output_dim], as ``model(wavs, wav_lens)``.
+    frame_mask : torch.Tensor
+        [B, F] bool.
+
+    Raises
+    ------
+    ValueError
+        If ``utt_ids`` and ``wavs`` disagree on the batch size.
     """
     if utt_ids is not None and len(utt_ids) != wavs.shape[0]:
         raise ValueError(f"{len(utt_ids)} utterance ids for a batch of {wavs.shape[0]} waveforms")
@@ -508,14 +545,23 @@ def cached_forward(model, cache: HiddenStateCache, utt_ids: list[str] | None, wa
     utt_ids : list of str or None
         The batch's utterance ids (stored as metadata; the key is the audio content, so a
         second set reusing ids, or fixed audio, never reads another waveform's states).
-    wavs, wav_lens : torch.Tensor
-        The batch ([B, T] and [B]), as read.
+    wavs : torch.Tensor
+        [B, T] waveforms of the batch, as read.
+    wav_lens : torch.Tensor | None, optional
+        [B] relative lengths (None: all full).
 
     Returns
     -------
-    tuple of torch.Tensor
-        feats [B, F, output_dim] and frame_mask [B, F] (F may be shorter than the live path's
-        when no utterance fills the padded length; padded frames are masked either way).
+    feats : torch.Tensor
+        [B, F, output_dim] (F may be shorter than the live path's when no utterance fills the
+        padded length; padded frames are masked either way).
+    frame_mask : torch.Tensor
+        [B, F] bool.
+
+    Raises
+    ------
+    ValueError
+        If ``utt_ids`` and ``wavs`` disagree on the batch size.
     """
     if utt_ids is not None and len(utt_ids) != wavs.shape[0]:
         raise ValueError(f"{len(utt_ids)} utterance ids for a batch of {wavs.shape[0]} waveforms")
