@@ -83,20 +83,44 @@ class DataDirError(DataError):
 
 @dataclass(frozen=True)
 class Segment:
-    """One line of ``segments``: an utterance cut out of a recording (seconds)."""
+    """One line of ``segments``: an utterance cut out of a recording (seconds).
+
+    Parameters
+    ----------
+    recording : str
+        Recording id (a key of ``wav.scp``).
+    start, end : float
+        Start and end time in seconds.
+    """
 
     recording: str
     start: float
     end: float
 
     def as_tuple(self) -> tuple[float, float]:
-        """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it."""
+        """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it.
+
+        Returns
+        -------
+        tuple[float, float]
+            ``(start, end)`` in seconds.
+        """
         return (self.start, self.end)
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll``?"""
+    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll``?
+
+    Parameters
+    ----------
+    enroll : str
+        Enrolment utterance id.
+    test : str
+        Test utterance id.
+    target : bool
+        True when both are spoken by the same speaker.
+    """
 
     enroll: str
     test: str
@@ -109,6 +133,23 @@ class DataDir:
 
     Field names are the keyword arguments of :func:`write_data_dir`, so
     ``write_data_dir(path, **data.mappings())`` writes it back.
+
+    Parameters
+    ----------
+    wav_scp : dict[str, str]
+        Utterance (or recording, with ``segments``) -> audio entry.
+    utt2spk : dict[str, str]
+        Utterance -> speaker.
+    text : dict[str, str] | None, optional
+        Utterance -> transcript.
+    utt2label : dict[str, str] | None, optional
+        Utterance -> class label.
+    segments : dict[str, Segment] | None, optional
+        Utterance -> :class:`Segment` of a recording.
+    utt2num_samples : dict[str, int] | None, optional
+        Utterance -> number of samples at 16 kHz.
+    trials : list[Trial] | None, optional
+        Speaker-verification trials.
     """
 
     wav_scp: dict[str, str]
@@ -125,7 +166,13 @@ class DataDir:
         return sorted(self.utt2spk)
 
     def mappings(self) -> dict[str, object]:
-        """The fields as a dict (for ``write_data_dir(path, **data.mappings())``)."""
+        """The fields as a dict (for ``write_data_dir(path, **data.mappings())``).
+
+        Returns
+        -------
+        dict[str, object]
+            Field name -> value (None for absent files).
+        """
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
@@ -193,6 +240,24 @@ def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
 
     The value is the rest of the line after the first whitespace (may contain spaces, as in
     ``text``; may be empty). Blank lines are skipped.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A Kaldi mapping file.
+
+    Returns
+    -------
+    list[tuple[int, str, str]]
+        ``(line number, key, value)`` in file order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "text"
+    >>> _ = path.write_text("u1 HELLO WORLD\\n\\nu2\\n")
+    >>> read_numbered_lines(path)
+    [(1, 'u1', 'HELLO WORLD'), (3, 'u2', '')]
     """
     result = []
     for number, line in read_text_lines(path):
@@ -223,6 +288,22 @@ def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
 def token_problem(path: PathLike, number: int, key: str, value: str) -> str | None:
     """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
 
+    Parameters
+    ----------
+    path : str | os.PathLike
+        The file, named in the message.
+    number : int
+        1-based line number.
+    key : str
+        The line's utterance id.
+    value : str
+        The rest of the line.
+
+    Returns
+    -------
+    str | None
+        The message, or None for a valid line.
+
     Examples
     --------
     >>> token_problem("d/utt2label", 3, "u3", "neu sad")
@@ -249,6 +330,16 @@ def read_token_mapping(path: PathLike) -> dict[str, str]:
     DataDirError
         For a duplicated key, an empty value or a value of several tokens (naming the file,
         line and utterance).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A Kaldi mapping file.
+
+    Returns
+    -------
+    dict[str, str]
+        Key -> its one token.
     """
     mapping: dict[str, str] = {}
     for number, key, value in read_numbered_lines(path):
@@ -327,6 +418,16 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     """Invert ``utt2spk``: speaker -> sorted utterances (keys sorted).
 
+    Parameters
+    ----------
+    utt2spk : Mapping[str, str]
+        Utterance -> speaker.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Speaker -> sorted utterances.
+
     Examples
     --------
     >>> utt2spk_to_spk2utt({"a-2": "a", "b-1": "b", "a-1": "a"})
@@ -339,17 +440,55 @@ def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 def read_spk2utt(path: PathLike) -> dict[str, list[str]]:
-    """Read ``spk2utt``: speaker -> list of utterances (in file order)."""
+    """Read ``spk2utt``: speaker -> list of utterances (in file order).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``spk2utt`` file.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Speaker -> utterances.
+    """
     return {spk: utts.split() for spk, utts in read_mapping(path).items()}
 
 
 def write_spk2utt(path: PathLike, spk2utt: Mapping[str, Sequence[str]]) -> None:
-    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker)."""
+    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    spk2utt : Mapping[str, Sequence[str]]
+        Speaker -> utterances.
+    """
     write_mapping(path, {spk: " ".join(sorted(utts)) for spk, utts in spk2utt.items()})
 
 
 def read_segments(path: PathLike) -> dict[str, Segment]:
-    """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``)."""
+    """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``segments`` file.
+
+    Returns
+    -------
+    dict[str, Segment]
+        Utterance -> segment.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "segments"
+    >>> write_segments(path, {"u1": Segment("rec1", 0.5, 2.0)})
+    >>> read_segments(path)
+    {'u1': Segment(recording='rec1', start=0.5, end=2.0)}
+    """
     segments = {}
     for utt, value in read_mapping(path).items():
         segments[utt] = _parse_segment(value, f"{path}: utt {utt!r}")
@@ -370,12 +509,31 @@ def _parse_segment(value: str, where: str) -> Segment:
 
 
 def write_segments(path: PathLike, segments: Mapping[str, Segment]) -> None:
-    """Write ``segments`` sorted by utterance."""
+    """Write ``segments`` sorted by utterance.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    segments : Mapping[str, Segment]
+        Utterance -> segment.
+    """
     write_mapping(path, {utt: f"{s.recording} {s.start:g} {s.end:g}" for utt, s in segments.items()})
 
 
 def read_utt2num_samples(path: PathLike) -> dict[str, int]:
-    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz."""
+    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        An ``utt2num_samples`` file.
+
+    Returns
+    -------
+    dict[str, int]
+        Utterance -> samples.
+    """
     result = {}
     for utt, value in read_mapping(path).items():
         try:
@@ -386,7 +544,15 @@ def read_utt2num_samples(path: PathLike) -> dict[str, int]:
 
 
 def write_utt2num_samples(path: PathLike, utt2num_samples: Mapping[str, int]) -> None:
-    """Write ``utt2num_samples`` sorted by utterance."""
+    """Write ``utt2num_samples`` sorted by utterance.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    utt2num_samples : Mapping[str, int]
+        Utterance -> samples.
+    """
     write_mapping(path, {utt: int(n) for utt, n in utt2num_samples.items()})
 
 
@@ -397,6 +563,11 @@ def read_trials(path: PathLike) -> list[Trial]:
     -------
     list of Trial
         In file order.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``trials`` file.
     """
     trials = []
     for number, line in read_text_lines(path):
@@ -412,7 +583,25 @@ def read_trials(path: PathLike) -> list[Trial]:
 
 
 def write_trials(path: PathLike, trials: Iterable[Trial]) -> None:
-    """Write a ``trials`` file in the order given."""
+    """Write a ``trials`` file in the order given.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    trials : Iterable[Trial]
+        The trials.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "trials"
+    >>> write_trials(path, [Trial("e1", "t1", True), Trial("e1", "t2", False)])
+    >>> path.read_text().splitlines()
+    ['e1 t1 target', 'e1 t2 nontarget']
+    >>> read_trials(path)[1]
+    Trial(enroll='e1', test='t2', target=False)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
@@ -525,6 +714,15 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
     DataDirError
         If ``wav.scp`` or ``utt2spk`` is missing, a key is duplicated, a file is not UTF-8,
         or a speaker / label is not one token.
+
+    Parameters
+    ----------
+    data_dir : str | os.PathLike
+        The data dir.
+
+    Returns
+    -------
+    DataDir
     """
     data_dir = Path(data_dir)
 
@@ -547,6 +745,23 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
 
 def subset_data_dir(data: DataDir, utterances: Iterable[str]) -> DataDir:
     """Keep only ``utterances`` (and trials whose two sides are both kept).
+
+    Parameters
+    ----------
+    data : DataDir
+        The data dir in memory.
+    utterances : Iterable[str]
+        Utterance ids to keep.
+
+    Returns
+    -------
+    DataDir
+        A new data dir (with ``segments``, only the recordings still used).
+
+    Raises
+    ------
+    DataDirError
+        If an utterance is not in ``data``.
 
     Examples
     --------
@@ -580,6 +795,20 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
     An optional mapping is kept only if every part has it. An utterance present in two parts
     must have identical values, otherwise :class:`DataDirError` names it.
+
+    Parameters
+    ----------
+    parts : Sequence[DataDir]
+        The data dirs to combine.
+
+    Returns
+    -------
+    DataDir
+
+    Raises
+    ------
+    DataDirError
+        If ``parts`` is empty or an utterance has different values in two parts.
     """
     if not parts:
         raise DataDirError("combine_data_dirs: nothing to combine")
