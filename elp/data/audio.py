@@ -513,6 +513,19 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
                         segment: Segment | None = None) -> int:
     """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
 
+    Parameters
+    ----------
+    info : AudioInfo
+        The recording's length and rate.
+    target_sr : int, optional
+        Output rate in Hz.
+    segment : Segment | None, optional
+        ``(start, end)`` in seconds (None: the whole recording).
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> segment_num_samples(AudioInfo(16000, 8000, 1), 16000, (0.5, 1.0))

@@ -268,7 +268,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         self._num_batches = sum(math.ceil(len(m) / s) for m, s in zip(self.buckets, self.bucket_batch_sizes))
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch)."""
+        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch).
+
+        Parameters
+        ----------
+        epoch : int
+            Epoch number (seeds the shuffle with ``seed + epoch``).
+        """
         self.epoch = int(epoch)
 
     def _all_batches(self) -> list[list[int]]:
