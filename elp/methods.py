@@ -108,7 +108,32 @@ BACKBONE_GROUPS = {"ln": "the backbone's per-layer LayerNorms", "backbone": "the
 
 
 def get_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of a method name, with a clear error otherwise."""
+    """The :class:`MethodSpec` of a method name, with a clear error otherwise.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`METHODS`.
+
+    Returns
+    -------
+    MethodSpec
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a method (the message lists them).
+
+    Examples
+    --------
+    >>> spec = get_method("elp")
+    >>> spec.encoder_adapter_sites, spec.skip_last_layer, spec.layer_adapters, spec.prompt
+    (('ffn',), True, True, True)
+    >>> get_method("adapterz")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown method 'adapterz'; choose one of: full, weighted_sum, conventional, lora, prefix, e_only, l_only, p_only, el, elp
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]

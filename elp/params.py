@@ -45,6 +45,11 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
     >>> counts = count_learnable("wavlm", "weighted_sum", config_overrides=TINY_CONFIG)
     >>> counts["total"] == sum(counts["groups"].values())
     True
+
+    The full-size counts of :mod:`elp.methods` need no download either:
+
+    >>> count_learnable("wavlm_plus", "elp")["total"], count_learnable("wavlm_plus", "lora")["total"]
+    (9132556, 294912)
     """
     config = backbone_config(backbone, **(config_overrides or {}))
     with torch.device("meta"):
