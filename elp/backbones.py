@@ -114,7 +114,27 @@ def _family_classes(family: str):
 
 
 def resolve_backbone_name(name: str) -> BackboneSpec:
-    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise."""
+    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BACKBONES`.
+
+    Returns
+    -------
+    BackboneSpec
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known short name (the message lists them).
+
+    Examples
+    --------
+    >>> resolve_backbone_name("wavlm_large")
+    BackboneSpec(family='wavlm', hub_id='microsoft/wavlm-large', size='large')
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     return BACKBONES[name]
@@ -147,7 +167,27 @@ def backbone_config(name: str, **overrides):
 
 
 def family_of_config(config) -> str:
-    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config."""
+    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        Any object with a ``model_type`` attribute.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        For any other ``model_type`` (e.g. ``data2vec-audio``).
+
+    Examples
+    --------
+    >>> family_of_config(backbone_config("contentvec"))
+    'hubert'
+    """
     family = getattr(config, "model_type", None)
     if family == "data2vec-audio" or family not in ("wav2vec2", "hubert", "wavlm"):
         raise ValueError(f"unsupported model_type {family!r}: elp supports wav2vec2, hubert, wavlm")
@@ -158,11 +198,16 @@ def family_of_config(config) -> str:
 class BackboneOutput:
     """Output of :class:`SSLBackbone`.
 
-    hidden_states: ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
+    Parameters
+    ----------
+    hidden_states : list[torch.Tensor]
+        ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
         transformer layer, entry i the output of layer i-1 (the HF convention).
-    last_hidden_state: [B, F, D], the last layer's output after the encoder's final LayerNorm
+    last_hidden_state : torch.Tensor
+        [B, F, D], the last layer's output after the encoder's final LayerNorm
         (equal to ``hidden_states[-1]`` for post-LN Base models).
-    frame_mask: [B, F] bool, True where a frame comes from real (unpadded) audio.
+    frame_mask : torch.Tensor
+        [B, F] bool, True where a frame comes from real (unpadded) audio.
     """
 
     hidden_states: list[torch.Tensor]
@@ -230,7 +275,25 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """[B] integer lengths -> [B, max_len] bool mask (True = valid)."""
+    """[B] integer lengths -> [B, max_len] bool mask (True = valid).
+
+    Parameters
+    ----------
+    lengths : torch.Tensor
+        [B] integer lengths.
+    max_len : int
+        Width of the mask.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, max_len] bool.
+
+    Examples
+    --------
+    >>> lengths_to_mask(torch.tensor([3, 1]), 4).int().tolist()
+    [[1, 1, 1, 0], [1, 0, 0, 0]]
+    """
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
@@ -293,7 +356,21 @@ class SSLBackbone(nn.Module):
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_config(cls, name: str, config, **kwargs) -> SSLBackbone:
-        """A randomly initialised backbone of the given architecture (tests, counting)."""
+        """A randomly initialised backbone of the given architecture (tests, counting).
+
+        Parameters
+        ----------
+        name : str
+            Short name or free label.
+        config : transformers.PretrainedConfig
+            E.g. :func:`backbone_config` (training overrides are applied to it in place).
+        **kwargs
+            Keyword arguments of :class:`SSLBackbone`.
+
+        Returns
+        -------
+        SSLBackbone
+        """
         _, model_cls = _family_classes(family_of_config(config))
         for key, value in _TRAINING_OVERRIDES.items():
             setattr(config, key, value)
@@ -310,6 +387,28 @@ class SSLBackbone(nn.Module):
         source : str | None, optional
             Where the weights are: a local directory or a hub id (default: the short
             name's hub id). Offline machines pass a directory.
+        **kwargs
+            Keyword arguments of :class:`SSLBackbone`.
+
+        Returns
+        -------
+        SSLBackbone
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``name_or_path`` is neither a short name nor a directory with a ``config.json``.
+        OSError
+            If the weights cannot be loaded (the message says how to work offline).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from elp.testing import save_tiny_checkpoint
+        >>> path = save_tiny_checkpoint("hubert", tempfile.mkdtemp())
+        >>> backbone = SSLBackbone.from_pretrained(str(path))
+        >>> backbone.family, backbone.num_layers, backbone.hidden_size
+        ('hubert', 3, 32)
         """
         if name_or_path in BACKBONES:
             name, source = name_or_path, source or BACKBONES[name_or_path].hub_id
@@ -337,6 +436,7 @@ class SSLBackbone(nn.Module):
     # ---------------------------------------------------------------------------- geometry
     @property
     def config(self):
+        """The HF model's config."""
         return self.model.config
 
     @property
@@ -346,18 +446,32 @@ class SSLBackbone(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Number of transformer layers L."""
         return len(self.layers)
 
     @property
     def hidden_size(self) -> int:
+        """Model width d."""
         return self.config.hidden_size
 
     @property
     def cnn_channels(self) -> int:
+        """Channels C of the CNN's output."""
         return self.config.conv_dim[-1]
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape)."""
+        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape).
+
+        Parameters
+        ----------
+        num_samples : torch.Tensor
+            Integer sample counts, any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Frame counts, same shape.
+        """
         return self.model._get_feat_extract_output_lengths(num_samples)
 
     @property
@@ -370,7 +484,25 @@ class SSLBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> torch.Tensor:
-        """Relative lengths (SpeechBrain convention) -> integer sample counts [B]."""
+        """Relative lengths (SpeechBrain convention) -> integer sample counts [B].
+
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms.
+        wav_lens : torch.Tensor | None
+            [B] relative lengths in [0, 1] (None: all full).
+
+        Returns
+        -------
+        torch.Tensor
+            [B] long sample counts.
+
+        Raises
+        ------
+        ValueError
+            If an utterance is shorter than :attr:`receptive_field`.
+        """
         total = wavs.shape[1]
         if wav_lens is None:
             return torch.full((wavs.shape[0],), total, dtype=torch.long, device=wavs.device)
@@ -423,7 +555,20 @@ class SSLBackbone(nn.Module):
         return x.transpose(1, 2), lengths_to_mask(frames, x.shape[-1])
 
     def num_frames_after(self, lengths: torch.Tensor, num_conv_layers: int) -> torch.Tensor:
-        """Valid frames after the first ``num_conv_layers`` CNN layers."""
+        """Valid frames after the first ``num_conv_layers`` CNN layers.
+
+        Parameters
+        ----------
+        lengths : torch.Tensor
+            Integer sample counts, any shape.
+        num_conv_layers : int
+            How many CNN layers to apply.
+
+        Returns
+        -------
+        torch.Tensor
+            Frame counts, same shape.
+        """
         for kernel, stride in list(zip(self.config.conv_kernel, self.config.conv_stride))[:num_conv_layers]:
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
@@ -718,6 +863,12 @@ def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
         False builds random weights from the architecture config (no download).
     config_overrides : dict | None, optional
         Config fields to change when ``pretrained`` is False.
+    **kwargs
+        Keyword arguments of :class:`SSLBackbone`.
+
+    Returns
+    -------
+    SSLBackbone
 
     Examples
     --------
