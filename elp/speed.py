@@ -50,7 +50,27 @@ _NON_CONTIGUOUS_ATTENTION = ("WavLMAttention",)
 
 
 def attention_modules_needing_contiguous_input(model: nn.Module) -> list[nn.Module]:
-    """The sub-modules of ``model`` whose attention input should be re-laid out."""
+    """The sub-modules of ``model`` whose attention input should be re-laid out.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A HF model or any module containing attention modules.
+
+    Returns
+    -------
+    list[nn.Module]
+        Its WavLM attention modules (empty for wav2vec2 and HuBERT).
+
+    Examples
+    --------
+    >>> from elp.backbones import SSLBackbone
+    >>> from elp.testing import tiny_config
+    >>> wavlm = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).model
+    >>> hubert = SSLBackbone.from_config("hubert", tiny_config("hubert")).model
+    >>> len(attention_modules_needing_contiguous_input(wavlm)), len(attention_modules_needing_contiguous_input(hubert))
+    (3, 0)
+    """
     return [m for m in model.modules() if type(m).__name__ in _NON_CONTIGUOUS_ATTENTION]
 
 
@@ -99,6 +119,18 @@ def checkpointed(function: Callable, *args, **kwargs):
     Non-reentrant checkpointing (``use_reentrant=False``): works when no input requires grad
     but parameters inside do, keeps forward hooks, and restores the RNG state so that dropout
     (if on) draws the same masks when recomputing.
+
+    Parameters
+    ----------
+    function : Callable
+        The computation (e.g. a transformer layer).
+    *args, **kwargs
+        Its arguments.
+
+    Returns
+    -------
+    object
+        What ``function`` returns.
 
     Examples
     --------
@@ -171,7 +203,13 @@ def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
 
 
 def remove_sdpa_attention(modules: list[nn.Module]) -> None:
-    """Undo :func:`add_sdpa_attention` on the modules it returned."""
+    """Undo :func:`add_sdpa_attention` on the modules it returned.
+
+    Parameters
+    ----------
+    modules : list[nn.Module]
+        The attention modules :func:`add_sdpa_attention` changed.
+    """
     for module in modules:
         module.__dict__.pop("torch_multi_head_self_attention", None)
 
