@@ -136,6 +136,24 @@ def backbone_fingerprint(backbone: SSLBackbone) -> str:
     well under a second), so random and pretrained weights of one architecture differ, and
     weights held in bfloat16 (:meth:`elp.backbones.SSLBackbone.cast_frozen_`) differ from
     float32 ones.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> a = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> b = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))  # other random weights
+    >>> len(backbone_fingerprint(a)), backbone_fingerprint(a) == backbone_fingerprint(b)
+    (16, False)
     """
     digest = hashlib.sha1()
     digest.update(backbone.config.to_json_string(use_diff=False).encode())
@@ -152,6 +170,16 @@ def cnn_fingerprint(backbone: SSLBackbone) -> str:
     normalisation, waveform normalisation, and the CNN's current weights (cheap: ~4 M
     parameters). The transformer part does not enter, except through ``weights_sha256``: a
     cache is shared by every method and run on the same loaded backbone.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+
+    Returns
+    -------
+    str
+        16 hex digits.
 
     Examples
     --------
@@ -271,14 +299,43 @@ class CNNFeatureCache(_TensorStore):
 
     @classmethod
     def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> CNNFeatureCache:
-        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
+        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`).
+
+        Parameters
+        ----------
+        directory : str | os.PathLike
+            Root folder of the cache.
+        model : elp.model.AdaptedSSL | SSLBackbone
+            The model or its backbone.
+        dtype : str, optional
+            Storage precision.
+
+        Returns
+        -------
+        CNNFeatureCache
+        """
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
                 "channels": backbone.cnn_channels}
         return cls(directory, cnn_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, features: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [frames, C] features of one utterance."""
+        """Store [frames, C] features of one utterance.
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        features : torch.Tensor
+            [frames, C] valid frames.
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        ValueError
+            If ``features`` is not 2-D.
+        """
         if features.dim() != 2:
             raise ValueError(f"expected CNN features [frames, C] for utterance {utt_id!r}, got {tuple(features.shape)}")
         super().put(key, features, utt_id)
@@ -341,13 +398,42 @@ class HiddenStateCache(_TensorStore):
 
     @classmethod
     def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> HiddenStateCache:
-        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
+        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`).
+
+        Parameters
+        ----------
+        directory : str | os.PathLike
+            Root folder of the cache.
+        model : elp.model.AdaptedSSL | SSLBackbone
+            The model or its backbone.
+        dtype : str, optional
+            Storage precision.
+
+        Returns
+        -------
+        HiddenStateCache
+        """
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "num_layers": backbone.num_layers, "hidden_size": backbone.hidden_size}
         return cls(directory, backbone_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, states: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [num_layers + 1, frames, D] states of one utterance (valid frames only)."""
+        """Store [num_layers + 1, frames, D] states of one utterance (valid frames only).
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        states : torch.Tensor
+            [num_layers + 1, frames, D] valid frames.
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        ValueError
+            If ``states`` is not 3-D.
+        """
         if states.dim() != 3:
             raise ValueError(f"expected states [num_layers + 1, frames, D] for utterance {utt_id!r}, "
                              f"got {tuple(states.shape)}")
@@ -355,7 +441,19 @@ class HiddenStateCache(_TensorStore):
 
     def put_batch(self, keys: list[str], hidden_states: list[torch.Tensor], frame_mask: torch.Tensor,
                   utt_ids: list[str] | None = None) -> None:
-        """Store a batch: ``num_layers + 1`` tensors [B, F, D] and frame_mask [B, F]."""
+        """Store a batch: ``num_layers + 1`` tensors [B, F, D] and frame_mask [B, F].
+
+        Parameters
+        ----------
+        keys : list[str]
+            :func:`audio_key` of each utterance.
+        hidden_states : list[torch.Tensor]
+            ``num_layers + 1`` tensors [B, F, D].
+        frame_mask : torch.Tensor
+            [B, F] bool.
+        utt_ids : list[str] | None, optional
+            Stored as metadata.
+        """
         stacked = torch.stack([h.detach() for h in hidden_states])  # [L+1, B, F, D]
         for index, key in enumerate(keys):
             frames = int(frame_mask[index].sum())
@@ -363,6 +461,13 @@ class HiddenStateCache(_TensorStore):
 
     def get_batch(self, keys: list[str], device: torch.device | str = "cpu"):
         """Padded states of a batch, or None if any utterance is missing.
+
+        Parameters
+        ----------
+        keys : list[str]
+            :func:`audio_key` of each utterance.
+        device : torch.device | str, optional
+            Where the result goes.
 
         Returns
         -------
