@@ -84,7 +84,18 @@ class CheckpointMismatchError(ValueError):
 
 # ------------------------------------------------------------------------------ file helpers
 def file_mode() -> int:
-    """Mode of a new regular file under the current umask (0644 under the usual umask 022)."""
+    """Mode of a new regular file under the current umask (0644 under the usual umask 022).
+
+    Returns
+    -------
+    int
+        ``0o666 & ~umask``.
+
+    Examples
+    --------
+    >>> file_mode() & 0o600
+    384
+    """
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -195,12 +206,24 @@ class TrainableState:
         self.model = model
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous)."""
+        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous).
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            Parameter name -> tensor.
+        """
         return {name: p.detach().cpu().contiguous() for name, p in self.model.learnable_parameters().items()}
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the learnable tensors and the identity metadata to ``path`` (safetensors)."""
+        """Write the learnable tensors and the identity metadata to ``path`` (safetensors).
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            Output file.
+        """
         identity = backbone_identity(self.model)
         metadata = {"format": "elp.TrainableState", "format_version": str(FORMAT_VERSION),
                     "identity": json.dumps(identity, sort_keys=True)}
@@ -209,7 +232,23 @@ class TrainableState:
 
     @staticmethod
     def identity_of(path: str | os.PathLike) -> dict:
-        """The identity stored in a checkpoint file; one-line error when it is unreadable."""
+        """The identity stored in a checkpoint file; one-line error when it is unreadable.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A checkpoint file :meth:`save` wrote.
+
+        Returns
+        -------
+        dict
+            As :func:`backbone_identity`.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            If the file is unreadable or not a :class:`TrainableState` checkpoint.
+        """
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
@@ -232,6 +271,13 @@ class TrainableState:
         CheckpointMismatchError
             Another backbone (name or weights), method or options, or tensors missing,
             unexpected or of another shape. Nothing is copied in that case.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A checkpoint file :meth:`save` wrote.
+        end_of_epoch : bool, optional
+            Unused (SpeechBrain's loader signature).
         """
         del end_of_epoch
         saved = self.identity_of(path)
@@ -327,7 +373,13 @@ class RNGState:
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the current generator states to ``path``."""
+        """Write the current generator states to ``path``.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            Output file.
+        """
         version, py_state, gauss = random.getstate()
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
         tensors = {"python": torch.tensor(py_state, dtype=torch.int64),
@@ -346,7 +398,20 @@ class RNGState:
 
     @mark_as_loader
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
-        """Restore the generator states saved in ``path``."""
+        """Restore the generator states saved in ``path``.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A file :meth:`save` wrote.
+        end_of_epoch : bool, optional
+            Unused (SpeechBrain's loader signature).
+
+        Raises
+        ------
+        CheckpointMismatchError
+            If the file is not an RNG state.
+        """
         del end_of_epoch
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -403,7 +468,24 @@ class AtomicCheckpointer(Checkpointer):
 
     # --------------------------------------------------------------------------- saving
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006 (SpeechBrain's signature)
-        """Save a checkpoint atomically (same arguments and return value as SpeechBrain's)."""
+        """Save a checkpoint atomically (same arguments and return value as SpeechBrain's).
+
+        Parameters
+        ----------
+        meta : dict, optional
+            Extra metadata for the checkpoint's ``CKPT.yaml``.
+        end_of_epoch : bool, optional
+            Whether the checkpoint is taken at the end of an epoch.
+        name : str | None, optional
+            Custom checkpoint name (None: a timestamp).
+        verbosity : int, optional
+            Logging level of the "saved" message.
+
+        Returns
+        -------
+        speechbrain.utils.checkpoints.Checkpoint
+            As SpeechBrain's ``Checkpointer.save_checkpoint`` (None on processes other than the main one).
+        """
         final_dir = tmp_dir = None
         saved_meta = None
         if if_main_process():
@@ -458,7 +540,12 @@ class AtomicCheckpointer(Checkpointer):
 
     # --------------------------------------------------------------------------- listing
     def list_checkpoints(self):
-        """The complete, finite checkpoints; others are logged, moved aside and skipped."""
+        """The complete, finite checkpoints; others are logged, moved aside and skipped.
+
+        Returns
+        -------
+        list[speechbrain.utils.checkpoints.Checkpoint]
+        """
         good = []
         for ckpt_dir in self._list_checkpoint_dirs():
             problem = self.checkpoint_problem(ckpt_dir)
@@ -592,6 +679,15 @@ def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: 
     dict
         ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes) and
         ``ratio`` = (model + head) / export.
+
+    Parameters
+    ----------
+    backbone : str, optional
+        Short backbone name.
+    method : str, optional
+        Method name.
+    directory : str | os.PathLike | None, optional
+        Where the files are written (None: a temporary directory, removed afterwards).
     """
     import tempfile
 
