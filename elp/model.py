@@ -162,6 +162,24 @@ class AdaptedSSL(nn.Module):
         ``hidden_states=(hidden_states, frame_mask)`` after the whole frozen backbone
         (:meth:`forward_from_hidden_states`). Going through ``forward`` matters under
         DistributedDataParallel, which all-reduces gradients only of calls to the wrapper.
+
+        Parameters
+        ----------
+        wavs : torch.Tensor | None
+            [B, T] waveforms at 16 kHz (None with ``cnn_features`` or ``hidden_states``).
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+        cnn_features : tuple[torch.Tensor, torch.Tensor] | None, optional
+            ``(cnn_feats [B, F, C], frame_lens [B])``.
+        hidden_states : tuple[list[torch.Tensor], torch.Tensor] | None, optional
+            ``(hidden_states, frame_mask [B, F])`` of the frozen backbone.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            [B, F, output_dim].
+        frame_mask : torch.Tensor
+            [B, F] bool.
         """
         if cnn_features is not None:
             return self.forward_from_cnn_features(*cnn_features)
@@ -191,10 +209,16 @@ class AdaptedSSL(nn.Module):
 
         Returns
         -------
-        tuple of torch.Tensor
-            feats [B, F, output_dim] and frame_mask [B, F] bool; equal to
-            ``self(wavs, wav_lens)`` (to float rounding) when the features are the CNN output of
-            those waveforms.
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` (to float rounding) when the
+            features are the CNN output of those waveforms.
+        frame_mask : torch.Tensor
+            [B, F] bool.
+
+        Raises
+        ------
+        ValueError
+            If ``cnn_feats`` is not [B, F, C] with the backbone's C.
 
         Examples
         --------
@@ -224,9 +248,14 @@ class AdaptedSSL(nn.Module):
         """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
         :meth:`elp.backbones.SSLBackbone.cast_frozen_`); trainable parameters keep float32.
 
+        Parameters
+        ----------
+        dtype : torch.dtype, optional
+            Storage dtype of the frozen weights.
+
         Returns
         -------
-        list of str
+        list[str]
             Names of the parameters cast (relative to the HF model).
         """
         return self.backbone.cast_frozen_(dtype)
@@ -252,10 +281,22 @@ class AdaptedSSL(nn.Module):
     def backbone_hidden_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
         """The frozen backbone's output without autograd (what a cache stores).
 
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms at 16 kHz.
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+
         Returns
         -------
         elp.backbones.BackboneOutput
             ``num_layers + 1`` hidden states [B, F, D] and frame_mask [B, F].
+
+        Raises
+        ------
+        ValueError
+            If the method's hidden states cannot be cached (:attr:`hidden_states_cacheable`).
         """
         self._require_cacheable()
         with torch.no_grad():
@@ -308,7 +349,19 @@ class AdaptedSSL(nn.Module):
 
     # ------------------------------------------------------------------------ parameters
     def learnable_parameters(self) -> dict[str, nn.Parameter]:
-        """Name -> parameter for everything that trains (the head is not part of this model)."""
+        """Name -> parameter for everything that trains (the head is not part of this model).
+
+        Returns
+        -------
+        dict[str, nn.Parameter]
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum")
+        >>> list(model.learnable_parameters())
+        ['weighted_sum.layer_weights']
+        """
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -321,8 +374,8 @@ class AdaptedSSL(nn.Module):
 
         Returns
         -------
-        dict
-            group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
+        dict[str, list[nn.Parameter]]
+            Group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
         """
         owners = {name: module.lr_group for name, module in self.named_modules() if getattr(module, "lr_group", None)}
         groups: dict[str, list[nn.Parameter]] = {}
