@@ -713,7 +713,7 @@ class SSLBackbone(nn.Module):
 
         Returns
         -------
-        list of str
+        list[str]
             Names of the parameters cast (relative to ``self.model``).
 
         Examples
@@ -801,12 +801,12 @@ def weights_hash(module: nn.Module | dict) -> str | None:
 
     Parameters
     ----------
-    module : torch.nn.Module or dict
+    module : torch.nn.Module | dict
         Any module (its ``state_dict``), or a name -> tensor dict; read sorted by name.
 
     Returns
     -------
-    str or None
+    str | None
         64 hex digits.
 
     Examples

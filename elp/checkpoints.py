@@ -320,7 +320,7 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int,
         What was read from the file.
     expected : dict[str, tuple[int, ...]]
         Name -> shape the model needs.
-    source : str or os.PathLike
+    source : str | os.PathLike
         The file, for the message.
     finite : bool
         Also refuse NaN/inf values.
@@ -560,12 +560,12 @@ class AtomicCheckpointer(Checkpointer):
 
         Parameters
         ----------
-        ckpt_dir : str or os.PathLike
+        ckpt_dir : str | os.PathLike
             A ``CKPT+...`` directory.
 
         Returns
         -------
-        str or None
+        str | None
             e.g. ``"model.ckpt is empty (0 bytes)"`` or ``"model.ckpt: tensor 'x' is not finite"``.
         """
         ckpt_dir = Path(ckpt_dir)

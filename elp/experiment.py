@@ -149,12 +149,12 @@ def canonical_hparams(hparams: dict | str, ignore=None) -> dict:
 
     Parameters
     ----------
-    hparams : dict or str
+    hparams : dict | str
         The resolved hparams (the dict HyperPyYAML returns, overrides applied) or their YAML
         text. Keys starting with ``__`` (``__set_seed``) are side effects and left out.
         Objects (``!new:``) count by their type only: their settings must come from plain
         keys, as in elp's recipes.
-    ignore : iterable of str, optional
+    ignore : Iterable[str], optional
         Keys to leave out; default :data:`IGNORED_KEYS`.
 
     Returns
@@ -284,14 +284,14 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
 
     Parameters
     ----------
-    exp_dir : str or os.PathLike
+    exp_dir : str | os.PathLike
         The experiment directory (``output_folder``).
-    hparams : dict or str
+    hparams : dict | str
         Resolved hparams (see :func:`canonical_hparams`).
     restart : bool
         When the hparams changed: move the old run aside (``<exp>.old-<time>``) and start over
         instead of refusing.
-    ignore : iterable of str, optional
+    ignore : Iterable[str], optional
         Keys left out of the comparison; default :data:`IGNORED_KEYS`.
     restart_flag : str
         How the user asks for a restart, for the message.
@@ -420,7 +420,7 @@ class ExperimentLock:
 
     Parameters
     ----------
-    exp_dir : str or os.PathLike
+    exp_dir : str | os.PathLike
         The experiment directory (need not exist yet; its parent is created).
 
     Examples

@@ -152,7 +152,7 @@ def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
     Parameters
     ----------
     model : elp.model.AdaptedSSL
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Created or replaced as a whole (it holds exactly the two export files).
     head : torch.nn.Module, optional
         Saved under ``head.*`` (its whole ``state_dict``).
@@ -250,7 +250,7 @@ def load_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
     Parameters
     ----------
     model : elp.model.AdaptedSSL
-    directory : str or os.PathLike
+    directory : str | os.PathLike
     head : torch.nn.Module, optional
         Must be given exactly when the export holds a head.
 

@@ -109,7 +109,7 @@ def batch_audio_keys(wavs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
 
     Returns
     -------
-    list of str
+    list[str]
         B keys; padding does not change an utterance's key.
 
     Examples
@@ -273,7 +273,7 @@ class CNNFeatureCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Root folder (e.g. ``<exp root>/cnn_cache``; share it between runs on one backbone).
     fingerprint : str
         :func:`cnn_fingerprint` of the backbone.
@@ -345,16 +345,16 @@ class CNNFeatureCache(_TensorStore):
 
         Parameters
         ----------
-        keys : list of str
+        keys : list[str]
             :func:`audio_key` of each utterance.
-        device : torch.device or str
+        device : torch.device | str
             Where the result goes.
         num_frames : int, optional
             Padded length (default: the longest utterance's frames).
 
         Returns
         -------
-        tuple or None
+        tuple[torch.Tensor, torch.Tensor] | None
             (features [B, F, C] float32, frame_lens [B] long), or None.
         """
         items = []
@@ -371,7 +371,7 @@ class HiddenStateCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Root folder of the cache (e.g. ``<exp dir>/hidden_state_cache``); created.
     fingerprint : str
         :func:`backbone_fingerprint` of the backbone that makes the states.
@@ -471,7 +471,7 @@ class HiddenStateCache(_TensorStore):
 
         Returns
         -------
-        tuple or None
+        tuple[torch.Tensor, torch.Tensor] | None
             (hidden_states, frame_mask): ``num_layers + 1`` tensors [B, F, D] (F = longest
             utterance, zero padded) and [B, F] bool; or None.
         """
@@ -522,7 +522,7 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 
     Returns
     -------
-    tuple of torch.Tensor
+    tuple[torch.Tensor, torch.Tensor]
         features [B, min(max_frames, F), C], frame_lens [B] and the start frame of each crop [B].
 
     Examples
@@ -589,7 +589,7 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
         forward goes through the wrapper, so gradients are all-reduced).
     cache : CNNFeatureCache
         :meth:`CNNFeatureCache.for_model` of the model's backbone.
-    utt_ids : list of str or None
+    utt_ids : list[str] | None
         The batch's utterance ids (stored as metadata; the key is the audio content).
     wavs : torch.Tensor
         [B, T] waveforms of the batch, as read (no augmentation, no crop).
@@ -647,7 +647,7 @@ def cached_forward(model, cache: HiddenStateCache, utt_ids: list[str] | None, wa
         DistributedDataParallel (the forward goes through the wrapper).
     cache : HiddenStateCache
         The model backbone's cache.
-    utt_ids : list of str or None
+    utt_ids : list[str] | None
         The batch's utterance ids (stored as metadata; the key is the audio content, so a
         second set reusing ids, or fixed audio, never reads another waveform's states).
     wavs : torch.Tensor

@@ -71,15 +71,15 @@ class AdaptedSSL(nn.Module):
         Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
         (no effect on results beyond rounding).
 
-    Speed notes: the CNN always runs without autograd; for methods that train nothing inside
-    the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
-    its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
-    :class:`elp.feature_cache.HiddenStateCache`).
-
     Notes
     -----
     ``forward(wavs, wav_lens)`` returns ``feats`` [B, F, output_dim] and ``frame_mask``
     [B, F] bool.
+
+    Speed: the CNN always runs without autograd; for methods that train nothing inside
+    the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
+    its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
+    :class:`elp.feature_cache.HiddenStateCache`).
     """
 
     def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", activation: str = "gelu",

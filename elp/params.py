@@ -61,7 +61,29 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
 
 
 def parameter_table(backbones: list[str], methods: list[str] | None = None, **options) -> list[dict]:
-    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``."""
+    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``.
+
+    Parameters
+    ----------
+    backbones : list[str]
+        Short backbone names.
+    methods : list[str] | None, optional
+        Method names (None: every method of :data:`elp.methods.METHODS`).
+    **options
+        Keyword arguments of :func:`count_learnable`.
+
+    Returns
+    -------
+    list[dict]
+        One row per (backbone, method), backbones outermost.
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> rows = parameter_table(["wavlm"], ["weighted_sum", "p_only"], config_overrides=TINY_CONFIG)
+    >>> [(row["method"], row["total"]) for row in rows]
+    [('weighted_sum', 4), ('p_only', 320)]
+    """
     rows = []
     for backbone in backbones:
         for method in methods or list(METHODS):

@@ -107,11 +107,13 @@ def word_error_rate(
 
     Parameters
     ----------
-    refs : list of str (or of word lists), or dict utt_id -> str
-        Reference transcripts; words are whitespace-separated.
-    hyps : same type as refs
-        Hypotheses, paired by position (lists) or by utterance id (dicts).
-    alignment_file : path, optional
+    refs : Transcripts
+        Reference transcripts: a list of str (or of word lists), or a dict utt_id -> str;
+        words are whitespace-separated.
+    hyps : Transcripts
+        Hypotheses, of the same type as ``refs``, paired by position (lists) or by utterance
+        id (dicts).
+    alignment_file : str | Path | None, optional
         Where to write SpeechBrain's per-utterance alignments.
 
     Returns
@@ -135,6 +137,15 @@ def character_error_rate(
 ) -> dict:
     """Character error rate; words are joined by single spaces and the spaces count as
     characters (SpeechBrain's ``split_tokens`` convention).
+
+    Parameters
+    ----------
+    refs : Transcripts
+        Reference transcripts, as in :func:`word_error_rate`.
+    hyps : Transcripts
+        Hypotheses, of the same type as ``refs``.
+    alignment_file : str | Path | None, optional
+        Where to write SpeechBrain's per-utterance alignments.
 
     Returns
     -------
@@ -197,10 +208,10 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
 
     Parameters
     ----------
-    scores : array-like [N]
-        Trial scores, higher = more likely the same speaker.
-    labels : array-like [N]
-        1 = target trial, 0 = non-target trial.
+    scores : ArrayLike
+        [N] trial scores, higher = more likely the same speaker.
+    labels : ArrayLike
+        [N] 1 = target trial, 0 = non-target trial.
 
     Returns
     -------
@@ -239,10 +250,10 @@ def min_dcf(
 
     Parameters
     ----------
-    scores : array-like [N]
-        Trial scores.
-    labels : array-like [N]
-        1 = target trial, 0 = non-target trial.
+    scores : ArrayLike
+        [N] trial scores.
+    labels : ArrayLike
+        [N] 1 = target trial, 0 = non-target trial.
     p_target, c_miss, c_fa : float
         Prior of a target trial and the two error costs (VoxCeleb: 0.01 / 1 / 1; SRE: 0.05).
 
@@ -284,11 +295,18 @@ def cosine_scores(
 
     Parameters
     ----------
-    enroll_emb : torch.Tensor [N, D] (or [D])
-    test_emb : torch.Tensor [N, D] (or [D]); [M, D] when ``all_pairs``
+    enroll_emb : torch.Tensor
+        [N, D] (or [D]).
+    test_emb : torch.Tensor
+        [N, D] (or [D]); [M, D] when ``all_pairs``.
     all_pairs : bool
         False: row i of enroll against row i of test (one score per trial) -> [N].
         True: every enroll row against every test row -> [N, M] (cohort scoring).
+
+    Returns
+    -------
+    torch.Tensor
+        [N] or [N, M] cosine similarities.
 
     Examples
     --------
@@ -324,12 +342,12 @@ def s_norm(
 
     Parameters
     ----------
-    scores : torch.Tensor [N]
-        Raw trial scores.
-    enroll_cohort_scores : torch.Tensor [N, C]
-        Scores of each trial's enrolment side against the C cohort embeddings.
-    test_cohort_scores : torch.Tensor [N, C]
-        Scores of each trial's test side against the cohort.
+    scores : torch.Tensor
+        [N] raw trial scores.
+    enroll_cohort_scores : torch.Tensor
+        [N, C] scores of each trial's enrolment side against the C cohort embeddings.
+    test_cohort_scores : torch.Tensor
+        [N, C] scores of each trial's test side against the cohort.
     top_k : int, optional
         Keep the top_k highest cohort scores per row (2 <= top_k <= C).
 
@@ -533,10 +551,10 @@ def cohort_statistics(
 
     Parameters
     ----------
-    embeddings : torch.Tensor [N, D]
-        Enrolment or test embeddings (not necessarily normalised).
-    cohort : torch.Tensor [C, D]
-        Cohort embeddings (not necessarily normalised).
+    embeddings : torch.Tensor
+        [N, D] enrolment or test embeddings (not necessarily normalised).
+    cohort : torch.Tensor
+        [C, D] cohort embeddings (not necessarily normalised).
     top_k : int, optional
         Keep the k highest cohort scores of each row (2 <= top_k <= C).
     chunk_size : int
@@ -599,10 +617,11 @@ def s_norm_trials(
     ----------
     embeddings : Mapping[str, torch.Tensor]
         utt id -> embedding [D].
-    trials : sequence of (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
+    trials : Sequence
+        (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
         (:class:`elp.data.kaldi_dir.Trial`).
-    cohort : torch.Tensor [C, D], optional
-        The S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
+    cohort : torch.Tensor, optional
+        [C, D] the S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
     top_k : int, optional
         Adaptive S-norm: statistics over the k highest cohort scores.
     chunk_size : int
@@ -665,8 +684,15 @@ def accuracy(preds: ArrayLike, targets: ArrayLike) -> float:
 
     Parameters
     ----------
-    preds : array-like [N] class indices, or [N, C] scores (argmax taken)
-    targets : array-like [N] class indices
+    preds : ArrayLike
+        [N] class indices, or [N, C] scores (argmax taken).
+    targets : ArrayLike
+        [N] class indices.
+
+    Returns
+    -------
+    float
+        Percent.
 
     Examples
     --------
@@ -684,6 +710,20 @@ def unweighted_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) 
 
     Classes that do not occur in ``targets`` have no recall and are **excluded** from the
     mean (a fold without e.g. any 'sad' utterance averages over the other classes).
+
+    Parameters
+    ----------
+    preds : ArrayLike
+        [N] class indices, or [N, C] scores (argmax taken).
+    targets : ArrayLike
+        [N] class indices.
+    num_classes : int
+        Number of classes C.
+
+    Returns
+    -------
+    float
+        Percent.
 
     Examples
     --------

@@ -186,7 +186,7 @@ def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
 
     Returns
     -------
-    list of torch.nn.Module
+    list[torch.nn.Module]
         The attention modules changed (empty for wav2vec2/HuBERT, which use SDPA already).
 
     Examples
@@ -233,7 +233,7 @@ def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) 
 
     Returns
     -------
-    list of str
+    list[str]
         Names (relative to ``module``) of the parameters cast.
 
     Examples
@@ -288,26 +288,28 @@ def compare_options(backbone_name: str = "wavlm_plus", methods: tuple[str, ...] 
     ----------
     backbone_name : str
         Short backbone name (random weights from its config).
-    methods : tuple of str
+    methods : tuple[str, ...]
         Methods to time.
-    option_sets : tuple of str
+    option_sets : tuple[str, ...]
         Keys of :data:`OPTION_SETS`; ratios are against the first.
     precision : str
         ``"fp32"`` or ``"bf16"`` (autocast around forward and loss). ``+bf16w`` sets need bf16.
-    batch_size, duration : int, float
-        B utterances of ``duration`` seconds.
+    batch_size : int
+        B utterances per batch.
+    duration : float
+        Seconds per utterance.
     rounds : int
         Timed rounds (after one warm-up round); medians are reported.
     threads : int, optional
         ``torch.set_num_threads``.
     config_overrides : dict, optional
         Backbone config changes (e.g. :data:`elp.testing.TINY_CONFIG`).
-    log : callable
+    log : Callable
         Where progress and the table go.
 
     Returns
     -------
-    list of dict
+    list[dict]
         One row per (method, option set): ``method``, ``options``, ``step_s`` (median),
         ``vs_first`` (ratio to the first option set of the same method).
 

@@ -101,7 +101,7 @@ def all_parameters(optimizers) -> list[torch.nn.Parameter]:
 
     Parameters
     ----------
-    optimizers : iterable of torch.optim.Optimizer
+    optimizers : Iterable[torch.optim.Optimizer]
 
     Returns
     -------
@@ -128,8 +128,8 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
 
     Parameters
     ----------
-    optimizers : iterable of torch.optim.Optimizer
-    max_norm : float or None
+    optimizers : Iterable[torch.optim.Optimizer]
+    max_norm : float | None
         ``None``, 0 or inf: only measure.
 
     Returns
@@ -314,7 +314,7 @@ class NonFiniteGuard:
 
         Returns
         -------
-        str or None
+        str | None
             A description of the problem when the gradients were non-finite (no step was
             taken, gradients zeroed), else None.
         """

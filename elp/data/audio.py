@@ -140,7 +140,7 @@ def unsafe_entry_reason(entry: str) -> str | None:
 
     Returns
     -------
-    str or None
+    str | None
         The reason, worded to follow "entry '...'".
 
     Examples
@@ -477,7 +477,7 @@ def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -
 
     Parameters
     ----------
-    segment : (float, float) or None
+    segment : tuple[float, float] | None
         ``(start, end)`` seconds (``end < 0``: to the end); None is the whole recording.
     sample_rate : int
         Rate of the recording.
@@ -486,7 +486,7 @@ def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -
 
     Returns
     -------
-    (int, int)
+    tuple[int, int]
         First frame and one past the last.
 
     Examples
@@ -545,7 +545,7 @@ def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segmen
         A ``wav.scp`` value.
     target_sr : int
         Rate the samples are counted at (after resampling).
-    segment : (float, float) or None
+    segment : tuple[float, float] | None
         Optional part of the recording in seconds.
     utt : str, optional
         Utterance named in error messages.
@@ -578,7 +578,7 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
         Plain path (any soundfile format, e.g. wav or flac) or ``path.ark:offset``.
     target_sr : int
         Output rate in Hz (16 kHz for every backbone of the toolkit).
-    segment : (float, float) or None
+    segment : tuple[float, float] | None
         ``(start, end)`` seconds to cut (``end < 0``: to the end), as in Kaldi ``segments``.
     utt : str, optional
         Utterance named in error messages.

@@ -405,7 +405,7 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
 
     Parameters
     ----------
-    data_dir : str or Path
+    data_dir : str | Path
         A data dir with ``text``.
     allow : str
         Characters accepted although they are punctuation/symbols (default: the apostrophe).

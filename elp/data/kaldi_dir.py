@@ -187,12 +187,12 @@ def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
 
     Parameters
     ----------
-    path : str or Path
+    path : str | Path
         The file.
 
     Returns
     -------
-    list of (int, str)
+    list[tuple[int, str]]
         1-based line numbers and lines without their line break.
 
     Raises
@@ -274,13 +274,13 @@ def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
 
     Parameters
     ----------
-    path : str or Path
+    path : str | Path
         A Kaldi mapping file. The value is the rest of the line after the first whitespace
         (may contain spaces, as in ``text``; may be empty). Blank lines are skipped.
 
     Returns
     -------
-    list of (str, str)
+    list[tuple[str, str]]
     """
     return [(key, value) for _, key, value in read_numbered_lines(path)]
 
@@ -357,7 +357,7 @@ def read_mapping(path: PathLike) -> dict[str, str]:
 
     Parameters
     ----------
-    path : str or Path
+    path : str | Path
         The file.
 
     Returns
@@ -396,7 +396,7 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 
     Parameters
     ----------
-    path : str or Path
+    path : str | Path
         Output file (parent dirs are created).
     mapping : Mapping[str, object]
         key -> value; values are written with ``str()``; an empty value writes the key alone.
@@ -561,7 +561,7 @@ def read_trials(path: PathLike) -> list[Trial]:
 
     Returns
     -------
-    list of Trial
+    list[Trial]
         In file order.
 
     Parameters
@@ -630,7 +630,7 @@ def write_data_dir(
 
     Parameters
     ----------
-    data_dir : str or Path
+    data_dir : str | Path
         Output directory (created).
     wav_scp : Mapping[str, str]
         utt (or recording, with ``segments``) -> audio entry.
@@ -642,7 +642,7 @@ def write_data_dir(
         utt -> segment of a recording in ``wav_scp``.
     utt2num_samples : Mapping[str, int], optional
         Usually left to :func:`validate_data_dir`.
-    trials : sequence of Trial, optional
+    trials : Sequence[Trial], optional
         Verification trials over the utterances of this dir.
 
     Returns
@@ -1050,7 +1050,7 @@ def validate_data_dir(
 
     Parameters
     ----------
-    data_dir : str or Path
+    data_dir : str | Path
         The data dir.
     fix : bool
         Repair the dir in place where possible.
@@ -1251,7 +1251,7 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 
     Parameters
     ----------
-    data_dir : str or Path
+    data_dir : str | Path
         A data dir.
     target_sr : int
         Rate of the counts (``utt2num_samples`` always holds 16 kHz counts).
@@ -1308,7 +1308,7 @@ def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[
 
     Parameters
     ----------
-    data_dir : str or Path
+    data_dir : str | Path
         A data dir that passed :func:`validate_data_dir` (``utt2num_samples`` is required).
     label_file : str, optional
         Name of the label file inside the dir; None uses ``utt2label`` when present.
