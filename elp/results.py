@@ -64,8 +64,8 @@ import json
 import logging
 import math
 import sys
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 logger = logging.getLogger("summarize")
 

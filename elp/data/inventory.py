@@ -36,8 +36,8 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import (TEXT, UTT2LABEL, UTT2SPK, read_numbered_lines, read_text_lines,

@@ -41,10 +41,10 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping, Sequence
 
 from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
                             segment_num_samples, unsafe_entry_reason)

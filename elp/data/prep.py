@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from elp.data.errors import DataError
