@@ -20,5 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["elp", "elp.*"]),
     install_requires=requirements,
+    # peers: the HF PEFT row of `elp bench --peers` (SpeechBrain, the other peer, is core)
+    extras_require={"peers": ["peft==0.21.2"]},
     entry_points={"console_scripts": ["elp = elp.cli:main"]},
 )

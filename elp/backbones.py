@@ -508,7 +508,9 @@ class SSLBackbone(nn.Module):
             return torch.full((wavs.shape[0],), total, dtype=torch.long, device=wavs.device)
         lengths = torch.round(wav_lens.to(wavs.device).float() * total).long().clamp(max=total)
         too_short = lengths < self.receptive_field
-        if too_short.any():
+        if lengths.is_cuda:  # no host synchronisation per step: a device-side assertion instead
+            torch._assert_async(~too_short.any(), "an utterance is shorter than the CNN's receptive field")
+        elif too_short.any():
             bad = too_short.nonzero().flatten().tolist()
             raise ValueError(
                 f"utterance(s) at batch positions {bad} have {lengths[too_short].tolist()} samples, "

@@ -1,4 +1,5 @@
-"""The ``elp`` command line: ``elp params``, ``elp bench``.
+"""The ``elp`` command line: ``elp params``, ``elp bench``, ``elp infer``, ``elp verify``, ``elp inspect``,
+``elp bench-multitask``.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``;
 this file only dispatches.
@@ -6,6 +7,7 @@ this file only dispatches.
 Usage::
 
     elp params --backbone wavlm_plus
+    elp infer --package exp/asr_elp/adapters a.wav b.wav
     elp params --backbone wavlm_plus wav2vec2 hubert --methods el elp --prompt-frames 20
 """
 
@@ -19,6 +21,10 @@ import sys
 COMMANDS = {
     "params": "elp.commands.params",
     "bench": "elp.commands.bench",
+    "infer": "elp.commands.infer",
+    "verify": "elp.commands.verify",
+    "inspect": "elp.commands.inspect",
+    "bench-multitask": "elp.commands.bench_multitask",
 }
 
 

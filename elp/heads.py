@@ -19,6 +19,9 @@ speaker            ``SpeakerEmbeddingHead``: Linear(D -> 768),     embeddings [B
                    ``AAMSoftmaxClassifier`` on the embeddings      logits [B, #speakers]
 =================  ==============================================  ====================
 
+Every head records its constructor arguments in ``head.config`` (a JSON-able dict), so
+``type(head)(**head.config)`` rebuilds it (:mod:`elp.package` stores class path and config).
+
 Example
 -------
 >>> feats = torch.randn(2, 5, 16)
@@ -124,6 +127,7 @@ class AttentiveStatisticsPooling(nn.Module):
     def __init__(self, in_dim: int, attention_dim: int = 128, global_context: bool = True,
                  eps: float = 1e-6):
         super().__init__()
+        self.config = dict(in_dim=in_dim, attention_dim=attention_dim, global_context=global_context, eps=eps)
         self.global_context = global_context
         self.eps = eps
         context_dim = 3 * in_dim if global_context else in_dim
@@ -179,6 +183,7 @@ class CTCHead(nn.Module):
 
     def __init__(self, in_dim: int, vocab_size: int):
         super().__init__()
+        self.config = dict(in_dim=in_dim, vocab_size=vocab_size)
         self.proj = nn.Linear(in_dim, vocab_size)
 
     def forward(self, feats: torch.Tensor,
@@ -206,6 +211,7 @@ class PooledClassifier(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 256):
         super().__init__()
+        self.config = dict(in_dim=in_dim, num_classes=num_classes, hidden_dim=hidden_dim)
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.out = nn.Linear(hidden_dim, num_classes)
 
@@ -239,6 +245,7 @@ class SpeakerEmbeddingHead(nn.Module):
         super().__init__()
         if pooling not in ("mean", "attentive"):
             raise ValueError(f"pooling must be 'mean' or 'attentive', got {pooling!r}")
+        self.config = dict(in_dim=in_dim, embed_dim=embed_dim, pooling=pooling)
         self.pooling = pooling
         self.proj = nn.Linear(in_dim, embed_dim)
         if pooling == "attentive":
@@ -283,6 +290,7 @@ class AAMSoftmaxClassifier(nn.Module):
     def __init__(self, embed_dim: int, num_speakers: int, margin: float = 0.2,
                  scale: float = 30.0):
         super().__init__()
+        self.config = dict(embed_dim=embed_dim, num_speakers=num_speakers, margin=margin, scale=scale)
         self.weight = nn.Parameter(torch.empty(num_speakers, embed_dim))
         nn.init.xavier_uniform_(self.weight)
         self.margin = margin

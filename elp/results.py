@@ -13,7 +13,7 @@ Usage::
 at the end of its scoring stage; ``write_results_json`` validates and writes one)::
 
     {
-      "task": "asr",                  # required: asr | sv | er | ic | ... (free string)
+      "task": "ic",                   # required: the recipe's task name (free string)
       "corpus": "librispeech",        # required
       "backbone": "wavlm_base_plus",  # required
       "method": "elp",                # required: full, weighted_sum, conventional, lora,

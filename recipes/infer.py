@@ -25,7 +25,8 @@ def main(argv) -> int:
     for test_dir in present_test_sets(hparams):
         dataset = make_dataset(hparams, test_dir, "test")
         hparams["task"].write_outputs(brain, dataset, test_dir, decode_root / Path(test_dir).name,
-                                      lambda data: loader_kwargs(hparams, data, train=False))
+                                      lambda data: loader_kwargs(hparams, data, train=False),
+                                      Path(hparams["output_folder"]))
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from elp.hparams import build_node
+from elp.plots import plot_training_curves
 from elp.recipe import peek_experiment, present_test_sets
 from elp.results import append_results_line, backbone_label, write_results_json
 from elp.runtime import configure_logging, run_main
@@ -28,10 +29,15 @@ def main(argv) -> int:
     for index, test_dir in enumerate(present_test_sets(hparams)):
         name = Path(test_dir).name
         set_metric, set_extra = task.score(test_dir, output / "decode" / name)
+        labels = (Path(hparams["lang_dir"]) / "labels.txt")
+        task.plot(test_dir, output / "decode" / name, output,
+                  labels.read_text().split() if labels.exists() else None)
         if index == 0:
             metric, extra = set_metric, dict(set_extra)
         else:
             extra[f"{set_metric['name']}_{name}"] = set_metric["value"]
+    if (output / "train_log.txt").exists():
+        plot_training_curves(output / "train_log.txt", output / "training_curves.png")
     stats_file = output / "train_stats.json"
     if not stats_file.exists():
         raise FileNotFoundError(f"{stats_file} is missing: run stage 3 (training) first")
@@ -42,6 +48,7 @@ def main(argv) -> int:
         "learnable_params": train_stats["learnable_params"],
         "backbone_params": train_stats.get("backbone_params"),
         "train_wall_s": train_stats["train_wall_s"], "peak_mem_mb": train_stats["peak_mem_mb"],
+        "peak_mem_kind": train_stats.get("peak_mem_kind"),
         "seed": hparams["seed"],
         "extra_metrics": {k: round(float(v), 4) for k, v in extra.items()}, "exp_dir": str(output),
     }

@@ -8,8 +8,9 @@ Usage::
         --distributed_backend=gloo      # 2 CPU processes
 
 Rerunning resumes from the latest checkpoint in ``<output_folder>/save``. On success it writes
-``<output_folder>/train_stats.json`` and the adapter-only export of the *best* checkpoint (the
-model stage 4 evaluates) in ``<output_folder>/adapters/``.
+``<output_folder>/train_stats.json`` and the model package of the *best* checkpoint (the model
+stage 4 evaluates) in ``<output_folder>/adapters/``: the adapter export plus everything inference
+needs (:mod:`elp.package`; ``elp infer --package``).
 """
 
 import json
@@ -21,7 +22,7 @@ import torch
 
 from elp.backbones import weights_hash
 from elp.brains.base import unwrap
-from elp.export import save_adapters
+from elp.package import write_package
 from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
 from elp.runtime import configure_logging, peak_memory_mb, run_main
 
@@ -49,12 +50,19 @@ def main(argv) -> int:
             "backbone_params": sum(p.numel() for p in unwrap(brain.modules.model).backbone.parameters()),
             "train_wall_s": round(brain.train_wall_s, 2),  # includes an interrupted run's epochs
             "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
+            "peak_mem_kind": "cuda max_memory_allocated" if str(brain.device).startswith("cuda") else "cpu peak RSS",
             "epochs": brain.hparams.epoch_counter.current,
             "final_train_loss": float(brain.train_stats["loss"]) if hasattr(brain, "train_stats") else None,
         }
         stats_file.write_text(json.dumps(stats, indent=2))
         brain.recover_best()
-        save_adapters(unwrap(brain.modules.model), output / "adapters", head=unwrap(brain.modules.head))
+        task, source = hparams["task"], hparams["backbone_source"]
+        if source is None and Path(hparams["backbone"]).is_dir():
+            source = hparams["backbone"]
+        write_package(output / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head), task=task.kind,
+                      backbone_source=source, backbone_pretrained=not hparams["backbone_arch"],
+                      extra={"corpus": hparams["corpus"], "task_name": hparams["task_name"], "tag": hparams["tag"]},
+                      **task.package_fields(hparams["inventory"]))
     return 0
 
 

@@ -19,11 +19,7 @@ import soundfile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-
-def shared_data_dir() -> Optional[Path]:
-    """``$ELP_SHARED_DATA`` or ``<project root>/../shared/data`` if it exists, else None."""
-    candidate = Path(os.environ.get("ELP_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
-    return candidate if candidate.is_dir() else None
+from elp.runtime import shared_data_dir  # noqa: E402  (the one definition of the shared-data path)
 
 
 def require_shared(*parts: str) -> Path:

@@ -172,3 +172,27 @@ def test_no_batchnorm_in_any_head():
     for head in heads:
         for module in head.modules():
             assert not isinstance(module, torch.nn.modules.batchnorm._BatchNorm), head
+
+
+@pytest.mark.parametrize("head", [
+    CTCHead(D, vocab_size=7), PooledClassifier(D, num_classes=3, hidden_dim=5),
+    SpeakerEmbeddingHead(D, embed_dim=6, pooling="attentive"), SpeakerEmbeddingHead(D, embed_dim=6),
+    AAMSoftmaxClassifier(6, num_speakers=4, margin=0.3, scale=20.0),
+    AttentiveStatisticsPooling(D, attention_dim=4, global_context=False),
+], ids=lambda h: type(h).__name__)
+def test_head_rebuilt_from_config_has_the_same_structure(head):
+    import json
+
+    config = json.loads(json.dumps(head.config))  # what a model package stores
+    rebuilt = type(head)(**config)
+    assert rebuilt.config == head.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in head.state_dict().items()}
+    rebuilt.load_state_dict(head.state_dict())
+    x, mask = torch.randn(2, 5, D), torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    if isinstance(head, AAMSoftmaxClassifier):
+        x = torch.randn(2, 6)
+        torch.testing.assert_close(rebuilt(x), head(x), rtol=0, atol=0)
+    elif isinstance(head, CTCHead):
+        torch.testing.assert_close(rebuilt(x), head(x), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(rebuilt(x, mask), head(x, mask), rtol=0, atol=0)

@@ -6,32 +6,8 @@ import speechbrain as sb
 import torch
 
 from elp.brains.base import ELPBrain
+from elp.decoding import CTCBeamSearch, greedy_ctc
 from elp.scoring import word_error_rate
-
-
-def greedy_ctc(log_probs: torch.Tensor, frame_mask: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path decoding: argmax per frame, merge repeats, drop blanks.
-
-    Arguments
-    ---------
-    log_probs: [B, F, V]; frame_mask: [B, F] bool.
-
-    Returns
-    -------
-    B lists of token ids.
-
-    Example
-    -------
-    >>> lp = torch.log(torch.tensor([[[.1, .9], [.1, .9], [.9, .1], [.1, .9]]]))
-    >>> greedy_ctc(lp, torch.ones(1, 4, dtype=torch.bool))
-    [[1, 1]]
-    """
-    best = log_probs.argmax(-1)
-    hyps = []
-    for row, mask in zip(best, frame_mask):
-        ids = torch.unique_consecutive(row[mask]).tolist()
-        hyps.append([i for i in ids if i != blank])
-    return hyps
 
 
 class ASRBrain(ELPBrain):
@@ -61,10 +37,17 @@ class ASRBrain(ELPBrain):
     def stage_stats(self, stage):
         return {"wer": word_error_rate(self.refs, self.hyps)["wer"]}
 
-    def predict(self, dataset, loader_kwargs):
-        """utt id -> hypothesis text (greedy CTC)."""
+    def predict(self, dataset, loader_kwargs, beam_size: int = 0, lm=None):
+        """utt id -> hypothesis text: greedy CTC, or CTC prefix beam search (``beam_size`` > 0,
+        optionally with an n-gram ``lm``, :class:`elp.decoding.CTCBeamSearch`)."""
+        tokenizer = self.hparams.inventory
+        beam = CTCBeamSearch(tokenizer, beam_size=beam_size, lm=lm) if beam_size else None
         hyps = {}
         for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
-            decoded = greedy_ctc(self.modules.head(feats), frame_mask)
-            hyps.update({utt: self.hparams.inventory.decode(h) for utt, h in zip(batch.id, decoded)})
+            log_probs = self.modules.head(feats)
+            if beam is None:
+                texts = [tokenizer.decode(h) for h in greedy_ctc(log_probs, frame_mask)]
+            else:
+                texts = beam(log_probs.float(), frame_mask)
+            hyps.update(dict(zip(batch.id, texts)))
         return hyps

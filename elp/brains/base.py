@@ -11,6 +11,7 @@ import speechbrain as sb
 import torch
 
 from elp.brains.guards import NonFiniteGuard
+from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
 from elp.methods import BACKBONE_GROUPS
 from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
@@ -184,7 +185,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         seconds = self.hparams.task.max_train_seconds
         if not seconds:
             return 0
-        return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * 16000))))
+        return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * TARGET_SAMPLE_RATE))))
 
     def class_targets(self, batch) -> torch.Tensor:
         """[B] class ids of the batch (``label_id``, one per utterance)."""

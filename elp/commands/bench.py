@@ -9,9 +9,17 @@ Variants: a method name, optionally with ``+ckpt`` (activation checkpointing), `
 (E-adapters and trainable LNs from layer N up; lower layers without autograd) or
 ``+cache`` (weighted_sum / l_only reading cached hidden states: the cost after epoch 1).
 
+With ``--peers`` it runs the peer benchmark instead (:mod:`elp.peers`): SpeechBrain's own
+WavLM wrapper (full fine-tuning, CNN frozen; frozen ``WeightedSSLModel``) and HF PEFT LoRA
+(optional extra: ``pip install -e .[peers]``) next to elp's methods (``--methods``, default
+full weighted_sum lora el elp) on one locally saved random WavLM checkpoint, interleaved round
+by round in one process; ratios against SpeechBrain's full fine-tuning; peak memory from one
+subprocess per variant (``--no-memory`` skips it). Writes ``<out-dir>/peers_<...>.{md,json}``.
+
 Usage::
 
     OMP_NUM_THREADS=2 elp bench --batch-size 4 --duration 3 --precision bf16
+    elp bench --peers --threads 2 --batch-size 4 --duration 3 --precision fp32 bf16
     elp bench --methods full el el+ckpt el+k6 l_only+cache --repeats 3
     elp bench --device cuda --batch-size 8 --duration 16 --precision bf16
 """
@@ -24,19 +32,28 @@ import sys
 
 from elp.backbones import BACKBONES
 from elp.bench import DEFAULT_VARIANTS, BenchSettings, format_markdown, run_bench, write_results
+from elp.peers import DEFAULT_ELP_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="wavlm_plus", choices=list(BACKBONES))
     parser.add_argument("--tiny", action="store_true",
                         help="use the tiny test architecture (elp.testing.TINY_CONFIG) of the backbone")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_VARIANTS, metavar="VARIANT",
-                        help="methods/variants to run (default: all methods + weighted_sum+cache, l_only+cache); "
-                             "full always runs")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="VARIANT",
+                        help="methods/variants to run (default: all methods + weighted_sum+cache, l_only+cache; "
+                             f"with --peers: {' '.join(DEFAULT_ELP_METHODS)}); full always runs")
+    parser.add_argument("--peers", action="store_true",
+                        help="peer benchmark: SpeechBrain's WavLM wrappers and HF PEFT LoRA next to elp's "
+                             "methods, interleaved in one process, ratios against SpeechBrain full FT")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="--peers: skip the per-variant memory subprocesses")
+    parser.add_argument("--source", default=None,
+                        help="--peers: an existing WavLM checkpoint directory (default: a random one "
+                             "saved to a temporary directory)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per utterance")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16 = torch.autocast(bfloat16) around forward and loss")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="bf16 = torch.autocast(bfloat16) around forward and loss; several: one run each")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -61,18 +78,47 @@ def run(args: argparse.Namespace) -> int:
                         ("--repeats", args.repeats)):
         if value <= 0:
             raise SystemExit(f"elp bench: {name} must be positive (got {value})")
-    settings = BenchSettings(backbone=args.backbone, config_overrides=overrides, batch_size=args.batch_size,
-                             duration=args.duration, precision=args.precision, device=args.device,
-                             warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                             profile=args.profile)
-    try:
-        rows = run_bench(settings, args.methods, isolate=not args.in_process,
-                         log=lambda line: print(line, file=sys.stderr, flush=True),
-                         max_other_load=args.max_other_load, retries=args.retries)
-    except ValueError as err:
-        raise SystemExit(f"elp bench: {err}")
-    command = "elp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
-    markdown, json_file = write_results(settings, rows, args.out_dir, command)
-    print(format_markdown(settings, rows, command))
-    print(f"wrote {markdown} and {json_file}", file=sys.stderr)
+    if args.peers:
+        return _run_peers(args, overrides)
+    command = _command_line()
+    for precision in args.precision:
+        settings = BenchSettings(backbone=args.backbone, config_overrides=overrides, batch_size=args.batch_size,
+                                 duration=args.duration, precision=precision, device=args.device,
+                                 warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                                 profile=args.profile)
+        try:
+            rows = run_bench(settings, args.methods or DEFAULT_VARIANTS, isolate=not args.in_process,
+                             log=_log, max_other_load=args.max_other_load, retries=args.retries)
+        except ValueError as err:
+            raise SystemExit(f"elp bench: {err}")
+        markdown, json_file = write_results(settings, rows, args.out_dir, command)
+        print(format_markdown(settings, rows, command))
+        print(f"wrote {markdown} and {json_file}", file=sys.stderr)
+    return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _command_line() -> str | None:
+    return "elp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+
+
+def _run_peers(args: argparse.Namespace, overrides: dict) -> int:
+    from elp import peers
+
+    command = _command_line()
+    for precision in args.precision:
+        settings = peers.PeerSettings(backbone=args.backbone, config_overrides=overrides,
+                                      batch_size=args.batch_size, duration=args.duration, precision=precision,
+                                      device=args.device, warmup=args.warmup, repeats=args.repeats,
+                                      threads=args.threads, memory=not args.no_memory)
+        try:
+            rows = peers.run_peer_bench(settings, args.methods, source=args.source, log=_log)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"elp bench --peers: {err}")
+        markdown, json_file = peers.write_results(settings, rows, args.out_dir, command)
+        print(peers.format_markdown(settings, rows, command))
+        print(f"wrote {markdown} and {json_file}", file=sys.stderr)
     return 0

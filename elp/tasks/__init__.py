@@ -27,6 +27,8 @@ from elp.tasks.base import Task
 from elp.tasks.classify import UtteranceClassification
 from elp.tasks.sv import SpeakerVerification
 
+#: the registry's names of the kinds (use these, not string literals, outside elp/tasks)
+ASR, SV, CLASSIFY = SpeechRecognition.kind, SpeakerVerification.kind, UtteranceClassification.kind
 #: kind -> class
 TASKS: dict[str, type[Task]] = {cls.kind: cls for cls in (SpeechRecognition, SpeakerVerification,
                                                           UtteranceClassification)}
@@ -48,5 +50,5 @@ def num_outputs(inventory) -> int:
     return int(getattr(inventory, "vocab_size", None) or len(inventory))
 
 
-__all__ = ["TASKS", "Task", "SpeechRecognition", "SpeakerVerification", "UtteranceClassification",
+__all__ = ["TASKS", "ASR", "SV", "CLASSIFY", "Task", "SpeechRecognition", "SpeakerVerification", "UtteranceClassification",
            "load_inventory", "num_outputs"]

@@ -10,6 +10,7 @@ import torch
 from elp.data.inventory import (BPETokenizer, CharTokenizer, check_transcript_coverage, check_transcripts,
                                 load_tokenizer)
 from elp.data.kaldi_dir import read_data_dir
+from elp.plots import plot_wer_by_length
 from elp.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
 
@@ -21,6 +22,11 @@ class SpeechRecognition(Task):
     ----------
     bpe_vocab : int
         0: characters (``tokens.txt``); N > 0: a sentencepiece BPE model of N pieces.
+    beam_size : int
+        0: greedy CTC only; N > 0: stage 4 also decodes with CTC prefix beam search of width N
+        (``hyp_beam.txt``, scored as ``wer_beam``); greedy stays the primary metric.
+    lm : str, optional
+        An ARPA n-gram LM for the beam search (words of the LM's unigrams form the lexicon).
     **kwargs
         See :class:`elp.tasks.base.Task`.
 
@@ -34,9 +40,11 @@ class SpeechRecognition(Task):
     valid_key, valid_key_mode = "wer", "min"
     metric_name, higher_is_better = "wer", False
 
-    def __init__(self, bpe_vocab: int = 0, **kwargs):
+    def __init__(self, bpe_vocab: int = 0, beam_size: int = 0, lm: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.bpe_vocab = int(bpe_vocab)
+        self.beam_size = int(beam_size or 0)
+        self.lm = lm
 
     def build_inventory(self, train_dir, lang_dir):
         data = read_data_dir(train_dir)
@@ -64,17 +72,28 @@ class SpeechRecognition(Task):
         dataset.add_dynamic_item(token_pipeline)
         return ["text", "tokens"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+    def package_fields(self, inventory):
+        return {"tokenizer": inventory}
+
+    def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
+        refs, hyps = read_pairs(Path(decode_dir) / "ref.txt"), read_pairs(Path(decode_dir) / "hyp.txt")
+        durations = {u: n / 16000 for u, n in read_data_dir(test_dir).utt2num_samples.items()}
+        return [plot_wer_by_length(refs, hyps, durations, Path(out_dir) / f"wer_by_length_{Path(test_dir).name}.png")]
+
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
         hyps = brain.predict(dataset, loader_kwargs_of(dataset))
-        if hyps is None:
-            return
         refs = read_data_dir(test_dir).text
         write_lines(decode_dir / "hyp.txt", (f"{u} {hyps[u]}".rstrip() for u in sorted(hyps)))
         write_lines(decode_dir / "ref.txt", (f"{u} {refs[u]}" for u in sorted(hyps)))
+        if self.beam_size:
+            beam = brain.predict(dataset, loader_kwargs_of(dataset), beam_size=self.beam_size, lm=self.lm)
+            write_lines(decode_dir / "hyp_beam.txt", (f"{u} {beam[u]}".rstrip() for u in sorted(beam)))
 
     def score(self, test_dir, decode_dir):
         refs, hyps = read_pairs(Path(decode_dir) / "ref.txt"), read_pairs(Path(decode_dir) / "hyp.txt")
         wer = word_error_rate(refs, hyps)
         cer = character_error_rate(refs, hyps)
-        return (self.metric(wer["wer"], 100.0),
-                {"cer": cer["cer"], "ins": wer["ins"], "del": wer["del"], "sub": wer["sub"]})
+        extra = {"cer": cer["cer"], "ins": wer["ins"], "del": wer["del"], "sub": wer["sub"]}
+        if (Path(decode_dir) / "hyp_beam.txt").exists():
+            extra["wer_beam"] = word_error_rate(refs, read_pairs(Path(decode_dir) / "hyp_beam.txt"))["wer"]
+        return self.metric(wer["wer"], 100.0), extra

@@ -93,14 +93,17 @@ class Task:
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
         max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" and crop_audio else 0
 
-        @sb.utils.data_pipeline.takes("id", "wav", "start", "end")
+        @sb.utils.data_pipeline.takes("id", "wav", "start", "end", "num_samples")
         @sb.utils.data_pipeline.provides("sig")
-        def audio_pipeline(utt, wav, start, end):
-            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=(start, end) if start is not None else None, utt=utt)
-            if max_samples and sig.shape[0] > max_samples:
-                offset = random.randint(0, sig.shape[0] - max_samples)
-                sig = sig[offset:offset + max_samples]
-            return sig
+        def audio_pipeline(utt, wav, start, end, num_samples):
+            segment = (start, end) if start is not None else None
+            if max_samples and num_samples and num_samples > max_samples:
+                # a random crop: read only its samples, not the whole file
+                offset = random.randint(0, num_samples - max_samples) / TARGET_SAMPLE_RATE
+                begin = (start or 0.0) + offset
+                segment = (begin, begin + max_samples / TARGET_SAMPLE_RATE)
+            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=segment, utt=utt)
+            return sig[:max_samples] if max_samples else sig
 
         dataset.add_dynamic_item(audio_pipeline)
         dataset.set_output_keys(["id", "sig"] + self.add_targets(dataset, split, inventory))
@@ -114,12 +117,22 @@ class Task:
         return []
 
     # ------------------------------------------------------------------ stages 4-5
-    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of) -> None:
+    def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of,
+                      exp_dir: Path) -> None:
         """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
 
         ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
-        (the test set, and for SV the S-norm cohort)."""
+        (the test set, and for SV the S-norm cohort and the calibration trials); ``exp_dir`` is
+        the experiment (its model package is ``exp_dir/adapters``)."""
         raise NotImplementedError
+
+    def package_fields(self, inventory) -> dict:
+        """What a model package stores of the inventory (:func:`elp.package.write_package`)."""
+        return {"labels": list(inventory.labels)}
+
+    def plot(self, test_dir: str | Path, decode_dir: Path, out_dir: Path, inventory_labels=None) -> list[Path]:
+        """Stage 5's plots of one decoded test set (PNG paths); none by default."""
+        return []
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
         """(metric, extra metrics) of one decoded test set.

@@ -10,6 +10,7 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_mapping
+from elp.plots import plot_confusion_matrix
 from elp.scoring import unweighted_accuracy
 from elp.tasks.base import Task, write_lines
 
@@ -50,7 +51,12 @@ class UtteranceClassification(Task):
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+    def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
+        rows = [line.split(" ") for line in (Path(decode_dir) / "predictions.txt").read_text(encoding="utf-8").splitlines()]
+        return [plot_confusion_matrix([r[2] for r in rows], [r[1] for r in rows],
+                                      Path(out_dir) / f"confusion_{Path(test_dir).name}.png", labels=inventory_labels)]
+
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
         predictions = brain.predict(dataset, loader_kwargs_of(dataset))
         if predictions is None:
             return

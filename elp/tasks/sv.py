@@ -9,7 +9,10 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
-from elp.scoring import cohort_utterance_ids, equal_error_rate, min_dcf, s_norm_trials, select_cohort
+from elp.package import calibrate_threshold
+from elp.plots import plot_det_curve
+from elp.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
+                         select_cohort)
 from elp.tasks.base import Task, write_lines
 
 
@@ -30,6 +33,11 @@ class SpeakerVerification(Task):
         The data dir whose speakers form the S-norm cohort (the training set).
     cohort_per_speaker : int
         Utterances embedded per cohort speaker (their L2-normalised mean is the speaker's entry).
+    calibration_set : str, optional
+        The data dir whose utterance pairs calibrate the package's decision threshold (the
+        validation set: unseen utterances of the training speakers).
+    calibration_utterances : int
+        At most this many of its utterances (all pairs of them are scored).
     window_seconds, window_overlap_seconds : float
         Test utterances longer than ``window_seconds`` are embedded in windows of that length
         overlapping by ``window_overlap_seconds`` (mean of the normalised window embeddings).
@@ -48,7 +56,7 @@ class SpeakerVerification(Task):
 
     def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,
                  cohort_per_speaker: int = 5, window_seconds: float = 6.0, window_overlap_seconds: float = 1.5,
-                 **kwargs):
+                 calibration_set: str | None = None, calibration_utterances: int = 300, **kwargs):
         super().__init__(**kwargs)
         self.snorm_cohort = int(snorm_cohort or 0)
         self.snorm_top_k = snorm_top_k
@@ -56,6 +64,8 @@ class SpeakerVerification(Task):
         self.cohort_per_speaker = int(cohort_per_speaker)
         self.window_seconds = float(window_seconds)
         self.window_overlap_seconds = float(window_overlap_seconds)
+        self.calibration_set = calibration_set
+        self.calibration_utterances = int(calibration_utterances)
 
     def build_inventory(self, train_dir, lang_dir):
         LabelMap.from_values(read_data_dir(train_dir).utt2spk.values()).save(lang_dir)
@@ -80,7 +90,30 @@ class SpeakerVerification(Task):
         dataset.add_dynamic_item(label_pipeline)
         return ["label", "label_id"]
 
-    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of):
+    def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
+        rows = [line.split() for line in (Path(decode_dir) / "scores.txt").read_text(encoding="utf-8").splitlines()]
+        return [plot_det_curve([float(r[2]) for r in rows], [int(r[3] == "target") for r in rows],
+                               Path(out_dir) / f"det_{Path(test_dir).name}.png")]
+
+    def calibrate(self, brain, loader_kwargs_of, package_dir: Path) -> dict | None:
+        """Store the EER threshold of dev trials in the model package: all pairs of (up to
+        ``calibration_utterances``) validation utterances, which are unseen utterances of the
+        training speakers; the test trials are never used for it."""
+        if self.calibration_set is None or not (Path(package_dir) / "package.json").exists():
+            return None
+        utt2spk = read_data_dir(self.calibration_set).utt2spk
+        keep = set(sorted(utt2spk)[:: max(1, len(utt2spk) // self.calibration_utterances)][: self.calibration_utterances])
+        data = self.dataset(self.calibration_set, "test", None).filtered_sorted(key_test={"id": lambda u: u in keep})
+        embeddings = brain.predict(data, loader_kwargs_of(data))
+        utts = sorted(embeddings)
+        pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
+        scores = cosine_scores(torch.stack([embeddings[a] for a, _ in pairs]), torch.stack([embeddings[b] for _, b in pairs]))
+        labels = [int(utt2spk[a] == utt2spk[b]) for a, b in pairs]
+        return calibrate_threshold(package_dir, scores.tolist(), labels,
+                                   source=f"all pairs of {len(utts)} utterances of {self.calibration_set}")
+
+    def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
+        self.calibrate(brain, loader_kwargs_of, Path(exp_dir) / "adapters")
         embeddings = brain.predict(dataset, loader_kwargs_of(dataset))
         cohort = None
         if self.snorm_cohort:

@@ -4,6 +4,7 @@ non-zero exit, before any stage runs (nothing is built or trained)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,3 +53,43 @@ def test_help_lists_every_flag():
     text = result.stdout + result.stderr
     missing = sorted(f for f in flags if f"--{f}" not in text)
     assert not missing, f"--help does not list {missing}"
+
+
+def copy_of_recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "egs" / "slurp" / "ic"
+    recipe.mkdir(parents=True)
+    for name in ("run.sh", "conf", "local"):
+        source = RECIPE / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, recipe / name)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    return recipe
+
+
+@pytest.mark.parametrize("gpus,flags,expected,absent", [
+    ("1", ["--ngpu", "1", "--nnodes", "2", "--node_rank", "1"],
+     ["torchrun --nnodes 2 --node_rank 1", "--nproc_per_node 1", "--distributed_backend=nccl"], ["Stage 4", "Stage 5"]),
+    ("4", ["--ngpu", "4", "--nnodes", "2", "--node_rank", "0", "--master_addr", "node0"],
+     ["torchrun --nnodes 2 --node_rank 0 --master_addr node0", "--nproc_per_node 4"], []),
+    ("1", ["--ngpu", "1"], ["train.py conf/train.yaml", "--device cuda:0"], ["torchrun"]),
+    ("0", ["--ddp_cpu", "2"], ["--nproc_per_node 2", "--distributed_backend=gloo", "--device cpu"], []),
+])
+def test_multi_node_dry_run_builds_the_training_command_and_guards_the_stages(tmp_path, gpus, flags, expected, absent):
+    recipe = copy_of_recipe(tmp_path)
+    result = subprocess.run([str(recipe / "run.sh"), "--stage", "3", "--stop_stage", "3", "--backbone_arch", "tiny",
+                             "--dry_run", "true", *flags], cwd=recipe, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ELP_FAKE_GPU_COUNT": gpus})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for text in expected:
+        assert text in output, output
+    for text in absent:
+        assert text not in output, output
+
+
+def test_other_stages_run_on_node_rank_0_only(tmp_path):
+    recipe = copy_of_recipe(tmp_path)
+    result = subprocess.run([str(recipe / "run.sh"), "--stage", "0", "--stop_stage", "2", "--ngpu", "1", "--nnodes", "2",
+                             "--node_rank", "1"], cwd=recipe, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ELP_FAKE_GPU_COUNT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "Stage 0: skipped on node rank 1" in result.stderr and not (recipe / "data").exists()

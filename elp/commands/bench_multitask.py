@@ -1,0 +1,241 @@
+"""Inference cost of N tasks on one shared backbone vs N separate models.
+
+Builds a random-weight backbone of the real architecture (nothing is downloaded), saves it
+once as a checkpoint, writes one package per task (a classification head on each method),
+then measures, each in a fresh subprocess:
+
+* ``shared``: :class:`elp.multitask.MultiTask` over the N packages (CNN once; one shared
+  transformer pass for weighted_sum / l_only; own layers for E/P/LoRA methods);
+* ``separate``: N :class:`elp.inference.Predictor` objects, each with its own backbone.
+
+Reports audio seconds processed per wall second (all N tasks done), the memory the loaded
+models occupy (CPU: resident set after loading minus before; CUDA: allocated) against the
+bound "one backbone + every task's learnable tensors", the peak during inference, and
+ratios: cost of N tasks over one task (shared), and separate over shared.
+
+Usage::
+
+    OMP_NUM_THREADS=2 elp bench-multitask                       # WavLM Base+ architecture
+    elp bench-multitask --mixes l_only l_only,weighted_sum el,elp --duration 4 --repeats 3
+    elp bench-multitask --tiny                                  # seconds, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from elp.tasks import CLASSIFY
+
+DEFAULT_MIXES = ["l_only", "l_only,weighted_sum", "l_only,weighted_sum,l_only,weighted_sum",
+                 "el", "el,elp", "el,elp,el,elp", "l_only,weighted_sum,el,elp"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="wavlm_plus")
+    parser.add_argument("--tiny", action="store_true", help="tiny test architecture (smoke test)")
+    parser.add_argument("--mixes", nargs="+", default=DEFAULT_MIXES, metavar="M1,M2,...",
+                        help="task sets: comma-separated methods, one package per method")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per utterance")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="exp/bench/multitask.md", help="markdown table (and .json next to it)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _memory_mb(device: str) -> float:
+    """Memory in use now (CUDA allocated, or resident set)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated() / 2**20
+    return _status_mb("VmRSS")
+
+
+def _peak_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _status_mb("VmHWM")
+
+
+def worker(spec: dict) -> dict:
+    """Measure one (mix, mode) in this process."""
+    import warnings
+
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    from elp.inference import Predictor
+    from elp.multitask import MultiTask
+
+    device = spec["device"]
+    dirs = spec["dirs"]
+    import gc
+
+    import elp.heads  # noqa: F401  (imports that loading pulls in are not model memory)
+    from transformers import HubertModel, Wav2Vec2Model, WavLMModel  # noqa: F401
+
+    gc.collect()
+    before = _memory_mb(device)
+    if spec["mode"] == "shared":
+        tasks = MultiTask(dirs, device=device)
+        run = lambda waves: tasks.forward_batch(waves)  # noqa: E731
+        learnable = sum(tasks.learnable_tensor_bytes())
+    else:
+        predictors = [Predictor.from_package(d, device=device) for d in dirs]
+        run = lambda waves: [p.forward_batch(waves) for p in predictors]  # noqa: E731
+        learnable = 0
+    gc.collect()
+    loaded = _memory_mb(device) - before  # the models as they sit in memory
+    _reset_peak()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start_mem = _memory_mb(device)
+    torch.manual_seed(0)
+    samples = int(spec["duration"] * 16000)
+    waves = [torch.randn(samples) * 0.1 for _ in range(spec["batch_size"])]
+    for _ in range(spec["warmup"]):
+        run(waves)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    times, cpu_times = [], []
+    for _ in range(spec["repeats"]):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        run(waves)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    best = min(times)
+    audio = spec["batch_size"] * spec["duration"]
+    return {"audio_s_per_s": audio / best, "step_s": best, "audio_s_per_cpu_s": audio / min(cpu_times),
+            "model_mb": loaded, "run_peak_mb": _peak_mb(device) - start_mem, "learnable_mb": learnable / 2**20}
+
+
+def _measure(spec: dict) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-m", "elp.commands.bench_multitask", "--worker", json.dumps(spec)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"elp bench-multitask: worker failed for {spec['mode']} {spec['dirs']}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> dict[str, Path]:
+    """One package per method on one saved random backbone."""
+    import torch
+
+    from elp.backbones import load_backbone
+    from elp.package import make_tiny_package
+    from elp.testing import TINY_CONFIG
+
+    torch.manual_seed(0)
+    ssl = load_backbone(backbone, pretrained=False, config_overrides=dict(TINY_CONFIG) if tiny else None)
+    ckpt = root / "backbone"
+    ssl.model.save_pretrained(ckpt)
+    del ssl
+    options = {} if tiny else {"l_dim": 256, "e_dim": 256, "prompt_frames": 10}
+    return {method: make_tiny_package(root / method, task=CLASSIFY, method=method, backbone_dir=ckpt,
+                                      backbone=backbone, seed=i, **options)
+            for i, method in enumerate(sorted(methods))}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    mixes = [m.split(",") for m in args.mixes]
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="elp_bench_mt_") as tmp:
+        packages = build_packages(Path(tmp), args.backbone, args.tiny, {m for mix in mixes for m in mix})
+        backbone_mb = sum(f.stat().st_size for f in (Path(tmp) / "backbone").glob("*.safetensors")) / 2**20
+        single = {}
+        for mix in mixes:
+            dirs = [str(packages[m]) for m in mix]
+            result = {"mix": ",".join(mix), "n": len(mix)}
+            for mode in ("shared", "separate"):
+                spec = dict(dirs=dirs, mode=mode, duration=args.duration, batch_size=args.batch_size,
+                            warmup=args.warmup, repeats=args.repeats, threads=threads, device=args.device)
+                result[mode] = _measure(spec)
+                print(f"{result['mix']:45s} {mode:8s} {result[mode]['audio_s_per_s']:8.2f} audio s/s "
+                      f"models {result[mode]['model_mb']:8.0f} MB, run peak +{result[mode]['run_peak_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+            if len(mix) == 1:
+                single[mix[0]] = result["shared"]
+            rows.append(result)
+    table = format_table(rows, single, backbone_mb, args, threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "backbone_mb": backbone_mb}, indent=2))
+    print(table)
+    return 0
+
+
+def format_table(rows, single, backbone_mb, args, threads) -> str:
+    arch = f"{args.backbone}{' (tiny)' if args.tiny else ''}, random weights"
+    lines = [f"Backbone {arch} ({backbone_mb:.0f} MiB of weights), {args.device}, threads {threads or 'default'}, "
+             f"batch {args.batch_size} x {args.duration:g} s, best of {args.repeats} after {args.warmup} warm-up.",
+             "",
+             "* audio s/s: seconds of audio per wall second with ALL N tasks done (in brackets: per CPU second of",
+             "  the process, which a busy shared machine disturbs far less; the ratios use it on CPU);",
+             "* separate time / shared time: N separate models over one shared backbone;",
+             "* cost vs 1 task: time of the N tasks (shared) / time of the mix's first method alone (shared);",
+             "* models MiB: memory the loaded models occupy (RSS after loading minus before; CUDA: allocated);",
+             "  bound = backbone weights + all tasks' learnable tensors (what one backbone + N tasks should cost);",
+             "* run peak MiB: peak memory during inference above the loaded models.", "",
+             "| tasks | N | shared audio s/s | separate audio s/s | separate time / shared time | cost vs 1 task "
+             "| shared models MiB | separate models MiB | bound MiB | shared run peak MiB | separate run peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        shared, separate = row["shared"], row["separate"]
+        first = single.get(row["mix"].split(",")[0])
+        key = "audio_s_per_cpu_s" if args.device == "cpu" else "audio_s_per_s"
+        cost = f"{first[key] / shared[key]:.2f}x" if first else "-"
+        bound = backbone_mb + shared["learnable_mb"]
+        lines.append(f"| {row['mix']} | {row['n']} | {shared['audio_s_per_s']:.2f} ({shared.get('audio_s_per_cpu_s', 0):.2f}) "
+                     f"| {separate['audio_s_per_s']:.2f} ({separate.get('audio_s_per_cpu_s', 0):.2f}) "
+                     f"| {shared[key] / separate[key]:.2f}x | {cost} | {shared['model_mb']:.0f} "
+                     f"| {separate['model_mb']:.0f} | {bound:.0f} | {shared['run_peak_mb']:.0f} "
+                     f"| {separate['run_peak_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,121 @@
+"""Run trained model packages on audio files: one line per file per task.
+
+Usage::
+
+    elp infer --package exp/asr_elp/adapters a.wav b.flac
+    elp infer --package exp/er_elp/adapters --package exp/asr_l_only/adapters --wav-scp data/test/wav.scp \\
+        --jsonl out.jsonl
+    elp infer --package exp/asr_elp/adapters --beam-size 10 --lm lm.arpa a.wav
+
+Several packages trained on the same backbone run together (:mod:`elp.multitask`: the CNN
+once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
+``<utt> <task> <result>`` (text, label and probability, or embedding norm for SV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package", action="append", required=True, metavar="DIR",
+                        help="model package directory (repeat for several tasks on one backbone)")
+    parser.add_argument("files", nargs="*", help="audio files (any soundfile format)")
+    parser.add_argument("--wav-scp", help="Kaldi wav.scp (<utt> <path or ark:offset>) instead of FILES")
+    parser.add_argument("--backbone-source", help="backbone checkpoint directory or hub id "
+                        "(default: the one recorded in the package)")
+    parser.add_argument("--jsonl", help="also write one JSON object per file to this file")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--beam-size", type=int, default=None, help="ASR: CTC prefix beam search (default greedy)")
+    parser.add_argument("--lm", help="ASR: word n-gram LM (ARPA) for beam search")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def read_inputs(args) -> list[tuple[str, str]]:
+    """(utterance id, audio entry) pairs from FILES or --wav-scp."""
+    if args.wav_scp and args.files:
+        raise SystemExit("elp infer: give audio FILES or --wav-scp, not both")
+    if args.wav_scp:
+        path = Path(args.wav_scp)
+        if not path.is_file():
+            raise SystemExit(f"elp infer: --wav-scp {path} does not exist")
+        pairs = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            utt, _, entry = line.strip().partition(" ")
+            if not entry.strip() or entry.rstrip().endswith("|"):
+                raise SystemExit(f"elp infer: {path}:{number}: expected '<utt> <file>' (piped commands are not "
+                                 "supported: convert the audio to files first)")
+            pairs.append((utt, entry.strip()))
+        return pairs
+    if not args.files:
+        raise SystemExit("elp infer: no input: give audio FILES or --wav-scp")
+    for name in args.files:
+        if not Path(name).is_file():
+            raise SystemExit(f"elp infer: audio file {name} does not exist")
+    return [(name, name) for name in args.files]
+
+
+def describe(result) -> tuple[str, object]:
+    """(text for the line, JSON value) of one task result."""
+    import torch
+
+    from elp.inference import Classification
+
+    if isinstance(result, str):
+        return result, result
+    if isinstance(result, Classification):
+        return f"{result.label} {result.probabilities[result.label]:.4f}", \
+            {"label": result.label, "probabilities": result.probabilities}
+    if isinstance(result, torch.Tensor):
+        return f"embedding[{result.numel()}] norm {float(result.norm()):.4f}", result.tolist()
+    return str(result), result
+
+
+def quiet_libraries() -> None:
+    """No per-load progress bars or known framework warnings on the command line."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from elp.inference import AudioInputError
+    from elp.multitask import MultiTask
+    from elp.package import PackageError, PackageNotFoundError
+
+    pairs = read_inputs(args)
+    try:
+        tasks = MultiTask(args.package, backbone_source=args.backbone_source, device=args.device)
+        if args.lm and args.beam_size is None:
+            args.beam_size = 10
+        outputs = tasks.outputs([entry for _, entry in pairs], batch_size=args.batch_size,
+                                progress=False if args.no_progress else None)
+    except (PackageNotFoundError, PackageError, AudioInputError, FileNotFoundError) as err:
+        raise SystemExit(f"elp infer: {err}")
+    jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    try:
+        for index, (utt, _) in enumerate(pairs):
+            record = {"utt": utt}
+            for task_index, (name, predictor) in enumerate(zip(tasks.names, tasks.predictors)):
+                result = predictor.result(outputs[task_index][index], args.beam_size, args.lm)
+                text, value = describe(result)
+                print(f"{utt} {name} {text}".rstrip())
+                record[name] = {"task": predictor.task, "result": value}
+            if jsonl:
+                jsonl.write(json.dumps(record) + "\n")
+    finally:
+        if jsonl:
+            jsonl.close()
+    sys.stdout.flush()
+    return 0

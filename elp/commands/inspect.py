@@ -1,0 +1,101 @@
+"""Show what a model package learned: method, learnable tensors per group, layer weights.
+
+Usage::
+
+    elp inspect --package exp/er_l_only/adapters [--plot layer_weights.png]
+
+Reads only the package files (no backbone is loaded). For L-adapters (``l_only``, ``el``,
+``elp``) and ``weighted_sum`` it prints the softmax layer weights (index 0 = the first layer's
+output for L-adapters, the CNN/input embedding for weighted_sum) and writes their bar plot
+(default ``<package>/layer_weights.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from elp.tasks import SV
+
+LAYER_WEIGHT_KEYS = {"model.layer_adapters.layer_weights": "L-adapters (layer 1..L outputs)",
+                     "model.weighted_sum.layer_weights": "weighted sum (input embedding + layers 1..L)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package", required=True, metavar="DIR", help="model package (or adapter export) directory")
+    parser.add_argument("--plot", help="PNG for the layer weights (default: <package>/layer_weights.png)")
+
+
+def group_of(name: str, method: str = "") -> str:
+    """Learning-rate group of an exported ``AdaptedSSL`` parameter name (read from the name only,
+    so that no model needs to be built): ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or
+    ``backbone`` (everything inside the transformer of ``full``, whose whole encoder trains)."""
+    top = name.split(".", 1)[0]
+    if top == "backbone" and method == "full":
+        return "backbone"
+    named = {"encoder_adapters": "e", "layer_adapters": "l", "weighted_sum": "l", "prompt": "p", "prefix": "prefix"}
+    if top in named:
+        return named[top]
+    if ".parametrizations." in name and name.rsplit(".", 1)[-1].startswith("lora_"):
+        return "lora"
+    if ".layers." in name and name.endswith(("layer_norm.weight", "layer_norm.bias")):
+        return "ln"
+    return "backbone"
+
+
+def summarize(directory: Path) -> dict:
+    """Method, learnable counts per group and softmax layer weights of an export/package."""
+    import torch
+    from safetensors.torch import load_file
+
+    from elp.export import CONFIG_FILE, WEIGHTS_FILE
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise SystemExit(f"elp inspect: {directory / name} is missing: pass a package directory written by stage 3")
+    export = json.loads((directory / CONFIG_FILE).read_text())
+    package = json.loads((directory / "package.json").read_text()) if (directory / "package.json").exists() else {}
+    state = load_file(directory / WEIGHTS_FILE)
+    groups: dict[str, int] = {}
+    for key, tensor in state.items():
+        group = "head" if key.startswith("head.") else group_of(key[len("model."):], export["method"])
+        groups[group] = groups.get(group, 0) + tensor.numel()
+    layer_weights = {label: torch.softmax(state[key].double(), 0).tolist()
+                     for key, label in LAYER_WEIGHT_KEYS.items() if key in state}
+    return {"method": export["method"], "backbone": export["backbone"], "task": package.get("task"),
+            "options": export["options"], "groups": groups, "layer_weights": layer_weights,
+            SV: package.get(SV)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from elp.plots import plot_layer_weights
+
+    directory = Path(args.package)
+    if not directory.is_dir():
+        raise SystemExit(f"elp inspect: {directory}: no such package directory")
+    info = summarize(directory)
+    print(f"package   {directory}")
+    print(f"task      {info['task'] or '(adapter export without package.json)'}")
+    print(f"method    {info['method']}  on backbone {info['backbone']}")
+    print("learnable parameters per group:")
+    for group, count in sorted(info["groups"].items()):
+        print(f"  {group:8s} {count:>12,d}")
+    print(f"  {'total':8s} {sum(info['groups'].values()):>12,d}")
+    if info[SV]:
+        print(f"SV threshold {info['sv']['threshold']:.6f} (EER {info['sv']['eer']:.2f}% on "
+              f"{info['sv']['num_trials']} {info['sv']['source']})")
+    if not info["layer_weights"]:
+        print("no learned layer weights (the method has no L-adapters or weighted sum)")
+        return 0
+    for label, weights in info["layer_weights"].items():
+        print(f"layer weights, {label}:")
+        first = 0 if label.startswith("weighted") else 1
+        for index, weight in enumerate(weights, first):
+            print(f"  {index:3d} {weight:.4f} {'#' * round(weight * 60)}")
+    plot = Path(args.plot) if args.plot else directory / "layer_weights.png"
+    name = directory.parent.name if directory.name in ("adapters", "package") else directory.name
+    first_layer = 0 if any(key.startswith("weighted") for key in info["layer_weights"]) else 1
+    plot_layer_weights(info["layer_weights"], plot, title=f"{name}: {info['method']} layer weights",
+                       first_layer=first_layer)
+    print(f"wrote {plot}")
+    return 0

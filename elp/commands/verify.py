@@ -1,0 +1,44 @@
+"""Speaker verification of one trial with an SV model package: score and decision.
+
+Usage::
+
+    elp verify --package exp/sv_elp/adapters enroll.wav test.wav
+
+Prints ``<score> accept|reject (threshold T)``; without a calibrated threshold only the
+cosine score (exit status 0 either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package", required=True, metavar="DIR", help="SV model package directory")
+    parser.add_argument("enroll", help="audio of the claimed speaker")
+    parser.add_argument("test", help="audio to verify")
+    parser.add_argument("--backbone-source", help="backbone checkpoint directory or hub id")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from elp.commands.infer import quiet_libraries
+
+    quiet_libraries()
+    from elp.inference import AudioInputError, Predictor
+    from elp.package import PackageError, PackageNotFoundError
+
+    for name in (args.enroll, args.test):
+        if not Path(name).is_file():
+            raise SystemExit(f"elp verify: audio file {name} does not exist")
+    try:
+        predictor = Predictor.from_package(args.package, args.backbone_source, args.device)
+        trial = predictor.verify(args.enroll, args.test)
+    except (PackageNotFoundError, PackageError, AudioInputError, ValueError) as err:
+        raise SystemExit(f"elp verify: {err}")
+    if trial.accepted is None:
+        print(f"{trial.score:.6f} (no decision: the package has no calibrated threshold)")
+    else:
+        print(f"{trial.score:.6f} {'accept' if trial.accepted else 'reject'} (threshold {trial.threshold:.6f})")
+    return 0

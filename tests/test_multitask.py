@@ -1,0 +1,103 @@
+"""elp.multitask: N packages on one backbone give each task's single-task results, run the
+CNN once and the shared transformer pass once, share frozen tensors, and refuse packages
+trained on other weights."""
+import pytest
+import torch
+
+from elp.backbones import weights_hash
+from elp.inference import Predictor
+from elp.multitask import MultiTask
+from elp.package import BackboneHashMismatchError, make_tiny_package
+from elp.testing import save_tiny_checkpoint
+
+MIX = [("classify", "weighted_sum"), ("asr", "l_only"), ("sv", "el"), ("classify", "elp"), ("asr", "lora"),
+       ("classify", "l_only"), ("asr", "e_only"), ("asr", "elp"), ("sv", "prefix")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multitask")
+    ckpt = save_tiny_checkpoint("wavlm_plus", root / "ckpt", seed=5)
+    dirs = [make_tiny_package(root / f"{i}_{task}_{method}", task=task, method=method, seed=i,
+                              backbone=("wavlm_plus"), backbone_dir=ckpt)
+            for i, (task, method) in enumerate(MIX)]
+    return ckpt, dirs
+
+
+def _waves():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, generator=g) * 0.1 for n in (16000, 7000, 11000, 4000, 9000)]
+
+
+@pytest.mark.parametrize("route", [True, False])
+def test_multitask_equals_each_task_alone(setup, route):
+    _, dirs = setup
+    tasks = MultiTask(dirs, route=route)
+    if not route:
+        assert tasks.plan()["routed_batches"] == [] and tasks.plan()["own_layers"] == [2, 3, 4, 6, 7, 8]
+    else:
+        assert tasks.plan() == {"shared_pass": [0, 1, 5], "routed_batches": [[2, 6], [3, 7]], "own_layers": [4, 8]}
+    waves = _waves()
+    together = tasks.outputs(waves, sample_rate=16000, batch_size=3)
+    for directory, task_outputs in zip(dirs, together):
+        alone = Predictor.from_package(directory).outputs(waves, sample_rate=16000, batch_size=2)
+        for a, b in zip(task_outputs, alone):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    results = tasks.run(waves[:2], sample_rate=16000)
+    assert list(results[0]) == tasks.names and len(set(tasks.names)) == len(dirs)
+
+
+def test_cnn_once_shared_pass_once_and_frozen_tensors_shared(setup, monkeypatch):
+    _, dirs = setup
+    tasks = MultiTask(dirs)
+    before = weights_hash(tasks.backbone.model)
+    calls = {"cnn": 0, "shared_layer0": 0}
+    original = tasks.backbone.extract_cnn_features
+
+    def counting(*args, **kwargs):
+        calls["cnn"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.backbone, "extract_cnn_features", counting)
+    tasks.backbone.layers[0].register_forward_hook(lambda *_: calls.__setitem__("shared_layer0", calls["shared_layer0"] + 1))
+    tasks.outputs(_waves(), sample_rate=16000, batch_size=5)
+    assert calls == {"cnn": 1, "shared_layer0": 1}
+    # views share the frozen tensors; trained LayerNorms are private
+    shared_layer = tasks.backbone.layers[1]
+    el_view = tasks.predictors[2].package.model.backbone
+    assert el_view.layers[1].feed_forward.intermediate_dense.weight is shared_layer.feed_forward.intermediate_dense.weight
+    assert el_view.layers[1].layer_norm.weight is not shared_layer.layer_norm.weight
+    lora_view = tasks.predictors[4].package.model.backbone
+    assert lora_view.layers[1].attention.q_proj.parametrizations.weight.original is shared_layer.attention.q_proj.weight
+    assert weights_hash(tasks.backbone.model) == before  # loading the tasks changed nothing shared
+    sizes = tasks.learnable_tensor_bytes()
+    assert len(sizes) == len(dirs) and all(s > 0 for s in sizes)
+
+
+def test_different_backbone_weights_are_refused(setup, tmp_path):
+    _, dirs = setup
+    other = make_tiny_package(tmp_path / "other", task="classify", method="l_only", backbone="wavlm_plus",
+                              backbone_dir=save_tiny_checkpoint("wavlm_plus", tmp_path / "ckpt2", seed=6))
+    with pytest.raises(BackboneHashMismatchError, match="same weights: run them in separate") as err:
+        MultiTask([dirs[0], other])
+    assert str(other) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bench_worker_measures_both_modes(setup):
+    import argparse
+
+    from elp.commands.bench_multitask import format_table, worker
+
+    _, dirs = setup
+    spec = dict(dirs=[str(d) for d in dirs[:2]], duration=0.5, batch_size=2, warmup=0, repeats=1, threads=None,
+                device="cpu")
+    shared = worker({**spec, "mode": "shared"})
+    separate = worker({**spec, "mode": "separate"})
+    for result in (shared, separate):
+        assert result["audio_s_per_s"] > 0 and result["audio_s_per_cpu_s"] > 0 and result["run_peak_mb"] >= 0
+    assert shared["learnable_mb"] > 0 and separate["learnable_mb"] == 0
+    args = argparse.Namespace(backbone="wavlm_plus", tiny=True, device="cpu", batch_size=2, duration=0.5,
+                              repeats=1, warmup=0)
+    table = format_table([{"mix": "weighted_sum,l_only", "n": 2, "shared": shared, "separate": separate}],
+                         {}, 1.0, args, None)
+    assert "| weighted_sum,l_only | 2 |" in table
