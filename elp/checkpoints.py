@@ -266,18 +266,18 @@ class TrainableState:
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
         """Check identity, names and shapes, then copy the tensors into the model.
 
-        Raises
-        ------
-        CheckpointMismatchError
-            Another backbone (name or weights), method or options, or tensors missing,
-            unexpected or of another shape. Nothing is copied in that case.
-
         Parameters
         ----------
         path : str | os.PathLike
             A checkpoint file :meth:`save` wrote.
         end_of_epoch : bool, optional
             Unused (SpeechBrain's loader signature).
+
+        Raises
+        ------
+        CheckpointMismatchError
+            Another backbone (name or weights), method or options, or tensors missing,
+            unexpected or of another shape. Nothing is copied in that case.
         """
         del end_of_epoch
         saved = self.identity_of(path)
@@ -674,12 +674,6 @@ def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: 
     with default options and a 4-class :class:`elp.heads.PooledClassifier`, takes one Adam step
     (so the optimizer holds its state) and writes a checkpoint and an adapter export.
 
-    Returns
-    -------
-    dict
-        ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes) and
-        ``ratio`` = (model + head) / export.
-
     Parameters
     ----------
     backbone : str, optional
@@ -688,6 +682,12 @@ def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: 
         Method name.
     directory : str | os.PathLike | None, optional
         Where the files are written (None: a temporary directory, removed afterwards).
+
+    Returns
+    -------
+    dict
+        ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes) and
+        ``ratio`` = (model + head) / export.
     """
     import tempfile
 

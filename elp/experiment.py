@@ -548,6 +548,15 @@ class ExperimentGuard:
 def require_trained_model(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir: str = "adapters") -> list[Path]:
     """Refuse to score an experiment that holds no checkpoint and no export.
 
+    Parameters
+    ----------
+    exp_dir : str | os.PathLike
+        The experiment directory.
+    save_dir : str, optional
+        Checkpoint folder inside ``exp_dir``.
+    export_dir : str, optional
+        Adapter export folder inside ``exp_dir``.
+
     Returns
     -------
     list[pathlib.Path]
@@ -558,15 +567,6 @@ def require_trained_model(exp_dir: str | os.PathLike, save_dir: str = "save", ex
     NoTrainedModelError
         One line naming the directory, the experiments next to it that do hold a model
         (a mistyped ``--tag``?) and the fix.
-
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory.
-    save_dir : str, optional
-        Checkpoint folder inside ``exp_dir``.
-    export_dir : str, optional
-        Adapter export folder inside ``exp_dir``.
 
     Examples
     --------

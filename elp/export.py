@@ -190,13 +190,6 @@ def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
 def read_export_config(directory: str | os.PathLike) -> dict:
     """Read and validate ``adapters.json`` of an export (one-line errors).
 
-    Raises
-    ------
-    AdapterNotFoundError
-        The directory or a file of it is missing.
-    AdapterFileError
-        Not JSON, not an object, a field missing or of the wrong type, a newer format.
-
     Parameters
     ----------
     directory : str | os.PathLike
@@ -206,6 +199,13 @@ def read_export_config(directory: str | os.PathLike) -> dict:
     -------
     dict
         The validated ``adapters.json``.
+
+    Raises
+    ------
+    AdapterNotFoundError
+        The directory or a file of it is missing.
+    AdapterFileError
+        Not JSON, not an object, a field missing or of the wrong type, a newer format.
     """
     directory = Path(directory)
     path = directory / CONFIG_FILE

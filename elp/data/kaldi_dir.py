@@ -325,12 +325,6 @@ def token_problem(path: PathLike, number: int, key: str, value: str) -> str | No
 def read_token_mapping(path: PathLike) -> dict[str, str]:
     """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file).
 
-    Raises
-    ------
-    DataDirError
-        For a duplicated key, an empty value or a value of several tokens (naming the file,
-        line and utterance).
-
     Parameters
     ----------
     path : str | os.PathLike
@@ -340,6 +334,12 @@ def read_token_mapping(path: PathLike) -> dict[str, str]:
     -------
     dict[str, str]
         Key -> its one token.
+
+    Raises
+    ------
+    DataDirError
+        For a duplicated key, an empty value or a value of several tokens (naming the file,
+        line and utterance).
     """
     mapping: dict[str, str] = {}
     for number, key, value in read_numbered_lines(path):
@@ -559,15 +559,15 @@ def write_utt2num_samples(path: PathLike, utt2num_samples: Mapping[str, int]) ->
 def read_trials(path: PathLike) -> list[Trial]:
     """Read a ``trials`` file: lines ``<enroll-utt> <test-utt> target|nontarget``.
 
-    Returns
-    -------
-    list[Trial]
-        In file order.
-
     Parameters
     ----------
     path : str | os.PathLike
         A ``trials`` file.
+
+    Returns
+    -------
+    list[Trial]
+        In file order.
     """
     trials = []
     for number, line in read_text_lines(path):
@@ -709,12 +709,6 @@ def write_data_dir(
 def read_data_dir(data_dir: PathLike) -> DataDir:
     """Read every file of a data dir into a :class:`DataDir` (absent optional files: None).
 
-    Raises
-    ------
-    DataDirError
-        If ``wav.scp`` or ``utt2spk`` is missing, a key is duplicated, a file is not UTF-8,
-        or a speaker / label is not one token.
-
     Parameters
     ----------
     data_dir : str | os.PathLike
@@ -723,6 +717,12 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
     Returns
     -------
     DataDir
+
+    Raises
+    ------
+    DataDirError
+        If ``wav.scp`` or ``utt2spk`` is missing, a key is duplicated, a file is not UTF-8,
+        or a speaker / label is not one token.
     """
     data_dir = Path(data_dir)
 
