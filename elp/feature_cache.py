@@ -250,7 +250,22 @@ class _TensorStore:
         return tensor.float()
 
     def put(self, key: str, tensor: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store ``tensor`` (in the cache's dtype) under ``key``, atomically."""
+        """Store ``tensor`` (in the cache's dtype) under ``key``, atomically.
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        tensor : torch.Tensor
+            The utterance's tensor (valid frames only).
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        CacheError
+            If the tensor holds non-finite values in the cache's dtype.
+        """
         path = self.path(key)
         path.parent.mkdir(exist_ok=True)
         data = tensor.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
@@ -281,6 +296,8 @@ class CNNFeatureCache(_TensorStore):
         Storage precision: ``"float16"`` (default: half the disk of float32 and 8x closer to
         it than bfloat16, docs/SPEED.md; a feature beyond fp16's range is an error naming the
         utterance), ``"bfloat16"`` or ``"float32"`` (exact). Features come back in float32.
+    info : dict | None, optional
+        Written to ``info.json`` beside the entries.
 
     Examples
     --------
@@ -378,7 +395,7 @@ class HiddenStateCache(_TensorStore):
     dtype : str
         Storage precision, ``"float32"`` (exact) or ``"float16"`` / ``"bfloat16"`` (half the
         disk, rounding ~1e-3 relative). Read states come back in float32.
-    info : dict, optional
+    info : dict | None, optional
         Written to ``info.json`` beside the entries.
 
     Examples
