@@ -66,7 +66,7 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
-from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, main_process_only
 
 logger = logging.getLogger(__name__)
 
@@ -542,10 +542,19 @@ class AtomicCheckpointer(Checkpointer):
     def list_checkpoints(self):
         """The complete, finite checkpoints; others are logged, moved aside and skipped.
 
+        Under DDP the main process checks the files and every rank receives its list: ranks
+        must agree on which checkpoints exist (SpeechBrain's deletion synchronises per
+        checkpoint, and a rank that saw another list would wait forever), and only one process
+        may move a broken checkpoint aside.
+
         Returns
         -------
         list[speechbrain.utils.checkpoints.Checkpoint]
         """
+        return self._checked_checkpoints()
+
+    @main_process_only
+    def _checked_checkpoints(self):
         good = []
         for ckpt_dir in self._list_checkpoint_dirs():
             problem = self.checkpoint_problem(ckpt_dir)

@@ -31,9 +31,9 @@ Tagged(tag='!new:torch.nn.Linear', value=[4, 2])
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import os
-import pydoc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,9 +221,13 @@ def build_node(node: Any) -> Any:
     kind = node.tag.split(":", 1)[0]
     if kind not in ("!new", "!name", "!apply"):
         raise ValueError(f"cannot build a {node.tag} node on its own")
-    target = pydoc.locate(node.target)
-    if target is None:
-        raise ImportError(f"{node.tag}: no such class or function {node.target!r}")
+    module_name, _, attribute = node.target.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        if isinstance(error, ImportError) and getattr(error, "name", None) not in (module_name, None):
+            raise  # the module exists but fails to import: show why
+        raise ImportError(f"{node.tag}: no such class or function {node.target!r}") from error
     value = build_node(node.value)
     args, kwargs = ([], value) if isinstance(value, dict) else (
         (value if isinstance(value, list) else ([] if value in (None, "") else [value])), {})

@@ -9,7 +9,6 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
-from elp.package import calibrate_threshold
 from elp.plots import plot_det_curve
 from elp.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
                          select_cohort)
@@ -99,6 +98,8 @@ class SpeakerVerification(Task):
         """Store the EER threshold of dev trials in the model package: all pairs of (up to
         ``calibration_utterances``) validation utterances, which are unseen utterances of the
         training speakers; the test trials are never used for it."""
+        from elp.package import calibrate_threshold  # the package module names the task kinds
+
         if self.calibration_set is None or not (Path(package_dir) / "package.json").exists():
             return None
         utt2spk = read_data_dir(self.calibration_set).utt2spk
