@@ -17,8 +17,8 @@ the places the ELP specification names, without forking the HF code:
   activation checkpointing (``activation_checkpointing``). :class:`elp.model.AdaptedSSL`
   sets both from its method and options.
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import backbone_config, SSLBackbone
 >>> cfg = backbone_config("wavlm", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
 ...                       intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8),
@@ -54,11 +54,14 @@ logger = logging.getLogger(__name__)
 class BackboneSpec:
     """What a short backbone name stands for.
 
-    Arguments
-    ---------
-    family: HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
-    hub_id: default Hugging Face hub id of the pretrained checkpoint.
-    size: ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
+    Parameters
+    ----------
+    family : str
+        HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
+    hub_id : str
+        Default Hugging Face hub id of the pretrained checkpoint.
+    size : str
+        ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
     """
 
     family: str
@@ -111,7 +114,27 @@ def _family_classes(family: str):
 
 
 def resolve_backbone_name(name: str) -> BackboneSpec:
-    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise."""
+    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BACKBONES`.
+
+    Returns
+    -------
+    BackboneSpec
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known short name (the message lists them).
+
+    Examples
+    --------
+    >>> resolve_backbone_name("wavlm_large")
+    BackboneSpec(family='wavlm', hub_id='microsoft/wavlm-large', size='large')
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     return BACKBONES[name]
@@ -120,17 +143,20 @@ def resolve_backbone_name(name: str) -> BackboneSpec:
 def backbone_config(name: str, **overrides):
     """The HF config of a backbone's architecture, built without downloading anything.
 
-    Arguments
-    ---------
-    name: a short name from :data:`BACKBONES`.
-    **overrides: config fields to change (e.g. a tiny test architecture).
+    Parameters
+    ----------
+    name : str
+        A short name from :data:`BACKBONES`.
+    **overrides
+        Config fields to change (e.g. a tiny test architecture).
 
     Returns
     -------
-    A ``transformers`` config object (``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``).
+    transformers.PretrainedConfig
+        ``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> backbone_config("wavlm_plus").hidden_size
     768
     """
@@ -141,7 +167,27 @@ def backbone_config(name: str, **overrides):
 
 
 def family_of_config(config) -> str:
-    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config."""
+    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        Any object with a ``model_type`` attribute.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        For any other ``model_type`` (e.g. ``data2vec-audio``).
+
+    Examples
+    --------
+    >>> family_of_config(backbone_config("contentvec"))
+    'hubert'
+    """
     family = getattr(config, "model_type", None)
     if family == "data2vec-audio" or family not in ("wav2vec2", "hubert", "wavlm"):
         raise ValueError(f"unsupported model_type {family!r}: elp supports wav2vec2, hubert, wavlm")
@@ -152,11 +198,16 @@ def family_of_config(config) -> str:
 class BackboneOutput:
     """Output of :class:`SSLBackbone`.
 
-    hidden_states: ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
+    Parameters
+    ----------
+    hidden_states : list[torch.Tensor]
+        ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
         transformer layer, entry i the output of layer i-1 (the HF convention).
-    last_hidden_state: [B, F, D], the last layer's output after the encoder's final LayerNorm
+    last_hidden_state : torch.Tensor
+        [B, F, D], the last layer's output after the encoder's final LayerNorm
         (equal to ``hidden_states[-1]`` for post-LN Base models).
-    frame_mask: [B, F] bool, True where a frame comes from real (unpadded) audio.
+    frame_mask : torch.Tensor
+        [B, F] bool, True where a frame comes from real (unpadded) audio.
     """
 
     hidden_states: list[torch.Tensor]
@@ -224,35 +275,60 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """[B] integer lengths -> [B, max_len] bool mask (True = valid)."""
+    """[B] integer lengths -> [B, max_len] bool mask (True = valid).
+
+    Parameters
+    ----------
+    lengths : torch.Tensor
+        [B] integer lengths.
+    max_len : int
+        Width of the mask.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, max_len] bool.
+
+    Examples
+    --------
+    >>> lengths_to_mask(torch.tensor([3, 1]), 4).int().tolist()
+    [[1, 1, 1, 0], [1, 0, 0, 0]]
+    """
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class SSLBackbone(nn.Module):
     """A HF wav2vec2/HuBERT/WavLM model run piece by piece, padding-safe, adapter-ready.
 
-    Arguments
-    ---------
-    name: short name (:data:`BACKBONES`) or a free label for a local checkpoint.
-    model: the HF ``*Model`` (not ``*ForCTC``).
-    normalize_waveform: zero-mean/unit-variance per utterance over its valid samples (what the
+    Parameters
+    ----------
+    name : str
+        Short name (:data:`BACKBONES`) or a free label for a local checkpoint.
+    model : nn.Module
+        The HF ``*Model`` (not ``*ForCTC``).
+    normalize_waveform : bool | None, optional
+        Zero-mean/unit-variance per utterance over its valid samples (what the
         Large checkpoints were pre-trained with; Base checkpoints were not: fairseq's
         ``task.normalize``, also followed by s3prl).
-    contiguous_attention: give WavLM's attention a time-major input
+    contiguous_attention : bool, optional
+        Give WavLM's attention a time-major input
         (:func:`elp.speed.add_contiguous_attention_inputs`; outputs equal the stock ones to
         float rounding, 3-30x faster attention with frozen weights). No effect on wav2vec2/HuBERT.
-    sdpa_attention: compute WavLM's attention with ``scaled_dot_product_attention``
+    sdpa_attention : bool, optional
+        Compute WavLM's attention with ``scaled_dot_product_attention``
         (:func:`elp.speed.add_sdpa_attention`; equal to HF's to float rounding, serves every
         method). Replaces ``contiguous_attention``. No effect on wav2vec2/HuBERT (HF already
         uses SDPA for them).
 
-    Attributes (runtime knobs, no effect on results)
-    ------------------------------------------------
-    no_grad_layers: the first this-many transformer layers (and everything before them) run
-        under ``torch.no_grad`` (only valid when nothing in them trains and no pseudo frames
-        need gradients; :class:`elp.model.AdaptedSSL` decides).
-    activation_checkpointing: recompute each remaining layer's activations in backward instead
-        of storing them (less memory, about one more forward of those layers).
+    Attributes
+    ----------
+    no_grad_layers : int
+        Runtime knob, no effect on results: the first this-many transformer layers (and
+        everything before them) run under ``torch.no_grad`` (only valid when nothing in them
+        trains and no pseudo frames need gradients; :class:`elp.model.AdaptedSSL` decides).
+    activation_checkpointing : bool
+        Runtime knob, no effect on results: recompute each remaining layer's activations in
+        backward instead of storing them (less memory, about one more forward of those layers).
     """
 
     def __init__(self, name: str, model: nn.Module, normalize_waveform: bool | None = None,
@@ -279,22 +355,60 @@ class SSLBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def from_config(cls, name: str, config, **kwargs) -> "SSLBackbone":
-        """A randomly initialised backbone of the given architecture (tests, counting)."""
+    def from_config(cls, name: str, config, **kwargs) -> SSLBackbone:
+        """A randomly initialised backbone of the given architecture (tests, counting).
+
+        Parameters
+        ----------
+        name : str
+            Short name or free label.
+        config : transformers.PretrainedConfig
+            E.g. :func:`backbone_config` (training overrides are applied to it in place).
+        **kwargs
+            Keyword arguments of :class:`SSLBackbone`.
+
+        Returns
+        -------
+        SSLBackbone
+        """
         _, model_cls = _family_classes(family_of_config(config))
         for key, value in _TRAINING_OVERRIDES.items():
             setattr(config, key, value)
         return cls(name, model_cls(config), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> "SSLBackbone":
+    def from_pretrained(cls, name_or_path: str, source: str | None = None, **kwargs) -> SSLBackbone:
         """Load pretrained weights.
 
-        Arguments
-        ---------
-        name_or_path: a short name (:data:`BACKBONES`) or a local checkpoint directory.
-        source: where the weights are: a local directory or a hub id (default: the short
+        Parameters
+        ----------
+        name_or_path : str
+            A short name (:data:`BACKBONES`) or a local checkpoint directory.
+        source : str | None, optional
+            Where the weights are: a local directory or a hub id (default: the short
             name's hub id). Offline machines pass a directory.
+        **kwargs
+            Keyword arguments of :class:`SSLBackbone`.
+
+        Returns
+        -------
+        SSLBackbone
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``name_or_path`` is neither a short name nor a directory with a ``config.json``.
+        OSError
+            If the weights cannot be loaded (the message says how to work offline).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from elp.testing import save_tiny_checkpoint
+        >>> path = save_tiny_checkpoint("hubert", tempfile.mkdtemp())
+        >>> backbone = SSLBackbone.from_pretrained(str(path))
+        >>> backbone.family, backbone.num_layers, backbone.hidden_size
+        ('hubert', 3, 32)
         """
         if name_or_path in BACKBONES:
             name, source = name_or_path, source or BACKBONES[name_or_path].hub_id
@@ -322,6 +436,7 @@ class SSLBackbone(nn.Module):
     # ---------------------------------------------------------------------------- geometry
     @property
     def config(self):
+        """The HF model's config."""
         return self.model.config
 
     @property
@@ -331,18 +446,32 @@ class SSLBackbone(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Number of transformer layers L."""
         return len(self.layers)
 
     @property
     def hidden_size(self) -> int:
+        """Model width d."""
         return self.config.hidden_size
 
     @property
     def cnn_channels(self) -> int:
+        """Channels C of the CNN's output."""
         return self.config.conv_dim[-1]
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape)."""
+        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape).
+
+        Parameters
+        ----------
+        num_samples : torch.Tensor
+            Integer sample counts, any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Frame counts, same shape.
+        """
         return self.model._get_feat_extract_output_lengths(num_samples)
 
     @property
@@ -355,7 +484,25 @@ class SSLBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> torch.Tensor:
-        """Relative lengths (SpeechBrain convention) -> integer sample counts [B]."""
+        """Relative lengths (SpeechBrain convention) -> integer sample counts [B].
+
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms.
+        wav_lens : torch.Tensor | None
+            [B] relative lengths in [0, 1] (None: all full).
+
+        Returns
+        -------
+        torch.Tensor
+            [B] long sample counts.
+
+        Raises
+        ------
+        ValueError
+            If an utterance is shorter than :attr:`receptive_field`.
+        """
         total = wavs.shape[1]
         if wav_lens is None:
             return torch.full((wavs.shape[0],), total, dtype=torch.long, device=wavs.device)
@@ -375,14 +522,19 @@ class SSLBackbone(nn.Module):
     def extract_cnn_features(self, wavs: torch.Tensor, lengths: torch.Tensor):
         """Run the frozen CNN feature encoder.
 
-        Arguments
-        ---------
-        wavs: [B, T] waveforms at 16 kHz.
-        lengths: [B] valid samples per utterance.
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms at 16 kHz.
+        lengths : torch.Tensor
+            [B] valid samples per utterance.
 
         Returns
         -------
-        features [B, F, C] and frame_mask [B, F].
+        features : torch.Tensor
+            [B, F, C] CNN output.
+        frame_mask : torch.Tensor
+            [B, F] bool, True on valid frames.
         """
         sample_mask = lengths_to_mask(lengths, wavs.shape[1])
         x = wavs * sample_mask
@@ -405,7 +557,20 @@ class SSLBackbone(nn.Module):
         return x.transpose(1, 2), lengths_to_mask(frames, x.shape[-1])
 
     def num_frames_after(self, lengths: torch.Tensor, num_conv_layers: int) -> torch.Tensor:
-        """Valid frames after the first ``num_conv_layers`` CNN layers."""
+        """Valid frames after the first ``num_conv_layers`` CNN layers.
+
+        Parameters
+        ----------
+        lengths : torch.Tensor
+            Integer sample counts, any shape.
+        num_conv_layers : int
+            How many CNN layers to apply.
+
+        Returns
+        -------
+        torch.Tensor
+            Frame counts, same shape.
+        """
         for kernel, stride in list(zip(self.config.conv_kernel, self.config.conv_stride))[:num_conv_layers]:
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
@@ -419,17 +584,22 @@ class SSLBackbone(nn.Module):
     ) -> BackboneOutput:
         """Hidden states of every layer.
 
-        Arguments
-        ---------
-        wavs: [B, T] float waveforms at 16 kHz.
-        wav_lens: [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
-        prompt: optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
-        layer_prefixes: optional [L, K', D] vectors prepended to the input of every layer and
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] float waveforms at 16 kHz.
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
+        prompt : torch.Tensor | None, optional
+            Optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
+        layer_prefixes : torch.Tensor | None, optional
+            Optional [L, K', D] vectors prepended to the input of every layer and
             dropped from its output (deep prompt tuning).
 
         Returns
         -------
-        :class:`BackboneOutput` (prompt and prefix frames removed).
+        BackboneOutput
+            Hidden states and frame mask (prompt and prefix frames removed).
         """
         lengths = self.sample_lengths(wavs, wav_lens)
         features, frame_mask = self.extract_cnn_features(wavs, lengths)
@@ -545,7 +715,7 @@ class SSLBackbone(nn.Module):
 
         Returns
         -------
-        list of str
+        list[str]
             Names of the parameters cast (relative to ``self.model``).
 
         Examples
@@ -633,12 +803,12 @@ def weights_hash(module: nn.Module | dict) -> str | None:
 
     Parameters
     ----------
-    module : torch.nn.Module or dict
+    module : torch.nn.Module | dict
         Any module (its ``state_dict``), or a name -> tensor dict; read sorted by name.
 
     Returns
     -------
-    str or None
+    str | None
         64 hex digits.
 
     Examples
@@ -685,15 +855,25 @@ def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
                   config_overrides: dict | None = None, **kwargs) -> SSLBackbone:
     """Build a backbone from hparams.
 
-    Arguments
-    ---------
-    name: short name (:data:`BACKBONES`) or a local checkpoint directory.
-    source: local directory or hub id with the weights (default: the name's hub id).
-    pretrained: False builds random weights from the architecture config (no download).
-    config_overrides: config fields to change when ``pretrained`` is False.
+    Parameters
+    ----------
+    name : str
+        Short name (:data:`BACKBONES`) or a local checkpoint directory.
+    source : str | None, optional
+        Local directory or hub id with the weights (default: the name's hub id).
+    pretrained : bool, optional
+        False builds random weights from the architecture config (no download).
+    config_overrides : dict | None, optional
+        Config fields to change when ``pretrained`` is False.
+    **kwargs
+        Keyword arguments of :class:`SSLBackbone`.
 
-    Example
+    Returns
     -------
+    SSLBackbone
+
+    Examples
+    --------
     >>> load_backbone("wav2vec2", pretrained=False, config_overrides=dict(num_hidden_layers=1)).num_layers
     1
     """

@@ -84,7 +84,18 @@ class CheckpointMismatchError(ValueError):
 
 # ------------------------------------------------------------------------------ file helpers
 def file_mode() -> int:
-    """Mode of a new regular file under the current umask (0644 under the usual umask 022)."""
+    """Mode of a new regular file under the current umask (0644 under the usual umask 022).
+
+    Returns
+    -------
+    int
+        ``0o666 & ~umask``.
+
+    Examples
+    --------
+    >>> file_mode() & 0o600
+    384
+    """
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -126,8 +137,13 @@ def backbone_identity(model) -> dict:
 
     Examples
     --------
-    >>> sorted(backbone_identity(model))  # doctest: +SKIP
-    ['backbone', 'method', 'options', 'weights_sha256']
+    >>> from elp.backbones import load_backbone
+    >>> from elp.model import AdaptedSSL
+    >>> from elp.testing import TINY_CONFIG
+    >>> model = AdaptedSSL(load_backbone("wavlm", pretrained=False, config_overrides=TINY_CONFIG), "elp")
+    >>> identity = backbone_identity(model)
+    >>> sorted(identity), identity["backbone"], identity["method"]
+    (['backbone', 'method', 'options', 'weights_sha256'], 'wavlm', 'elp')
     """
     return {"backbone": str(model.backbone.name),
             "weights_sha256": getattr(model.backbone, "weights_sha256", None),
@@ -135,7 +151,23 @@ def backbone_identity(model) -> dict:
 
 
 def short_hash(sha: str | None) -> str:
-    """First 12 hex digits of a SHA-256 (``"unknown"`` for None)."""
+    """First 12 hex digits of a SHA-256 (``"unknown"`` for None).
+
+    Parameters
+    ----------
+    sha : str | None
+        A hex digest.
+
+    Returns
+    -------
+    str
+        Its first 12 characters, or ``"unknown"``.
+
+    Examples
+    --------
+    >>> short_hash("0123456789abcdef0123"), short_hash(None)
+    ('0123456789ab', 'unknown')
+    """
     return sha[:12] if sha else "unknown"
 
 
@@ -174,12 +206,24 @@ class TrainableState:
         self.model = model
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous)."""
+        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous).
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            Parameter name -> tensor.
+        """
         return {name: p.detach().cpu().contiguous() for name, p in self.model.learnable_parameters().items()}
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the learnable tensors and the identity metadata to ``path`` (safetensors)."""
+        """Write the learnable tensors and the identity metadata to ``path`` (safetensors).
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            Output file.
+        """
         identity = backbone_identity(self.model)
         metadata = {"format": "elp.TrainableState", "format_version": str(FORMAT_VERSION),
                     "identity": json.dumps(identity, sort_keys=True)}
@@ -188,7 +232,23 @@ class TrainableState:
 
     @staticmethod
     def identity_of(path: str | os.PathLike) -> dict:
-        """The identity stored in a checkpoint file; one-line error when it is unreadable."""
+        """The identity stored in a checkpoint file; one-line error when it is unreadable.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A checkpoint file :meth:`save` wrote.
+
+        Returns
+        -------
+        dict
+            As :func:`backbone_identity`.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            If the file is unreadable or not a :class:`TrainableState` checkpoint.
+        """
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
@@ -205,6 +265,13 @@ class TrainableState:
     @mark_as_loader
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
         """Check identity, names and shapes, then copy the tensors into the model.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A checkpoint file :meth:`save` wrote.
+        end_of_epoch : bool, optional
+            Unused (SpeechBrain's loader signature).
 
         Raises
         ------
@@ -253,7 +320,7 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int,
         What was read from the file.
     expected : dict[str, tuple[int, ...]]
         Name -> shape the model needs.
-    source : str or os.PathLike
+    source : str | os.PathLike
         The file, for the message.
     finite : bool
         Also refuse NaN/inf values.
@@ -306,7 +373,13 @@ class RNGState:
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the current generator states to ``path``."""
+        """Write the current generator states to ``path``.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            Output file.
+        """
         version, py_state, gauss = random.getstate()
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
         tensors = {"python": torch.tensor(py_state, dtype=torch.int64),
@@ -325,7 +398,20 @@ class RNGState:
 
     @mark_as_loader
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
-        """Restore the generator states saved in ``path``."""
+        """Restore the generator states saved in ``path``.
+
+        Parameters
+        ----------
+        path : str | os.PathLike
+            A file :meth:`save` wrote.
+        end_of_epoch : bool, optional
+            Unused (SpeechBrain's loader signature).
+
+        Raises
+        ------
+        CheckpointMismatchError
+            If the file is not an RNG state.
+        """
         del end_of_epoch
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -382,7 +468,24 @@ class AtomicCheckpointer(Checkpointer):
 
     # --------------------------------------------------------------------------- saving
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006 (SpeechBrain's signature)
-        """Save a checkpoint atomically (same arguments and return value as SpeechBrain's)."""
+        """Save a checkpoint atomically (same arguments and return value as SpeechBrain's).
+
+        Parameters
+        ----------
+        meta : dict, optional
+            Extra metadata for the checkpoint's ``CKPT.yaml``.
+        end_of_epoch : bool, optional
+            Whether the checkpoint is taken at the end of an epoch.
+        name : str | None, optional
+            Custom checkpoint name (None: a timestamp).
+        verbosity : int, optional
+            Logging level of the "saved" message.
+
+        Returns
+        -------
+        speechbrain.utils.checkpoints.Checkpoint
+            As SpeechBrain's ``Checkpointer.save_checkpoint`` (None on processes other than the main one).
+        """
         final_dir = tmp_dir = None
         saved_meta = None
         if if_main_process():
@@ -443,6 +546,10 @@ class AtomicCheckpointer(Checkpointer):
         must agree on which checkpoints exist (SpeechBrain's deletion synchronises per
         checkpoint, and a rank that saw another list would wait forever), and only one process
         may move a broken checkpoint aside.
+
+        Returns
+        -------
+        list[speechbrain.utils.checkpoints.Checkpoint]
         """
         return self._checked_checkpoints()
 
@@ -462,12 +569,12 @@ class AtomicCheckpointer(Checkpointer):
 
         Parameters
         ----------
-        ckpt_dir : str or os.PathLike
+        ckpt_dir : str | os.PathLike
             A ``CKPT+...`` directory.
 
         Returns
         -------
-        str or None
+        str | None
             e.g. ``"model.ckpt is empty (0 bytes)"`` or ``"model.ckpt: tensor 'x' is not finite"``.
         """
         ckpt_dir = Path(ckpt_dir)
@@ -575,6 +682,15 @@ def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: 
     Builds ``backbone`` with random weights of its real architecture (no download), the method
     with default options and a 4-class :class:`elp.heads.PooledClassifier`, takes one Adam step
     (so the optimizer holds its state) and writes a checkpoint and an adapter export.
+
+    Parameters
+    ----------
+    backbone : str, optional
+        Short backbone name.
+    method : str, optional
+        Method name.
+    directory : str | os.PathLike | None, optional
+        Where the files are written (None: a temporary directory, removed afterwards).
 
     Returns
     -------

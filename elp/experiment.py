@@ -149,12 +149,12 @@ def canonical_hparams(hparams: dict | str, ignore=None) -> dict:
 
     Parameters
     ----------
-    hparams : dict or str
+    hparams : dict | str
         The resolved hparams (the dict HyperPyYAML returns, overrides applied) or their YAML
         text. Keys starting with ``__`` (``__set_seed``) are side effects and left out.
         Objects (``!new:``) count by their type only: their settings must come from plain
         keys, as in elp's recipes.
-    ignore : iterable of str, optional
+    ignore : Iterable[str], optional
         Keys to leave out; default :data:`IGNORED_KEYS`.
 
     Returns
@@ -189,12 +189,44 @@ def canonical_hparams(hparams: dict | str, ignore=None) -> dict:
 
 
 def hparams_digest(flat: dict) -> str:
-    """SHA-256 of a :func:`canonical_hparams` mapping (hex)."""
+    """SHA-256 of a :func:`canonical_hparams` mapping (hex).
+
+    Parameters
+    ----------
+    flat : dict
+        A :func:`canonical_hparams` mapping.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+
+    Examples
+    --------
+    >>> hparams_digest({"lr": 0.1, "seed": 1}) == hparams_digest({"seed": 1, "lr": 0.1})
+    True
+    """
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
-    """``key old -> new`` for every key that differs (added and removed keys included)."""
+    """``key old -> new`` for every key that differs (added and removed keys included).
+
+    Parameters
+    ----------
+    old, new : dict
+        Flat hparams mappings.
+
+    Returns
+    -------
+    list[str]
+        One line per differing key, sorted by key.
+
+    Examples
+    --------
+    >>> changed_keys({"lr": 0.1, "seed": 1}, {"lr": 0.2, "tag": "x"})
+    ['lr 0.1 -> 0.2', 'seed 1 -> <absent>', 'tag <absent> -> x']
+    """
     out = []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
@@ -209,7 +241,33 @@ def _short(value) -> str:
 
 # ------------------------------------------------------------------------------ trained state
 def trained_state(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir: str = "adapters") -> list[Path]:
-    """Checkpoint directories and complete exports of an experiment (what a restart would lose)."""
+    """Checkpoint directories and complete exports of an experiment (what a restart would lose).
+
+    Parameters
+    ----------
+    exp_dir : str | os.PathLike
+        The experiment directory.
+    save_dir : str, optional
+        Checkpoint folder inside ``exp_dir``.
+    export_dir : str, optional
+        Adapter export folder inside ``exp_dir``.
+
+    Returns
+    -------
+    list[Path]
+        Complete checkpoint directories (sorted), then the export if complete.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> exp = Path(tempfile.mkdtemp())
+    >>> (exp / "save" / "CKPT+1").mkdir(parents=True)
+    >>> trained_state(exp)  # no CKPT.yaml: incomplete
+    []
+    >>> _ = (exp / "save" / "CKPT+1" / "CKPT.yaml").write_text("end-of-epoch: true\\n")
+    >>> [p.name for p in trained_state(exp)]
+    ['CKPT+1']
+    """
     exp_dir = Path(exp_dir)
     found = sorted(p for p in (exp_dir / save_dir).glob("CKPT+*") if (p / "CKPT.yaml").is_file()) \
         if (exp_dir / save_dir).is_dir() else []
@@ -226,14 +284,14 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
 
     Parameters
     ----------
-    exp_dir : str or os.PathLike
+    exp_dir : str | os.PathLike
         The experiment directory (``output_folder``).
-    hparams : dict or str
+    hparams : dict | str
         Resolved hparams (see :func:`canonical_hparams`).
     restart : bool
         When the hparams changed: move the old run aside (``<exp>.old-<time>``) and start over
         instead of refusing.
-    ignore : iterable of str, optional
+    ignore : Iterable[str], optional
         Keys left out of the comparison; default :data:`IGNORED_KEYS`.
     restart_flag : str
         How the user asks for a restart, for the message.
@@ -296,7 +354,27 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
 
 
 def restart_experiment(exp_dir: str | os.PathLike) -> Path:
-    """Move ``exp_dir`` aside to ``<exp_dir>.old-<YYYYmmdd-HHMMSS>`` and recreate it empty."""
+    """Move ``exp_dir`` aside to ``<exp_dir>.old-<YYYYmmdd-HHMMSS>`` and recreate it empty.
+
+    Parameters
+    ----------
+    exp_dir : str | os.PathLike
+        The experiment directory (must exist).
+
+    Returns
+    -------
+    Path
+        Where the old directory went.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> exp = Path(tempfile.mkdtemp()) / "elp"
+    >>> (exp / "save").mkdir(parents=True)
+    >>> old = restart_experiment(exp)
+    >>> old.name.startswith("elp.old-"), (old / "save").is_dir(), list(exp.iterdir())
+    (True, True, [])
+    """
     exp_dir = Path(exp_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = exp_dir.with_name(f"{exp_dir.name}.old-{stamp}")
@@ -317,7 +395,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------------------ lock
 def lock_path(exp_dir: str | os.PathLike) -> Path:
-    """``<parent>/.<name>.lock``: next to the experiment dir, so a restart's move keeps it."""
+    """``<parent>/.<name>.lock``: next to the experiment dir, so a restart's move keeps it.
+
+    Parameters
+    ----------
+    exp_dir : str | os.PathLike
+        The experiment directory.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> lock_path("exp/wavlm/elp").as_posix()
+    'exp/wavlm/.elp.lock'
+    """
     exp_dir = Path(exp_dir)
     return exp_dir.parent / f".{exp_dir.name}.lock"
 
@@ -327,7 +420,7 @@ class ExperimentLock:
 
     Parameters
     ----------
-    exp_dir : str or os.PathLike
+    exp_dir : str | os.PathLike
         The experiment directory (need not exist yet; its parent is created).
 
     Examples
@@ -347,6 +440,18 @@ class ExperimentLock:
         self._handle = None
 
     def acquire(self) -> ExperimentLock:
+        """Take the lock without waiting and write who holds it into the lock file.
+
+        Returns
+        -------
+        ExperimentLock
+            ``self``.
+
+        Raises
+        ------
+        ExperimentLockedError
+            If another process holds it (the message names that process and the fix).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")
         try:
@@ -376,6 +481,7 @@ class ExperimentLock:
         return self
 
     def release(self) -> None:
+        """Release the lock (no-op when not held)."""
         if self._handle is not None:
             try:
                 self._handle.seek(0)
@@ -397,9 +503,19 @@ class ExperimentGuard:
 
     Parameters
     ----------
-    exp_dir, hparams, restart, ignore, restart_flag
+    exp_dir : str | os.PathLike
+        The experiment directory, as in :func:`check_hparams`.
+    hparams : dict | str
+        As in :func:`check_hparams`.
+    restart : bool, optional
+        As in :func:`check_hparams`.
+    ignore : Iterable[str] | None, optional
+        As in :func:`check_hparams`.
+    restart_flag : str, optional
         As in :func:`check_hparams`.
 
+    Notes
+    -----
     Use it around the whole training run, on the main process only, before SpeechBrain's
     ``create_experiment_directory`` writes into the directory::
 
@@ -431,6 +547,15 @@ class ExperimentGuard:
 # ------------------------------------------------------------------------------ stage 4
 def require_trained_model(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir: str = "adapters") -> list[Path]:
     """Refuse to score an experiment that holds no checkpoint and no export.
+
+    Parameters
+    ----------
+    exp_dir : str | os.PathLike
+        The experiment directory.
+    save_dir : str, optional
+        Checkpoint folder inside ``exp_dir``.
+    export_dir : str, optional
+        Adapter export folder inside ``exp_dir``.
 
     Returns
     -------

@@ -76,7 +76,27 @@ class AdapterNotFoundError(FileNotFoundError):
 
 
 def architecture_fingerprint(model: AdaptedSSL) -> dict:
-    """The backbone facts an export depends on (family, sizes, and a hash of them)."""
+    """The backbone facts an export depends on (family, sizes, and a hash of them).
+
+    Parameters
+    ----------
+    model : AdaptedSSL
+        The adapted model.
+
+    Returns
+    -------
+    dict
+        ``model_type``, the size fields of the config, and ``sha1`` (12 hex digits of them).
+
+    Examples
+    --------
+    >>> from elp.backbones import load_backbone
+    >>> from elp.testing import TINY_CONFIG
+    >>> model = AdaptedSSL(load_backbone("hubert", pretrained=False, config_overrides=TINY_CONFIG), "lora")
+    >>> arch = architecture_fingerprint(model)
+    >>> arch["model_type"], arch["hidden_size"], arch["conv_stride"], len(arch["sha1"])
+    ('hubert', 32, [5, 8, 8], 12)
+    """
     config = model.backbone.config
     arch = {key: getattr(config, key) for key in (
         "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -87,7 +107,19 @@ def architecture_fingerprint(model: AdaptedSSL) -> dict:
 
 
 def export_config(model: AdaptedSSL) -> dict:
-    """What :func:`save_adapters` writes to ``adapters.json``."""
+    """What :func:`save_adapters` writes to ``adapters.json``.
+
+    Parameters
+    ----------
+    model : AdaptedSSL
+        The adapted model.
+
+    Returns
+    -------
+    dict
+        ``format_version``, ``backbone``, ``weights_sha256``, ``architecture``
+        (:func:`architecture_fingerprint`), ``method`` and ``options``.
+    """
     return {"format_version": FORMAT_VERSION, "backbone": model.backbone.name,
             "weights_sha256": getattr(model.backbone, "weights_sha256", None),
             "architecture": architecture_fingerprint(model), "method": model.method.name,
@@ -120,7 +152,7 @@ def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
     Parameters
     ----------
     model : elp.model.AdaptedSSL
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Created or replaced as a whole (it holds exactly the two export files).
     head : torch.nn.Module, optional
         Saved under ``head.*`` (its whole ``state_dict``).
@@ -157,6 +189,16 @@ def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
 
 def read_export_config(directory: str | os.PathLike) -> dict:
     """Read and validate ``adapters.json`` of an export (one-line errors).
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        An export directory (:func:`save_adapters`).
+
+    Returns
+    -------
+    dict
+        The validated ``adapters.json``.
 
     Raises
     ------
@@ -208,7 +250,7 @@ def load_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
     Parameters
     ----------
     model : elp.model.AdaptedSSL
-    directory : str or os.PathLike
+    directory : str | os.PathLike
     head : torch.nn.Module, optional
         Must be given exactly when the export holds a head.
 

@@ -33,10 +33,21 @@ float16 (3.6 GB per hour).
 
 Examples
 --------
->>> cache = CNNFeatureCache.for_model(tmp_dir, model)                              # doctest: +SKIP
->>> feats, mask = cached_cnn_forward(model, cache, batch.id, wavs, wav_lens)        # doctest: +SKIP
->>> cache = HiddenStateCache.for_model(tmp_dir, model)                              # doctest: +SKIP
->>> feats, mask = cached_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)     # doctest: +SKIP
+>>> import tempfile
+>>> from elp.model import AdaptedSSL
+>>> from elp.testing import tiny_config
+>>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum").eval()
+>>> wavs, wav_lens = torch.randn(2, 8000), torch.tensor([1.0, 0.5])
+>>> live, live_mask = model(wavs, wav_lens)
+>>> cache = CNNFeatureCache.for_model(tempfile.mkdtemp(), model, dtype="float32")
+>>> feats, mask = cached_cnn_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)  # fills
+>>> feats, mask = cached_cnn_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)  # reads
+>>> torch.equal(mask, live_mask), bool(((feats - live) * mask[..., None]).abs().max() < 1e-5)
+(True, True)
+>>> cache = HiddenStateCache.for_model(tempfile.mkdtemp(), model)
+>>> feats, mask = cached_forward(model, cache, ["utt1", "utt2"], wavs, wav_lens)
+>>> bool(((feats - live[:, :feats.shape[1]]) * mask[..., None]).abs().max() < 1e-5)
+True
 """
 
 from __future__ import annotations
@@ -98,7 +109,7 @@ def batch_audio_keys(wavs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
 
     Returns
     -------
-    list of str
+    list[str]
         B keys; padding does not change an utterance's key.
 
     Examples
@@ -125,6 +136,24 @@ def backbone_fingerprint(backbone: SSLBackbone) -> str:
     well under a second), so random and pretrained weights of one architecture differ, and
     weights held in bfloat16 (:meth:`elp.backbones.SSLBackbone.cast_frozen_`) differ from
     float32 ones.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> a = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> b = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))  # other random weights
+    >>> len(backbone_fingerprint(a)), backbone_fingerprint(a) == backbone_fingerprint(b)
+    (16, False)
     """
     digest = hashlib.sha1()
     digest.update(backbone.config.to_json_string(use_diff=False).encode())
@@ -141,6 +170,16 @@ def cnn_fingerprint(backbone: SSLBackbone) -> str:
     normalisation, waveform normalisation, and the CNN's current weights (cheap: ~4 M
     parameters). The transformer part does not enter, except through ``weights_sha256``: a
     cache is shared by every method and run on the same loaded backbone.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+
+    Returns
+    -------
+    str
+        16 hex digits.
 
     Examples
     --------
@@ -211,7 +250,22 @@ class _TensorStore:
         return tensor.float()
 
     def put(self, key: str, tensor: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store ``tensor`` (in the cache's dtype) under ``key``, atomically."""
+        """Store ``tensor`` (in the cache's dtype) under ``key``, atomically.
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        tensor : torch.Tensor
+            The utterance's tensor (valid frames only).
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        CacheError
+            If the tensor holds non-finite values in the cache's dtype.
+        """
         path = self.path(key)
         path.parent.mkdir(exist_ok=True)
         data = tensor.detach().to("cpu", _DTYPES[self.dtype]).contiguous()
@@ -234,7 +288,7 @@ class CNNFeatureCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Root folder (e.g. ``<exp root>/cnn_cache``; share it between runs on one backbone).
     fingerprint : str
         :func:`cnn_fingerprint` of the backbone.
@@ -242,6 +296,8 @@ class CNNFeatureCache(_TensorStore):
         Storage precision: ``"float16"`` (default: half the disk of float32 and 8x closer to
         it than bfloat16, docs/SPEED.md; a feature beyond fp16's range is an error naming the
         utterance), ``"bfloat16"`` or ``"float32"`` (exact). Features come back in float32.
+    info : dict | None, optional
+        Written to ``info.json`` beside the entries.
 
     Examples
     --------
@@ -259,15 +315,44 @@ class CNNFeatureCache(_TensorStore):
         super().__init__(directory, fingerprint, dtype, info)
 
     @classmethod
-    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> "CNNFeatureCache":
-        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
+    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> CNNFeatureCache:
+        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`).
+
+        Parameters
+        ----------
+        directory : str | os.PathLike
+            Root folder of the cache.
+        model : elp.model.AdaptedSSL | SSLBackbone
+            The model or its backbone.
+        dtype : str, optional
+            Storage precision.
+
+        Returns
+        -------
+        CNNFeatureCache
+        """
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
                 "channels": backbone.cnn_channels}
         return cls(directory, cnn_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, features: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [frames, C] features of one utterance."""
+        """Store [frames, C] features of one utterance.
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        features : torch.Tensor
+            [frames, C] valid frames.
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        ValueError
+            If ``features`` is not 2-D.
+        """
         if features.dim() != 2:
             raise ValueError(f"expected CNN features [frames, C] for utterance {utt_id!r}, got {tuple(features.shape)}")
         super().put(key, features, utt_id)
@@ -277,16 +362,16 @@ class CNNFeatureCache(_TensorStore):
 
         Parameters
         ----------
-        keys : list of str
+        keys : list[str]
             :func:`audio_key` of each utterance.
-        device : torch.device or str
+        device : torch.device | str
             Where the result goes.
         num_frames : int, optional
             Padded length (default: the longest utterance's frames).
 
         Returns
         -------
-        tuple or None
+        tuple[torch.Tensor, torch.Tensor] | None
             (features [B, F, C] float32, frame_lens [B] long), or None.
         """
         items = []
@@ -303,14 +388,14 @@ class HiddenStateCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str or os.PathLike
+    directory : str | os.PathLike
         Root folder of the cache (e.g. ``<exp dir>/hidden_state_cache``); created.
     fingerprint : str
         :func:`backbone_fingerprint` of the backbone that makes the states.
     dtype : str
         Storage precision, ``"float32"`` (exact) or ``"float16"`` / ``"bfloat16"`` (half the
         disk, rounding ~1e-3 relative). Read states come back in float32.
-    info : dict, optional
+    info : dict | None, optional
         Written to ``info.json`` beside the entries.
 
     Examples
@@ -329,14 +414,43 @@ class HiddenStateCache(_TensorStore):
         super().__init__(directory, fingerprint, dtype, info)
 
     @classmethod
-    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> "HiddenStateCache":
-        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`)."""
+    def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> HiddenStateCache:
+        """The cache of ``model``'s backbone (an :class:`elp.model.AdaptedSSL` or :class:`SSLBackbone`).
+
+        Parameters
+        ----------
+        directory : str | os.PathLike
+            Root folder of the cache.
+        model : elp.model.AdaptedSSL | SSLBackbone
+            The model or its backbone.
+        dtype : str, optional
+            Storage precision.
+
+        Returns
+        -------
+        HiddenStateCache
+        """
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "num_layers": backbone.num_layers, "hidden_size": backbone.hidden_size}
         return cls(directory, backbone_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, states: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [num_layers + 1, frames, D] states of one utterance (valid frames only)."""
+        """Store [num_layers + 1, frames, D] states of one utterance (valid frames only).
+
+        Parameters
+        ----------
+        key : str
+            :func:`audio_key` of the utterance.
+        states : torch.Tensor
+            [num_layers + 1, frames, D] valid frames.
+        utt_id : str | None, optional
+            Stored as metadata.
+
+        Raises
+        ------
+        ValueError
+            If ``states`` is not 3-D.
+        """
         if states.dim() != 3:
             raise ValueError(f"expected states [num_layers + 1, frames, D] for utterance {utt_id!r}, "
                              f"got {tuple(states.shape)}")
@@ -344,7 +458,19 @@ class HiddenStateCache(_TensorStore):
 
     def put_batch(self, keys: list[str], hidden_states: list[torch.Tensor], frame_mask: torch.Tensor,
                   utt_ids: list[str] | None = None) -> None:
-        """Store a batch: ``num_layers + 1`` tensors [B, F, D] and frame_mask [B, F]."""
+        """Store a batch: ``num_layers + 1`` tensors [B, F, D] and frame_mask [B, F].
+
+        Parameters
+        ----------
+        keys : list[str]
+            :func:`audio_key` of each utterance.
+        hidden_states : list[torch.Tensor]
+            ``num_layers + 1`` tensors [B, F, D].
+        frame_mask : torch.Tensor
+            [B, F] bool.
+        utt_ids : list[str] | None, optional
+            Stored as metadata.
+        """
         stacked = torch.stack([h.detach() for h in hidden_states])  # [L+1, B, F, D]
         for index, key in enumerate(keys):
             frames = int(frame_mask[index].sum())
@@ -353,9 +479,16 @@ class HiddenStateCache(_TensorStore):
     def get_batch(self, keys: list[str], device: torch.device | str = "cpu"):
         """Padded states of a batch, or None if any utterance is missing.
 
+        Parameters
+        ----------
+        keys : list[str]
+            :func:`audio_key` of each utterance.
+        device : torch.device | str, optional
+            Where the result goes.
+
         Returns
         -------
-        tuple or None
+        tuple[torch.Tensor, torch.Tensor] | None
             (hidden_states, frame_mask): ``num_layers + 1`` tensors [B, F, D] (F = longest
             utterance, zero padded) and [B, F] bool; or None.
         """
@@ -406,7 +539,7 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 
     Returns
     -------
-    tuple of torch.Tensor
+    tuple[torch.Tensor, torch.Tensor]
         features [B, min(max_frames, F), C], frame_lens [B] and the start frame of each crop [B].
 
     Examples
@@ -434,7 +567,24 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 
 # ---------------------------------------------------------------------------- forward paths
 def cnn_features_for_cache(backbone: SSLBackbone, wavs: torch.Tensor, lengths: torch.Tensor):
-    """The CNN's output as the cache stores it: float32 (autocast off), no autograd."""
+    """The CNN's output as the cache stores it: float32 (autocast off), no autograd.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The frozen backbone.
+    wavs : torch.Tensor
+        [B, T] waveforms.
+    lengths : torch.Tensor
+        [B] valid samples per utterance.
+
+    Returns
+    -------
+    features : torch.Tensor
+        [B, F, C] float32 CNN output.
+    frame_mask : torch.Tensor
+        [B, F] bool.
+    """
     with torch.autocast(wavs.device.type, enabled=False):
         return backbone.extract_cnn_features(wavs.float(), lengths)
 
@@ -456,10 +606,12 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
         forward goes through the wrapper, so gradients are all-reduced).
     cache : CNNFeatureCache
         :meth:`CNNFeatureCache.for_model` of the model's backbone.
-    utt_ids : list of str or None
+    utt_ids : list[str] | None
         The batch's utterance ids (stored as metadata; the key is the audio content).
-    wavs, wav_lens : torch.Tensor
-        The batch, [B, T] and [B] relative lengths, as read (no augmentation, no crop).
+    wavs : torch.Tensor
+        [B, T] waveforms of the batch, as read (no augmentation, no crop).
+    wav_lens : torch.Tensor | None, optional
+        [B] relative lengths (None: all full).
     max_frames : int
         0: whole utterances (output padded to ``num_frames(T)``, as the waveform path).
         > 0: a random crop of at most this many frames per utterance (:func:`crop_frames`;
@@ -469,8 +621,15 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
 
     Returns
     -------
-    tuple of torch.Tensor
-        feats [B, F, output_dim] and frame_mask [B, F], as ``model(wavs, wav_lens)``.
+    feats : torch.Tensor
+        [B, F, output_dim], as ``model(wavs, wav_lens)``.
+    frame_mask : torch.Tensor
+        [B, F] bool.
+
+    Raises
+    ------
+    ValueError
+        If ``utt_ids`` and ``wavs`` disagree on the batch size.
     """
     if utt_ids is not None and len(utt_ids) != wavs.shape[0]:
         raise ValueError(f"{len(utt_ids)} utterance ids for a batch of {wavs.shape[0]} waveforms")
@@ -505,17 +664,26 @@ def cached_forward(model, cache: HiddenStateCache, utt_ids: list[str] | None, wa
         DistributedDataParallel (the forward goes through the wrapper).
     cache : HiddenStateCache
         The model backbone's cache.
-    utt_ids : list of str or None
+    utt_ids : list[str] | None
         The batch's utterance ids (stored as metadata; the key is the audio content, so a
         second set reusing ids, or fixed audio, never reads another waveform's states).
-    wavs, wav_lens : torch.Tensor
-        The batch ([B, T] and [B]), as read.
+    wavs : torch.Tensor
+        [B, T] waveforms of the batch, as read.
+    wav_lens : torch.Tensor | None, optional
+        [B] relative lengths (None: all full).
 
     Returns
     -------
-    tuple of torch.Tensor
-        feats [B, F, output_dim] and frame_mask [B, F] (F may be shorter than the live path's
-        when no utterance fills the padded length; padded frames are masked either way).
+    feats : torch.Tensor
+        [B, F, output_dim] (F may be shorter than the live path's when no utterance fills the
+        padded length; padded frames are masked either way).
+    frame_mask : torch.Tensor
+        [B, F] bool.
+
+    Raises
+    ------
+    ValueError
+        If ``utt_ids`` and ``wavs`` disagree on the batch size.
     """
     if utt_ids is not None and len(utt_ids) != wavs.shape[0]:
         raise ValueError(f"{len(utt_ids)} utterance ids for a batch of {wavs.shape[0]} waveforms")

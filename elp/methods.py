@@ -32,19 +32,29 @@ from dataclasses import dataclass
 class MethodSpec:
     """What one fine-tuning method adds to a frozen backbone and what it trains.
 
-    Arguments
-    ---------
-    name: the method's name in hparams.
-    encoder_adapter_sites: where E-type adapters go inside each layer: ``"mhsa"`` (after
+    Parameters
+    ----------
+    name : str
+        The method's name in hparams.
+    encoder_adapter_sites : tuple[str, ...], optional
+        Where E-type adapters go inside each layer: ``"mhsa"`` (after
         self-attention) and/or ``"ffn"`` (after the feed-forward block).
-    skip_last_layer: E-adapters in every layer but the last (ELP's E+L).
-    layer_adapters: L-adapters from every layer's output to the head.
-    weighted_sum: softmax-weighted sum of all hidden states to the head.
-    prompt: the P-adapter (pseudo CNN frames).
-    prefix: deep prefixes in every layer.
-    lora: LoRA on attention projections.
-    train_layer_norms: the backbone's per-layer LayerNorms (LN1, LN2) train.
-    train_encoder: the whole transformer encoder trains (full fine-tuning).
+    skip_last_layer : bool, optional
+        E-adapters in every layer but the last (ELP's E+L).
+    layer_adapters : bool, optional
+        L-adapters from every layer's output to the head.
+    weighted_sum : bool, optional
+        Softmax-weighted sum of all hidden states to the head.
+    prompt : bool, optional
+        The P-adapter (pseudo CNN frames).
+    prefix : bool, optional
+        Deep prefixes in every layer.
+    lora : bool, optional
+        LoRA on attention projections.
+    train_layer_norms : bool, optional
+        The backbone's per-layer LayerNorms (LN1, LN2) train.
+    train_encoder : bool, optional
+        The whole transformer encoder trains (full fine-tuning).
     """
 
     name: str
@@ -98,7 +108,32 @@ BACKBONE_GROUPS = {"ln": "the backbone's per-layer LayerNorms", "backbone": "the
 
 
 def get_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of a method name, with a clear error otherwise."""
+    """The :class:`MethodSpec` of a method name, with a clear error otherwise.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`METHODS`.
+
+    Returns
+    -------
+    MethodSpec
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a method (the message lists them).
+
+    Examples
+    --------
+    >>> spec = get_method("elp")
+    >>> spec.encoder_adapter_sites, spec.skip_last_layer, spec.layer_adapters, spec.prompt
+    (('ffn',), True, True, True)
+    >>> get_method("adapterz")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown method 'adapterz'; choose one of: full, weighted_sum, conventional, lora, prefix, e_only, l_only, p_only, el, elp
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]

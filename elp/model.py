@@ -1,7 +1,7 @@
 """A frozen backbone plus one fine-tuning method: the model every recipe trains.
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import load_backbone
 >>> backbone = load_backbone("wavlm", pretrained=False, config_overrides=dict(
 ...     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -28,37 +28,58 @@ from elp.methods import MethodSpec, get_method
 class AdaptedSSL(nn.Module):
     """A :class:`SSLBackbone` with the modules of one method attached.
 
-    Arguments
-    ---------
-    backbone: the (pretrained) backbone; its parameters are frozen here, except what the
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The (pretrained) backbone; its parameters are frozen here, except what the
         method trains.
-    method: a name from :data:`elp.methods.METHODS` or a :class:`MethodSpec`.
-    activation: adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
-    e_dim: E-adapter bottleneck width (256).
-    l_dim: L-adapter output width = the head's input width (512).
-    prompt_frames: K pseudo CNN frames of the P-adapter (10).
-    prefix_frames: K vectors per layer for ``prefix`` (10).
-    lora_rank, lora_alpha, lora_targets: LoRA rank r, scale alpha / r, and the attention
-        projections it reparametrises.
-    e_first_layer: k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
+    method : str | MethodSpec, optional
+        A name from :data:`elp.methods.METHODS` or a :class:`MethodSpec`.
+    activation : str, optional
+        Adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
+    e_dim : int, optional
+        E-adapter bottleneck width (256).
+    l_dim : int, optional
+        L-adapter output width = the head's input width (512).
+    prompt_frames : int, optional
+        K pseudo CNN frames of the P-adapter (10).
+    prefix_frames : int, optional
+        K vectors per layer for ``prefix`` (10).
+    lora_rank : int, optional
+        LoRA rank r.
+    lora_alpha : float, optional
+        LoRA scale is alpha / r.
+    lora_targets : tuple[str, ...], optional
+        The attention projections LoRA reparametrises.
+    e_first_layer : int, optional
+        k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
         per-layer LayerNorms of layers < k are frozen too (only LNs of layers >= k train, for
         methods that train LNs), so nothing below layer k learns; unless the method has
         pseudo frames, prefixes or LoRA (which need gradients through every layer), the
         backbone then runs layers < k without autograd (L-adapters still read their outputs).
-    backbone_dropout: keep HF's dropout inside the frozen backbone (default: off, except for
+    backbone_dropout : bool | None, optional
+        Keep HF's dropout inside the frozen backbone (default: off, except for
         ``full`` which trains the backbone and keeps it).
-    activation_checkpointing: recompute the activations of the backbone layers that run with
+    activation_checkpointing : bool, optional
+        Recompute the activations of the backbone layers that run with
         autograd in backward instead of storing them (less memory, about one extra forward of
         those layers). A runtime knob: not part of :attr:`options` (exports do not depend on it).
+    frozen_dtype : str, optional
+        ``"fp32"`` or ``"bf16"``: the dtype the frozen weights are held in (``"bf16"`` for bf16
+        autocast). A runtime knob (no effect on results beyond rounding).
+    sdpa_attention : bool, optional
+        Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
+        (no effect on results beyond rounding).
 
-    Speed notes: the CNN always runs without autograd; for methods that train nothing inside
+    Notes
+    -----
+    ``forward(wavs, wav_lens)`` returns ``feats`` [B, F, output_dim] and ``frame_mask``
+    [B, F] bool.
+
+    Speed: the CNN always runs without autograd; for methods that train nothing inside
     the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
     its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
     :class:`elp.feature_cache.HiddenStateCache`).
-
-    Returns (forward)
-    -----------------
-    feats [B, F, output_dim] and frame_mask [B, F] bool.
     """
 
     def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", activation: str = "gelu",
@@ -141,6 +162,24 @@ class AdaptedSSL(nn.Module):
         ``hidden_states=(hidden_states, frame_mask)`` after the whole frozen backbone
         (:meth:`forward_from_hidden_states`). Going through ``forward`` matters under
         DistributedDataParallel, which all-reduces gradients only of calls to the wrapper.
+
+        Parameters
+        ----------
+        wavs : torch.Tensor | None
+            [B, T] waveforms at 16 kHz (None with ``cnn_features`` or ``hidden_states``).
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+        cnn_features : tuple[torch.Tensor, torch.Tensor] | None, optional
+            ``(cnn_feats [B, F, C], frame_lens [B])``.
+        hidden_states : tuple[list[torch.Tensor], torch.Tensor] | None, optional
+            ``(hidden_states, frame_mask [B, F])`` of the frozen backbone.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            [B, F, output_dim].
+        frame_mask : torch.Tensor
+            [B, F] bool.
         """
         if cnn_features is not None:
             return self.forward_from_cnn_features(*cnn_features)
@@ -170,10 +209,16 @@ class AdaptedSSL(nn.Module):
 
         Returns
         -------
-        tuple of torch.Tensor
-            feats [B, F, output_dim] and frame_mask [B, F] bool; equal to
-            ``self(wavs, wav_lens)`` (to float rounding) when the features are the CNN output of
-            those waveforms.
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` (to float rounding) when the
+            features are the CNN output of those waveforms.
+        frame_mask : torch.Tensor
+            [B, F] bool.
+
+        Raises
+        ------
+        ValueError
+            If ``cnn_feats`` is not [B, F, C] with the backbone's C.
 
         Examples
         --------
@@ -203,9 +248,14 @@ class AdaptedSSL(nn.Module):
         """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
         :meth:`elp.backbones.SSLBackbone.cast_frozen_`); trainable parameters keep float32.
 
+        Parameters
+        ----------
+        dtype : torch.dtype, optional
+            Storage dtype of the frozen weights.
+
         Returns
         -------
-        list of str
+        list[str]
             Names of the parameters cast (relative to the HF model).
         """
         return self.backbone.cast_frozen_(dtype)
@@ -231,10 +281,22 @@ class AdaptedSSL(nn.Module):
     def backbone_hidden_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
         """The frozen backbone's output without autograd (what a cache stores).
 
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms at 16 kHz.
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+
         Returns
         -------
-        :class:`elp.backbones.BackboneOutput`: ``num_layers + 1`` hidden states [B, F, D] and
-        frame_mask [B, F].
+        elp.backbones.BackboneOutput
+            ``num_layers + 1`` hidden states [B, F, D] and frame_mask [B, F].
+
+        Raises
+        ------
+        ValueError
+            If the method's hidden states cannot be cached (:attr:`hidden_states_cacheable`).
         """
         self._require_cacheable()
         with torch.no_grad():
@@ -243,21 +305,32 @@ class AdaptedSSL(nn.Module):
     def forward_from_hidden_states(self, hidden_states, frame_mask: torch.Tensor):
         """The model's output computed from precomputed backbone hidden states.
 
-        Arguments
-        ---------
-        hidden_states: ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
+        Parameters
+        ----------
+        hidden_states : list[torch.Tensor] | torch.Tensor
+            ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
             [num_layers + 1, B, F, D]) as in :class:`elp.backbones.BackboneOutput`.
-        frame_mask: [B, F] bool.
+        frame_mask : torch.Tensor
+            [B, F] bool.
 
         Returns
         -------
-        feats [B, F, output_dim] and frame_mask [B, F]; equal to ``self(wavs, wav_lens)``
-        when the hidden states come from the same audio.
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` when the hidden states come
+            from the same audio.
+        frame_mask : torch.Tensor
+            [B, F] bool.
 
-        Example
-        -------
-        >>> out = model.backbone_hidden_states(wavs, wav_lens)            # doctest: +SKIP
-        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)  # doctest: +SKIP
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum").eval()
+        >>> wavs, wav_lens = torch.randn(2, 8000), torch.tensor([1.0, 0.75])
+        >>> out = model.backbone_hidden_states(wavs, wav_lens)
+        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)
+        >>> ref, ref_mask = model(wavs, wav_lens)
+        >>> torch.equal(mask, ref_mask), bool((feats - ref).abs().max() < 1e-5)
+        (True, True)
         """
         self._require_cacheable()
         if len(hidden_states) != self.backbone.num_layers + 1:
@@ -276,7 +349,19 @@ class AdaptedSSL(nn.Module):
 
     # ------------------------------------------------------------------------ parameters
     def learnable_parameters(self) -> dict[str, nn.Parameter]:
-        """Name -> parameter for everything that trains (the head is not part of this model)."""
+        """Name -> parameter for everything that trains (the head is not part of this model).
+
+        Returns
+        -------
+        dict[str, nn.Parameter]
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum")
+        >>> list(model.learnable_parameters())
+        ['weighted_sum.layer_weights']
+        """
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -289,8 +374,8 @@ class AdaptedSSL(nn.Module):
 
         Returns
         -------
-        dict
-            group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
+        dict[str, list[nn.Parameter]]
+            Group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
         """
         owners = {name: module.lr_group for name, module in self.named_modules() if getattr(module, "lr_group", None)}
         groups: dict[str, list[nn.Parameter]] = {}

@@ -3,8 +3,8 @@
 The backbone is built on PyTorch's ``meta`` device: shapes without memory or weights, so
 counting WavLM Large takes well under a second and needs no download.
 
-Example
--------
+Examples
+--------
 >>> count_learnable("wavlm_plus", "el")["total"]
 9127436
 """
@@ -21,9 +21,35 @@ from elp.model import AdaptedSSL
 def count_learnable(backbone: str, method: str, config_overrides: dict | None = None, **options) -> dict:
     """Learnable parameters of ``method`` on ``backbone`` (the task head excluded).
 
+    Built on the meta device: nothing is allocated or downloaded.
+
+    Parameters
+    ----------
+    backbone : str
+        Short backbone name (:data:`elp.backbones.BACKBONES`).
+    method : str
+        Method name (:data:`elp.methods.METHODS`).
+    config_overrides : dict | None, optional
+        Architecture config fields to change (e.g. a tiny test architecture).
+    **options
+        Keyword arguments of :class:`elp.model.AdaptedSSL` (``e_dim``, ``l_dim``, ...).
+
     Returns
     -------
-    dict with ``total`` and ``groups`` (group name -> count).
+    dict
+        ``total`` and ``groups`` (group name -> count).
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> counts = count_learnable("wavlm", "weighted_sum", config_overrides=TINY_CONFIG)
+    >>> counts["total"] == sum(counts["groups"].values())
+    True
+
+    The full-size counts of :mod:`elp.methods` need no download either:
+
+    >>> count_learnable("wavlm_plus", "elp")["total"], count_learnable("wavlm_plus", "lora")["total"]
+    (9132556, 294912)
     """
     config = backbone_config(backbone, **(config_overrides or {}))
     with torch.device("meta"):
@@ -35,7 +61,29 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
 
 
 def parameter_table(backbones: list[str], methods: list[str] | None = None, **options) -> list[dict]:
-    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``."""
+    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``.
+
+    Parameters
+    ----------
+    backbones : list[str]
+        Short backbone names.
+    methods : list[str] | None, optional
+        Method names (None: every method of :data:`elp.methods.METHODS`).
+    **options
+        Keyword arguments of :func:`count_learnable`.
+
+    Returns
+    -------
+    list[dict]
+        One row per (backbone, method), backbones outermost.
+
+    Examples
+    --------
+    >>> from elp.testing import TINY_CONFIG
+    >>> rows = parameter_table(["wavlm"], ["weighted_sum", "p_only"], config_overrides=TINY_CONFIG)
+    >>> [(row["method"], row["total"]) for row in rows]
+    [('weighted_sum', 4), ('p_only', 320)]
+    """
     rows = []
     for backbone in backbones:
         for method in methods or list(METHODS):

@@ -40,6 +40,20 @@ wins and the older one is logged.
 
 ``append_results_line(results_md_path, result)`` keeps a recipe's RESULTS.md up to date:
 one markdown row per (task, corpus, backbone, method, tag), replaced in place on a rerun.
+
+Examples
+--------
+>>> import tempfile
+>>> root = Path(tempfile.mkdtemp())
+>>> result = {"task": "er", "corpus": "iemocap", "backbone": "wavlm_plus", "method": "elp",
+...           "metric": {"name": "accuracy", "value": 70.5, "higher_is_better": True},
+...           "learnable_params": 9_500_000, "train_wall_s": 5400.0, "peak_mem_mb": 8192.0}
+>>> _ = write_results_json(root / "elp" / "results.json", result)
+>>> loaded = load_results([root])
+>>> [(r["method"], r["metric"]["value"], r["tag"]) for r in loaded]
+[('elp', 70.5, '')]
+>>> print(summary_markdown(loaded).splitlines()[0])
+| task | corpus | backbone | method | tag | metric | value | chance | other metrics | learnable params | share of backbone | train time | peak mem |
 """
 from __future__ import annotations
 
@@ -50,8 +64,8 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger("summarize")
 
@@ -78,9 +92,22 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
     """Checks one result against the schema and returns a normalised copy (tag "" when
     absent, chance None when absent, extra_metrics {} when absent).
 
+    Parameters
+    ----------
+    result : dict
+        One result (the ``results.json`` schema of this module).
+    source : str, optional
+        Where it comes from, named in errors.
+
+    Returns
+    -------
+    dict
+        A normalised copy.
+
     Raises
     ------
-    ResultsError naming ``source`` and the offending field.
+    ResultsError
+        Naming ``source`` and the offending field.
     """
     def fail(message):
         raise ResultsError(f"{source}: {message} (see the schema in elp/results.py)")
@@ -123,7 +150,25 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
 
 def write_results_json(path, result: dict) -> dict:
     """Validates ``result`` and writes it as ``path`` (a results.json); returns it
-    normalised, with ``date`` filled in when absent."""
+    normalised, with ``date`` filled in when absent.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file (its directory is created).
+    result : dict
+        One result (the ``results.json`` schema).
+
+    Returns
+    -------
+    dict
+        The normalised result as written.
+
+    Raises
+    ------
+    ResultsError
+        If ``result`` does not follow the schema.
+    """
     result = validate_result(result, str(path))
     result.setdefault("date", datetime.datetime.now().isoformat(timespec="seconds"))
     path = Path(path)
@@ -132,7 +177,24 @@ def write_results_json(path, result: dict) -> dict:
     return result
 
 
-def result_key(result: dict) -> Tuple[str, ...]:
+def result_key(result: dict) -> tuple[str, ...]:
+    """The identity of a result: its (task, corpus, backbone, method, tag).
+
+    Parameters
+    ----------
+    result : dict
+        One result.
+
+    Returns
+    -------
+    tuple[str, ...]
+        Absent fields as ``""``.
+
+    Examples
+    --------
+    >>> result_key({"task": "sv", "corpus": "voxceleb1", "backbone": "wavlm", "method": "lora"})
+    ('sv', 'voxceleb1', 'wavlm', 'lora', '')
+    """
     return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
 
 
@@ -153,11 +215,21 @@ def _read_json(path: Path):
         raise ResultsError(f"{path}: not valid JSON ({error})") from error
 
 
-def load_results(roots: Iterable, skip_invalid: bool = False) -> List[dict]:
+def load_results(roots: Iterable, skip_invalid: bool = False) -> list[dict]:
     """Reads and validates every results.json under ``roots`` (recursively).
 
-    Returns the results sorted by task, corpus, backbone, method (canonical order), tag;
-    each has a ``source`` field with its file path.
+    Parameters
+    ----------
+    roots : Iterable
+        Folders (str or path) searched recursively.
+    skip_invalid : bool, optional
+        Log and skip malformed files instead of raising.
+
+    Returns
+    -------
+    list[dict]
+        The results sorted by task, corpus, backbone, method (canonical order), tag;
+        each has a ``source`` field with its file path.
     """
     by_key = {}
     skipped = duplicates = 0
@@ -196,19 +268,67 @@ def load_results(roots: Iterable, skip_invalid: bool = False) -> List[dict]:
 # --------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------
-def format_value(value: Optional[float]) -> str:
+def format_value(value: float | None) -> str:
+    """``-`` for None, 4 decimals below 1, else 2.
+
+    Parameters
+    ----------
+    value : float | None
+        A metric value.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_value(None), format_value(0.12345), format_value(12.345)
+    ('-', '0.1235', '12.35')
+    """
     if value is None:
         return "-"
     return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
 
 
 def format_params(count: int) -> str:
+    """With thousands separators, and millions from 1M on.
+
+    Parameters
+    ----------
+    count : int
+        A parameter count.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_params(9_132_556)
+    '9,132,556 (9.13M)'
+    """
     if count >= 1_000_000:
         return f"{count:,} ({count / 1e6:.2f}M)"
     return f"{count:,}"
 
 
 def format_duration(seconds: float) -> str:
+    """In s below 2 min, min below 2 h, else h.
+
+    Parameters
+    ----------
+    seconds : float
+        A duration.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_duration(90), format_duration(600), format_duration(9000)
+    ('90 s', '10.0 min', '2.50 h')
+    """
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -217,6 +337,22 @@ def format_duration(seconds: float) -> str:
 
 
 def format_memory(megabytes: float) -> str:
+    """In MB below 1 GB, else GB.
+
+    Parameters
+    ----------
+    megabytes : float
+        A memory size in MB.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_memory(512), format_memory(2048)
+    ('512 MB', '2.00 GB')
+    """
     return f"{megabytes / 1024:.2f} GB" if megabytes >= 1024 else f"{megabytes:.0f} MB"
 
 
@@ -241,6 +377,15 @@ SUMMARY_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "val
 def format_share(result: dict) -> str:
     """Learnable parameters as a percentage of the backbone's (``-`` when unknown).
 
+    Parameters
+    ----------
+    result : dict
+        One result (``learnable_params``, optional ``backbone_params``).
+
+    Returns
+    -------
+    str
+
     Examples
     --------
     >>> format_share({"learnable_params": 9_132_556, "backbone_params": 94_381_936})
@@ -254,7 +399,18 @@ def format_share(result: dict) -> str:
 
 def summary_markdown(results: Sequence[dict]) -> str:
     """One markdown table (task x method); the best value of each (task, corpus, backbone,
-    metric) group is bold when the group has several methods."""
+    metric) group is bold when the group has several methods.
+
+    Parameters
+    ----------
+    results : Sequence[dict]
+        Validated results (:func:`load_results`).
+
+    Returns
+    -------
+    str
+        The table, header first.
+    """
     best = {}
     for result in results:
         group = (result["task"], result["corpus"], result["backbone"], result["metric"]["name"])
@@ -279,7 +435,15 @@ def summary_markdown(results: Sequence[dict]) -> str:
 
 def plot_summary(results: Sequence[dict], png_path) -> None:
     """One subplot per task: metric value vs learnable parameters (log x), one marker per
-    method, each point labelled; chance level dashed."""
+    method, each point labelled; chance level dashed.
+
+    Parameters
+    ----------
+    results : Sequence[dict]
+        Validated results (:func:`load_results`).
+    png_path : str | os.PathLike
+        Output image.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,8 +504,23 @@ def plot_summary(results: Sequence[dict], png_path) -> None:
                        unplotted)
 
 
-def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> List[dict]:
-    """Writes ``<out_prefix>.md``, ``.json`` and ``.png``; returns the results."""
+def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[dict]:
+    """Writes ``<out_prefix>.md``, ``.json`` and ``.png``; returns the results.
+
+    Parameters
+    ----------
+    roots : Sequence
+        Folders searched recursively for results.json.
+    out_prefix : str | os.PathLike
+        Output prefix (a ``.md``/``.json``/``.png`` suffix is dropped).
+    skip_invalid : bool, optional
+        Log and skip malformed files instead of raising.
+
+    Returns
+    -------
+    list[dict]
+        As :func:`load_results`.
+    """
     results = load_results(roots, skip_invalid=skip_invalid)
     out_prefix = Path(out_prefix)
     if out_prefix.suffix in (".md", ".json", ".png"):
@@ -374,7 +553,7 @@ RESULTS_HEADER = "| " + " | ".join(RESULTS_COLUMNS) + " |"
 RESULTS_RULE = "|" + "|".join("---" for _ in RESULTS_COLUMNS) + "|"
 
 
-def _split_row(line: str) -> List[str]:
+def _split_row(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
@@ -385,14 +564,17 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
     The table (header and rule) is appended when the file or the table is absent; other
     content of the file is kept. The file is locked while it is rewritten.
 
-    Arguments
-    ---------
-    results_md_path : path
-    result_dict : dict following the results.json schema (validated)
+    Parameters
+    ----------
+    results_md_path : str | os.PathLike
+        The recipe's RESULTS.md.
+    result_dict : dict
+        One result following the results.json schema (validated).
 
     Returns
     -------
-    The markdown row written.
+    str
+        The markdown row written.
     """
     result = validate_result(result_dict, f"result for {results_md_path}")
     date = result.get("date") or datetime.datetime.now().isoformat(timespec="seconds")
@@ -433,7 +615,19 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``recipes/summarize.py``.
+
+    Parameters
+    ----------
+    argv : Sequence[str] | None, optional
+        Arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 1 on a reported error or when no result was found.
+    """
     parser = argparse.ArgumentParser(
         description="Summarise every results.json under the given roots into "
                     "<out>.md, <out>.json and <out>.png.")
@@ -464,7 +658,22 @@ if __name__ == "__main__":
 
 def backbone_label(hparams: dict) -> str:
     """How results name a backbone: ``wavlm_plus``, ``wavlm_plus[tiny]`` (random weights of a
-    named architecture) or ``wavlm_plus@<dir>`` (weights from a local directory)."""
+    named architecture) or ``wavlm_plus@<dir>`` (weights from a local directory).
+
+    Parameters
+    ----------
+    hparams : dict
+        ``backbone`` and optional ``backbone_arch`` / ``backbone_source``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> backbone_label({"backbone": "wavlm_plus"}), backbone_label({"backbone": "wavlm_plus", "backbone_arch": "tiny"})
+    ('wavlm_plus', 'wavlm_plus[tiny]')
+    """
     label = hparams["backbone"]
     if hparams.get("backbone_arch"):
         return f"{label}[{hparams['backbone_arch']}]"

@@ -22,7 +22,13 @@ SHARED_DATA_ENV = "ELP_SHARED_DATA"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One log format for every entry point: ``time LEVEL logger: message`` on stdout."""
+    """One log format for every entry point: ``time LEVEL logger: message`` on stdout.
+
+    Parameters
+    ----------
+    level : int, optional
+        Root logging level (a no-op when the root logger already has handlers).
+    """
     logging.basicConfig(level=level, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -33,6 +39,7 @@ def seed_everything(seed: int) -> None:
     Parameters
     ----------
     seed : int
+        The seed.
 
     Examples
     --------
@@ -51,8 +58,12 @@ def peak_memory_mb(device: str | torch.device) -> float:
 
     Parameters
     ----------
-    device : str or torch.device
+    device : str | torch.device
         The device the model ran on.
+
+    Returns
+    -------
+    float
     """
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -60,7 +71,13 @@ def peak_memory_mb(device: str | torch.device) -> float:
 
 
 def shared_data_dir() -> Path | None:
-    """The shared real-data folder when it exists (tests only), else ``None``."""
+    """The shared real-data folder when it exists (tests only), else ``None``.
+
+    Returns
+    -------
+    Path | None
+        ``$ELP_SHARED_DATA`` if it is a folder, else ``<repo>/../shared/data`` if it is one.
+    """
     candidates = [os.environ.get(SHARED_DATA_ENV), Path(__file__).resolve().parents[2] / "shared" / "data"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
@@ -74,9 +91,15 @@ def run_main(main, argv: list[str]) -> int:
 
     Parameters
     ----------
-    main : callable
+    main : Callable[[list[str]], int]
         ``main(argv) -> int``.
-    argv : list of str
+    argv : list[str]
+        Its arguments.
+
+    Returns
+    -------
+    int
+        ``main``'s status, or 1 after a user error.
 
     Examples
     --------

@@ -48,11 +48,38 @@ class WarmupLinearDecay:
         self.step = 0
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Steps of the whole training (epochs x batches per epoch)."""
+        """Steps of the whole training (epochs x batches per epoch).
+
+        Parameters
+        ----------
+        total_steps : int
+            Optimizer steps of the whole training.
+        """
         self.total_steps = int(total_steps)
 
     def factor(self, step: int) -> float:
-        """The multiplier of the initial learning rates at ``step`` (1-based)."""
+        """The multiplier of the initial learning rates at ``step`` (1-based).
+
+        Parameters
+        ----------
+        step : int
+            Optimizer step, from 1.
+
+        Returns
+        -------
+        float
+            ``step / warmup_steps`` during warm-up, then linear towards ``final_factor``
+            (1.0 while the total is unknown).
+
+        Examples
+        --------
+        >>> sched = WarmupLinearDecay(warmup_steps=10, final_factor=0.1)
+        >>> sched.factor(5), sched.factor(20)  # total unknown: constant after warm-up
+        (0.5, 1.0)
+        >>> sched.set_total_steps(110)
+        >>> round(sched.factor(60), 3), round(sched.factor(110), 3)
+        (0.55, 0.1)
+        """
         if self.warmup_steps and step <= self.warmup_steps:
             return step / self.warmup_steps
         if not self.total_steps or self.total_steps <= self.warmup_steps:
@@ -61,7 +88,18 @@ class WarmupLinearDecay:
         return 1.0 + (self.final_factor - 1.0) * progress
 
     def __call__(self, optimizer: torch.optim.Optimizer) -> float:
-        """Advance one step and set the groups' learning rates; returns the factor."""
+        """Advance one step and set the groups' learning rates; returns the factor.
+
+        Parameters
+        ----------
+        optimizer : torch.optim.Optimizer
+            Its groups' ``initial_lr`` is recorded on the first call.
+
+        Returns
+        -------
+        float
+            The factor of this step.
+        """
         self.step += 1
         factor = self.factor(self.step)
         for group in optimizer.param_groups:

@@ -11,8 +11,8 @@ Thin glue over ``speechbrain.utils.metric_stats`` with one convention for units:
 
 Verification labels: 1 (or True) = target trial (same speaker), 0 = non-target trial.
 
-Example
--------
+Examples
+--------
 >>> word_error_rate(["a b c"], ["a x c d"])["wer"]
 66.66666666666667
 >>> equal_error_rate([0.9, 0.2], [1, 0])["eer"]
@@ -21,15 +21,15 @@ Example
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from speechbrain.utils.metric_stats import EER, ErrorRateStats, minDCF
 
-ArrayLike = Union[Sequence[float], np.ndarray, torch.Tensor]
-Transcripts = Union[Sequence[Union[str, Sequence[str]]], Mapping[str, Union[str, Sequence[str]]]]
+ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
+Transcripts = Sequence[str | Sequence[str]] | Mapping[str, str | Sequence[str]]
 
 # SpeechBrain's minDCF materialises [num_thresholds, num_trials] float matrices (2 N^2 floats:
 # about 11 GB for the 37,611 VoxCeleb1-O trials) and its EER loops over 2 N thresholds in
@@ -100,26 +100,29 @@ def _error_rate(refs, hyps, split_words: bool, alignment_file) -> dict:
 
 
 def word_error_rate(
-    refs: Transcripts, hyps: Transcripts, alignment_file: Optional[Union[str, Path]] = None
+    refs: Transcripts, hyps: Transcripts, alignment_file: str | Path | None = None
 ) -> dict:
     """Word error rate with its insertions, deletions and substitutions (SpeechBrain's
     ``ErrorRateStats``, Kaldi-compatible alignment).
 
-    Arguments
-    ---------
-    refs : list of str (or of word lists), or dict utt_id -> str
-        Reference transcripts; words are whitespace-separated.
-    hyps : same type as refs
-        Hypotheses, paired by position (lists) or by utterance id (dicts).
-    alignment_file : path, optional
+    Parameters
+    ----------
+    refs : Transcripts
+        Reference transcripts: a list of str (or of word lists), or a dict utt_id -> str;
+        words are whitespace-separated.
+    hyps : Transcripts
+        Hypotheses, of the same type as ``refs``, paired by position (lists) or by utterance
+        id (dicts).
+    alignment_file : str | Path | None, optional
         Where to write SpeechBrain's per-utterance alignments.
 
     Returns
     -------
-    dict with ``wer`` (percent), ``ins``, ``del``, ``sub``, ``num_words``, ``num_utts``.
+    dict
+        ``wer`` (percent), ``ins``, ``del``, ``sub``, ``num_words``, ``num_utts``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> r = word_error_rate(["the cat sat"], ["the cat sat down"])
     >>> r["wer"], r["ins"], r["num_words"]
     (33.333333333333336, 1, 3)
@@ -130,17 +133,27 @@ def word_error_rate(
 
 
 def character_error_rate(
-    refs: Transcripts, hyps: Transcripts, alignment_file: Optional[Union[str, Path]] = None
+    refs: Transcripts, hyps: Transcripts, alignment_file: str | Path | None = None
 ) -> dict:
     """Character error rate; words are joined by single spaces and the spaces count as
     characters (SpeechBrain's ``split_tokens`` convention).
 
+    Parameters
+    ----------
+    refs : Transcripts
+        Reference transcripts, as in :func:`word_error_rate`.
+    hyps : Transcripts
+        Hypotheses, of the same type as ``refs``.
+    alignment_file : str | Path | None, optional
+        Where to write SpeechBrain's per-utterance alignments.
+
     Returns
     -------
-    dict with ``cer`` (percent), ``ins``, ``del``, ``sub``, ``num_chars``, ``num_utts``.
+    dict
+        ``cer`` (percent), ``ins``, ``del``, ``sub``, ``num_chars``, ``num_utts``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> character_error_rate(["ab cd"], ["ab d"])["cer"]
     20.0
     """
@@ -193,19 +206,20 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
 
     At the threshold where |P_fa - P_miss| is smallest the EER is (P_fa + P_miss) / 2.
 
-    Arguments
-    ---------
-    scores : array-like [N]
-        Trial scores, higher = more likely the same speaker.
-    labels : array-like [N]
-        1 = target trial, 0 = non-target trial.
+    Parameters
+    ----------
+    scores : ArrayLike
+        [N] trial scores, higher = more likely the same speaker.
+    labels : ArrayLike
+        [N] 1 = target trial, 0 = non-target trial.
 
     Returns
     -------
-    dict with ``eer`` (percent) and ``threshold``.
+    dict
+        ``eer`` (percent) and ``threshold``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> equal_error_rate([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])
     {'eer': 25.0, 'threshold': 0.4}
     """
@@ -234,22 +248,23 @@ def min_dcf(
     C_det(t) = c_miss * P_miss(t) * p_target + c_fa * P_fa(t) * (1 - p_target);
     minDCF = min_t C_det(t) / min(c_miss * p_target, c_fa * (1 - p_target)).
 
-    Arguments
-    ---------
-    scores : array-like [N]
-        Trial scores.
-    labels : array-like [N]
-        1 = target trial, 0 = non-target trial.
+    Parameters
+    ----------
+    scores : ArrayLike
+        [N] trial scores.
+    labels : ArrayLike
+        [N] 1 = target trial, 0 = non-target trial.
     p_target, c_miss, c_fa : float
         Prior of a target trial and the two error costs (VoxCeleb: 0.01 / 1 / 1; SRE: 0.05).
 
     Returns
     -------
-    dict with ``min_dcf`` (normalised), ``c_det`` (unnormalised minimum, what SpeechBrain
-    returns) and ``threshold``.
+    dict
+        ``min_dcf`` (normalised), ``c_det`` (unnormalised minimum, what SpeechBrain
+        returns) and ``threshold``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> min_dcf([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])["min_dcf"]
     0.5
     """
@@ -278,16 +293,23 @@ def cosine_scores(
 ) -> torch.Tensor:
     """Cosine similarity between embeddings.
 
-    Arguments
-    ---------
-    enroll_emb : torch.Tensor [N, D] (or [D])
-    test_emb : torch.Tensor [N, D] (or [D]); [M, D] when ``all_pairs``
+    Parameters
+    ----------
+    enroll_emb : torch.Tensor
+        [N, D] (or [D]).
+    test_emb : torch.Tensor
+        [N, D] (or [D]); [M, D] when ``all_pairs``.
     all_pairs : bool
         False: row i of enroll against row i of test (one score per trial) -> [N].
         True: every enroll row against every test row -> [N, M] (cohort scoring).
 
-    Example
+    Returns
     -------
+    torch.Tensor
+        [N] or [N, M] cosine similarities.
+
+    Examples
+    --------
     >>> cosine_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
     tensor([0.7071])
     """
@@ -309,7 +331,7 @@ def s_norm(
     scores: torch.Tensor,
     enroll_cohort_scores: torch.Tensor,
     test_cohort_scores: torch.Tensor,
-    top_k: Optional[int] = None,
+    top_k: int | None = None,
 ) -> torch.Tensor:
     """Symmetric score normalisation (S-norm; adaptive S-norm with ``top_k``).
 
@@ -318,23 +340,24 @@ def s_norm(
     against the cohort, and mu_t, sd_t those of the test embedding. With ``top_k`` only
     the k highest cohort scores of each side are used (as SpeechBrain's VoxCeleb recipe).
 
-    Arguments
-    ---------
-    scores : torch.Tensor [N]
-        Raw trial scores.
-    enroll_cohort_scores : torch.Tensor [N, C]
-        Scores of each trial's enrolment side against the C cohort embeddings.
-    test_cohort_scores : torch.Tensor [N, C]
-        Scores of each trial's test side against the cohort.
+    Parameters
+    ----------
+    scores : torch.Tensor
+        [N] raw trial scores.
+    enroll_cohort_scores : torch.Tensor
+        [N, C] scores of each trial's enrolment side against the C cohort embeddings.
+    test_cohort_scores : torch.Tensor
+        [N, C] scores of each trial's test side against the cohort.
     top_k : int, optional
         Keep the top_k highest cohort scores per row (2 <= top_k <= C).
 
     Returns
     -------
-    torch.Tensor [N], normalised scores.
+    torch.Tensor
+        [N] normalised scores.
 
-    Example
-    -------
+    Examples
+    --------
     >>> s_norm(torch.tensor([0.5]), torch.tensor([[0.1, 0.3, 0.5]]),
     ...        torch.tensor([[0.0, 0.2, 0.4]]))
     tensor([1.2500])
@@ -519,7 +542,7 @@ def cohort_utterance_ids(
 def cohort_statistics(
     embeddings: torch.Tensor,
     cohort: torch.Tensor,
-    top_k: Optional[int] = None,
+    top_k: int | None = None,
     chunk_size: int = SNORM_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of each embedding's cosine scores against the cohort
@@ -528,10 +551,10 @@ def cohort_statistics(
 
     Parameters
     ----------
-    embeddings : torch.Tensor [N, D]
-        Enrolment or test embeddings (not necessarily normalised).
-    cohort : torch.Tensor [C, D]
-        Cohort embeddings (not necessarily normalised).
+    embeddings : torch.Tensor
+        [N, D] enrolment or test embeddings (not necessarily normalised).
+    cohort : torch.Tensor
+        [C, D] cohort embeddings (not necessarily normalised).
     top_k : int, optional
         Keep the k highest cohort scores of each row (2 <= top_k <= C).
     chunk_size : int
@@ -579,8 +602,8 @@ def cohort_statistics(
 def s_norm_trials(
     embeddings: Mapping[str, torch.Tensor],
     trials: Sequence,
-    cohort: Optional[torch.Tensor] = None,
-    top_k: Optional[int] = None,
+    cohort: torch.Tensor | None = None,
+    top_k: int | None = None,
     chunk_size: int = SNORM_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Cosine scores of a trial list, S-normalised against ``cohort`` when one is given.
@@ -594,10 +617,11 @@ def s_norm_trials(
     ----------
     embeddings : Mapping[str, torch.Tensor]
         utt id -> embedding [D].
-    trials : sequence of (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
+    trials : Sequence
+        (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
         (:class:`elp.data.kaldi_dir.Trial`).
-    cohort : torch.Tensor [C, D], optional
-        The S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
+    cohort : torch.Tensor, optional
+        [C, D] the S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
     top_k : int, optional
         Adaptive S-norm: statistics over the k highest cohort scores.
     chunk_size : int
@@ -605,7 +629,8 @@ def s_norm_trials(
 
     Returns
     -------
-    torch.Tensor [T], one score per trial, in trial order.
+    torch.Tensor
+        [T] one score per trial, in trial order.
 
     Examples
     --------
@@ -657,13 +682,20 @@ def _class_indices(values: ArrayLike, name: str) -> torch.Tensor:
 def accuracy(preds: ArrayLike, targets: ArrayLike) -> float:
     """Weighted accuracy (WA): percent of correctly classified items.
 
-    Arguments
-    ---------
-    preds : array-like [N] class indices, or [N, C] scores (argmax taken)
-    targets : array-like [N] class indices
+    Parameters
+    ----------
+    preds : ArrayLike
+        [N] class indices, or [N, C] scores (argmax taken).
+    targets : ArrayLike
+        [N] class indices.
 
-    Example
+    Returns
     -------
+    float
+        Percent.
+
+    Examples
+    --------
     >>> accuracy([0, 1, 1, 2], [0, 1, 2, 2])
     75.0
     """
@@ -679,8 +711,22 @@ def unweighted_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) 
     Classes that do not occur in ``targets`` have no recall and are **excluded** from the
     mean (a fold without e.g. any 'sad' utterance averages over the other classes).
 
-    Example
+    Parameters
+    ----------
+    preds : ArrayLike
+        [N] class indices, or [N, C] scores (argmax taken).
+    targets : ArrayLike
+        [N] class indices.
+    num_classes : int
+        Number of classes C.
+
+    Returns
     -------
+    float
+        Percent.
+
+    Examples
+    --------
     >>> unweighted_accuracy([0, 0, 0, 0, 1], [0, 0, 0, 1, 1], num_classes=3)
     75.0
     """

@@ -25,8 +25,8 @@ code stays stock:
   (``torch.utils.checkpoint``, non-reentrant, so forward hooks such as E-adapters inside the
   layer are recomputed and receive gradients).
 
-Example
--------
+Examples
+--------
 >>> from elp.backbones import backbone_config, SSLBackbone
 >>> from elp.testing import TINY_CONFIG
 >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG))
@@ -37,7 +37,7 @@ True
 from __future__ import annotations
 
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,27 @@ _NON_CONTIGUOUS_ATTENTION = ("WavLMAttention",)
 
 
 def attention_modules_needing_contiguous_input(model: nn.Module) -> list[nn.Module]:
-    """The sub-modules of ``model`` whose attention input should be re-laid out."""
+    """The sub-modules of ``model`` whose attention input should be re-laid out.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A HF model or any module containing attention modules.
+
+    Returns
+    -------
+    list[nn.Module]
+        Its WavLM attention modules (empty for wav2vec2 and HuBERT).
+
+    Examples
+    --------
+    >>> from elp.backbones import SSLBackbone
+    >>> from elp.testing import tiny_config
+    >>> wavlm = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).model
+    >>> hubert = SSLBackbone.from_config("hubert", tiny_config("hubert")).model
+    >>> len(attention_modules_needing_contiguous_input(wavlm)), len(attention_modules_needing_contiguous_input(hubert))
+    (3, 0)
+    """
     return [m for m in model.modules() if type(m).__name__ in _NON_CONTIGUOUS_ATTENTION]
 
 
@@ -72,17 +92,19 @@ def _contiguous_input_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
 def add_contiguous_attention_inputs(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
     """Register the time-major-input pre-hook on every attention that needs it.
 
-    Arguments
-    ---------
-    model: a HF model (or any module containing ``WavLMAttention`` modules).
+    Parameters
+    ----------
+    model : nn.Module
+        A HF model (or any module containing ``WavLMAttention`` modules).
 
     Returns
     -------
-    The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
-    and HuBERT.
+    list[torch.utils.hooks.RemovableHandle]
+        The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
+        and HuBERT.
 
-    Example
-    -------
+    Examples
+    --------
     >>> handles = add_contiguous_attention_inputs(nn.Linear(2, 2))
     >>> handles
     []
@@ -98,8 +120,20 @@ def checkpointed(function: Callable, *args, **kwargs):
     but parameters inside do, keeps forward hooks, and restores the RNG state so that dropout
     (if on) draws the same masks when recomputing.
 
-    Example
+    Parameters
+    ----------
+    function : Callable
+        The computation (e.g. a transformer layer).
+    *args, **kwargs
+        Its arguments.
+
+    Returns
     -------
+    object
+        What ``function`` returns.
+
+    Examples
+    --------
     >>> layer = nn.Linear(4, 4)
     >>> checkpointed(layer, torch.randn(2, 4)).shape
     torch.Size([2, 4])
@@ -152,7 +186,7 @@ def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
 
     Returns
     -------
-    list of torch.nn.Module
+    list[torch.nn.Module]
         The attention modules changed (empty for wav2vec2/HuBERT, which use SDPA already).
 
     Examples
@@ -169,7 +203,13 @@ def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
 
 
 def remove_sdpa_attention(modules: list[nn.Module]) -> None:
-    """Undo :func:`add_sdpa_attention` on the modules it returned."""
+    """Undo :func:`add_sdpa_attention` on the modules it returned.
+
+    Parameters
+    ----------
+    modules : list[nn.Module]
+        The attention modules :func:`add_sdpa_attention` changed.
+    """
     for module in modules:
         module.__dict__.pop("torch_multi_head_self_attention", None)
 
@@ -193,7 +233,7 @@ def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) 
 
     Returns
     -------
-    list of str
+    list[str]
         Names (relative to ``module``) of the parameters cast.
 
     Examples
@@ -248,26 +288,28 @@ def compare_options(backbone_name: str = "wavlm_plus", methods: tuple[str, ...] 
     ----------
     backbone_name : str
         Short backbone name (random weights from its config).
-    methods : tuple of str
+    methods : tuple[str, ...]
         Methods to time.
-    option_sets : tuple of str
+    option_sets : tuple[str, ...]
         Keys of :data:`OPTION_SETS`; ratios are against the first.
     precision : str
         ``"fp32"`` or ``"bf16"`` (autocast around forward and loss). ``+bf16w`` sets need bf16.
-    batch_size, duration : int, float
-        B utterances of ``duration`` seconds.
+    batch_size : int
+        B utterances per batch.
+    duration : float
+        Seconds per utterance.
     rounds : int
         Timed rounds (after one warm-up round); medians are reported.
     threads : int, optional
         ``torch.set_num_threads``.
     config_overrides : dict, optional
         Backbone config changes (e.g. :data:`elp.testing.TINY_CONFIG`).
-    log : callable
+    log : Callable
         Where progress and the table go.
 
     Returns
     -------
-    list of dict
+    list[dict]
         One row per (method, option set): ``method``, ``options``, ``step_s`` (median),
         ``vs_first`` (ratio to the first option set of the same method).
 

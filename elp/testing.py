@@ -19,12 +19,61 @@ TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, i
 
 
 def tiny_config(name: str, **overrides):
-    """The tiny config of backbone ``name`` (a short name from :data:`elp.backbones.BACKBONES`)."""
+    """The tiny config of backbone ``name`` (a short name from :data:`elp.backbones.BACKBONES`).
+
+    Parameters
+    ----------
+    name : str
+        Short backbone name.
+    **overrides
+        Config fields to change on top of :data:`TINY_CONFIG`.
+
+    Returns
+    -------
+    transformers.PretrainedConfig
+        The backbone family's config class with the tiny architecture.
+
+    Examples
+    --------
+    >>> cfg = tiny_config("hubert", num_hidden_layers=2)
+    >>> cfg.hidden_size, cfg.num_hidden_layers
+    (32, 2)
+    """
     return backbone_config(name, **{**TINY_CONFIG, **overrides})
 
 
 def save_tiny_checkpoint(name: str, directory: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a randomly initialised tiny ``name`` backbone as a HF checkpoint directory."""
+    """Save a randomly initialised tiny ``name`` backbone as a HF checkpoint directory.
+
+    Parameters
+    ----------
+    name : str
+        Short backbone name (:data:`elp.backbones.BACKBONES`).
+    directory : str | Path
+        Where to write ``config.json`` and the weights.
+    seed : int, optional
+        Seed of the random initialisation.
+    **overrides
+        Config fields to change on top of :data:`TINY_CONFIG`.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known backbone.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.backbones import load_backbone
+    >>> path = save_tiny_checkpoint("wavlm", tempfile.mkdtemp())
+    >>> (path / "config.json").exists(), load_backbone(str(path)).num_layers
+    (True, 3)
+    """
     import torch
 
     if name not in BACKBONES:
@@ -49,6 +98,21 @@ ARCH_PRESETS = {
 def arch_overrides(arch: str | None) -> dict:
     """Config fields of a named architecture preset (``backbone_arch`` in hparams; None: {}).
 
+    Parameters
+    ----------
+    arch : str | None
+        A key of :data:`ARCH_PRESETS`, or None / ``""``.
+
+    Returns
+    -------
+    dict
+        A copy of the preset's config fields (empty for None).
+
+    Raises
+    ------
+    ValueError
+        If ``arch`` is not a preset name.
+
     Examples
     --------
     >>> arch_overrides(None), arch_overrides("small")["hidden_size"]
@@ -62,5 +126,21 @@ def arch_overrides(arch: str | None) -> dict:
 
 
 def is_pretrained(arch: str | None) -> bool:
-    """Whether hparams with this ``backbone_arch`` load pretrained weights (only without one)."""
+    """Whether hparams with this ``backbone_arch`` load pretrained weights (only without one).
+
+    Parameters
+    ----------
+    arch : str | None
+        ``backbone_arch`` from the hparams.
+
+    Returns
+    -------
+    bool
+        True when ``arch`` is empty or None.
+
+    Examples
+    --------
+    >>> is_pretrained(None), is_pretrained("tiny")
+    (True, False)
+    """
     return not arch

@@ -32,7 +32,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -92,13 +92,13 @@ def windowed_embeddings(
 
     Parameters
     ----------
-    embed : callable
+    embed : Callable
         ``embed(wavs [B, T], wav_lens [B]) -> [B, E]`` with SpeechBrain relative lengths,
         e.g. ``lambda w, l: head(*model(w, l))``; it must not depend on padding.
-    wavs : torch.Tensor [B, T]
-        Padded waveforms.
-    wav_lens : torch.Tensor [B], optional
-        Relative lengths (valid samples / T); None = all T samples valid.
+    wavs : torch.Tensor
+        [B, T] padded waveforms.
+    wav_lens : torch.Tensor, optional
+        [B] relative lengths (valid samples / T); None = all T samples valid.
     window_seconds : float
         Window length; utterances up to this long are embedded whole.
     overlap_seconds : float
@@ -112,8 +112,8 @@ def windowed_embeddings(
 
     Returns
     -------
-    torch.Tensor [B, E]
-        Row b is the whole-utterance embedding when utterance b fits one window, else the
+    torch.Tensor
+        [B, E] row b is the whole-utterance embedding when utterance b fits one window, else the
         combination of its window embeddings.
 
     Examples

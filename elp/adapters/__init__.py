@@ -5,7 +5,17 @@
   weighted layer sum.
 * :mod:`elp.adapters.prompt`: the P-adapter (pseudo CNN frames) and deep prefixes.
 * :mod:`elp.adapters.lora`: LoRA as a weight reparametrisation.
+
+Every adapter module names its learning-rate group (``lr.<group>`` in the hparams):
+
+Examples
+--------
+>>> [m.lr_group for m in (EncoderAdapter, LayerAdapters, WeightedLayerSum, LoRAParametrization,
+...                       LayerPrefixes, PromptAdapter)]
+['e', 'l', 'l', 'lora', 'prefix', 'p']
 """
+
+from __future__ import annotations
 
 from elp.adapters.encoder import EncoderAdapter
 from elp.adapters.layer import LayerAdapters, WeightedLayerSum

@@ -1,5 +1,7 @@
 """E-adapters: bottleneck adapters inside the transformer layers."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 
@@ -12,15 +14,19 @@ class EncoderAdapter(nn.Module):
     In ELP the sub-layer is the feed-forward block, so a post-LN layer becomes
     ``y = LN2(h + E(FFN(h)))``; conventional adapters also put one after self-attention.
 
-    Arguments
-    ---------
-    dim: model width d.
-    bottleneck: inner width (256 in the spec).
-    act: ``"gelu"`` or ``"relu"``.
-    init_std: std of the Linear weights at initialisation.
+    Parameters
+    ----------
+    dim : int
+        Model width d.
+    bottleneck : int
+        Inner width (256 in the spec).
+    act : str
+        ``"gelu"`` or ``"relu"``.
+    init_std : float
+        Std of the Linear weights at initialisation.
 
-    Example
-    -------
+    Examples
+    --------
     >>> adapter = EncoderAdapter(768, 256)
     >>> adapter(torch.zeros(2, 50, 768)).shape
     torch.Size([2, 50, 768])
@@ -40,11 +46,37 @@ class EncoderAdapter(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., d] -> [..., d]."""
+        """Add the adapter's output to its input.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            [..., d] sub-layer outputs.
+
+        Returns
+        -------
+        torch.Tensor
+            [..., d] ``x + LN(W_up act(W_down x))``.
+        """
         return x + self.norm(self.up(self.act(self.down(x))))
 
     def as_output_hook(self):
-        """A forward hook that passes a module's output (or its first element) through self."""
+        """A forward hook that passes a module's output (or its first element) through self.
+
+        Returns
+        -------
+        Callable
+            ``hook(module, inputs, output)`` for :meth:`torch.nn.Module.register_forward_hook`.
+
+        Examples
+        --------
+        >>> adapter = EncoderAdapter(4, 2)
+        >>> ffn = nn.Linear(4, 4)
+        >>> handle = ffn.register_forward_hook(adapter.as_output_hook())
+        >>> x = torch.randn(3, 4)
+        >>> torch.equal(ffn(x), adapter(x @ ffn.weight.T + ffn.bias))
+        True
+        """
 
         def hook(module, inputs, output):
             if isinstance(output, tuple):

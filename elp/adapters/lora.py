@@ -6,6 +6,8 @@ LoRA wrapper around the Linear's forward is never called and its parameters get 
 returns, so every code path that reads the weight sees ``W + (alpha / r) B A``.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -16,14 +18,17 @@ from torch.nn.utils import parametrize
 class LoRAParametrization(nn.Module):
     """``W -> W + scale * B @ A`` with A [r, in] (Kaiming-uniform) and B [out, r] (zeros).
 
-    Arguments
-    ---------
-    in_features, out_features: the Linear's shape.
-    rank: r.
-    alpha: scale = alpha / r.
+    Parameters
+    ----------
+    in_features, out_features : int
+        The Linear's shape.
+    rank : int
+        r (>= 1).
+    alpha : float
+        Scale = alpha / r.
 
-    Example
-    -------
+    Examples
+    --------
     >>> linear = nn.Linear(8, 8)
     >>> add_lora(linear, rank=2).lora_a.shape
     torch.Size([2, 8])
@@ -42,11 +47,48 @@ class LoRAParametrization(nn.Module):
         self.scale = alpha / rank
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The reparametrised weight.
+
+        Parameters
+        ----------
+        weight : torch.Tensor
+            [out, in] original (frozen) weight.
+
+        Returns
+        -------
+        torch.Tensor
+            [out, in] ``weight + scale * B @ A``.
+        """
         return weight + self.scale * (self.lora_b @ self.lora_a).to(weight.dtype)
 
 
 def add_lora(linear: nn.Linear, rank: int = 8, alpha: float = 16.0) -> LoRAParametrization:
-    """Register LoRA on ``linear.weight`` in place (the original weight stays frozen)."""
+    """Register LoRA on ``linear.weight`` in place (the original weight stays frozen).
+
+    Parameters
+    ----------
+    linear : torch.nn.Linear
+        The layer to reparametrise.
+    rank : int
+        r.
+    alpha : float
+        Scale = alpha / r.
+
+    Returns
+    -------
+    LoRAParametrization
+        The registered parametrization (holds ``lora_a`` and ``lora_b``).
+
+    Examples
+    --------
+    >>> linear = nn.Linear(4, 3)
+    >>> before = linear.weight.detach().clone()
+    >>> lora = add_lora(linear, rank=2)
+    >>> torch.equal(linear.weight, before)  # B starts at zero
+    True
+    >>> linear.parametrizations.weight.original.requires_grad
+    False
+    """
     lora = LoRAParametrization(linear.in_features, linear.out_features, rank, alpha)
     lora.to(device=linear.weight.device)
     parametrize.register_parametrization(linear, "weight", lora)

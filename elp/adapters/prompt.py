@@ -1,5 +1,7 @@
 """Learnable pseudo frames: the P-adapter (before the transformer) and deep prefixes (every layer)."""
 
+from __future__ import annotations
+
 import torch
 from torch import nn
 
@@ -14,13 +16,17 @@ class PromptAdapter(nn.Module):
     batching with padding cannot move them), the attention mask counts them as valid, and
     the backbone removes them from every hidden state before a head or L-adapter reads it.
 
-    Arguments
-    ---------
-    num_frames: K (default 10).
-    channels: C, the CNN's output channels (512 for Base and Large models).
+    Parameters
+    ----------
+    num_frames : int
+        K (default 10).
+    channels : int
+        C, the CNN's output channels (512 for Base and Large models).
+    init_std : float
+        Std of the frames at initialisation.
 
-    Example
-    -------
+    Examples
+    --------
     >>> PromptAdapter(10, 512).frames.shape
     torch.Size([10, 512])
     """
@@ -41,14 +47,19 @@ class LayerPrefixes(nn.Module):
     They are dropped at each layer's output, so the next layer gets fresh ones and the hidden
     states keep the input's length.
 
-    Arguments
-    ---------
-    num_layers: L.
-    num_frames: K (default 10).
-    dim: model width d.
+    Parameters
+    ----------
+    num_layers : int
+        L.
+    num_frames : int
+        K (default 10).
+    dim : int
+        Model width d.
+    init_std : float
+        Std of the vectors at initialisation.
 
-    Example
-    -------
+    Examples
+    --------
     >>> LayerPrefixes(12, 10, 768).frames.shape
     torch.Size([12, 10, 768])
     """

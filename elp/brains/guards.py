@@ -70,7 +70,24 @@ def _format_ids(ids: list[str]) -> str:
 
 
 def batch_ids(batch, step: int | None = None) -> list[str]:
-    """The utterance ids of a batch (``batch.id``), or ``["batch <step>"]`` without ids."""
+    """The utterance ids of a batch (``batch.id``), or ``["batch <step>"]`` without ids.
+
+    Parameters
+    ----------
+    batch : object
+        A SpeechBrain ``PaddedBatch`` or a dict with an ``"id"`` entry.
+    step : int | None, optional
+        Step number used when the batch has no ids.
+
+    Returns
+    -------
+    list[str]
+
+    Examples
+    --------
+    >>> batch_ids({"id": ["u1", "u2"]}), batch_ids({}, step=7)
+    (['u1', 'u2'], ['batch 7'])
+    """
     ids = getattr(batch, "id", None)
     if ids is None and isinstance(batch, dict):
         ids = batch.get("id")
@@ -84,7 +101,7 @@ def all_parameters(optimizers) -> list[torch.nn.Parameter]:
 
     Parameters
     ----------
-    optimizers : iterable of torch.optim.Optimizer
+    optimizers : Iterable[torch.optim.Optimizer]
 
     Returns
     -------
@@ -111,8 +128,8 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
 
     Parameters
     ----------
-    optimizers : iterable of torch.optim.Optimizer
-    max_norm : float or None
+    optimizers : Iterable[torch.optim.Optimizer]
+    max_norm : float | None
         ``None``, 0 or inf: only measure.
 
     Returns
@@ -173,13 +190,40 @@ class NonFiniteGuard:
         return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
     def on_stage_start(self, stage, epoch=None):
+        """Reset the per-stage skip counters, then SpeechBrain's ``on_stage_start``.
+
+        Parameters
+        ----------
+        stage : speechbrain.Stage
+            The stage that starts.
+        epoch : int | None, optional
+            The epoch number.
+
+        Returns
+        -------
+        object
+            What the parent's ``on_stage_start`` returns.
+        """
         self._guard_state()
         self._skipped_in_stage = 0
         self._batch_skipped = False
         return super().on_stage_start(stage, epoch)
 
     def update_average(self, loss, avg_loss):
-        """Running mean of the loss over the batches that were used (skipped ones excluded)."""
+        """Running mean of the loss over the batches that were used (skipped ones excluded).
+
+        Parameters
+        ----------
+        loss : torch.Tensor | float
+            This batch's loss.
+        avg_loss : float
+            The running mean so far.
+
+        Returns
+        -------
+        float
+            The updated mean (unchanged after a skipped batch or a non-finite loss).
+        """
         self._guard_state()
         if self._batch_skipped:
             self._batch_skipped = False
@@ -227,7 +271,18 @@ class NonFiniteGuard:
 
     # ------------------------------------------------------------------ training step
     def fit_batch(self, batch):
-        """SpeechBrain 1.1.2's ``fit_batch`` with the non-finite checks (see the module doc)."""
+        """SpeechBrain 1.1.2's ``fit_batch`` with the non-finite checks (see the module doc).
+
+        Parameters
+        ----------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            One training batch.
+
+        Returns
+        -------
+        torch.Tensor
+            The detached CPU loss (NaN for a skipped batch).
+        """
         self._guard_state()
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
@@ -259,7 +314,7 @@ class NonFiniteGuard:
 
         Returns
         -------
-        str or None
+        str | None
             A description of the problem when the gradients were non-finite (no step was
             taken, gradients zeroed), else None.
         """

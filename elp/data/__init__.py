@@ -6,7 +6,21 @@
 - :mod:`elp.data.errors`: :class:`DataError`, the one exception of data-side user errors.
 - :mod:`elp.data.prep`: shared plumbing of the corpus data-preparation scripts
   (``egs/<corpus>/<task>/local/data_prep.py``).
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> data_dir = Path(tempfile.mkdtemp()) / "train"
+>>> _ = write_data_dir(data_dir, wav_scp={"u1": "/corpus/u1.flac"}, utt2spk={"u1": "spk1"})
+>>> sorted(p.name for p in data_dir.iterdir())
+['spk2utt', 'utt2spk', 'wav.scp']
+>>> read_data_dir(data_dir).utt2spk
+{'u1': 'spk1'}
 """
+
+from __future__ import annotations
+
 from elp.data.audio import AudioInfo, audio_info, check_audio, check_entry, num_samples, read_audio
 from elp.data.errors import AudioError, AudioNotFoundError, DataError, UnsafeEntryError
 from elp.data.kaldi_dir import (

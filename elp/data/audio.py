@@ -28,8 +28,8 @@ distinct source rate. :func:`read_audio` refuses non-finite samples (NaN/inf) an
 reads, naming the utterance and the entry; :func:`check_audio` (stage 1) also detects
 them without loading whole files where the format cannot hold them (integer PCM, FLAC).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, soundfile as sf, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
 >>> sf.write(path, np.zeros((800, 2), dtype="float32"), 8000)  # 0.1 s stereo at 8 kHz
@@ -50,7 +50,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import numpy as np
 import soundfile
@@ -64,7 +63,7 @@ logger = logging.getLogger(__name__)
 TARGET_SAMPLE_RATE = 16000
 """The sample rate every backbone of the toolkit consumes."""
 
-Segment = Tuple[float, float]
+Segment = tuple[float, float]
 """``(start, end)`` in seconds; ``end < 0`` means the end of the recording."""
 
 _ARK_ENTRY = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
@@ -80,8 +79,8 @@ _UNKNOWN_SIZE = 0xFFFFFFFF  # data chunk size of a streamed WAV whose length was
 class AudioInfo:
     """Length and format of a recording, without its samples.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     num_frames : int
         Samples per channel at the source rate.
     sample_rate : int
@@ -103,8 +102,8 @@ class AudioInfo:
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     """Length after :func:`torchaudio.functional.resample` (exactly, integer arithmetic).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     num_frames : int
         Samples at ``orig_sr``.
     orig_sr, target_sr : int
@@ -115,8 +114,8 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     int
         ``ceil(num_frames * target_sr / orig_sr)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> resampled_length(2401, 44100, 16000)
     872
     """
@@ -127,25 +126,25 @@ def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
     return -(-num_frames * new // orig)
 
 
-def _where(utt: Optional[str]) -> str:
+def _where(utt: str | None) -> str:
     return f"utt {utt!r}: " if utt else ""
 
 
-def unsafe_entry_reason(entry: str) -> Optional[str]:
+def unsafe_entry_reason(entry: str) -> str | None:
     """Why an entry could reach a shell or standard input (None when it is a safe path).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
 
     Returns
     -------
-    str or None
+    str | None
         The reason, worded to follow "entry '...'".
 
-    Example
-    -------
+    Examples
+    --------
     >>> unsafe_entry_reason("/corpus/a.flac") is None
     True
     >>> unsafe_entry_reason("evil |:0")
@@ -164,11 +163,11 @@ def unsafe_entry_reason(entry: str) -> Optional[str]:
     return None
 
 
-def check_entry(entry: str, utt: Optional[str] = None, where: str = "") -> None:
+def check_entry(entry: str, utt: str | None = None, where: str = "") -> None:
     """Refuse an entry that any reader could hand to a shell or to standard input.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -231,7 +230,7 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_riff(fd: int, base: int, file_size: int) -> Optional[_Riff]:
+def _parse_riff(fd: int, base: int, file_size: int) -> _Riff | None:
     """The RIFF/WAVE header at ``base`` (None if there is none or it is malformed)."""
     head = _pread(fd, 12, base)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -279,11 +278,11 @@ class _Recording:
     Opens the source exactly once (``os.open``); use as a context manager.
     """
 
-    def __init__(self, entry: str, utt: Optional[str] = None):
+    def __init__(self, entry: str, utt: str | None = None):
         check_entry(entry, utt)
         self.entry, self.where = entry, _where(utt)
         self.fd, ark_offset = self._open(entry)
-        self.sound: Optional[soundfile.SoundFile] = None
+        self.sound: soundfile.SoundFile | None = None
         try:
             file_size = os.fstat(self.fd).st_size
             if ark_offset is not None:
@@ -294,7 +293,7 @@ class _Recording:
             self.close()
             raise
 
-    def _open(self, entry: str) -> Tuple[int, Optional[int]]:
+    def _open(self, entry: str) -> tuple[int, int | None]:
         match = _ARK_ENTRY.match(entry)
         if match is not None:
             try:
@@ -399,18 +398,18 @@ class _Recording:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "_Recording":
+    def __enter__(self) -> _Recording:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
+def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
     """Length, rate and channels of the audio an entry names (one open, headers only).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -420,8 +419,8 @@ def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
     -------
     AudioInfo
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
     >>> sf.write(path, np.zeros(4000, dtype="float32"), 8000)
@@ -432,11 +431,11 @@ def audio_info(entry: str, utt: Optional[str] = None) -> AudioInfo:
         return recording.info
 
 
-def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bool] = None) -> AudioInfo:
+def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = None) -> AudioInfo:
     """Stage-1 check of a recording: safe entry, readable, not truncated, finite samples.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     utt : str, optional
@@ -456,8 +455,8 @@ def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bo
     AudioError
         Naming the utterance, the entry and the fix.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "nan.wav")
     >>> sf.write(path, np.array([0.0, np.nan] * 400, dtype="float32"), 16000, subtype="FLOAT")
@@ -473,12 +472,12 @@ def check_audio(entry: str, utt: Optional[str] = None, scan_samples: Optional[bo
         return recording.info
 
 
-def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int) -> Tuple[int, int]:
+def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -> tuple[int, int]:
     """Frame range ``[start, stop)`` a segment covers inside a recording.
 
-    Arguments
-    ---------
-    segment : (float, float) or None
+    Parameters
+    ----------
+    segment : tuple[float, float] | None
         ``(start, end)`` seconds (``end < 0``: to the end); None is the whole recording.
     sample_rate : int
         Rate of the recording.
@@ -487,11 +486,11 @@ def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int
 
     Returns
     -------
-    (int, int)
+    tuple[int, int]
         First frame and one past the last.
 
-    Example
-    -------
+    Examples
+    --------
     >>> segment_frames((0.5, 1.0), 8000, 16000)
     (4000, 8000)
     >>> segment_frames((0.5, -1), 8000, 16000)
@@ -511,11 +510,24 @@ def segment_frames(segment: Optional[Segment], sample_rate: int, num_frames: int
 
 
 def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
-                        segment: Optional[Segment] = None) -> int:
+                        segment: Segment | None = None) -> int:
     """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
 
-    Example
+    Parameters
+    ----------
+    info : AudioInfo
+        The recording's length and rate.
+    target_sr : int, optional
+        Output rate in Hz.
+    segment : Segment | None, optional
+        ``(start, end)`` in seconds (None: the whole recording).
+
+    Returns
     -------
+    int
+
+    Examples
+    --------
     >>> segment_num_samples(AudioInfo(16000, 8000, 1), 16000, (0.5, 1.0))
     8000
     """
@@ -523,17 +535,17 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
     return resampled_length(stop - start, info.sample_rate, target_sr)
 
 
-def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Optional[Segment] = None,
-                utt: Optional[str] = None) -> int:
+def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segment | None = None,
+                utt: str | None = None) -> int:
     """Number of samples :func:`read_audio` returns for an entry, from its header only.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         A ``wav.scp`` value.
     target_sr : int
         Rate the samples are counted at (after resampling).
-    segment : (float, float) or None
+    segment : tuple[float, float] | None
         Optional part of the recording in seconds.
     utt : str, optional
         Utterance named in error messages.
@@ -553,20 +565,20 @@ def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
 
 
 def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
-               segment: Optional[Segment] = None, utt: Optional[str] = None) -> torch.Tensor:
+               segment: Segment | None = None, utt: str | None = None) -> torch.Tensor:
     """Read the audio a ``wav.scp`` entry names: mono, float32, at ``target_sr``.
 
     One ``open`` per call. Non-finite samples, a truncated WAV data chunk and short reads
     raise :class:`~elp.data.errors.AudioError` naming ``utt`` and the entry, so a corrupt
     recording can never be trained on or silently predicted.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     entry : str
         Plain path (any soundfile format, e.g. wav or flac) or ``path.ark:offset``.
     target_sr : int
         Output rate in Hz (16 kHz for every backbone of the toolkit).
-    segment : (float, float) or None
+    segment : tuple[float, float] | None
         ``(start, end)`` seconds to cut (``end < 0``: to the end), as in Kaldi ``segments``.
     utt : str, optional
         Utterance named in error messages.
@@ -576,8 +588,8 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     torch.Tensor
         ``[T]`` float32 waveform, ``T == num_samples(entry, target_sr, segment)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
     >>> sf.write(path, np.zeros(16000, dtype="float32"), 16000)

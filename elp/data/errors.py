@@ -4,8 +4,8 @@
 entry points (``recipes/validate_data.py``, the data-prep scripts) catch :class:`DataError`
 and print its one-line message instead of a traceback.
 
-Example
--------
+Examples
+--------
 >>> try:
 ...     raise DataError("data/test/utt2label:3: utt 'u3' has an empty label; write one class per line")
 ... except ValueError as error:

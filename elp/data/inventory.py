@@ -22,8 +22,8 @@ line and utterance, and the fix):
   training utterance has, or a character the tokenizer cannot encode, is reported with the
   utterances before any training starts (instead of failing after an epoch).
 
-Example
--------
+Examples
+--------
 >>> tok = CharTokenizer.from_texts(["HI YOU", "YO"])
 >>> tok.tokens
 ['<blank>', '<space>', 'H', 'I', 'O', 'U', 'Y']
@@ -36,8 +36,8 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import (TEXT, UTT2LABEL, UTT2SPK, read_numbered_lines, read_text_lines,
@@ -51,7 +51,29 @@ LABELS_FILE = "labels.txt"
 
 
 class CharTokenizer:
-    """Characters <-> ids, with the CTC blank at id 0."""
+    """Characters <-> ids, with the CTC blank at id 0.
+
+    Parameters
+    ----------
+    tokens : list[str]
+        The inventory; ``tokens[0]`` must be ``"<blank>"``, a space is ``"<space>"``.
+
+    Raises
+    ------
+    ValueError
+        If the first token is not the blank.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tok = CharTokenizer.from_texts(["AB BA"])
+    >>> tok.vocab_size, tok.encode("AB A")
+    (4, [2, 3, 1, 2])
+    >>> directory = tempfile.mkdtemp()
+    >>> tok.save(directory)
+    >>> load_tokenizer(directory).tokens == tok.tokens
+    True
+    """
 
     def __init__(self, tokens: list[str]):
         if not tokens or tokens[0] != BLANK:
@@ -60,16 +82,46 @@ class CharTokenizer:
         self.index = {tok: i for i, tok in enumerate(tokens)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        """The sorted characters of ``texts`` after the blank.
+
+        Parameters
+        ----------
+        texts : Iterable[str]
+            Training transcripts.
+
+        Returns
+        -------
+        CharTokenizer
+        """
         chars = sorted({SPACE if ch == " " else ch for text in texts for ch in text})
         return cls([BLANK] + chars)
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids, the blank included."""
         return len(self.tokens)
 
-    def encode(self, text: str, utt: Optional[str] = None) -> list[int]:
-        """Token ids of ``text``; ``utt`` is named in the error for an unknown character."""
+    def encode(self, text: str, utt: str | None = None) -> list[int]:
+        """Token ids of ``text``; ``utt`` is named in the error for an unknown character.
+
+        Parameters
+        ----------
+        text : str
+            A transcript.
+        utt : str | None, optional
+            Utterance id named in the error.
+
+        Returns
+        -------
+        list[int]
+            One id per character.
+
+        Raises
+        ------
+        DataError
+            If a character is not in the inventory.
+        """
         try:
             return [self.index[SPACE if ch == " " else ch] for ch in text]
         except KeyError as err:
@@ -79,15 +131,39 @@ class CharTokenizer:
                             "(stage 2 checks every dev/test set: check_eval_sets)") from None
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (blanks dropped, ``<space>`` -> ``" "``).
+
+        Parameters
+        ----------
+        ids : Iterable[int]
+            Token ids.
+
+        Returns
+        -------
+        str
+        """
         return "".join(" " if self.tokens[i] == SPACE else self.tokens[i] for i in ids if i != 0)
 
     def save(self, directory: os.PathLike) -> None:
+        """Write ``tokens.txt`` (one token a line) into ``directory`` (created).
+
+        Parameters
+        ----------
+        directory : os.PathLike
+            The lang directory.
+        """
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / TOKENS_FILE).write_text("\n".join(self.tokens) + "\n")
 
 
 class BPETokenizer:
-    """Sentencepiece BPE pieces <-> ids; id 0 is the CTC blank, piece i has id i + 1."""
+    """Sentencepiece BPE pieces <-> ids; id 0 is the CTC blank, piece i has id i + 1.
+
+    Parameters
+    ----------
+    model_path : os.PathLike
+        A sentencepiece ``bpe.model``.
+    """
 
     def __init__(self, model_path: os.PathLike):
         import sentencepiece as spm
@@ -96,7 +172,22 @@ class BPETokenizer:
         self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
 
     @classmethod
-    def train(cls, texts: Iterable[str], directory: os.PathLike, vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], directory: os.PathLike, vocab_size: int) -> BPETokenizer:
+        """Train a BPE model on ``texts`` and write ``bpe.model`` and ``tokens.txt`` into ``directory``.
+
+        Parameters
+        ----------
+        texts : Iterable[str]
+            Training transcripts.
+        directory : os.PathLike
+            The lang directory (created).
+        vocab_size : int
+            Number of pieces (a soft limit).
+
+        Returns
+        -------
+        BPETokenizer
+        """
         import sentencepiece as spm
 
         directory = Path(directory)
@@ -114,17 +205,55 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids, the blank included."""
         return self.sp.get_piece_size() + 1
 
     def encode(self, text: str) -> list[int]:
+        """Piece ids of ``text`` (shifted by one for the blank).
+
+        Parameters
+        ----------
+        text : str
+            A transcript.
+
+        Returns
+        -------
+        list[int]
+        """
         return [i + 1 for i in self.sp.encode(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (blanks dropped).
+
+        Parameters
+        ----------
+        ids : Iterable[int]
+            Token ids.
+
+        Returns
+        -------
+        str
+        """
         return self.sp.decode([i - 1 for i in ids if i != 0])
 
 
 def load_tokenizer(lang_dir: os.PathLike):
-    """The tokenizer stage 2 saved in ``lang_dir`` (BPE when ``bpe.model`` exists)."""
+    """The tokenizer stage 2 saved in ``lang_dir`` (BPE when ``bpe.model`` exists).
+
+    Parameters
+    ----------
+    lang_dir : os.PathLike
+        The lang directory.
+
+    Returns
+    -------
+    BPETokenizer | CharTokenizer
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither ``bpe.model`` nor ``tokens.txt`` is there.
+    """
     lang_dir = Path(lang_dir)
     if (lang_dir / BPE_MODEL).exists():
         return BPETokenizer(lang_dir / BPE_MODEL)
@@ -134,14 +263,47 @@ def load_tokenizer(lang_dir: os.PathLike):
 
 
 class LabelMap:
-    """Class names <-> ids (sorted names; id = position)."""
+    """Class names <-> ids (sorted names; id = position).
+
+    Parameters
+    ----------
+    labels : list[str]
+        Class names in id order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> labels = LabelMap.from_values(["yes", "no", "yes"])
+    >>> labels.labels, labels.encode("yes"), len(labels)
+    (['no', 'yes'], 1, 2)
+    >>> directory = tempfile.mkdtemp()
+    >>> labels.save(directory)
+    >>> LabelMap.load(directory).labels
+    ['no', 'yes']
+    """
 
     def __init__(self, labels: list[str]):
         self.labels = labels
         self.index = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_values(cls, values: Iterable[str]) -> "LabelMap":
+    def from_values(cls, values: Iterable[str]) -> LabelMap:
+        """The sorted distinct ``values``.
+
+        Parameters
+        ----------
+        values : Iterable[str]
+            Labels, one token each.
+
+        Returns
+        -------
+        LabelMap
+
+        Raises
+        ------
+        DataError
+            If a label is empty or holds whitespace.
+        """
         values = set(values)
         bad = sorted(value for value in values if len(value.split()) != 1 or value != value.strip())
         if bad:
@@ -152,8 +314,25 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def encode(self, label: str, utt: Optional[str] = None) -> int:
-        """Class id of ``label``; ``utt`` is named in the error for an unseen label."""
+    def encode(self, label: str, utt: str | None = None) -> int:
+        """Class id of ``label``; ``utt`` is named in the error for an unseen label.
+
+        Parameters
+        ----------
+        label : str
+            A class name.
+        utt : str | None, optional
+            Utterance id named in the error.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        DataError
+            If ``label`` is not a training class.
+        """
         if label not in self.index:
             where = f"utt {utt!r}: " if utt else ""
             raise DataError(f"{where}label {label!r} is not among the {len(self)} training classes "
@@ -163,11 +342,38 @@ class LabelMap:
         return self.index[label]
 
     def save(self, directory: os.PathLike, filename: str = LABELS_FILE) -> None:
+        """Write the labels, one a line, to ``directory / filename`` (directory created).
+
+        Parameters
+        ----------
+        directory : os.PathLike
+            The lang directory.
+        filename : str, optional
+            File name (``labels.txt``).
+        """
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / filename).write_text("\n".join(self.labels) + "\n")
 
     @classmethod
-    def load(cls, directory: os.PathLike, filename: str = LABELS_FILE) -> "LabelMap":
+    def load(cls, directory: os.PathLike, filename: str = LABELS_FILE) -> LabelMap:
+        """Read a label map :meth:`save` wrote.
+
+        Parameters
+        ----------
+        directory : os.PathLike
+            The lang directory.
+        filename : str, optional
+            File name (``labels.txt``).
+
+        Returns
+        -------
+        LabelMap
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file is missing.
+        """
         path = Path(directory) / filename
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run stage 2 (label inventory) first")
@@ -178,7 +384,7 @@ class LabelMap:
 _KEPT_PUNCTUATION = "'"
 
 
-def _char_problem(ch: str, allow: str) -> Optional[str]:
+def _char_problem(ch: str, allow: str) -> str | None:
     """Why ``ch`` must not enter a character inventory (None: it may)."""
     if ch == " " or ch in allow:
         return None
@@ -197,9 +403,9 @@ def _char_problem(ch: str, allow: str) -> Optional[str]:
 def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> dict[str, str]:
     """Check the ``text`` of a data dir before an inventory is built from it (or checked).
 
-    Arguments
-    ---------
-    data_dir : str or Path
+    Parameters
+    ----------
+    data_dir : str | Path
         A data dir with ``text``.
     allow : str
         Characters accepted although they are punctuation/symbols (default: the apostrophe).
@@ -216,8 +422,8 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
         utterance and character, and the fix (normalise in data preparation, or the explicit
         :func:`normalize_text_file`).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
     >>> write_mapping(os.path.join(d, "text"), {"u1": "HELLO", "u2": "Hello"})
@@ -254,8 +460,19 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
 def normalize_transcript(text: str, keep: str = _KEPT_PUNCTUATION) -> str:
     """Upper-case, punctuation and symbols -> space (``keep`` excepted), single spaces.
 
-    Example
+    Parameters
+    ----------
+    text : str
+        A transcript.
+    keep : str, optional
+        Punctuation characters kept (the apostrophe).
+
+    Returns
     -------
+    str
+
+    Examples
+    --------
     >>> normalize_transcript("Hello, world!  It’s  A-OK.")
     "HELLO WORLD IT'S A OK"
     """
@@ -270,6 +487,13 @@ def normalize_text_file(data_dir: os.PathLike, keep: str = _KEPT_PUNCTUATION) ->
 
     The original is kept as ``text.orig`` (never overwritten: running twice normalises the
     original again). Apply it to every set of a recipe, so references match the model's output.
+
+    Parameters
+    ----------
+    data_dir : os.PathLike
+        A Kaldi-style data dir with ``text``.
+    keep : str, optional
+        Punctuation characters kept.
 
     Returns
     -------
@@ -295,7 +519,7 @@ def normalize_text_file(data_dir: os.PathLike, keep: str = _KEPT_PUNCTUATION) ->
     return sum(normalized[utt] != texts[utt] for utt in texts)
 
 
-def _unknown_characters(tokenizer) -> "callable":
+def _unknown_characters(tokenizer) -> Callable[[str], bool]:
     """A function: character -> True if the tokenizer cannot encode it."""
     if isinstance(tokenizer, CharTokenizer):
         return lambda ch: (SPACE if ch == " " else ch) not in tokenizer.index
@@ -312,6 +536,13 @@ def _unknown_characters(tokenizer) -> "callable":
 def check_transcript_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike]) -> None:
     """Check that the tokenizer stage 2 saved in ``lang_dir`` encodes every transcript of
     ``data_dirs`` (characters of the character list, or BPE without its unknown piece).
+
+    Parameters
+    ----------
+    lang_dir : os.PathLike
+        The lang directory of stage 2.
+    data_dirs : Sequence[os.PathLike]
+        Data dirs whose ``text`` is checked.
 
     Raises
     ------
@@ -350,6 +581,17 @@ def check_label_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike]
                          label_file: str = UTT2LABEL, what: str = "labels") -> None:
     """Check that every label of ``label_file`` in ``data_dirs`` is in the label map stage 2
     saved in ``lang_dir`` (classes, or training speakers with ``label_file="utt2spk"``).
+
+    Parameters
+    ----------
+    lang_dir : os.PathLike
+        The lang directory of stage 2.
+    data_dirs : Sequence[os.PathLike]
+        Data dirs whose ``label_file`` is checked.
+    label_file : str, optional
+        ``utt2label`` or ``utt2spk``.
+    what : str, optional
+        What the labels are, for the message.
 
     Raises
     ------

@@ -41,10 +41,10 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
                             segment_num_samples, unsafe_entry_reason)
@@ -52,7 +52,7 @@ from elp.data.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 MIN_SAMPLES = 400
 """Shortest input (samples at 16 kHz) the wav2vec2/WavLM/HuBERT CNN feature encoder accepts:
@@ -83,20 +83,44 @@ class DataDirError(DataError):
 
 @dataclass(frozen=True)
 class Segment:
-    """One line of ``segments``: an utterance cut out of a recording (seconds)."""
+    """One line of ``segments``: an utterance cut out of a recording (seconds).
+
+    Parameters
+    ----------
+    recording : str
+        Recording id (a key of ``wav.scp``).
+    start, end : float
+        Start and end time in seconds.
+    """
 
     recording: str
     start: float
     end: float
 
-    def as_tuple(self) -> Tuple[float, float]:
-        """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it."""
+    def as_tuple(self) -> tuple[float, float]:
+        """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it.
+
+        Returns
+        -------
+        tuple[float, float]
+            ``(start, end)`` in seconds.
+        """
         return (self.start, self.end)
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll``?"""
+    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll``?
+
+    Parameters
+    ----------
+    enroll : str
+        Enrolment utterance id.
+    test : str
+        Test utterance id.
+    target : bool
+        True when both are spoken by the same speaker.
+    """
 
     enroll: str
     test: str
@@ -109,23 +133,46 @@ class DataDir:
 
     Field names are the keyword arguments of :func:`write_data_dir`, so
     ``write_data_dir(path, **data.mappings())`` writes it back.
+
+    Parameters
+    ----------
+    wav_scp : dict[str, str]
+        Utterance (or recording, with ``segments``) -> audio entry.
+    utt2spk : dict[str, str]
+        Utterance -> speaker.
+    text : dict[str, str] | None, optional
+        Utterance -> transcript.
+    utt2label : dict[str, str] | None, optional
+        Utterance -> class label.
+    segments : dict[str, Segment] | None, optional
+        Utterance -> :class:`Segment` of a recording.
+    utt2num_samples : dict[str, int] | None, optional
+        Utterance -> number of samples at 16 kHz.
+    trials : list[Trial] | None, optional
+        Speaker-verification trials.
     """
 
-    wav_scp: Dict[str, str]
-    utt2spk: Dict[str, str]
-    text: Optional[Dict[str, str]] = None
-    utt2label: Optional[Dict[str, str]] = None
-    segments: Optional[Dict[str, Segment]] = None
-    utt2num_samples: Optional[Dict[str, int]] = None
-    trials: Optional[List[Trial]] = None
+    wav_scp: dict[str, str]
+    utt2spk: dict[str, str]
+    text: dict[str, str] | None = None
+    utt2label: dict[str, str] | None = None
+    segments: dict[str, Segment] | None = None
+    utt2num_samples: dict[str, int] | None = None
+    trials: list[Trial] | None = None
 
     @property
-    def utterances(self) -> List[str]:
+    def utterances(self) -> list[str]:
         """Sorted utterance ids."""
         return sorted(self.utt2spk)
 
-    def mappings(self) -> Dict[str, object]:
-        """The fields as a dict (for ``write_data_dir(path, **data.mappings())``)."""
+    def mappings(self) -> dict[str, object]:
+        """The fields as a dict (for ``write_data_dir(path, **data.mappings())``).
+
+        Returns
+        -------
+        dict[str, object]
+            Field name -> value (None for absent files).
+        """
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
@@ -135,17 +182,17 @@ def _check_key(key: str, where: str) -> None:
         raise DataDirError(f"{where}: key {key!r} is empty or contains whitespace (Kaldi keys are single tokens)")
 
 
-def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
+def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
     """``(line number, line)`` of a UTF-8 text file; bad bytes raise naming file and line.
 
-    Arguments
-    ---------
-    path : str or Path
+    Parameters
+    ----------
+    path : str | Path
         The file.
 
     Returns
     -------
-    list of (int, str)
+    list[tuple[int, str]]
         1-based line numbers and lines without their line break.
 
     Raises
@@ -153,8 +200,8 @@ def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
     DataDirError
         The file is missing, starts with a byte-order mark or is not UTF-8.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "text")
     >>> _ = open(path, "wb").write(bytes([117, 49, 10, 117, 50, 32, 99, 97, 102, 0xE9, 10]))  # "u1", "u2 caf\\xe9"
@@ -188,11 +235,29 @@ def read_text_lines(path: PathLike) -> List[Tuple[int, str]]:
     return result
 
 
-def read_numbered_lines(path: PathLike) -> List[Tuple[int, str, str]]:
+def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
     """``(line number, key, value)`` of a Kaldi mapping file, duplicates kept (for validation).
 
     The value is the rest of the line after the first whitespace (may contain spaces, as in
     ``text``; may be empty). Blank lines are skipped.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A Kaldi mapping file.
+
+    Returns
+    -------
+    list[tuple[int, str, str]]
+        ``(line number, key, value)`` in file order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "text"
+    >>> _ = path.write_text("u1 HELLO WORLD\\n\\nu2\\n")
+    >>> read_numbered_lines(path)
+    [(1, 'u1', 'HELLO WORLD'), (3, 'u2', '')]
     """
     result = []
     for number, line in read_text_lines(path):
@@ -204,27 +269,43 @@ def read_numbered_lines(path: PathLike) -> List[Tuple[int, str, str]]:
     return result
 
 
-def read_mapping_lines(path: PathLike) -> List[Tuple[str, str]]:
+def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
     """Read ``<key> <value>`` lines in file order, keeping duplicates (for validation).
 
-    Arguments
-    ---------
-    path : str or Path
+    Parameters
+    ----------
+    path : str | Path
         A Kaldi mapping file. The value is the rest of the line after the first whitespace
         (may contain spaces, as in ``text``; may be empty). Blank lines are skipped.
 
     Returns
     -------
-    list of (str, str)
+    list[tuple[str, str]]
     """
     return [(key, value) for _, key, value in read_numbered_lines(path)]
 
 
-def token_problem(path: PathLike, number: int, key: str, value: str) -> Optional[str]:
+def token_problem(path: PathLike, number: int, key: str, value: str) -> str | None:
     """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
 
-    Example
+    Parameters
+    ----------
+    path : str | os.PathLike
+        The file, named in the message.
+    number : int
+        1-based line number.
+    key : str
+        The line's utterance id.
+    value : str
+        The rest of the line.
+
+    Returns
     -------
+    str | None
+        The message, or None for a valid line.
+
+    Examples
+    --------
     >>> token_problem("d/utt2label", 3, "u3", "neu sad")
     "d/utt2label:3: utt 'u3' has 2 tokens 'neu sad' as its label; a label is one token (join words with '_', or fix the data preparation)"
     >>> token_problem("d/utt2label", 3, "u3", "neu") is None
@@ -241,8 +322,18 @@ def token_problem(path: PathLike, number: int, key: str, value: str) -> Optional
             "token (join words with '_', or fix the data preparation)")
 
 
-def read_token_mapping(path: PathLike) -> Dict[str, str]:
+def read_token_mapping(path: PathLike) -> dict[str, str]:
     """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A Kaldi mapping file.
+
+    Returns
+    -------
+    dict[str, str]
+        Key -> its one token.
 
     Raises
     ------
@@ -250,7 +341,7 @@ def read_token_mapping(path: PathLike) -> Dict[str, str]:
         For a duplicated key, an empty value or a value of several tokens (naming the file,
         line and utterance).
     """
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     for number, key, value in read_numbered_lines(path):
         problem = token_problem(path, number, key, value)
         if problem is not None:
@@ -261,12 +352,12 @@ def read_token_mapping(path: PathLike) -> Dict[str, str]:
     return mapping
 
 
-def read_mapping(path: PathLike) -> Dict[str, str]:
+def read_mapping(path: PathLike) -> dict[str, str]:
     """Read a Kaldi mapping file (``wav.scp``, ``utt2spk``, ``text``, ``utt2label``, ...).
 
-    Arguments
-    ---------
-    path : str or Path
+    Parameters
+    ----------
+    path : str | Path
         The file.
 
     Returns
@@ -279,8 +370,8 @@ def read_mapping(path: PathLike) -> Dict[str, str]:
     DataDirError
         If a key occurs twice (the message names the key and both lines).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "text")
     >>> write_mapping(path, {"u2": "B C", "u1": "A"})
@@ -289,7 +380,7 @@ def read_mapping(path: PathLike) -> Dict[str, str]:
     >>> read_mapping(path)
     {'u1': 'A', 'u2': 'B C'}
     """
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     for key, value in read_mapping_lines(path):
         if key in mapping:
             raise DataDirError(
@@ -303,9 +394,9 @@ def read_mapping(path: PathLike) -> Dict[str, str]:
 def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
     """Write ``<key> <value>`` lines sorted by key (C-locale order).
 
-    Arguments
-    ---------
-    path : str or Path
+    Parameters
+    ----------
+    path : str | Path
         Output file (parent dirs are created).
     mapping : Mapping[str, object]
         key -> value; values are written with ``str()``; an empty value writes the key alone.
@@ -324,32 +415,80 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 
 
 # --------------------------------------------------------------------------- specific files
-def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:
+def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     """Invert ``utt2spk``: speaker -> sorted utterances (keys sorted).
 
-    Example
+    Parameters
+    ----------
+    utt2spk : Mapping[str, str]
+        Utterance -> speaker.
+
+    Returns
     -------
+    dict[str, list[str]]
+        Speaker -> sorted utterances.
+
+    Examples
+    --------
     >>> utt2spk_to_spk2utt({"a-2": "a", "b-1": "b", "a-1": "a"})
     {'a': ['a-1', 'a-2'], 'b': ['b-1']}
     """
-    spk2utt: Dict[str, List[str]] = defaultdict(list)
+    spk2utt: dict[str, list[str]] = defaultdict(list)
     for utt in sorted(utt2spk):
         spk2utt[utt2spk[utt]].append(utt)
     return {spk: spk2utt[spk] for spk in sorted(spk2utt)}
 
 
-def read_spk2utt(path: PathLike) -> Dict[str, List[str]]:
-    """Read ``spk2utt``: speaker -> list of utterances (in file order)."""
+def read_spk2utt(path: PathLike) -> dict[str, list[str]]:
+    """Read ``spk2utt``: speaker -> list of utterances (in file order).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``spk2utt`` file.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Speaker -> utterances.
+    """
     return {spk: utts.split() for spk, utts in read_mapping(path).items()}
 
 
 def write_spk2utt(path: PathLike, spk2utt: Mapping[str, Sequence[str]]) -> None:
-    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker)."""
+    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    spk2utt : Mapping[str, Sequence[str]]
+        Speaker -> utterances.
+    """
     write_mapping(path, {spk: " ".join(sorted(utts)) for spk, utts in spk2utt.items()})
 
 
-def read_segments(path: PathLike) -> Dict[str, Segment]:
-    """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``)."""
+def read_segments(path: PathLike) -> dict[str, Segment]:
+    """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``segments`` file.
+
+    Returns
+    -------
+    dict[str, Segment]
+        Utterance -> segment.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "segments"
+    >>> write_segments(path, {"u1": Segment("rec1", 0.5, 2.0)})
+    >>> read_segments(path)
+    {'u1': Segment(recording='rec1', start=0.5, end=2.0)}
+    """
     segments = {}
     for utt, value in read_mapping(path).items():
         segments[utt] = _parse_segment(value, f"{path}: utt {utt!r}")
@@ -370,12 +509,31 @@ def _parse_segment(value: str, where: str) -> Segment:
 
 
 def write_segments(path: PathLike, segments: Mapping[str, Segment]) -> None:
-    """Write ``segments`` sorted by utterance."""
+    """Write ``segments`` sorted by utterance.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    segments : Mapping[str, Segment]
+        Utterance -> segment.
+    """
     write_mapping(path, {utt: f"{s.recording} {s.start:g} {s.end:g}" for utt, s in segments.items()})
 
 
-def read_utt2num_samples(path: PathLike) -> Dict[str, int]:
-    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz."""
+def read_utt2num_samples(path: PathLike) -> dict[str, int]:
+    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        An ``utt2num_samples`` file.
+
+    Returns
+    -------
+    dict[str, int]
+        Utterance -> samples.
+    """
     result = {}
     for utt, value in read_mapping(path).items():
         try:
@@ -386,16 +544,29 @@ def read_utt2num_samples(path: PathLike) -> Dict[str, int]:
 
 
 def write_utt2num_samples(path: PathLike, utt2num_samples: Mapping[str, int]) -> None:
-    """Write ``utt2num_samples`` sorted by utterance."""
+    """Write ``utt2num_samples`` sorted by utterance.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    utt2num_samples : Mapping[str, int]
+        Utterance -> samples.
+    """
     write_mapping(path, {utt: int(n) for utt, n in utt2num_samples.items()})
 
 
-def read_trials(path: PathLike) -> List[Trial]:
+def read_trials(path: PathLike) -> list[Trial]:
     """Read a ``trials`` file: lines ``<enroll-utt> <test-utt> target|nontarget``.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``trials`` file.
 
     Returns
     -------
-    list of Trial
+    list[Trial]
         In file order.
     """
     trials = []
@@ -412,7 +583,25 @@ def read_trials(path: PathLike) -> List[Trial]:
 
 
 def write_trials(path: PathLike, trials: Iterable[Trial]) -> None:
-    """Write a ``trials`` file in the order given."""
+    """Write a ``trials`` file in the order given.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file.
+    trials : Iterable[Trial]
+        The trials.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "trials"
+    >>> write_trials(path, [Trial("e1", "t1", True), Trial("e1", "t2", False)])
+    >>> path.read_text().splitlines()
+    ['e1 t1 target', 'e1 t2 nontarget']
+    >>> read_trials(path)[1]
+    Trial(enroll='e1', test='t2', target=False)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
@@ -427,21 +616,21 @@ def write_data_dir(
     data_dir: PathLike,
     *,
     wav_scp: Mapping[str, str],
-    utt2spk: Optional[Mapping[str, str]] = None,
-    text: Optional[Mapping[str, str]] = None,
-    utt2label: Optional[Mapping[str, str]] = None,
-    segments: Optional[Mapping[str, Segment]] = None,
-    utt2num_samples: Optional[Mapping[str, int]] = None,
-    trials: Optional[Sequence[Trial]] = None,
+    utt2spk: Mapping[str, str] | None = None,
+    text: Mapping[str, str] | None = None,
+    utt2label: Mapping[str, str] | None = None,
+    segments: Mapping[str, Segment] | None = None,
+    utt2num_samples: Mapping[str, int] | None = None,
+    trials: Sequence[Trial] | None = None,
 ) -> Path:
     """Write a data dir: sorted mapping files, ``spk2utt`` derived from ``utt2spk``.
 
     Files of :data:`DATA_DIR_FILES` left over from an earlier write and not given now are
     removed (with a log line), so the directory never mixes two versions.
 
-    Arguments
-    ---------
-    data_dir : str or Path
+    Parameters
+    ----------
+    data_dir : str | Path
         Output directory (created).
     wav_scp : Mapping[str, str]
         utt (or recording, with ``segments``) -> audio entry.
@@ -453,7 +642,7 @@ def write_data_dir(
         utt -> segment of a recording in ``wav_scp``.
     utt2num_samples : Mapping[str, int], optional
         Usually left to :func:`validate_data_dir`.
-    trials : sequence of Trial, optional
+    trials : Sequence[Trial], optional
         Verification trials over the utterances of this dir.
 
     Returns
@@ -466,8 +655,8 @@ def write_data_dir(
     DataDirError
         If the mappings do not cover the same utterances (names the first offenders).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile
     >>> out = write_data_dir(tempfile.mkdtemp(), wav_scp={"s1-u1": "/a.flac"}, utt2spk={"s1-u1": "s1"})
     >>> sorted(p.name for p in out.iterdir())
@@ -520,6 +709,15 @@ def write_data_dir(
 def read_data_dir(data_dir: PathLike) -> DataDir:
     """Read every file of a data dir into a :class:`DataDir` (absent optional files: None).
 
+    Parameters
+    ----------
+    data_dir : str | os.PathLike
+        The data dir.
+
+    Returns
+    -------
+    DataDir
+
     Raises
     ------
     DataDirError
@@ -548,8 +746,25 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
 def subset_data_dir(data: DataDir, utterances: Iterable[str]) -> DataDir:
     """Keep only ``utterances`` (and trials whose two sides are both kept).
 
-    Example
+    Parameters
+    ----------
+    data : DataDir
+        The data dir in memory.
+    utterances : Iterable[str]
+        Utterance ids to keep.
+
+    Returns
     -------
+    DataDir
+        A new data dir (with ``segments``, only the recordings still used).
+
+    Raises
+    ------
+    DataDirError
+        If an utterance is not in ``data``.
+
+    Examples
+    --------
     >>> data = DataDir(wav_scp={"a": "a.wav", "b": "b.wav"}, utt2spk={"a": "a", "b": "b"})
     >>> subset_data_dir(data, ["b"]).wav_scp
     {'b': 'b.wav'}
@@ -580,6 +795,20 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
     An optional mapping is kept only if every part has it. An utterance present in two parts
     must have identical values, otherwise :class:`DataDirError` names it.
+
+    Parameters
+    ----------
+    parts : Sequence[DataDir]
+        The data dirs to combine.
+
+    Returns
+    -------
+    DataDir
+
+    Raises
+    ------
+    DataDirError
+        If ``parts`` is empty or an utterance has different values in two parts.
     """
     if not parts:
         raise DataDirError("combine_data_dirs: nothing to combine")
@@ -591,7 +820,7 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
         elif name == "trials":
             combined[name] = [trial for value in values for trial in value]
         else:
-            merged: Dict[str, object] = {}
+            merged: dict[str, object] = {}
             for value in values:
                 for key, item in value.items():
                     if key in merged and merged[key] != item:
@@ -605,7 +834,7 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
 
 # --------------------------------------------------------------------------- validation
-def _utterance_files(data_dir: Path, use_counts: bool) -> List[str]:
+def _utterance_files(data_dir: Path, use_counts: bool) -> list[str]:
     """Names of the files keyed by utterance that exist in ``data_dir``."""
     names = [UTT2SPK, TEXT, SEGMENTS]
     names += sorted(p.name for p in data_dir.glob("utt2*") if p.name not in (UTT2SPK, UTT2NUM_SAMPLES))
@@ -616,8 +845,8 @@ def _utterance_files(data_dir: Path, use_counts: bool) -> List[str]:
     return [name for name in dict.fromkeys(names) if (data_dir / name).is_file()]
 
 
-def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
-                 problems: List[str]) -> Tuple[Dict[str, str], bool]:
+def _check_lines(name: str, lines: list[tuple[str, str]], fix: bool,
+                 problems: list[str]) -> tuple[dict[str, str], bool]:
     """Sortedness and uniqueness of one file. Returns (mapping, whether fix changed it)."""
     changed = False
     keys = [key for key, _ in lines]
@@ -631,7 +860,7 @@ def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
                 f"{name} is not sorted: {keys[unsorted_at]!r} (entry {unsorted_at + 1}) comes after "
                 f"{keys[unsorted_at - 1]!r}; sort it (LC_ALL=C sort) or use validate_data_dir(fix=True)"
             )
-    mapping: Dict[str, str] = {}
+    mapping: dict[str, str] = {}
     duplicates = []
     for key, value in lines:
         if key in mapping:
@@ -656,7 +885,7 @@ def _check_lines(name: str, lines: List[Tuple[str, str]], fix: bool,
     return mapping, changed
 
 
-def _raise_if_problems(data_dir: Path, problems: List[str]) -> None:
+def _raise_if_problems(data_dir: Path, problems: list[str]) -> None:
     """One :class:`DataDirError` of one line listing (up to 20 of) the problems."""
     if not problems:
         return
@@ -676,9 +905,9 @@ def _file_of(where: str) -> str:
     return where.split(" ", 1)[0]
 
 
-def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: List[str],
-                                reco_of: Dict[str, str], fix: bool, max_drop: float,
-                                problems: List[str]) -> None:
+def _drop_incomplete_utterances(tables: dict[str, dict[str, str]], utt_names: list[str],
+                                reco_of: dict[str, str], fix: bool, max_drop: float,
+                                problems: list[str]) -> None:
     """Every utterance must be in every utterance file (and its recording in wav.scp).
 
     Without ``fix`` each gap is a problem; with ``fix`` the incomplete utterances are removed
@@ -686,7 +915,7 @@ def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: Li
     the set, which is a problem naming how many and why.
     """
     all_utts = set().union(*(tables[name] for name in utt_names))
-    missing_from: Dict[str, List[str]] = defaultdict(list)
+    missing_from: dict[str, list[str]] = defaultdict(list)
     for name in utt_names:
         for utt in all_utts - set(tables[name]):
             missing_from[utt].append(name)
@@ -725,7 +954,7 @@ def _drop_incomplete_utterances(tables: Dict[str, Dict[str, str]], utt_names: Li
             tables[name].pop(utt, None)
 
 
-def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> bool:
+def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: bool | None) -> bool:
     """Whether ``.audio_checked`` vouches for ``utt2num_samples`` and the current file lists."""
     stamp = data_dir / AUDIO_CHECKED
     try:
@@ -742,7 +971,7 @@ def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: Optional
         return False
 
 
-def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: Optional[bool]) -> None:
+def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: bool | None) -> None:
     record = {"version": _AUDIO_CHECK_VERSION, "target_sr": target_sr, "scan_samples": bool(scan_samples),
               "checks": "safe entries, readable, data chunk complete, finite samples of float formats"}
     (data_dir / AUDIO_CHECKED).write_text(json.dumps(record) + "\n")
@@ -750,14 +979,14 @@ def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: Optional[bo
 
 def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mapping[str, int],
                    utts: Sequence[str], segments: Mapping[str, Segment], target_sr: int,
-                   deep: bool, scan_samples: Optional[bool], jobs: int,
-                   problems: List[str]) -> Dict[str, int]:
+                   deep: bool, scan_samples: bool | None, jobs: int,
+                   problems: list[str]) -> dict[str, int]:
     """Samples at ``target_sr`` of every utterance, each recording opened once.
 
     ``deep`` runs :func:`elp.data.audio.check_audio` (truncation, non-finite samples),
     otherwise headers only. ``jobs`` threads open recordings concurrently.
     """
-    by_recording: Dict[str, List[str]] = defaultdict(list)
+    by_recording: dict[str, list[str]] = defaultdict(list)
     for utt in utts:
         by_recording[segments[utt].recording if utt in segments else utt].append(utt)
     recordings = sorted(by_recording)
@@ -773,7 +1002,7 @@ def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mappin
             infos = list(pool.map(inspect, recordings))
     else:
         infos = [inspect(reco) for reco in recordings]
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for reco, info in zip(recordings, infos):
         label = "recording" if segments else "utt"
         if not isinstance(info, AudioInfo):
@@ -796,9 +1025,9 @@ def validate_data_dir(
     target_sr: int = TARGET_SAMPLE_RATE,
     max_drop: float = DEFAULT_MAX_DROP,
     recheck_audio: bool = False,
-    scan_samples: Optional[bool] = None,
+    scan_samples: bool | None = None,
     jobs: int = 1,
-) -> Dict[str, int]:
+) -> dict[str, int]:
     """Check a data dir and write its ``utt2num_samples``.
 
     Checks: ``wav.scp`` and ``utt2spk`` exist; every file is UTF-8, sorted, with unique keys;
@@ -819,9 +1048,9 @@ def validate_data_dir(
     corrupt or too short audio: those always raise. Never pass ``fix=True`` for a test set
     unless the user asked for it (``validate_data.py --fix-test``).
 
-    Arguments
-    ---------
-    data_dir : str or Path
+    Parameters
+    ----------
+    data_dir : str | Path
         The data dir.
     fix : bool
         Repair the dir in place where possible.
@@ -854,8 +1083,8 @@ def validate_data_dir(
         One line listing every problem found, each naming the file:line / utterance /
         path and the fix.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 16000)
@@ -870,7 +1099,7 @@ def validate_data_dir(
         raise DataDirError(f"{data_dir}: not a directory (run the data preparation first)")
     if not 0.0 <= max_drop <= 1.0:
         raise DataDirError(f"max_drop must be a share between 0 and 1, got {max_drop}")
-    problems: List[str] = []
+    problems: list[str] = []
     for name in (WAV_SCP, UTT2SPK):
         if not (data_dir / name).is_file():
             problems.append(f"{name} is missing (write utt2spk as '<utt> <utt>' if speakers are unknown)")
@@ -884,8 +1113,8 @@ def validate_data_dir(
                     data_dir, AUDIO_CHECKED, WAV_SCP)
 
     utt_names = _utterance_files(data_dir, use_counts)
-    tables: Dict[str, Dict[str, str]] = {}
-    line_of: Dict[str, Dict[str, int]] = {}
+    tables: dict[str, dict[str, str]] = {}
+    line_of: dict[str, dict[str, int]] = {}
     changed = set()
     for name in dict.fromkeys([WAV_SCP] + utt_names):
         numbered = read_numbered_lines(data_dir / name)
@@ -919,7 +1148,7 @@ def validate_data_dir(
                 )
     _raise_if_problems(data_dir, problems)
 
-    segments: Dict[str, Segment] = {}
+    segments: dict[str, Segment] = {}
     if SEGMENTS in tables:
         for utt, value in tables[SEGMENTS].items():
             try:
@@ -972,7 +1201,7 @@ def validate_data_dir(
                 problems.append(f"{SPK2UTT} does not match {UTT2SPK}: regenerate it (fix=True does)")
     _raise_if_problems(data_dir, problems)
 
-    utt2num_samples: Dict[str, int] = {}
+    utt2num_samples: dict[str, int] = {}
     if not use_counts:
         utt2num_samples = _measure_audio(data_dir, tables[WAV_SCP], line_of[WAV_SCP], utts, segments,
                                          target_sr, True, scan_samples, jobs, problems)
@@ -1013,16 +1242,16 @@ def _counts_are_fresh(data_dir: Path) -> bool:
         return False
 
 
-def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> Dict[str, int]:
+def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> dict[str, int]:
     """Samples of every utterance at ``target_sr``, for length sorting and dynamic batching.
 
     ``utt2num_samples`` is trusted while it is not older than ``wav.scp`` (and ``segments``):
     no audio is opened. Otherwise every recording header is read once (``jobs`` threads) and
     ``utt2num_samples`` is rewritten atomically (safe when several processes do it at once).
 
-    Arguments
-    ---------
-    data_dir : str or Path
+    Parameters
+    ----------
+    data_dir : str | Path
         A data dir.
     target_sr : int
         Rate of the counts (``utt2num_samples`` always holds 16 kHz counts).
@@ -1034,8 +1263,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     dict
         utt -> samples, sorted by utt.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 8000)
@@ -1056,7 +1285,7 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     wav_lines = {key: number for number, key, _ in read_numbered_lines(data_dir / WAV_SCP)}
     wav_scp = read_mapping(data_dir / WAV_SCP)
     segments = read_segments(data_dir / SEGMENTS) if (data_dir / SEGMENTS).is_file() else {}
-    problems: List[str] = []
+    problems: list[str] = []
     for key, entry in wav_scp.items():
         reason = unsafe_entry_reason(entry)
         if reason is not None:
@@ -1074,12 +1303,12 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 
 
 # --------------------------------------------------------------------------- SpeechBrain
-def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Dict[str, Dict[str, object]]:
+def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[str, dict[str, object]]:
     """A validated data dir as the ``data`` dict of SpeechBrain's ``DynamicItemDataset``.
 
-    Arguments
-    ---------
-    data_dir : str or Path
+    Parameters
+    ----------
+    data_dir : str | Path
         A data dir that passed :func:`validate_data_dir` (``utt2num_samples`` is required).
     label_file : str, optional
         Name of the label file inside the dir; None uses ``utt2label`` when present.
@@ -1091,8 +1320,8 @@ def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Di
         "text": transcript (if ``text`` exists), "label": class (if a label file is used),
         "start"/"end": seconds (if ``segments`` exists)}, sorted by utt.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import tempfile, numpy as np, soundfile as sf, os
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "u.wav")
     >>> sf.write(wav, np.zeros(800, dtype="float32"), 16000)
@@ -1112,11 +1341,11 @@ def data_dir_to_dict(data_dir: PathLike, label_file: Optional[str] = None) -> Di
         labels = read_token_mapping(data_dir / label_file)
     elif data.utt2label is not None:
         labels = data.utt2label
-    result: Dict[str, Dict[str, object]] = {}
+    result: dict[str, dict[str, object]] = {}
     for utt in data.utterances:
         segment = data.segments.get(utt) if data.segments is not None else None
         try:
-            item: Dict[str, object] = {
+            item: dict[str, object] = {
                 "wav": data.wav_scp[segment.recording if segment else utt],
                 "spk": data.utt2spk[utt],
                 "num_samples": data.utt2num_samples[utt],

@@ -5,8 +5,8 @@ leaves the rest here: the command line (``--corpus-root``, ``--out``, ``--skip-v
 logging, locating a corpus folder, writing + validating a data dir with a summary line, and
 logging what was dropped (the toolkit never drops anything silently).
 
-Example
--------
+Examples
+--------
 >>> parser = data_prep_parser("Prepare my corpus.")
 >>> args = parser.parse_args(["--corpus-root", "/corpora/mine"])
 >>> str(args.out), args.skip_validation
@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import validate_data_dir, write_data_dir
@@ -36,8 +37,8 @@ class CorpusLayoutError(ValueError):
 def data_prep_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser with the options every data-prep script shares.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     description : str
         The script's docstring (shown by ``--help``).
 
@@ -60,10 +61,19 @@ def data_prep_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.Namespace], object],
-                  argv: Optional[Sequence[str]] = None) -> int:
+                  argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, set up logging and run ``prepare(args)``; user errors exit with status 1.
 
     Corpus-layout and data-dir errors print one clear message instead of a traceback.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The recipe's parser (e.g. from :func:`prep_parser`).
+    prepare : Callable[[argparse.Namespace], object]
+        The recipe's preparation function.
+    argv : Sequence[str] | None, optional
+        Command-line arguments (None: ``sys.argv[1:]``).
 
     Returns
     -------
@@ -84,10 +94,33 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
 def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
     """The corpus folder ``name`` given its parent or itself (``--corpus-root`` may be either).
 
-    Example
+    Parameters
+    ----------
+    corpus_root : os.PathLike
+        The corpus folder or its parent.
+    name : str
+        The corpus folder's name.
+
+    Returns
     -------
+    Path
+        The corpus folder.
+
+    Raises
+    ------
+    CorpusLayoutError
+        If neither ``corpus_root / name`` nor ``corpus_root`` itself is that folder.
+
+    Examples
+    --------
     ``find_corpus_dir("/corpora", "LibriSpeech")`` and
-    ``find_corpus_dir("/corpora/LibriSpeech", "LibriSpeech")`` both give ``/corpora/LibriSpeech``.
+    ``find_corpus_dir("/corpora/LibriSpeech", "LibriSpeech")`` both give ``/corpora/LibriSpeech``:
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "LibriSpeech").mkdir()
+    >>> find_corpus_dir(root, "LibriSpeech") == find_corpus_dir(root / "LibriSpeech", "LibriSpeech") == root / "LibriSpeech"
+    True
     """
     root = Path(corpus_root)
     if (root / name).is_dir():
@@ -98,7 +131,28 @@ def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
 
 
 def audio_path(path: os.PathLike) -> str:
-    """Absolute path for ``wav.scp`` (symlinks kept as they are); no whitespace allowed."""
+    """Absolute path for ``wav.scp`` (symlinks kept as they are); no whitespace allowed.
+
+    Parameters
+    ----------
+    path : os.PathLike
+        An audio file.
+
+    Returns
+    -------
+    str
+        ``os.path.abspath(path)``.
+
+    Raises
+    ------
+    CorpusLayoutError
+        If the path holds whitespace.
+
+    Examples
+    --------
+    >>> audio_path("/corpus/a.flac")
+    '/corpus/a.flac'
+    """
     text = os.path.abspath(path)
     if any(ch.isspace() for ch in text):
         raise CorpusLayoutError(f"audio path contains whitespace, which wav.scp cannot hold: {text!r}")
@@ -108,10 +162,27 @@ def audio_path(path: os.PathLike) -> str:
 def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WARNING) -> int:
     """Log ``message`` with a total and a per-key breakdown; returns the total (0: nothing logged).
 
-    Example
+    Parameters
+    ----------
+    message : str
+        What was counted.
+    counts : Mapping[str, int]
+        Key -> count.
+    level : int, optional
+        Logging level.
+
+    Returns
     -------
+    int
+        The total.
+
+    Examples
+    --------
     ``log_counts("IEMOCAP: dropped utterances of unused emotions", Counter(fru=2, xxx=1))``
-    logs ``IEMOCAP: dropped utterances of unused emotions: 3 (fru=2, xxx=1)``.
+    logs ``IEMOCAP: dropped utterances of unused emotions: 3 (fru=2, xxx=1)`` and returns 3:
+
+    >>> log_counts("dropped", {"fru": 2, "xxx": 1}, level=logging.DEBUG)
+    3
     """
     total = sum(counts.values())
     if total:
@@ -121,7 +192,29 @@ def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WAR
 
 
 def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING, examples: int = 3) -> int:
-    """Log ``message`` with a count and the first few ``items``; returns the count."""
+    """Log ``message`` with a count and the first few ``items``; returns the count.
+
+    Parameters
+    ----------
+    message : str
+        What was skipped.
+    items : Sequence[str]
+        The skipped items.
+    level : int, optional
+        Logging level.
+    examples : int, optional
+        How many items the message names.
+
+    Returns
+    -------
+    int
+        ``len(items)``.
+
+    Examples
+    --------
+    >>> log_skipped("unreadable", ["a.wav", "b.wav"], level=logging.DEBUG)
+    2
+    """
     if items:
         shown = ", ".join(str(item) for item in list(items)[:examples])
         logger.log(level, "%s: %d (e.g. %s)", message, len(items), shown)
@@ -131,11 +224,11 @@ def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING
 def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) -> Path:
     """Write a data dir (:func:`write_data_dir`), validate it, log a summary.
 
-    Arguments
-    ---------
-    out_dir : str or Path
+    Parameters
+    ----------
+    out_dir : str | Path
         The data dir to write.
-    validate : bool
+    validate : bool, optional
         Run :func:`validate_data_dir` (opens every audio file, writes ``utt2num_samples``).
     **mappings
         Keyword arguments of :func:`write_data_dir` (``wav_scp``, ``utt2spk``, ...).
@@ -155,14 +248,31 @@ def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) 
     return out_dir
 
 
-def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> List[Item]:
+def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> list[Item]:
     """Deterministically pick ``floor(len * fraction)`` items spread evenly over ``sorted(items)``.
 
     Item ``i`` (0-based, in sorted order) is picked when ``floor((i + 1) * fraction)`` exceeds
     ``floor(i * fraction)``: with fraction 0.1 these are items 9, 19, 29, ...
 
-    Example
+    Parameters
+    ----------
+    items : Iterable[Item]
+        Sortable items (e.g. utterance or speaker ids).
+    fraction : float
+        In [0, 1].
+
+    Returns
     -------
+    list[Item]
+        The picked items, sorted.
+
+    Raises
+    ------
+    ValueError
+        If ``fraction`` is outside [0, 1].
+
+    Examples
+    --------
     >>> evenly_spaced_holdout(range(25), 0.1)
     [9, 19]
     """

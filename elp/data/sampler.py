@@ -33,7 +33,7 @@ Examples
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -268,7 +268,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         self._num_batches = sum(math.ceil(len(m) / s) for m, s in zip(self.buckets, self.bucket_batch_sizes))
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch)."""
+        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch).
+
+        Parameters
+        ----------
+        epoch : int
+            Epoch number (seeds the shuffle with ``seed + epoch``).
+        """
         self.epoch = int(epoch)
 
     def _all_batches(self) -> list[list[int]]:
