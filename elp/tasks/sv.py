@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import speechbrain as sb
@@ -13,6 +14,8 @@ from elp.plots import plot_det_curve
 from elp.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
                          select_cohort)
 from elp.tasks.base import Task, write_lines
+
+logger = logging.getLogger(__name__)
 
 
 class SpeakerVerification(Task):
@@ -95,16 +98,25 @@ class SpeakerVerification(Task):
 
         if self.calibration_set is None or not (Path(package_dir) / "package.json").exists():
             return None
-        utt2spk = read_data_dir(self.calibration_set).utt2spk
-        keep = set(sorted(utt2spk)[:: max(1, len(utt2spk) // self.calibration_utterances)][: self.calibration_utterances])
-        data = self.dataset(self.calibration_set, "test", None).filtered_sorted(key_test={"id": lambda u: u in keep})
+        source = self.calibration_set
+        keep = calibration_utterances(read_data_dir(source).utt2spk, self.calibration_utterances)
+        if not keep and self.cohort_set:  # no speaker with two validation utterances
+            source = self.cohort_set
+            keep = calibration_utterances(read_data_dir(source).utt2spk, self.calibration_utterances)
+            logger.warning("%s has no speaker with two utterances: calibrating the SV threshold on %s",
+                           self.calibration_set, source)
+        if not keep:
+            logger.warning("no speaker with two utterances in %s: the package gets no decision threshold", source)
+            return None
+        utt2spk = read_data_dir(source).utt2spk
+        data = self.dataset(source, "test", None).filtered_sorted(key_test={"id": lambda u: u in keep})
         embeddings = brain.predict(data, loader_kwargs_of(data))
         utts = sorted(embeddings)
         pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
         scores = cosine_scores(torch.stack([embeddings[a] for a, _ in pairs]), torch.stack([embeddings[b] for _, b in pairs]))
         labels = [int(utt2spk[a] == utt2spk[b]) for a, b in pairs]
         return calibrate_threshold(package_dir, scores.tolist(), labels,
-                                   source=f"all pairs of {len(utts)} utterances of {self.calibration_set}")
+                                   source=f"all pairs of {len(utts)} utterances of {source}")
 
     def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
         self.calibrate(brain, loader_kwargs_of, Path(exp_dir) / "adapters")
@@ -134,3 +146,23 @@ class SpeakerVerification(Task):
         dcf = min_dcf(scores, labels, p_target=0.01)["min_dcf"]
         return self.metric(eer, 50.0), {"min_dcf": dcf, "num_trials": len(rows)}
 
+
+def calibration_utterances(utt2spk: dict[str, str], limit: int) -> set[str]:
+    """Up to ``limit`` utterances of the speakers that have at least two, taken in turn from each
+    speaker, so their pairs hold both target and non-target trials (empty: no such speaker).
+
+    Examples
+    --------
+    >>> sorted(calibration_utterances({"a1": "a", "a2": "a", "b1": "b", "c1": "c", "c2": "c"}, 3))
+    ['a1', 'a2', 'c1']
+    """
+    by_speaker: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk):
+        by_speaker.setdefault(utt2spk[utt], []).append(utt)
+    speakers = [utts for _, utts in sorted(by_speaker.items()) if len(utts) >= 2]
+    chosen: list[str] = []
+    for index in range(max((len(u) for u in speakers), default=0)):
+        for utts in speakers:
+            if index < len(utts) and len(chosen) < limit:
+                chosen.append(utts[index])
+    return set(chosen) if len(speakers) >= 2 else set()  # targets need a speaker twice, non-targets two
