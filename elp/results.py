@@ -192,8 +192,8 @@ def result_key(result: dict) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> result_key({"task": "sv", "corpus": "voxceleb1", "backbone": "wavlm", "method": "lora"})
-    ('sv', 'voxceleb1', 'wavlm', 'lora', '')
+    >>> result_key({"task": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora"})
+    ('kws', 'speech_commands', 'wavlm', 'lora', '')
     """
     return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
 
