@@ -181,7 +181,8 @@ def test_ddp_two_cpu_processes(tmp_path, task, method, extra):
     exp = recipe / "exp" / "ddp"
     losses = train_losses(exp / "train_log.txt")
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert len(checkpoints(exp / "save")) == 1
+    # one end-of-epoch checkpoint is kept: the best, plus the most recent when it is not the best
+    assert 1 <= len(checkpoints(exp / "save")) <= 2
     assert len(list(exp.rglob("results.json"))) == 1
     hashes = {p.name: p.read_text() for p in exp.glob("rank*_learnable.sha256")}
     assert len(hashes) == 2 and len(set(hashes.values())) == 1, f"ranks diverged: {hashes}"
