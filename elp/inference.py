@@ -29,9 +29,9 @@ torch.Size([8])
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from elp.data.audio import read_audio
 from elp.package import SAMPLE_RATE, Package, load_package
 from elp.tasks import ASR, CLASSIFY, SV
 
-AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 MAX_CHANNELS = 16
 
 

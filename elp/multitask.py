@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np  # noqa: F401  (doctest namespace)
 import torch

@@ -33,8 +33,8 @@ non-zero. HF's WavLM attention reads ``q_proj.weight`` / ``v_proj.weight`` direc
 ``F.multi_head_attention_forward``, so PEFT's wrapped modules may never be called; the count
 shows whether they are.
 
-Example
--------
+Examples
+--------
 >>> from elp.testing import TINY_CONFIG
 >>> settings = PeerSettings(config_overrides=dict(TINY_CONFIG, num_hidden_layers=2), batch_size=2,
 ...                         duration=0.5, warmup=0, repeats=1, memory=False)
