@@ -118,9 +118,9 @@ class CTCBeamSearch:
         Blank must be id 0 (as stage 2 writes it).
     beam_size : int
         Hypotheses kept per frame.
-    lm : path, optional
+    lm : str | os.PathLike | None, optional
         KenLM n-gram file (ARPA, or binary with ``lexicon``) over words.
-    lexicon : path, optional
+    lexicon : str | os.PathLike | None, optional
         ``WORD token token ...`` lines; default: built from the ARPA unigrams.
     lm_weight, word_score : float
         LM weight and per-word insertion score.
@@ -188,7 +188,7 @@ def ctc_beam_search(log_probs: torch.Tensor, frame_mask: torch.Tensor, tokenizer
     frame_mask : torch.Tensor [B, F] bool
     tokenizer : CharTokenizer or BPETokenizer
     beam_size : int
-    lm : path, optional
+    lm : str | os.PathLike | None, optional
         ARPA (or binary KenLM with ``lexicon=``) word n-gram model.
     **lm_options
         ``lexicon``, ``lm_weight``, ``word_score``.

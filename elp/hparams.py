@@ -150,7 +150,7 @@ def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None,
 
     Parameters
     ----------
-    hparams_file : path
+    hparams_file : str | os.PathLike
         A recipe's HyperPyYAML file; ``!include:`` paths are relative to it.
     overrides : dict, optional
         From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.

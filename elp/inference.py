@@ -275,7 +275,7 @@ class Predictor:
         batch_size : int
         beam_size : int, optional
             CTC prefix beam search with this beam (default: greedy).
-        lm : path, optional
+        lm : str | os.PathLike | None, optional
             Word n-gram LM (ARPA) for beam search (:mod:`elp.decoding`).
         progress : bool, optional
             tqdm bar (default: for 50 or more inputs).
