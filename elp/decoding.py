@@ -40,12 +40,16 @@ def greedy_ctc(log_probs: torch.Tensor, frame_mask: torch.Tensor, blank: int = 0
 
     Parameters
     ----------
-    log_probs : torch.Tensor [B, F, V]
-    frame_mask : torch.Tensor [B, F] bool
+    log_probs : torch.Tensor
+        CTC log-probabilities [B, F, V].
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    blank : int, optional
+        Id of the CTC blank.
 
     Returns
     -------
-    list of list of int
+    list[list[int]]
         B token id sequences.
 
     Examples
@@ -114,16 +118,27 @@ class CTCBeamSearch:
 
     Parameters
     ----------
-    tokenizer : CharTokenizer or BPETokenizer
+    tokenizer : CharTokenizer | BPETokenizer
         Blank must be id 0 (as stage 2 writes it).
-    beam_size : int
+    beam_size : int, optional
         Hypotheses kept per frame.
     lm : str | os.PathLike | None, optional
         KenLM n-gram file (ARPA, or binary with ``lexicon``) over words.
     lexicon : str | os.PathLike | None, optional
         ``WORD token token ...`` lines; default: built from the ARPA unigrams.
-    lm_weight, word_score : float
-        LM weight and per-word insertion score.
+    lm_weight : float, optional
+        LM weight.
+    word_score : float, optional
+        Per-word insertion score.
+
+    Raises
+    ------
+    ImportError
+        Without the flashlight-text package.
+    ValueError
+        For ``beam_size < 1`` or an LM none of whose words the tokenizer can spell.
+    FileNotFoundError
+        If ``lm`` does not exist.
     """
 
     def __init__(self, tokenizer, beam_size: int = 10, lm: str | os.PathLike | None = None,
@@ -183,11 +198,14 @@ def ctc_beam_search(log_probs: torch.Tensor, frame_mask: torch.Tensor, tokenizer
 
     Parameters
     ----------
-    log_probs : torch.Tensor [B, F, V]
-        CTC log-probabilities (blank = 0).
-    frame_mask : torch.Tensor [B, F] bool
-    tokenizer : CharTokenizer or BPETokenizer
-    beam_size : int
+    log_probs : torch.Tensor
+        CTC log-probabilities [B, F, V] (blank = 0).
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    tokenizer : CharTokenizer | BPETokenizer
+        Maps token ids to text.
+    beam_size : int, optional
+        Prefixes kept per frame.
     lm : str | os.PathLike | None, optional
         ARPA (or binary KenLM with ``lexicon=``) word n-gram model.
     **lm_options
@@ -195,7 +213,7 @@ def ctc_beam_search(log_probs: torch.Tensor, frame_mask: torch.Tensor, tokenizer
 
     Returns
     -------
-    list of str
+    list[str]
         B texts.
 
     Examples

@@ -99,17 +99,22 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
     ----------
     backbone : SSLBackbone
         The backbone (or a view) whose feature projection and layers run.
-    features : torch.Tensor [B, F, C]
-        From :meth:`SSLBackbone.extract_cnn_features`.
-    frame_mask : torch.Tensor [B, F] bool
-    prompt, layer_prefixes : optional
-        P-adapter frames [K, C] (or one set per sample, [B, K, C]) and prefixes [L, K', D], as
-        in :meth:`SSLBackbone.forward`.
+    features : torch.Tensor
+        CNN features [B, F, C] from :meth:`SSLBackbone.extract_cnn_features`.
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    prompt : torch.Tensor | None, optional
+        P-adapter frames [K, C], or one set per sample [B, K, C], as in
+        :meth:`SSLBackbone.forward`.
+    layer_prefixes : torch.Tensor | None, optional
+        Prefixes [L, K', D], as in :meth:`SSLBackbone.forward`.
 
     Returns
     -------
-    (hidden_states, last_hidden_state)
-        ``num_layers + 1`` tensors [B, F, D] and [B, F, D], prompt frames removed.
+    hidden_states : Sequence[torch.Tensor]
+        ``num_layers + 1`` tensors [B, F, D], prompt frames removed.
+    last_hidden_state : torch.Tensor
+        [B, F, D], prompt frames removed.
     """
     if prompt is not None and prompt.dim() == 3:  # per sample: prepend them here, as the backbone would
         num_prompt = prompt.shape[1]

@@ -176,11 +176,11 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
     ----------
     directory : str | os.PathLike
         An SV package.
-    scores : array-like [N]
-        Cosine scores of dev trials (not the test trials that are reported).
-    labels : array-like [N]
-        1 = target, 0 = non-target.
-    source : str
+    scores : Sequence[float] | numpy.ndarray | torch.Tensor
+        Cosine scores [N] of dev trials (not the test trials that are reported).
+    labels : Sequence[int] | numpy.ndarray | torch.Tensor
+        [N], 1 = target, 0 = non-target.
+    source : str, optional
         What the trials were (recorded).
 
     Returns

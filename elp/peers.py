@@ -94,8 +94,10 @@ class PeerSettings(BenchSettings):
         peers are WavLM wrappers).
     config_overrides : dict
         Config fields to change (e.g. a tiny test architecture).
-    batch_size, duration : int, float
-        B utterances of ``duration`` seconds (16 kHz, no padding).
+    batch_size : int
+        B utterances per step.
+    duration : float
+        Seconds per utterance (16 kHz, no padding).
     precision : str
         ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
     device : str
@@ -379,7 +381,7 @@ def run_peer_bench(settings: PeerSettings, elp_variants: list[str] | None = None
     source : str | os.PathLike | None
         An existing WavLM checkpoint directory (with ``preprocessor_config.json``); default: a
         random one saved by :func:`save_random_checkpoint` to a temporary directory.
-    log : callable
+    log : Callable[[str], object]
         Where progress lines (and the missing-PEFT line) go.
 
     Returns
