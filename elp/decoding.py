@@ -75,7 +75,31 @@ def _token_list(tokenizer) -> list[str]:
 
 
 def arpa_words(path: str | os.PathLike) -> list[str]:
-    """The unigram words of an ARPA file (without ``<s>``, ``</s>``, ``<unk>``)."""
+    """The unigram words of an ARPA file (without ``<s>``, ``</s>``, ``<unk>``).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        An ARPA file.
+
+    Returns
+    -------
+    list[str]
+        Its unigram words in file order.
+
+    Raises
+    ------
+    ValueError
+        If it has no ``\\1-grams:`` section with words.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> arpa = Path(tempfile.mkdtemp()) / "lm.arpa"
+    >>> _ = arpa.write_text("\\\\data\\\\\\nngram 1=3\\n\\n\\\\1-grams:\\n-1.0 <s>\\n-0.5 CAT\\n-0.5 A\\n\\n\\\\end\\\\\\n")
+    >>> arpa_words(arpa)
+    ['CAT', 'A']
+    """
     words, in_unigrams = [], False
     with open(path, encoding="utf-8") as fin:
         for line in fin:
@@ -97,8 +121,29 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
 def write_lexicon(words: list[str], tokenizer, path: str | os.PathLike) -> int:
     """Write a flashlight lexicon (``WORD t1 t2 ... <sil>``) for the words the tokenizer spells.
 
-    Returns the number of words written (words with characters outside a character
-    inventory are left out: the decoder cannot produce them anyway).
+    Parameters
+    ----------
+    words : list[str]
+        Words to spell.
+    tokenizer : CharTokenizer | BPETokenizer
+        The model's tokenizer.
+    path : str | os.PathLike
+        Output lexicon file.
+
+    Returns
+    -------
+    int
+        The number of words written (words with characters outside a character
+        inventory are left out: the decoder cannot produce them anyway).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> lexicon = Path(tempfile.mkdtemp()) / "lexicon.txt"
+    >>> write_lexicon(["AB", "AZ"], CharTokenizer(["<blank>", "<space>", "A", "B"]), lexicon)
+    1
+    >>> lexicon.read_text()
+    'AB\\tA B <space>\\n'
     """
     lines = []
     for word in words:

@@ -402,7 +402,22 @@ def load_package_backbone(directory: str | os.PathLike, backbone_source: str | N
 
 
 def build_model(config: dict, backbone: SSLBackbone, directory: str | os.PathLike) -> AdaptedSSL:
-    """The package's :class:`AdaptedSSL` on ``backbone`` (method and options of its export)."""
+    """The package's :class:`AdaptedSSL` on ``backbone`` (method and options of its export).
+
+    Parameters
+    ----------
+    config : dict
+        The package's ``package.json`` (:func:`read_package_config`).
+    backbone : SSLBackbone
+        The loaded frozen backbone.
+    directory : str | os.PathLike
+        The package directory (its ``adapters.json``).
+
+    Returns
+    -------
+    AdaptedSSL
+        The model, untrained (see :func:`load_weights`).
+    """
     export = json.loads((Path(directory) / "adapters.json").read_text())
     options = dict(export["options"])
     options["lora_targets"] = tuple(options.get("lora_targets", ("q_proj", "v_proj")))
@@ -410,7 +425,23 @@ def build_model(config: dict, backbone: SSLBackbone, directory: str | os.PathLik
 
 
 def build_head(config: dict) -> nn.Module:
-    """The package's head class called with its recorded options (untrained)."""
+    """The package's head class called with its recorded options (untrained).
+
+    Parameters
+    ----------
+    config : dict
+        The package's ``package.json``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The head.
+
+    Raises
+    ------
+    PackageError
+        If the recorded class is outside ``elp`` (packages never import other code).
+    """
     spec = config["head"]
     module_name, _, class_name = spec["class"].rpartition(".")
     if not module_name.startswith("elp."):
@@ -420,14 +451,38 @@ def build_head(config: dict) -> nn.Module:
 
 
 def load_weights(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Module) -> None:
-    """Load the package's learnable tensors onto ``model`` and ``head``."""
+    """Load the package's learnable tensors onto ``model`` and ``head`` (both set to eval mode).
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        The package directory.
+    model : AdaptedSSL
+        From :func:`build_model`.
+    head : torch.nn.Module
+        From :func:`build_head`.
+    """
     load_adapters(model, directory, head=head)
     model.eval()
     head.eval()
 
 
 def load_inventory(directory: str | os.PathLike, config: dict):
-    """(tokenizer, labels) of the package (None where the task has none)."""
+    """The tokenizer and labels of the package.
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        The package directory.
+    config : dict
+        The package's ``package.json``.
+
+    Returns
+    -------
+    tuple
+        (tokenizer, labels): a :class:`CharTokenizer` / :class:`BPETokenizer` or None, and a
+        list of class names or None.
+    """
     directory = Path(directory)
     kind = config["inventory"]["kind"]
     if kind == "bpe":
