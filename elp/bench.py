@@ -448,7 +448,23 @@ def _measure_isolated(settings: BenchSettings, label: str) -> dict:
 
 
 def machine_description(device: str) -> str:
-    """CPU model and core count (and the GPU name on CUDA)."""
+    """CPU model and core count (and the GPU name on CUDA).
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    str
+        E.g. ``"<CPU model>, 16 logical CPUs; GPU <name>"``.
+
+    Examples
+    --------
+    >>> "logical CPUs" in machine_description("cpu")
+    True
+    """
     model = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
