@@ -22,25 +22,6 @@ Usage::
     elp bench --peers --threads 2 --batch-size 4 --duration 3 --precision fp32 bf16
     elp bench --methods full el el+ckpt el+k6 l_only+cache --repeats 3
     elp bench --device cuda --batch-size 8 --duration 16 --precision bf16
-
-Examples
---------
-The tiny architecture, in this process (the table's figures depend on the machine):
-
->>> import contextlib, io, tempfile
->>> parser = argparse.ArgumentParser()
->>> add_arguments(parser)
->>> args = parser.parse_args(["--backbone", "wavlm", "--tiny", "--methods", "l_only", "--batch-size", "1",
-...                           "--duration", "0.5", "--warmup", "0", "--repeats", "1", "--threads", "1",
-...                           "--in-process", "--retries", "0", "--out-dir", tempfile.mkdtemp()])
->>> with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
-...     status = run(args)
->>> status, out.getvalue().splitlines()[0]
-(0, '# elp bench: wavlm_custom_cpu_fp32_b1x0.5s')
->>> run(parser.parse_args(["--batch-size", "0"]))
-Traceback (most recent call last):
-...
-SystemExit: elp bench: --batch-size must be positive (got 0)
 """
 
 from __future__ import annotations
@@ -111,6 +92,25 @@ def run(args: argparse.Namespace) -> int:
     ------
     SystemExit
         On a non-positive size or count, a bad variant label or a missing ``--source``.
+
+    Examples
+    --------
+    The tiny architecture, in this process (the table's figures depend on the machine):
+
+    >>> import contextlib, io, tempfile
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["--backbone", "wavlm", "--tiny", "--methods", "l_only", "--batch-size", "1",
+    ...                           "--duration", "0.5", "--warmup", "0", "--repeats", "1", "--threads", "1",
+    ...                           "--in-process", "--retries", "0", "--out-dir", tempfile.mkdtemp()])
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+    ...     status = run(args)
+    >>> status, out.getvalue().splitlines()[0]
+    (0, '# elp bench: wavlm_custom_cpu_fp32_b1x0.5s')
+    >>> run(parser.parse_args(["--batch-size", "0"]))
+    Traceback (most recent call last):
+    ...
+    SystemExit: elp bench: --batch-size must be positive (got 0)
     """
     overrides = {}
     if args.tiny:

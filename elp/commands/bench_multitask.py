@@ -18,18 +18,6 @@ Usage::
     OMP_NUM_THREADS=2 elp bench-multitask                       # WavLM Base+ architecture
     elp bench-multitask --mixes l_only l_only,weighted_sum el,elp --duration 4 --repeats 3
     elp bench-multitask --tiny                                  # seconds, for a smoke test
-
-Examples
---------
-One measurement in this process on the tiny architecture (figures depend on the machine):
-
->>> packages = build_packages(Path(tempfile.mkdtemp()), "wavlm", True, {"l_only", "el"})
->>> sorted(packages)
-['el', 'l_only']
->>> spec = dict(dirs=[str(packages["l_only"]), str(packages["el"])], mode="shared", duration=0.5,
-...             batch_size=1, warmup=0, repeats=1, threads=1, device="cpu")
->>> sorted(worker(spec))
-['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s']
 """
 
 from __future__ import annotations
@@ -242,6 +230,18 @@ def run(args: argparse.Namespace) -> int:
     ------
     SystemExit
         If a worker process fails.
+
+    Examples
+    --------
+    One measurement in this process on the tiny architecture (figures depend on the machine):
+
+    >>> packages = build_packages(Path(tempfile.mkdtemp()), "wavlm", True, {"l_only", "el"})
+    >>> sorted(packages)
+    ['el', 'l_only']
+    >>> spec = dict(dirs=[str(packages["l_only"]), str(packages["el"])], mode="shared", duration=0.5,
+    ...             batch_size=1, warmup=0, repeats=1, threads=1, device="cpu")
+    >>> sorted(worker(spec))
+    ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s']
     """
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))

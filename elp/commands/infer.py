@@ -10,20 +10,6 @@ Usage::
 Several packages trained on the same backbone run together (:mod:`elp.multitask`: the CNN
 once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
 ``<utt> <task> <result>`` (text, label and probability, or embedding norm for SV).
-
-Examples
---------
->>> import tempfile
->>> import numpy as np
->>> import soundfile as sf
->>> from elp.cli import main
->>> from elp.package import make_tiny_package
->>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task="classify")
->>> wav = Path(tempfile.mkdtemp()) / "a.wav"
->>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
->>> main(["infer", "--package", str(package), "--no-progress", str(wav)])  # doctest: +ELLIPSIS
-/.../a.wav er neutral 0.39...
-0
 """
 
 from __future__ import annotations
@@ -175,6 +161,20 @@ def run(args: argparse.Namespace) -> int:
     ------
     SystemExit
         If an input or a package is missing or unusable (one line naming it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import soundfile as sf
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task="classify")
+    >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    >>> main(["infer", "--package", str(package), "--no-progress", str(wav)])  # doctest: +ELLIPSIS
+    /.../a.wav er neutral 0.39...
+    0
     """
     quiet_libraries()
     from elp.inference import AudioInputError

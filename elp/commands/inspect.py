@@ -8,28 +8,6 @@ Reads only the package files (no backbone is loaded). For L-adapters (``l_only``
 ``elp``) and ``weighted_sum`` it prints the softmax layer weights (index 0 = the first layer's
 output for L-adapters, the CNN/input embedding for weighted_sum) and writes their bar plot
 (default ``<package>/layer_weights.png``).
-
-Examples
---------
->>> import tempfile
->>> from elp.cli import main
->>> from elp.package import make_tiny_package
->>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er_l_only", method="l_only")
->>> main(["inspect", "--package", str(package), "--plot", str(package / "weights.png")])
-... # doctest: +ELLIPSIS
-package   .../er_l_only
-task      classify
-method    l_only  on backbone wavlm
-learnable parameters per group:
-  head              163
-  l               1,683
-  total           1,846
-layer weights, L-adapters (layer 1..L outputs):
-    1 0.3322 ####################
-    2 0.3658 ######################
-    3 0.3019 ##################
-wrote .../er_l_only/weights.png
-0
 """
 
 from __future__ import annotations
@@ -162,6 +140,28 @@ def run(args: argparse.Namespace) -> int:
     ------
     SystemExit
         If the package directory or its files are missing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er_l_only", method="l_only")
+    >>> main(["inspect", "--package", str(package), "--plot", str(package / "weights.png")])
+    ... # doctest: +ELLIPSIS
+    package   .../er_l_only
+    task      classify
+    method    l_only  on backbone wavlm
+    learnable parameters per group:
+      head              163
+      l               1,683
+      total           1,846
+    layer weights, L-adapters (layer 1..L outputs):
+        1 0.3322 ####################
+        2 0.3658 ######################
+        3 0.3019 ##################
+    wrote .../er_l_only/weights.png
+    0
     """
     from elp.plots import plot_layer_weights
 

@@ -3,17 +3,6 @@
 What each method counts is documented in :mod:`elp.methods`; ``full`` counts the transformer
 layers and the encoder LayerNorm (CNN, feature projection and positional conv stay frozen).
 The task head is not counted.
-
-Examples
---------
->>> parser = argparse.ArgumentParser()
->>> add_arguments(parser)
->>> run(parser.parse_args(["--backbone", "hubert", "--methods", "weighted_sum", "l_only"]))
-| backbone | method | learnable | l |
-|---|---|---|---|
-| hubert | weighted_sum | 13 | 13 |
-| hubert | l_only | 4,737,036 | 4,737,036 |
-0
 """
 
 from __future__ import annotations
@@ -85,6 +74,17 @@ def run(args: argparse.Namespace) -> int:
     -------
     int
         The exit status, 0.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> run(parser.parse_args(["--backbone", "hubert", "--methods", "weighted_sum", "l_only"]))
+    | backbone | method | learnable | l |
+    |---|---|---|---|
+    | hubert | weighted_sum | 13 | 13 |
+    | hubert | l_only | 4,737,036 | 4,737,036 |
+    0
     """
     rows = parameter_table(args.backbone, args.methods, prompt_frames=args.prompt_frames,
                            prefix_frames=args.prefix_frames, lora_rank=args.lora_rank)

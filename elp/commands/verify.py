@@ -6,20 +6,6 @@ Usage::
 
 Prints ``<score> accept|reject (threshold T)``; without a calibrated threshold only the
 cosine score (exit status 0 either way).
-
-Examples
---------
->>> import tempfile
->>> import numpy as np
->>> import soundfile as sf
->>> from elp.cli import main
->>> from elp.package import make_tiny_package
->>> package = make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora")
->>> wav = Path(tempfile.mkdtemp()) / "a.wav"
->>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
->>> main(["verify", "--package", str(package), str(wav), str(wav)])
-1.000000 (no decision: the package has no calibrated threshold)
-0
 """
 
 from __future__ import annotations
@@ -60,6 +46,20 @@ def run(args: argparse.Namespace) -> int:
     ------
     SystemExit
         If an audio file or the package is missing or unusable (one line naming it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import soundfile as sf
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora")
+    >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    >>> main(["verify", "--package", str(package), str(wav), str(wav)])
+    1.000000 (no decision: the package has no calibrated threshold)
+    0
     """
     from elp.commands.infer import quiet_libraries
 
