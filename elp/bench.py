@@ -18,12 +18,21 @@ steps), on CUDA ``torch.cuda.max_memory_allocated``. By default each variant run
 subprocess so that one variant's allocations do not hide another's peak. ``full`` always runs
 (first), and every ratio is against ``full`` from the same run.
 
-Example
--------
->>> settings = BenchSettings(backbone="wavlm_plus", config_overrides=TINY, batch_size=2,
-...                          duration=1.0, warmup=1, repeats=2)               # doctest: +SKIP
->>> rows = run_bench(settings, ["full", "el"])                               # doctest: +SKIP
->>> print(format_markdown(settings, rows))                                   # doctest: +SKIP
+Examples
+--------
+A tiny random backbone, measured in this process (timings and memory depend on the machine,
+so only the layout is shown):
+
+>>> import tempfile
+>>> from elp.testing import TINY_CONFIG
+>>> settings = BenchSettings(backbone="wavlm", config_overrides=TINY_CONFIG, batch_size=1,
+...                          duration=0.5, warmup=1, repeats=1, threads=1)
+>>> rows = run_bench(settings, ["el"], isolate=False, log=lambda line: None, retries=0)
+>>> [row["variant"] for row in rows], rows[0]["step_vs_full"]
+(['full', 'el'], 1.0)
+>>> markdown, json_file = write_results(settings, rows, tempfile.mkdtemp())
+>>> markdown.name, json_file.name
+('wavlm_custom_cpu_fp32_b1x0.5s.md', 'wavlm_custom_cpu_fp32_b1x0.5s.json')
 """
 
 from __future__ import annotations
@@ -54,18 +63,37 @@ DEFAULT_VARIANTS = [*METHODS, "weighted_sum+cache", "l_only+cache"]
 class BenchSettings:
     """What one benchmark run measures.
 
-    Arguments
-    ---------
-    backbone: short backbone name (random weights built from its config; nothing downloaded).
-    config_overrides: config fields to change (e.g. :data:`elp.testing.TINY_CONFIG`).
-    batch_size, duration: B utterances of ``duration`` seconds (16 kHz, no padding).
-    precision: ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
-    device: ``"cpu"`` or ``"cuda"``.
-    warmup, repeats: steps before timing, timed steps.
-    threads: ``torch.set_num_threads`` in each worker (None: PyTorch's default / $OMP_NUM_THREADS).
-    num_classes: classes of the benchmark head.
-    seed: seed of weights and data.
-    profile: also record the top operators of one step (torch.profiler).
+    Parameters
+    ----------
+    backbone : str
+        Short backbone name (random weights built from its config; nothing downloaded).
+    config_overrides : dict
+        Config fields to change (e.g. :data:`elp.testing.TINY_CONFIG`).
+    batch_size : int
+        B utterances per step.
+    duration : float
+        Seconds per utterance (16 kHz, no padding): the batch is [B, 16000 * duration].
+    precision : str
+        ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    warmup : int
+        Steps before timing.
+    repeats : int
+        Timed steps.
+    threads : int | None
+        ``torch.set_num_threads`` in each worker (None: PyTorch's default / $OMP_NUM_THREADS).
+    num_classes : int
+        Classes of the benchmark head.
+    seed : int
+        Seed of weights and data.
+    profile : bool
+        Also record the top operators of one step (torch.profiler).
+
+    Examples
+    --------
+    >>> BenchSettings(backbone="hubert", batch_size=2, duration=1.5).name
+    'hubert_cpu_fp32_b2x1.5s'
     """
 
     backbone: str = "wavlm_plus"
@@ -100,12 +128,32 @@ class Variant:
 
 
 def parse_variant(label: str) -> Variant:
-    """``"el+ckpt+k4"`` -> Variant(method="el", activation_checkpointing=True, e_first_layer=4).
+    """Parse a variant label such as ``"el+ckpt+k4"`` (see the module docstring).
 
-    Example
+    Parameters
+    ----------
+    label : str
+        A method name from :data:`elp.methods.METHODS` followed by ``+ckpt``, ``+k<N>``
+        and/or ``+cache`` flags.
+
+    Returns
     -------
+    Variant
+        E.g. ``Variant(label="el+ckpt+k4", method="el", activation_checkpointing=True,
+        e_first_layer=4)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method or flag, or ``+cache`` on a method whose backbone needs
+        gradients.
+
+    Examples
+    --------
     >>> parse_variant("l_only+cache").cache
     True
+    >>> parse_variant("el+ckpt+k4").e_first_layer
+    4
     """
     method, *flags = label.split("+")
     if method not in METHODS:
@@ -210,11 +258,19 @@ def _sync(device: str) -> None:
 def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
     """Build one model and time its training steps in this process.
 
+    Parameters
+    ----------
+    settings : BenchSettings
+        What to measure.
+    variant : Variant
+        The method and runtime options (from :func:`parse_variant`).
+
     Returns
     -------
-    dict: ``variant``, ``method``, ``learnable``, medians ``forward_s``, ``backward_s``,
-    ``optimizer_s``, ``step_s``, ``peak_mib``, ``audio_s_per_s`` (+ ``cache_fill_s`` and
-    ``profile`` where they apply).
+    dict
+        ``variant``, ``method``, ``learnable``, medians ``forward_s``, ``backward_s``,
+        ``optimizer_s``, ``step_s``, ``peak_mib``, ``audio_s_per_s`` (+ ``cache_fill_s`` and
+        ``profile`` where they apply).
     """
     from elp.backbones import load_backbone
     from elp.feature_cache import HiddenStateCache, cached_forward
@@ -324,21 +380,40 @@ def run_bench(settings: BenchSettings, variants: list[str] | None = None, isolat
               log=print, max_other_load: float = 0.25, retries: int = 2) -> list[dict]:
     """Measure every variant (``full`` first, always) and add ratios against ``full``.
 
-    Arguments
-    ---------
-    settings: what to measure.
-    variants: labels (see :func:`parse_variant`); default :data:`DEFAULT_VARIANTS`.
-    isolate: run each variant in a fresh subprocess (robust peak memory); False runs them in
+    Parameters
+    ----------
+    settings : BenchSettings
+        What to measure.
+    variants : list[str] | None, optional
+        Labels (see :func:`parse_variant`); default :data:`DEFAULT_VARIANTS`.
+    isolate : bool, optional
+        Run each variant in a fresh subprocess (robust peak memory); False runs them in
         this process (faster; peak memory then also sees earlier variants' leftovers).
-    log: where progress lines go.
-    max_other_load, retries: on a shared machine, a variant timed while other processes kept
-        more than ``max_other_load`` of the cores it uses busy (beyond the cores its threads
-        leave free) is measured again (up to ``retries`` more
-        times); the least disturbed measurement is kept.
+    log : Callable[[str], object], optional
+        Where progress lines go.
+    max_other_load : float, optional
+        On a shared machine, a variant timed while other processes kept more than this
+        many of the cores it uses busy (beyond the cores its threads leave free) is
+        measured again; the least disturbed measurement is kept.
+    retries : int, optional
+        How many more times such a disturbed variant is measured at most.
 
     Returns
     -------
-    one dict per variant (see :func:`measure_variant`) plus ``step_vs_full`` and ``memory_vs_full``.
+    list[dict]
+        One dict per variant (see :func:`measure_variant`), ``full`` first, plus
+        ``step_vs_full`` and ``memory_vs_full``.
+
+    Raises
+    ------
+    ValueError
+        For a bad variant label (before anything is measured).
+    RuntimeError
+        If an isolated worker process fails.
+
+    Examples
+    --------
+    See the module docstring.
     """
     labels = list(variants or DEFAULT_VARIANTS)
     for label in labels:
@@ -373,7 +448,23 @@ def _measure_isolated(settings: BenchSettings, label: str) -> dict:
 
 
 def machine_description(device: str) -> str:
-    """CPU model and core count (and the GPU name on CUDA)."""
+    """CPU model and core count (and the GPU name on CUDA).
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    str
+        E.g. ``"<CPU model>, 16 logical CPUs; GPU <name>"``.
+
+    Examples
+    --------
+    >>> "logical CPUs" in machine_description("cpu")
+    True
+    """
     model = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -395,7 +486,22 @@ COLUMNS = [("variant", "method"), ("learnable", "learnable"), ("forward_s", "for
 
 
 def format_markdown(settings: BenchSettings, rows: list[dict], command: str | None = None) -> str:
-    """The result table (markdown) with a header naming the machine and the settings."""
+    """The result table (markdown) with a header naming the machine and the settings.
+
+    Parameters
+    ----------
+    settings : BenchSettings
+        The settings the rows were measured with.
+    rows : list[dict]
+        Output of :func:`run_bench`.
+    command : str | None, optional
+        The command line that produced them (added to the header).
+
+    Returns
+    -------
+    str
+        Markdown text ending with a newline.
+    """
     threads = rows[0].get("threads") if rows else None
     lines = [f"# elp bench: {settings.name}", "",
              f"- machine: {machine_description(settings.device)}; torch {torch.__version__}; "
@@ -440,7 +546,24 @@ def format_markdown(settings: BenchSettings, rows: list[dict], command: str | No
 
 def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.PathLike,
                   command: str | None = None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<settings.name>.md`` and ``.json``; returns both paths."""
+    """Write ``<out_dir>/<settings.name>.md`` and ``.json``.
+
+    Parameters
+    ----------
+    settings : BenchSettings
+        The settings the rows were measured with.
+    rows : list[dict]
+        Output of :func:`run_bench`.
+    out_dir : str | os.PathLike
+        Output folder (created if missing).
+    command : str | None, optional
+        The command line that produced the rows.
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The markdown and JSON files.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / f"{settings.name}.md"

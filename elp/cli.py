@@ -29,6 +29,35 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand.
+
+    Subcommands whose module cannot be imported (an optional part not installed) are left
+    out of the parser.
+
+    Parameters
+    ----------
+    argv : list[str] | None, optional
+        Arguments after the program name; None reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status (0 on success).
+
+    Raises
+    ------
+    SystemExit
+        On bad arguments (from argparse) or a user error the subcommand reports.
+
+    Examples
+    --------
+    >>> main(["params", "--backbone", "wavlm", "--methods", "lora", "elp"])
+    | backbone | method | learnable | lora | ln | e | l | p |
+    |---|---|---|---|---|---|---|---|
+    | wavlm | lora | 294,912 | 294,912 |  |  |  |  |
+    | wavlm | elp | 9,132,556 |  | 36,864 | 4,353,536 | 4,737,036 | 5,120 |
+    0
+    """
     parser = argparse.ArgumentParser(prog="elp", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}

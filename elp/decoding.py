@@ -40,12 +40,16 @@ def greedy_ctc(log_probs: torch.Tensor, frame_mask: torch.Tensor, blank: int = 0
 
     Parameters
     ----------
-    log_probs : torch.Tensor [B, F, V]
-    frame_mask : torch.Tensor [B, F] bool
+    log_probs : torch.Tensor
+        CTC log-probabilities [B, F, V].
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    blank : int, optional
+        Id of the CTC blank.
 
     Returns
     -------
-    list of list of int
+    list[list[int]]
         B token id sequences.
 
     Examples
@@ -71,7 +75,31 @@ def _token_list(tokenizer) -> list[str]:
 
 
 def arpa_words(path: str | os.PathLike) -> list[str]:
-    """The unigram words of an ARPA file (without ``<s>``, ``</s>``, ``<unk>``)."""
+    """The unigram words of an ARPA file (without ``<s>``, ``</s>``, ``<unk>``).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        An ARPA file.
+
+    Returns
+    -------
+    list[str]
+        Its unigram words in file order.
+
+    Raises
+    ------
+    ValueError
+        If it has no ``\\1-grams:`` section with words.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> arpa = Path(tempfile.mkdtemp()) / "lm.arpa"
+    >>> _ = arpa.write_text("\\\\data\\\\\\nngram 1=3\\n\\n\\\\1-grams:\\n-1.0 <s>\\n-0.5 CAT\\n-0.5 A\\n\\n\\\\end\\\\\\n")
+    >>> arpa_words(arpa)
+    ['CAT', 'A']
+    """
     words, in_unigrams = [], False
     with open(path, encoding="utf-8") as fin:
         for line in fin:
@@ -93,8 +121,29 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
 def write_lexicon(words: list[str], tokenizer, path: str | os.PathLike) -> int:
     """Write a flashlight lexicon (``WORD t1 t2 ... <sil>``) for the words the tokenizer spells.
 
-    Returns the number of words written (words with characters outside a character
-    inventory are left out: the decoder cannot produce them anyway).
+    Parameters
+    ----------
+    words : list[str]
+        Words to spell.
+    tokenizer : CharTokenizer | BPETokenizer
+        The model's tokenizer.
+    path : str | os.PathLike
+        Output lexicon file.
+
+    Returns
+    -------
+    int
+        The number of words written (words with characters outside a character
+        inventory are left out: the decoder cannot produce them anyway).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> lexicon = Path(tempfile.mkdtemp()) / "lexicon.txt"
+    >>> write_lexicon(["AB", "AZ"], CharTokenizer(["<blank>", "<space>", "A", "B"]), lexicon)
+    1
+    >>> lexicon.read_text()
+    'AB\\tA B <space>\\n'
     """
     lines = []
     for word in words:
@@ -114,16 +163,27 @@ class CTCBeamSearch:
 
     Parameters
     ----------
-    tokenizer : CharTokenizer or BPETokenizer
+    tokenizer : CharTokenizer | BPETokenizer
         Blank must be id 0 (as stage 2 writes it).
-    beam_size : int
+    beam_size : int, optional
         Hypotheses kept per frame.
-    lm : path, optional
+    lm : str | os.PathLike | None, optional
         KenLM n-gram file (ARPA, or binary with ``lexicon``) over words.
-    lexicon : path, optional
+    lexicon : str | os.PathLike | None, optional
         ``WORD token token ...`` lines; default: built from the ARPA unigrams.
-    lm_weight, word_score : float
-        LM weight and per-word insertion score.
+    lm_weight : float, optional
+        LM weight.
+    word_score : float, optional
+        Per-word insertion score.
+
+    Raises
+    ------
+    ImportError
+        Without the flashlight-text package.
+    ValueError
+        For ``beam_size < 1`` or an LM none of whose words the tokenizer can spell.
+    FileNotFoundError
+        If ``lm`` does not exist.
     """
 
     def __init__(self, tokenizer, beam_size: int = 10, lm: str | os.PathLike | None = None,
@@ -183,19 +243,22 @@ def ctc_beam_search(log_probs: torch.Tensor, frame_mask: torch.Tensor, tokenizer
 
     Parameters
     ----------
-    log_probs : torch.Tensor [B, F, V]
-        CTC log-probabilities (blank = 0).
-    frame_mask : torch.Tensor [B, F] bool
-    tokenizer : CharTokenizer or BPETokenizer
-    beam_size : int
-    lm : path, optional
+    log_probs : torch.Tensor
+        CTC log-probabilities [B, F, V] (blank = 0).
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    tokenizer : CharTokenizer | BPETokenizer
+        Maps token ids to text.
+    beam_size : int, optional
+        Prefixes kept per frame.
+    lm : str | os.PathLike | None, optional
         ARPA (or binary KenLM with ``lexicon=``) word n-gram model.
     **lm_options
         ``lexicon``, ``lm_weight``, ``word_score``.
 
     Returns
     -------
-    list of str
+    list[str]
         B texts.
 
     Examples

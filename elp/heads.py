@@ -22,16 +22,14 @@ speaker            ``SpeakerEmbeddingHead``: Linear(D -> 768),     embeddings [B
 Every head records its constructor arguments in ``head.config`` (a JSON-able dict), so
 ``type(head)(**head.config)`` rebuilds it (:mod:`elp.package` stores class path and config).
 
-Example
--------
+Examples
+--------
 >>> feats = torch.randn(2, 5, 16)
 >>> frame_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
 >>> PooledClassifier(16, num_classes=4)(feats, frame_mask).shape
 torch.Size([2, 4])
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,17 +62,25 @@ def _check_inputs(feats: torch.Tensor, frame_mask: torch.Tensor) -> None:
 def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid frames of each utterance.
 
-    Arguments
-    ---------
-    feats : torch.Tensor [B, F, D]
-    frame_mask : torch.Tensor [B, F] bool, True = real frame
+    Parameters
+    ----------
+    feats : torch.Tensor
+        Features [B, F, D] (float).
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame; every utterance needs at least one.
 
     Returns
     -------
-    torch.Tensor [B, D]
+    torch.Tensor
+        Per-utterance means [B, D].
 
-    Example
-    -------
+    Raises
+    ------
+    ValueError
+        On a shape mismatch, a non-bool mask or an utterance with no valid frame.
+
+    Examples
+    --------
     >>> feats = torch.tensor([[[1.0], [3.0], [100.0]]])
     >>> masked_mean(feats, torch.tensor([[True, True, False]]))
     tensor([[2.]])
@@ -91,8 +97,23 @@ def frame_mask_to_relative_lengths(frame_mask: torch.Tensor) -> torch.Tensor:
     ``round(lengths[b] * F)`` gives back the number of valid frames, which is how
     ``speechbrain.nnet.losses.ctc_loss`` and ``length_to_mask`` read them.
 
-    Example
+    Parameters
+    ----------
+    frame_mask : torch.Tensor
+        [B, F] bool prefix mask (True frames, then False padding).
+
+    Returns
     -------
+    torch.Tensor
+        Relative lengths [B] (float, in (0, 1]).
+
+    Raises
+    ------
+    ValueError
+        If ``frame_mask`` is not a prefix mask.
+
+    Examples
+    --------
     >>> frame_mask_to_relative_lengths(torch.tensor([[True, True, True, False]]))
     tensor([0.7500])
     """
@@ -111,17 +132,19 @@ class AttentiveStatisticsPooling(nn.Module):
     Attention e = Linear(tanh(Linear([x; mean; std]))) per frame and channel, softmax over
     the valid frames; output [weighted mean; weighted std].
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     in_dim : int
         Feature size D.
-    attention_dim : int
+    attention_dim : int, optional
         Hidden size of the attention network.
-    global_context : bool
+    global_context : bool, optional
         Whether the attention also sees the utterance mean and std.
+    eps : float, optional
+        Variance floor before the square root.
 
-    Example
-    -------
+    Examples
+    --------
     >>> pool = AttentiveStatisticsPooling(8)
     >>> pool(torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)).shape
     torch.Size([2, 16])
@@ -170,14 +193,15 @@ class CTCHead(nn.Module):
     Padded frames get log-probs too; CTC ignores them through the input lengths
     (``frame_mask.sum(1)``, or ``frame_mask_to_relative_lengths`` for SpeechBrain).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     in_dim : int
+        Feature size D.
     vocab_size : int
-        Output tokens including the CTC blank.
+        Output tokens V, including the CTC blank.
 
-    Example
-    -------
+    Examples
+    --------
     >>> head = CTCHead(16, vocab_size=30)
     >>> log_probs = head(torch.randn(2, 7, 16))
     >>> log_probs.shape, bool(torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 7)))
@@ -190,7 +214,7 @@ class CTCHead(nn.Module):
         self.proj = nn.Linear(in_dim, vocab_size)
 
     def forward(self, feats: torch.Tensor,
-                frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """feats [B, F, D] -> log-probs [B, F, V]; frame_mask is accepted and unused."""
         return F.log_softmax(self.proj(feats), dim=-1)
 
@@ -199,14 +223,17 @@ class PooledClassifier(nn.Module):
     """Utterance classifier for emotion and intent: Linear(in_dim -> hidden_dim), masked
     mean over frames, Linear(hidden_dim -> num_classes) (the paper's emotion/intent head; no nonlinearity).
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     in_dim : int
+        Feature size D.
     num_classes : int
-    hidden_dim : int
+        Number of classes n (logits [B, n]).
+    hidden_dim : int, optional
+        Width of the projection before pooling.
 
-    Example
-    -------
+    Examples
+    --------
     >>> clf = PooledClassifier(16, num_classes=4)
     >>> clf(torch.randn(3, 9, 16), torch.ones(3, 9, dtype=torch.bool)).shape
     torch.Size([3, 4])
@@ -230,15 +257,22 @@ class SpeakerEmbeddingHead(nn.Module):
     * ``pooling="attentive"``: attentive statistics pooling (mean and std, 2 embed_dim)
       then Linear(2 embed_dim -> embed_dim) -> embedding [B, embed_dim].
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     in_dim : int
-    embed_dim : int
-    pooling : str
-        "mean" or "attentive".
+        Feature size D.
+    embed_dim : int, optional
+        Embedding size E.
+    pooling : str, optional
+        ``"mean"`` or ``"attentive"``.
 
-    Example
-    -------
+    Raises
+    ------
+    ValueError
+        For any other ``pooling``.
+
+    Examples
+    --------
     >>> head = SpeakerEmbeddingHead(16, embed_dim=32, pooling="attentive")
     >>> head(torch.randn(2, 10, 16), torch.ones(2, 10, dtype=torch.bool)).shape
     torch.Size([2, 32])
@@ -274,16 +308,19 @@ class AAMSoftmaxClassifier(nn.Module):
     SpeechBrain's ``LogSoftmaxWrapper(AdditiveAngularMargin(margin, scale))`` feed it
     ``cosine(emb).unsqueeze(1)`` instead; both give the same loss.
 
-    Arguments
-    ---------
+    Parameters
+    ----------
     embed_dim : int
+        Embedding size E.
     num_speakers : int
-    margin : float
+        Number of training speakers (one weight vector each).
+    margin : float, optional
         Angular margin in radians.
-    scale : float
+    scale : float, optional
+        Logit scale s.
 
-    Example
-    -------
+    Examples
+    --------
     >>> clf = AAMSoftmaxClassifier(8, num_speakers=5)
     >>> emb, spk = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
     >>> clf(emb, spk).shape, clf.loss(emb, spk).dim()
@@ -305,7 +342,7 @@ class AAMSoftmaxClassifier(nn.Module):
         return F.linear(F.normalize(embeddings, dim=-1), F.normalize(self.weight, dim=-1))
 
     def forward(self, embeddings: torch.Tensor,
-                targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """embeddings [B, E], targets [B] (long, optional) -> logits [B, num_speakers]."""
         cosine = self.cosine(embeddings)
         if targets is None:

@@ -150,11 +150,11 @@ def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None,
 
     Parameters
     ----------
-    hparams_file : path
+    hparams_file : str | os.PathLike
         A recipe's HyperPyYAML file; ``!include:`` paths are relative to it.
-    overrides : dict, optional
+    overrides : dict | None, optional
         From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
-    allowed_new : iterable of str
+    allowed_new : Iterable[str], optional
         Keys an override may add although the file does not define them (run options).
 
     Returns
@@ -169,12 +169,44 @@ def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None
     """The file with overrides, ``!ref`` and ``!include:`` resolved, as YAML text (nothing built).
 
     This is what an experiment's identity is hashed from (:mod:`elp.experiment`).
+
+    Parameters
+    ----------
+    hparams_file : str | os.PathLike
+        A recipe's HyperPyYAML file.
+    overrides : dict | None, optional
+        From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
+    allowed_new : Iterable[str], optional
+        Keys an override may add although the file does not define them (run options).
+
+    Returns
+    -------
+    str
+        The resolved YAML text.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "train.yaml"
+    >>> _ = path.write_text("seed: 1\\nfolder: !ref results/<seed>\\n")
+    >>> print(resolved_text(path, {"seed": 7}), end="")
+    seed: 7
+    folder: results/7
     """
     return resolve_references(_with_overrides(hparams_file, overrides, allowed_new)).getvalue()
 
 
 def peek_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> dict:
     """Values of ``hparams_file`` without building objects (see the module docstring).
+
+    Parameters
+    ----------
+    hparams_file : str | os.PathLike
+        A recipe's HyperPyYAML file.
+    overrides : dict | None, optional
+        From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
+    allowed_new : Iterable[str], optional
+        Keys an override may add although the file does not define them (run options).
 
     Returns
     -------
@@ -206,6 +238,23 @@ def build_node(node: Any) -> Any:
 
     ``!new:`` and ``!apply:`` call their target with the node's arguments, ``!name:`` returns
     the target (with keyword arguments bound, as HyperPyYAML does).
+
+    Parameters
+    ----------
+    node : Any
+        A peeked value: :class:`Tagged`, or a dict/list/plain value holding them.
+
+    Returns
+    -------
+    Any
+        The built object (dicts and lists are built element-wise; plain values unchanged).
+
+    Raises
+    ------
+    ValueError
+        For a tag other than ``!new:``, ``!name:`` or ``!apply:``.
+    ImportError
+        If the target does not exist.
 
     Examples
     --------
@@ -240,11 +289,42 @@ def data_sets(hparams: dict) -> dict[str, list[str]]:
     """The recipe's data sets: ``{"train": [dir], "valid": [dir], "test": [dirs]}``.
 
     Every recipe names them once, as ``train_set``, ``valid_set`` and ``test_sets``.
+
+    Parameters
+    ----------
+    hparams : dict
+        Holds ``train_set``, ``valid_set`` and ``test_sets``.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Split -> data directories.
+
+    Examples
+    --------
+    >>> data_sets({"train_set": "data/train", "valid_set": "data/dev", "test_sets": ["data/test"]})
+    {'train': ['data/train'], 'valid': ['data/dev'], 'test': ['data/test']}
     """
     return {"train": [str(hparams["train_set"])], "valid": [str(hparams["valid_set"])],
             "test": [str(t) for t in hparams["test_sets"]]}
 
 
 def recipe_root(hparams_file: str | os.PathLike) -> Path:
-    """The recipe directory of ``egs/<corpus>/<task>/conf/<file>.yaml``."""
+    """The recipe directory of ``egs/<corpus>/<task>/conf/<file>.yaml``.
+
+    Parameters
+    ----------
+    hparams_file : str | os.PathLike
+        A recipe's YAML file.
+
+    Returns
+    -------
+    Path
+        ``egs/<corpus>/<task>`` (absolute).
+
+    Examples
+    --------
+    >>> recipe_root("/egs/iemocap/er/conf/train.yaml")
+    PosixPath('/egs/iemocap/er')
+    """
     return Path(hparams_file).resolve().parent.parent

@@ -29,9 +29,9 @@ torch.Size([8])
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from elp.data.audio import read_audio
 from elp.package import SAMPLE_RATE, Package, load_package
 from elp.tasks import ASR, CLASSIFY, SV
 
-AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 MAX_CHANNELS = 16
 
 
@@ -124,14 +124,49 @@ def load_waveform(item: AudioInput, sample_rate: int | None = None) -> torch.Ten
 
 
 def as_batch(wavs) -> tuple[list, bool]:
-    """(list of utterances, whether the input was a single utterance)."""
+    """A list of utterances, and whether the input was a single utterance.
+
+    Parameters
+    ----------
+    wavs : AudioInput | list[AudioInput] | tuple[AudioInput, ...]
+        A list or tuple is a batch; anything else is one utterance.
+
+    Returns
+    -------
+    tuple[list, bool]
+        The utterances and whether ``wavs`` was a single one.
+
+    Examples
+    --------
+    >>> as_batch("a.wav"), as_batch(("a.wav", "b.wav"))
+    ((['a.wav'], True), (['a.wav', 'b.wav'], False))
+    """
     if isinstance(wavs, (list, tuple)):
         return list(wavs), False
     return [wavs], True
 
 
 def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Waveforms [T_i] -> padded [B, T_max] and SpeechBrain relative lengths [B]."""
+    """Zero-pad waveforms into one batch.
+
+    Parameters
+    ----------
+    waves : Sequence[torch.Tensor]
+        B waveforms [T_i].
+
+    Returns
+    -------
+    batch : torch.Tensor
+        Padded waveforms [B, T_max].
+    lengths : torch.Tensor
+        SpeechBrain relative lengths [B] (float64, T_i / T_max).
+
+    Examples
+    --------
+    >>> batch, lengths = pad_batch([torch.ones(4), torch.ones(2)])
+    >>> batch.tolist(), lengths.tolist()
+    ([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]], [1.0, 0.5])
+    """
     longest = max(w.shape[0] for w in waves)
     batch = torch.zeros(len(waves), longest)
     for row, wave in zip(batch, waves):
@@ -141,7 +176,30 @@ def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first)."""
+    """Indices grouped into batches of similar length (longest first).
+
+    Parameters
+    ----------
+    lengths : Sequence[int]
+        Length of each input.
+    batch_size : int
+        Inputs per batch at most (>= 1).
+
+    Returns
+    -------
+    list[list[int]]
+        Input indices per batch.
+
+    Raises
+    ------
+    ValueError
+        For ``batch_size < 1``.
+
+    Examples
+    --------
+    >>> length_batches([5, 9, 1, 7], batch_size=2)
+    [[1, 3], [0, 2]]
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -149,7 +207,29 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def check_lengths(items: Sequence, waves: Sequence[torch.Tensor], receptive_field: int) -> None:
-    """Refuse inputs shorter than one backbone frame, naming the input."""
+    """Refuse inputs shorter than one backbone frame, naming the input.
+
+    Parameters
+    ----------
+    items : Sequence
+        The inputs as given (paths are named in the error, others by index).
+    waves : Sequence[torch.Tensor]
+        Their 16 kHz waveforms [T_i].
+    receptive_field : int
+        Samples of one backbone frame.
+
+    Raises
+    ------
+    AudioInputError
+        For the first input shorter than ``receptive_field``.
+
+    Examples
+    --------
+    >>> check_lengths(["a.wav"], [torch.zeros(300)], receptive_field=400)
+    Traceback (most recent call last):
+    ...
+    elp.inference.AudioInputError: a.wav has 300 samples at 16 kHz, fewer than the backbone's receptive field (400 samples); pass longer audio
+    """
     for index, (item, wave) in enumerate(zip(items, waves)):
         if wave.shape[0] < receptive_field:
             name = str(item) if isinstance(item, (str, os.PathLike)) else f"input {index}"
@@ -184,7 +264,22 @@ class Predictor:
     @classmethod
     def from_package(cls, directory: str | os.PathLike, backbone_source: str | None = None,
                      device: str | torch.device = "cpu") -> "Predictor":
-        """Load a package (the backbone from ``backbone_source`` or its recorded source)."""
+        """Load a package (the backbone from ``backbone_source`` or its recorded source).
+
+        Parameters
+        ----------
+        directory : str | os.PathLike
+            The package directory.
+        backbone_source : str | None, optional
+            Backbone checkpoint directory or hub id (default: the recorded one).
+        device : str | torch.device, optional
+            Where the model runs.
+
+        Returns
+        -------
+        Predictor
+            A predictor of the package.
+        """
         return cls(load_package(directory, backbone_source, device))
 
     # ---------------------------------------------------------------- properties
@@ -205,8 +300,18 @@ class Predictor:
     def head_outputs(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
         """The head on model features, one CPU tensor per utterance.
 
-        ASR: log-probs [F_i, V] (valid frames only); classification: probabilities [C];
-        SV: embedding [E].
+        Parameters
+        ----------
+        feats : torch.Tensor
+            Model features [B, F, D].
+        frame_mask : torch.Tensor
+            [B, F] bool, True = real frame.
+
+        Returns
+        -------
+        list[torch.Tensor]
+            ASR: log-probs [F_i, V] (valid frames only); classification: probabilities [C];
+            SV: embedding [E].
         """
         head = self.package.head
         if self.task == ASR:
@@ -219,14 +324,47 @@ class Predictor:
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """16 kHz mono waveforms -> :meth:`head_outputs` (one padded batch)."""
+        """Run one padded batch through the model and head.
+
+        Parameters
+        ----------
+        waves : Sequence[torch.Tensor]
+            16 kHz mono waveforms [T_i].
+
+        Returns
+        -------
+        list[torch.Tensor]
+            :meth:`head_outputs` of the batch.
+        """
         batch, lengths = pad_batch(waves)
         feats, frame_mask = self.package.model(batch.to(self.device), lengths.to(self.device))
         return self.head_outputs(feats, frame_mask)
 
     def outputs(self, wavs: Iterable[AudioInput], sample_rate: int | None = None, batch_size: int = 8,
                 progress: bool | None = None) -> list[torch.Tensor]:
-        """Per-utterance head outputs of many inputs, batched by length, in input order."""
+        """Per-utterance head outputs of many inputs, batched by length, in input order.
+
+        Parameters
+        ----------
+        wavs : Iterable[AudioInput]
+            The inputs.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        list[torch.Tensor]
+            One :meth:`head_outputs` element per input.
+
+        Raises
+        ------
+        AudioInputError
+            For an unusable or too short input.
+        """
         items = list(wavs)
         bar = _progress(len(items), progress, self.package.name)
         waves = [load_waveform(item, sample_rate) for item in items]
@@ -249,7 +387,24 @@ class Predictor:
 
     def decode(self, log_probs: torch.Tensor, beam_size: int | None = None, lm: str | None = None,
                **lm_options) -> str:
-        """Text of one utterance's log-probs [F, V]: greedy, or beam search with ``beam_size``."""
+        """Text of one utterance's log-probs: greedy, or beam search with ``beam_size``.
+
+        Parameters
+        ----------
+        log_probs : torch.Tensor
+            CTC log-probs [F, V] of the valid frames.
+        beam_size : int | None, optional
+            Beam of CTC prefix beam search (None: greedy unless ``lm`` is given; then 10).
+        lm : str | None, optional
+            Word n-gram LM (ARPA) for beam search.
+        **lm_options
+            ``lexicon``, ``lm_weight``, ``word_score`` (:class:`elp.decoding.CTCBeamSearch`).
+
+        Returns
+        -------
+        str
+            The hypothesis.
+        """
         mask = torch.ones(1, log_probs.shape[0], dtype=torch.bool)
         tokenizer = self.package.tokenizer
         if beam_size is None and lm is None:
@@ -269,16 +424,30 @@ class Predictor:
 
         Parameters
         ----------
-        wavs : AudioInput or list of AudioInput
-        sample_rate : int, optional
+        wavs : AudioInput | list[AudioInput]
+            One utterance or a list.
+        sample_rate : int | None, optional
             Rate of array/tensor inputs.
-        batch_size : int
-        beam_size : int, optional
+        batch_size : int, optional
+            Utterances per forward pass.
+        beam_size : int | None, optional
             CTC prefix beam search with this beam (default: greedy).
-        lm : path, optional
+        lm : str | os.PathLike | None, optional
             Word n-gram LM (ARPA) for beam search (:mod:`elp.decoding`).
-        progress : bool, optional
+        progress : bool | None, optional
             tqdm bar (default: for 50 or more inputs).
+        **lm_options
+            ``lexicon``, ``lm_weight``, ``word_score``.
+
+        Returns
+        -------
+        str | list[str]
+            The text, or one per input of a list.
+
+        Raises
+        ------
+        ValueError
+            If the package is not an ASR package.
         """
         self._require(ASR, what="transcribe")
         items, single = as_batch(wavs)
@@ -287,33 +456,108 @@ class Predictor:
         return texts[0] if single else texts
 
     def to_classification(self, probs: torch.Tensor) -> Classification:
+        """The :class:`Classification` of class probabilities [C] (package label order)."""
         labels = self.labels
         best = int(probs.argmax())
         return Classification(labels[best], {label: float(p) for label, p in zip(labels, probs.tolist())})
 
     def classify(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
-        """Classify one utterance (-> :class:`Classification`) or a list of them."""
+        """Classify one utterance or a list of them.
+
+        Parameters
+        ----------
+        wavs : AudioInput | list[AudioInput]
+            One utterance or a list (file paths, Kaldi ``ark:offset``, arrays, tensors).
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        Classification | list[Classification]
+            The best label and every label's probability, per input.
+
+        Raises
+        ------
+        ValueError
+            If the package is not a classification package.
+        """
         self._require(CLASSIFY, what=CLASSIFY)
         items, single = as_batch(wavs)
         results = [self.to_classification(p) for p in self.outputs(items, sample_rate, batch_size, progress)]
         return results[0] if single else results
 
     def embed(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
-        """Speaker embeddings: [E] for one utterance, [N, E] for a list."""
+        """Speaker embeddings.
+
+        Parameters
+        ----------
+        wavs : AudioInput | list[AudioInput]
+            One utterance or a list (file paths, Kaldi ``ark:offset``, arrays, tensors).
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        torch.Tensor
+            [E] for one utterance, [N, E] for a list.
+
+        Raises
+        ------
+        ValueError
+            If the package is not an SV package.
+        """
         self._require(SV, what="embed")
         items, single = as_batch(wavs)
         embeddings = torch.stack(self.outputs(items, sample_rate, batch_size, progress))
         return embeddings[0] if single else embeddings
 
     def score(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> Verification:
-        """A trial from two embeddings [E]: cosine score, accepted when above the threshold."""
+        """A trial from two embeddings: cosine score, accepted when above the threshold.
+
+        Parameters
+        ----------
+        emb_a, emb_b : torch.Tensor
+            Embeddings [E].
+
+        Returns
+        -------
+        Verification
+            ``accepted`` is None when the package has no calibrated threshold.
+        """
         score = float(F.cosine_similarity(emb_a.float()[None], emb_b.float()[None])[0])
         threshold = self.package.threshold
         return Verification(score, None if threshold is None else score > threshold, threshold)
 
     def verify(self, a, b, sample_rate: int | None = None, batch_size: int = 8):
-        """Verify trial(s): ``a`` and ``b`` one utterance each (-> :class:`Verification`) or
-        equal-length lists (-> list)."""
+        """Verify trial(s).
+
+        Parameters
+        ----------
+        a, b : AudioInput | list[AudioInput]
+            Enrollment and test audio: one utterance each, or equal-length lists.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+
+        Returns
+        -------
+        Verification | list[Verification]
+            One trial, or one per pair.
+
+        Raises
+        ------
+        ValueError
+            If the package is not an SV package, or the lists differ in length.
+        """
         self._require(SV, what="verify")
         items_a, single = as_batch(a)
         items_b, single_b = as_batch(b)
@@ -326,7 +570,22 @@ class Predictor:
         return trials[0] if single else trials
 
     def result(self, output: torch.Tensor, beam_size: int | None = None, lm=None):
-        """The task's user-facing result for one :meth:`head_outputs` element."""
+        """The task's user-facing result for one :meth:`head_outputs` element.
+
+        Parameters
+        ----------
+        output : torch.Tensor
+            One element of :meth:`head_outputs`.
+        beam_size : int | None, optional
+            ASR: beam of the CTC beam search (None: greedy).
+        lm : str | os.PathLike | None, optional
+            ASR: word n-gram LM.
+
+        Returns
+        -------
+        str | Classification | torch.Tensor
+            Text (ASR), a :class:`Classification`, or the embedding [E] (SV).
+        """
         if self.task == ASR:
             return self.decode(output, beam_size, lm)
         if self.task == CLASSIFY:

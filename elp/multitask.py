@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np  # noqa: F401  (doctest namespace)
 import torch
@@ -61,6 +61,24 @@ def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
 
     Adapters attached to the view (hooks, LoRA parametrizations) do not touch the original;
     parameters that a method trains must be un-shared before loading (:func:`unshare_learnable`).
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The shared frozen backbone.
+
+    Returns
+    -------
+    SSLBackbone
+        The view (same weight storage, own modules).
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> backbone = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> view = backbone_view(backbone)
+    >>> view.model is backbone.model, all(a is b for a, b in zip(view.model.parameters(), backbone.model.parameters()))
+    (False, True)
     """
     memo = {id(t): t for t in list(backbone.model.parameters()) + list(backbone.model.buffers())}
     model = copy.deepcopy(backbone.model, memo)  # keeps the original's speed hooks
@@ -76,7 +94,17 @@ def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
 def unshare_learnable(model: AdaptedSSL, shared: SSLBackbone) -> int:
     """Give ``model`` private copies of the learnable tensors it shares with ``shared``.
 
-    Returns the number of tensors copied (e.g. the per-layer LayerNorms ``el`` trains).
+    Parameters
+    ----------
+    model : AdaptedSSL
+        A task's model built on a view of ``shared``.
+    shared : SSLBackbone
+        The shared backbone.
+
+    Returns
+    -------
+    int
+        The number of tensors copied (e.g. the per-layer LayerNorms ``el`` trains).
     """
     shared_ids = {id(p) for p in shared.model.parameters()}
     copied = 0
@@ -99,17 +127,22 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
     ----------
     backbone : SSLBackbone
         The backbone (or a view) whose feature projection and layers run.
-    features : torch.Tensor [B, F, C]
-        From :meth:`SSLBackbone.extract_cnn_features`.
-    frame_mask : torch.Tensor [B, F] bool
-    prompt, layer_prefixes : optional
-        P-adapter frames [K, C] (or one set per sample, [B, K, C]) and prefixes [L, K', D], as
-        in :meth:`SSLBackbone.forward`.
+    features : torch.Tensor
+        CNN features [B, F, C] from :meth:`SSLBackbone.extract_cnn_features`.
+    frame_mask : torch.Tensor
+        [B, F] bool, True = real frame.
+    prompt : torch.Tensor | None, optional
+        P-adapter frames [K, C], or one set per sample [B, K, C], as in
+        :meth:`SSLBackbone.forward`.
+    layer_prefixes : torch.Tensor | None, optional
+        Prefixes [L, K', D], as in :meth:`SSLBackbone.forward`.
 
     Returns
     -------
-    (hidden_states, last_hidden_state)
-        ``num_layers + 1`` tensors [B, F, D] and [B, F, D], prompt frames removed.
+    hidden_states : Sequence[torch.Tensor]
+        ``num_layers + 1`` tensors [B, F, D], prompt frames removed.
+    last_hidden_state : torch.Tensor
+        [B, F, D], prompt frames removed.
     """
     if prompt is not None and prompt.dim() == 3:  # per sample: prepend them here, as the backbone would
         num_prompt = prompt.shape[1]
@@ -129,6 +162,16 @@ def routable(model: AdaptedSSL) -> bool:
     are the same for every task, so one batch can hold several tasks' utterances. LoRA (its
     weights enter HF's attention kernel whole), prefixes, MHSA adapters and full fine-tuning
     run their own layers.
+
+    Parameters
+    ----------
+    model : AdaptedSSL
+        A task's model.
+
+    Returns
+    -------
+    bool
+        Whether it can join a routed batch.
     """
     spec = model.method
     return (spec.backbone_needs_grad and set(spec.encoder_adapter_sites) <= {"ffn"} and not spec.lora
@@ -189,7 +232,20 @@ class RoutedGroup:
         return hook
 
     def features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """CNN features [B, F, C] -> each task's model features [B, F, D'] (one routed pass)."""
+        """Each task's model features from one routed pass.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            CNN features [B, F, C].
+        frame_mask : torch.Tensor
+            [B, F] bool, True = real frame.
+
+        Returns
+        -------
+        list[torch.Tensor]
+            Per task, model features [B, F, D'].
+        """
         num_tasks, batch = len(self.models), features.shape[0]
         self.block = batch
         route = torch.arange(num_tasks, device=features.device).repeat_interleave(batch)
@@ -285,7 +341,18 @@ class MultiTask:
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """16 kHz waveforms -> per task, per utterance head outputs (see :meth:`Predictor.head_outputs`)."""
+        """Per task, per utterance head outputs of one padded batch.
+
+        Parameters
+        ----------
+        waves : Sequence[torch.Tensor]
+            16 kHz mono waveforms [T_i].
+
+        Returns
+        -------
+        list[list[torch.Tensor]]
+            Per task, :meth:`Predictor.head_outputs` of the batch.
+        """
         batch, rel_lengths = pad_batch(waves)
         batch, rel_lengths = batch.to(self.device), rel_lengths.to(self.device)
         lengths = self.backbone.sample_lengths(batch, rel_lengths)
@@ -314,7 +381,24 @@ class MultiTask:
 
     def outputs(self, wavs, sample_rate: int | None = None, batch_size: int = 8,
                 progress: bool | None = None) -> list[list[torch.Tensor]]:
-        """Per task, per input (in input order) head outputs."""
+        """Per task, per input (in input order) head outputs.
+
+        Parameters
+        ----------
+        wavs : Iterable[AudioInput]
+            The inputs.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        list[list[torch.Tensor]]
+            ``outputs[task][input]``.
+        """
         items = list(wavs)
         waves = [load_waveform(item, sample_rate) for item in items]
         check_lengths(items, waves, self.backbone.receptive_field)
@@ -334,8 +418,25 @@ class MultiTask:
             progress: bool | None = None):
         """Every task on every input: per input a dict task name -> result.
 
-        Results are what the single-task API returns: text (ASR), :class:`Classification`,
-        or an embedding [E] (SV).
+        Parameters
+        ----------
+        wavs : AudioInput | list[AudioInput]
+            One utterance or a list.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        beam_size : int | None, optional
+            ASR tasks: CTC beam search with this beam (default: greedy).
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        dict | list[dict]
+            Task name -> result, for one input or per input of a list. Results are what the
+            single-task API returns: text (ASR), :class:`Classification`, or an embedding [E]
+            (SV).
         """
         items, single = as_batch(wavs)
         per_task = self.outputs(items, sample_rate, batch_size, progress)

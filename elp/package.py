@@ -79,7 +79,7 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
 
     Parameters
     ----------
-    directory : path
+    directory : str | os.PathLike
         Package directory (created; an existing adapter export there is overwritten).
     model : AdaptedSSL
         The trained model (its backbone's ``weights_sha256`` identifies the frozen weights).
@@ -90,7 +90,7 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
         a task kind of :data:`elp.tasks.TASKS`.
     head_spec : dict, optional
         ``{"class": "module.Class", "options": {...}}``; default: from ``head``.
-    inventory_dir : path, optional
+    inventory_dir : str | os.PathLike | None, optional
         Stage 2's ``data/lang``: ASR reads the tokenizer (``bpe.model`` or ``tokens.txt``),
         classification reads ``labels.txt``. Alternatively pass ``labels`` or ``tokenizer``.
     labels : list of str, optional
@@ -118,7 +118,16 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
 
     Examples
     --------
-    >>> write_package("exp/elp/package", model, head, task=ASR, inventory_dir="data/lang")  # doctest: +SKIP
+    Re-package the model and head of a tiny package (random backbone: stored in ``backbone/``):
+
+    >>> import tempfile
+    >>> source = load_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY))
+    >>> directory = write_package(Path(tempfile.mkdtemp()) / "package", source.model, source.head,
+    ...                           task=CLASSIFY, labels=source.labels, backbone_pretrained=False)
+    >>> sorted(path.name for path in directory.iterdir())
+    ['adapters.json', 'adapters.safetensors', 'backbone', 'labels.txt', 'package.json']
+    >>> load_package(directory).labels
+    ['angry', 'happy', 'neutral']
     """
     if task not in TASKS:
         raise PackageError(f"task={task!r} is not one of {TASKS}")
@@ -165,13 +174,13 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
 
     Parameters
     ----------
-    directory : path
+    directory : str | os.PathLike
         An SV package.
-    scores : array-like [N]
-        Cosine scores of dev trials (not the test trials that are reported).
-    labels : array-like [N]
-        1 = target, 0 = non-target.
-    source : str
+    scores : Sequence[float] | numpy.ndarray | torch.Tensor
+        Cosine scores [N] of dev trials (not the test trials that are reported).
+    labels : Sequence[int] | numpy.ndarray | torch.Tensor
+        [N], 1 = target, 0 = non-target.
+    source : str, optional
         What the trials were (recorded).
 
     Returns
@@ -358,7 +367,7 @@ def load_package_backbone(directory: str | os.PathLike, backbone_source: str | N
 
     Parameters
     ----------
-    directory : path
+    directory : str | os.PathLike
         The package.
     backbone_source : str, optional
         Local checkpoint directory or hub id; default: the package's stored backbone, else
@@ -393,7 +402,22 @@ def load_package_backbone(directory: str | os.PathLike, backbone_source: str | N
 
 
 def build_model(config: dict, backbone: SSLBackbone, directory: str | os.PathLike) -> AdaptedSSL:
-    """The package's :class:`AdaptedSSL` on ``backbone`` (method and options of its export)."""
+    """The package's :class:`AdaptedSSL` on ``backbone`` (method and options of its export).
+
+    Parameters
+    ----------
+    config : dict
+        The package's ``package.json`` (:func:`read_package_config`).
+    backbone : SSLBackbone
+        The loaded frozen backbone.
+    directory : str | os.PathLike
+        The package directory (its ``adapters.json``).
+
+    Returns
+    -------
+    AdaptedSSL
+        The model, untrained (see :func:`load_weights`).
+    """
     export = json.loads((Path(directory) / "adapters.json").read_text())
     options = dict(export["options"])
     options["lora_targets"] = tuple(options.get("lora_targets", ("q_proj", "v_proj")))
@@ -401,7 +425,23 @@ def build_model(config: dict, backbone: SSLBackbone, directory: str | os.PathLik
 
 
 def build_head(config: dict) -> nn.Module:
-    """The package's head class called with its recorded options (untrained)."""
+    """The package's head class called with its recorded options (untrained).
+
+    Parameters
+    ----------
+    config : dict
+        The package's ``package.json``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The head.
+
+    Raises
+    ------
+    PackageError
+        If the recorded class is outside ``elp`` (packages never import other code).
+    """
     spec = config["head"]
     module_name, _, class_name = spec["class"].rpartition(".")
     if not module_name.startswith("elp."):
@@ -411,14 +451,38 @@ def build_head(config: dict) -> nn.Module:
 
 
 def load_weights(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Module) -> None:
-    """Load the package's learnable tensors onto ``model`` and ``head``."""
+    """Load the package's learnable tensors onto ``model`` and ``head`` (both set to eval mode).
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        The package directory.
+    model : AdaptedSSL
+        From :func:`build_model`.
+    head : torch.nn.Module
+        From :func:`build_head`.
+    """
     load_adapters(model, directory, head=head)
     model.eval()
     head.eval()
 
 
 def load_inventory(directory: str | os.PathLike, config: dict):
-    """(tokenizer, labels) of the package (None where the task has none)."""
+    """The tokenizer and labels of the package.
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        The package directory.
+    config : dict
+        The package's ``package.json``.
+
+    Returns
+    -------
+    tuple
+        (tokenizer, labels): a :class:`CharTokenizer` / :class:`BPETokenizer` or None, and a
+        list of class names or None.
+    """
     directory = Path(directory)
     kind = config["inventory"]["kind"]
     if kind == "bpe":
@@ -436,7 +500,7 @@ def load_package(directory: str | os.PathLike, backbone_source: str | None = Non
 
     Parameters
     ----------
-    directory : path
+    directory : str | os.PathLike
         The package directory.
     backbone_source : str, optional
         Local checkpoint directory or hub id of the backbone (default: the stored one or the
@@ -474,7 +538,7 @@ def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method
 
     Parameters
     ----------
-    directory : path
+    directory : str | os.PathLike
         Where to write it.
     task : str
         a task kind of :data:`elp.tasks.TASKS` (ASR: character tokens; classification: :data:`TINY_LABELS`).
@@ -482,7 +546,7 @@ def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method
         Any method of :data:`elp.methods.METHODS`.
     seed : int
         Seeds the adapters and head (and the backbone unless ``backbone_dir`` is given).
-    backbone_dir : path, optional
+    backbone_dir : str | os.PathLike | None, optional
         A tiny HF checkpoint (:func:`elp.testing.save_tiny_checkpoint`) to reference instead of
         storing random weights in the package.
     backbone : str

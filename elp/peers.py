@@ -33,8 +33,8 @@ non-zero. HF's WavLM attention reads ``q_proj.weight`` / ``v_proj.weight`` direc
 ``F.multi_head_attention_forward``, so PEFT's wrapped modules may never be called; the count
 shows whether they are.
 
-Example
--------
+Examples
+--------
 >>> from elp.testing import TINY_CONFIG
 >>> settings = PeerSettings(config_overrides=dict(TINY_CONFIG, num_hidden_layers=2), batch_size=2,
 ...                         duration=0.5, warmup=0, repeats=1, memory=False)
@@ -94,8 +94,10 @@ class PeerSettings(BenchSettings):
         peers are WavLM wrappers).
     config_overrides : dict
         Config fields to change (e.g. a tiny test architecture).
-    batch_size, duration : int, float
-        B utterances of ``duration`` seconds (16 kHz, no padding).
+    batch_size : int
+        B utterances per step.
+    duration : float
+        Seconds per utterance (16 kHz, no padding).
     precision : str
         ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
     device : str
@@ -256,7 +258,23 @@ def _build_elp(label: str, settings: PeerSettings, source: Path):
 
 
 def variant_label(key: str) -> str:
-    """Table label of a variant key (``"elp:el"`` -> ``"elp el"``)."""
+    """Table label of a variant key.
+
+    Parameters
+    ----------
+    key : str
+        A key of :data:`PEERS` or ``"elp:<variant>"``.
+
+    Returns
+    -------
+    str
+        The peer's description, or ``"elp <variant>"``.
+
+    Examples
+    --------
+    >>> variant_label("elp:el"), variant_label("sb_full")
+    ('elp el', 'SpeechBrain WavLM, full FT, CNN frozen')
+    """
     return PEERS.get(key) or "elp " + key.split(":", 1)[1]
 
 
@@ -303,7 +321,24 @@ def build_variant(key: str, settings: PeerSettings, source: str | os.PathLike,
 
 
 def make_batch(settings: PeerSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The benchmark batch: wavs [B, T], wav_lens [B] (all 1.0), labels [B]."""
+    """The benchmark batch (seeded by ``settings.seed``).
+
+    Parameters
+    ----------
+    settings : PeerSettings
+        Device, precision and batch settings.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        wavs [B, T], wav_lens [B] (all 1.0) and labels [B].
+
+    Examples
+    --------
+    >>> wavs, wav_lens, labels = make_batch(PeerSettings(batch_size=2, duration=0.5))
+    >>> tuple(wavs.shape), wav_lens.tolist(), tuple(labels.shape)
+    ((2, 8000), [1.0, 1.0], (2,))
+    """
     generator = torch.Generator().manual_seed(settings.seed)
     num_samples = int(round(settings.duration * 16000))
     wavs = 0.1 * torch.randn(settings.batch_size, num_samples, generator=generator)
@@ -313,7 +348,22 @@ def make_batch(settings: PeerSettings) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def variant_loss(variant: BuiltVariant, settings: PeerSettings, batch) -> torch.Tensor:
-    """Forward + head loss of one batch (inside autocast for bf16); a scalar tensor."""
+    """Forward + head loss of one batch (inside autocast for bf16).
+
+    Parameters
+    ----------
+    variant : BuiltVariant
+        From :func:`build_variant`.
+    settings : PeerSettings
+        Device, precision and batch settings.
+    batch : tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        From :func:`make_batch`.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss.
+    """
     wavs, wav_lens, labels = batch
     with torch.autocast(device_type=settings.device, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         feats, frame_mask = variant.forward(wavs, wav_lens)
@@ -323,7 +373,22 @@ def variant_loss(variant: BuiltVariant, settings: PeerSettings, batch) -> torch.
 
 
 def train_step(variant: BuiltVariant, settings: PeerSettings, batch) -> dict[str, float]:
-    """One timed step; returns ``forward_s``, ``backward_s``, ``optimizer_s``, ``step_s``."""
+    """One timed training step.
+
+    Parameters
+    ----------
+    variant : BuiltVariant
+        From :func:`build_variant`.
+    settings : PeerSettings
+        Device, precision and batch settings.
+    batch : tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        From :func:`make_batch`.
+
+    Returns
+    -------
+    dict[str, float]
+        Seconds: ``forward_s``, ``backward_s``, ``optimizer_s``, ``step_s``.
+    """
     device = settings.device
     start = time.perf_counter()
     loss = variant_loss(variant, settings, batch)
@@ -341,9 +406,24 @@ def train_step(variant: BuiltVariant, settings: PeerSettings, batch) -> dict[str
 
 
 def count_lora_gradients(variant: BuiltVariant, settings: PeerSettings, batch) -> tuple[int, int]:
-    """(LoRA tensors with a set, non-zero gradient after one forward/backward, LoRA tensors).
+    """Count the LoRA tensors that receive a gradient.
 
     The gradients are cleared again; no optimizer step is taken.
+
+    Parameters
+    ----------
+    variant : BuiltVariant
+        From :func:`build_variant`.
+    settings : PeerSettings
+        Device, precision and batch settings.
+    batch : tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        From :func:`make_batch`.
+
+    Returns
+    -------
+    tuple[int, int]
+        LoRA tensors with a set, non-zero gradient after one forward/backward, and all LoRA
+        tensors ((0, 0) for a variant without LoRA).
     """
     if not variant.lora:
         return 0, 0
@@ -356,7 +436,29 @@ def count_lora_gradients(variant: BuiltVariant, settings: PeerSettings, batch) -
 
 # ---------------------------------------------------------------------------- the benchmark
 def variant_keys(elp_variants: list[str] | None = None) -> list[str]:
-    """Peers first, then ``elp:<variant>`` for each elp variant (checked with parse_variant)."""
+    """Peers first, then ``elp:<variant>`` for each elp variant.
+
+    Parameters
+    ----------
+    elp_variants : list[str] | None, optional
+        elp variant labels (checked with :func:`elp.bench.parse_variant`); default
+        :data:`DEFAULT_ELP_METHODS`.
+
+    Returns
+    -------
+    list[str]
+        Variant keys in run order.
+
+    Raises
+    ------
+    ValueError
+        For a bad label or a ``+cache`` variant.
+
+    Examples
+    --------
+    >>> variant_keys(["el+ckpt"])
+    ['sb_full', 'sb_weighted_sum', 'peft_lora', 'elp:el+ckpt']
+    """
     elp_variants = list(DEFAULT_ELP_METHODS if elp_variants is None else elp_variants)
     for label in elp_variants:
         if parse_variant(label).cache:
@@ -379,7 +481,7 @@ def run_peer_bench(settings: PeerSettings, elp_variants: list[str] | None = None
     source : str | os.PathLike | None
         An existing WavLM checkpoint directory (with ``preprocessor_config.json``); default: a
         random one saved by :func:`save_random_checkpoint` to a temporary directory.
-    log : callable
+    log : Callable[[str], object]
         Where progress lines (and the missing-PEFT line) go.
 
     Returns
@@ -461,7 +563,22 @@ def run_peer_bench(settings: PeerSettings, elp_variants: list[str] | None = None
 
 
 def measure_memory(settings: PeerSettings, key: str, source: str | os.PathLike) -> tuple[float, str]:
-    """Peak memory increment (MiB) of ``warmup + 1`` steps of one variant built in this process."""
+    """Peak memory increment of ``warmup + 1`` steps of one variant built in this process.
+
+    Parameters
+    ----------
+    settings : PeerSettings
+        Device, precision and batch settings.
+    key : str
+        Variant key.
+    source : str | os.PathLike
+        The checkpoint directory.
+
+    Returns
+    -------
+    tuple[float, str]
+        The increment in MiB and what was measured (peak RSS or CUDA allocations).
+    """
     if settings.threads:
         torch.set_num_threads(settings.threads)
     with tempfile.TemporaryDirectory(prefix="elp-peers-mem-") as tmp:
@@ -511,7 +628,22 @@ def _cell(row: dict, key: str) -> str:
 
 
 def format_markdown(settings: PeerSettings, rows: list[dict], command: str | None = None) -> str:
-    """The result table (markdown) with a header naming the machine, settings and load."""
+    """The result table (markdown) with a header naming the machine, settings and load.
+
+    Parameters
+    ----------
+    settings : PeerSettings
+        The settings the rows were measured with.
+    rows : list[dict]
+        Output of :func:`run_peer_bench`.
+    command : str | None, optional
+        The command line that produced them.
+
+    Returns
+    -------
+    str
+        Markdown text.
+    """
     first = rows[0]
     memory = (f"increment of a fresh subprocess per variant over its built model "
               f"({first.get('memory_kind', '')})" if settings.memory else "not measured")
@@ -539,7 +671,24 @@ def format_markdown(settings: PeerSettings, rows: list[dict], command: str | Non
 
 def write_results(settings: PeerSettings, rows: list[dict], out_dir: str | os.PathLike,
                   command: str | None = None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<settings.name>.md`` and ``.json``; returns both paths."""
+    """Write ``<out_dir>/<settings.name>.md`` and ``.json``.
+
+    Parameters
+    ----------
+    settings : PeerSettings
+        The settings the rows were measured with.
+    rows : list[dict]
+        Output of :func:`run_peer_bench`.
+    out_dir : str | os.PathLike
+        Output folder (created if missing).
+    command : str | None, optional
+        The command line that produced the rows.
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The markdown and JSON files.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / f"{settings.name}.md"

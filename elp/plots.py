@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,6 +59,20 @@ def parse_train_log(path: str | os.PathLike) -> dict[str, list[float]]:
     Lines look like ``epoch: 1, lr_head: 5e-04 - train loss: 2.1 - valid loss: 1.9, valid wer: 80``;
     ``epoch loaded: ... - test ...`` lines are skipped. A resumed run's repeated epochs keep
     the last value.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        A ``train_log.txt``.
+
+    Returns
+    -------
+    dict[str, list[float]]
+        Statistic name (e.g. ``"train loss"``, ``"valid wer"``) -> one value per epoch.
+
+    Examples
+    --------
+    See the module docstring.
     """
     rows: dict[int, dict[str, float]] = {}
     for line in Path(path).read_text().splitlines():
@@ -82,7 +96,26 @@ def parse_train_log(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def plot_training_curves(train_log: str | os.PathLike, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Loss curves (left) and validation metrics (right) per epoch."""
+    """Loss curves (left) and validation metrics (right) per epoch.
+
+    Parameters
+    ----------
+    train_log : str | os.PathLike
+        SpeechBrain's ``train_log.txt`` (:func:`parse_train_log`).
+    path : str | os.PathLike
+        Output PNG.
+    title : str | None, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        The PNG written (parent directories created).
+
+    Examples
+    --------
+    See the module docstring.
+    """
     plt = _pyplot()
     table = parse_train_log(train_log)
     epochs = table["epoch"]
@@ -104,7 +137,33 @@ def plot_training_curves(train_log: str | os.PathLike, path: str | os.PathLike, 
 
 
 def det_points(scores: Sequence[float], labels: Sequence[int]):
-    """(P_fa, P_miss) at every threshold: what a DET curve draws."""
+    """(P_fa, P_miss) at every threshold: what a DET curve draws.
+
+    Parameters
+    ----------
+    scores : Sequence[float]
+        Trial scores [N].
+    labels : Sequence[int]
+        [N], 1 = target, 0 = non-target.
+
+    Returns
+    -------
+    p_fa : numpy.ndarray
+        False-alarm rates (non-target score > threshold), one per distinct score.
+    p_miss : numpy.ndarray
+        Miss rates (target score <= threshold), one per distinct score.
+
+    Raises
+    ------
+    ValueError
+        Without both target and non-target trials.
+
+    Examples
+    --------
+    >>> p_fa, p_miss = det_points([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+    >>> p_fa.tolist(), p_miss.tolist()
+    ([0.5, 0.5, 0.0, 0.0], [0.0, 0.5, 0.5, 1.0])
+    """
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
     target, nontarget = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
     if target.size == 0 or nontarget.size == 0:
@@ -117,7 +176,32 @@ def det_points(scores: Sequence[float], labels: Sequence[int]):
 
 def plot_det_curve(scores: Sequence[float], labels: Sequence[int], path: str | os.PathLike,
                    p_target: float = 0.01, title: str | None = None) -> Path:
-    """DET curve on normal-deviate axes with the EER point and the minDCF operating point."""
+    """DET curve on normal-deviate axes with the EER point and the minDCF operating point.
+
+    Parameters
+    ----------
+    scores : Sequence[float]
+        Trial scores [N].
+    labels : Sequence[int]
+        [N], 1 = target, 0 = non-target.
+    path : str | os.PathLike
+        Output PNG.
+    p_target : float, optional
+        Target prior of the minDCF point.
+    title : str | None, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        The PNG written (parent directories created).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> plot_det_curve([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0], Path(tempfile.mkdtemp()) / "det.png").name
+    'det.png'
+    """
     from scipy.stats import norm
 
     from elp.scoring import equal_error_rate, min_dcf
@@ -153,7 +237,33 @@ def plot_det_curve(scores: Sequence[float], labels: Sequence[int], path: str | o
 
 def plot_confusion_matrix(references: Sequence[str], predictions: Sequence[str], path: str | os.PathLike,
                           labels: Sequence[str] | None = None, title: str | None = None) -> Path:
-    """Confusion matrix (rows = reference, colour = row-normalised rate, numbers = counts)."""
+    """Confusion matrix (rows = reference, colour = row-normalised rate, numbers = counts).
+
+    Parameters
+    ----------
+    references : Sequence[str]
+        Reference labels.
+    predictions : Sequence[str]
+        Predicted labels, in the same order.
+    path : str | os.PathLike
+        Output PNG.
+    labels : Sequence[str] | None, optional
+        Class order (default: the sorted labels seen).
+    title : str | None, optional
+        Figure title (default: the accuracy).
+
+    Returns
+    -------
+    Path
+        The PNG written (parent directories created).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "confusion.png"
+    >>> plot_confusion_matrix(["a", "b", "b"], ["a", "a", "b"], out) == out
+    True
+    """
     plt = _pyplot()
     labels = list(labels) if labels is not None else sorted(set(references) | set(predictions))
     index = {label: i for i, label in enumerate(labels)}
@@ -180,7 +290,37 @@ def plot_confusion_matrix(references: Sequence[str], predictions: Sequence[str],
 
 def wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[str, float],
                   num_bins: int = 5) -> list[dict]:
-    """WER per utterance-duration bin (quantile bins): ``[{"lo", "hi", "wer", "num_utts"}]``."""
+    """WER per utterance-duration bin (quantile bins).
+
+    Parameters
+    ----------
+    refs : dict[str, str]
+        Utterance id -> reference text.
+    hyps : dict[str, str]
+        Utterance id -> hypothesis (a missing one counts as empty).
+    durations : dict[str, float]
+        Utterance id -> seconds.
+    num_bins : int, optional
+        Bins of (nearly) equal utterance counts.
+
+    Returns
+    -------
+    list[dict]
+        Per bin, shortest first: ``lo`` and ``hi`` (seconds), ``wer`` (%) and ``num_utts``.
+
+    Raises
+    ------
+    ValueError
+        Without utterances.
+
+    Examples
+    --------
+    >>> refs = {"u1": "a b", "u2": "a b", "u3": "c d"}
+    >>> rows = wer_by_length(refs, {"u1": "a b", "u2": "a x", "u3": ""}, {"u1": 1.0, "u2": 2.0, "u3": 3.0},
+    ...                      num_bins=2)
+    >>> [(row["lo"], row["hi"], row["wer"], row["num_utts"]) for row in rows]
+    [(1.0, 2.0, 25.0, 2), (3.0, 3.0, 100.0, 1)]
+    """
     from elp.scoring import word_error_rate
 
     utts = sorted(refs, key=lambda u: durations[u])
@@ -198,7 +338,28 @@ def wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[st
 
 def plot_wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[str, float],
                        path: str | os.PathLike, num_bins: int = 5, title: str | None = None) -> Path:
-    """Bar chart of WER per utterance-length bin (durations in seconds, e.g. from ``utt2dur``)."""
+    """Bar chart of WER per utterance-length bin (:func:`wer_by_length`).
+
+    Parameters
+    ----------
+    refs : dict[str, str]
+        Utterance id -> reference text.
+    hyps : dict[str, str]
+        Utterance id -> hypothesis.
+    durations : dict[str, float]
+        Utterance id -> seconds (e.g. from ``utt2dur``).
+    path : str | os.PathLike
+        Output PNG.
+    num_bins : int, optional
+        Number of bins.
+    title : str | None, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        The PNG written (parent directories created).
+    """
     plt = _pyplot()
     rows = wer_by_length(refs, hyps, durations, num_bins)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -215,8 +376,28 @@ def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathL
                        first_layer: int = 0) -> Path:
     """Bar plot of softmax layer weights, one group of bars per model (name -> weights).
 
-    ``first_layer``: the layer number of the first weight (1 for L-adapters, which read
-    layer outputs 1..L; 0 for a weighted sum that includes the input embedding).
+    Parameters
+    ----------
+    weights : dict[str, Sequence[float]]
+        Model name -> its softmax layer weights.
+    path : str | os.PathLike
+        Output PNG.
+    title : str | None, optional
+        Figure title.
+    first_layer : int, optional
+        The layer number of the first weight (1 for L-adapters, which read layer outputs
+        1..L; 0 for a weighted sum that includes the input embedding).
+
+    Returns
+    -------
+    Path
+        The PNG written (parent directories created).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> plot_layer_weights({"l_only": [0.2, 0.5, 0.3]}, Path(tempfile.mkdtemp()) / "w.png", first_layer=1).name
+    'w.png'
     """
     plt = _pyplot()
     names = list(weights)

@@ -30,6 +30,19 @@ results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
 results_md            the recipe's RESULTS.md table ("" for none)
 restart               stage 3: move a finished run with other hparams aside and start over
 ===================== =================================================================
+
+Examples
+--------
+>>> import tempfile
+>>> conf = Path(tempfile.mkdtemp())
+>>> _ = (conf / "train.yaml").write_text("seed: 1\\nbatch_size: 8\\n")
+>>> _ = (conf / "mini.yaml").write_text("batch_size: 2\\n")
+>>> hparams_file, run_opts, overrides = parse_recipe_args(
+...     [str(conf / "train.yaml"), "--overrides_file", str(conf / "mini.yaml"), "--seed", "3"])
+>>> Path(hparams_file).name, overrides
+('train.yaml', {'batch_size': 2, 'seed': 3})
+>>> sorted(peek_keys(hparams_file))
+['batch_size', 'seed']
 """
 
 from __future__ import annotations
@@ -61,15 +74,32 @@ RUN_DEFAULTS = {
 
 
 def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
-    """``hparams.yaml [--overrides_file F ...] [--key value ...]`` the SpeechBrain way.
+    """Parse ``hparams.yaml [--overrides_file F ...] [--key value ...]`` the SpeechBrain way.
+
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (without the program name).
 
     Returns
     -------
     hparams_file : str
-    run_opts : dict
+        The recipe's YAML file.
+    run_opts : speechbrain.core.RunOptions
         SpeechBrain's run options (``--device``, ``--distributed_backend``, ...).
     overrides : dict
-        Override files first, then the command line's ``--key value`` pairs.
+        Override files first (in order), then the command line's ``--key value`` pairs.
+
+    Raises
+    ------
+    ValueError
+        If ``--overrides_file`` has no file after it.
+    FileNotFoundError
+        If an overrides file does not exist.
+
+    Examples
+    --------
+    See the module docstring.
     """
     argv, files = list(argv), []
     while "--overrides_file" in argv:
@@ -93,7 +123,18 @@ def _with_run_defaults(hparams_file: str, overrides: dict) -> dict:
 
 
 def peek_keys(hparams_file: str) -> set[str]:
-    """Top-level keys of a hparams file."""
+    """Top-level keys of a hparams file (read as plain YAML; nothing is built).
+
+    Parameters
+    ----------
+    hparams_file : str
+        A HyperPyYAML file.
+
+    Returns
+    -------
+    set[str]
+        Its top-level keys (empty for an empty file).
+    """
     import ruamel.yaml
 
     with open(hparams_file, encoding="utf-8") as fin:
@@ -108,10 +149,20 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
     that differ from the ones it was trained with (:class:`elp.experiment.ExperimentGuard`);
     ``stage="eval"`` takes the lock and refuses an experiment without a trained model.
 
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (see :func:`parse_recipe_args`).
+    stage : str, optional
+        ``"train"`` or ``"eval"``.
+
     Returns
     -------
     hparams : dict
-    run_opts : dict
+        The built hparams plus :data:`RUN_DEFAULTS`, ``device``, ``eval_precision`` and
+        ``hparams_file``.
+    run_opts : speechbrain.core.RunOptions
+        SpeechBrain's run options.
     """
     hparams_file, run_opts, overrides = parse_recipe_args(argv)
     make_recipe_importable(hparams_file)
@@ -140,7 +191,18 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
 
 
 def peek_experiment(argv: list[str]) -> dict:
-    """The hparams' values without building objects (:func:`elp.hparams.peek_hparams`)."""
+    """The hparams' values without building objects (:func:`elp.hparams.peek_hparams`).
+
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (see :func:`parse_recipe_args`).
+
+    Returns
+    -------
+    dict
+        Plain values with the run defaults filled in and ``hparams_file`` added.
+    """
     hparams_file, _, overrides = parse_recipe_args(argv)
     make_recipe_importable(hparams_file)
     hparams = peek_hparams(hparams_file, _with_run_defaults(hparams_file, overrides), allowed_new=RUN_DEFAULTS)
@@ -149,8 +211,35 @@ def peek_experiment(argv: list[str]) -> dict:
 
 
 def present_test_sets(hparams: dict) -> list[str]:
-    """The hparams' ``test_sets`` whose data dir exists; each absent one is logged (a corpus
-    download without test-other, say), and none present is an error."""
+    """The hparams' ``test_sets`` whose data dir exists.
+
+    Each absent one is logged (a corpus download without test-other, say), and none present
+    is an error.
+
+    Parameters
+    ----------
+    hparams : dict
+        Holds ``test_sets``, a list of data directories.
+
+    Returns
+    -------
+    list[str]
+        The test sets with a ``wav.scp``, in the hparams' order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If none of them is prepared.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> present_test_sets({"test_sets": [str(Path(tempfile.mkdtemp()) / "test")]})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: none of the test sets .../test exists: run stage 0 (data preparation) first
+    """
     present = [t for t in hparams["test_sets"] if Path(t, "wav.scp").is_file()]
     for missing in sorted(set(map(str, hparams["test_sets"])) - set(map(str, present))):
         logger.warning("test set %s is not prepared (no wav.scp): skipped", missing)
@@ -161,15 +250,39 @@ def present_test_sets(hparams: dict) -> list[str]:
 
 
 def make_recipe_importable(hparams_file: str) -> None:
-    """Put the recipe directory (``conf/..``) first on ``sys.path``, so its YAML can name a
-    module of its own, e.g. ``head: !new:local.my_head.MyHead`` for ``local/my_head.py``."""
+    """Put the recipe directory (``conf/..``) first on ``sys.path``.
+
+    So its YAML can name a module of its own, e.g. ``head: !new:local.my_head.MyHead`` for
+    ``local/my_head.py``.
+
+    Parameters
+    ----------
+    hparams_file : str
+        The recipe's YAML file.
+    """
     root = str(recipe_root(hparams_file))
     if root not in sys.path:
         sys.path.insert(0, root)
 
 
 def make_dataset(hparams: dict, data_dir: str, split: str):
-    """``hparams["task"]``'s dataset of ``data_dir`` (``split``: train, valid or test)."""
+    """``hparams["task"]``'s dataset of ``data_dir``.
+
+    Parameters
+    ----------
+    hparams : dict
+        Holds ``task`` (an :class:`elp.tasks.Task`), ``inventory`` and ``cnn_cache``
+        (training crops are made by the CNN cache instead when it is on).
+    data_dir : str
+        A Kaldi-style data directory.
+    split : str
+        ``"train"``, ``"valid"`` or ``"test"``.
+
+    Returns
+    -------
+    speechbrain.dataio.dataset.DynamicItemDataset
+        The task's dataset.
+    """
     return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
 
 
@@ -186,6 +299,32 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
       order does not change them.
 
     ``num_workers: auto`` is 4 workers with pinned memory on a GPU, none on CPU.
+
+    Parameters
+    ----------
+    hparams : dict
+        The run options of :data:`RUN_DEFAULTS` plus ``seed``, ``device`` and ``task``.
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        A dataset whose items hold ``num_samples``.
+    train : bool
+        Training (shuffled or bucketed) or evaluation (sorted) batches.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``torch.utils.data.DataLoader``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> dataset = SimpleNamespace(data={"a": {"num_samples": 16000}, "b": {"num_samples": 8000}},
+    ...                           data_ids=["a", "b"])
+    >>> hparams = dict(RUN_DEFAULTS, seed=0, device="cpu")
+    >>> options = loader_kwargs(hparams, dataset, train=True)
+    >>> options["batch_size"], options["shuffle"], options["num_workers"]
+    (8, True, 0)
+    >>> type(loader_kwargs(hparams, dataset, train=False)["batch_sampler"]).__name__
+    'EvalBatchSampler'
     """
     cuda = str(hparams.get("device", "cpu")).startswith("cuda")
     workers = hparams["num_workers"]
@@ -215,6 +354,19 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
 
 
 def build_brain(hparams: dict, run_opts: dict):
-    """The hparams' ``brain_class`` with its modules, optimizer class and checkpointer."""
+    """The hparams' ``brain_class`` with its modules, optimizer class and checkpointer.
+
+    Parameters
+    ----------
+    hparams : dict
+        Built hparams holding ``brain_class``, ``modules``, ``opt_class`` and ``checkpointer``.
+    run_opts : dict
+        SpeechBrain's run options (from :func:`load_experiment`).
+
+    Returns
+    -------
+    speechbrain.Brain
+        An instance of the recipe's Brain class.
+    """
     return hparams["brain_class"](modules=hparams["modules"], opt_class=hparams["opt_class"],
                                   hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])

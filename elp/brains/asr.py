@@ -1,4 +1,23 @@
-"""CTC speech recognition on ELP features."""
+"""CTC speech recognition on ELP features.
+
+Examples
+--------
+Greedy and beam-search transcripts of a tiny untrained model:
+
+>>> import tempfile
+>>> from elp.package import load_package, make_tiny_package
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="asr", method="l_only"))
+>>> brain = ASRBrain(modules={"model": package.model, "head": package.head},
+...                  hparams={"inventory": package.tokenizer}, run_opts={"device": "cpu"})
+>>> from speechbrain.dataio.dataset import DynamicItemDataset
+>>> dataset = DynamicItemDataset({"u1": {"wav": torch.randn(16000)}, "u2": {"wav": torch.randn(12000)}})
+>>> dataset.add_dynamic_item(lambda wav: wav, takes="wav", provides="sig")
+>>> dataset.set_output_keys(["id", "sig"])
+>>> greedy = brain.predict(dataset, {"batch_size": 2})
+>>> beam = brain.predict(dataset, {"batch_size": 2}, beam_size=4)
+>>> sorted(greedy), all(isinstance(text, str) for text in [*greedy.values(), *beam.values()])
+(['u1', 'u2'], True)
+"""
 
 from __future__ import annotations
 
@@ -14,6 +33,16 @@ class ASRBrain(ELPBrain):
     """CTC (``hparams.loss``) over ``hparams.inventory`` tokens (blank = 0); validation reports WER.
 
     The batch carries ``sig`` (waveforms), ``tokens`` (padded token ids) and ``text``.
+
+    Notes
+    -----
+    Hparams it reads besides :class:`elp.brains.base.ELPBrain`'s: ``inventory`` (the
+    tokenizer, blank = 0) and ``loss`` (SpeechBrain's ``ctc_loss`` signature: log-probs,
+    targets, relative input lengths, relative target lengths).
+
+    Examples
+    --------
+    See the module docstring.
     """
 
     def compute_forward(self, batch, stage):
@@ -38,8 +67,24 @@ class ASRBrain(ELPBrain):
         return {"wer": word_error_rate(self.refs, self.hyps)["wer"]}
 
     def predict(self, dataset, loader_kwargs, beam_size: int = 0, lm=None):
-        """utt id -> hypothesis text: greedy CTC, or CTC prefix beam search (``beam_size`` > 0,
-        optionally with an n-gram ``lm``, :class:`elp.decoding.CTCBeamSearch`)."""
+        """Hypothesis texts: greedy CTC, or CTC prefix beam search.
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id`` and ``sig``.
+        loader_kwargs : dict
+            DataLoader options.
+        beam_size : int, optional
+            0: greedy; > 0: :class:`elp.decoding.CTCBeamSearch` with this beam.
+        lm : object, optional
+            An n-gram LM for the beam search (see :class:`elp.decoding.CTCBeamSearch`).
+
+        Returns
+        -------
+        dict[str, str]
+            Utterance id -> hypothesis text.
+        """
         tokenizer = self.hparams.inventory
         beam = CTCBeamSearch(tokenizer, beam_size=beam_size, lm=lm) if beam_size else None
         hyps = {}

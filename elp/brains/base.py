@@ -1,4 +1,32 @@
-"""What every ELP Brain shares: per-group learning rates, cost accounting, checkpoints."""
+"""What every ELP Brain shares: per-group learning rates, cost accounting, checkpoints.
+
+Examples
+--------
+A tiny untrained classifier (:class:`elp.brains.classify.UtteranceClassifierBrain`) with one
+learning rate per parameter group, run over a two-utterance dataset:
+
+>>> import tempfile
+>>> from elp.brains import UtteranceClassifierBrain
+>>> from elp.data.inventory import LabelMap
+>>> from elp.package import load_package, make_tiny_package
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify", method="el"))
+>>> hparams = {"lr": {"default": 1e-3, "head": 1e-2}, "opt_class": torch.optim.Adam,
+...            "loss": torch.nn.CrossEntropyLoss(), "inventory": LabelMap.from_values(package.labels)}
+>>> brain = UtteranceClassifierBrain(modules={"model": package.model, "head": package.head},
+...                                  hparams=hparams, run_opts={"device": "cpu"})
+>>> brain.init_optimizers()
+>>> [(group["name"], group["lr"]) for group in brain.optimizer.param_groups]
+[('ln', 0.001), ('e', 0.001), ('l', 0.001), ('head', 0.01)]
+>>> brain.learnable_parameter_count()
+3462
+>>> from speechbrain.dataio.dataset import DynamicItemDataset
+>>> dataset = DynamicItemDataset({"u1": {"wav": torch.randn(16000)}, "u2": {"wav": torch.randn(12000)}})
+>>> dataset.add_dynamic_item(lambda wav: wav, takes="wav", provides="sig")
+>>> dataset.set_output_keys(["id", "sig"])
+>>> predictions = brain.predict(dataset, {"batch_size": 2})
+>>> sorted(predictions), set(predictions.values()) <= set(package.labels)
+(['u1', 'u2'], True)
+"""
 
 from __future__ import annotations
 
@@ -20,13 +48,41 @@ logger = logging.getLogger(__name__)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP/DP wrapper (or the module itself)."""
+    """The module inside a DDP/DP wrapper (or the module itself).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A module, possibly wrapped.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module.module`` for a wrapper, else ``module``.
+
+    Examples
+    --------
+    >>> linear = torch.nn.Linear(2, 2)
+    >>> unwrap(torch.nn.DataParallel(linear)) is linear, unwrap(linear) is linear
+    (True, True)
+    """
     return getattr(module, "module", module)
 
 
 def known_lr_groups() -> set[str]:
-    """Every learning-rate group a recipe may name: the adapters' ``lr_group`` declarations
-    (any imported module class that declares one), the backbone's own groups and ``head``."""
+    """Every learning-rate group a recipe may name.
+
+    Returns
+    -------
+    set[str]
+        The adapters' ``lr_group`` declarations (any imported module class that declares
+        one), the backbone's own groups, ``head`` and ``default``.
+
+    Examples
+    --------
+    >>> {"e", "l", "p", "ln", "head", "default"} <= known_lr_groups()
+    True
+    """
     groups, pending = set(BACKBONE_GROUPS) | {"head", "default"}, [torch.nn.Module]
     while pending:
         cls = pending.pop()
@@ -39,24 +95,32 @@ def known_lr_groups() -> set[str]:
 class ELPBrain(NonFiniteGuard, sb.Brain):
     """Base Brain: ``modules`` holds ``model`` (:class:`elp.model.AdaptedSSL`) and ``head``.
 
-    Hparams it reads (a recipe's YAML declares them; see ``recipes/conf/base.yaml``)
-    ------------------------------------------------------------------------------
-    task : elp.tasks.base.Task
-        The task kind (its ``valid_key``/``valid_key_mode`` pick the best checkpoint).
-    inventory : object
-        Tokenizer or label map (``elp.tasks.load_inventory``).
-    loss : callable
-        The training loss (e.g. ``torch.nn.CrossEntropyLoss``, SpeechBrain's ``ctc_loss``).
-    opt_class : callable
-        Called with a list of parameter groups (``torch.optim.Adam`` by default).
-    lr : dict
-        Learning rate per parameter group, ``default`` for the others.
-    lr_scheduler : callable, optional
-        Called with the optimizer before every optimizer step (:mod:`elp.schedulers`).
-    train_logger, epoch_counter : SpeechBrain objects.
-
     Subclasses implement :meth:`compute_forward`, :meth:`compute_objectives`, the per-stage
-    statistics (:meth:`stage_stats`) and inference (:meth:`predict`).
+    statistics (:meth:`stage_stats`) and inference (:meth:`predict`). The constructor is
+    SpeechBrain's ``Brain.__init__``.
+
+    Notes
+    -----
+    Hparams it reads (a recipe's YAML declares them; see ``recipes/conf/base.yaml``):
+
+    ``task`` : elp.tasks.base.Task
+        The task kind (its ``valid_key``/``valid_key_mode`` pick the best checkpoint).
+    ``inventory`` : object
+        Tokenizer or label map (``elp.tasks.load_inventory``).
+    ``loss`` : Callable
+        The training loss (e.g. ``torch.nn.CrossEntropyLoss``, SpeechBrain's ``ctc_loss``).
+    ``opt_class`` : Callable
+        Called with a list of parameter groups (``torch.optim.Adam`` by default).
+    ``lr`` : dict
+        Learning rate per parameter group, ``default`` for the others.
+    ``lr_scheduler`` : Callable, optional
+        Called with the optimizer before every optimizer step (:mod:`elp.schedulers`).
+    ``train_logger``, ``epoch_counter`` : SpeechBrain objects
+        Validation/test logging and the epoch limit.
+
+    Examples
+    --------
+    See the module docstring.
     """
 
     def on_fit_start(self):
@@ -72,6 +136,12 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         ``lr`` maps group names (:meth:`elp.model.AdaptedSSL.parameter_groups` plus ``head``)
         to learning rates; ``default`` serves any group without its own entry. A name that is
         no known group is an error (a typo would otherwise train at the default rate).
+
+        Raises
+        ------
+        ValueError
+            If ``lr`` names an unknown group, or a group has no rate and there is no
+            ``default``.
         """
         lrs = dict(self.hparams.lr)
         unknown = set(lrs) - known_lr_groups()
@@ -117,18 +187,30 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
             scheduler(self.optimizer)
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters of the task head (the ``head`` learning-rate group)."""
+        """Parameters of the task head (the ``head`` learning-rate group).
+
+        Returns
+        -------
+        list[torch.nn.Parameter]
+            The head's parameters that require gradients.
+        """
         return [p for p in unwrap(self.modules.head).parameters() if p.requires_grad]
 
     def learnable_parameter_count(self) -> int:
-        """Learnable parameters of adapters/backbone plus the head."""
+        """Learnable parameters of adapters/backbone plus the head.
+
+        Returns
+        -------
+        int
+            Number of learnable values.
+        """
         model = unwrap(self.modules.model)
         return sum(p.numel() for p in model.learnable_parameters().values()) + \
             sum(p.numel() for p in self.head_parameters())
 
     # ------------------------------------------------------------------ features
     def features(self, batch, stage):
-        """Waveforms of the batch -> (feats [B, F, D], frame_mask [B, F]).
+        """Waveforms of the batch -> model features.
 
         Two on-disk caches, both keyed by the audio's content and the backbone's weights:
 
@@ -140,6 +222,20 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
 
         The cached paths call the model as a module (``model(None, ..., hidden_states=...)``),
         so under DDP its gradients are all-reduced like the live path's.
+
+        Parameters
+        ----------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            Holds ``id`` and ``sig`` (waveforms [B, T] and relative lengths [B]).
+        stage : speechbrain.Stage
+            Training crops apply only to ``sb.Stage.TRAIN``.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            Features [B, F, D].
+        frame_mask : torch.Tensor
+            [B, F] bool, True = real frame.
         """
         wavs, wav_lens = batch.sig
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
@@ -153,7 +249,19 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self.modules.model(wavs, wav_lens)
 
     def hidden_state_cache(self) -> HiddenStateCache | None:
-        """The hidden-state cache when the hparams ask for one and the method allows it."""
+        """The hidden-state cache when the hparams ask for one and the method allows it.
+
+        Returns
+        -------
+        HiddenStateCache | None
+            None without ``hidden_state_cache: true`` or for a method that trains inside
+            the backbone.
+
+        Raises
+        ------
+        ValueError
+            With random training crops (``max_train_seconds``), which need ``cnn_cache``.
+        """
         if not getattr(self.hparams, "hidden_state_cache", False):
             return None
         if not hasattr(self, "_hidden_state_cache"):
@@ -170,8 +278,16 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self._hidden_state_cache
 
     def cnn_cache(self) -> CNNFeatureCache | None:
-        """The CNN-feature cache (``cnn_cache: true``), shared by every experiment of the recipe
-        on the same backbone (``cnn_cache_dir``, default ``exp/cnn_cache``)."""
+        """The CNN-feature cache (``cnn_cache: true``).
+
+        It is shared by every experiment of the recipe on the same backbone (``cnn_cache_dir``,
+        default ``exp/cnn_cache``).
+
+        Returns
+        -------
+        CNNFeatureCache | None
+            None without ``cnn_cache: true``.
+        """
         if not getattr(self.hparams, "cnn_cache", False):
             return None
         if not hasattr(self, "_cnn_cache"):
@@ -181,14 +297,31 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self._cnn_cache
 
     def train_crop_frames(self) -> int:
-        """Frames of a random training crop (``max_train_seconds`` of the task; 0: none)."""
+        """Frames of a random training crop.
+
+        Returns
+        -------
+        int
+            Backbone frames of the task's ``max_train_seconds`` (0: no cropping).
+        """
         seconds = self.hparams.task.max_train_seconds
         if not seconds:
             return 0
         return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * TARGET_SAMPLE_RATE))))
 
     def class_targets(self, batch) -> torch.Tensor:
-        """[B] class ids of the batch (``label_id``, one per utterance)."""
+        """Class ids of the batch (``label_id``, one per utterance).
+
+        Parameters
+        ----------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            Holds ``label_id`` (padded [B, 1]).
+
+        Returns
+        -------
+        torch.Tensor
+            [B] class ids on the Brain's device.
+        """
         return batch.label_id.data[:, 0].to(self.device)
 
     # ------------------------------------------------------------------ stages
@@ -200,7 +333,18 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """Start collecting this stage's statistics (subclasses)."""
 
     def stage_stats(self, stage) -> dict:
-        """Statistics of the finished stage besides the loss (subclasses)."""
+        """Statistics of the finished stage besides the loss (subclasses).
+
+        Parameters
+        ----------
+        stage : speechbrain.Stage
+            The finished stage (VALID or TEST).
+
+        Returns
+        -------
+        dict
+            Statistic name -> value (the task's ``valid_key`` among them).
+        """
         return {}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -241,11 +385,41 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         logger.info("loaded the best checkpoint %s (%s %s)", checkpoint.path.name, key, checkpoint.meta.get(key))
 
     def predict(self, dataset, loader_kwargs: dict) -> dict:
-        """Run inference over ``dataset``; returns what the task writes in stage 4."""
+        """Run inference over ``dataset`` (subclasses).
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id`` and ``sig``.
+        loader_kwargs : dict
+            DataLoader options (:func:`elp.recipe.loader_kwargs`).
+
+        Returns
+        -------
+        dict
+            Utterance id -> what the task writes in stage 4.
+        """
         raise NotImplementedError
 
     def eval_batches(self, dataset, loader_kwargs: dict):
-        """Yield (batch, feats, frame_mask) over ``dataset`` in eval mode without autograd."""
+        """Iterate over ``dataset`` in eval mode without autograd.
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id`` and ``sig``.
+        loader_kwargs : dict
+            DataLoader options.
+
+        Yields
+        ------
+        batch : speechbrain.dataio.batch.PaddedBatch
+            The batch.
+        feats : torch.Tensor
+            Its features [B, F, D] (float32).
+        frame_mask : torch.Tensor
+            [B, F] bool, True = real frame.
+        """
         loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
         self.modules.eval()
         with torch.no_grad(), self.evaluation_ctx:  # the training precision (bf16 autocast on a GPU)

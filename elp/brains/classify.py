@@ -1,4 +1,27 @@
-"""Utterance classification (emotion, intent) on ELP features."""
+"""Utterance classification (emotion, intent) on ELP features.
+
+Examples
+--------
+One validation batch of a tiny untrained model:
+
+>>> import tempfile
+>>> from types import SimpleNamespace
+>>> import speechbrain as sb
+>>> from elp.data.inventory import LabelMap
+>>> from elp.package import load_package, make_tiny_package
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify", method="l_only"))
+>>> brain = UtteranceClassifierBrain(
+...     modules={"model": package.model, "head": package.head}, run_opts={"device": "cpu"},
+...     hparams={"loss": torch.nn.CrossEntropyLoss(), "inventory": LabelMap.from_values(package.labels)})
+>>> batch = SimpleNamespace(id=["a", "b"], sig=(torch.randn(2, 16000), torch.tensor([1.0, 0.75])),
+...                         label_id=SimpleNamespace(data=torch.tensor([[0], [2]])))
+>>> brain.reset_stats(sb.Stage.VALID)
+>>> logits = brain.compute_forward(batch, sb.Stage.VALID)
+>>> logits.shape, brain.compute_objectives(logits, batch, sb.Stage.VALID).dim()
+(torch.Size([2, 3]), 0)
+>>> sorted(brain.stage_stats(sb.Stage.VALID))
+['accuracy', 'error', 'ua']
+"""
 
 from __future__ import annotations
 
@@ -12,6 +35,15 @@ class UtteranceClassifierBrain(ELPBrain):
     """Classes of ``hparams.inventory`` trained with ``hparams.loss``; validation reports accuracy and UA.
 
     The batch carries ``sig`` and ``label_id``.
+
+    Notes
+    -----
+    Hparams it reads besides :class:`elp.brains.base.ELPBrain`'s: ``inventory`` (a
+    :class:`elp.data.inventory.LabelMap`) and ``loss`` (on logits [B, n] and class ids [B]).
+
+    Examples
+    --------
+    See the module docstring.
     """
 
     def compute_forward(self, batch, stage):
@@ -19,11 +51,35 @@ class UtteranceClassifierBrain(ELPBrain):
         return self.modules.head(feats, frame_mask)
 
     def class_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """[B, num_classes] scores of the head's outputs (here the outputs themselves)."""
+        """Class scores of the head's outputs (here the outputs themselves).
+
+        Parameters
+        ----------
+        outputs : torch.Tensor
+            The head's outputs (logits [B, num_classes]).
+
+        Returns
+        -------
+        torch.Tensor
+            Scores [B, num_classes] (argmax = prediction).
+        """
         return outputs
 
     def class_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of the head's outputs (the hparams' ``loss``)."""
+        """Training loss of the head's outputs (the hparams' ``loss``).
+
+        Parameters
+        ----------
+        outputs : torch.Tensor
+            The head's outputs (logits [B, num_classes]).
+        targets : torch.Tensor
+            Class ids [B].
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss.
+        """
         return self.hparams.loss(outputs, targets)
 
     def compute_objectives(self, outputs, batch, stage):
@@ -44,7 +100,20 @@ class UtteranceClassifierBrain(ELPBrain):
                 "error": 100.0 - accuracy(preds, targets)}
 
     def predict(self, dataset, loader_kwargs):
-        """utt id -> predicted label name."""
+        """Predicted label names.
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id`` and ``sig``.
+        loader_kwargs : dict
+            DataLoader options.
+
+        Returns
+        -------
+        dict[str, str]
+            Utterance id -> label name.
+        """
         labels = self.hparams.inventory.labels
         predictions = {}
         for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):

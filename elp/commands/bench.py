@@ -36,6 +36,13 @@ from elp.peers import DEFAULT_ELP_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp bench`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--backbone", default="wavlm_plus", choices=list(BACKBONES))
     parser.add_argument("--tiny", action="store_true",
                         help="use the tiny test architecture (elp.testing.TINY_CONFIG) of the backbone")
@@ -69,6 +76,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark (or the peer benchmark) once per precision; print and write the tables.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Raises
+    ------
+    SystemExit
+        On a non-positive size or count, a bad variant label or a missing ``--source``.
+
+    Examples
+    --------
+    The tiny architecture, in this process (the table's figures depend on the machine):
+
+    >>> import contextlib, io, tempfile
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["--backbone", "wavlm", "--tiny", "--methods", "l_only", "--batch-size", "1",
+    ...                           "--duration", "0.5", "--warmup", "0", "--repeats", "1", "--threads", "1",
+    ...                           "--in-process", "--retries", "0", "--out-dir", tempfile.mkdtemp()])
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+    ...     status = run(args)
+    >>> status, out.getvalue().splitlines()[0]
+    (0, '# elp bench: wavlm_custom_cpu_fp32_b1x0.5s')
+    >>> run(parser.parse_args(["--batch-size", "0"]))
+    Traceback (most recent call last):
+    ...
+    SystemExit: elp bench: --batch-size must be positive (got 0)
+    """
     overrides = {}
     if args.tiny:
         from elp.testing import TINY_CONFIG

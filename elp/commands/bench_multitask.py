@@ -38,6 +38,13 @@ DEFAULT_MIXES = ["l_only", "l_only,weighted_sum", "l_only,weighted_sum,l_only,we
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp bench-multitask`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--backbone", default="wavlm_plus")
     parser.add_argument("--tiny", action="store_true", help="tiny test architecture (smoke test)")
     parser.add_argument("--mixes", nargs="+", default=DEFAULT_MIXES, metavar="M1,M2,...",
@@ -87,7 +94,23 @@ def _peak_mb(device: str) -> float:
 
 
 def worker(spec: dict) -> dict:
-    """Measure one (mix, mode) in this process."""
+    """Measure one (mix, mode) in this process.
+
+    Parameters
+    ----------
+    spec : dict
+        ``dirs`` (package directories), ``mode`` (``"shared"``: one :class:`MultiTask`;
+        ``"separate"``: one :class:`Predictor` per package), ``duration`` (seconds per
+        utterance), ``batch_size``, ``warmup``, ``repeats``, ``threads`` (int or None) and
+        ``device``.
+
+    Returns
+    -------
+    dict
+        ``audio_s_per_s`` and ``audio_s_per_cpu_s`` (best step), ``step_s``, ``model_mb``
+        (memory of the loaded models), ``run_peak_mb`` (peak during inference above them) and
+        ``learnable_mb`` (shared mode: the tasks' learnable tensors; 0 otherwise).
+    """
     import warnings
 
     import torch
@@ -155,7 +178,24 @@ def _measure(spec: dict) -> dict:
 
 
 def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> dict[str, Path]:
-    """One package per method on one saved random backbone."""
+    """One package per method on one saved random backbone.
+
+    Parameters
+    ----------
+    root : Path
+        Directory receiving ``backbone/`` and one package folder per method.
+    backbone : str
+        Short backbone name (random weights of its architecture).
+    tiny : bool
+        Use the tiny test architecture (:data:`elp.testing.TINY_CONFIG`) and tiny adapters.
+    methods : set[str]
+        Methods, one classification package each.
+
+    Returns
+    -------
+    dict[str, Path]
+        Method -> package directory.
+    """
     import torch
 
     from elp.backbones import load_backbone
@@ -174,6 +214,35 @@ def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure every mix in both modes, print and write the table (see the module docstring).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Raises
+    ------
+    SystemExit
+        If a worker process fails.
+
+    Examples
+    --------
+    One measurement in this process on the tiny architecture (figures depend on the machine):
+
+    >>> packages = build_packages(Path(tempfile.mkdtemp()), "wavlm", True, {"l_only", "el"})
+    >>> sorted(packages)
+    ['el', 'l_only']
+    >>> spec = dict(dirs=[str(packages["l_only"]), str(packages["el"])], mode="shared", duration=0.5,
+    ...             batch_size=1, warmup=0, repeats=1, threads=1, device="cpu")
+    >>> sorted(worker(spec))
+    ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s']
+    """
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
@@ -207,6 +276,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(rows, single, backbone_mb, args, threads) -> str:
+    """The markdown report of :func:`run`.
+
+    Parameters
+    ----------
+    rows : list[dict]
+        Per mix: ``mix``, ``n`` and the :func:`worker` results under ``shared`` and ``separate``.
+    single : dict[str, dict]
+        Method -> shared result of its one-task mix (for "cost vs 1 task").
+    backbone_mb : float
+        Size of the backbone's weight files in MiB.
+    args : argparse.Namespace
+        The command's options (backbone, tiny, device, batch size, duration, repeats, warmup).
+    threads : int | None
+        Torch threads the workers used.
+
+    Returns
+    -------
+    str
+        Markdown text ending with a newline.
+    """
     arch = f"{args.backbone}{' (tiny)' if args.tiny else ''}, random weights"
     lines = [f"Backbone {arch} ({backbone_mb:.0f} MiB of weights), {args.device}, threads {threads or 'default'}, "
              f"batch {args.batch_size} x {args.duration:g} s, best of {args.repeats} after {args.warmup} warm-up.",

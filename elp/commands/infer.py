@@ -21,6 +21,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp infer`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--package", action="append", required=True, metavar="DIR",
                         help="model package directory (repeat for several tasks on one backbone)")
     parser.add_argument("files", nargs="*", help="audio files (any soundfile format)")
@@ -36,7 +43,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_inputs(args) -> list[tuple[str, str]]:
-    """(utterance id, audio entry) pairs from FILES or --wav-scp."""
+    """(utterance id, audio entry) pairs from FILES or --wav-scp.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options (``files``, ``wav_scp``).
+
+    Returns
+    -------
+    list[tuple[str, str]]
+        For FILES the file name twice; for a wav.scp its utterance ids and entries.
+
+    Raises
+    ------
+    SystemExit
+        With no input, both kinds of input, a missing file, or a wav.scp line that is not
+        ``<utt> <file>`` (piped commands are refused, never run).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> scp = Path(tempfile.mkdtemp()) / "wav.scp"
+    >>> _ = scp.write_text("u1 a.wav\\n\\nu2 b.ark:12\\n")
+    >>> read_inputs(argparse.Namespace(files=[], wav_scp=str(scp)))
+    [('u1', 'a.wav'), ('u2', 'b.ark:12')]
+    >>> _ = scp.write_text("u1 sox a.wav -t wav - |\\n")
+    >>> read_inputs(argparse.Namespace(files=[], wav_scp=str(scp)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    SystemExit: elp infer: .../wav.scp:1: expected '<utt> <file>' (piped commands are not supported: ...)
+    """
     if args.wav_scp and args.files:
         raise SystemExit("elp infer: give audio FILES or --wav-scp, not both")
     if args.wav_scp:
@@ -62,7 +99,26 @@ def read_inputs(args) -> list[tuple[str, str]]:
 
 
 def describe(result) -> tuple[str, object]:
-    """(text for the line, JSON value) of one task result."""
+    """(text for the line, JSON value) of one task result.
+
+    Parameters
+    ----------
+    result : str | elp.inference.Classification | torch.Tensor
+        A transcript, a classification, or an SV embedding [E].
+
+    Returns
+    -------
+    tuple[str, object]
+        The text printed after ``<utt> <task>`` and the JSON value of the ``--jsonl`` record.
+
+    Examples
+    --------
+    >>> describe("hello")
+    ('hello', 'hello')
+    >>> import torch
+    >>> describe(torch.tensor([3.0, 4.0]))
+    ('embedding[2] norm 5.0000', [3.0, 4.0])
+    """
     import torch
 
     from elp.inference import Classification
@@ -89,6 +145,37 @@ def quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run every package on every input and print one line per input and task.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Raises
+    ------
+    SystemExit
+        If an input or a package is missing or unusable (one line naming it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import soundfile as sf
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task="classify")
+    >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    >>> main(["infer", "--package", str(package), "--no-progress", str(wav)])  # doctest: +ELLIPSIS
+    /.../a.wav er neutral 0.39...
+    0
+    """
     quiet_libraries()
     from elp.inference import AudioInputError
     from elp.multitask import MultiTask

@@ -22,14 +22,44 @@ LAYER_WEIGHT_KEYS = {"model.layer_adapters.layer_weights": "L-adapters (layer 1.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp inspect`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--package", required=True, metavar="DIR", help="model package (or adapter export) directory")
     parser.add_argument("--plot", help="PNG for the layer weights (default: <package>/layer_weights.png)")
 
 
 def group_of(name: str, method: str = "") -> str:
-    """Learning-rate group of an exported ``AdaptedSSL`` parameter name (read from the name only,
-    so that no model needs to be built): ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or
-    ``backbone`` (everything inside the transformer of ``full``, whose whole encoder trains)."""
+    """Learning-rate group of an exported ``AdaptedSSL`` parameter name.
+
+    The group is read from the name only, so that no model needs to be built.
+
+    Parameters
+    ----------
+    name : str
+        Parameter name relative to the ``AdaptedSSL`` (without the ``model.`` prefix).
+    method : str, optional
+        The package's method; with ``"full"`` every backbone tensor is ``backbone``.
+
+    Returns
+    -------
+    str
+        ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or ``backbone`` (everything inside
+        the transformer of ``full``, whose whole encoder trains).
+
+    Examples
+    --------
+    >>> group_of("layer_adapters.layer_weights"), group_of("encoder_adapters.3.up.weight")
+    ('l', 'e')
+    >>> group_of("backbone.model.encoder.layers.0.layer_norm.weight")
+    'ln'
+    >>> group_of("backbone.model.encoder.layers.0.attention.q_proj.weight", method="full")
+    'backbone'
+    """
     top = name.split(".", 1)[0]
     if top == "backbone" and method == "full":
         return "backbone"
@@ -44,7 +74,33 @@ def group_of(name: str, method: str = "") -> str:
 
 
 def summarize(directory: Path) -> dict:
-    """Method, learnable counts per group and softmax layer weights of an export/package."""
+    """Method, learnable counts per group and softmax layer weights of an export/package.
+
+    Parameters
+    ----------
+    directory : Path
+        A package or adapter-export directory.
+
+    Returns
+    -------
+    dict
+        ``method``, ``backbone``, ``task`` (None for a bare export), ``options``, ``groups``
+        (group -> number of learnable values, the head as ``head``), ``layer_weights``
+        (description -> softmax weights) and ``sv`` (the SV calibration record or None).
+
+    Raises
+    ------
+    SystemExit
+        If the export's config or weights file is missing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.package import make_tiny_package
+    >>> info = summarize(make_tiny_package(tempfile.mkdtemp(), method="el"))
+    >>> info["method"], sorted(info["groups"]), info["task"]
+    ('el', ['e', 'head', 'l', 'ln'], 'classify')
+    """
     import torch
     from safetensors.torch import load_file
 
@@ -68,6 +124,45 @@ def summarize(directory: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the package summary and write the layer-weight plot (see the module docstring).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    SystemExit
+        If the package directory or its files are missing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er_l_only", method="l_only")
+    >>> main(["inspect", "--package", str(package), "--plot", str(package / "weights.png")])
+    ... # doctest: +ELLIPSIS
+    package   .../er_l_only
+    task      classify
+    method    l_only  on backbone wavlm
+    learnable parameters per group:
+      head              163
+      l               1,683
+      total           1,846
+    layer weights, L-adapters (layer 1..L outputs):
+        1 0.3322 ####################
+        2 0.3658 ######################
+        3 0.3019 ##################
+    wrote .../er_l_only/weights.png
+    0
+    """
     from elp.plots import plot_layer_weights
 
     directory = Path(args.package)

@@ -16,6 +16,13 @@ from elp.params import parameter_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp params`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--backbone", nargs="+", default=["wavlm_plus"], choices=list(BACKBONES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--prompt-frames", type=int, default=10, help="K of the P-adapter")
@@ -25,7 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table: backbone, method, learnable total and per-group counts."""
+    """Markdown table: backbone, method, learnable total and per-group counts.
+
+    Parameters
+    ----------
+    rows : list[dict]
+        Rows of :func:`elp.params.parameter_table` (``backbone``, ``method``, ``total``,
+        ``groups``).
+
+    Returns
+    -------
+    str
+        The table, one column per group that any row has.
+
+    Examples
+    --------
+    >>> print(format_table([{"backbone": "b", "method": "m", "total": 1200, "groups": {"e": 1200}}]))
+    | backbone | method | learnable | e |
+    |---|---|---|---|
+    | b | m | 1,200 | 1,200 |
+    """
     groups = list(dict.fromkeys(g for row in rows for g in row["groups"]))
     header = ["backbone", "method", "learnable", *groups]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -37,6 +63,29 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the parameter table (markdown, or JSON with ``--json``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> run(parser.parse_args(["--backbone", "hubert", "--methods", "weighted_sum", "l_only"]))
+    | backbone | method | learnable | l |
+    |---|---|---|---|
+    | hubert | weighted_sum | 13 | 13 |
+    | hubert | l_only | 4,737,036 | 4,737,036 |
+    0
+    """
     rows = parameter_table(args.backbone, args.methods, prompt_frames=args.prompt_frames,
                            prefix_frames=args.prefix_frames, lora_rank=args.lora_rank)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))

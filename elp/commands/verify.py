@@ -15,6 +15,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``elp verify`` to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     parser.add_argument("--package", required=True, metavar="DIR", help="SV model package directory")
     parser.add_argument("enroll", help="audio of the claimed speaker")
     parser.add_argument("test", help="audio to verify")
@@ -23,6 +30,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score one trial and print the score and decision.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Raises
+    ------
+    SystemExit
+        If an audio file or the package is missing or unusable (one line naming it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import soundfile as sf
+    >>> from elp.cli import main
+    >>> from elp.package import make_tiny_package
+    >>> package = make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora")
+    >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    >>> main(["verify", "--package", str(package), str(wav), str(wav)])
+    1.000000 (no decision: the package has no calibrated threshold)
+    0
+    """
     from elp.commands.infer import quiet_libraries
 
     quiet_libraries()

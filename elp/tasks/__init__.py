@@ -40,13 +40,37 @@ def load_inventory(task: Task, lang_dir: str | Path):
     Parameters
     ----------
     task : Task
-    lang_dir : path
+        The recipe's task kind.
+    lang_dir : str | Path
+        The directory stage 2 wrote the inventory to.
+
+    Returns
+    -------
+    object
+        What :meth:`Task.load_inventory` returns.
     """
     return task.load_inventory(lang_dir)
 
 
 def num_outputs(inventory) -> int:
-    """Output units of a head over ``inventory`` (tokens incl. blank, or classes)."""
+    """Output units of a head over ``inventory``.
+
+    Parameters
+    ----------
+    inventory : object
+        A tokenizer (with ``vocab_size``) or a label map (with ``len``).
+
+    Returns
+    -------
+    int
+        Tokens including the CTC blank, or classes.
+
+    Examples
+    --------
+    >>> from elp.data.inventory import LabelMap
+    >>> num_outputs(LabelMap.from_values(["sad", "happy", "sad"]))
+    2
+    """
     return int(getattr(inventory, "vocab_size", None) or len(inventory))
 
 

@@ -14,6 +14,38 @@ utterance classification once the model is an :class:`elp.model.AdaptedSSL` plus
 
 The recipe's YAML declares its task once (``task: !new:elp.tasks.UtteranceClassification``);
 the drivers in ``recipes/`` never branch on the kind.
+
+Examples
+--------
+A two-utterance classification data dir, its inventory and its datasets (training crops of
+``max_train_seconds``, whole utterances at test time):
+
+>>> import tempfile
+>>> import numpy as np
+>>> import soundfile as sf
+>>> from elp.data.kaldi_dir import validate_data_dir
+>>> from elp.tasks import UtteranceClassification
+>>> data = Path(tempfile.mkdtemp())
+>>> for utt, samples in [("u1", 16000), ("u2", 24000)]:
+...     sf.write(data / f"{utt}.wav", np.zeros(samples, dtype=np.float32), 16000)
+>>> write_lines(data / "wav.scp", [f"u1 {data / 'u1.wav'}", f"u2 {data / 'u2.wav'}"])
+>>> write_lines(data / "utt2spk", ["u1 s1", "u2 s2"])
+>>> write_lines(data / "utt2label", ["u1 happy", "u2 sad"])
+>>> _ = validate_data_dir(data)
+>>> task = UtteranceClassification(max_train_seconds=0.5)
+>>> task.build_inventory(data, data / "lang")
+>>> inventory = task.load_inventory(data / "lang")
+>>> task.package_fields(inventory)
+{'labels': ['happy', 'sad']}
+>>> [(item["id"], item["sig"].shape[0], item["label_id"].tolist())
+...  for item in task.dataset(data, "train", inventory)]
+[('u1', 8000, [0]), ('u2', 8000, [1])]
+>>> [item["sig"].shape[0] for item in task.dataset(data, "test", inventory)]
+[16000, 24000]
+>>> read_pairs(data / "utt2label")
+{'u1': 'happy', 'u2': 'sad'}
+>>> task.metric(75, chance=50.0)
+{'name': 'accuracy', 'value': 75.0, 'higher_is_better': True, 'chance': 50.0}
 """
 
 from __future__ import annotations
@@ -38,7 +70,7 @@ class Task:
 
     Parameters
     ----------
-    max_train_seconds : float
+    max_train_seconds : float, optional
         Training utterances longer than this are randomly cropped to it (0: whole
         utterances). Validation and test always read whole utterances.
     label_file : str, optional
@@ -60,16 +92,50 @@ class Task:
 
     # ------------------------------------------------------------------ stage 2
     def build_inventory(self, train_dir: str | Path, lang_dir: str | Path) -> None:
-        """Write the token or label inventory of ``train_dir`` to ``lang_dir``."""
+        """Write the token or label inventory of ``train_dir`` to ``lang_dir`` (subclasses).
+
+        Parameters
+        ----------
+        train_dir : str | Path
+            The training data dir.
+        lang_dir : str | Path
+            Output directory of the inventory.
+        """
         raise NotImplementedError
 
     def load_inventory(self, lang_dir: str | Path):
-        """The inventory :meth:`build_inventory` wrote (a :class:`LabelMap` unless overridden)."""
+        """The inventory :meth:`build_inventory` wrote.
+
+        Parameters
+        ----------
+        lang_dir : str | Path
+            The inventory's directory.
+
+        Returns
+        -------
+        object
+            A :class:`LabelMap` unless a subclass overrides this (ASR: a tokenizer).
+        """
         return LabelMap.load(lang_dir)
 
     def check_coverage(self, lang_dir: str | Path, data_dir: str | Path) -> None:
-        """Raise a one-line error naming utterances of ``data_dir`` the inventory in ``lang_dir``
-        cannot encode (stage 2, so a bad dev/test set fails before training, not after)."""
+        """Check that the inventory in ``lang_dir`` can encode every utterance of ``data_dir``.
+
+        Runs in stage 2, so a bad dev/test set fails before training, not after. The base
+        class checks nothing.
+
+        Parameters
+        ----------
+        lang_dir : str | Path
+            The inventory's directory.
+        data_dir : str | Path
+            A dev or test data dir.
+
+        Raises
+        ------
+        ValueError
+            One line naming the utterances that cannot be encoded (subclasses).
+        """
 
     # ------------------------------------------------------------------ data
     def dataset(self, data_dir: str | Path, split: str, inventory,
@@ -78,13 +144,20 @@ class Task:
 
         Parameters
         ----------
-        data_dir : path
+        data_dir : str | Path
+            A validated Kaldi-style data dir (with ``utt2num_samples``).
         split : str
             ``"train"`` (random crops when ``max_train_seconds``), ``"valid"`` or ``"test"``.
         inventory : object
             From :func:`elp.tasks.load_inventory`.
-        crop_audio : bool
+        crop_audio : bool, optional
             False: training utterances stay whole (the Brain crops cached CNN frames instead).
+
+        Returns
+        -------
+        speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id``, ``sig`` (float waveform [T] at 16 kHz) and the keys of
+            :meth:`add_targets`.
         """
         data = data_dir_to_dict(data_dir, label_file=self.label_file)
         for entry in data.values():
@@ -111,15 +184,52 @@ class Task:
         return dataset
 
     def prepare_entries(self, data: dict, split: str) -> None:
-        """Adjust the per-utterance entries before the dataset is built (subclasses)."""
+        """Adjust the per-utterance entries before the dataset is built (subclasses).
+
+        Parameters
+        ----------
+        data : dict
+            Utterance id -> entry (``wav``, ``num_samples``, ``start``, ``end``, ...), edited
+            in place.
+        split : str
+            ``"train"``, ``"valid"`` or ``"test"``.
+        """
 
     def add_targets(self, dataset, split: str, inventory) -> list[str]:
-        """Add this task's target items to ``dataset``; return their output keys."""
+        """Add this task's target items to ``dataset`` (subclasses; none here).
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            The dataset being built.
+        split : str
+            ``"train"``, ``"valid"`` or ``"test"``.
+        inventory : object
+            From :meth:`load_inventory`.
+
+        Returns
+        -------
+        list[str]
+            Output keys of the added items.
+        """
         return []
 
     @staticmethod
     def add_label_targets(dataset, inventory) -> list[str]:
-        """``label_id`` ([1] class id of the entry's ``label``; errors name the utterance)."""
+        """Add ``label_id``: the class id of each entry's ``label``.
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            The dataset being built (entries hold ``label``).
+        inventory : LabelMap
+            Encodes labels; an unknown label's error names the utterance.
+
+        Returns
+        -------
+        list[str]
+            ``["label", "label_id"]`` (``label_id``: LongTensor [1]).
+        """
 
         @sb.utils.data_pipeline.takes("id", "label")
         @sb.utils.data_pipeline.provides("label_id")
@@ -136,19 +246,70 @@ class Task:
 
         ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
         (the test set, and for SV the S-norm cohort and the calibration trials); ``exp_dir`` is
-        the experiment (its model package is ``exp_dir/adapters``)."""
+        the experiment (its model package is ``exp_dir/adapters``).
+
+        Parameters
+        ----------
+        brain : elp.brains.base.ELPBrain
+            The trained Brain.
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            The test set.
+        test_dir : str | Path
+            Its data dir (references).
+        decode_dir : Path
+            Output directory.
+        loader_kwargs_of : Callable
+            Dataset -> DataLoader options.
+        exp_dir : Path
+            The experiment directory.
+        """
         raise NotImplementedError
 
     def package_fields(self, inventory) -> dict:
-        """What a model package stores of the inventory (:func:`elp.package.write_package`)."""
+        """What a model package stores of the inventory (:func:`elp.package.write_package`).
+
+        Parameters
+        ----------
+        inventory : object
+            From :meth:`load_inventory`.
+
+        Returns
+        -------
+        dict
+            Package fields (here ``labels``).
+        """
         return {"labels": list(inventory.labels)}
 
     def plot(self, test_dir: str | Path, decode_dir: Path, out_dir: Path, inventory_labels=None) -> list[Path]:
-        """Stage 5's plots of one decoded test set (PNG paths); none by default."""
+        """Stage 5's plots of one decoded test set; none by default.
+
+        Parameters
+        ----------
+        test_dir : str | Path
+            The test data dir.
+        decode_dir : Path
+            Its decode directory (stage 4).
+        out_dir : Path
+            Where the PNG files go.
+        inventory_labels : list[str] | None, optional
+            Class names in inventory order.
+
+        Returns
+        -------
+        list[Path]
+            The PNG files written.
+        """
         return []
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
-        """(metric, extra metrics) of one decoded test set.
+        """(metric, extra metrics) of one decoded test set (subclasses).
+
+        Parameters
+        ----------
+        test_dir : str | Path
+            The test data dir.
+        decode_dir : Path
+            Its decode directory (stage 4).
 
         Returns
         -------
@@ -160,13 +321,34 @@ class Task:
         raise NotImplementedError
 
     def metric(self, value: float, chance: float | None) -> dict:
-        """The results.json ``metric`` entry of this task."""
+        """The results.json ``metric`` entry of this task.
+
+        Parameters
+        ----------
+        value : float
+            The metric's value.
+        chance : float | None
+            Its chance level (e.g. the majority class), if known.
+
+        Returns
+        -------
+        dict
+            ``name``, ``value``, ``higher_is_better`` and ``chance``.
+        """
         return {"name": self.metric_name, "value": float(value), "higher_is_better": self.higher_is_better,
                 "chance": None if chance is None else float(chance)}
 
 
 def write_lines(path: Path, lines) -> None:
-    """Write text lines atomically (a temporary file renamed into place)."""
+    """Write text lines atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    path : Path
+        Output file (parent directories are created).
+    lines : Iterable[str]
+        Lines without newlines.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -174,7 +356,23 @@ def write_lines(path: Path, lines) -> None:
 
 
 def read_pairs(path: Path) -> dict[str, str]:
-    """``<utt> <rest of line>`` lines as a dict (a missing file names stage 4 as the fix)."""
+    """``<utt> <rest of line>`` lines as a dict.
+
+    Parameters
+    ----------
+    path : Path
+        A decode file.
+
+    Returns
+    -------
+    dict[str, str]
+        Utterance id -> rest of its line.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing (the message names stage 4 as the fix).
+    """
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
     pairs = {}

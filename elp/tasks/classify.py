@@ -29,7 +29,23 @@ class UtteranceClassification(Task):
     metric_name, higher_is_better = "accuracy", True
 
     def labels(self, data_dir) -> dict[str, str]:
-        """utt -> label of a data dir."""
+        """Labels of a data dir.
+
+        Parameters
+        ----------
+        data_dir : str | Path
+            A data dir holding ``utt2label`` (or ``label_file``).
+
+        Returns
+        -------
+        dict[str, str]
+            Utterance id -> label.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the label file is missing.
+        """
         name = self.label_file or "utt2label"
         path = Path(data_dir) / name
         if not path.exists():

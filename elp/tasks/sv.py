@@ -91,9 +91,27 @@ class SpeakerVerification(Task):
                                Path(out_dir) / f"det_{Path(test_dir).name}.png")]
 
     def calibrate(self, brain, loader_kwargs_of, package_dir: Path) -> dict | None:
-        """Store the EER threshold of dev trials in the model package: all pairs of (up to
-        ``calibration_utterances``) validation utterances, which are unseen utterances of the
-        training speakers; the test trials are never used for it."""
+        """Store the EER threshold of dev trials in the model package.
+
+        The trials are all pairs of (up to ``calibration_utterances``) validation utterances,
+        which are unseen utterances of the training speakers (the cohort set when no
+        validation speaker has two); the test trials are never used for it.
+
+        Parameters
+        ----------
+        brain : elp.brains.sv.SpeakerBrain
+            The trained Brain (its :meth:`predict` gives the embeddings).
+        loader_kwargs_of : Callable
+            Dataset -> DataLoader options.
+        package_dir : Path
+            The model package (nothing happens without its ``package.json``).
+
+        Returns
+        -------
+        dict | None
+            The calibration record of :func:`elp.package.calibrate_threshold`, or None when
+            there is no calibration set, no package or no usable trial.
+        """
         from elp.package import calibrate_threshold  # the package module names the task kinds
 
         if self.calibration_set is None or not (Path(package_dir) / "package.json").exists():
@@ -148,8 +166,20 @@ class SpeakerVerification(Task):
 
 
 def calibration_utterances(utt2spk: dict[str, str], limit: int) -> set[str]:
-    """Up to ``limit`` utterances of the speakers that have at least two, taken in turn from each
-    speaker, so their pairs hold both target and non-target trials (empty: no such speaker).
+    """Utterances whose pairs hold both target and non-target trials.
+
+    Parameters
+    ----------
+    utt2spk : dict[str, str]
+        Utterance id -> speaker.
+    limit : int
+        At most this many utterances.
+
+    Returns
+    -------
+    set[str]
+        Up to ``limit`` utterances of the speakers that have at least two, taken in turn from
+        each speaker (sorted ids); empty unless at least two speakers have two utterances.
 
     Examples
     --------
