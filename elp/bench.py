@@ -545,7 +545,7 @@ def format_markdown(settings: BenchSettings, rows: list[dict], command: str | No
 
 
 def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.PathLike,
-                  command: str | None = None) -> tuple[Path, Path]:
+                  command: str | None = None, formatter=None) -> tuple[Path, Path]:
     """Write ``<out_dir>/<settings.name>.md`` and ``.json``.
 
     Parameters
@@ -559,6 +559,10 @@ def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.P
     command : str | None, optional
         The command line that produced the rows.
 
+    formatter : callable, optional
+        ``formatter(settings, rows, command) -> str``, the markdown table (default
+        :func:`format_markdown`; the peer benchmark passes its own).
+
     Returns
     -------
     tuple[Path, Path]
@@ -567,7 +571,7 @@ def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / f"{settings.name}.md"
-    markdown.write_text(format_markdown(settings, rows, command))
+    markdown.write_text((formatter or format_markdown)(settings, rows, command))
     record = {"settings": asdict(settings), "machine": machine_description(settings.device),
               "torch": torch.__version__, "command": command, "rows": rows}
     json_file = out_dir / f"{settings.name}.json"

@@ -60,7 +60,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from elp.bench import BenchSettings, BenchHead, _busy_seconds, _MemoryProbe, _sync, machine_description, parse_variant
+from elp.bench import BenchSettings
+from elp.bench import BenchHead, _busy_seconds, _MemoryProbe, _sync, machine_description, parse_variant
+from elp.bench import write_results as bench_write_results
 
 #: Peer variants, always run first, in this order (``sb_full`` is the reference of every ratio).
 PEERS = {
@@ -689,15 +691,7 @@ def write_results(settings: PeerSettings, rows: list[dict], out_dir: str | os.Pa
     tuple[Path, Path]
         The markdown and JSON files.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = out_dir / f"{settings.name}.md"
-    markdown.write_text(format_markdown(settings, rows, command))
-    record = {"settings": asdict(settings), "machine": machine_description(settings.device),
-              "torch": torch.__version__, "command": command, "rows": rows}
-    json_file = out_dir / f"{settings.name}.json"
-    json_file.write_text(json.dumps(record, indent=2))
-    return markdown, json_file
+    return bench_write_results(settings, rows, out_dir, command, formatter=format_markdown)
 
 
 if __name__ == "__main__":  # memory worker: python -m elp.peers '<json>'
