@@ -6,7 +6,8 @@ Greedy and beam-search transcripts of a tiny untrained model:
 
 >>> import tempfile
 >>> from elp.package import load_package, make_tiny_package
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="asr", method="l_only"))
+>>> from elp.tasks import ASR
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=ASR, method="l_only"))
 >>> brain = ASRBrain(modules={"model": package.model, "head": package.head},
 ...                  hparams={"inventory": package.tokenizer}, run_opts={"device": "cpu"})
 >>> from speechbrain.dataio.dataset import DynamicItemDataset

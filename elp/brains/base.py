@@ -9,7 +9,8 @@ learning rate per parameter group, run over a two-utterance dataset:
 >>> from elp.brains import UtteranceClassifierBrain
 >>> from elp.data.inventory import LabelMap
 >>> from elp.package import load_package, make_tiny_package
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify", method="el"))
+>>> from elp.tasks import CLASSIFY
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY, method="el"))
 >>> hparams = {"lr": {"default": 1e-3, "head": 1e-2}, "opt_class": torch.optim.Adam,
 ...            "loss": torch.nn.CrossEntropyLoss(), "inventory": LabelMap.from_values(package.labels)}
 >>> brain = UtteranceClassifierBrain(modules={"model": package.model, "head": package.head},

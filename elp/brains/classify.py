@@ -9,7 +9,8 @@ One validation batch of a tiny untrained model:
 >>> import speechbrain as sb
 >>> from elp.data.inventory import LabelMap
 >>> from elp.package import load_package, make_tiny_package
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify", method="l_only"))
+>>> from elp.tasks import CLASSIFY
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY, method="l_only"))
 >>> brain = UtteranceClassifierBrain(
 ...     modules={"model": package.model, "head": package.head}, run_opts={"device": "cpu"},
 ...     hparams={"loss": torch.nn.CrossEntropyLoss(), "inventory": LabelMap.from_values(package.labels)})

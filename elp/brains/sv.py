@@ -9,7 +9,8 @@ Embeddings of a tiny untrained model, windowed (0.5 s windows):
 >>> from elp.heads import AAMSoftmaxClassifier
 >>> from elp.package import load_package, make_tiny_package
 >>> from elp.tasks import SpeakerVerification
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="sv", method="l_only"))
+>>> from elp.tasks import SV
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=SV, method="l_only"))
 >>> modules = {"model": package.model, "head": package.head,
 ...            "classifier": AAMSoftmaxClassifier(8, num_speakers=3)}
 >>> task = SpeakerVerification(window_seconds=0.5, window_overlap_seconds=0.1)

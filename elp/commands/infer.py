@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     >>> import soundfile as sf
     >>> from elp.cli import main
     >>> from elp.package import make_tiny_package
-    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task="classify")
+    >>> from elp.tasks import CLASSIFY
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task=CLASSIFY)
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
     >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
     >>> main(["infer", "--package", str(package), "--no-progress", str(wav)])  # doctest: +ELLIPSIS

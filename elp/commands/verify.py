@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     >>> import soundfile as sf
     >>> from elp.cli import main
     >>> from elp.package import make_tiny_package
-    >>> package = make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora")
+    >>> from elp.tasks import SV
+    >>> package = make_tiny_package(tempfile.mkdtemp(), task=SV, method="lora")
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
     >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
     >>> main(["verify", "--package", str(package), str(wav), str(wav)])
