@@ -315,25 +315,16 @@ def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
         def forward():
             return model(wavs, wav_lens)
 
-    def step(times: dict | None):
-        start = time.perf_counter()
+    def loss_of_batch():
         with autocast:
             feats, frame_mask = forward()
-            loss = head(feats, frame_mask, labels)
-        _sync(device)
-        after_forward = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        after_backward = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        end = time.perf_counter()
+            return head(feats, frame_mask, labels)
+
+    def step(times: dict | None):
+        loss, seconds = timed_step(loss_of_batch, optimizer, device)
         if times is not None:
-            times["forward_s"].append(after_forward - start)
-            times["backward_s"].append(after_backward - after_forward)
-            times["optimizer_s"].append(end - after_backward)
-            times["step_s"].append(end - start)
+            for key, value in seconds.items():
+                times[key].append(value)
         return float(loss.detach())
 
     probe = _MemoryProbe(device)
@@ -362,6 +353,46 @@ def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
         audio_s_per_s=settings.batch_size * settings.duration / step_s,
         threads=torch.get_num_threads())
     return result
+
+
+def timed_step(loss_fn, optimizer: torch.optim.Optimizer, device: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """One training step (forward, backward, optimizer), each phase timed after a device sync.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn() -> loss`` (the forward pass, under autocast if wanted).
+    optimizer : torch.optim.Optimizer
+        Stepped once, then its gradients are cleared.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (CUDA is synchronised before each clock reading).
+
+    Returns
+    -------
+    tuple[torch.Tensor, dict[str, float]]
+        The loss and the seconds ``forward_s``, ``backward_s``, ``optimizer_s``, ``step_s``.
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> opt = torch.optim.SGD([w], lr=0.1)
+    >>> loss, seconds = timed_step(lambda: (w ** 2).sum(), opt, "cpu")
+    >>> sorted(seconds), w.tolist()
+    (['backward_s', 'forward_s', 'optimizer_s', 'step_s'], [0.800000011920929, 0.800000011920929])
+    """
+    start = time.perf_counter()
+    loss = loss_fn()
+    _sync(device)
+    after_forward = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    after_backward = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    end = time.perf_counter()
+    return loss, {"forward_s": after_forward - start, "backward_s": after_backward - after_forward,
+                  "optimizer_s": end - after_backward, "step_s": end - start}
 
 
 def _profile_step(step, device: str, top: int = 15) -> list[dict]:

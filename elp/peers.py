@@ -61,7 +61,8 @@ import torch
 from torch import nn
 
 from elp.bench import BenchSettings
-from elp.bench import BenchHead, _busy_seconds, _MemoryProbe, _sync, machine_description, parse_variant
+from elp.bench import (BenchHead, _busy_seconds, _MemoryProbe, machine_description, parse_variant,
+                       timed_step)
 from elp.bench import write_results as bench_write_results
 
 #: Peer variants, always run first, in this order (``sb_full`` is the reference of every ratio).
@@ -391,20 +392,8 @@ def train_step(variant: BuiltVariant, settings: PeerSettings, batch) -> dict[str
     dict[str, float]
         Seconds: ``forward_s``, ``backward_s``, ``optimizer_s``, ``step_s``.
     """
-    device = settings.device
-    start = time.perf_counter()
-    loss = variant_loss(variant, settings, batch)
-    _sync(device)
-    after_forward = time.perf_counter()
-    loss.backward()
-    _sync(device)
-    after_backward = time.perf_counter()
-    variant.optimizer.step()
-    variant.optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    end = time.perf_counter()
-    return {"forward_s": after_forward - start, "backward_s": after_backward - after_forward,
-            "optimizer_s": end - after_backward, "step_s": end - start}
+    _, seconds = timed_step(lambda: variant_loss(variant, settings, batch), variant.optimizer, settings.device)
+    return seconds
 
 
 def count_lora_gradients(variant: BuiltVariant, settings: PeerSettings, batch) -> tuple[int, int]:
