@@ -62,7 +62,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from elp.backbones import SSLBackbone
+from elp.backbones import SSLBackbone, lengths_to_mask
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -499,7 +499,7 @@ class HiddenStateCache(_TensorStore):
                 return None
             items.append(states.transpose(0, 1))  # [frames, L+1, D]
         padded, frames = _pad(items, device)  # [B, F, L+1, D]
-        frame_mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < frames[:, None]
+        frame_mask = lengths_to_mask(frames.to(padded.device), padded.shape[1])
         return list(padded.permute(2, 0, 1, 3).unbind(0)), frame_mask
 
 
@@ -560,7 +560,7 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
     index = index.to(features.device)
     cropped = torch.gather(features, 1, index[..., None].expand(-1, -1, features.shape[2]))
     new_lens = lens.clamp(max=max_frames)
-    valid = torch.arange(width)[None, :] < new_lens[:, None]
+    valid = lengths_to_mask(new_lens, width)
     cropped = cropped * valid[..., None].to(features.device, features.dtype)
     return cropped, new_lens.to(frame_lens.device), starts.to(frame_lens.device)
 

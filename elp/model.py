@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from elp.adapters import EncoderAdapter, LayerAdapters, LayerPrefixes, PromptAdapter, WeightedLayerSum, add_lora
-from elp.backbones import SSLBackbone
+from elp.backbones import SSLBackbone, lengths_to_mask
 from elp.methods import MethodSpec, get_method
 
 
@@ -235,7 +235,7 @@ class AdaptedSSL(nn.Module):
         """
         if cnn_feats.dim() != 3 or cnn_feats.shape[-1] != self.backbone.cnn_channels:
             raise ValueError(f"cnn_feats must be [B, F, {self.backbone.cnn_channels}], got {tuple(cnn_feats.shape)}")
-        frame_mask = torch.arange(cnn_feats.shape[1], device=cnn_feats.device)[None, :] < frame_lens.to(cnn_feats.device)[:, None]
+        frame_mask = lengths_to_mask(frame_lens.to(cnn_feats.device), cnn_feats.shape[1])
         grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
         with torch.set_grad_enabled(grad):
             out = self.backbone.forward_from_cnn_features(
