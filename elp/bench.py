@@ -8,6 +8,12 @@ Each *variant* is a method name with optional ``+`` flags:
 * ``+cache``: (``weighted_sum``/``l_only`` only) the step reads the backbone's hidden states
   from a :class:`elp.feature_cache.HiddenStateCache` filled beforehand, i.e. the cost of
   every epoch after the first.
+* ``+cnncache``: (any method) the step reads the frozen CNN's features from a
+  :class:`elp.feature_cache.CNNFeatureCache` filled beforehand (recipes: ``cnn_cache: true``);
+* ``+sdpa``: WavLM's attention through ``scaled_dot_product_attention`` (recipes:
+  ``sdpa_attention: true``; wav2vec2 and HuBERT use SDPA already);
+* ``+bf16w``: (with ``precision="bf16"``) frozen transformer Linear weights held in bfloat16
+  once (recipes: ``frozen_dtype: bfloat16``).
 
 A step is forward (backbone + method + a small head: per-frame Linear, masked mean pool,
 cross-entropy), backward and an Adam step (+ ``zero_grad``). Each part is timed separately
@@ -125,6 +131,9 @@ class Variant:
     activation_checkpointing: bool = False
     e_first_layer: int = 0
     cache: bool = False
+    cnn_cache: bool = False
+    sdpa: bool = False
+    bf16_weights: bool = False
 
 
 def parse_variant(label: str) -> Variant:
@@ -133,8 +142,8 @@ def parse_variant(label: str) -> Variant:
     Parameters
     ----------
     label : str
-        A method name from :data:`elp.methods.METHODS` followed by ``+ckpt``, ``+k<N>``
-        and/or ``+cache`` flags.
+        A method name from :data:`elp.methods.METHODS` followed by ``+ckpt``, ``+k<N>``,
+        ``+cache``, ``+cnncache``, ``+sdpa`` and/or ``+bf16w`` flags.
 
     Returns
     -------
@@ -145,8 +154,8 @@ def parse_variant(label: str) -> Variant:
     Raises
     ------
     ValueError
-        For an unknown method or flag, or ``+cache`` on a method whose backbone needs
-        gradients.
+        For an unknown method or flag, ``+cache`` on a method whose backbone needs
+        gradients, or ``+cache`` with ``+cnncache``.
 
     Examples
     --------
@@ -154,6 +163,9 @@ def parse_variant(label: str) -> Variant:
     True
     >>> parse_variant("el+ckpt+k4").e_first_layer
     4
+    >>> v = parse_variant("el+sdpa+cnncache+bf16w")
+    >>> v.sdpa, v.cnn_cache, v.bf16_weights
+    (True, True, True)
     """
     method, *flags = label.split("+")
     if method not in METHODS:
@@ -167,11 +179,111 @@ def parse_variant(label: str) -> Variant:
                 raise ValueError(f"{label!r}: only methods with a frozen, un-adapted backbone "
                                  "(weighted_sum, l_only) can use the hidden-state cache")
             options["cache"] = True
+        elif flag in _SPEED_FLAGS:
+            options[_SPEED_FLAGS[flag]] = True
         elif flag.startswith("k") and flag[1:].isdigit():
             options["e_first_layer"] = int(flag[1:])
         else:
-            raise ValueError(f"unknown flag {flag!r} in bench variant {label!r}; use +ckpt, +k<N> or +cache")
+            raise ValueError(f"unknown flag {flag!r} in bench variant {label!r}; "
+                             "use +ckpt, +k<N>, +cache, +cnncache, +sdpa or +bf16w")
+    if options.get("cache") and options.get("cnn_cache"):
+        raise ValueError(f"{label!r}: +cache (hidden states) already skips the CNN; drop +cnncache")
     return Variant(label, method, **options)
+
+
+#: Variant flags that switch on a recipe speed option -> Variant field.
+_SPEED_FLAGS = {"cnncache": "cnn_cache", "sdpa": "sdpa", "bf16w": "bf16_weights"}
+
+
+def build_variant_model(variant: Variant, backbone, precision: str):
+    """The adapted model of a variant, with its speed options applied.
+
+    Parameters
+    ----------
+    variant : Variant
+        From :func:`parse_variant`.
+    backbone : elp.backbones.SSLBackbone
+        A freshly loaded backbone (the model takes it over).
+    precision : str
+        ``"fp32"`` or ``"bf16"``; ``+bf16w`` needs ``"bf16"``.
+
+    Returns
+    -------
+    elp.model.AdaptedSSL
+        On the backbone's device, in train mode.
+
+    Raises
+    ------
+    ValueError
+        For ``+bf16w`` without bf16 precision.
+
+    Examples
+    --------
+    >>> from elp.backbones import load_backbone
+    >>> from elp.testing import TINY_CONFIG
+    >>> backbone = load_backbone("wavlm", pretrained=False, config_overrides=TINY_CONFIG)
+    >>> model = build_variant_model(parse_variant("el+bf16w"), backbone, "bf16")
+    >>> model.backbone.model.encoder.layers[0].feed_forward.output_dense.weight.dtype
+    torch.bfloat16
+    """
+    from elp.model import AdaptedSSL
+
+    if variant.bf16_weights and precision != "bf16":
+        raise ValueError(f"bench variant {variant.label!r}: +bf16w holds frozen weights in bfloat16 and "
+                         "needs --precision bf16")
+    model = AdaptedSSL(backbone, variant.method, e_first_layer=variant.e_first_layer,
+                       activation_checkpointing=variant.activation_checkpointing).train()
+    if variant.sdpa:
+        model.backbone.set_sdpa_attention(True)
+    if variant.bf16_weights:
+        model.cast_frozen_(torch.bfloat16)
+    return model
+
+
+def variant_forward(variant: Variant, model, cache_dir: str | os.PathLike | None = None):
+    """The forward a variant's step calls: ``forward(wavs, wav_lens) -> (feats, frame_mask)``.
+
+    Parameters
+    ----------
+    variant : Variant
+        From :func:`parse_variant`.
+    model : elp.model.AdaptedSSL
+        Its model (:func:`build_variant_model`).
+    cache_dir : str | os.PathLike, optional
+        Where ``+cache`` / ``+cnncache`` keep their cache (needed for those flags). The
+        first call for a batch fills the cache; later calls read it.
+
+    Returns
+    -------
+    Callable
+        ``forward(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.backbones import load_backbone
+    >>> from elp.testing import TINY_CONFIG
+    >>> variant = parse_variant("el+cnncache")
+    >>> model = build_variant_model(variant, load_backbone("wavlm", pretrained=False,
+    ...                             config_overrides=TINY_CONFIG), "fp32").eval()
+    >>> forward = variant_forward(variant, model, tempfile.mkdtemp())
+    >>> wavs = torch.randn(2, 8000)
+    >>> first, _ = forward(wavs, torch.ones(2))   # fills the cache
+    >>> again, _ = forward(wavs, torch.ones(2))   # reads it
+    >>> torch.equal(first, again)
+    True
+    """
+    from elp.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
+
+    if variant.cache or variant.cnn_cache:
+        if cache_dir is None:
+            raise ValueError(f"bench variant {variant.label!r} needs a cache directory")
+        if variant.cache:
+            cache = HiddenStateCache(cache_dir, "bench")
+            return lambda wavs, wav_lens: cached_forward(model, cache, None, wavs, wav_lens)
+        cnn_cache = CNNFeatureCache.for_model(cache_dir, model)
+        return lambda wavs, wav_lens: cached_cnn_forward(model, cnn_cache, None, wavs, wav_lens)
+    return lambda wavs, wav_lens: model(wavs, wav_lens)
 
 
 class BenchHead(nn.Module):
@@ -273,8 +385,6 @@ def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
         ``profile`` where they apply).
     """
     from elp.backbones import load_backbone
-    from elp.feature_cache import HiddenStateCache, cached_forward
-    from elp.model import AdaptedSSL
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -283,10 +393,8 @@ def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
         raise RuntimeError("--device cuda given but torch.cuda.is_available() is False")
     torch.manual_seed(settings.seed)
     backbone = load_backbone(settings.backbone, pretrained=False, config_overrides=settings.config_overrides)
-    model = AdaptedSSL(backbone, variant.method, e_first_layer=variant.e_first_layer,
-                       activation_checkpointing=variant.activation_checkpointing).to(device)
+    model = build_variant_model(variant, backbone, settings.precision).to(device)
     head = BenchHead(model.output_dim, settings.num_classes).to(device)
-    model.train()
     head.train()
     learnable = list(model.learnable_parameters().values())
     optimizer = torch.optim.Adam(learnable + list(head.parameters()), lr=1e-4)
@@ -296,24 +404,19 @@ def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
     wav_lens = torch.ones(settings.batch_size, device=device)
     labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator).to(device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
-    utt_ids = [f"bench{index}" for index in range(settings.batch_size)]
 
     result: dict = {}
-    tmp_dir = None
-    if variant.cache:
-        tmp_dir = tempfile.TemporaryDirectory(prefix="elp-bench-cache-")
-        cache = HiddenStateCache(tmp_dir.name, "bench")
+    tmp_dir = tempfile.TemporaryDirectory(prefix="elp-bench-cache-") if variant.cache or variant.cnn_cache else None
+    forward_of_batch = variant_forward(variant, model, tmp_dir.name if tmp_dir else None)
+    if tmp_dir is not None:
         start = time.perf_counter()
-        with autocast:  # the first epoch: compute and store
-            cached_forward(model, cache, utt_ids, wavs, wav_lens)
+        with autocast, torch.no_grad():  # the first epoch: compute and store
+            forward_of_batch(wavs, wav_lens)
         _sync(device)
         result["cache_fill_s"] = time.perf_counter() - start
 
-        def forward():
-            return cached_forward(model, cache, utt_ids, wavs, wav_lens)
-    else:
-        def forward():
-            return model(wavs, wav_lens)
+    def forward():
+        return forward_of_batch(wavs, wav_lens)
 
     def loss_of_batch():
         with autocast:

@@ -47,6 +47,7 @@ Examples
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -61,8 +62,8 @@ import torch
 from torch import nn
 
 from elp.bench import BenchSettings
-from elp.bench import (BenchHead, _busy_seconds, _MemoryProbe, machine_description, parse_variant,
-                       timed_step)
+from elp.bench import (BenchHead, _busy_seconds, _MemoryProbe, build_variant_model, machine_description,
+                       parse_variant, timed_step, variant_forward)
 from elp.bench import write_results as bench_write_results
 
 #: Peer variants, always run first, in this order (``sb_full`` is the reference of every ratio).
@@ -241,20 +242,13 @@ def _build_peft(source: Path):
     return [module], forward, learnable, lora, base.config.hidden_size
 
 
-def _build_elp(label: str, settings: PeerSettings, source: Path):
+def _build_elp(label: str, settings: PeerSettings, source: Path, work_dir: Path):
     from elp.backbones import load_backbone
-    from elp.model import AdaptedSSL
 
     variant = parse_variant(label)
-    if variant.cache:
-        raise ValueError(f"peer benchmark variant {label!r}: +cache is not supported here; "
-                         "use `elp bench` for the cached-hidden-state step")
-    backbone = load_backbone(settings.backbone, source=str(source))
-    model = AdaptedSSL(backbone, variant.method, e_first_layer=variant.e_first_layer,
-                       activation_checkpointing=variant.activation_checkpointing)
-
-    def forward(wavs, wav_lens):
-        return model(wavs, wav_lens)
+    model = build_variant_model(variant, load_backbone(settings.backbone, source=str(source)), settings.precision)
+    cache_dir = work_dir / f"cache-{label}"
+    forward = variant_forward(variant, model, cache_dir)
     learnable = model.learnable_parameters()
     lora = {name: p for name, p in learnable.items() if ".lora_a" in name or ".lora_b" in name}
     return [model], forward, list(learnable.values()), lora, model.output_dim
@@ -310,7 +304,7 @@ def build_variant(key: str, settings: PeerSettings, source: str | os.PathLike,
         if built is None:
             return None
     elif key.startswith("elp:"):
-        built = _build_elp(key.split(":", 1)[1], settings, source)
+        built = _build_elp(key.split(":", 1)[1], settings, source, work_dir)
     else:
         raise ValueError(f"unknown peer benchmark variant {key!r}; use one of {', '.join(PEERS)} "
                          "or elp:<method>")
@@ -443,7 +437,7 @@ def variant_keys(elp_variants: list[str] | None = None) -> list[str]:
     Raises
     ------
     ValueError
-        For a bad label or a ``+cache`` variant.
+        For a bad variant label.
 
     Examples
     --------
@@ -452,15 +446,14 @@ def variant_keys(elp_variants: list[str] | None = None) -> list[str]:
     """
     elp_variants = list(DEFAULT_ELP_METHODS if elp_variants is None else elp_variants)
     for label in elp_variants:
-        if parse_variant(label).cache:
-            raise ValueError(f"peer benchmark variant {label!r}: +cache is not supported here; "
-                             "use `elp bench` for the cached-hidden-state step")
+        parse_variant(label)  # fail early on a typo
     return [*PEERS, *(f"elp:{label}" for label in elp_variants)]
 
 
 def run_peer_bench(settings: PeerSettings, elp_variants: list[str] | None = None,
                    source: str | os.PathLike | None = None, log=print) -> list[dict]:
-    """Time every variant interleaved in this process; measure memory in subprocesses.
+    """Time every variant interleaved in this process; then measure each one's peak memory
+    (CPU: in a subprocess per variant; CUDA: one after the other in this process).
 
     Parameters
     ----------
@@ -537,12 +530,20 @@ def run_peer_bench(settings: PeerSettings, elp_variants: list[str] | None = None
             row["step_min_s"] = min(t["step_s"] for t in times[variant.key])
             row["lora_with_grad"], row["lora_total"] = (with_grad, total) if total else (None, None)
             rows.append(row)
+        variant = None  # noqa: F841  (the loop variable kept the last model alive)
         del variants
         for row in rows:
             row["peak_mib"] = None
             if settings.memory:
-                log(f"peers: peak memory of {row['key']} (subprocess) ...")
-                row["peak_mib"], row["memory_kind"] = _measure_memory_isolated(settings, row["key"], source)
+                # CUDA counts allocations, which a variant built before does not disturb once freed;
+                # CPU RSS needs a fresh process per variant
+                isolated = settings.device != "cuda"
+                log(f"peers: peak memory of {row['key']}{' (subprocess)' if isolated else ''} ...")
+                measure = _measure_memory_isolated if isolated else measure_memory
+                row["peak_mib"], row["memory_kind"] = measure(settings, row["key"], source)
+                if not isolated:
+                    gc.collect()
+                    torch.cuda.empty_cache()
     reference = rows[0]
     for row in rows:
         row["step_vs_sb_full"] = row["step_s"] / reference["step_s"]

@@ -38,3 +38,43 @@ def test_bench_variant_syntax():
         parse_variant("el+cache")
     with pytest.raises(ValueError, match="unknown method"):
         parse_variant("elpp")
+
+
+def test_speed_flags_build_what_the_recipe_options_build():
+    variant = parse_variant("elp+sdpa+cnncache+bf16w")
+    assert (variant.sdpa, variant.cnn_cache, variant.bf16_weights, variant.cache) == (True, True, True, False)
+    with pytest.raises(ValueError, match="drop \\+cnncache"):
+        parse_variant("l_only+cache+cnncache")
+    with pytest.raises(ValueError, match="unknown flag 'fast'"):
+        parse_variant("el+fast")
+
+
+def test_speed_flag_variants_match_the_plain_step(tmp_path):
+    """+sdpa and +cnncache compute the same features as the plain model (fp32); +bf16w needs bf16."""
+    import torch
+
+    from elp.backbones import load_backbone
+    from elp.bench import build_variant_model, variant_forward
+    from elp.testing import TINY_CONFIG
+
+    wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
+
+    def features(label, precision="fp32"):
+        torch.manual_seed(0)
+        variant = parse_variant(label)
+        model = build_variant_model(variant, load_backbone("wavlm", pretrained=False, config_overrides=TINY_CONFIG),
+                                    precision).eval()
+        forward = variant_forward(variant, model, tmp_path / label)
+        forward(wavs, lens)
+        with torch.no_grad():
+            return forward(wavs, lens)
+
+    plain, mask = features("el")
+    for label in ("el+sdpa", "el+cnncache", "el+sdpa+cnncache"):
+        other, other_mask = features(label)
+        assert torch.equal(mask, other_mask)
+        # the CNN cache stores float16 features: a rounding of the CNN output, not of the result
+        tolerance = 1e-5 if "cnncache" not in label else 5e-2
+        assert torch.allclose(plain * mask[..., None], other * mask[..., None], atol=tolerance), label
+    with pytest.raises(ValueError, match="needs --precision bf16"):
+        features("el+bf16w")

@@ -115,8 +115,10 @@ def test_memory_worker_subprocess(checkpoint):
 
 
 def test_bad_inputs_name_the_fix(checkpoint, tmp_path):
-    with pytest.raises(ValueError, match=r"\+cache is not supported"):
-        peers.variant_keys(["l_only+cache"])
+    assert peers.variant_keys(["l_only+cache", "el+sdpa+cnncache"])[-2:] == ["elp:l_only+cache",
+                                                                              "elp:el+sdpa+cnncache"]
+    with pytest.raises(ValueError, match="unknown flag 'bogus'"):
+        peers.variant_keys(["el+bogus"])
     with pytest.raises(ValueError, match="unknown method"):
         peers.variant_keys(["elpp"])
     with pytest.raises(ValueError, match="unknown peer benchmark variant 'sb_lora'"):

@@ -6,8 +6,10 @@ a few steps. Each variant runs in a fresh subprocess. Writes markdown and JSON t
 ``<out-dir>/<backbone>_<device>_<precision>_b<B>x<dur>s.{md,json}`` and prints the table.
 
 Variants: a method name, optionally with ``+ckpt`` (activation checkpointing), ``+k<N>``
-(E-adapters and trainable LNs from layer N up; lower layers without autograd) or
-``+cache`` (weighted_sum / l_only reading cached hidden states: the cost after epoch 1).
+(E-adapters and trainable LNs from layer N up; lower layers without autograd), ``+cache``
+(weighted_sum / l_only reading cached hidden states: the cost after epoch 1), and the recipe
+speed options ``+cnncache`` (CNN features cached), ``+sdpa`` (WavLM attention through SDPA) and
+``+bf16w`` (frozen weights held in bf16; with ``--precision bf16``).
 
 With ``--peers`` it runs the peer benchmark instead (:mod:`elp.peers`): SpeechBrain's own
 WavLM wrapper (full fine-tuning, CNN frozen; frozen ``WeightedSSLModel``) and HF PEFT LoRA
@@ -22,6 +24,7 @@ Usage::
     elp bench --peers --threads 2 --batch-size 4 --duration 3 --precision fp32 bf16
     elp bench --methods full el el+ckpt el+k6 l_only+cache --repeats 3
     elp bench --device cuda --batch-size 8 --duration 16 --precision bf16
+    elp bench --peers --device cuda --precision bf16 --methods el el+sdpa+cnncache+bf16w
 """
 
 from __future__ import annotations
