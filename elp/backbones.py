@@ -594,7 +594,8 @@ class SSLBackbone(nn.Module):
             Optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
         layer_prefixes : torch.Tensor | None, optional
             Optional [L, K', D] vectors prepended to the input of every layer and
-            dropped from its output (deep prompt tuning).
+            dropped from its output (deep prompt tuning); [L, B, K', D]: one set per
+            utterance (several tasks' prefixes in one batch, :mod:`elp.multitask`).
 
         Returns
         -------
@@ -768,10 +769,15 @@ class SSLBackbone(nn.Module):
                 hidden = encoder.layer_norm(hidden)
             hidden = encoder.dropout(hidden)
 
-        num_prefix = 0 if layer_prefixes is None else layer_prefixes.shape[1]
+        num_prefix = 0 if layer_prefixes is None else layer_prefixes.shape[-2]
+
+        def prefix_of(index: int) -> torch.Tensor:  # [B, K', D]: shared ([L, K', D]) or per utterance
+            prefix = layer_prefixes[index].to(hidden.dtype)
+            return prefix if prefix.dim() == 3 else prefix.expand(hidden.shape[0], -1, -1)
+
         if num_prefix:
             mask = torch.cat([mask.new_ones(mask.shape[0], num_prefix), mask], dim=1)
-            probe = torch.cat([layer_prefixes[0].expand(hidden.shape[0], -1, -1), hidden], dim=1)
+            probe = torch.cat([prefix_of(0), hidden], dim=1)
         else:
             probe = hidden
         attention_mask = self._attention_mask(probe, mask)
@@ -780,8 +786,7 @@ class SSLBackbone(nn.Module):
         position_bias = None
         for index, layer in enumerate(self.layers):
             if num_prefix:
-                prefix = layer_prefixes[index].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-                hidden = torch.cat([prefix, hidden], dim=1)
+                hidden = torch.cat([prefix_of(index), hidden], dim=1)
             with torch.set_grad_enabled(grad_enabled and index >= self.no_grad_layers):
                 if self.activation_checkpointing and torch.is_grad_enabled():
                     hidden, position_bias = checkpointed(

@@ -350,6 +350,13 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int,
 
 
 # ------------------------------------------------------------------------------ RNGState
+def _rank_file(path: str | os.PathLike) -> Path:
+    """``path`` on rank 0 (and without DDP); ``<stem>.rank<r><suffix>`` beside it on rank r."""
+    path = Path(path)
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
 @register_checkpoint_hooks
 class RNGState:
     """Checkpoint recoverable for the random number generators of this process.
@@ -359,6 +366,11 @@ class RNGState:
     restores them, so the run continues with the random numbers the uninterrupted run would
     have drawn. A checkpoint saved with CUDA states loads on a CPU-only machine (the CUDA
     states are then ignored, with a log line).
+
+    Under DDP every rank draws its own random numbers (dropout masks, SV crops), so every rank
+    saves its own file: rank 0 the recoverable's file, rank r ``rng.rank<r>.ckpt`` beside it,
+    and each rank restores its own. A checkpoint resumed with more ranks than saved it gives
+    the extra ranks rank 0's states (logged): such a run cannot repeat the uninterrupted one.
 
     Examples
     --------
@@ -393,6 +405,7 @@ class RNGState:
                     "python_gauss": json.dumps(gauss), "numpy_name": np_name, "numpy_pos": str(int(np_pos)),
                     "numpy_has_gauss": str(int(np_has_gauss)), "numpy_gauss": repr(float(np_gauss)),
                     "cuda_devices": str(len(torch.cuda.get_rng_state_all()) if cuda else 0)}
+        path = _rank_file(path)
         save_file(tensors, str(path), metadata=metadata)
         os.chmod(path, file_mode())
 
@@ -413,6 +426,12 @@ class RNGState:
             If the file is not an RNG state.
         """
         del end_of_epoch
+        own = _rank_file(path)
+        if own.exists():
+            path = own
+        elif own != Path(path):
+            logger.warning("%s: no random state of this rank in the checkpoint (saved by fewer ranks); "
+                           "using rank 0's", own)
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         if meta.get("format") != "elp.RNGState":

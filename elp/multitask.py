@@ -7,11 +7,12 @@
 * tasks whose method trains nothing inside the backbone (``weighted_sum``, ``l_only``) read
   ONE shared pass of the transformer (their L-adapters / layer weights differ, not the
   hidden states);
-* tasks that change the encoder through FFN E-adapters, LayerNorms and the P-adapter
-  (``e_only``, ``el``, ``elp``, ``p_only``) with the same number of pseudo frames share ONE
-  batch: every utterance once per task, routed per sample (each sample's LayerNorms use its
-  task's parameters, each task's E-adapters apply to its samples) (:class:`RoutedGroup`);
-* the others (LoRA, prefixes, MHSA adapters, full fine-tuning) run their own transformer
+* tasks that change the encoder through E-adapters (FFN or MHSA), LayerNorms, the P-adapter,
+  deep prefixes or LoRA (every method but ``full``) with the same numbers of prompt and
+  prefix frames share ONE batch: every utterance once per task, routed per sample (each
+  sample's LayerNorms use its task's parameters, each task's adapters, prefixes and LoRA
+  terms apply to its samples) (:class:`RoutedGroup`);
+* full fine-tuning runs its own transformer
   layers from the shared CNN features. Each task that changes the encoder holds a *view* of
   the backbone: a structural copy whose frozen tensors are the shared backbone's tensors
   (same storage), with its own adapters, LayerNorms and LoRA factors. Memory is therefore one
@@ -46,11 +47,12 @@ from pathlib import Path
 import numpy as np  # noqa: F401  (doctest namespace)
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from elp.backbones import SSLBackbone
 from elp.inference import Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform, pad_batch
 from elp.methods import get_method
-from elp.model import AdaptedSSL
+from elp.model import AdaptedSSL, _sublayer
 from elp.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
                          load_package_backbone, load_weights, read_package_config)
 from elp.tasks import ASR, CLASSIFY, SV
@@ -113,6 +115,10 @@ def unshare_learnable(model: AdaptedSSL, shared: SSLBackbone) -> int:
             owner, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner), attr, nn.Parameter(param.detach().clone()))
             copied += 1
+    # building the method on the view marked those shared tensors trainable; the shared
+    # backbone stays frozen (else every other task would count them as its own)
+    for param in shared.model.parameters():
+        param.requires_grad_(False)
     return copied
 
 
@@ -157,11 +163,12 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
 def routable(model: AdaptedSSL) -> bool:
     """Whether a task can share a batch with others through per-sample routing.
 
-    True for methods that change the encoder only through FFN E-adapters, per-layer
-    LayerNorms and the P-adapter (``e_only``, ``el``, ``elp``, ``p_only``): their frozen matrices
-    are the same for every task, so one batch can hold several tasks' utterances. LoRA (its
-    weights enter HF's attention kernel whole), prefixes, MHSA adapters and full fine-tuning
-    run their own layers.
+    True for every method that keeps the backbone's frozen matrices and changes the encoder
+    through modules routed per sample: E-adapters after the FFN or the MHSA block
+    (``e_only``, ``el``, ``elp``, ``conventional``), per-layer LayerNorms, the P-adapter, deep
+    prefixes (each sample gets its task's prefix frames) and LoRA (each task's low-rank term
+    is added to its own samples' projections). Only full fine-tuning, whose matrices are the
+    task's own, runs its own layers.
 
     Parameters
     ----------
@@ -174,33 +181,60 @@ def routable(model: AdaptedSSL) -> bool:
         Whether it can join a routed batch.
     """
     spec = model.method
-    return (spec.backbone_needs_grad and set(spec.encoder_adapter_sites) <= {"ffn"} and not spec.lora
-            and not spec.prefix and not spec.train_encoder)
+    return spec.backbone_needs_grad and not spec.train_encoder
+
+
+def route_key(model: AdaptedSSL) -> tuple[int, int]:
+    """Tasks share a routed batch when they add the same numbers of prompt and prefix frames.
+
+    Returns
+    -------
+    tuple[int, int]
+        (P-adapter frames, prefix frames per layer), 0 for none.
+    """
+    return (0 if model.prompt is None else model.prompt.frames.shape[0],
+            0 if model.prefix is None else model.prefix.frames.shape[1])
+
+
+def _lora_of(module: nn.Module | None):
+    """The LoRA parametrization of a Linear's weight, or None."""
+    if module is None or not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if hasattr(p, "lora_a")), None)
 
 
 class RoutedLayerNorm(nn.Module):
-    """A LayerNorm whose affine parameters are chosen per sample (``route`` [B] task indices)."""
+    """A LayerNorm whose affine parameters are chosen per sample (``route`` [B] task indices).
+
+    It refers to the tasks' own LayerNorm tensors (no copy is held; they are stacked per call,
+    [T, D], negligible next to the layer), so a routed group adds no tensor memory.
+    """
 
     def __init__(self, base: nn.LayerNorm, weights: list[torch.Tensor], biases: list[torch.Tensor]):
         super().__init__()
         self.normalized_shape, self.eps = base.normalized_shape, base.eps
-        self.register_buffer("weights", torch.stack([w.detach() for w in weights]), persistent=False)
-        self.register_buffer("biases", torch.stack([b.detach() for b in biases]), persistent=False)
+        self.task_weights = [w.detach() for w in weights]  # views of the tasks' tensors, not copies
+        self.task_biases = [b.detach() for b in biases]
         self.route: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-        return y * self.weights[self.route].view(shape) + self.biases[self.route].view(shape)
+        weights, biases = torch.stack(self.task_weights), torch.stack(self.task_biases)
+        return y * weights[self.route].view(shape) + biases[self.route].view(shape)
 
 
 class RoutedGroup:
     """Several routable tasks (same prompt length) in one batch through one backbone view.
 
     The batch holds every utterance once per task (task-major blocks); per-layer LayerNorms
-    take each sample's task's parameters, and each FFN E-adapter is applied to its task's
-    block only. The tasks' own :class:`AdaptedSSL` modules (adapters, L-adapters, prompt) are
-    used as loaded, nothing is copied but the LayerNorm affine tensors (stacked).
+    take each sample's task's parameters, each FFN E-adapter is applied to its task's block
+    only, and a LoRA task's ``scale * x A^T B^T`` is added to its block of the q/v projections
+    (the shared view computes ``x W^T`` once for all blocks; WavLM's attention then runs
+    through SDPA, :func:`elp.speed.add_sdpa_attention`, whose projections are ordinary Linear
+    calls that forward hooks see). The tasks' own :class:`AdaptedSSL` modules (adapters,
+    L-adapters, prompt, LoRA factors) are used as loaded, nothing is copied but the LayerNorm
+    affine tensors (stacked).
     """
 
     def __init__(self, shared: SSLBackbone, models: list[AdaptedSSL]):
@@ -215,19 +249,37 @@ class RoutedGroup:
                 routed = RoutedLayerNorm(base, [n.weight for n in sources], [n.bias for n in sources])
                 setattr(layer, attr, routed)
                 self.norms.append(routed)
-            adapters = []
-            for model in models:
-                site = model.encoder_adapters["ffn"] if "ffn" in model.encoder_adapters else {}
-                adapters.append(site[str(index)] if str(index) in site else None)
-            if any(a is not None for a in adapters):
-                layer.feed_forward.register_forward_hook(self._adapter_hook(adapters))
-        prompts = [m.prompt.frames.detach() if m.prompt is not None else None for m in models]
-        self.prompts = None if prompts[0] is None else torch.stack(prompts)  # [T, K, C]
+            for site in ("mhsa", "ffn"):
+                adapters = []
+                for model in models:
+                    per_layer = model.encoder_adapters[site] if site in model.encoder_adapters else {}
+                    adapters.append(per_layer[str(index)] if str(index) in per_layer else None)
+                if any(a is not None for a in adapters):
+                    _sublayer(layer, site).register_forward_hook(self._adapter_hook(adapters))
+            for name, projection in layer.attention.named_children():
+                factors = [_lora_of(getattr(m.backbone.layers[index].attention, name, None)) for m in models]
+                if any(f is not None for f in factors):
+                    projection.register_forward_hook(self._lora_hook(factors))
+                    self.view.set_sdpa_attention(True)  # WavLM: projections as Linear calls
+        # the tasks' own tensors, stacked per call (a group holds no copies)
+        self.prompts = [m.prompt.frames.detach() for m in models] if models[0].prompt is not None else None
+        self.prefixes = [m.prefix.frames.detach() for m in models] if models[0].prefix is not None else None
 
     def _adapter_hook(self, adapters):
         def hook(module, inputs, output):
-            blocks = output.split(self.block, dim=0)
-            return torch.cat([a(b) if a is not None else b for a, b in zip(adapters, blocks)], dim=0)
+            first = output[0] if isinstance(output, tuple) else output  # attention: (output, ...)
+            blocks = first.split(self.block, dim=0)
+            routed = torch.cat([a(b) if a is not None else b for a, b in zip(adapters, blocks)], dim=0)
+            return (routed,) + tuple(output[1:]) if isinstance(output, tuple) else routed
+
+        return hook
+
+    def _lora_hook(self, factors):
+        def hook(module, inputs, output):
+            blocks = inputs[0].split(self.block, dim=0)
+            deltas = [torch.zeros_like(out) if f is None else f.scale * (x @ f.lora_a.t().to(x.dtype)) @ f.lora_b.t().to(x.dtype)
+                      for f, x, out in zip(factors, blocks, output.split(self.block, dim=0))]
+            return output + torch.cat(deltas, dim=0)
 
         return hook
 
@@ -251,9 +303,12 @@ class RoutedGroup:
         route = torch.arange(num_tasks, device=features.device).repeat_interleave(batch)
         for norm in self.norms:
             norm.route = route
-        prompt = None if self.prompts is None else self.prompts.repeat_interleave(batch, dim=0)
+        prompt = None if self.prompts is None else torch.stack(self.prompts).repeat_interleave(batch, dim=0)
+        prefixes = (None if self.prefixes is None
+                    else torch.stack(self.prefixes, dim=1).repeat_interleave(batch, dim=1))  # [L, T*B, K', D]
         hidden_states, last = encoder_from_features(self.view, features.repeat(num_tasks, 1, 1),
-                                                    frame_mask.repeat(num_tasks, 1), prompt=prompt)
+                                                    frame_mask.repeat(num_tasks, 1), prompt=prompt,
+                                                    layer_prefixes=prefixes)
         outputs = []
         for task, model in enumerate(self.models):
             rows = slice(task * batch, (task + 1) * batch)
@@ -308,16 +363,15 @@ class MultiTask:
             self.shares_pass.append(frozen_inside)
         self.names = _unique_names([p.package.name for p in self.predictors])
         self.device = torch.device(device)
-        # routable tasks with the same prompt length share one routed batch (2+ tasks per group)
+        # routable tasks with the same prompt and prefix lengths share one routed batch (2+ per group)
         self.groups: list[tuple[list[int], RoutedGroup]] = []
         if route:
-            by_prompt: dict[int, list[int]] = {}
+            by_key: dict[tuple[int, int], list[int]] = {}
             for index, predictor in enumerate(self.predictors):
                 model = predictor.package.model
                 if not self.shares_pass[index] and routable(model):
-                    key = 0 if model.prompt is None else model.prompt.frames.shape[0]
-                    by_prompt.setdefault(key, []).append(index)
-            for indices in by_prompt.values():
+                    by_key.setdefault(route_key(model), []).append(index)
+            for indices in by_key.values():
                 if len(indices) > 1:
                     models = [self.predictors[i].package.model for i in indices]
                     self.groups.append((indices, RoutedGroup(self.backbone, models)))
@@ -329,6 +383,14 @@ class MultiTask:
         return {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
                 "routed_batches": [list(indices) for indices, _ in self.groups],
                 "own_layers": [i for i, s in enumerate(self.shares_pass) if not s and i not in routed]}
+
+    def tensor_bytes(self) -> int:
+        """Bytes of every distinct tensor storage the loaded tasks hold (backbone, views, heads,
+        routed groups): the memory bound "one backbone + each task's learnable tensors" in
+        tensor terms, without the allocator's and Python's overhead."""
+        modules = [self.backbone.model] + [m for p in self.predictors for m in (p.package.model, p.package.head)]
+        extra = [t for _, group in self.groups for norm in group.norms for t in norm.task_weights + norm.task_biases]
+        return unique_tensor_bytes(modules, extra)
 
     def learnable_tensor_bytes(self) -> list[int]:
         """Bytes each task holds beyond the shared backbone (learnable tensors + head)."""
@@ -444,6 +506,26 @@ class MultiTask:
                     for t, (name, predictor) in enumerate(zip(self.names, self.predictors))}
                    for i in range(len(items))]
         return results[0] if single else results
+
+
+def unique_tensor_bytes(modules: Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages behind the modules' parameters and buffers (and ``tensors``).
+
+    Tensors that share a storage (a backbone view's frozen weights, a ``detach()``) count once.
+
+    Examples
+    --------
+    >>> shared = nn.Linear(4, 4)
+    >>> twin = nn.Linear(4, 4)
+    >>> twin.weight, twin.bias = shared.weight, shared.bias
+    >>> unique_tensor_bytes([shared, twin]) == 4 * (16 + 4)
+    True
+    """
+    storages: dict[int, int] = {}
+    for tensor in [t for m in modules for t in (*m.parameters(), *m.buffers())] + list(tensors):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -9,10 +9,11 @@ The drivers (``recipes/{inventory,train,infer,score}.py``) read it with the same
 Run options every recipe accepts without declaring them (defaults in :data:`RUN_DEFAULTS`):
 
 ===================== =================================================================
-batch_size            fixed batch size (also the utterance cap of dynamic batches)
+batch_size            fixed batch size (without dynamic batching)
 dynamic_batching      length-bucketed batches of at most ``max_batch_seconds`` of padded audio;
                       ``auto``: on a GPU yes, on CPU no (fixed ``batch_size``)
 max_batch_seconds     padded audio seconds per training batch (dynamic batching)
+max_batch_utterances  utterances per dynamic batch at most (``auto``: 64 on a GPU, else ``batch_size``)
 num_buckets           length buckets of dynamic batching
 eval_batch_size       evaluation: utterances per batch at most (sorted by length)
 eval_max_batch_seconds  evaluation: padded audio seconds per batch at most
@@ -64,8 +65,14 @@ logger = logging.getLogger(__name__)
 _HELD: list = []  # the experiment locks this process holds
 
 #: Run options a recipe may leave out of its YAML (see the module docstring).
+#: ``max_batch_utterances: auto`` on a GPU: on an H200 a WavLM Base+ training step of 8
+#: utterances took ~0.1-0.15 s whether they were 1 s or 12.7 s long (docs/SCALING.md), so the
+#: step is bound by per-step overhead and larger batches come almost free.
+GPU_MAX_BATCH_UTTERANCES = 64
+
 RUN_DEFAULTS = {
-    "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "num_buckets": 32,
+    "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "max_batch_utterances": "auto",
+    "num_buckets": 32,
     "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
     "num_workers": "auto", "hidden_state_cache": False, "cnn_cache": False, "cnn_cache_dir": None,
     "cnn_cache_dtype": "float16", "ckpt_interval_steps": 50, "precision": "auto",
@@ -286,13 +293,14 @@ def make_dataset(hparams: dict, data_dir: str, split: str):
     return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
 
 
-def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
+def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> dict:
     """DataLoader options of a dataset: batching, workers, pinned memory.
 
     * training: a fixed ``batch_size`` (shuffled), or with ``dynamic_batching`` length buckets
       (:class:`elp.data.sampler.BucketBatchSampler`) capped at ``max_batch_seconds`` of padded
-      audio (crops counted at their cropped length) and ``batch_size`` utterances; a new order
-      every epoch;
+      audio (crops counted at their cropped length) and ``max_batch_utterances`` utterances
+      (``auto``: 64 on a GPU, where a training step of 8 utterances costs about the same as one
+      of 64 (docs/SCALING.md), else ``batch_size``); a new order every epoch;
     * evaluation: utterances sorted by length in batches capped at ``eval_max_batch_seconds``
       and ``eval_batch_size`` (:class:`elp.data.sampler.EvalBatchSampler`), so a long test
       utterance never shares a batch with many others; results are per utterance, so the
@@ -308,6 +316,10 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
         A dataset whose items hold ``num_samples``.
     train : bool
         Training (shuffled or bucketed) or evaluation (sorted) batches.
+    shard : bool, optional
+        Evaluation under DDP: each rank gets a disjoint share of the batches (validation
+        during training, whose statistics the Brain gathers across ranks); False: every
+        batch (stage 4, single process).
 
     Returns
     -------
@@ -319,12 +331,17 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
     >>> from types import SimpleNamespace
     >>> dataset = SimpleNamespace(data={"a": {"num_samples": 16000}, "b": {"num_samples": 8000}},
     ...                           data_ids=["a", "b"])
-    >>> hparams = dict(RUN_DEFAULTS, seed=0, device="cpu")
+    >>> hparams = dict(RUN_DEFAULTS, seed=0, device="cpu", task=SimpleNamespace(max_train_seconds=0))
     >>> options = loader_kwargs(hparams, dataset, train=True)
     >>> options["batch_size"], options["shuffle"], options["num_workers"]
     (8, True, 0)
     >>> type(loader_kwargs(hparams, dataset, train=False)["batch_sampler"]).__name__
     'EvalBatchSampler'
+    >>> loader_kwargs(dict(hparams, dynamic_batching=True), dataset, train=True)["batch_sampler"].max_batch_size
+    8
+    >>> loader_kwargs(dict(hparams, dynamic_batching=True, max_batch_utterances=3), dataset,
+    ...               train=True)["batch_sampler"].max_batch_size
+    3
     """
     cuda = str(hparams.get("device", "cpu")).startswith("cuda")
     workers = hparams["num_workers"]
@@ -345,11 +362,14 @@ def loader_kwargs(hparams: dict, dataset, train: bool) -> dict:
         crop = int(hparams["task"].max_train_seconds * TARGET_SAMPLE_RATE)
         if crop:
             lengths = [min(n, crop) for n in lengths]
-        sampler = BucketBatchSampler(lengths, hparams["max_batch_seconds"], max_batch_size=hparams["batch_size"],
+        cap = hparams["max_batch_utterances"]
+        cap = (GPU_MAX_BATCH_UTTERANCES if cuda else hparams["batch_size"]) if cap == "auto" else int(cap)
+        sampler = BucketBatchSampler(lengths, hparams["max_batch_seconds"], max_batch_size=cap,
                                      num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]))
         return {"batch_sampler": sampler, **common}
+    ranks = {} if shard else {"rank": 0, "world_size": 1}  # {}: rank and world size of torch.distributed
     sampler = EvalBatchSampler(lengths, hparams["eval_max_batch_seconds"], max_batch_size=hparams["eval_batch_size"],
-                               rank=0, world_size=1)
+                               **ranks)
     return {"batch_sampler": sampler, **common}
 
 

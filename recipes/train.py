@@ -35,7 +35,7 @@ def main(argv) -> int:
     brain = build_brain(hparams, run_opts)
     brain.fit(brain.hparams.epoch_counter, train_set, valid_set,
               train_loader_kwargs=loader_kwargs(hparams, train_set, train=True),
-              valid_loader_kwargs=loader_kwargs(hparams, valid_set, train=False))
+              valid_loader_kwargs=loader_kwargs(hparams, valid_set, train=False, shard=True))
     output = Path(hparams["output_folder"])
     if torch.distributed.is_initialized():  # every rank must end with the same weights
         rank = torch.distributed.get_rank()

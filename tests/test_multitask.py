@@ -6,12 +6,13 @@ import torch
 
 from elp.backbones import weights_hash
 from elp.inference import Predictor
-from elp.multitask import MultiTask
+from elp.multitask import MultiTask, unique_tensor_bytes
 from elp.package import BackboneHashMismatchError, make_tiny_package
 from elp.testing import save_tiny_checkpoint
 
 MIX = [("classify", "weighted_sum"), ("asr", "l_only"), ("sv", "el"), ("classify", "elp"), ("asr", "lora"),
-       ("classify", "l_only"), ("asr", "e_only"), ("asr", "elp"), ("sv", "prefix")]
+       ("classify", "l_only"), ("asr", "e_only"), ("asr", "elp"), ("sv", "prefix"), ("classify", "prefix"),
+       ("asr", "conventional"), ("classify", "full")]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,13 @@ def test_multitask_equals_each_task_alone(setup, route):
     _, dirs = setup
     tasks = MultiTask(dirs, route=route)
     if not route:
-        assert tasks.plan()["routed_batches"] == [] and tasks.plan()["own_layers"] == [2, 3, 4, 6, 7, 8]
-    else:
-        assert tasks.plan() == {"shared_pass": [0, 1, 5], "routed_batches": [[2, 6], [3, 7]], "own_layers": [4, 8]}
+        assert tasks.plan()["routed_batches"] == [] and tasks.plan()["own_layers"] == [2, 3, 4, 6, 7, 8, 9, 10, 11]
+    else:  # grouped by (prompt frames, prefix frames); full fine-tuning keeps its own layers
+        assert tasks.plan() == {"shared_pass": [0, 1, 5], "routed_batches": [[2, 4, 6, 10], [3, 7], [8, 9]],
+                                "own_layers": [11]}
+    # the routed LoRA task's factors are not zero, so matching it alone proves its term was applied
+    lora = tasks.predictors[4].package.model.backbone.layers[0].attention.q_proj.parametrizations.weight[0]
+    assert float(lora.lora_b.detach().abs().max()) > 0.01
     waves = _waves()
     together = tasks.outputs(waves, sample_rate=16000, batch_size=3)
     for directory, task_outputs in zip(dirs, together):
@@ -72,6 +77,9 @@ def test_cnn_once_shared_pass_once_and_frozen_tensors_shared(setup, monkeypatch)
     assert weights_hash(tasks.backbone.model) == before  # loading the tasks changed nothing shared
     sizes = tasks.learnable_tensor_bytes()
     assert len(sizes) == len(dirs) and all(s > 0 for s in sizes)
+    # tensor memory: exactly one backbone plus each task's learnable tensors (views and routed
+    # groups hold no copies)
+    assert tasks.tensor_bytes() == unique_tensor_bytes([tasks.backbone.model]) + sum(sizes)
 
 
 def test_different_backbone_weights_are_refused(setup, tmp_path):
@@ -96,6 +104,8 @@ def test_bench_worker_measures_both_modes(setup):
     for result in (shared, separate):
         assert result["audio_s_per_s"] > 0 and result["audio_s_per_cpu_s"] > 0 and result["run_peak_mb"] >= 0
     assert shared["learnable_mb"] > 0 and separate["learnable_mb"] == 0
+    # two separate models hold two backbones; the shared one holds one (plus the learnable tensors)
+    assert separate["tensor_mb"] > shared["tensor_mb"] > shared["learnable_mb"]
     args = argparse.Namespace(backbone="wavlm_plus", tiny=True, device="cpu", batch_size=2, duration=0.5,
                               repeats=1, warmup=0)
     table = format_table([{"mix": "weighted_sum,l_only", "n": 2, "shared": shared, "separate": separate}],

@@ -31,6 +31,23 @@ def test_dynamic_batches_are_bounded_by_audio_seconds(tmp_path, monkeypatch):
     assert sorted(seen) == sorted(f"train-{i}" for i in range(len(DURATIONS)))
 
 
+def test_dynamic_batch_utterance_cap_is_larger_on_a_gpu(tmp_path, monkeypatch):
+    """``max_batch_utterances: auto`` is ``batch_size`` on CPU and 64 on CUDA; a number wins."""
+    from elp.recipe import GPU_MAX_BATCH_UTTERANCES
+
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    hparams, _ = experiment(recipe, "--tag", "cap", "--dynamic_batching", "true", "--batch_size", "3")
+    dataset = make_dataset(hparams, str(recipe / "data" / "train"), "train")
+
+    def cap(**changes):
+        return loader_kwargs({**hparams, **changes}, dataset, train=True)["batch_sampler"].max_batch_size
+
+    assert cap() == 3
+    assert cap(device="cuda:0", num_workers=0) == GPU_MAX_BATCH_UTTERANCES == 64
+    assert cap(device="cuda:0", num_workers=0, max_batch_utterances=16) == 16
+
+
 def test_training_crops_and_evaluation_reads_whole_utterances(tmp_path, monkeypatch):
     recipe = make_recipe(tmp_path)
     monkeypatch.chdir(recipe)

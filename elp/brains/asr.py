@@ -26,6 +26,7 @@ import speechbrain as sb
 import torch
 
 from elp.brains.base import ELPBrain
+from elp.data.sampler import gather_by_utterance
 from elp.decoding import CTCBeamSearch, greedy_ctc
 from elp.scoring import word_error_rate
 
@@ -57,15 +58,16 @@ class ASRBrain(ELPBrain):
         loss = self.hparams.loss(log_probs, tokens.to(self.device), input_lens, token_lens.to(self.device))
         if stage != sb.Stage.TRAIN:
             tokenizer = self.hparams.inventory
-            self.refs += list(batch.text)
-            self.hyps += [tokenizer.decode(h) for h in greedy_ctc(log_probs, frame_mask)]
+            hyps = [tokenizer.decode(h) for h in greedy_ctc(log_probs, frame_mask)]
+            self.records.update(zip(batch.id, zip(batch.text, hyps)))
         return loss
 
     def reset_stats(self, stage):
-        self.refs, self.hyps = [], []
+        self.records = {}  # utt id -> (reference, greedy hypothesis)
 
     def stage_stats(self, stage):
-        return {"wer": word_error_rate(self.refs, self.hyps)["wer"]}
+        pairs = list(gather_by_utterance(self.records).values())  # every rank's share under DDP
+        return {"wer": word_error_rate([ref for ref, _ in pairs], [hyp for _, hyp in pairs])["wer"]}
 
     def predict(self, dataset, loader_kwargs, beam_size: int = 0, lm=None):
         """Hypothesis texts: greedy CTC, or CTC prefix beam search.

@@ -328,7 +328,22 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
     # ------------------------------------------------------------------ stages
     def on_stage_start(self, stage, epoch=None):
         self.stage_started = time.time()
+        self.eval_batches_seen = 0
         self.reset_stats(stage)
+
+    def evaluate_batch(self, batch, stage):
+        self.eval_batches_seen += 1  # this rank's share of the stage loss (see on_stage_end)
+        return super().evaluate_batch(batch, stage)
+
+    def _mean_over_ranks(self, stage_loss: float) -> float:
+        """The stage loss averaged over the batches of every rank (each rank saw its shard)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return stage_loss
+        backend_device = self.device if torch.distributed.get_backend() == "nccl" else "cpu"
+        total = torch.tensor([float(stage_loss) * self.eval_batches_seen, float(self.eval_batches_seen)],
+                             dtype=torch.float64, device=backend_device)
+        torch.distributed.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else float(stage_loss)
 
     def reset_stats(self, stage):
         """Start collecting this stage's statistics (subclasses)."""
@@ -349,11 +364,11 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return {}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             self.train_wall_s = getattr(self, "train_wall_s", 0.0) + time.time() - self.stage_started
-            self.train_stats = stats
+            self.train_stats = {"loss": stage_loss}
             return
+        stats = {"loss": self._mean_over_ranks(stage_loss)}
         stats.update(self.stage_stats(stage))
         if stage == sb.Stage.VALID:
             self.hparams.train_logger.log_stats(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from elp.brains.base import ELPBrain
+from elp.data.sampler import gather_by_utterance
 from elp.scoring import accuracy, unweighted_accuracy
 
 
@@ -86,15 +87,16 @@ class UtteranceClassifierBrain(ELPBrain):
     def compute_objectives(self, outputs, batch, stage):
         targets = self.class_targets(batch)
         if stage.name != "TRAIN":
-            self.preds.append(self.class_logits(outputs).argmax(-1).cpu())
-            self.targets.append(targets.cpu())
+            preds = self.class_logits(outputs).argmax(-1).tolist()
+            self.records.update(zip(batch.id, zip(preds, targets.tolist())))
         return self.class_loss(outputs, targets)
 
     def reset_stats(self, stage):
-        self.preds, self.targets = [], []
+        self.records = {}  # utt id -> (predicted class, target class)
 
     def stage_stats(self, stage):
-        preds, targets = torch.cat(self.preds), torch.cat(self.targets)
+        pairs = list(gather_by_utterance(self.records).values())  # every rank's share under DDP
+        preds, targets = torch.tensor([p for p, _ in pairs]), torch.tensor([t for _, t in pairs])
         num_classes = len(self.hparams.inventory)
         return {"accuracy": accuracy(preds, targets),
                 "ua": unweighted_accuracy(preds, targets, num_classes),

@@ -108,8 +108,9 @@ def worker(spec: dict) -> dict:
     -------
     dict
         ``audio_s_per_s`` and ``audio_s_per_cpu_s`` (best step), ``step_s``, ``model_mb``
-        (memory of the loaded models), ``run_peak_mb`` (peak during inference above them) and
-        ``learnable_mb`` (shared mode: the tasks' learnable tensors; 0 otherwise).
+        (memory of the loaded models), ``tensor_mb`` (their distinct tensor storages),
+        ``run_peak_mb`` (peak during inference above them) and ``learnable_mb`` (shared mode:
+        the tasks' learnable tensors; 0 otherwise).
     """
     import warnings
 
@@ -122,7 +123,7 @@ def worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     from elp.inference import Predictor
-    from elp.multitask import MultiTask
+    from elp.multitask import MultiTask, unique_tensor_bytes
 
     device = spec["device"]
     dirs = spec["dirs"]
@@ -137,10 +138,12 @@ def worker(spec: dict) -> dict:
         tasks = MultiTask(dirs, device=device)
         run = lambda waves: tasks.forward_batch(waves)  # noqa: E731
         learnable = sum(tasks.learnable_tensor_bytes())
+        tensors = tasks.tensor_bytes()
     else:
         predictors = [Predictor.from_package(d, device=device) for d in dirs]
         run = lambda waves: [p.forward_batch(waves) for p in predictors]  # noqa: E731
         learnable = 0
+        tensors = unique_tensor_bytes([m for p in predictors for m in (p.package.model, p.package.head)])
     gc.collect()
     loaded = _memory_mb(device) - before  # the models as they sit in memory
     _reset_peak()
@@ -165,7 +168,8 @@ def worker(spec: dict) -> dict:
     best = min(times)
     audio = spec["batch_size"] * spec["duration"]
     return {"audio_s_per_s": audio / best, "step_s": best, "audio_s_per_cpu_s": audio / min(cpu_times),
-            "model_mb": loaded, "run_peak_mb": _peak_mb(device) - start_mem, "learnable_mb": learnable / 2**20}
+            "model_mb": loaded, "tensor_mb": tensors / 2**20, "run_peak_mb": _peak_mb(device) - start_mem,
+            "learnable_mb": learnable / 2**20}
 
 
 def _measure(spec: dict) -> dict:
@@ -241,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     >>> spec = dict(dirs=[str(packages["l_only"]), str(packages["el"])], mode="shared", duration=0.5,
     ...             batch_size=1, warmup=0, repeats=1, threads=1, device="cpu")
     >>> sorted(worker(spec))
-    ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s']
+    ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s', 'tensor_mb']
     """
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -306,10 +310,13 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
              "* cost vs 1 task: time of the N tasks (shared) / time of the mix's first method alone (shared);",
              "* models MiB: memory the loaded models occupy (RSS after loading minus before; CUDA: allocated);",
              "  bound = backbone weights + all tasks' learnable tensors (what one backbone + N tasks should cost);",
+             "* shared tensors MiB: the distinct tensor storages the shared models hold (the bound in tensor terms;",
+             "  models MiB above it is allocator and Python overhead);",
              "* run peak MiB: peak memory during inference above the loaded models.", "",
              "| tasks | N | shared audio s/s | separate audio s/s | separate time / shared time | cost vs 1 task "
-             "| shared models MiB | separate models MiB | bound MiB | shared run peak MiB | separate run peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| shared models MiB | shared tensors MiB | separate models MiB | bound MiB | shared run peak MiB "
+             "| separate run peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         shared, separate = row["shared"], row["separate"]
         first = single.get(row["mix"].split(",")[0])
@@ -319,6 +326,7 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
         lines.append(f"| {row['mix']} | {row['n']} | {shared['audio_s_per_s']:.2f} ({shared.get('audio_s_per_cpu_s', 0):.2f}) "
                      f"| {separate['audio_s_per_s']:.2f} ({separate.get('audio_s_per_cpu_s', 0):.2f}) "
                      f"| {shared[key] / separate[key]:.2f}x | {cost} | {shared['model_mb']:.0f} "
+                     f"| {shared.get('tensor_mb', float('nan')):.0f} "
                      f"| {separate['model_mb']:.0f} | {bound:.0f} | {shared['run_peak_mb']:.0f} "
                      f"| {separate['run_peak_mb']:.0f} |")
     return "\n".join(lines) + "\n"
