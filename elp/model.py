@@ -126,7 +126,7 @@ class AdaptedSSL(nn.Module):
             for index in range(e_first_layer, last):
                 adapter = EncoderAdapter(dim, e_dim, activation)
                 adapters[str(index)] = adapter
-                sublayer = _sublayer(backbone.layers[index], site)
+                sublayer = adapter_site_module(backbone.layers[index], site)
                 self._hook_handles.append(sublayer.register_forward_hook(adapter.as_output_hook()))
             self.encoder_adapters[site] = adapters
 
@@ -390,7 +390,28 @@ class AdaptedSSL(nn.Module):
         return groups
 
 
-def _sublayer(layer: nn.Module, site: str) -> nn.Module:
+def adapter_site_module(layer: nn.Module, site: str) -> nn.Module:
+    """The sub-module of a transformer layer whose output an E-adapter at ``site`` transforms.
+
+    Parameters
+    ----------
+    layer : nn.Module
+        One HF encoder layer.
+    site : str
+        ``"ffn"`` (the feed-forward block) or ``"mhsa"`` (the self-attention block).
+
+    Returns
+    -------
+    nn.Module
+        ``layer.feed_forward`` or ``layer.attention``.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> layer = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).layers[0]
+    >>> adapter_site_module(layer, "mhsa") is layer.attention
+    True
+    """
     if site == "ffn":
         return layer.feed_forward
     if site == "mhsa":

@@ -52,7 +52,7 @@ from torch.nn.utils import parametrize
 from elp.backbones import SSLBackbone
 from elp.inference import Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform, pad_batch
 from elp.methods import get_method
-from elp.model import AdaptedSSL, _sublayer
+from elp.model import AdaptedSSL, adapter_site_module
 from elp.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
                          load_package_backbone, load_weights, read_package_config)
 from elp.tasks import ASR, CLASSIFY, SV
@@ -225,16 +225,17 @@ class RoutedLayerNorm(nn.Module):
 
 
 class RoutedGroup:
-    """Several routable tasks (same prompt length) in one batch through one backbone view.
+    """Several routable tasks (same prompt and prefix lengths) in one batch through one backbone view.
 
     The batch holds every utterance once per task (task-major blocks); per-layer LayerNorms
-    take each sample's task's parameters, each FFN E-adapter is applied to its task's block
-    only, and a LoRA task's ``scale * x A^T B^T`` is added to its block of the q/v projections
-    (the shared view computes ``x W^T`` once for all blocks; WavLM's attention then runs
-    through SDPA, :func:`elp.speed.add_sdpa_attention`, whose projections are ordinary Linear
-    calls that forward hooks see). The tasks' own :class:`AdaptedSSL` modules (adapters,
-    L-adapters, prompt, LoRA factors) are used as loaded, nothing is copied but the LayerNorm
-    affine tensors (stacked).
+    take each sample's task's parameters, each E-adapter (FFN or MHSA) is applied to its
+    task's block only, each task's prompt and prefix frames go with its own block, and a LoRA
+    task's ``scale * x A^T B^T`` is added to its block of the q/v projections (the shared
+    view computes ``x W^T`` once for all blocks; WavLM's attention then runs through SDPA,
+    :func:`elp.speed.add_sdpa_attention`, whose projections are ordinary Linear calls that
+    forward hooks see). The tasks' own :class:`AdaptedSSL` modules (adapters, L-adapters,
+    prompts, prefixes, LoRA factors) are used as loaded; nothing is copied (LayerNorm
+    affines, prompts and prefixes are stacked per call).
     """
 
     def __init__(self, shared: SSLBackbone, models: list[AdaptedSSL]):
@@ -255,7 +256,7 @@ class RoutedGroup:
                     per_layer = model.encoder_adapters[site] if site in model.encoder_adapters else {}
                     adapters.append(per_layer[str(index)] if str(index) in per_layer else None)
                 if any(a is not None for a in adapters):
-                    _sublayer(layer, site).register_forward_hook(self._adapter_hook(adapters))
+                    adapter_site_module(layer, site).register_forward_hook(self._adapter_hook(adapters))
             for name, projection in layer.attention.named_children():
                 factors = [_lora_of(getattr(m.backbone.layers[index].attention, name, None)) for m in models]
                 if any(f is not None for f in factors):
