@@ -26,7 +26,6 @@ method=elp
 eval_utts=128         # utterances of each validation / test set (part 4)
 device=cuda           # cpu: rehearse the script without a GPU (parts 1-4)
 arch=full             # full: WavLM Base+ architecture; tiny: the test architecture (rehearsal)
-jobs=$(nproc)
 help_message="Usage: $0 --out DIR [--parts '5 4 1 3 2'] [--work DIR] [--steps N] [--method NAME] [--eval_utts N] [--device cuda|cpu] [--arch full|tiny]"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
