@@ -11,9 +11,9 @@ Each *variant* is a method name with optional ``+`` flags:
 * ``+cnncache``: (any method) the step reads the frozen CNN's features from a
   :class:`elp.feature_cache.CNNFeatureCache` filled beforehand (recipes: ``cnn_cache: true``);
 * ``+sdpa``: WavLM's attention through ``scaled_dot_product_attention`` (recipes:
-  ``sdpa_attention: true``; wav2vec2 and HuBERT use SDPA already);
+  ``method_options: {sdpa_attention: true}``; wav2vec2 and HuBERT use SDPA already);
 * ``+bf16w``: (with ``precision="bf16"``) frozen transformer Linear weights held in bfloat16
-  once (recipes: ``frozen_dtype: bfloat16``).
+  once (recipes: ``method_options: {frozen_dtype: bf16}``).
 
 A step is forward (backbone + method + a small head: per-frame Linear, masked mean pool,
 cross-entropy), backward and an Adam step (+ ``zero_grad``). Each part is timed separately
