@@ -277,10 +277,8 @@ class RoutedGroup:
 
     def _lora_hook(self, factors):
         def hook(module, inputs, output):
-            blocks = inputs[0].split(self.block, dim=0)
-            deltas = [torch.zeros_like(out) if f is None else f.scale * (x @ f.lora_a.t().to(x.dtype)) @ f.lora_b.t().to(x.dtype)
-                      for f, x, out in zip(factors, blocks, output.split(self.block, dim=0))]
-            return output + torch.cat(deltas, dim=0)
+            blocks = zip(factors, inputs[0].split(self.block, dim=0), output.split(self.block, dim=0))
+            return torch.cat([out if f is None else out + f.input_delta(x) for f, x, out in blocks], dim=0)
 
         return hook
 

@@ -61,6 +61,34 @@ class LoRAParametrization(nn.Module):
         """
         return weight + self.scale * (self.lora_b @ self.lora_a).to(weight.dtype)
 
+    def input_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-rank term on inputs: ``x @ (scale * B @ A)^T`` computed as ``scale * (x A^T) B^T``.
+
+        What the reparametrised Linear adds to the frozen one's output, without forming the
+        [out, in] matrix (several tasks' terms on their own samples, :mod:`elp.multitask`).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            [..., in] inputs of the Linear.
+
+        Returns
+        -------
+        torch.Tensor
+            [..., out].
+
+        Examples
+        --------
+        >>> linear = nn.Linear(4, 3)
+        >>> frozen = linear.weight.detach().clone()
+        >>> lora = add_lora(linear, rank=2)
+        >>> _ = nn.init.normal_(lora.lora_b)
+        >>> x = torch.randn(5, 4)
+        >>> torch.allclose(linear(x), x @ frozen.T + linear.bias + lora.input_delta(x), atol=1e-6)
+        True
+        """
+        return self.scale * (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype)
+
 
 def add_lora(linear: nn.Linear, rank: int = 8, alpha: float = 16.0) -> LoRAParametrization:
     """Register LoRA on ``linear.weight`` in place (the original weight stays frozen).
