@@ -68,6 +68,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process, main_process_only
 
+from elp.runtime import distributed_rank_world
+
 logger = logging.getLogger(__name__)
 
 #: Format version written in the metadata of :class:`TrainableState` files.
@@ -353,7 +355,7 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int,
 def _rank_file(path: str | os.PathLike) -> Path:
     """``path`` on rank 0 (and without DDP); ``<stem>.rank<r><suffix>`` beside it on rank r."""
     path = Path(path)
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    rank, _ = distributed_rank_world()
     return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 

@@ -70,6 +70,24 @@ def peak_memory_mb(device: str | torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def distributed_rank_world() -> tuple[int, int]:
+    """This process's rank and the world size of torch.distributed; (0, 1) without a process group.
+
+    Returns
+    -------
+    tuple[int, int]
+        (rank, world size).
+
+    Examples
+    --------
+    >>> distributed_rank_world()
+    (0, 1)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def shared_data_dir() -> Path | None:
     """The shared real-data folder when it exists (tests only), else ``None``.
 

@@ -43,6 +43,7 @@ from elp.brains.guards import NonFiniteGuard
 from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
 from elp.methods import BACKBONE_GROUPS
+from elp.runtime import distributed_rank_world
 from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
 
 logger = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
 
     def _mean_over_ranks(self, stage_loss: float) -> float:
         """The stage loss averaged over the batches of every rank (each rank saw its shard)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if distributed_rank_world()[1] == 1:
             return stage_loss
         backend_device = self.device if torch.distributed.get_backend() == "nccl" else "cpu"
         total = torch.tensor([float(stage_loss) * self.eval_batches_seen, float(self.eval_batches_seen)],

@@ -54,6 +54,8 @@ import math
 import speechbrain as sb
 import torch
 
+from elp.runtime import distributed_rank_world
+
 logger = logging.getLogger(__name__)
 
 #: How many utterance ids an error message lists before "...".
@@ -154,7 +156,7 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
 
 def _agree_any(flag: bool, device) -> bool:
     """True when ``flag`` is True on any DDP process (``flag`` itself when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if distributed_rank_world()[1] == 1:
         return flag
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(tensor)

@@ -38,6 +38,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from elp.runtime import distributed_rank_world
+
 SAMPLE_RATE = 16000
 
 
@@ -57,12 +59,6 @@ def _check_caps(max_batch_seconds: float, max_batch_size: int | None) -> None:
         raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
     if max_batch_size is not None and max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1 (or null for no limit), got {max_batch_size}")
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def length_sorted_batches(
@@ -153,7 +149,7 @@ class EvalBatchSampler(Sampler[list[int]]):
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither (read from torch.distributed)")
         if rank is None:
-            rank, world_size = _dist_rank_world()
+            rank, world_size = distributed_rank_world()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.lengths = _check_lengths(lengths)
@@ -321,7 +317,7 @@ def gather_by_utterance(local: dict) -> dict:
     >>> gather_by_utterance({"b": 2, "a": 1})
     {'a': 1, 'b': 2}
     """
-    rank, world_size = _dist_rank_world()
+    rank, world_size = distributed_rank_world()
     parts = [local]
     if world_size > 1:
         parts = [None] * world_size
