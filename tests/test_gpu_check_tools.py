@@ -51,12 +51,13 @@ def test_gpu_report_reads_a_finished_run(tmp_path):
     recipe = tmp_path / "egs" / "corpus" / "task"
     (recipe / "conf").mkdir(parents=True)
     (recipe / "run.sh").write_text("")
-    (recipe / "conf" / "train.yaml").write_text("task: !new:elp.tasks.SV\n    max_train_seconds: 3.0\n")
+    (recipe / "conf" / "train.yaml").write_text("task: !new:elp.tasks.SpeakerVerification\n")
     synthetic_data.main(["--out", str(recipe / "data"), "--kind", "sv", "--set", "train:4:4:4:4"])
     validate_data_dir(recipe / "data" / "train")
     exp = recipe / "exp" / "gpu_elp"
     exp.mkdir(parents=True)
-    (exp / "hparams_record.json").write_text(json.dumps({"hparams": {"train_set": "data/train"}}))
+    recorded = {"train_set": "data/train", "task.!new:elp.tasks.SpeakerVerification.max_train_seconds": 3.0}
+    (exp / "hparams_record.json").write_text(json.dumps({"hparams": recorded}))
     (exp / "train_stats.json").write_text(json.dumps({"epochs": 1, "train_wall_s": 2.0, "peak_mem_mb": 1024.0}))
     (exp / "results.json").write_text(json.dumps({"metric": {"name": "eer", "value": 12.5, "chance": 50.0}}))
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_report.py"), "--root", str(tmp_path),
@@ -64,4 +65,4 @@ def test_gpu_report_reads_a_finished_run(tmp_path):
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, cwd=recipe).stdout
     # 4 utterances of 4 s trained as 3 s crops: 12 s in 2 s of training
     assert "| corpus/task | 4 | 0.00 | 2.0 | 2.0 | 6 | 1.00 | eer 12.5 (chance 50) |" in out
-    assert gpu_report.crop_seconds(recipe) == 3.0
+    assert gpu_report.crop_seconds(recorded) == 3.0

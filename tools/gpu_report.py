@@ -5,7 +5,8 @@ For every ``egs/<corpus>/<task>/exp/<tag>`` (folds: ``exp/<tag>/fold*``) it read
 ``train_stats.json`` (training wall time of the epochs, peak CUDA memory), the training set's
 ``utt2num_samples`` and the stage-5 ``results.json``, and prints one markdown row per recipe:
 utterances and audio hours trained, utterances and audio seconds per wall second of training
-(audio counted as trained: SV's random crops at their cropped length), peak memory and the
+(audio counted as trained: SV's random crops at their cropped length, read from the run's
+hparams record), peak memory and the
 metric (a random backbone on synthetic audio: a check that scoring ran, not a result).
 
 Usage::
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -26,18 +26,25 @@ from elp.data.kaldi_dir import read_utt2num_samples
 SAMPLE_RATE = 16000
 
 
-def crop_seconds(recipe: Path) -> float | None:
-    """The recipe's training crop (``max_train_seconds`` in its YAML), if any."""
-    match = re.search(r"max_train_seconds:\s*([0-9.]+)", (recipe / "conf" / "train.yaml").read_text())
-    return float(match.group(1)) if match else None
+def crop_seconds(recorded: dict) -> float | None:
+    """The run's training crop (the task's ``max_train_seconds``, as its hparams record holds it), if any.
+
+    Examples
+    --------
+    >>> crop_seconds({"task.!new:elp.tasks.SpeakerVerification.max_train_seconds": 3.0, "seed": 1})
+    3.0
+    """
+    crops = [v for k, v in recorded.items() if k.startswith("task.") and k.endswith(".max_train_seconds")]
+    return float(crops[0]) if crops and crops[0] else None
 
 
 def recipe_row(recipe: Path, exp: Path) -> str:
     """One markdown row for the run in ``exp``."""
     stats = json.loads((exp / "train_stats.json").read_text())
-    train_dir = json.loads((exp / "hparams_record.json").read_text())["hparams"]["train_set"]
+    recorded = json.loads((exp / "hparams_record.json").read_text())["hparams"]
+    train_dir = recorded["train_set"]
     lengths = [n / SAMPLE_RATE for n in read_utt2num_samples(Path(recipe, train_dir) / "utt2num_samples").values()]
-    crop = crop_seconds(recipe)
+    crop = crop_seconds(recorded)
     trained = sum(min(s, crop) if crop else s for s in lengths) * stats["epochs"]
     wall = stats["train_wall_s"]
     metric = ""
