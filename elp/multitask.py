@@ -243,6 +243,7 @@ class RoutedGroup:
         self.view = backbone_view(shared).eval()
         self.norms: list[RoutedLayerNorm] = []
         self.block = 0
+        routes_lora = False
         for index, layer in enumerate(self.view.layers):
             for attr in ("layer_norm", "final_layer_norm"):
                 base = getattr(layer, attr)
@@ -261,7 +262,9 @@ class RoutedGroup:
                 factors = [_lora_of(getattr(m.backbone.layers[index].attention, name, None)) for m in models]
                 if any(f is not None for f in factors):
                     projection.register_forward_hook(self._lora_hook(factors))
-                    self.view.set_sdpa_attention(True)  # WavLM: projections as Linear calls
+                    routes_lora = True
+        if routes_lora:
+            self.view.set_sdpa_attention(True)  # WavLM: projections as Linear calls the hooks see
         # the tasks' own tensors, stacked per call (a group holds no copies)
         self.prompts = [m.prompt.frames.detach() for m in models] if models[0].prompt is not None else None
         self.prefixes = [m.prefix.frames.detach() for m in models] if models[0].prefix is not None else None
