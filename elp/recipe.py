@@ -66,8 +66,8 @@ _HELD: list = []  # the experiment locks this process holds
 
 #: Run options a recipe may leave out of its YAML (see the module docstring).
 #: ``max_batch_utterances: auto`` on a GPU: on an H200 a WavLM Base+ training step of 8
-#: utterances took ~0.1-0.15 s whether they were 1 s or 12.7 s long (docs/SCALING.md), so the
-#: step is bound by per-step overhead and larger batches come almost free.
+#: utterances took 87-133 ms whether the batch held 8 s or 100 s of audio (docs/SCALING.md
+#: section 9), so the step is bound by per-step overhead and larger batches come almost free.
 GPU_MAX_BATCH_UTTERANCES = 64
 
 RUN_DEFAULTS = {
