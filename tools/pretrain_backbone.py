@@ -16,8 +16,8 @@ seed).
 
 Usage::
 
-    python tools/pretrain_backbone.py --corpus exp/pretrain_corpus --out exp/backbone_small \\
-        [--backbone wavlm_plus] [--arch small] [--steps 300]
+    python tools/pretrain_backbone.py --corpus exp/pretrain_corpus [more corpora ...] \\
+        --out exp/backbone_small [--backbone wavlm_plus] [--arch small] [--steps 300]
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def pad(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", required=True, type=Path, help="LibriSpeech-layout corpus")
+    parser.add_argument("--corpus", required=True, type=Path, nargs="+",
+                        help="LibriSpeech-layout corpora (every utterance of each)")
     parser.add_argument("--out", required=True, type=Path, help="output HF checkpoint directory")
     parser.add_argument("--backbone", default="wavlm_plus")
     parser.add_argument("--arch", default="small", choices=sorted(ARCH_PRESETS))
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         return 0
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    items = read_librispeech_layout(args.corpus)
+    items = [item for corpus in args.corpus for item in read_librispeech_layout(corpus)]
     tokenizer = CharTokenizer.from_texts(text for _, _, text in items)
     speakers = sorted({spk for _, spk, _ in items})
     audio = [read_audio(path) for path, _, _ in items]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Transcripts for the synthetic pre-training corpus: in-domain, disjoint from the IC corpus.
+"""Transcripts for the synthetic pre-training corpus: in-domain, disjoint from the IC and ASR corpora.
 
 The stand-in backbone of the mini recipes is pre-trained on a synthetic LibriSpeech-layout
 corpus (``tools/pretrain_backbone.py``). Its transcripts come from here: sentences of the
@@ -17,15 +17,22 @@ these options: nothing outside the repository is read, and no corpus must be bui
 occurs there and fails otherwise (the corpus was built with more sentences per intent than
 ``--reserve`` or with another seed).
 
+It also writes ``--vocab_sentences`` sentences of 2-4 words of the mini LibriSpeech
+vocabulary (:func:`vocabulary_sentences`), as a real backbone has heard digits and commands,
+none of them a sentence of the mini ASR corpus (any split) built with ``--asr_seed``: the
+stand-in never hears an ASR test sentence, in any voice.
+
 Usage::
 
     python tools/pretrain_text.py --out exp/pretrain_text.txt [--num 200] [--seed 0]
         [--reserve 56] [--exclude egs/slurp/ic/corpus/slurp/dataset/slurp]
+        [--vocab_sentences 0] [--vocab_seed 0] [--asr_seed 0]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -33,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``tools.mini_corpus`` importable
     sys.path.insert(0, str(ROOT))
 
+from tools.mini_corpus.librispeech import make_sentence, plan_utterances  # noqa: E402
 from tools.mini_corpus.slurp import BUILTIN_TEMPLATES, builtin_order, parse_annotation  # noqa: E402
 
 DEFAULT_RESERVE = 56
@@ -75,6 +83,41 @@ def pretrain_sentences(num: int = 200, seed: int = 0, reserve: int = DEFAULT_RES
     return sorted(set(chosen))
 
 
+def vocabulary_sentences(num: int, seed: int = 0, asr_seed: int = 0) -> list[str]:
+    """``num`` distinct sentences of 2-4 mini LibriSpeech words, none in its ASR corpus, sorted.
+
+    Arguments
+    ---------
+    num : int
+        Sentences wanted.
+    seed : int
+        Seed of the draw.
+    asr_seed : int
+        Seed of the mini LibriSpeech corpus (size ``small``) whose sentences are excluded, in
+        every split.
+
+    Returns
+    -------
+    list of str
+        Upper-case sentences, e.g. ``"LEFT SEVEN GO"``.
+
+    Example
+    -------
+    >>> from tools.mini_corpus.librispeech import plan_utterances
+    >>> text = vocabulary_sentences(50)
+    >>> len(text), set(text) & {p[-1] for p in plan_utterances(0, "small")}
+    (50, set())
+    """
+    excluded = {p[-1] for p in plan_utterances(asr_seed, "small")}
+    rng = random.Random(f"pretrain-vocabulary-{seed}")
+    chosen: set[str] = set()
+    while len(chosen) < num:
+        sentence = make_sentence(rng)
+        if sentence not in excluded:
+            chosen.add(sentence)
+    return sorted(chosen)
+
+
 def check_disjoint(sentences: list[str], corpus_jsonl_dir: Path) -> int:
     """Raises ValueError if a sentence occurs in a ``*.jsonl`` of ``corpus_jsonl_dir``.
 
@@ -111,10 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", type=Path, default=None,
                         help="dataset/slurp folder of a built mini corpus: check that no chosen "
                              "sentence occurs there")
+    parser.add_argument("--vocab_sentences", type=int, default=0,
+                        help="also this many sentences of the mini LibriSpeech vocabulary "
+                             "(default 0)")
+    parser.add_argument("--vocab_seed", type=int, default=0, help="seed of that draw (default 0)")
+    parser.add_argument("--asr_seed", type=int, default=0,
+                        help="seed of the mini LibriSpeech corpus whose sentences the "
+                             "vocabulary sentences avoid (default 0)")
     args = parser.parse_args(argv)
 
     sentences = pretrain_sentences(args.num, args.seed, args.reserve)
     checked = check_disjoint(sentences, args.exclude) if args.exclude else 0
+    sentences += vocabulary_sentences(args.vocab_sentences, args.vocab_seed, args.asr_seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
     print(f"{args.out}: {len(sentences)} sentences"

@@ -4,14 +4,20 @@
 # reaches a model hub, and a random transformer is a useless frozen backbone; see
 # docs/RECIPES.md "Mini mode"). Idempotent and safe to call from parallel recipes (a lock).
 #
-#   tools/standin_backbone.sh --backbone wavlm_plus --out exp/backbone_wavlm_plus_small [--steps 800]
+# The pre-training corpus is --corpora synthetic LibriSpeech-layout corpora (seeds 1..N, 320
+# utterances each, the 8 voices of tools/mini_corpus/espeak.py), each reading 200 in-domain
+# sentences and 120 sentences of the ASR vocabulary drawn with its own seed
+# (tools/pretrain_text.py; none is a sentence of the mini IC or ASR corpora).
+#
+#   tools/standin_backbone.sh --backbone wavlm_plus --out exp/backbone_wavlm_plus_small [--steps 1600]
 set -euo pipefail
 
 backbone=wavlm_plus
 out=
-steps=800
+steps=1600
+corpora=6
 threads=${OMP_NUM_THREADS:-1}
-help_message="Usage: $0 --backbone NAME --out DIR [--steps N] [--threads N]"
+help_message="Usage: $0 --backbone NAME --out DIR [--steps N] [--corpora N] [--threads N]"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "${root}/recipes/path.sh"
@@ -28,10 +34,15 @@ fi
 work=${out}.work
 rm -rf "${work}"
 mkdir -p "${work}"
-log "Pre-training the stand-in backbone (${backbone} architecture, small, ${steps} steps) -> ${out}"
-python "${root}/tools/pretrain_text.py" --out "${work}/text.txt"
-python "${root}/tools/mini_corpus/librispeech.py" --out "${work}/corpus" --seed 1 --sentences "${work}/text.txt"
-OMP_NUM_THREADS=${threads} python "${root}/tools/pretrain_backbone.py" --corpus "${work}/corpus" \
+log "Pre-training the stand-in backbone (${backbone} architecture, small, ${steps} steps, ${corpora} corpora) -> ${out}"
+corpus_dirs=()
+for seed in $(seq 1 "${corpora}"); do
+    python "${root}/tools/pretrain_text.py" --out "${work}/text${seed}.txt" --vocab_sentences 120 --vocab_seed "${seed}"
+    python "${root}/tools/mini_corpus/librispeech.py" --out "${work}/corpus${seed}" --seed "${seed}" \
+        --sentences "${work}/text${seed}.txt"
+    corpus_dirs+=("${work}/corpus${seed}")
+done
+OMP_NUM_THREADS=${threads} python "${root}/tools/pretrain_backbone.py" --corpus "${corpus_dirs[@]}" \
     --out "${work}/model" --backbone "${backbone}" --arch small --steps "${steps}" > "${work}/pretrain.log" 2>&1 \
     || die "pre-training failed: see ${work}/pretrain.log"
 mv "${work}/model" "${out}"
