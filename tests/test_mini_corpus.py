@@ -390,6 +390,52 @@ def test_pretrain_text_is_disjoint_from_the_ic_corpus(tmp_path):
         pretrain_text.check_disjoint(sorted(text), folder)
 
 
+def test_pretrain_vocabulary_sentences_avoid_every_asr_sentence():
+    import tools.pretrain_text as pretrain_text
+    asr = {p[-1] for p in librispeech.plan_utterances(0, "small")}
+    assert len(asr) == 320  # train, dev and test of the mini ASR corpus
+    for seed in range(1, 7):  # tools/standin_backbone.sh: one draw per pre-training corpus
+        text = pretrain_text.vocabulary_sentences(120, seed=seed)
+        assert len(text) == len(set(text)) == 120 and text == sorted(text)
+        assert not set(text) & asr
+        assert all(2 <= len(s.split()) <= 4 and set(s.split()) <= set(librispeech.VOCABULARY) for s in text)
+    assert pretrain_text.vocabulary_sentences(120, seed=1) == pretrain_text.vocabulary_sentences(120, seed=1)
+    assert pretrain_text.vocabulary_sentences(120, seed=1) != pretrain_text.vocabulary_sentences(120, seed=2)
+    # another ASR corpus seed is avoided instead
+    other = {p[-1] for p in librispeech.plan_utterances(5, "small")}
+    assert not set(pretrain_text.vocabulary_sentences(300, seed=1, asr_seed=5)) & other
+
+
+def test_pretrain_corpus_reads_only_the_pretrain_text(tmp_path):
+    """The 320 utterances of a pre-training corpus read the 200 + 120 sentences, none other
+    (no fallback to random vocabulary sentences, which could be ASR sentences)."""
+    import tools.pretrain_text as pretrain_text
+    out = tmp_path / "text.txt"
+    assert pretrain_text.main(["--out", str(out), "--vocab_sentences", "120", "--vocab_seed", "3"]) == 0
+    sentences = librispeech.read_sentences(out)
+    assert len(sentences) == 320
+    plan = librispeech.plan_utterances(3, "small", sentences)
+    assert sorted(p[-1] for p in plan) == sorted(sentences)
+    assert not {p[-1] for p in plan} & {p[-1] for p in librispeech.plan_utterances(0, "small")}
+
+
+def test_pretrain_backbone_reads_every_corpus(tmp_path):
+    """tools/standin_backbone.sh hands several corpora to one pre-training run."""
+    import tools.pretrain_backbone as pretrain_backbone
+    for seed in (1, 2):
+        build_tiny("librispeech", tmp_path / f"c{seed}", seed=seed)
+    both = [*pretrain_backbone.read_librispeech_layout(tmp_path / "c1"),
+            *pretrain_backbone.read_librispeech_layout(tmp_path / "c2")]
+    assert len(both) == 24 and len({path for path, _, _ in both}) == 24
+    out = tmp_path / "model"
+    assert pretrain_backbone.main(["--corpus", str(tmp_path / "c1"), str(tmp_path / "c2"),
+                                   "--out", str(out), "--arch", "tiny", "--steps", "2",
+                                   "--batch-size", "4"]) == 0
+    stats = json.loads((out / "pretrain_stats.json").read_text())
+    assert stats["utterances"] == 24 and stats["steps"] == 2
+    assert (out / "config.json").is_file()
+
+
 @pytest.mark.skipif(SHARED_SLURP is None, reason="../shared/data/slurp not found")
 def test_slurp_real_annotations(tmp_path):
     summary = slurp.build(tmp_path, size="tiny", annotations=SHARED_SLURP, num_intents=4)
