@@ -64,7 +64,7 @@ for recipe in ${recipes}; do
 done
 
 if [ -z "${backbone_source}" ] && [[ " $(for r in ${recipes}; do label_of "${r}"; done | tr '\n' ' ') " == *" mini "* ]]; then
-    tools/standin_backbone.sh --backbone "${backbone}" --out "exp/backbone_${backbone}_small" --threads "${jobs}" \
+    tools/standin_backbone.sh --backbone "${backbone}" --out "exp/backbone_${backbone}_small" \
         || die "building the stand-in backbone failed"
 fi
 

@@ -436,6 +436,27 @@ def test_pretrain_backbone_reads_every_corpus(tmp_path):
     assert (out / "config.json").is_file()
 
 
+def test_standin_is_reused_only_when_built_with_the_same_options(tmp_path):
+    """exp/backbone_*_small is a cache keyed by its build options: never reused silently."""
+    out = tmp_path / "backbone_wavlm_plus_small"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # as an older elp left it: no options file
+
+    def run(*args):
+        return subprocess.run(["bash", str(ROOT / "tools" / "standin_backbone.sh"), "--out", str(out), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    proc = run()
+    assert proc.returncode == 1
+    assert "unrecorded" in proc.stderr and f"delete {out}" in proc.stderr
+    (out / "standin_options.txt").write_text(
+        "backbone=wavlm_plus steps=1600 corpora=6 threads=2 text=v2\n")
+    assert run().returncode == 0  # the same options: reused, nothing built
+    assert not (tmp_path / "backbone_wavlm_plus_small.work").exists()
+    proc = run("--steps", "800")
+    assert proc.returncode == 1 and "steps=1600" in proc.stderr and "steps=800" in proc.stderr
+
+
 @pytest.mark.skipif(SHARED_SLURP is None, reason="../shared/data/slurp not found")
 def test_slurp_real_annotations(tmp_path):
     summary = slurp.build(tmp_path, size="tiny", annotations=SHARED_SLURP, num_intents=4)

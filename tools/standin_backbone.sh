@@ -16,7 +16,8 @@ backbone=wavlm_plus
 out=
 steps=1600
 corpora=6
-threads=${OMP_NUM_THREADS:-1}
+threads=2                 # fixed, whoever builds it: the weights depend on the thread count
+                          # (float reductions), so run_all.sh and a lone ./run.sh must agree
 help_message="Usage: $0 --backbone NAME --out DIR [--steps N] [--corpora N] [--threads N]"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,8 +29,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$(dirname "${out}")"
 exec 9>"${out}.lock"
 flock 9
+# what the weights depend on; a stand-in built otherwise (or by an older version of this
+# script, without the file) is never reused silently
+build_options="backbone=${backbone} steps=${steps} corpora=${corpora} threads=${threads} text=v2"
 if [ -f "${out}/config.json" ]; then
-    exit 0
+    [ "$(cat "${out}/standin_options.txt" 2>/dev/null)" = "${build_options}" ] && exit 0
+    die "${out} was built with other options ($(cat "${out}/standin_options.txt" 2>/dev/null || echo 'unrecorded: an older elp'));" \
+        "this build asks for '${build_options}': delete ${out} (experiments that used it keep their results) and rerun"
 fi
 work=${out}.work
 rm -rf "${work}"
@@ -45,6 +51,7 @@ done
 OMP_NUM_THREADS=${threads} python "${root}/tools/pretrain_backbone.py" --corpus "${corpus_dirs[@]}" \
     --out "${work}/model" --backbone "${backbone}" --arch small --steps "${steps}" > "${work}/pretrain.log" 2>&1 \
     || die "pre-training failed: see ${work}/pretrain.log"
+echo "${build_options}" > "${work}/model/standin_options.txt"
 mv "${work}/model" "${out}"
 rm -rf "${work}"
 log "stand-in backbone ready: ${out}"
