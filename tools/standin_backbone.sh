@@ -33,8 +33,9 @@ flock 9
 # script, without the file) is never reused silently
 build_options="backbone=${backbone} steps=${steps} corpora=${corpora} threads=${threads} text=v2"
 if [ -f "${out}/config.json" ]; then
-    [ "$(cat "${out}/standin_options.txt" 2>/dev/null)" = "${build_options}" ] && exit 0
-    die "${out} was built with other options ($(cat "${out}/standin_options.txt" 2>/dev/null || echo 'unrecorded: an older elp'));" \
+    built_with=$(cat "${out}/standin_options.txt" 2>/dev/null || echo "unrecorded: an older elp")
+    [ "${built_with}" = "${build_options}" ] && exit 0
+    die "${out} was built with other options (${built_with});" \
         "this build asks for '${build_options}': delete ${out} (experiments that used it keep their results) and rerun"
 fi
 work=${out}.work
