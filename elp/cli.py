@@ -1,5 +1,5 @@
 """The ``elp`` command line: ``elp params``, ``elp bench``, ``elp infer``, ``elp verify``, ``elp inspect``,
-``elp bench-multitask``.
+``elp bench-multitask``, ``elp data``.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``;
 this file only dispatches.
@@ -9,6 +9,7 @@ Usage::
     elp params --backbone wavlm_plus
     elp infer --package exp/asr_elp/adapters a.wav b.wav
     elp params --backbone wavlm_plus wav2vec2 hubert --methods el elp --prompt-frames 20
+    elp data perturb-speed data/train data/train_sp --factors 0.9 1.0 1.1
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMMANDS = {
     "verify": "elp.commands.verify",
     "inspect": "elp.commands.inspect",
     "bench-multitask": "elp.commands.bench_multitask",
+    "data": "elp.commands.data",
 }
 
 

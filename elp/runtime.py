@@ -21,6 +21,14 @@ import torch
 SHARED_DATA_ENV = "ELP_SHARED_DATA"
 
 
+class UserError(Exception):
+    """A failure the user fixes (busy experiment, diverged training...), not a bug.
+
+    Entry points (:func:`run_main`) print its message as one ``ERROR:`` line instead of a
+    traceback, as they do for ``ValueError``, ``FileNotFoundError`` and ``KeyError``.
+    """
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """One log format for every entry point: ``time LEVEL logger: message`` on stdout.
 
@@ -126,12 +134,9 @@ def run_main(main, argv: list[str]) -> int:
     >>> run_main(main, [])  # prints "ERROR: data/train/wav.scp is missing: ..." on stderr
     1
     """
-    from elp.brains.guards import NonFiniteTrainingError
-    from elp.experiment import ExperimentLockedError
-
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError, KeyError, ExperimentLockedError, NonFiniteTrainingError) as err:
+    except (ValueError, FileNotFoundError, KeyError, UserError) as err:
         if os.environ.get("ELP_DEBUG"):
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)

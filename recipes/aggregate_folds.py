@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from elp.results import append_results_line, write_results_json
+from elp.eval.results import append_results_line, write_results_json
 
 
 def aggregate(folds: list[dict]) -> dict:

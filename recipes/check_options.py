@@ -9,9 +9,9 @@ Usage::
 import argparse
 import sys
 
-from elp.backbones import BACKBONES
-from elp.methods import METHODS
-from elp.testing import ARCH_PRESETS
+from elp.core.backbones import BACKBONES
+from elp.core.methods import METHODS
+from elp.core.presets import ARCH_PRESETS
 
 
 def main(argv=None) -> int:

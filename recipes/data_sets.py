@@ -9,7 +9,7 @@ Usage::
 import sys
 
 from elp.runtime import run_main
-from elp.recipe import peek_experiment, present_test_sets
+from elp.train.recipe import peek_experiment, present_test_sets
 
 
 def main(argv) -> int:

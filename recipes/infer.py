@@ -12,8 +12,9 @@ Writes ``<output_folder>/decode/<set>/`` with what the recipe's task writes (ASR
 import sys
 from pathlib import Path
 
-from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
+from elp.train.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
 from elp.runtime import configure_logging, run_main
+from elp.serve.package import calibrate_threshold
 
 
 def main(argv) -> int:
@@ -22,6 +23,11 @@ def main(argv) -> int:
     brain = build_brain(hparams, run_opts)
     brain.recover_best()
     decode_root = Path(hparams["output_folder"]) / "decode"
+    package_dir = Path(hparams["output_folder"]) / "adapters"
+    if (package_dir / "package.json").exists():  # the decision threshold of SV packages
+        trials = hparams["task"].calibration_trials(brain, lambda data: loader_kwargs(hparams, data, train=False))
+        if trials is not None:
+            calibrate_threshold(package_dir, **trials)
     for test_dir in present_test_sets(hparams):
         dataset = make_dataset(hparams, test_dir, "test")
         hparams["task"].write_outputs(brain, dataset, test_dir, decode_root / Path(test_dir).name,

@@ -12,8 +12,8 @@ labels for classification, training speakers for SV); nothing is loaded but the 
 import logging
 import sys
 
-from elp.hparams import build_node
-from elp.recipe import peek_experiment, present_test_sets
+from elp.train.hparams import build_node
+from elp.train.recipe import peek_experiment, present_test_sets
 from elp.runtime import configure_logging, run_main
 
 logger = logging.getLogger("inventory")

@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from elp.hparams import build_node
-from elp.plots import plot_training_curves
-from elp.recipe import peek_experiment, present_test_sets
-from elp.results import append_results_line, backbone_label, write_results_json
+from elp.train.hparams import build_node
+from elp.eval.plots import plot_training_curves
+from elp.train.recipe import peek_experiment, present_test_sets
+from elp.eval.results import append_results_line, backbone_label, write_results_json
 from elp.runtime import configure_logging, run_main
 
 

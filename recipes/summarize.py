@@ -5,12 +5,12 @@ Usage::
 
     python recipes/summarize.py --exp-root egs [more roots...] --out exp/summary
 
-The schema and the writers live in :mod:`elp.results`.
+The schema and the writers live in :mod:`elp.eval.results`.
 """
 
 import sys
 
-from elp.results import main
+from elp.eval.results import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ Usage::
 Rerunning resumes from the latest checkpoint in ``<output_folder>/save``. On success it writes
 ``<output_folder>/train_stats.json`` and the model package of the *best* checkpoint (the model
 stage 4 evaluates) in ``<output_folder>/adapters/``: the adapter export plus everything inference
-needs (:mod:`elp.package`; ``elp infer --package``).
+needs (:mod:`elp.serve.package`; ``elp infer --package``).
 """
 
 import json
@@ -20,10 +20,10 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.backbones import weights_hash
-from elp.brains.base import unwrap
-from elp.package import write_package
-from elp.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
+from elp.core.backbones import weights_hash
+from elp.train.brains.base import unwrap
+from elp.serve.package import write_package
+from elp.train.recipe import build_brain, load_experiment, loader_kwargs, make_dataset
 from elp.runtime import configure_logging, peak_memory_mb, run_main
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elp.backbones import BACKBONES
+from elp.core.backbones import BACKBONES
 from elp.testing import save_tiny_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import numpy as np
 import soundfile
 
 from elp.data.kaldi_dir import validate_data_dir, write_data_dir
-from elp.recipe import build_brain, load_experiment
+from elp.train.recipe import build_brain, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = [0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 0.4, 0.6]

@@ -75,8 +75,12 @@ def test_resampling_logged_once_per_rate(tmp_path, caplog):
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="audio not found"):
         read_audio(str(tmp_path / "missing.wav"))
-    with pytest.raises(ValueError, match=r"wav.scp entry 'sox in.wav -t wav - \|' contains '\|'.*convert the audio"):
-        read_audio("sox in.wav -t wav - |")
+    with pytest.raises(FileNotFoundError, match=r"wav.scp entry 'sox in.wav -t wav - \|' .*audio not found: 'in.wav'"):
+        read_audio("sox in.wav -t wav - |")  # a standard pipe: its file is read natively
+    with pytest.raises(ValueError, match=r"wav.scp entry 'sox in.wav -t wav - reverse \|' is a command .*allow_shell_pipes"):
+        read_audio("sox in.wav -t wav - reverse |")  # not a known form: runs only with the opt-in
+    with pytest.raises(ValueError, match=r"wav.scp entry '\| sox in.wav' contains '\|'.*convert the audio"):
+        read_audio("| sox in.wav")
     (tmp_path / "feats.ark").write_bytes(b"u1 \x00BFM " + bytes(20))
     with pytest.raises(ValueError, match=r"utt 'u1': .*feats.ark:3' holds a Kaldi matrix \(features\), not a waveform"):
         read_audio(f"{tmp_path / 'feats.ark'}:3", utt="u1")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from elp.bench import parse_variant
+from elp.bench.harness import parse_variant
 from elp.cli import main
 
 
@@ -53,8 +53,8 @@ def test_speed_flag_variants_match_the_plain_step(tmp_path):
     """+sdpa and +cnncache compute the same features as the plain model (fp32); +bf16w needs bf16."""
     import torch
 
-    from elp.backbones import load_backbone
-    from elp.bench import build_variant_model, variant_forward
+    from elp.core.backbones import load_backbone
+    from elp.bench.harness import build_variant_model, variant_forward
     from elp.testing import TINY_CONFIG
 
     wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from elp.backbones import load_backbone
-from elp.checkpoints import AtomicCheckpointer, CheckpointMismatchError, RNGState, TrainableState
-from elp.export import save_adapters
-from elp.heads import PooledClassifier
-from elp.model import AdaptedSSL
+from elp.core.backbones import load_backbone
+from elp.train.checkpoints import AtomicCheckpointer, CheckpointMismatchError, RNGState, TrainableState
+from elp.core.export import save_adapters
+from elp.core.heads import PooledClassifier
+from elp.core.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=16, e_dim=8, prompt_frames=3, lora_rank=2, prefix_frames=2)
 
@@ -186,7 +186,7 @@ def test_killed_save_leaves_no_checkpoint_and_previous_one_recovers(tmp_path, ca
     assert any(p.name.startswith(".tmp+CKPT") for p in tmp_path.iterdir())
 
     del checkpointer.custom_save_hooks["lin"]
-    with caplog.at_level(logging.WARNING, logger="elp.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="elp.train.checkpoints"):
         newer = checkpointer.save_checkpoint(verbosity=logging.DEBUG)
     assert "unfinished checkpoint save" in caplog.text
     assert not any(p.name.startswith(".tmp+") for p in tmp_path.iterdir())

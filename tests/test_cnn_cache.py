@@ -4,11 +4,11 @@ frame crops versus waveform crops."""
 import pytest
 import torch
 
-from elp.backbones import load_backbone
-from elp.feature_cache import (CNNFeatureCache, audio_key, batch_audio_keys, cached_cnn_forward,
+from elp.core.backbones import load_backbone
+from elp.train.feature_cache import (CNNFeatureCache, audio_key, batch_audio_keys, cached_cnn_forward,
                                cnn_fingerprint, crop_frames)
-from elp.methods import METHODS
-from elp.model import AdaptedSSL
+from elp.core.methods import METHODS
+from elp.core.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=24, e_dim=8, prompt_frames=4, prefix_frames=4, lora_rank=2)
 

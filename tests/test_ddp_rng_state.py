@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from elp.checkpoints import RNGState
+from elp.train.checkpoints import RNGState
 
 
 def _draw() -> list[float]:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from elp.brains.base import ELPBrain
+from elp.train.brains.base import ELPBrain
 from elp.data.sampler import EvalBatchSampler, gather_by_utterance
 
 LENGTHS = [16000 * (index % 5 + 1) for index in range(11)]

@@ -1,11 +1,11 @@
-"""elp.decoding: beam search through torchaudio/flashlight agrees with greedy on peaked
+"""elp.tasks.decoding: beam search through torchaudio/flashlight agrees with greedy on peaked
 distributions, finds the most probable labelling where greedy does not, and an n-gram LM
 changes the result towards its words."""
 import pytest
 import torch
 
 from elp.data.inventory import BPETokenizer, CharTokenizer
-from elp.decoding import CTCBeamSearch, arpa_words, ctc_beam_search, greedy_ctc, write_lexicon
+from elp.tasks.decoding import CTCBeamSearch, arpa_words, ctc_beam_search, greedy_ctc, write_lexicon
 
 TOK = CharTokenizer(["<blank>", "<space>", "A", "B", "C", "R"])
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from elp.backbones import load_backbone
-from elp.export import CONFIG_FILE, AdapterMismatchError, load_adapters, save_adapters
-from elp.heads import CTCHead
-from elp.model import AdaptedSSL
+from elp.core.backbones import load_backbone
+from elp.core.export import CONFIG_FILE, AdapterMismatchError, load_adapters, save_adapters
+from elp.core.heads import CTCHead
+from elp.core.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=16, e_dim=8, prompt_frames=3, lora_rank=2)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from elp.feature_cache import CacheError, CNNFeatureCache, HiddenStateCache, audio_key, batch_audio_keys
+from elp.train.feature_cache import CacheError, CNNFeatureCache, HiddenStateCache, audio_key, batch_audio_keys
 
 
 def test_audio_key_is_content_not_padding_or_id():

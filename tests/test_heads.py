@@ -1,10 +1,10 @@
-"""elp.heads: shapes, padding invariance, masked frames without influence, AAM margin,
+"""elp.core.heads: shapes, padding invariance, masked frames without influence, AAM margin,
 a tiny classifier that learns, and no BatchNorm anywhere."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from elp.heads import (
+from elp.core.heads import (
     AAMSoftmaxClassifier,
     AttentiveStatisticsPooling,
     CTCHead,

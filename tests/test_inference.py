@@ -1,4 +1,4 @@
-"""elp.inference: the API equals the model's direct outputs; batched equals one-by-one;
+"""elp.serve.inference: the API equals the model's direct outputs; batched equals one-by-one;
 files, arrays, tensors, stereo and other rates all work; errors name the problem."""
 import numpy as np
 import pytest
@@ -6,9 +6,10 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from elp.decoding import greedy_ctc
-from elp.inference import AudioInputError, Predictor, load_waveform
-from elp.package import calibrate_threshold, make_tiny_package
+from elp.tasks.decoding import greedy_ctc
+from elp.serve.inference import AudioInputError, Predictor, load_waveform
+from elp.serve.package import calibrate_threshold
+from elp.testing import make_tiny_package
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +154,10 @@ def test_package_of_a_recipe_brain_predicts_what_stage_4_predicts(tmp_path, monk
     """Stage 3's wiring (write_package from the Brain's modules) reproduces stage 4's predictions."""
     from recipe_fixtures import experiment, make_recipe
 
-    from elp.brains.base import unwrap
+    from elp.train.brains.base import unwrap
     from elp.data.kaldi_dir import read_data_dir
-    from elp.package import write_package
-    from elp.recipe import loader_kwargs, make_dataset
+    from elp.serve.package import write_package
+    from elp.train.recipe import loader_kwargs, make_dataset
 
     recipe = make_recipe(tmp_path)
     monkeypatch.chdir(recipe)
@@ -179,7 +180,7 @@ def test_package_of_a_recipe_brain_predicts_what_stage_4_predicts(tmp_path, monk
 @pytest.mark.parametrize("method", ["elp", "lora", "prefix", "conventional", "weighted_sum", "full"])
 def test_inspect_groups_equal_the_models_learning_rate_groups(tmp_path, method):
     from elp.commands.inspect import summarize
-    from elp.package import load_package
+    from elp.serve.package import load_package
 
     directory = make_tiny_package(tmp_path, task="classify", method=method)
     model = load_package(directory).model

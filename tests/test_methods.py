@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from elp.backbones import BACKBONES, load_backbone
-from elp.methods import METHODS
-from elp.model import AdaptedSSL
+from elp.core.backbones import BACKBONES, load_backbone
+from elp.core.methods import METHODS
+from elp.core.model import AdaptedSSL
 
 L_DIM, E_DIM, K = 24, 8, 4
 OPTIONS = dict(l_dim=L_DIM, e_dim=E_DIM, prompt_frames=K, prefix_frames=K, lora_rank=2)
@@ -19,7 +19,7 @@ def build(checkpoints, name, method, **extra):
 
 
 def expected_trainable(method: str, num_layers: int, full_encoder_names: set[str]) -> set[str]:
-    """The spec's trainable set, written out independently of elp.methods."""
+    """The spec's trainable set, written out independently of elp.core.methods."""
     def e_adapters(site, layers):
         return {f"encoder_adapters.{site}.{i}.{m}.{p}" for i in layers
                 for m in ("down", "up", "norm") for p in ("weight", "bias")}

@@ -1,13 +1,14 @@
-"""elp.multitask: N packages on one backbone give each task's single-task results, run the
+"""elp.serve.multitask: N packages on one backbone give each task's single-task results, run the
 CNN once and the shared transformer pass once, share frozen tensors, and refuse packages
 trained on other weights."""
 import pytest
 import torch
 
-from elp.backbones import weights_hash
-from elp.inference import Predictor
-from elp.multitask import MultiTask, unique_tensor_bytes
-from elp.package import BackboneHashMismatchError, make_tiny_package
+from elp.core.backbones import weights_hash
+from elp.serve.inference import Predictor
+from elp.serve.multitask import MultiTask, unique_tensor_bytes
+from elp.serve.package import BackboneHashMismatchError
+from elp.testing import make_tiny_package
 from elp.testing import save_tiny_checkpoint
 
 MIX = [("classify", "weighted_sum"), ("asr", "l_only"), ("sv", "el"), ("classify", "elp"), ("asr", "lora"),

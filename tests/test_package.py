@@ -1,15 +1,16 @@
-"""elp.package: a package rebuilds exactly the trained model and head; the backbone is named
+"""elp.serve.package: a package rebuilds exactly the trained model and head; the backbone is named
 and hashed (stored only for random weights); wrong backbones are refused."""
 import json
 
 import pytest
 import torch
 
-from elp.backbones import SSLBackbone
-from elp.heads import CTCHead, PooledClassifier
-from elp.model import AdaptedSSL
-from elp.package import (BackboneHashMismatchError, PackageError, PackageNotFoundError, calibrate_threshold,
-                         load_package, make_tiny_package, read_package_config, write_package)
+from elp.core.backbones import SSLBackbone
+from elp.core.heads import CTCHead, PooledClassifier
+from elp.core.model import AdaptedSSL
+from elp.serve.package import (BackboneHashMismatchError, PackageError, PackageNotFoundError, calibrate_threshold,
+                               load_package, read_package_config, write_package)
+from elp.testing import make_tiny_package
 
 WAVS = torch.randn(2, 8000)
 LENS = torch.tensor([1.0, 0.6])
@@ -34,7 +35,7 @@ def test_round_trip_stored_backbone_equals_trained_model(tmp_path, method):
         got = package.head(*package.model(WAVS, LENS))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert package.labels == ["a", "b", "c"]
-    assert package.config["head"] == {"class": "elp.heads.PooledClassifier",
+    assert package.config["head"] == {"class": "elp.core.heads.PooledClassifier",
                                       "options": {"in_dim": model.output_dim, "num_classes": 3, "hidden_dim": 8}}
     assert package.model.backbone.weights_sha256 == backbone.weights_sha256
 
@@ -69,7 +70,7 @@ def test_missing_package_and_export_without_package(tmp_path):
 def test_sv_threshold_is_the_eer_threshold_and_its_scores_are_stored(tmp_path):
     from safetensors.torch import load_file
 
-    from elp.scoring import equal_error_rate
+    from elp.eval.scoring import equal_error_rate
 
     directory = make_tiny_package(tmp_path, task="sv", method="weighted_sum")
     scores, labels = [0.9, 0.7, 0.65, 0.2, 0.6, 0.1], [1, 1, 1, 0, 0, 0]

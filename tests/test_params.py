@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from elp.cli import main
-from elp.params import count_learnable
+from elp.core.params import count_learnable
 
 # docs/DESIGN.md "Counts" (WavLM Base+ config; the same for every Base model except `full`)
 SPEC_COUNTS = {"el": 9_127_436, "conventional": 9_535_488, "e_only": 4_786_176, "l_only": 4_737_036,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from elp import peers
+from elp.bench import peers
 from elp.cli import main
 from elp.testing import TINY_CONFIG
 

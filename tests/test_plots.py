@@ -1,10 +1,10 @@
-"""elp.plots: the train log parser reads SpeechBrain's own logger output; every plot writes a
+"""elp.eval.plots: the train log parser reads SpeechBrain's own logger output; every plot writes a
 non-trivial PNG; binned WER and DET points are exact."""
 import numpy as np
 import pytest
 import speechbrain as sb
 
-from elp import plots
+from elp.eval import plots
 
 
 def _png(path):

@@ -6,9 +6,9 @@ import speechbrain as sb
 import torch
 from recipe_fixtures import DURATIONS, experiment, make_recipe
 
-from elp.brains.asr import greedy_ctc
+from elp.train.brains.asr import greedy_ctc
 from elp.data.inventory import BPETokenizer, CharTokenizer, load_tokenizer
-from elp.recipe import loader_kwargs, make_dataset
+from elp.train.recipe import loader_kwargs, make_dataset
 from elp.tasks import UtteranceClassification
 
 import pytest
@@ -33,7 +33,7 @@ def test_dynamic_batches_are_bounded_by_audio_seconds(tmp_path, monkeypatch):
 
 def test_dynamic_batch_utterance_cap_is_larger_on_a_gpu(tmp_path, monkeypatch):
     """``max_batch_utterances: auto`` is ``batch_size`` on CPU and 64 on CUDA; a number wins."""
-    from elp.recipe import GPU_MAX_BATCH_UTTERANCES
+    from elp.train.recipe import GPU_MAX_BATCH_UTTERANCES
 
     recipe = make_recipe(tmp_path)
     monkeypatch.chdir(recipe)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from recipe_fixtures import make_recipe
 
-from elp.hparams import Tagged, peek_hparams
-from elp.recipe import RUN_DEFAULTS, build_brain, load_experiment, loader_kwargs, make_dataset
+from elp.train.hparams import Tagged, peek_hparams
+from elp.train.recipe import RUN_DEFAULTS, build_brain, load_experiment, loader_kwargs, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_YAMLS = sorted(ROOT.glob("egs/*/*/conf/train.yaml"))
@@ -26,7 +26,7 @@ head: !new:local.my_head.TwoLayerHead
 loss: !new:local.my_head.CountingLoss
 opt_class: !name:torch.optim.AdamW
     weight_decay: 0.5
-lr_scheduler: !new:elp.schedulers.ConstantLR
+lr_scheduler: !new:elp.train.schedulers.ConstantLR
 """
 
 MY_HEAD = '''
@@ -111,13 +111,13 @@ def test_every_recipe_yaml_declares_the_object_graph(yaml_file):
     for key in ("task", "model", "head", "loss", "opt_class", "lr_scheduler", "checkpointer", "brain_class",
                 "epoch_counter", "inventory"):
         assert isinstance(values[key], Tagged) or key == "model", key
-    assert values["elp"]["model"].target == "elp.model.AdaptedSSL"
+    assert values["elp"]["model"].target == "elp.core.model.AdaptedSSL"
     assert values["task"].target.startswith("elp.tasks.")
-    assert values["brain_class"].tag.startswith("!name:elp.brains.")
+    assert values["brain_class"].tag.startswith("!name:elp.train.brains.")
     assert set(RUN_DEFAULTS).isdisjoint({"task", "model"})
     mini = yaml_file.with_name("mini.yaml")
     assert mini.exists(), f"{mini}: every recipe has its CPU mini-mode settings"
-    peek_hparams(yaml_file, {"tag": "t", **__import__("elp.hparams", fromlist=["x"]).read_overrides([mini])},
+    peek_hparams(yaml_file, {"tag": "t", **__import__("elp.train.hparams", fromlist=["x"]).read_overrides([mini])},
                  allowed_new=RUN_DEFAULTS)
 
 

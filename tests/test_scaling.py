@@ -1,21 +1,21 @@
 """Scaling pieces: evaluation/training batch samplers (elp.data.sampler) and windowed
-embeddings (elp.windows), checked against a tiny padding-invariant AdaptedSSL."""
+embeddings (elp.tasks.windows), checked against a tiny padding-invariant AdaptedSSL."""
 import math
 
 import pytest
 import torch
 
-from elp.backbones import SSLBackbone
+from elp.core.backbones import SSLBackbone
 from elp.data.sampler import (
     BucketBatchSampler,
     EvalBatchSampler,
     gather_by_utterance,
     length_sorted_batches,
 )
-from elp.heads import SpeakerEmbeddingHead
-from elp.model import AdaptedSSL
+from elp.core.heads import SpeakerEmbeddingHead
+from elp.core.model import AdaptedSSL
 from elp.testing import tiny_config
-from elp.windows import window_bounds, windowed_embeddings
+from elp.tasks.windows import window_bounds, windowed_embeddings
 
 SR = 16000
 

@@ -1,10 +1,10 @@
-"""elp.scoring against hand-computed values (the computation is written next to each)."""
+"""elp.eval.scoring against hand-computed values (the computation is written next to each)."""
 import numpy as np
 import pytest
 import torch
 
-from elp import scoring
-from elp.scoring import (
+from elp.eval import scoring
+from elp.eval.scoring import (
     accuracy,
     character_error_rate,
     cosine_scores,
@@ -165,7 +165,7 @@ def test_s_norm_hand_computed():
 
 
 # ---------------------------------------------------------------- streaming S-norm, cohort
-from elp.scoring import cohort_statistics, s_norm_trials, select_cohort  # noqa: E402
+from elp.eval.scoring import cohort_statistics, s_norm_trials, select_cohort  # noqa: E402
 
 
 def _dense_s_norm(embeddings, pairs, cohort, top_k):
@@ -286,7 +286,7 @@ def test_select_cohort_utterances_spreads_over_speakers():
 
 
 def test_cohort_utterance_ids_then_select_cohort():
-    from elp.scoring import cohort_utterance_ids
+    from elp.eval.scoring import cohort_utterance_ids
 
     embeddings, utt2spk = _speaker_corpus()
     ids = cohort_utterance_ids(utt2spk, num_speakers=4, per_speaker=2, seed=5)

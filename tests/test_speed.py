@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from elp.backbones import load_backbone
-from elp.feature_cache import HiddenStateCache, audio_key, backbone_fingerprint, batch_audio_keys, cached_forward
-from elp.model import AdaptedSSL
+from elp.core.backbones import load_backbone
+from elp.train.feature_cache import HiddenStateCache, audio_key, backbone_fingerprint, batch_audio_keys, cached_forward
+from elp.core.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=24, e_dim=8, prompt_frames=4, prefix_frames=4, lora_rank=2)
 
@@ -191,7 +191,7 @@ def test_bf16_autocast_on_cpu(tiny_checkpoints, method):
 @pytest.mark.parametrize("std", [1.5, 4.0, 30.0])
 @pytest.mark.parametrize("autograd", [False, True])
 def test_masked_group_norm_fp16_matches_fp32_on_large_activations(std, autograd):
-    from elp.backbones import masked_group_norm
+    from elp.core.backbones import masked_group_norm
 
     torch.manual_seed(0)
     norm = nn.GroupNorm(64, 64)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "summarize.py"
 
-import elp.results as summarize  # noqa: E402  (the library module the script drives)
+import elp.eval.results as summarize  # noqa: E402  (the library module the script drives)
 
 
 def make_result(task="asr", corpus="librispeech", backbone="wavlm_base_plus", method="elp",

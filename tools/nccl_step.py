@@ -16,8 +16,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from elp.backbones import load_backbone
-from elp.model import AdaptedSSL
+from elp.core.backbones import load_backbone
+from elp.core.model import AdaptedSSL
 
 
 class _Step(torch.nn.Module):

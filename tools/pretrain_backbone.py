@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from elp.backbones import SSLBackbone, backbone_config
+from elp.core.backbones import SSLBackbone, backbone_config
 from elp.data.audio import read_audio
 from elp.data.inventory import CharTokenizer
-from elp.testing import ARCH_PRESETS
+from elp.core.presets import ARCH_PRESETS
 
 logger = logging.getLogger("pretrain_backbone")
 

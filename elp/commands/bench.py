@@ -11,7 +11,7 @@ Variants: a method name, optionally with ``+ckpt`` (activation checkpointing), `
 speed options ``+cnncache`` (CNN features cached), ``+sdpa`` (WavLM attention through SDPA) and
 ``+bf16w`` (frozen weights held in bf16; with ``--precision bf16``).
 
-With ``--peers`` it runs the peer benchmark instead (:mod:`elp.peers`): SpeechBrain's own
+With ``--peers`` it runs the peer benchmark instead (:mod:`elp.bench.peers`): SpeechBrain's own
 WavLM wrapper (full fine-tuning, CNN frozen; frozen ``WeightedSSLModel``) and HF PEFT LoRA
 (optional extra: ``pip install -e .[peers]``) next to elp's methods (``--methods``, default
 full weighted_sum lora el elp) on one locally saved random WavLM checkpoint, interleaved round
@@ -33,9 +33,9 @@ import argparse
 import shlex
 import sys
 
-from elp.backbones import BACKBONES
-from elp.bench import DEFAULT_VARIANTS, BenchSettings, format_markdown, run_bench, write_results
-from elp.peers import DEFAULT_ELP_METHODS
+from elp.core.backbones import BACKBONES
+from elp.bench.harness import DEFAULT_VARIANTS, BenchSettings, format_markdown, run_bench, write_results
+from elp.bench.peers import DEFAULT_ELP_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--backbone", default="wavlm_plus", choices=list(BACKBONES))
     parser.add_argument("--tiny", action="store_true",
-                        help="use the tiny test architecture (elp.testing.TINY_CONFIG) of the backbone")
+                        help="use the tiny test architecture (elp.core.presets.TINY_CONFIG) of the backbone")
     parser.add_argument("--methods", nargs="+", default=None, metavar="VARIANT",
                         help="methods/variants to run (default: all methods + weighted_sum+cache, l_only+cache; "
                              f"with --peers: {' '.join(DEFAULT_ELP_METHODS)}); full always runs")
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     """
     overrides = {}
     if args.tiny:
-        from elp.testing import TINY_CONFIG
+        from elp.core.presets import TINY_CONFIG
 
         overrides = dict(TINY_CONFIG)
     for name, value in (("--batch-size", args.batch_size), ("--duration", args.duration),
@@ -152,7 +152,7 @@ def _command_line() -> str | None:
 
 
 def _run_peers(args: argparse.Namespace, overrides: dict) -> int:
-    from elp import peers
+    from elp.bench import peers
 
     command = _command_line()
     for precision in args.precision:

@@ -4,9 +4,9 @@ Builds a random-weight backbone of the real architecture (nothing is downloaded)
 once as a checkpoint, writes one package per task (a classification head on each method),
 then measures, each in a fresh subprocess:
 
-* ``shared``: :class:`elp.multitask.MultiTask` over the N packages (CNN once; one shared
+* ``shared``: :class:`elp.serve.multitask.MultiTask` over the N packages (CNN once; one shared
   transformer pass for weighted_sum / l_only; own layers for E/P/LoRA methods);
-* ``separate``: N :class:`elp.inference.Predictor` objects, each with its own backbone.
+* ``separate``: N :class:`elp.serve.inference.Predictor` objects, each with its own backbone.
 
 Reports audio seconds processed per wall second (all N tasks done), the memory the loaded
 models occupy (CPU: resident set after loading minus before; CUDA: allocated) against the
@@ -122,14 +122,14 @@ def worker(spec: dict) -> dict:
     warnings.filterwarnings("ignore")
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    from elp.inference import Predictor
-    from elp.multitask import MultiTask, unique_tensor_bytes
+    from elp.serve.inference import Predictor
+    from elp.serve.multitask import MultiTask, unique_tensor_bytes
 
     device = spec["device"]
     dirs = spec["dirs"]
     import gc
 
-    import elp.heads  # noqa: F401  (imports that loading pulls in are not model memory)
+    import elp.core.heads  # noqa: F401  (imports that loading pulls in are not model memory)
     from transformers import HubertModel, Wav2Vec2Model, WavLMModel  # noqa: F401
 
     gc.collect()
@@ -191,7 +191,7 @@ def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> 
     backbone : str
         Short backbone name (random weights of its architecture).
     tiny : bool
-        Use the tiny test architecture (:data:`elp.testing.TINY_CONFIG`) and tiny adapters.
+        Use the tiny test architecture (:data:`elp.core.presets.TINY_CONFIG`) and tiny adapters.
     methods : set[str]
         Methods, one classification package each.
 
@@ -202,9 +202,9 @@ def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> 
     """
     import torch
 
-    from elp.backbones import load_backbone
-    from elp.package import make_tiny_package
-    from elp.testing import TINY_CONFIG
+    from elp.core.backbones import load_backbone
+    from elp.core.presets import TINY_CONFIG
+    from elp.serve.random_package import make_tiny_package
 
     torch.manual_seed(0)
     ssl = load_backbone(backbone, pretrained=False, config_overrides=dict(TINY_CONFIG) if tiny else None)

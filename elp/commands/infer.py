@@ -7,7 +7,7 @@ Usage::
         --jsonl out.jsonl
     elp infer --package exp/asr_elp/adapters --beam-size 10 --lm lm.arpa a.wav
 
-Several packages trained on the same backbone run together (:mod:`elp.multitask`: the CNN
+Several packages trained on the same backbone run together (:mod:`elp.serve.multitask`: the CNN
 once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
 ``<utt> <task> <result>`` (text, label and probability, or embedding norm for SV).
 """
@@ -103,7 +103,7 @@ def describe(result) -> tuple[str, object]:
 
     Parameters
     ----------
-    result : str | elp.inference.Classification | torch.Tensor
+    result : str | elp.serve.inference.Classification | torch.Tensor
         A transcript, a classification, or an SV embedding [E].
 
     Returns
@@ -121,7 +121,7 @@ def describe(result) -> tuple[str, object]:
     """
     import torch
 
-    from elp.inference import Classification
+    from elp.serve.inference import Classification
 
     if isinstance(result, str):
         return result, result
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     >>> import numpy as np
     >>> import soundfile as sf
     >>> from elp.cli import main
-    >>> from elp.package import make_tiny_package
+    >>> from elp.testing import make_tiny_package
     >>> from elp.tasks import CLASSIFY
     >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task=CLASSIFY)
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
@@ -178,9 +178,9 @@ def run(args: argparse.Namespace) -> int:
     0
     """
     quiet_libraries()
-    from elp.inference import AudioInputError
-    from elp.multitask import MultiTask
-    from elp.package import PackageError, PackageNotFoundError
+    from elp.serve.inference import AudioInputError
+    from elp.serve.multitask import MultiTask
+    from elp.serve.package import PackageError, PackageNotFoundError
 
     pairs = read_inputs(args)
     try:

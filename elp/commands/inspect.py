@@ -96,7 +96,7 @@ def summarize(directory: Path) -> dict:
     Examples
     --------
     >>> import tempfile
-    >>> from elp.package import make_tiny_package
+    >>> from elp.testing import make_tiny_package
     >>> info = summarize(make_tiny_package(tempfile.mkdtemp(), method="el"))
     >>> info["method"], sorted(info["groups"]), info["task"]
     ('el', ['e', 'head', 'l', 'ln'], 'classify')
@@ -104,7 +104,7 @@ def summarize(directory: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from elp.export import CONFIG_FILE, WEIGHTS_FILE
+    from elp.core.export import CONFIG_FILE, WEIGHTS_FILE
 
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     --------
     >>> import tempfile
     >>> from elp.cli import main
-    >>> from elp.package import make_tiny_package
+    >>> from elp.testing import make_tiny_package
     >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er_l_only", method="l_only")
     >>> main(["inspect", "--package", str(package), "--plot", str(package / "weights.png")])
     ... # doctest: +ELLIPSIS
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     wrote .../er_l_only/weights.png
     0
     """
-    from elp.plots import plot_layer_weights
+    from elp.eval.plots import plot_layer_weights
 
     directory = Path(args.package)
     if not directory.is_dir():

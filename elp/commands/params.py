@@ -1,6 +1,6 @@
 """Learnable parameters per method for a backbone config (no weights needed).
 
-What each method counts is documented in :mod:`elp.methods`; ``full`` counts the transformer
+What each method counts is documented in :mod:`elp.core.methods`; ``full`` counts the transformer
 layers and the encoder LayerNorm (CNN, feature projection and positional conv stay frozen).
 The task head is not counted.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from elp.backbones import BACKBONES
-from elp.methods import METHODS
-from elp.params import parameter_table
+from elp.core.backbones import BACKBONES
+from elp.core.methods import METHODS
+from elp.core.params import parameter_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def format_table(rows: list[dict]) -> str:
     Parameters
     ----------
     rows : list[dict]
-        Rows of :func:`elp.params.parameter_table` (``backbone``, ``method``, ``total``,
+        Rows of :func:`elp.core.params.parameter_table` (``backbone``, ``method``, ``total``,
         ``groups``).
 
     Returns

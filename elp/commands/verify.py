@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     >>> import numpy as np
     >>> import soundfile as sf
     >>> from elp.cli import main
-    >>> from elp.package import make_tiny_package
+    >>> from elp.testing import make_tiny_package
     >>> from elp.tasks import SV
     >>> package = make_tiny_package(tempfile.mkdtemp(), task=SV, method="lora")
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from elp.commands.infer import quiet_libraries
 
     quiet_libraries()
-    from elp.inference import AudioInputError, Predictor
-    from elp.package import PackageError, PackageNotFoundError
+    from elp.serve.inference import AudioInputError, Predictor
+    from elp.serve.package import PackageError, PackageNotFoundError
 
     for name in (args.enroll, args.test):
         if not Path(name).is_file():

@@ -72,7 +72,7 @@ def length_sorted_batches(
 
     An utterance longer than ``max_batch_seconds`` on its own gets a batch of its own (the
     only case where a batch exceeds the cap; embed such utterances in windows,
-    :mod:`elp.windows`).
+    :mod:`elp.tasks.windows`).
 
     Parameters
     ----------

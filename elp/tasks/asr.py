@@ -10,8 +10,8 @@ import torch
 from elp.data.inventory import (BPETokenizer, CharTokenizer, check_transcript_coverage, check_transcripts,
                                 load_tokenizer)
 from elp.data.kaldi_dir import read_data_dir
-from elp.plots import plot_wer_by_length
-from elp.scoring import character_error_rate, word_error_rate
+from elp.eval.plots import plot_wer_by_length
+from elp.eval.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
 
 

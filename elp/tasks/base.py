@@ -1,7 +1,7 @@
 """What every task kind provides: inventory, datasets with targets, decode outputs, scoring.
 
 A *task kind* is what differs between speech recognition, speaker verification and
-utterance classification once the model is an :class:`elp.model.AdaptedSSL` plus a head:
+utterance classification once the model is an :class:`elp.core.model.AdaptedSSL` plus a head:
 
 ================================ ===================================================
 :meth:`Task.build_inventory`      stage 2: tokens or labels from the training set
@@ -250,7 +250,7 @@ class Task:
 
         Parameters
         ----------
-        brain : elp.brains.base.ELPBrain
+        brain : elp.train.brains.base.ELPBrain
             The trained Brain.
         dataset : speechbrain.dataio.dataset.DynamicItemDataset
             The test set.
@@ -265,8 +265,25 @@ class Task:
         """
         raise NotImplementedError
 
+    def calibration_trials(self, brain, loader_kwargs_of) -> dict | None:
+        """Trials that calibrate the package's decision rule after training (stage 4); none here.
+
+        Parameters
+        ----------
+        brain : elp.train.brains.base.ELPBrain
+            The trained Brain.
+        loader_kwargs_of : Callable
+            Dataset -> DataLoader options.
+
+        Returns
+        -------
+        dict | None
+            Keyword arguments of :func:`elp.serve.package.calibrate_threshold`, or None.
+        """
+        return None
+
     def package_fields(self, inventory) -> dict:
-        """What a model package stores of the inventory (:func:`elp.package.write_package`).
+        """What a model package stores of the inventory (:func:`elp.serve.package.write_package`).
 
         Parameters
         ----------

@@ -10,8 +10,8 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_mapping
-from elp.plots import plot_confusion_matrix
-from elp.scoring import unweighted_accuracy
+from elp.eval.plots import plot_confusion_matrix
+from elp.eval.scoring import unweighted_accuracy
 from elp.tasks.base import Task, write_lines
 
 

@@ -10,8 +10,8 @@ import torch
 
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
-from elp.plots import plot_det_curve
-from elp.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
+from elp.eval.plots import plot_det_curve
+from elp.eval.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
                          select_cohort)
 from elp.tasks.base import Task, write_lines
 
@@ -90,8 +90,8 @@ class SpeakerVerification(Task):
         return [plot_det_curve([float(r[2]) for r in rows], [int(r[3] == "target") for r in rows],
                                Path(out_dir) / f"det_{Path(test_dir).name}.png")]
 
-    def calibrate(self, brain, loader_kwargs_of, package_dir: Path) -> dict | None:
-        """Store the EER threshold of dev trials in the model package.
+    def calibration_trials(self, brain, loader_kwargs_of) -> dict | None:
+        """Scores and labels of dev trials that set the model package's decision threshold.
 
         The trials are all pairs of (up to ``calibration_utterances``) validation utterances,
         which are unseen utterances of the training speakers (the cohort set when no
@@ -99,22 +99,18 @@ class SpeakerVerification(Task):
 
         Parameters
         ----------
-        brain : elp.brains.sv.SpeakerBrain
+        brain : elp.train.brains.sv.SpeakerBrain
             The trained Brain (its :meth:`predict` gives the embeddings).
         loader_kwargs_of : Callable
             Dataset -> DataLoader options.
-        package_dir : Path
-            The model package (nothing happens without its ``package.json``).
 
         Returns
         -------
         dict | None
-            The calibration record of :func:`elp.package.calibrate_threshold`, or None when
-            there is no calibration set, no package or no usable trial.
+            ``{"scores", "labels", "source"}`` for :func:`elp.serve.package.calibrate_threshold`
+            (stage 4 stores it in the package), or None without a calibration set or a usable trial.
         """
-        from elp.package import calibrate_threshold  # the package module names the task kinds
-
-        if self.calibration_set is None or not (Path(package_dir) / "package.json").exists():
+        if self.calibration_set is None:
             return None
         source = self.calibration_set
         keep = calibration_utterances(read_data_dir(source).utt2spk, self.calibration_utterances)
@@ -133,11 +129,10 @@ class SpeakerVerification(Task):
         pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
         scores = cosine_scores(torch.stack([embeddings[a] for a, _ in pairs]), torch.stack([embeddings[b] for _, b in pairs]))
         labels = [int(utt2spk[a] == utt2spk[b]) for a, b in pairs]
-        return calibrate_threshold(package_dir, scores.tolist(), labels,
-                                   source=f"all pairs of {len(utts)} utterances of {source}")
+        return {"scores": scores.tolist(), "labels": labels,
+                "source": f"all pairs of {len(utts)} utterances of {source}"}
 
     def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
-        self.calibrate(brain, loader_kwargs_of, Path(exp_dir) / "adapters")
         embeddings = brain.predict(dataset, loader_kwargs_of(dataset))
         cohort = None
         if self.snorm_cohort:

@@ -171,8 +171,8 @@ def test_non_utf8_names_file_and_line(tmp_path, capsys, caplog, name):
 
 
 # --------------------------------------------------------------------------- entries and shells
-PIPED = ["sox in.wav -t wav - |", "| cat in.wav", "cat in.wav |:0", "a.wav|b.wav", "-", "-:12",
-         "gunzip -c x.wav.gz"]
+PIPED = ["sox in.wav -t wav - reverse |", "gunzip -c x.wav.gz |", "| cat in.wav", "cat in.wav |:0", "a.wav|b.wav",
+         "-", "-:12", "gunzip -c x.wav.gz"]  # standard decoder pipes are read natively (tests/test_kaldi_pipes.py)
 
 
 @pytest.mark.parametrize("entry", PIPED)
@@ -218,10 +218,11 @@ def test_no_entry_reaches_a_shell(tmp_path, capsys, caplog):
 def test_pipe_entry_of_segmented_recording(tmp_path, capsys, caplog):
     from elp.data.kaldi_dir import Segment, write_data_dir
 
-    d = write_data_dir(tmp_path / "seg", wav_scp={"reco": "sox long.flac -t wav - |"},
+    d = write_data_dir(tmp_path / "seg", wav_scp={"reco": "sox long.flac -t wav - reverse |"},
                        segments={"reco-a": Segment("reco", 0.0, 0.5)})
     rc, out = run_stage1(capsys, caplog, d)
     assert rc == 1 and f"{d / 'wav.scp'}:1" in out and "'reco'" in out and "|" in out
+    assert "allow_shell_pipes" in out
 
 
 # --------------------------------------------------------------------------- --fix policy
@@ -321,7 +322,7 @@ def test_user_errors_are_data_errors(tmp_path):
     from elp.data.kaldi_dir import validate_data_dir
 
     d = make_dir(tmp_path)
-    set_entry(d, "spk1-u01", "sox a.wav -t wav - |")
+    set_entry(d, "spk1-u01", "sox a.wav -t wav - reverse |")
     with pytest.raises(DataError):
         validate_data_dir(d)
 

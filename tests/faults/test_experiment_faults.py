@@ -18,15 +18,15 @@ import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from elp.backbones import load_backbone
-from elp.brains.guards import NonFiniteGuard, NonFiniteTrainingError, clip_all_groups
-from elp.checkpoints import AtomicCheckpointer, RNGState, TrainableState
-from elp.experiment import (ExperimentChangedError, ExperimentGuard, ExperimentLock, ExperimentLockedError,
+from elp.core.backbones import load_backbone
+from elp.train.brains.guards import NonFiniteGuard, NonFiniteTrainingError, clip_all_groups
+from elp.train.checkpoints import AtomicCheckpointer, RNGState, TrainableState
+from elp.train.experiment import (ExperimentChangedError, ExperimentGuard, ExperimentLock, ExperimentLockedError,
                             NoTrainedModelError, check_hparams, require_trained_model)
-from elp.export import (CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, AdapterMismatchError, AdapterNotFoundError,
+from elp.core.export import (CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, AdapterMismatchError, AdapterNotFoundError,
                         architecture_fingerprint, load_adapters, save_adapters)
-from elp.heads import PooledClassifier
-from elp.model import AdaptedSSL
+from elp.core.heads import PooledClassifier
+from elp.core.model import AdaptedSSL
 
 OPTIONS = dict(l_dim=16, e_dim=8, prompt_frames=3)
 
@@ -73,7 +73,7 @@ def two_checkpoints(checkpoints, save_dir):
 def test_zero_byte_model_file_after_ckpt_yaml_falls_back_to_previous(tiny_checkpoints, tmp_path, caplog):
     checkpointer, model, head, good, newer = two_checkpoints(tiny_checkpoints, tmp_path / "save")
     (newer.path / "model.ckpt").write_bytes(b"")  # killed while writing, by a non-atomic saver
-    with caplog.at_level(logging.WARNING, logger="elp.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="elp.train.checkpoints"):
         loaded = checkpointer.recover_if_possible()
     assert loaded.meta["epoch"] == 1
     assert same(snapshot(model, head), good)
@@ -100,7 +100,7 @@ def test_nan_checkpoint_is_skipped(tiny_checkpoints, tmp_path, caplog):
     with safe_open(str(newer.path / "model.ckpt"), framework="pt") as handle:
         metadata = handle.metadata()
     save_file(state, str(newer.path / "model.ckpt"), metadata=metadata)
-    with caplog.at_level(logging.WARNING, logger="elp.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="elp.train.checkpoints"):
         loaded = checkpointer.recover_if_possible()
     assert loaded.meta["epoch"] == 1 and same(snapshot(model, head), good)
     assert f"model.ckpt has non-finite values in {name}" in caplog.text
@@ -116,7 +116,7 @@ def test_nan_optimizer_state_is_skipped(tmp_path, caplog):
     opt.state[lin.weight]["exp_avg_sq"][0, 0] = float("inf")  # only the optimizer state is damaged
     time.sleep(0.01)
     checkpointer.save_checkpoint(verbosity=logging.DEBUG)
-    with caplog.at_level(logging.WARNING, logger="elp.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="elp.train.checkpoints"):
         assert checkpointer.find_checkpoint().path == good.path
     assert "optimizer.ckpt has non-finite values in state.0.exp_avg_sq" in caplog.text
 
@@ -185,7 +185,7 @@ def test_hparams_as_yaml_text(tmp_path):
 
 def test_concurrent_run_on_one_tag_is_refused_naming_the_holder(tmp_path):
     exp = tmp_path / "exp" / "elp"
-    code = ("import sys, time; from elp.experiment import ExperimentLock; "
+    code = ("import sys, time; from elp.train.experiment import ExperimentLock; "
             f"l = ExperimentLock({str(exp)!r}).acquire(); print('locked', flush=True); time.sleep(30)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
@@ -371,7 +371,7 @@ def test_nan_batch_is_skipped_naming_its_utterances(tmp_path, caplog):
     brain.init_optimizers()
     before = snapshot(brain.modules)
     brain.step = 1
-    with caplog.at_level(logging.WARNING, logger="elp.brains.guards"):
+    with caplog.at_level(logging.WARNING, logger="elp.train.brains.guards"):
         loss = brain.fit_batch(next(iter(batches([(["spk1_utt7", "spk2_utt3"], True)]))))
     assert same(snapshot(brain.modules), before)
     assert all(p.grad is None or not p.grad.any() for p in brain.modules.parameters())

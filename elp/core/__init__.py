@@ -1,0 +1,1 @@
+"""Model core: backbones (with the per-family module table and presets), adapters, methods, the adapted model, heads."""

@@ -1,0 +1,155 @@
+"""L-adapters and the weighted layer sum: ways for a head to read every layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from elp.core.adapters.init import ADAPTER_INIT_STD, activation, init_adapter_linear
+
+
+class WeightedLayerSum(nn.Module):
+    """``sum_i softmax(w)_i h_i`` over a list of hidden states (SUPERB "weight tuning").
+
+    Parameters
+    ----------
+    num_layers : int
+        How many hidden states are combined.
+
+    Examples
+    --------
+    >>> pool = WeightedLayerSum(3)
+    >>> pool([torch.ones(2, 5, 4) * i for i in range(3)])[0, 0, 0].item()
+    1.0
+    """
+
+    #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
+    lr_group = "l"
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
+
+    def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        """Softmax-weighted sum of the hidden states.
+
+        Parameters
+        ----------
+        hidden_states : list[torch.Tensor]
+            ``num_layers`` tensors [B, F, D].
+
+        Returns
+        -------
+        torch.Tensor
+            [B, F, D] weighted sum.
+
+        Raises
+        ------
+        ValueError
+            If the number of tensors is not ``num_layers``.
+        """
+        if len(hidden_states) != self.layer_weights.numel():
+            raise ValueError(f"expected {self.layer_weights.numel()} hidden states, got {len(hidden_states)}")
+        weights = torch.softmax(self.layer_weights, dim=0)
+        return sum(w * h for w, h in zip(weights, hidden_states))
+
+
+class LayerAdapter(nn.Module):
+    """One L-adapter: ``z_i = LN(act(W_i h_i))``, d -> out_dim; no up-projection, no residual.
+
+    Parameters
+    ----------
+    dim : int
+        Model width d.
+    out_dim : int
+        Width of z.
+    act : str
+        ``"gelu"`` or ``"relu"``.
+    init_std : float
+        Std of the Linear weights at initialisation.
+
+    Examples
+    --------
+    >>> LayerAdapter(8, 4)(torch.zeros(2, 3, 8)).shape
+    torch.Size([2, 3, 4])
+    """
+
+    def __init__(self, dim: int, out_dim: int = 512, act: str = "relu",
+                 init_std: float = ADAPTER_INIT_STD):
+        super().__init__()
+        self.proj = init_adapter_linear(nn.Linear(dim, out_dim), init_std)
+        self.act = activation(act)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project one layer's output.
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            [B, F, d] layer output.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, F, out_dim] ``LN(act(W h))``.
+        """
+        return self.norm(self.act(self.proj(hidden)))
+
+
+class LayerAdapters(nn.Module):
+    """One L-adapter per transformer layer, combined by softmax weights (init 1/L).
+
+    Parameters
+    ----------
+    num_layers : int
+        L, the number of transformer layers (their outputs are read, not the CNN's).
+    dim : int
+        Model width d.
+    out_dim : int
+        Width of z (512 in the spec).
+    act : str
+        ``"gelu"`` or ``"relu"``.
+    init_std : float
+        Std of the Linear weights at initialisation.
+
+    Examples
+    --------
+    >>> adapters = LayerAdapters(12, 768, 512)
+    >>> adapters([torch.zeros(2, 50, 768)] * 12).shape
+    torch.Size([2, 50, 512])
+    >>> sum(p.numel() for p in adapters.parameters())
+    4737036
+    """
+
+    #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
+    lr_group = "l"
+
+    def __init__(self, num_layers: int, dim: int, out_dim: int = 512, act: str = "relu",
+                 init_std: float = ADAPTER_INIT_STD):
+        super().__init__()
+        self.adapters = nn.ModuleList(LayerAdapter(dim, out_dim, act, init_std) for _ in range(num_layers))
+        self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
+
+    def forward(self, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Adapt every layer's output and combine them.
+
+        Parameters
+        ----------
+        layer_outputs : list[torch.Tensor]
+            L tensors [B, F, d] (layer outputs, first layer first).
+
+        Returns
+        -------
+        torch.Tensor
+            z [B, F, out_dim].
+
+        Raises
+        ------
+        ValueError
+            If the number of tensors is not L.
+        """
+        if len(layer_outputs) != len(self.adapters):
+            raise ValueError(f"expected {len(self.adapters)} layer outputs, got {len(layer_outputs)}")
+        weights = torch.softmax(self.layer_weights, dim=0)
+        return sum(w * adapter(h) for w, adapter, h in zip(weights, self.adapters, layer_outputs))

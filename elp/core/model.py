@@ -1,0 +1,428 @@
+"""A frozen backbone plus one fine-tuning method: the model every recipe trains.
+
+Examples
+--------
+>>> from elp.core.backbones import load_backbone
+>>> backbone = load_backbone("wavlm", pretrained=False, config_overrides=dict(
+...     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+...     conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8),
+...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2))
+>>> model = AdaptedSSL(backbone, "elp", l_dim=16, e_dim=8, prompt_frames=4)
+>>> feats, frame_mask = model(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+>>> tuple(feats.shape), model.output_dim
+((2, 49, 16), 16)
+>>> sorted(model.parameter_groups())
+['e', 'l', 'ln', 'p']
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from elp.core.adapters import EncoderAdapter, LayerAdapters, LayerPrefixes, PromptAdapter, WeightedLayerSum, add_lora
+from elp.core.backbones import SSLBackbone, lengths_to_mask
+from elp.core.methods import MethodSpec, get_method
+
+
+class AdaptedSSL(nn.Module):
+    """A :class:`SSLBackbone` with the modules of one method attached.
+
+    Parameters
+    ----------
+    backbone : SSLBackbone
+        The (pretrained) backbone; its parameters are frozen here, except what the
+        method trains.
+    method : str | MethodSpec, optional
+        A name from :data:`elp.core.methods.METHODS` or a :class:`MethodSpec`.
+    activation : str, optional
+        Adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
+    e_dim : int, optional
+        E-adapter bottleneck width (256).
+    l_dim : int, optional
+        L-adapter output width = the head's input width (512).
+    prompt_frames : int, optional
+        K pseudo CNN frames of the P-adapter (10).
+    prefix_frames : int, optional
+        K vectors per layer for ``prefix`` (10).
+    lora_rank : int, optional
+        LoRA rank r.
+    lora_alpha : float, optional
+        LoRA scale is alpha / r.
+    lora_targets : tuple[str, ...], optional
+        The attention projections LoRA reparametrises.
+    e_first_layer : int, optional
+        k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
+        per-layer LayerNorms of layers < k are frozen too (only LNs of layers >= k train, for
+        methods that train LNs), so nothing below layer k learns; unless the method has
+        pseudo frames, prefixes or LoRA (which need gradients through every layer), the
+        backbone then runs layers < k without autograd (L-adapters still read their outputs).
+    backbone_dropout : bool | None, optional
+        Keep HF's dropout inside the frozen backbone (default: off, except for
+        ``full`` which trains the backbone and keeps it).
+    activation_checkpointing : bool, optional
+        Recompute the activations of the backbone layers that run with
+        autograd in backward instead of storing them (less memory, about one extra forward of
+        those layers). A runtime knob: not part of :attr:`options` (exports do not depend on it).
+    frozen_dtype : str, optional
+        ``"fp32"`` or ``"bf16"``: the dtype the frozen weights are held in (``"bf16"`` for bf16
+        autocast). A runtime knob (no effect on results beyond rounding).
+    sdpa_attention : bool, optional
+        Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
+        (no effect on results beyond rounding).
+
+    Notes
+    -----
+    ``forward(wavs, wav_lens)`` returns ``feats`` [B, F, output_dim] and ``frame_mask``
+    [B, F] bool.
+
+    Speed: the CNN always runs without autograd; for methods that train nothing inside
+    the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
+    its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
+    :class:`elp.train.feature_cache.HiddenStateCache`).
+    """
+
+    def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", activation: str = "gelu",
+                 e_dim: int = 256, l_dim: int = 512, prompt_frames: int = 10, prefix_frames: int = 10,
+                 lora_rank: int = 8, lora_alpha: float = 16.0,
+                 lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), e_first_layer: int = 0,
+                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False,
+                 frozen_dtype: str = "fp32", sdpa_attention: bool = False):
+        super().__init__()
+        self.method = get_method(method) if isinstance(method, str) else method
+        if not 0 <= e_first_layer < backbone.num_layers:
+            raise ValueError(f"e_first_layer={e_first_layer} must be in [0, {backbone.num_layers - 1}] "
+                             f"for a backbone with {backbone.num_layers} layers")
+        self.options = dict(activation=activation, e_dim=e_dim, l_dim=l_dim, prompt_frames=prompt_frames,
+                            prefix_frames=prefix_frames, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                            lora_targets=list(lora_targets), e_first_layer=e_first_layer)
+        self.backbone = backbone
+        spec, dim, num_layers = self.method, backbone.hidden_size, backbone.num_layers
+
+        backbone.requires_grad_(False)
+        if spec.train_encoder:
+            for module in (backbone.layers, backbone.model.encoder.layer_norm):
+                module.requires_grad_(True)
+                module.lr_group = "backbone"
+        if spec.train_layer_norms:
+            for layer in list(backbone.layers)[e_first_layer:]:
+                for norm in (layer.layer_norm, layer.final_layer_norm):
+                    norm.requires_grad_(True)
+                    norm.lr_group = "ln"
+        if backbone_dropout is None:
+            backbone_dropout = spec.train_encoder
+        if not backbone_dropout:
+            _disable_dropout(backbone)
+        self.backbone_dropout = backbone_dropout
+        needs_grad_everywhere = spec.prompt or spec.prefix or spec.lora or spec.train_encoder
+        backbone.no_grad_layers = 0 if needs_grad_everywhere else e_first_layer
+        backbone.activation_checkpointing = activation_checkpointing
+
+        self.encoder_adapters = nn.ModuleDict()
+        self._hook_handles = []
+        last = num_layers - 1 if spec.skip_last_layer else num_layers
+        for site in spec.encoder_adapter_sites:
+            adapters = nn.ModuleDict()
+            for index in range(e_first_layer, last):
+                adapter = EncoderAdapter(dim, e_dim, activation)
+                adapters[str(index)] = adapter
+                sublayer = adapter_site_module(backbone.layers[index], site)
+                self._hook_handles.append(sublayer.register_forward_hook(adapter.as_output_hook()))
+            self.encoder_adapters[site] = adapters
+
+        self.layer_adapters = LayerAdapters(num_layers, dim, l_dim, activation) if spec.layer_adapters else None
+        self.weighted_sum = WeightedLayerSum(num_layers + 1) if spec.weighted_sum else None
+        self.prompt = PromptAdapter(prompt_frames, backbone.cnn_channels) if spec.prompt else None
+        self.prefix = LayerPrefixes(num_layers, prefix_frames, dim) if spec.prefix else None
+        if spec.lora:
+            for layer in backbone.layers:
+                for target in lora_targets:
+                    add_lora(getattr(layer.attention, target), lora_rank, lora_alpha)
+        # runtime knobs (no effect on results beyond rounding): frozen weights held in bf16 for
+        # bf16 autocast, frozen attention through scaled_dot_product_attention
+        if frozen_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"frozen_dtype must be fp32 or bf16, got {frozen_dtype!r}")
+        if frozen_dtype == "bf16":
+            self.cast_frozen_(torch.bfloat16)
+        if sdpa_attention:
+            backbone.set_sdpa_attention(True)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the features the head reads."""
+        return self.options["l_dim"] if self.layer_adapters is not None else self.backbone.hidden_size
+
+    def forward(self, wavs: torch.Tensor | None, wav_lens: torch.Tensor | None = None, *,
+                cnn_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                hidden_states: tuple[list[torch.Tensor], torch.Tensor] | None = None):
+        """[B, T] waveforms (+ [B] relative lengths) -> feats [B, F, output_dim], frame_mask [B, F].
+
+        Instead of waveforms (``wavs`` None), ``cnn_features=(cnn_feats [B, F, C],
+        frame_lens [B])`` starts after the frozen CNN (:meth:`forward_from_cnn_features`) and
+        ``hidden_states=(hidden_states, frame_mask)`` after the whole frozen backbone
+        (:meth:`forward_from_hidden_states`). Going through ``forward`` matters under
+        DistributedDataParallel, which all-reduces gradients only of calls to the wrapper.
+
+        Parameters
+        ----------
+        wavs : torch.Tensor | None
+            [B, T] waveforms at 16 kHz (None with ``cnn_features`` or ``hidden_states``).
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+        cnn_features : tuple[torch.Tensor, torch.Tensor] | None, optional
+            ``(cnn_feats [B, F, C], frame_lens [B])``.
+        hidden_states : tuple[list[torch.Tensor], torch.Tensor] | None, optional
+            ``(hidden_states, frame_mask [B, F])`` of the frozen backbone.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            [B, F, output_dim].
+        frame_mask : torch.Tensor
+            [B, F] bool.
+        """
+        if cnn_features is not None:
+            return self.forward_from_cnn_features(*cnn_features)
+        if hidden_states is not None:
+            return self.forward_from_hidden_states(*hidden_states)
+        grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
+        with torch.set_grad_enabled(grad):
+            out = self.backbone(
+                wavs, wav_lens,
+                prompt=self.prompt.frames if self.prompt is not None else None,
+                layer_prefixes=self.prefix.frames if self.prefix is not None else None)
+        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+
+    def forward_from_cnn_features(self, cnn_feats: torch.Tensor, frame_lens: torch.Tensor):
+        """What :meth:`forward` returns, computed from the frozen CNN's output (e.g. cached).
+
+        The CNN never trains in any method, so its features can be computed once per
+        utterance (:class:`elp.train.feature_cache.CNNFeatureCache`); everything after it (the
+        P-adapter's pseudo frames, prefixes, LoRA, E/L-adapters) runs here as in :meth:`forward`.
+
+        Parameters
+        ----------
+        cnn_feats : torch.Tensor
+            [B, F, C] CNN features (values of padded frames do not matter).
+        frame_lens : torch.Tensor
+            [B] integer count of valid frames per utterance.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` (to float rounding) when the
+            features are the CNN output of those waveforms.
+        frame_mask : torch.Tensor
+            [B, F] bool.
+
+        Raises
+        ------
+        ValueError
+            If ``cnn_feats`` is not [B, F, C] with the backbone's C.
+
+        Examples
+        --------
+        >>> from elp.core.backbones import backbone_config
+        >>> from elp.testing import TINY_CONFIG
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG)),
+        ...                    "elp", l_dim=16, e_dim=8, prompt_frames=4).eval()
+        >>> wavs, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+        >>> cnn, mask = model.backbone.extract_cnn_features(wavs, lengths)
+        >>> a, _ = model.forward_from_cnn_features(cnn, mask.sum(1))
+        >>> b, _ = model(wavs, lengths / 8000)
+        >>> bool(((a - b) * mask[..., None]).abs().max() < 1e-5)
+        True
+        """
+        if cnn_feats.dim() != 3 or cnn_feats.shape[-1] != self.backbone.cnn_channels:
+            raise ValueError(f"cnn_feats must be [B, F, {self.backbone.cnn_channels}], got {tuple(cnn_feats.shape)}")
+        frame_mask = lengths_to_mask(frame_lens.to(cnn_feats.device), cnn_feats.shape[1])
+        grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
+        with torch.set_grad_enabled(grad):
+            out = self.backbone.forward_from_cnn_features(
+                cnn_feats, frame_mask,
+                prompt=self.prompt.frames if self.prompt is not None else None,
+                layer_prefixes=self.prefix.frames if self.prefix is not None else None)
+        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+
+    def cast_frozen_(self, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+        """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
+        :meth:`elp.core.backbones.SSLBackbone.cast_frozen_`); trainable parameters keep float32.
+
+        Parameters
+        ----------
+        dtype : torch.dtype, optional
+            Storage dtype of the frozen weights.
+
+        Returns
+        -------
+        list[str]
+            Names of the parameters cast (relative to the HF model).
+        """
+        return self.backbone.cast_frozen_(dtype)
+
+    def _read_hidden_states(self, hidden_states, last_hidden_state) -> torch.Tensor:
+        if self.layer_adapters is not None:
+            return self.layer_adapters(list(hidden_states[1:]))
+        if self.weighted_sum is not None:
+            return self.weighted_sum(list(hidden_states))
+        return last_hidden_state
+
+    # ------------------------------------------------------------------ cached hidden states
+    @property
+    def hidden_states_cacheable(self) -> bool:
+        """Whether the backbone's hidden states are a fixed function of the audio for this model.
+
+        True for methods that train nothing inside the backbone (``weighted_sum``,
+        ``l_only``) when the backbone's dropout is off. The caller must also apply no
+        waveform augmentation, or cached states would not match what the model would see.
+        """
+        return not self.method.backbone_needs_grad and not self.backbone_dropout
+
+    def backbone_hidden_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """The frozen backbone's output without autograd (what a cache stores).
+
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            [B, T] waveforms at 16 kHz.
+        wav_lens : torch.Tensor | None, optional
+            [B] relative lengths in [0, 1] (None: all full).
+
+        Returns
+        -------
+        elp.core.backbones.BackboneOutput
+            ``num_layers + 1`` hidden states [B, F, D] and frame_mask [B, F].
+
+        Raises
+        ------
+        ValueError
+            If the method's hidden states cannot be cached (:attr:`hidden_states_cacheable`).
+        """
+        self._require_cacheable()
+        with torch.no_grad():
+            return self.backbone(wavs, wav_lens)
+
+    def forward_from_hidden_states(self, hidden_states, frame_mask: torch.Tensor):
+        """The model's output computed from precomputed backbone hidden states.
+
+        Parameters
+        ----------
+        hidden_states : list[torch.Tensor] | torch.Tensor
+            ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
+            [num_layers + 1, B, F, D]) as in :class:`elp.core.backbones.BackboneOutput`.
+        frame_mask : torch.Tensor
+            [B, F] bool.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` when the hidden states come
+            from the same audio.
+        frame_mask : torch.Tensor
+            [B, F] bool.
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum").eval()
+        >>> wavs, wav_lens = torch.randn(2, 8000), torch.tensor([1.0, 0.75])
+        >>> out = model.backbone_hidden_states(wavs, wav_lens)
+        >>> feats, mask = model.forward_from_hidden_states(out.hidden_states, out.frame_mask)
+        >>> ref, ref_mask = model(wavs, wav_lens)
+        >>> torch.equal(mask, ref_mask), bool((feats - ref).abs().max() < 1e-5)
+        (True, True)
+        """
+        self._require_cacheable()
+        if len(hidden_states) != self.backbone.num_layers + 1:
+            raise ValueError(f"expected {self.backbone.num_layers + 1} hidden states, got {len(hidden_states)}")
+        last = hidden_states[-1]
+        if self.backbone.config.do_stable_layer_norm:  # pre-LN: the encoder's final LN comes last
+            last = self.backbone.model.encoder.layer_norm(last)
+        return self._read_hidden_states(hidden_states, last), frame_mask
+
+    def _require_cacheable(self) -> None:
+        if not self.hidden_states_cacheable:
+            raise ValueError(
+                f"method {self.method.name!r} (backbone_dropout={self.backbone_dropout}) trains or "
+                "randomises the backbone, so its hidden states cannot be precomputed; only "
+                "weighted_sum and l_only without backbone dropout can use a hidden-state cache")
+
+    # ------------------------------------------------------------------------ parameters
+    def learnable_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter for everything that trains (the head is not part of this model).
+
+        Returns
+        -------
+        dict[str, nn.Parameter]
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "weighted_sum")
+        >>> list(model.learnable_parameters())
+        ['weighted_sum.layer_weights']
+        """
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Learnable parameters by learning-rate group.
+
+        A parameter belongs to the group its nearest enclosing module declares as ``lr_group``
+        (each adapter class declares its own; the backbone's trainable LayerNorms are ``ln``,
+        the transformer of ``full`` is ``backbone``). A learnable parameter without one is an
+        error, so a new adapter kind cannot train silently at a wrong rate.
+
+        Returns
+        -------
+        dict[str, list[nn.Parameter]]
+            Group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
+        """
+        owners = {name: module.lr_group for name, module in self.named_modules() if getattr(module, "lr_group", None)}
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, param in self.learnable_parameters().items():
+            prefix = name
+            while prefix and prefix not in owners:
+                prefix = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+            if not prefix:
+                raise ValueError(f"learnable parameter {name!r} has no learning-rate group: give its "
+                                 "module an lr_group attribute")
+            groups.setdefault(owners[prefix], []).append(param)
+        return groups
+
+
+def adapter_site_module(layer: nn.Module, site: str) -> nn.Module:
+    """The sub-module of a transformer layer whose output an E-adapter at ``site`` transforms.
+
+    Parameters
+    ----------
+    layer : nn.Module
+        One HF encoder layer.
+    site : str
+        ``"ffn"`` (the feed-forward block) or ``"mhsa"`` (the self-attention block).
+
+    Returns
+    -------
+    nn.Module
+        ``layer.feed_forward`` or ``layer.attention``.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> layer = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).layers[0]
+    >>> adapter_site_module(layer, "mhsa") is layer.attention
+    True
+    """
+    if site == "ffn":
+        return layer.feed_forward
+    if site == "mhsa":
+        return layer.attention
+    raise ValueError(f"unknown encoder adapter site {site!r}; expected 'mhsa' or 'ffn'")
+
+
+def _disable_dropout(module: nn.Module) -> None:
+    """Set every dropout probability inside ``module`` to 0 (attention dropout included)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = 0.0
+        elif hasattr(sub, "dropout") and isinstance(sub.dropout, float):
+            sub.dropout = 0.0

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, results.json and RESULTS.md, plots."""

@@ -1,0 +1,683 @@
+"""Experiment results: the ``results.json`` schema and writer, RESULTS.md rows, the summary.
+
+Every number a recipe reports goes through :func:`write_results_json` (stage 5) and
+:func:`append_results_line` (the recipe's RESULTS.md); ``recipes/summarize.py`` collects them
+into one table, JSON and plot.
+
+Usage::
+
+    python recipes/summarize.py --exp-root egs [more roots...] --out exp/summary
+    # -> exp/summary.md, exp/summary.json, exp/summary.png
+
+``results.json`` schema (one file per trained and evaluated system, written by the recipe
+at the end of its scoring stage; ``write_results_json`` validates and writes one)::
+
+    {
+      "task": "ic",                   # required: the recipe's task name (free string)
+      "corpus": "librispeech",        # required
+      "backbone": "wavlm_base_plus",  # required
+      "method": "elp",                # required: full, weighted_sum, conventional, lora,
+                                      #   prefix, e_only, l_only, p_only, el, elp, ...
+      "tag": "",                      # optional: run variant (seed, fold, test set, ...)
+      "metric": {                     # required: the primary metric
+        "name": "wer",                #   required
+        "value": 12.3,                #   required, number (percent for wer/eer/accuracy)
+        "higher_is_better": false,    #   required
+        "chance": 100.0               #   optional (null): a trivial system's value
+      },
+      "extra_metrics": {"cer": 4.1},  # optional: name -> number (e.g. min_dcf, ua)
+      "learnable_params": 1234567,    # required: int >= 0, trained parameters incl. head
+      "train_wall_s": 3600.0,         # required: training wall-clock seconds
+      "peak_mem_mb": 2048.0,          # required: peak memory in MB (GPU, else CPU RSS)
+      "exp_dir": "exp/...",           # optional: where the run lives
+      "date": "2026-01-31T12:00:00"   # optional: when it was scored
+    }
+
+Unknown extra keys are kept. A malformed file stops the summary with an error naming the
+file and the field (``--skip-invalid`` logs and skips such files instead, with a count).
+When two files describe the same (task, corpus, backbone, method, tag), the newest file
+wins and the older one is logged.
+
+``append_results_line(results_md_path, result)`` keeps a recipe's RESULTS.md up to date:
+one markdown row per (task, corpus, backbone, method, tag), replaced in place on a rerun.
+
+Examples
+--------
+>>> import tempfile
+>>> root = Path(tempfile.mkdtemp())
+>>> result = {"task": "er", "corpus": "iemocap", "backbone": "wavlm_plus", "method": "elp",
+...           "metric": {"name": "accuracy", "value": 70.5, "higher_is_better": True},
+...           "learnable_params": 9_500_000, "train_wall_s": 5400.0, "peak_mem_mb": 8192.0}
+>>> _ = write_results_json(root / "elp" / "results.json", result)
+>>> loaded = load_results([root])
+>>> [(r["method"], r["metric"]["value"], r["tag"]) for r in loaded]
+[('elp', 70.5, '')]
+>>> print(summary_markdown(loaded).splitlines()[0])
+| task | corpus | backbone | method | tag | metric | value | chance | other metrics | learnable params | share of backbone | train time | peak mem |
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("summarize")
+
+METHOD_ORDER = ["full", "weighted_sum", "conventional", "lora", "prefix",
+                "e_only", "l_only", "p_only", "el", "elp"]
+KEY_FIELDS = ("task", "corpus", "backbone", "method", "tag")
+REQUIRED_STRINGS = ("task", "corpus", "backbone", "method")
+REQUIRED_NUMBERS = ("train_wall_s", "peak_mem_mb")
+
+
+class ResultsError(ValueError):
+    """A results.json that does not follow the schema (the message names file and field)."""
+
+
+# --------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def validate_result(result: dict, source: str = "<result>") -> dict:
+    """Checks one result against the schema and returns a normalised copy (tag "" when
+    absent, chance None when absent, extra_metrics {} when absent).
+
+    Parameters
+    ----------
+    result : dict
+        One result (the ``results.json`` schema of this module).
+    source : str, optional
+        Where it comes from, named in errors.
+
+    Returns
+    -------
+    dict
+        A normalised copy.
+
+    Raises
+    ------
+    ResultsError
+        Naming ``source`` and the offending field.
+    """
+    def fail(message):
+        raise ResultsError(f"{source}: {message} (see the schema in elp/eval/results.py)")
+
+    if not isinstance(result, dict):
+        fail("the top level must be a JSON object")
+    out = dict(result)
+    for field in REQUIRED_STRINGS:
+        if not isinstance(out.get(field), str) or not out[field]:
+            fail(f"field '{field}' must be a non-empty string, got {out.get(field)!r}")
+    tag = out.get("tag")
+    out["tag"] = "" if tag is None else str(tag)
+    metric = out.get("metric")
+    if not isinstance(metric, dict):
+        fail("field 'metric' must be an object {name, value, higher_is_better, chance}")
+    metric = dict(metric)
+    if not isinstance(metric.get("name"), str) or not metric["name"]:
+        fail("field 'metric.name' must be a non-empty string")
+    if not _is_number(metric.get("value")):
+        fail(f"field 'metric.value' must be a finite number, got {metric.get('value')!r}")
+    if not isinstance(metric.get("higher_is_better"), bool):
+        fail("field 'metric.higher_is_better' must be true or false")
+    chance = metric.get("chance")
+    if chance is not None and not _is_number(chance):
+        fail(f"field 'metric.chance' must be a number or null, got {chance!r}")
+    metric["chance"] = chance
+    out["metric"] = metric
+    params = out.get("learnable_params")
+    if not isinstance(params, int) or isinstance(params, bool) or params < 0:
+        fail(f"field 'learnable_params' must be an integer >= 0, got {params!r}")
+    for field in REQUIRED_NUMBERS:
+        if not _is_number(out.get(field)) or out[field] < 0:
+            fail(f"field '{field}' must be a number >= 0, got {out.get(field)!r}")
+    extra = out.get("extra_metrics") or {}
+    if not isinstance(extra, dict) or not all(_is_number(v) for v in extra.values()):
+        fail("field 'extra_metrics' must map names to numbers")
+    out["extra_metrics"] = extra
+    return out
+
+
+def write_results_json(path, result: dict) -> dict:
+    """Validates ``result`` and writes it as ``path`` (a results.json); returns it
+    normalised, with ``date`` filled in when absent.
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        Output file (its directory is created).
+    result : dict
+        One result (the ``results.json`` schema).
+
+    Returns
+    -------
+    dict
+        The normalised result as written.
+
+    Raises
+    ------
+    ResultsError
+        If ``result`` does not follow the schema.
+    """
+    result = validate_result(result, str(path))
+    result.setdefault("date", datetime.datetime.now().isoformat(timespec="seconds"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return result
+
+
+def result_key(result: dict) -> tuple[str, ...]:
+    """The identity of a result: its (task, corpus, backbone, method, tag).
+
+    Parameters
+    ----------
+    result : dict
+        One result.
+
+    Returns
+    -------
+    tuple[str, ...]
+        Absent fields as ``""``.
+
+    Examples
+    --------
+    >>> result_key({"task": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora"})
+    ('kws', 'speech_commands', 'wavlm', 'lora', '')
+    """
+    return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
+
+
+def _sort_key(result: dict):
+    method = result["method"]
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (result["task"], result["corpus"], result["backbone"], rank, method, result["tag"])
+
+
+# --------------------------------------------------------------------------------------
+# Collecting
+# --------------------------------------------------------------------------------------
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path}: not valid JSON ({error})") from error
+
+
+def load_results(roots: Iterable, skip_invalid: bool = False) -> list[dict]:
+    """Reads and validates every results.json under ``roots`` (recursively).
+
+    Parameters
+    ----------
+    roots : Iterable
+        Folders (str or path) searched recursively.
+    skip_invalid : bool, optional
+        Log and skip malformed files instead of raising.
+
+    Returns
+    -------
+    list[dict]
+        The results sorted by task, corpus, backbone, method (canonical order), tag;
+        each has a ``source`` field with its file path.
+    """
+    by_key = {}
+    skipped = duplicates = 0
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"--exp-root {root} does not exist")
+        for path in sorted(root.rglob("results.json")):
+            try:
+                result = validate_result(_read_json(path), str(path))
+            except ResultsError as error:
+                if not skip_invalid:
+                    raise
+                logger.warning("skipping %s: %s", path, error)
+                skipped += 1
+                continue
+            result["source"] = str(path)
+            mtime = path.stat().st_mtime
+            key = result_key(result)
+            if key in by_key:
+                duplicates += 1
+                old_mtime, old = by_key[key]
+                newer, older = (result, old) if mtime >= old_mtime else (old, result)
+                logger.warning("%s and %s describe the same run %s; keeping the newer %s",
+                               old["source"], path, key, newer["source"])
+                if newer is old:
+                    continue
+            by_key[key] = (mtime, result)
+    if skipped:
+        logger.warning("skipped %d invalid results.json file(s)", skipped)
+    if duplicates:
+        logger.warning("dropped %d older duplicate result(s)", duplicates)
+    return sorted((result for _, result in by_key.values()), key=_sort_key)
+
+
+# --------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------
+def format_value(value: float | None) -> str:
+    """``-`` for None, 4 decimals below 1, else 2.
+
+    Parameters
+    ----------
+    value : float | None
+        A metric value.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_value(None), format_value(0.12345), format_value(12.345)
+    ('-', '0.1235', '12.35')
+    """
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def format_params(count: int) -> str:
+    """With thousands separators, and millions from 1M on.
+
+    Parameters
+    ----------
+    count : int
+        A parameter count.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_params(9_132_556)
+    '9,132,556 (9.13M)'
+    """
+    if count >= 1_000_000:
+        return f"{count:,} ({count / 1e6:.2f}M)"
+    return f"{count:,}"
+
+
+def format_duration(seconds: float) -> str:
+    """In s below 2 min, min below 2 h, else h.
+
+    Parameters
+    ----------
+    seconds : float
+        A duration.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_duration(90), format_duration(600), format_duration(9000)
+    ('90 s', '10.0 min', '2.50 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def format_memory(megabytes: float) -> str:
+    """In MB below 1 GB, else GB.
+
+    Parameters
+    ----------
+    megabytes : float
+        A memory size in MB.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_memory(512), format_memory(2048)
+    ('512 MB', '2.00 GB')
+    """
+    return f"{megabytes / 1024:.2f} GB" if megabytes >= 1024 else f"{megabytes:.0f} MB"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "/").replace("\n", " ").strip() or "-"
+
+
+def _metric_label(result: dict) -> str:
+    metric = result["metric"]
+    return f"{metric['name']} {'↑' if metric['higher_is_better'] else '↓'}"
+
+
+def _extras(result: dict) -> str:
+    extra = result.get("extra_metrics") or {}
+    return ", ".join(f"{name} {format_value(value)}" for name, value in sorted(extra.items()))
+
+
+SUMMARY_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "value", "chance",
+                   "other metrics", "learnable params", "share of backbone", "train time", "peak mem"]
+
+
+def format_share(result: dict) -> str:
+    """Learnable parameters as a percentage of the backbone's (``-`` when unknown).
+
+    Parameters
+    ----------
+    result : dict
+        One result (``learnable_params``, optional ``backbone_params``).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_share({"learnable_params": 9_132_556, "backbone_params": 94_381_936})
+    '9.68%'
+    """
+    backbone = result.get("backbone_params")
+    if not backbone:
+        return "-"
+    return f"{100.0 * result['learnable_params'] / backbone:.2f}%"
+
+
+def summary_markdown(results: Sequence[dict]) -> str:
+    """One markdown table (task x method); the best value of each (task, corpus, backbone,
+    metric) group is bold when the group has several methods.
+
+    Parameters
+    ----------
+    results : Sequence[dict]
+        Validated results (:func:`load_results`).
+
+    Returns
+    -------
+    str
+        The table, header first.
+    """
+    best = {}
+    for result in results:
+        group = (result["task"], result["corpus"], result["backbone"], result["metric"]["name"])
+        sign = 1 if result["metric"]["higher_is_better"] else -1
+        best.setdefault(group, []).append(sign * result["metric"]["value"])
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |",
+             "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|"]
+    for result in results:
+        metric = result["metric"]
+        group = (result["task"], result["corpus"], result["backbone"], metric["name"])
+        sign = 1 if metric["higher_is_better"] else -1
+        value = format_value(metric["value"])
+        if len(best[group]) > 1 and sign * metric["value"] == max(best[group]):
+            value = f"**{value}**"
+        cells = [result["task"], result["corpus"], result["backbone"], result["method"],
+                 result["tag"], _metric_label(result), value, format_value(metric["chance"]),
+                 _extras(result), format_params(result["learnable_params"]), format_share(result),
+                 format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"])]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(results: Sequence[dict], png_path) -> None:
+    """One subplot per task: metric value vs learnable parameters (log x), one marker per
+    method, each point labelled; chance level dashed.
+
+    Parameters
+    ----------
+    results : Sequence[dict]
+        Validated results (:func:`load_results`).
+    png_path : str | os.PathLike
+        Output image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in results})
+    methods = sorted({r["method"] for r in results},
+                     key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
+    colors = plt.get_cmap("tab10")
+    style = {m: (markers[i % len(markers)], colors(i % 10)) for i, m in enumerate(methods)}
+    columns = min(3, max(1, len(tasks)))
+    rows = math.ceil(max(1, len(tasks)) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    unplotted = 0
+    for ax, task in zip(axes.flat, tasks):
+        task_results = [r for r in results if r["task"] == task]
+        several = {field: len({r[field] for r in task_results}) > 1
+                   for field in ("corpus", "backbone", "tag")}
+        chances = set()
+        for result in task_results:
+            if result["learnable_params"] <= 0:
+                unplotted += 1
+                continue
+            marker, color = style[result["method"]]
+            x, y = result["learnable_params"], result["metric"]["value"]
+            ax.scatter([x], [y], marker=marker, color=color, s=50, zorder=3)
+            label = result["method"] + "".join(
+                f"/{result[f]}" for f in ("corpus", "backbone", "tag") if several[f] and result[f])
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if result["metric"]["chance"] is not None:
+                chances.add(result["metric"]["chance"])
+        for chance in sorted(chances):
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+            ax.annotate("chance", (0.01, chance), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="grey", xytext=(0, 2), textcoords="offset points")
+        names = sorted({_metric_label(r) for r in task_results})
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded 2x10^4 labels
+        ax.margins(x=0.2)
+        ax.set_xlabel("learnable parameters")
+        ax.set_ylabel(", ".join(names))
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], linestyle="", marker=style[m][0], color=style[m][1], label=m)
+               for m in methods]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10),
+                   fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    if unplotted:
+        logger.warning("%d result(s) with 0 learnable parameters left out of the log-x plot",
+                       unplotted)
+
+
+def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[dict]:
+    """Writes ``<out_prefix>.md``, ``.json`` and ``.png``; returns the results.
+
+    Parameters
+    ----------
+    roots : Sequence
+        Folders searched recursively for results.json.
+    out_prefix : str | os.PathLike
+        Output prefix (a ``.md``/``.json``/``.png`` suffix is dropped).
+    skip_invalid : bool, optional
+        Log and skip malformed files instead of raising.
+
+    Returns
+    -------
+    list[dict]
+        As :func:`load_results`.
+    """
+    results = load_results(roots, skip_invalid=skip_invalid)
+    out_prefix = Path(out_prefix)
+    if out_prefix.suffix in (".md", ".json", ".png"):
+        out_prefix = out_prefix.with_suffix("")
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    md_path, json_path, png_path = (Path(f"{out_prefix}{ext}") for ext in (".md", ".json",
+                                                                          ".png"))
+    md_path.write_text(
+        f"# Results summary\n\n{len(results)} result(s) from "
+        f"{', '.join(str(r) for r in roots)}; "
+        "↓ lower is better, ↑ higher is better, bold = best of its task/corpus/backbone.\n\n"
+        + summary_markdown(results), encoding="utf-8")
+    json_path.write_text(json.dumps({
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "roots": [str(r) for r in roots],
+        "num_results": len(results),
+        "results": results,
+    }, indent=2) + "\n", encoding="utf-8")
+    plot_summary(results, png_path)
+    logger.info("%d result(s) -> %s, %s, %s", len(results), md_path, json_path, png_path)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# RESULTS.md of a recipe
+# --------------------------------------------------------------------------------------
+RESULTS_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "value",
+                   "other metrics", "learnable params", "train time", "peak mem", "date"]
+RESULTS_HEADER = "| " + " | ".join(RESULTS_COLUMNS) + " |"
+RESULTS_RULE = "|" + "|".join("---" for _ in RESULTS_COLUMNS) + "|"
+
+
+def _split_row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def append_results_line(results_md_path, result_dict: dict) -> str:
+    """Adds or updates the row of ``result_dict`` in a recipe's RESULTS.md.
+
+    One row per (task, corpus, backbone, method, tag): a rerun replaces its row in place.
+    The table (header and rule) is appended when the file or the table is absent; other
+    content of the file is kept. The file is locked while it is rewritten.
+
+    Parameters
+    ----------
+    results_md_path : str | os.PathLike
+        The recipe's RESULTS.md.
+    result_dict : dict
+        One result following the results.json schema (validated).
+
+    Returns
+    -------
+    str
+        The markdown row written.
+    """
+    result = validate_result(result_dict, f"result for {results_md_path}")
+    date = result.get("date") or datetime.datetime.now().isoformat(timespec="seconds")
+    cells = [result["task"], result["corpus"], result["backbone"], result["method"],
+             result["tag"], _metric_label(result), format_value(result["metric"]["value"]),
+             _extras(result), format_params(result["learnable_params"]),
+             format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"]),
+             str(date)]
+    cells = [_cell(c) for c in cells]
+    row = "| " + " | ".join(cells) + " |"
+    key = cells[:len(KEY_FIELDS)]
+    path = Path(results_md_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        stream.seek(0)
+        lines = stream.read().splitlines()
+        try:
+            header_at = lines.index(RESULTS_HEADER)
+        except ValueError:
+            if lines and lines[-1].strip():
+                lines.append("")
+            lines += [RESULTS_HEADER, RESULTS_RULE]
+            header_at = len(lines) - 2
+        end = header_at + 2
+        while end < len(lines) and lines[end].lstrip().startswith("|"):
+            end += 1
+        for index in range(header_at + 2, end):
+            if _split_row(lines[index])[:len(KEY_FIELDS)] == key:
+                lines[index] = row
+                break
+        else:
+            lines.insert(end, row)
+        stream.seek(0)
+        stream.truncate()
+        stream.write("\n".join(lines) + "\n")
+    return row
+
+
+# --------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``recipes/summarize.py``.
+
+    Parameters
+    ----------
+    argv : Sequence[str] | None, optional
+        Arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 1 on a reported error or when no result was found.
+    """
+    parser = argparse.ArgumentParser(
+        description="Summarise every results.json under the given roots into "
+                    "<out>.md, <out>.json and <out>.png.")
+    parser.add_argument("--exp-root", nargs="+", action="extend", required=True,
+                        help="folders searched recursively for results.json (repeatable)")
+    parser.add_argument("--out", default="exp/summary",
+                        help="output prefix (default exp/summary)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="log and skip malformed results.json instead of failing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s (summarize.py) %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    try:
+        results = summarize(args.exp_root, args.out, skip_invalid=args.skip_invalid)
+    except (FileNotFoundError, ResultsError) as error:
+        logger.error("%s", error)
+        return 1
+    if not results:
+        logger.error("no results.json found under %s", " ".join(args.exp_root))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def backbone_label(hparams: dict) -> str:
+    """How results name a backbone: ``wavlm_plus``, ``wavlm_plus[tiny]`` (random weights of a
+    named architecture) or ``wavlm_plus@<dir>`` (weights from a local directory).
+
+    Parameters
+    ----------
+    hparams : dict
+        ``backbone`` and optional ``backbone_arch`` / ``backbone_source``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> backbone_label({"backbone": "wavlm_plus"}), backbone_label({"backbone": "wavlm_plus", "backbone_arch": "tiny"})
+    ('wavlm_plus', 'wavlm_plus[tiny]')
+    """
+    label = hparams["backbone"]
+    if hparams.get("backbone_arch"):
+        return f"{label}[{hparams['backbone_arch']}]"
+    source = hparams.get("backbone_source")
+    if source and Path(source).is_dir():
+        return f"{label}@{Path(source).name}"
+    return label

@@ -1,0 +1,1 @@
+"""Serving: model packages, the inference API, multi-task serving."""

@@ -1,0 +1,279 @@
+"""Several tasks served by one frozen backbone.
+
+:class:`MultiTask` loads N model packages trained on the same backbone (same
+``weights_sha256``; others are refused) and runs a batch of audio through all of them:
+
+* the frozen CNN runs once per utterance for every task;
+* tasks whose method trains nothing inside the backbone (``weighted_sum``, ``l_only``) read
+  ONE shared pass of the transformer (their L-adapters / layer weights differ, not the
+  hidden states);
+* tasks that change the encoder through E-adapters (FFN or MHSA), LayerNorms, the P-adapter,
+  deep prefixes or LoRA (every method but ``full``) with the same numbers of prompt and
+  prefix frames share ONE batch: every utterance once per task, routed per sample (each
+  sample's LayerNorms use its task's parameters, each task's adapters, prefixes and LoRA
+  terms apply to its samples) (:class:`elp.core.routing.RoutedGroup`);
+* full fine-tuning runs its own transformer
+  layers from the shared CNN features. Each task that changes the encoder holds a *view* of
+  the backbone: a structural copy whose frozen tensors are the shared backbone's tensors
+  (same storage), with its own adapters, LayerNorms and LoRA factors. Memory is therefore one
+  backbone plus each task's learnable tensors.
+
+Each task's results equal the task run alone (:class:`elp.serve.inference.Predictor`) to float
+rounding.
+
+Examples
+--------
+>>> import tempfile
+>>> from elp.testing import make_tiny_package
+>>> from elp.testing import save_tiny_checkpoint
+>>> ckpt = save_tiny_checkpoint("wavlm", tempfile.mkdtemp())
+>>> dirs = [make_tiny_package(tempfile.mkdtemp(), task=t, method=m, backbone_dir=ckpt)
+...         for t, m in [(CLASSIFY, "l_only"), (ASR, "weighted_sum"), (SV, "elp")]]
+>>> tasks = MultiTask(dirs)
+>>> tasks.plan()
+{'shared_pass': [0, 1], 'routed_batches': [], 'own_layers': [2]}
+>>> results = tasks.run([np.zeros(16000), np.zeros(8000)], sample_rate=16000)
+>>> len(results), len(results[0])
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np  # noqa: F401  (doctest namespace)
+import torch
+from torch import nn
+
+from elp.core.backbones import SSLBackbone
+from elp.serve.inference import Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform, pad_batch
+from elp.core.methods import get_method
+from elp.core.model import AdaptedSSL
+from elp.core.routing import RoutedGroup, backbone_view, encoder_from_features, routable, route_key, unshare_learnable
+from elp.serve.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
+                         load_package_backbone, load_weights, read_package_config)
+from elp.tasks import ASR, CLASSIFY, SV
+
+
+class MultiTask:
+    """N model packages on one frozen backbone.
+
+    Parameters
+    ----------
+    directories : list of path
+        Model packages; all must record the same backbone ``weights_sha256``.
+    backbone_source : str, optional
+        Checkpoint directory or hub id of the backbone (default: the first package's).
+    device : str or torch.device
+    """
+
+    def __init__(self, directories: Sequence[str | os.PathLike], backbone_source: str | None = None,
+                 device: str | torch.device = "cpu", route: bool = True):
+        directories = [Path(d) for d in directories]
+        if not directories:
+            raise ValueError("MultiTask needs at least one package directory")
+        configs = [read_package_config(d) for d in directories]
+        reference = configs[0]["backbone"]["weights_sha256"]
+        for directory, config in zip(directories, configs):
+            if config["backbone"]["weights_sha256"] != reference:
+                raise BackboneHashMismatchError(
+                    f"{directory} was trained on backbone {config['backbone']['name']!r} with weights sha256 "
+                    f"{config['backbone']['weights_sha256'][:12]}... but {directories[0]} on "
+                    f"{configs[0]['backbone']['name']!r} ({reference[:12]}...); one backbone serves only "
+                    "packages trained on the same weights: run them in separate MultiTask objects")
+        self.backbone = load_package_backbone(directories[0], backbone_source, configs[0]).to(device)
+        self.backbone.eval()
+        self.predictors: list[Predictor] = []
+        self.shares_pass: list[bool] = []
+        for directory, config in zip(directories, configs):
+            frozen_inside = not get_method(config["method"]).backbone_needs_grad
+            if frozen_inside:
+                model = build_model(config, self.backbone, directory)
+            else:
+                model = build_model(config, backbone_view(self.backbone), directory)
+                unshare_learnable(model, self.backbone)
+            head = build_head(config)
+            load_weights(directory, model, head)
+            if frozen_inside and not model.hidden_states_cacheable:
+                raise ValueError(f"{directory}: method {config['method']} keeps backbone dropout; cannot share")
+            tokenizer, labels = load_inventory(directory, config)
+            package = Package(directory, config, model, head, tokenizer, labels, config.get("extra", {}))
+            self.predictors.append(Predictor(package.to(device)))
+            self.shares_pass.append(frozen_inside)
+        self.names = _unique_names([p.package.name for p in self.predictors])
+        self.device = torch.device(device)
+        # routable tasks with the same prompt and prefix lengths share one routed batch (2+ per group)
+        self.groups: list[tuple[list[int], RoutedGroup]] = []
+        if route:
+            by_key: dict[tuple[int, int], list[int]] = {}
+            for index, predictor in enumerate(self.predictors):
+                model = predictor.package.model
+                if not self.shares_pass[index] and routable(model):
+                    by_key.setdefault(route_key(model), []).append(index)
+            for indices in by_key.values():
+                if len(indices) > 1:
+                    models = [self.predictors[i].package.model for i in indices]
+                    self.groups.append((indices, RoutedGroup(self.backbone, models)))
+
+    def plan(self) -> dict[str, list]:
+        """Which tasks read the shared transformer pass, which share routed batches, which run
+        their own layers."""
+        routed = {i for indices, _ in self.groups for i in indices}
+        return {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
+                "routed_batches": [list(indices) for indices, _ in self.groups],
+                "own_layers": [i for i, s in enumerate(self.shares_pass) if not s and i not in routed]}
+
+    def tensor_bytes(self) -> int:
+        """Bytes of every distinct tensor storage the loaded tasks hold (backbone, views, heads,
+        routed groups): the memory bound "one backbone + each task's learnable tensors" in
+        tensor terms, without the allocator's and Python's overhead."""
+        modules = [self.backbone.model] + [m for p in self.predictors for m in (p.package.model, p.package.head)]
+        extra = [t for _, group in self.groups for norm in group.norms for t in norm.task_weights + norm.task_biases]
+        return unique_tensor_bytes(modules, extra)
+
+    def learnable_tensor_bytes(self) -> list[int]:
+        """Bytes each task holds beyond the shared backbone (learnable tensors + head)."""
+        sizes = []
+        for predictor in self.predictors:
+            model, head = predictor.package.model, predictor.package.head
+            tensors = list(model.learnable_parameters().values()) + list(head.state_dict().values())
+            sizes.append(sum(t.numel() * t.element_size() for t in tensors))
+        return sizes
+
+    @torch.no_grad()
+    def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per task, per utterance head outputs of one padded batch.
+
+        Parameters
+        ----------
+        waves : Sequence[torch.Tensor]
+            16 kHz mono waveforms [T_i].
+
+        Returns
+        -------
+        list[list[torch.Tensor]]
+            Per task, :meth:`Predictor.head_outputs` of the batch.
+        """
+        batch, rel_lengths = pad_batch(waves)
+        batch, rel_lengths = batch.to(self.device), rel_lengths.to(self.device)
+        lengths = self.backbone.sample_lengths(batch, rel_lengths)
+        features, frame_mask = self.backbone.extract_cnn_features(batch, lengths)  # once for all tasks
+        shared = None
+        routed_feats: dict[int, torch.Tensor] = {}
+        for indices, group in self.groups:  # one batch per group, several tasks' utterances
+            routed_feats.update(zip(indices, group.features(features, frame_mask)))
+        outputs = []
+        for index, (predictor, shares) in enumerate(zip(self.predictors, self.shares_pass)):
+            model = predictor.package.model
+            if index in routed_feats:
+                feats = routed_feats[index]
+            elif shares:
+                if shared is None:  # once for all frozen-inside tasks
+                    shared = encoder_from_features(self.backbone, features, frame_mask)[0]
+                feats, _ = model.forward_from_hidden_states(shared, frame_mask)
+            else:
+                hidden_states, last = encoder_from_features(
+                    model.backbone, features, frame_mask,
+                    prompt=model.prompt.frames if model.prompt is not None else None,
+                    layer_prefixes=model.prefix.frames if model.prefix is not None else None)
+                feats = model._read_hidden_states(hidden_states, last)
+            outputs.append(predictor.head_outputs(feats, frame_mask))
+        return outputs
+
+    def outputs(self, wavs, sample_rate: int | None = None, batch_size: int = 8,
+                progress: bool | None = None) -> list[list[torch.Tensor]]:
+        """Per task, per input (in input order) head outputs.
+
+        Parameters
+        ----------
+        wavs : Iterable[AudioInput]
+            The inputs.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        list[list[torch.Tensor]]
+            ``outputs[task][input]``.
+        """
+        items = list(wavs)
+        waves = [load_waveform(item, sample_rate) for item in items]
+        check_lengths(items, waves, self.backbone.receptive_field)
+        results = [[None] * len(waves) for _ in self.predictors]
+        bar = _progress(len(items), progress, "tasks")
+        for indices in length_batches([w.shape[0] for w in waves], batch_size):
+            for task, task_outputs in enumerate(self.forward_batch([waves[i] for i in indices])):
+                for index, out in zip(indices, task_outputs):
+                    results[task][index] = out
+            if bar is not None:
+                bar.update(len(indices))
+        if bar is not None:
+            bar.close()
+        return results
+
+    def run(self, wavs, sample_rate: int | None = None, batch_size: int = 8, beam_size: int | None = None,
+            progress: bool | None = None):
+        """Every task on every input: per input a dict task name -> result.
+
+        Parameters
+        ----------
+        wavs : AudioInput | list[AudioInput]
+            One utterance or a list.
+        sample_rate : int | None, optional
+            Rate of array/tensor inputs.
+        batch_size : int, optional
+            Utterances per forward pass.
+        beam_size : int | None, optional
+            ASR tasks: CTC beam search with this beam (default: greedy).
+        progress : bool | None, optional
+            tqdm bar (default: for 50 or more inputs).
+
+        Returns
+        -------
+        dict | list[dict]
+            Task name -> result, for one input or per input of a list. Results are what the
+            single-task API returns: text (ASR), :class:`Classification`, or an embedding [E]
+            (SV).
+        """
+        items, single = as_batch(wavs)
+        per_task = self.outputs(items, sample_rate, batch_size, progress)
+        results = [{name: predictor.result(per_task[t][i], beam_size)
+                    for t, (name, predictor) in enumerate(zip(self.names, self.predictors))}
+                   for i in range(len(items))]
+        return results[0] if single else results
+
+
+def unique_tensor_bytes(modules: Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages behind the modules' parameters and buffers (and ``tensors``).
+
+    Tensors that share a storage (a backbone view's frozen weights, a ``detach()``) count once.
+
+    Examples
+    --------
+    >>> shared = nn.Linear(4, 4)
+    >>> twin = nn.Linear(4, 4)
+    >>> twin.weight, twin.bias = shared.weight, shared.bias
+    >>> unique_tensor_bytes([shared, twin]) == 4 * (16 + 4)
+    True
+    """
+    storages: dict[int, int] = {}
+    for tensor in [t for m in modules for t in (*m.parameters(), *m.buffers())] + list(tensors):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(name if count == 0 else f"{name}#{count + 1}")
+    return unique

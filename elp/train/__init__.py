@@ -1,0 +1,1 @@
+"""Training: Brains, checkpoints, the experiment guard, schedulers, recipe plumbing, feature caches."""

@@ -1,0 +1,134 @@
+"""Speaker verification: embeddings trained as AAM-softmax speaker classification.
+
+Examples
+--------
+Embeddings of a tiny untrained model, windowed (0.5 s windows):
+
+>>> import tempfile
+>>> from speechbrain.dataio.dataset import DynamicItemDataset
+>>> from elp.core.heads import AAMSoftmaxClassifier
+>>> from elp.serve.package import load_package
+>>> from elp.testing import make_tiny_package
+>>> from elp.tasks import SpeakerVerification
+>>> from elp.tasks import SV
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=SV, method="l_only"))
+>>> modules = {"model": package.model, "head": package.head,
+...            "classifier": AAMSoftmaxClassifier(8, num_speakers=3)}
+>>> task = SpeakerVerification(window_seconds=0.5, window_overlap_seconds=0.1)
+>>> brain = SpeakerBrain(modules=modules, run_opts={"device": "cpu"},
+...                      hparams={"task": task, "loss": torch.nn.CrossEntropyLoss()})
+>>> from speechbrain.dataio.dataset import DynamicItemDataset
+>>> dataset = DynamicItemDataset({"u1": {"wav": torch.randn(16000)}, "u2": {"wav": torch.randn(12000)}})
+>>> dataset.add_dynamic_item(lambda wav: wav, takes="wav", provides="sig")
+>>> dataset.set_output_keys(["id", "sig"])
+>>> {utt: tuple(e.shape) for utt, e in brain.predict(dataset, {"batch_size": 2}).items()}
+{'u1': (8,), 'u2': (8,)}
+>>> brain.class_loss(torch.randn(2, 8), torch.tensor([0, 2])).dim()
+0
+"""
+
+from __future__ import annotations
+
+import speechbrain as sb
+import torch
+
+from elp.train.brains.base import unwrap
+from elp.train.brains.classify import UtteranceClassifierBrain
+from elp.tasks.windows import windowed_embeddings
+
+
+class SpeakerBrain(UtteranceClassifierBrain):
+    """``modules.head`` maps features to embeddings; ``modules.classifier`` is the AAM layer.
+
+    Training reads ``label_id`` (the training speaker); validation reports speaker-ID
+    accuracy on held-out utterances of the training speakers. :meth:`predict` returns
+    embeddings; stage 4 scores the trial list with them.
+
+    Notes
+    -----
+    Hparams it reads besides :class:`elp.train.brains.base.ELPBrain`'s: ``loss`` (on the AAM
+    logits [B, #speakers] and speaker ids [B]) and ``task`` (its ``window_seconds`` and
+    ``window_overlap_seconds`` for :meth:`predict`).
+
+    Examples
+    --------
+    See the module docstring.
+    """
+
+    def class_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Scaled cosines to the training speakers (no margin).
+
+        Parameters
+        ----------
+        embeddings : torch.Tensor
+            Speaker embeddings [B, E].
+
+        Returns
+        -------
+        torch.Tensor
+            Logits [B, #speakers].
+        """
+        return self.modules.classifier(embeddings)
+
+    def class_loss(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The hparams' ``loss`` of the classifier's margin logits (AAM-softmax with cross-entropy).
+
+        The classifier is called as a module (its ``forward`` with targets), so under DDP the
+        call goes through the wrapper and its gradients are all-reduced.
+
+        Parameters
+        ----------
+        embeddings : torch.Tensor
+            Speaker embeddings [B, E].
+        targets : torch.Tensor
+            Training speaker ids [B].
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss.
+        """
+        return self.hparams.loss(self.modules.classifier(embeddings, targets), targets)
+
+    def head_parameters(self):
+        """The embedding head and the AAM classifier share the ``head`` learning rate.
+
+        Returns
+        -------
+        list[torch.nn.Parameter]
+            The head's trainable parameters, then the classifier's.
+        """
+        return super().head_parameters() + list(unwrap(self.modules.classifier).parameters())
+
+    def predict(self, dataset, loader_kwargs):
+        """utt id -> embedding [embed_dim] (CPU tensor, fp32).
+
+        Utterances longer than the task's ``window_seconds`` are embedded in overlapping
+        windows whose L2-normalised embeddings are averaged (:func:`elp.tasks.windows.windowed_embeddings`),
+        so memory is bounded by the window, not the utterance (VoxCeleb test files reach minutes).
+
+        Parameters
+        ----------
+        dataset : speechbrain.dataio.dataset.DynamicItemDataset
+            Items with ``id`` and ``sig``.
+        loader_kwargs : dict
+            DataLoader options.
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            Utterance id -> embedding [E].
+        """
+        task = self.hparams.task
+        model, head = unwrap(self.modules.model), unwrap(self.modules.head)
+        loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
+        self.modules.eval()
+        embeddings = {}
+        with torch.no_grad(), self.evaluation_ctx:
+            for batch in loader:
+                wavs, wav_lens = batch.sig
+                emb = windowed_embeddings(lambda w, lens: head(*model(w, lens)), wavs.to(self.device),
+                                          wav_lens.to(self.device), window_seconds=task.window_seconds,
+                                          overlap_seconds=task.window_overlap_seconds)
+                embeddings.update({utt: e for utt, e in zip(batch.id, emb.float().cpu())})
+        return embeddings

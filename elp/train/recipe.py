@@ -1,0 +1,392 @@
+"""What the task-agnostic drivers in ``recipes/`` share: arguments, hparams, datasets, Brain.
+
+A recipe is its HyperPyYAML file (``egs/<corpus>/<task>/conf/train.yaml``): it builds the task
+object, the model, head, loss, optimizer, schedule, checkpointer and names the Brain class.
+The drivers (``recipes/{inventory,train,infer,score}.py``) read it with the same command line:
+
+    python recipes/train.py conf/train.yaml [--overrides_file conf/mini.yaml] [--key value ...]
+
+Run options every recipe accepts without declaring them (defaults in :data:`RUN_DEFAULTS`):
+
+===================== =================================================================
+batch_size            fixed batch size (without dynamic batching)
+dynamic_batching      length-bucketed batches of at most ``max_batch_seconds`` of padded audio;
+                      ``auto``: on a GPU yes, on CPU no (fixed ``batch_size``)
+max_batch_seconds     padded audio seconds per training batch (dynamic batching)
+max_batch_utterances  utterances per dynamic batch at most (``auto``: 64 on a GPU, else ``batch_size``)
+num_buckets           length buckets of dynamic batching
+eval_batch_size       evaluation: utterances per batch at most (sorted by length)
+eval_max_batch_seconds  evaluation: padded audio seconds per batch at most
+grad_accumulation_factor  batches per optimizer step (SpeechBrain run option): the effective
+                      batch is this times the batch
+num_workers           DataLoader worker processes (``auto``: 4 with pinned memory on a GPU, 0 on CPU)
+hidden_state_cache    weighted_sum / l_only: cache the frozen backbone's hidden states
+cnn_cache             every method: cache the frozen CNN's features (``cnn_cache_dir``, default
+                      ``exp/cnn_cache``, shared by the recipe's experiments; ``cnn_cache_dtype``
+                      float16)
+ckpt_interval_steps   intra-epoch checkpoints every N steps (SpeechBrain run option)
+precision             fp32 | bf16 | fp16 autocast for training and evaluation (``auto``: bf16 on
+                      a GPU, fp32 on CPU)
+results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
+results_md            the recipe's RESULTS.md table ("" for none)
+restart               stage 3: move a finished run with other hparams aside and start over
+===================== =================================================================
+
+Examples
+--------
+>>> import tempfile
+>>> conf = Path(tempfile.mkdtemp())
+>>> _ = (conf / "train.yaml").write_text("seed: 1\\nbatch_size: 8\\n")
+>>> _ = (conf / "mini.yaml").write_text("batch_size: 2\\n")
+>>> hparams_file, run_opts, overrides = parse_recipe_args(
+...     [str(conf / "train.yaml"), "--overrides_file", str(conf / "mini.yaml"), "--seed", "3"])
+>>> Path(hparams_file).name, overrides
+('train.yaml', {'batch_size': 2, 'seed': 3})
+>>> sorted(peek_keys(hparams_file))
+['batch_size', 'seed']
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+
+from elp.data.audio import TARGET_SAMPLE_RATE
+from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
+from elp.train.experiment import ExperimentGuard, ExperimentLock, require_trained_model
+from elp.train.hparams import load_hparams, peek_hparams, read_overrides, recipe_root, resolved_text
+from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
+
+logger = logging.getLogger(__name__)
+_HELD: list = []  # the experiment locks this process holds
+
+#: Run options a recipe may leave out of its YAML (see the module docstring).
+#: ``max_batch_utterances: auto`` on a GPU: on an H200 a WavLM Base+ training step of 8
+#: utterances took 87-133 ms whether the batch held 8 s or 100 s of audio (docs/SCALING.md
+#: section 9), so the step is bound by per-step overhead and larger batches come almost free.
+GPU_MAX_BATCH_UTTERANCES = 64
+
+RUN_DEFAULTS = {
+    "batch_size": 8, "dynamic_batching": "auto", "max_batch_seconds": 200.0, "max_batch_utterances": "auto",
+    "num_buckets": 32,
+    "eval_batch_size": 64, "eval_max_batch_seconds": 300.0, "grad_accumulation_factor": 1,
+    "num_workers": "auto", "hidden_state_cache": False, "cnn_cache": False, "cnn_cache_dir": None,
+    "cnn_cache_dtype": "float16", "ckpt_interval_steps": 50, "precision": "auto",
+    "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
+}
+
+
+def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
+    """Parse ``hparams.yaml [--overrides_file F ...] [--key value ...]`` the SpeechBrain way.
+
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (without the program name).
+
+    Returns
+    -------
+    hparams_file : str
+        The recipe's YAML file.
+    run_opts : speechbrain.core.RunOptions
+        SpeechBrain's run options (``--device``, ``--distributed_backend``, ...).
+    overrides : dict
+        Override files first (in order), then the command line's ``--key value`` pairs.
+
+    Raises
+    ------
+    ValueError
+        If ``--overrides_file`` has no file after it.
+    FileNotFoundError
+        If an overrides file does not exist.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    argv, files = list(argv), []
+    while "--overrides_file" in argv:
+        at = argv.index("--overrides_file")
+        if at + 1 >= len(argv):
+            raise ValueError("--overrides_file needs a YAML file")
+        files.append(argv[at + 1])
+        del argv[at:at + 2]
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--overrides_file {path}: no such file")
+    hparams_file, run_opts, cli = sb.parse_arguments(argv)
+    return hparams_file, run_opts, read_overrides(files, cli)
+
+
+def _with_run_defaults(hparams_file: str, overrides: dict) -> dict:
+    """Overrides plus the run defaults the file does not define itself."""
+    declared = peek_keys(hparams_file)
+    missing = {k: v for k, v in RUN_DEFAULTS.items() if k not in declared and k not in overrides}
+    return {**missing, **overrides}
+
+
+def peek_keys(hparams_file: str) -> set[str]:
+    """Top-level keys of a hparams file (read as plain YAML; nothing is built).
+
+    Parameters
+    ----------
+    hparams_file : str
+        A HyperPyYAML file.
+
+    Returns
+    -------
+    set[str]
+        Its top-level keys (empty for an empty file).
+    """
+    import ruamel.yaml
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        return set(ruamel.yaml.YAML().load(fin) or {})
+
+
+def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
+    """Parse the command line, initialise DDP, build the hparams' objects, guard the exp dir.
+
+    DDP is initialised right after parsing (before anything touches torch.distributed), as
+    SpeechBrain requires. ``stage="train"`` takes the experiment's lock and refuses hparams
+    that differ from the ones it was trained with (:class:`elp.train.experiment.ExperimentGuard`);
+    ``stage="eval"`` takes the lock and refuses an experiment without a trained model.
+
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (see :func:`parse_recipe_args`).
+    stage : str, optional
+        ``"train"`` or ``"eval"``.
+
+    Returns
+    -------
+    hparams : dict
+        The built hparams plus :data:`RUN_DEFAULTS`, ``device``, ``eval_precision`` and
+        ``hparams_file``.
+    run_opts : speechbrain.core.RunOptions
+        SpeechBrain's run options.
+    """
+    hparams_file, run_opts, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    overrides = _with_run_defaults(hparams_file, overrides)
+    hparams = load_hparams(hparams_file, overrides, allowed_new=RUN_DEFAULTS)
+    hparams["device"] = run_opts.get("device") or sb.utils.distributed.infer_device()
+    if hparams["precision"] == "auto":  # bf16 autocast on a GPU (TF32 is on through SpeechBrain)
+        hparams["precision"] = "bf16" if str(hparams["device"]).startswith("cuda") else "fp32"
+    hparams.setdefault("eval_precision", hparams["precision"])
+    output = hparams["output_folder"]
+    if sb.utils.distributed.if_main_process():
+        if stage == "train":
+            guard = ExperimentGuard(output, resolved_text(hparams_file, overrides, RUN_DEFAULTS),
+                                    restart=bool(hparams["restart"]))
+        else:
+            require_trained_model(output)
+            guard = ExperimentLock(output)
+        _HELD.append(guard.__enter__())  # released when the process exits
+    sb.utils.distributed.ddp_barrier()
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():  # the resolved hparams this run used
+        (Path(output) / "hyperparams.yaml").write_text(resolved_text(hparams_file, overrides, RUN_DEFAULTS))
+    hparams["hparams_file"] = hparams_file
+    return hparams, run_opts
+
+
+def peek_experiment(argv: list[str]) -> dict:
+    """The hparams' values without building objects (:func:`elp.train.hparams.peek_hparams`).
+
+    Parameters
+    ----------
+    argv : list[str]
+        The driver's arguments (see :func:`parse_recipe_args`).
+
+    Returns
+    -------
+    dict
+        Plain values with the run defaults filled in and ``hparams_file`` added.
+    """
+    hparams_file, _, overrides = parse_recipe_args(argv)
+    make_recipe_importable(hparams_file)
+    hparams = peek_hparams(hparams_file, _with_run_defaults(hparams_file, overrides), allowed_new=RUN_DEFAULTS)
+    hparams["hparams_file"] = hparams_file
+    return hparams
+
+
+def present_test_sets(hparams: dict) -> list[str]:
+    """The hparams' ``test_sets`` whose data dir exists.
+
+    Each absent one is logged (a corpus download without test-other, say), and none present
+    is an error.
+
+    Parameters
+    ----------
+    hparams : dict
+        Holds ``test_sets``, a list of data directories.
+
+    Returns
+    -------
+    list[str]
+        The test sets with a ``wav.scp``, in the hparams' order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If none of them is prepared.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> present_test_sets({"test_sets": [str(Path(tempfile.mkdtemp()) / "test")]})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: none of the test sets .../test exists: run stage 0 (data preparation) first
+    """
+    present = [t for t in hparams["test_sets"] if Path(t, "wav.scp").is_file()]
+    for missing in sorted(set(map(str, hparams["test_sets"])) - set(map(str, present))):
+        logger.warning("test set %s is not prepared (no wav.scp): skipped", missing)
+    if not present:
+        raise FileNotFoundError(f"none of the test sets {', '.join(map(str, hparams['test_sets']))} exists: "
+                                "run stage 0 (data preparation) first")
+    return present
+
+
+def make_recipe_importable(hparams_file: str) -> None:
+    """Put the recipe directory (``conf/..``) first on ``sys.path``.
+
+    So its YAML can name a module of its own, e.g. ``head: !new:local.my_head.MyHead`` for
+    ``local/my_head.py``.
+
+    Parameters
+    ----------
+    hparams_file : str
+        The recipe's YAML file.
+    """
+    root = str(recipe_root(hparams_file))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def make_dataset(hparams: dict, data_dir: str, split: str):
+    """``hparams["task"]``'s dataset of ``data_dir``.
+
+    Parameters
+    ----------
+    hparams : dict
+        Holds ``task`` (an :class:`elp.tasks.Task`), ``inventory`` and ``cnn_cache``
+        (training crops are made by the CNN cache instead when it is on).
+    data_dir : str
+        A Kaldi-style data directory.
+    split : str
+        ``"train"``, ``"valid"`` or ``"test"``.
+
+    Returns
+    -------
+    speechbrain.dataio.dataset.DynamicItemDataset
+        The task's dataset.
+    """
+    return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
+
+
+def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> dict:
+    """DataLoader options of a dataset: batching, workers, pinned memory.
+
+    * training: a fixed ``batch_size`` (shuffled), or with ``dynamic_batching`` length buckets
+      (:class:`elp.data.sampler.BucketBatchSampler`) capped at ``max_batch_seconds`` of padded
+      audio (crops counted at their cropped length) and ``max_batch_utterances`` utterances
+      (``auto``: 64 on a GPU, where a training step of 8 utterances costs about the same as one
+      of 64 (docs/SCALING.md), else ``batch_size``); a new order every epoch;
+    * evaluation: utterances sorted by length in batches capped at ``eval_max_batch_seconds``
+      and ``eval_batch_size`` (:class:`elp.data.sampler.EvalBatchSampler`), so a long test
+      utterance never shares a batch with many others; results are per utterance, so the
+      order does not change them.
+
+    ``num_workers: auto`` is 4 workers with pinned memory on a GPU, none on CPU.
+
+    Parameters
+    ----------
+    hparams : dict
+        The run options of :data:`RUN_DEFAULTS` plus ``seed``, ``device`` and ``task``.
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        A dataset whose items hold ``num_samples``.
+    train : bool
+        Training (shuffled or bucketed) or evaluation (sorted) batches.
+    shard : bool, optional
+        Evaluation under DDP: each rank gets a disjoint share of the batches (validation
+        during training, whose statistics the Brain gathers across ranks); False: every
+        batch (stage 4, single process).
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``torch.utils.data.DataLoader``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> dataset = SimpleNamespace(data={"a": {"num_samples": 16000}, "b": {"num_samples": 8000}},
+    ...                           data_ids=["a", "b"])
+    >>> hparams = dict(RUN_DEFAULTS, seed=0, device="cpu", task=SimpleNamespace(max_train_seconds=0))
+    >>> options = loader_kwargs(hparams, dataset, train=True)
+    >>> options["batch_size"], options["shuffle"], options["num_workers"]
+    (8, True, 0)
+    >>> type(loader_kwargs(hparams, dataset, train=False)["batch_sampler"]).__name__
+    'EvalBatchSampler'
+    >>> loader_kwargs(dict(hparams, dynamic_batching=True), dataset, train=True)["batch_sampler"].max_batch_size
+    8
+    >>> loader_kwargs(dict(hparams, dynamic_batching=True, max_batch_utterances=3), dataset,
+    ...               train=True)["batch_sampler"].max_batch_size
+    3
+    """
+    cuda = str(hparams.get("device", "cpu")).startswith("cuda")
+    workers = hparams["num_workers"]
+    workers = (4 if cuda else 0) if workers == "auto" else int(workers)
+    # A DataLoader without its own generator draws its workers' base seed from the global torch
+    # RNG each time it is iterated, so a resumed run (RNG state restored, then a new iterator)
+    # would see other dropout masks than the uninterrupted one.
+    common = {"num_workers": workers, "pin_memory": cuda, "generator": torch.Generator().manual_seed(int(hparams["seed"]))}
+    if workers:
+        common["persistent_workers"] = True
+    lengths = [int(dataset.data[i]["num_samples"]) for i in dataset.data_ids]
+    if train:
+        dynamic = hparams["dynamic_batching"]
+        if dynamic == "auto":
+            dynamic = cuda
+        if not dynamic:
+            return {"batch_size": hparams["batch_size"], "shuffle": True, **common}
+        crop = int(hparams["task"].max_train_seconds * TARGET_SAMPLE_RATE)
+        if crop:
+            lengths = [min(n, crop) for n in lengths]
+        cap = hparams["max_batch_utterances"]
+        cap = (GPU_MAX_BATCH_UTTERANCES if cuda else hparams["batch_size"]) if cap == "auto" else int(cap)
+        sampler = BucketBatchSampler(lengths, hparams["max_batch_seconds"], max_batch_size=cap,
+                                     num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]))
+        return {"batch_sampler": sampler, **common}
+    ranks = {} if shard else {"rank": 0, "world_size": 1}  # {}: rank and world size of torch.distributed
+    sampler = EvalBatchSampler(lengths, hparams["eval_max_batch_seconds"], max_batch_size=hparams["eval_batch_size"],
+                               **ranks)
+    return {"batch_sampler": sampler, **common}
+
+
+def build_brain(hparams: dict, run_opts: dict):
+    """The hparams' ``brain_class`` with its modules, optimizer class and checkpointer.
+
+    Parameters
+    ----------
+    hparams : dict
+        Built hparams holding ``brain_class``, ``modules``, ``opt_class`` and ``checkpointer``.
+    run_opts : dict
+        SpeechBrain's run options (from :func:`load_experiment`).
+
+    Returns
+    -------
+    speechbrain.Brain
+        An instance of the recipe's Brain class.
+    """
+    return hparams["brain_class"](modules=hparams["modules"], opt_class=hparams["opt_class"],
+                                  hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
