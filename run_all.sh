@@ -32,6 +32,7 @@ cd "${root}"
 . recipes/utils/log.sh
 . recipes/utils/parse_options.sh
 . recipes/utils/gpu_slots.sh
+. recipes/utils/exp_name.sh
 
 if [ -z "${recipes}" ]; then
     recipes=$(for r in egs/*/*/run.sh; do r=${r#egs/}; echo "${r%/run.sh}"; done)
@@ -52,7 +53,12 @@ common=(--backbone "${backbone}")
 [ -n "${backbone_source}" ] && common+=(--backbone_source "$(readlink -f "${backbone_source}" || echo "${backbone_source}")")
 overrides=()
 [ -n "${epochs}" ] && overrides+=(--number_of_epochs "${epochs}")
-label_of() { local corpus=${1%%/*}; [ -n "${root_of[${corpus}]:-}" ] && echo "${backbone}" || echo mini; }
+# mini mode (no data root, no --backbone_source) trains on the stand-in: label "mini"
+label_of() {
+    local corpus=${1%%/*} mini=false
+    [ -z "${root_of[${corpus}]:-}" ] && [ -z "${backbone_source}" ] && mini=true
+    exp_label "${backbone}" "" "${mini}"
+}
 
 log "Preparing data (stages 0-2) for: ${recipes//$'\n'/ }"
 for recipe in ${recipes}; do
@@ -86,8 +92,7 @@ done
 run_job() {
     local recipe=$1 method=$2 seed=$3 fold=${4:-}
     local tag
-    tag=$(label_of "${recipe}")_${method}
-    [ "${seed}" = default ] || tag=${tag}_s${seed}
+    tag=$(exp_name "$(label_of "${recipe}")" "${method}" "${seed#default}")
     local name=${recipe//\//_}_${tag}${fold:+_fold${fold}}
     local opts=(--stage 3 --stop_stage 5 --method "${method}" --tag "${tag}" --master_port "${ELP_MASTER_PORT:-29500}")
     [ "${seed}" = default ] || opts+=(--seed "${seed}")
@@ -112,8 +117,7 @@ for recipe in ${recipes}; do
     read -r -a folds <<< "${folds_of[${recipe}]}"
     for method in ${methods}; do
         for seed in ${seeds:-default}; do
-            tag=$(label_of "${recipe}")_${method}
-            [ "${seed}" = default ] || tag=${tag}_s${seed}
+            tag=$(exp_name "$(label_of "${recipe}")" "${method}" "${seed#default}")
             if [ -n "${folds[*]:-}" ]; then
                 python recipes/aggregate_folds.py --exp "egs/${recipe}/exp/${tag}" --folds "${folds[@]}" \
                     --results-md "egs/${recipe}/RESULTS.md" > /dev/null

@@ -1,5 +1,4 @@
-"""The ``elp`` command line: ``elp params``, ``elp bench``, ``elp infer``, ``elp verify``, ``elp inspect``,
-``elp bench-multitask``, ``elp data``.
+"""The elp command line: parameter counts, benchmarks, inference with model packages, data dirs.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``;
 this file only dispatches.
@@ -60,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     | wavlm | elp | 9,132,556 |  | 36,864 | 4,353,536 | 4,737,036 | 5,120 |
     0
     """
-    parser = argparse.ArgumentParser(prog="elp", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="elp", description=__doc__.split("\n")[0],
+                                     epilog="elp <command> --help describes a command.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, module_name in COMMANDS.items():

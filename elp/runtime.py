@@ -1,4 +1,5 @@
-"""Process-level helpers every entry point shares: logging, seeding, memory, shared data.
+"""Process-level helpers every layer shares: the sample rate, atomic writes, logging, seeding,
+memory, user errors, shared data.
 
 Examples
 --------
@@ -12,9 +13,14 @@ import logging
 import os
 import resource
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+#: Hz: the rate every backbone reads; audio is resampled to it on reading
+SAMPLE_RATE = 16000
 
 #: ``$ELP_SHARED_DATA`` or ``<repo>/../shared/data``: real speech and annotations that only
 #: tests read (they skip without it); the recipes and their mini corpora never do.
@@ -29,16 +35,53 @@ class UserError(Exception):
     """
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """One log format for every entry point: ``time LEVEL logger: message`` on stdout.
+def configure_logging(program: str | None = None, level: int = logging.INFO, stream=None,
+                      force: bool = False) -> None:
+    """One log format for every entry point.
 
-    Parameters
-    ----------
-    level : int, optional
-        Root logging level (a no-op when the root logger already has handlers).
+    ``time LEVEL logger: message`` on stdout; with ``program`` (a script's name),
+    ``time (program) LEVEL message`` on stderr, so a tool's log stays apart from what it prints.
+    A no-op when the root logger already has handlers, unless ``force``.
+
+    Examples
+    --------
+    >>> configure_logging("prepare.py")  # no-op here: pytest holds the root logger
     """
-    logging.basicConfig(level=level, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if program is None:
+        logging.basicConfig(level=level, stream=stream or sys.stdout, force=force,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=level, stream=stream or sys.stderr, force=force, datefmt="%Y-%m-%dT%H:%M:%S",
+                            format=f"%(asctime)s ({program}) %(levelname)s %(message)s")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` completely or not at all: ``write(tmp)`` fills a temporary file beside it,
+    which then replaces ``path`` in one rename (readers never see a partial file).
+
+    Examples
+    --------
+    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> _ = atomic_write(target, lambda tmp: tmp.write_text("done"))
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('done', ['a.txt'])
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # like any other file a user writes (mkstemp makes it 0600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def seed_everything(seed: int) -> None:
@@ -60,22 +103,60 @@ def seed_everything(seed: int) -> None:
     sb_seed(int(seed), verbose=False)
 
 
-def peak_memory_mb(device: str | torch.device) -> float:
-    """Peak memory of this process in MiB: CUDA ``max_memory_allocated`` on a GPU device,
-    the peak resident set size (VmHWM) on CPU.
+def peak_memory_mb(device: str | torch.device, *, reset: bool = False) -> float:
+    """Peak memory of this process in MiB: CUDA ``max_memory_allocated`` on a GPU device, the
+    peak resident set size (``VmHWM``; ``ru_maxrss`` where ``/proc`` is missing) on CPU.
+
+    The peak covers the process's life, or the time since the last call with ``reset=True``.
+    Such a call starts a new window: the peak drops to the memory in use now, which it returns,
+    so ``peak_memory_mb(device) - start`` is the increment over ``start``. Where the kernel
+    refuses the reset (no ``/proc/self/clear_refs``), the CPU window cannot restart and the
+    call returns the peak so far: the increment is then a lower bound.
 
     Parameters
     ----------
     device : str | torch.device
-        The device the model ran on.
+        The device the model runs on.
+    reset : bool, optional
+        Start a new window and return its starting value.
 
     Returns
     -------
     float
+        MiB.
+
+    Examples
+    --------
+    >>> start = peak_memory_mb("cpu", reset=True)
+    >>> block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
+    >>> peak_memory_mb("cpu") - start > 60
+    True
     """
     if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+            return torch.cuda.memory_allocated(device) / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if reset:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # VmHWM := VmRSS
+        except OSError:
+            return peak_memory_mb(device)
+        return _proc_status_mib("VmRSS")
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mib(field_name: str) -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def distributed_rank_world() -> tuple[int, int]:

@@ -20,7 +20,7 @@ from elp.eval.results import append_results_line, write_results_json
 
 def aggregate(folds: list[dict]) -> dict:
     first = folds[0]
-    result = {key: first[key] for key in ("task", "corpus", "backbone", "method", "learnable_params")}
+    result = {key: first[key] for key in ("benchmark", "corpus", "backbone", "method", "learnable_params")}
     result.update({key: first[key] for key in ("backbone_params", "seed", "peak_mem_kind") if key in first})
     result["tag"] = first["tag"].rsplit("_fold", 1)[0]
     result["metric"] = {**first["metric"], "value": mean(f["metric"]["value"] for f in folds),

@@ -12,9 +12,9 @@ Writes ``<output_folder>/decode/<set>/`` with what the recipe's task writes (ASR
 import sys
 from pathlib import Path
 
-from elp.train.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
 from elp.runtime import configure_logging, run_main
-from elp.serve.package import calibrate_threshold
+from elp.serve.package import calibrate_threshold, record_task_options
+from elp.train.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
 
 
 def main(argv) -> int:
@@ -24,7 +24,10 @@ def main(argv) -> int:
     brain.recover_best()
     decode_root = Path(hparams["output_folder"]) / "decode"
     package_dir = Path(hparams["output_folder"]) / "adapters"
-    if (package_dir / "package.json").exists():  # the decision threshold of SV packages
+    if (package_dir / "package.json").exists():
+        # the package predicts with the task options of this stage (SV windows), and SV packages
+        # get their decision threshold from the same windowed embeddings
+        record_task_options(package_dir, hparams["task"])
         trials = hparams["task"].calibration_trials(brain, lambda data: loader_kwargs(hparams, data, train=False))
         if trials is not None:
             calibrate_threshold(package_dir, **trials)

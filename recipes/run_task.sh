@@ -23,7 +23,7 @@ backbone=wavlm_plus   # short name: wav2vec2 hubert contentvec wavlm wavlm_plus 
 backbone_source=      # local checkpoint directory or hub id (empty: the name's hub id; mini mode: the stand-in)
 backbone_arch=        # tiny | small: random weights of that size (tests; no download)
 method=elp            # full weighted_sum conventional lora prefix e_only l_only p_only el elp
-tag=                  # experiment name (default <backbone>[_<arch>]_<method>)
+tag=                  # experiment name (default: utils/exp_name.sh, e.g. mini_elp, wavlm_plus_elp_s1987)
 seed=                 # random seed (default: the YAML's)
 restart=false         # stage 3: move a run trained with other hparams aside and start over
 config=conf/train.yaml    # the recipe's hparams
@@ -50,7 +50,8 @@ help_message="Usage: $0 [options] [-- hparam overrides]
   --backbone_source DIR|HUB_ID    weights (default: the name's hub id; in mini mode the stand-in backbone)
   --backbone_arch tiny|small      random weights of that size (no download)
   --method NAME                   full weighted_sum conventional lora prefix e_only l_only p_only el elp
-  --tag TAG                       experiment name (default <backbone>_<method>)
+  --tag TAG                       experiment name (default <label>_<method>[_s<seed>]; label: mini in
+                                  mini mode, else <backbone>[_<arch>]; see recipes/utils/exp_name.sh)
   --seed N                        random seed (default: the YAML's seed)
   --restart true                  stage 3: move a run trained with other hparams aside, start over
   --config FILE --mini_config FILE   hparams (default conf/train.yaml, conf/mini.yaml)
@@ -70,6 +71,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${here}/utils/log.sh"
 . "${here}/utils/parse_options.sh"
 . "${here}/utils/launch.sh"
+. "${here}/utils/exp_name.sh"
 [ "${1:-}" = "--" ] && shift
 overrides=("$@")
 
@@ -88,8 +90,6 @@ if [ -n "${data_root}" ]; then
     case ${data_root} in /*) ;; *) data_root=${ELP_CALLER_PWD:-${PWD}}/${data_root} ;; esac
     [ -d "${data_root}" ] || die "--data_root ${data_root}: no such directory"
 fi
-tag=${tag:-${backbone}${backbone_arch:+_${backbone_arch}}_${method}}
-exp=exp/${tag}
 data=data
 
 if elp_stage 0; then
@@ -108,10 +108,17 @@ if elp_stage 0; then
 fi
 
 # mini mode: the data came from the mini corpus (stage 0 left data/.mini)
+mini=false
+[ -f "${data}/.mini" ] && mini=true
+if [ -z "${tag}" ]; then
+    label=$(exp_label "${backbone}" "${backbone_arch}" "$( ${mini} && [ -z "${backbone_source}" ] && echo true || echo false)")
+    tag=$(exp_name "${label}" "${method}" "${seed}")
+fi
+exp=exp/${tag}
 hp=(--backbone "${backbone}" --method "${method}")
 [ -n "${seed}" ] && hp+=(--seed "${seed}")
 ${restart} && hp+=(--restart true)
-if [ -f "${data}/.mini" ]; then
+if ${mini}; then
     [ -f "${mini_config}" ] && hp+=(--overrides_file "${mini_config}")
     if [ -z "${backbone_source}" ] && [ -z "${backbone_arch}" ] && [ "${stop_stage}" -ge 3 ] && [ "${stage}" -le 5 ]; then
         backbone_source=${ELP_ROOT}/exp/backbone_${backbone}_small
@@ -147,18 +154,10 @@ if elp_stage 1; then
     log "Stage 1: validating data dirs"
     fix_opts=()
     ${fix_data} && fix_opts+=(--fix --max-drop "${max_drop}")
-    train_dirs=() test_dirs=()
     for prefix in "${prefixes[@]}"; do
         fold_hparams "${prefix}" "${exp}" "${tag}"
-        sets=$(python "${ELP_ROOT}/recipes/data_sets.py" "${config}" "${fold_hp[@]}" "${overrides[@]}") \
-            || die "could not read the data sets of ${config}"
-        while read -r role dir; do
-            if [ "${role}" = test ]; then test_dirs+=("${dir}"); else train_dirs+=("${dir}"); fi
-        done <<< "${sets}"
+        python "${ELP_ROOT}/recipes/validate_data.py" "${fix_opts[@]}" --recipe "${config}" "${fold_hp[@]}" "${overrides[@]}"
     done
-    mapfile -t train_dirs < <(printf '%s\n' "${train_dirs[@]}" | sort -u)
-    mapfile -t test_dirs < <(printf '%s\n' "${test_dirs[@]}" | sort -u)
-    python "${ELP_ROOT}/recipes/validate_data.py" "${fix_opts[@]}" "${train_dirs[@]}" --test "${test_dirs[@]}"
 fi
 
 # Stages 2-5 of one fold ("" = no folds). Arguments: fold-prefix, experiment dir, tag.

@@ -43,7 +43,7 @@ def main(argv) -> int:
         raise FileNotFoundError(f"{stats_file} is missing: run stage 3 (training) first")
     train_stats = json.loads(stats_file.read_text())
     result = {
-        "task": hparams["task_name"], "corpus": hparams["corpus"], "backbone": backbone_label(hparams),
+        "benchmark": hparams["benchmark"], "corpus": hparams["corpus"], "backbone": backbone_label(hparams),
         "method": hparams["method"], "tag": hparams["tag"], "metric": metric,
         "learnable_params": train_stats["learnable_params"],
         "backbone_params": train_stats.get("backbone_params"),

@@ -61,9 +61,9 @@ def main(argv) -> int:
         task, source = hparams["task"], hparams["backbone_source"]
         if source is None and Path(hparams["backbone"]).is_dir():
             source = hparams["backbone"]
-        write_package(output / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head), task=task.kind,
+        write_package(output / "adapters", unwrap(brain.modules.model), unwrap(brain.modules.head), task=task,
                       backbone_source=source, backbone_pretrained=not hparams["backbone_arch"],
-                      extra={"corpus": hparams["corpus"], "task_name": hparams["task_name"], "tag": hparams["tag"]},
+                      extra={"corpus": hparams["corpus"], "benchmark": hparams["benchmark"], "tag": hparams["tag"]},
                       **task.package_fields(hparams["inventory"]))
     return 0
 

@@ -5,6 +5,11 @@ Usage::
 
     python recipes/validate_data.py [--fix] [--fix-test] [--max-drop 0.05] [--min-samples 400] \\
         data/train data/dev --test data/test_a data/test_b
+    python recipes/validate_data.py [--fix ...] --recipe conf/train.yaml [--key value ...]
+
+With ``--recipe`` the sets are the ones the recipe's hparams name (``train_set``, ``valid_set``
+and the prepared ``test_sets``), read like every other stage reads them; the arguments after
+the options are the recipe's hparam overrides.
 
 Positional dirs are training/development sets; dirs after ``--test`` are test sets. ``--fix``
 repairs only the former (sorting, identical duplicates, utterances missing from some file);
@@ -13,16 +18,22 @@ reported numbers. Removing more than ``--max-drop`` (default 5%) of the utteranc
 of any set is an error naming how many and why; everything removed is logged (utterance,
 file, and a count per file).
 
-Each error is one line naming the file / line / utterance and the fix; the exit status is 1
-on any error (no traceback).
+Each error is a summary line, then one line per problem (the first ten, then a count) naming
+the file / line / utterance and the fix; the exit status is 1 on any error (no traceback).
+
+``wav.scp`` entries may be standard decoder pipes (``flac -c -d -s PATH |``, ``sox PATH -t wav
+- |``, ``sph2pipe -f wav PATH |``, ``ffmpeg -i PATH -f wav - |``, ``cat PATH |``): their files are
+read natively. Other commands ending in ``|`` run with ``sh -c`` only with
+``--allow-shell-pipes`` (with ``--recipe``, the run option ``allow_shell_pipes: true`` sets it).
 """
 
 import argparse
-import logging
 import sys
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import DEFAULT_MAX_DROP, MIN_SAMPLES, validate_data_dir
+from elp.runtime import configure_logging, run_main
+from elp.train.recipe import peek_experiment, present_test_sets
 
 
 def main(argv=None) -> int:
@@ -41,27 +52,40 @@ def main(argv=None) -> int:
     parser.add_argument("--scan-all-samples", action="store_true",
                         help="decode every sample of every format (default: float formats only)")
     parser.add_argument("--jobs", type=int, default=4, help="threads opening recordings (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--allow-shell-pipes", action="store_true",
+                        help="run wav.scp commands elp does not read natively with sh -c, as Kaldi does")
+    parser.add_argument("--recipe", metavar="YAML",
+                        help="validate the sets this recipe's hparams name (other arguments: its overrides)")
+    args, recipe_args = parser.parse_known_args(argv)
+    if args.recipe:
+        hparams = peek_experiment([args.recipe] + [a for a in recipe_args if a != "--"])
+        args.data_dirs = [str(hparams["train_set"]), str(hparams["valid_set"])]
+        args.test = [str(t) for t in present_test_sets(hparams)]
+        args.allow_shell_pipes = args.allow_shell_pipes or bool(hparams.get("allow_shell_pipes"))
+    elif recipe_args:
+        parser.error(f"unrecognized arguments: {' '.join(recipe_args)}")
     if not args.data_dirs and not args.test:
         parser.error("give at least one data dir")
     if not 0.0 <= args.max_drop <= 1.0:
         parser.error(f"--max-drop must be between 0 and 1, got {args.max_drop}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (validate_data.py) %(message)s")
+    configure_logging("validate_data.py")
     failed = 0
     sets = [(d, args.fix) for d in args.data_dirs] + [(d, args.fix_test) for d in args.test]
     for data_dir, fix in sets:
         try:
             validate_data_dir(data_dir, fix=fix, min_samples=args.min_samples, max_drop=args.max_drop,
                               recheck_audio=args.recheck_audio,
-                              scan_samples=True if args.scan_all_samples else None, jobs=args.jobs)
+                              scan_samples=True if args.scan_all_samples else None, jobs=args.jobs,
+                              allow_shell_pipes=args.allow_shell_pipes)
         except DataError as error:
             hint = ""
             if fix is False and data_dir in args.test and args.fix:
                 hint = " (--fix does not touch test sets: repair the files, or pass --fix-test)"
-            print(f"validate_data.py: error: {error}{hint}", file=sys.stderr)
+            summary, *details = str(error).split("\n")
+            print("\n".join([f"validate_data.py: error: {summary}{hint}", *details]), file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -3,9 +3,17 @@
 import json
 
 import pytest
+import torch
 
-from elp.bench.harness import parse_variant
+from elp.bench import harness
+from elp.bench.sources import elp_variants
+from elp.bench.sources.elp_variants import build_variant_model, parse_variant, variant_forward
 from elp.cli import main
+from elp.core.presets import TINY_CONFIG
+
+#: the table's header, the same for every source of rows
+HEADER = ("| variant | learnable | forward s | backward s | optimizer s | step s | step vs full | peak MiB "
+          "| memory vs full | audio s/s | other load | LoRA tensors with gradient |")
 
 
 def test_bench_writes_markdown_and_json(tmp_path, capsys):
@@ -15,20 +23,35 @@ def test_bench_writes_markdown_and_json(tmp_path, capsys):
     assert code == 0
     stem = "wavlm_plus_custom_cpu_fp32_b2x0.5s"
     record = json.loads((out_dir / f"{stem}.json").read_text())
-    rows = {row["variant"]: row for row in record["rows"]}
+    assert record["baseline"] == "full" and record["settings"]["isolate"] is True
+    rows = {row["key"]: row for row in record["rows"]}
     assert list(rows) == ["full", "el", "l_only+cache"]  # full always runs, first
     for row in rows.values():
-        for key in ("learnable", "forward_s", "backward_s", "optimizer_s", "step_s", "peak_mib",
-                    "audio_s_per_s", "step_vs_full", "memory_vs_full"):
-            assert key in row, key
-        assert row["step_s"] > 0 and row["threads"] == 1
-    assert rows["full"]["step_vs_full"] == 1.0 and rows["full"]["memory_vs_full"] == 1.0
+        assert row["step_s"] > 0 and row["threads"] == 1 and row["other_load"] >= 0
+        assert row["step_s"] >= row["step_min_s"]
+        assert row["audio_s_per_s"] == pytest.approx(2 * 0.5 / row["step_s"])
+        assert row["step_vs_baseline"] == pytest.approx(row["step_s"] / rows["full"]["step_s"])
+        assert row["peak_mib"] is not None and row["memory_kind"] == "RSS peak (VmHWM after clear_refs)"
+        assert row["lora_total"] is None  # none of them has LoRA tensors
+    assert rows["full"]["step_vs_baseline"] == 1.0 and rows["full"]["memory_vs_baseline"] == 1.0
     assert rows["el"]["learnable"] > rows["l_only+cache"]["learnable"] > 0
-    assert rows["l_only+cache"]["cache_fill_s"] > 0
+    assert rows["l_only+cache"]["cache_fill_s"] > 0 and "cache_fill_s" not in rows["el"]
     markdown = (out_dir / f"{stem}.md").read_text()
-    header = "| method | learnable | forward s | backward s | optimizer s | step s | step vs full | peak MiB |"
-    assert header in markdown and "| full |" in markdown and "| el |" in markdown
-    assert header in capsys.readouterr().out
+    assert HEADER in markdown and "| full |" in markdown and "| el |" in markdown
+    assert markdown.count("\n| ") == 1 + 3  # the header and one line per row
+    assert HEADER in capsys.readouterr().out
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match="elp bench: unknown method 'elpp'"):
+        main(["bench", "--tiny", "--methods", "elpp", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="needs --precision bf16"):
+        main(["bench", "--tiny", "--methods", "el+bf16w", "--out-dir", str(tmp_path)])
+    settings = harness.BenchSettings(config_overrides=TINY_CONFIG)
+    with pytest.raises(ValueError, match="named twice"):
+        harness.run_bench(settings, elp_variants.candidates(["el", "el"], "fp32"), log=lambda line: None)
+    with pytest.raises(ValueError, match="name at least one variant"):
+        harness.run_bench(settings, [], log=lambda line: None)
 
 
 def test_bench_variant_syntax():
@@ -38,6 +61,8 @@ def test_bench_variant_syntax():
         parse_variant("el+cache")
     with pytest.raises(ValueError, match="unknown method"):
         parse_variant("elpp")
+    assert [c.key for c in elp_variants.candidates(["el", "full"], "fp32", full_first=True)] == ["full", "el"]
+    assert [c.key for c in elp_variants.candidates(None, "fp32")] == elp_variants.DEFAULT_VARIANTS
 
 
 def test_speed_flags_build_what_the_recipe_options_build():
@@ -51,11 +76,7 @@ def test_speed_flags_build_what_the_recipe_options_build():
 
 def test_speed_flag_variants_match_the_plain_step(tmp_path):
     """+sdpa and +cnncache compute the same features as the plain model (fp32); +bf16w needs bf16."""
-    import torch
-
     from elp.core.backbones import load_backbone
-    from elp.bench.harness import build_variant_model, variant_forward
-    from elp.testing import TINY_CONFIG
 
     wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
 
@@ -78,3 +99,59 @@ def test_speed_flag_variants_match_the_plain_step(tmp_path):
         assert torch.allclose(plain * mask[..., None], other * mask[..., None], atol=tolerance), label
     with pytest.raises(ValueError, match="needs --precision bf16"):
         features("el+bf16w")
+
+
+def test_harness_step_is_the_training_step(tmp_path):
+    """The harness's step equals a hand-written forward/head/Adam step on the same seeded model."""
+    settings = harness.BenchSettings(backbone="wavlm", config_overrides=TINY_CONFIG, batch_size=2, duration=0.25)
+    candidate = elp_variants.candidates(["l_only"], "fp32")[0]
+    trainable = harness.build_trainable(candidate, settings, tmp_path)
+    batch = harness.make_batch(settings)
+    before = [p.detach().clone() for p in trainable.model.learnable]
+    trainable.step(batch)
+    # by hand: the same seed builds the same model and head
+    torch.manual_seed(settings.seed)
+    model = elp_variants.build("l_only", settings, tmp_path).modules[0].train()
+    head = harness.BenchHead(model.output_dim, settings.num_classes)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.learnable_parameters().values()))
+    optimizer = torch.optim.Adam(list(model.learnable_parameters().values()) + list(head.parameters()), lr=1e-4)
+    feats, mask = model(batch[0], batch[1])
+    head(feats, mask, batch[2]).backward()
+    optimizer.step()
+    for ours, theirs, start in zip(trainable.model.learnable, model.learnable_parameters().values(), before):
+        assert not torch.equal(ours, start)  # Adam moved every tensor by about lr
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_interleaved_run_measures_memory_once_per_variant(monkeypatch):
+    calls = []
+
+    def fake_run(settings, candidates):
+        calls.append(([c.key for c in candidates], settings.memory, settings.repeats))
+        peak = {"full": 200.0, "el": 50.0}
+        return [{"key": c.key, "step_s": 2.0 if c.key == "full" else 1.0, "other_load": 0.0, "threads": 1,
+                 "peak_mib": peak[c.key] if settings.memory else None,
+                 "memory_kind": "fake" if settings.memory else None} for c in candidates]
+
+    monkeypatch.setattr(harness, "_run", fake_run)
+    settings = harness.BenchSettings(interleave=True, repeats=4, retries=0)
+    rows = harness.run_bench(settings, elp_variants.candidates(["full", "el"], "fp32"), log=lambda line: None)
+    # one timing run of both without memory, then one memory run (warmup + 1 steps) per variant
+    assert calls == [(["full", "el"], False, 4), (["full"], True, 1), (["el"], True, 1)]
+    assert [(r["step_vs_baseline"], r["memory_vs_baseline"], r["peak_mib"]) for r in rows] == [
+        (1.0, 1.0, 200.0), (0.5, 0.25, 50.0)]
+
+
+def test_disturbed_runs_are_measured_again_and_the_calmest_kept(monkeypatch):
+    def fake_runs(loads):
+        loads = iter(loads)
+        return lambda settings, candidates: [{"key": "full", "step_s": 1.0, "other_load": next(loads), "threads": 1,
+                                              "peak_mib": None, "memory_kind": None}]
+
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 1)  # 1 thread on 1 core: no spare core
+    candidates = elp_variants.candidates(["full"], "fp32")
+    settings = harness.BenchSettings(retries=2, max_other_load=0.25)
+    monkeypatch.setattr(harness, "_run", fake_runs([5.0, 0.5, 3.0]))  # every run disturbed: 3 runs, calmest kept
+    assert harness.run_bench(settings, candidates, log=lambda line: None)[0]["other_load"] == 0.5
+    monkeypatch.setattr(harness, "_run", fake_runs([5.0, 0.2]))  # the second is calm: no third run
+    assert harness.run_bench(settings, candidates, log=lambda line: None)[0]["other_load"] == 0.2

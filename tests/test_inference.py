@@ -6,9 +6,11 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from elp.serve.inference import (PREDICTORS, AudioInputError, Predictor, SpeakerVerifier, SpeechRecognizer,
+                                  UtteranceClassifier, load_predictor, load_waveform)
+from elp.serve.package import PackageError, calibrate_threshold
+from elp.tasks import TASKS
 from elp.tasks.decoding import greedy_ctc
-from elp.serve.inference import AudioInputError, Predictor, load_waveform
-from elp.serve.package import calibrate_threshold
 from elp.testing import make_tiny_package
 
 
@@ -22,6 +24,17 @@ def packages(tmp_path_factory):
 def _waves(seed=0, lengths=(16000, 5000, 9100, 12345)):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, generator=g) * 0.1 for n in lengths]
+
+
+def test_each_kind_has_its_predictor_class_from_the_registry(packages):
+    assert set(PREDICTORS) == set(TASKS)
+    for kind, directory in packages.items():
+        predictor = load_predictor(directory)
+        assert type(predictor) is PREDICTORS[kind] and predictor.kind == kind
+        assert isinstance(predictor.task, TASKS[kind]) and isinstance(predictor, Predictor)
+        assert type(PREDICTORS[kind].from_package(directory)) is PREDICTORS[kind]
+    assert {SpeechRecognizer.task_class.kind, UtteranceClassifier.task_class.kind,
+            SpeakerVerifier.task_class.kind} == set(TASKS)
 
 
 def test_classify_equals_direct_model_and_batched_equals_one_by_one(packages):
@@ -92,8 +105,10 @@ def test_errors_name_the_problem(packages, tmp_path):
         predictor.classify(np.zeros(16000))
     with pytest.raises(AudioInputError, match="channels"):
         predictor.classify(np.zeros((100, 100)), sample_rate=16000)
-    with pytest.raises(ValueError, match="transcribe\\(\\) needs a asr package.*'classify' package"):
-        predictor.transcribe(np.zeros(16000), sample_rate=16000)
+    assert isinstance(predictor, UtteranceClassifier)
+    assert not any(hasattr(predictor, name) for name in ("transcribe", "embed", "verify"))  # no wrong-kind call
+    with pytest.raises(PackageError, match=r"classify.* is a 'classify' package, not a 'asr' one; load it with"):
+        SpeechRecognizer.from_package(packages["classify"])
     with pytest.raises(ValueError, match="input 0 has 100 samples.*receptive field"):
         predictor.classify(np.zeros(100), sample_rate=16000)
 
@@ -120,7 +135,8 @@ def test_cli_infer_several_packages_wav_scp_and_jsonl(tmp_path, capsys):
     assert _cli(["infer", "--package", str(er), "--package", str(asr), "--wav-scp", str(tmp_path / "wav.scp"),
                  "--jsonl", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["utt0", "er"], ["utt0", "asr"], ["utt1", "er"], ["utt1", "asr"]]
+    assert [line.split()[:3] for line in lines] == [["utt0", "er", "(classify)"], ["utt0", "asr", "(asr)"],
+                                                     ["utt1", "er", "(classify)"], ["utt1", "asr", "(asr)"]]
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     alone = Predictor.from_package(er).classify([str(tmp_path / "0.wav"), str(tmp_path / "1.wav")])
     texts = Predictor.from_package(asr).transcribe([str(tmp_path / "0.wav"), str(tmp_path / "1.wav")])
@@ -146,6 +162,12 @@ def test_cli_verify_inspect_and_errors(tmp_path, capsys, packages):
     out = capsys.readouterr().out
     assert "method    elp" in out and "  p " in out and "layer weights, L-adapters" in out
     assert (tmp_path / "lw.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match=r"elp verify: .*classify is a 'classify' package, not a 'sv' one"):
+        _cli(["verify", "--package", str(packages["classify"]), str(tmp_path / "a.wav"), str(tmp_path / "a.wav")])
+    calibrate_threshold(packages["sv"], [0.2, 0.4, 0.6], [0, 1, 1])
+    assert _cli(["inspect", "--package", str(packages["sv"]), "--plot", str(tmp_path / "sv.png")]) == 0
+    out = capsys.readouterr().out
+    assert "SV windows 6 s, overlap 1.5 s\nSV threshold 0.200000 (EER 0.00% on 3 dev trials)" in out
 
 
 # ------------------------------------------------------------------- equals stage 4 (Brain.predict)
@@ -154,9 +176,9 @@ def test_package_of_a_recipe_brain_predicts_what_stage_4_predicts(tmp_path, monk
     """Stage 3's wiring (write_package from the Brain's modules) reproduces stage 4's predictions."""
     from recipe_fixtures import experiment, make_recipe
 
-    from elp.train.brains.base import unwrap
     from elp.data.kaldi_dir import read_data_dir
     from elp.serve.package import write_package
+    from elp.train.brains.base import unwrap
     from elp.train.recipe import loader_kwargs, make_dataset
 
     recipe = make_recipe(tmp_path)

@@ -168,7 +168,26 @@ def test_validate_names_unreadable_audio(data_dir, tmp_path):
         message = str(error.value)
         assert f"wav.scp:2: utt 'spkA-u2': cannot read audio '{broken}'" in message
         assert f"wav.scp:3: utt 'spkB-u1': audio not found: '{tmp_path / 'absent.flac'}'" in message
-        assert "\n" not in message
+        summary, *listed = message.splitlines()  # a summary line, then one problem per line
+        assert summary == f"{data_dir}: 2 problems"
+        assert [line.split("wav.scp:")[1][:1] for line in listed] == ["2", "3"]
+
+
+def test_many_problems_list_the_first_ten_one_per_line_and_count_the_rest(data_dir):
+    from elp.data.kaldi_dir import MAX_LISTED_PROBLEMS
+
+    utts = [f"spk{i:02d}-u1" for i in range(25)]
+    write_data_dir(data_dir, wav_scp={u: f"/absent/{u}.wav" for u in utts},
+                   utt2spk={u: u.split("-")[0] for u in utts}, text={u: "" for u in utts})
+    with pytest.raises(DataDirError) as error:
+        validate_data_dir(data_dir)
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{data_dir}: 25 problems"
+    assert len(lines) == 1 + MAX_LISTED_PROBLEMS + 1 and MAX_LISTED_PROBLEMS == 10
+    for number, line in enumerate(lines[1:-1], start=1):
+        assert line.startswith(f"  {data_dir / 'text'}:{number}: utt 'spk{number - 1:02d}-u1' ")
+        assert "empty transcript" in line and "remove the utterance" in line
+    assert lines[-1].startswith("  ... and 15 more")
 
 
 def test_validate_rejects_too_short_audio(data_dir, tmp_path):

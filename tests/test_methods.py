@@ -218,3 +218,49 @@ def test_forward_from_cnn_features_equals_forward(tiny_checkpoints, method):
     assert torch.equal(feats, via_forward)
     with pytest.raises(ValueError, match=r"cnn_feats must be \[B, F, 32\]"):
         model.forward_from_cnn_features(cnn[..., :4], cnn_mask.sum(1))
+
+
+# --------------------------------------------------------------- method options: one mapping
+#: what every export recorded before options came from the kinds (written out independently)
+RECORDED_DEFAULTS = {"activation": "gelu", "e_dim": 256, "l_dim": 512, "prompt_frames": 10, "prefix_frames": 10,
+                     "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": ["q_proj", "v_proj"], "e_first_layer": 0}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_options_as_one_mapping_or_keywords(tiny_checkpoints, method):
+    backbone, other = (load_backbone("wavlm", source=str(tiny_checkpoints["wavlm"])) for _ in range(2))
+    torch.manual_seed(3)
+    by_keywords = AdaptedSSL(backbone, method, **OPTIONS)
+    torch.manual_seed(3)
+    by_mapping = AdaptedSSL(other, method, options={**OPTIONS, "l_dim": 99}, l_dim=L_DIM)  # keywords win
+    assert by_mapping.options == by_keywords.options == {**RECORDED_DEFAULTS, **OPTIONS}
+    mapping_state, keyword_state = by_mapping.state_dict(), by_keywords.state_dict()
+    assert list(mapping_state) == list(keyword_state)
+    assert all(torch.equal(mapping_state[k], keyword_state[k]) for k in keyword_state)
+    assert AdaptedSSL(load_backbone("wavlm", source=str(tiny_checkpoints["wavlm"])), method).options \
+        == RECORDED_DEFAULTS
+
+
+def test_unknown_option_is_refused_with_the_valid_ones(tiny_checkpoints):
+    backbone = load_backbone("wavlm", source=str(tiny_checkpoints["wavlm"]))
+    with pytest.raises(ValueError, match=r"^unknown option 'e_dimm' of method 'el'; valid options: activation, "
+                                         r"e_dim, l_dim, prompt_frames, prefix_frames, lora_rank, lora_alpha, "
+                                         r"lora_targets, e_first_layer; runtime knobs: backbone_dropout, "
+                                         r"activation_checkpointing, frozen_dtype, sdpa_attention$"):
+        AdaptedSSL(backbone, "el", {"e_dimm": 8})
+    with pytest.raises(ValueError, match="unknown options 'a', 'b' of method 'lora'"):
+        AdaptedSSL(backbone, "lora", a=1, b=2)
+    # runtime knobs are accepted as keywords or in the mapping (as the recipe YAML passes them),
+    # never recorded as options
+    model = AdaptedSSL(backbone, "el", {"e_dim": 8, "activation_checkpointing": True, "sdpa_attention": True},
+                       frozen_dtype="fp32", backbone_dropout=False)
+    assert set(model.options) == set(RECORDED_DEFAULTS)
+    assert backbone.activation_checkpointing and backbone.sdpa_attention and not model.backbone_dropout
+
+
+def test_attachments_are_the_methods_kinds_in_order(tiny_checkpoints):
+    model = build(tiny_checkpoints, "wavlm", "elp")
+    assert [type(a).kind for a in model.attachments] == ["layer_norms", "encoder_adapters", "layer_adapters",
+                                                         "prompt"]
+    assert model.prompt is model.attachments[-1] and model.prefix is None and model.weighted_sum is None
+    assert model.reader is model.layer_adapters and model.output_dim == L_DIM

@@ -8,8 +8,7 @@ from elp.core.backbones import weights_hash
 from elp.serve.inference import Predictor
 from elp.serve.multitask import MultiTask, unique_tensor_bytes
 from elp.serve.package import BackboneHashMismatchError
-from elp.testing import make_tiny_package
-from elp.testing import save_tiny_checkpoint
+from elp.testing import make_tiny_package, save_tiny_checkpoint
 
 MIX = [("classify", "weighted_sum"), ("asr", "l_only"), ("sv", "el"), ("classify", "elp"), ("asr", "lora"),
        ("classify", "l_only"), ("asr", "e_only"), ("asr", "elp"), ("sv", "prefix"), ("classify", "prefix"),
@@ -112,3 +111,27 @@ def test_bench_worker_measures_both_modes(setup):
     table = format_table([{"mix": "weighted_sum,l_only", "n": 2, "shared": shared, "separate": separate}],
                          {}, 1.0, args, None)
     assert "| weighted_sum,l_only | 2 |" in table
+
+
+def test_long_sv_inputs_are_windowed_by_the_tasks_own_model(tmp_path, monkeypatch):
+    """The served batch reads the shared computation once; windows of a long SV input run the
+    task's own model, and the results equal the task alone (which windows as stage 4 does)."""
+    ckpt = save_tiny_checkpoint("wavlm", tmp_path / "ckpt", seed=2)
+    windows = {"window_seconds": 0.5, "window_overlap_seconds": 0.1}
+    dirs = [make_tiny_package(tmp_path / name, task=task, method=method, seed=i, backbone_dir=ckpt,
+                              task_options=windows if task == "sv" else None)
+            for i, (name, task, method) in enumerate([("sv_el", "sv", "el"), ("sv_lora", "sv", "lora"),
+                                                      ("er", "classify", "l_only")])]
+    tasks = MultiTask(dirs)
+    assert tasks.plan()["routed_batches"] == [[0, 1]]
+    calls = []
+    original = tasks.backbone.extract_cnn_features
+    monkeypatch.setattr(tasks.backbone, "extract_cnn_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    g = torch.Generator().manual_seed(1)
+    waves = [torch.randn(n, generator=g) * 0.1 for n in (6000, 24000)]  # 0.375 s (whole) and 1.5 s (4 windows)
+    together = tasks.outputs(waves, sample_rate=16000, batch_size=2)
+    assert calls == [1]  # the served batch's CNN once; the windows ran in each task's own model
+    for directory, task_outputs in zip(dirs, together):
+        alone = Predictor.from_package(directory).outputs(waves, sample_rate=16000, batch_size=1)
+        for a, b in zip(task_outputs, alone):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -80,7 +80,7 @@ def test_sv_threshold_is_the_eer_threshold_and_its_scores_are_stored(tmp_path):
     stored = load_file(directory / "calibration.safetensors")
     assert stored["scores"].tolist() == scores and stored["labels"].tolist() == labels
     assert load_package(directory).threshold == 0.6
-    with pytest.raises(PackageError, match="only SV packages"):
+    with pytest.raises(PackageError, match=r"c is a 'classify' package; only sv packages have a decision threshold"):
         calibrate_threshold(make_tiny_package(tmp_path / "c"), scores, labels)
 
 
@@ -98,3 +98,58 @@ def test_package_json_is_plain_json(tmp_path):
     config = json.loads((directory / "package.json").read_text())
     assert config["task"] == "classify" and config["method"] == "elp" and config["extra"]["tiny"] is True
     assert len(config["backbone"]["weights_sha256"]) == 64
+
+
+@pytest.mark.parametrize("task", ["asr", "classify", "sv"])
+def test_package_of_an_earlier_release_loads_through_the_legacy_head_names(tmp_path, task):
+    """package.json as earlier releases wrote it: heads under elp.heads, no task_options."""
+    from elp.serve.inference import load_predictor
+
+    directory = make_tiny_package(tmp_path / "pkg", task=task, method="elp", seed=2)
+    config = json.loads((directory / "package.json").read_text())
+    current = config["head"]["class"]
+    assert current.startswith("elp.core.heads.")
+    config["head"]["class"] = current.replace("elp.core.heads.", "elp.heads.")
+    del config["task_options"]
+    (directory / "package.json").write_text(json.dumps(config))
+    old, new = load_package(directory), load_package(make_tiny_package(tmp_path / "new", task=task, method="elp",
+                                                                       seed=2))
+    assert type(old.head) is type(new.head) and type(old.head).__module__ == "elp.core.heads"
+    with torch.no_grad():
+        torch.testing.assert_close(old.head(*old.model(WAVS, LENS)), new.head(*new.model(WAVS, LENS)), rtol=0, atol=0)
+    assert type(old.task) is type(new.task)
+    if task == "sv":  # no recorded windows: the task's defaults, which earlier stage 4 runs used
+        assert (old.task.window_seconds, old.task.window_overlap_seconds) == (6.0, 1.5)
+    assert type(load_predictor(directory)).__name__ == type(load_predictor(tmp_path / "new")).__name__
+
+
+def test_unknown_head_class_is_refused_with_the_fix(tmp_path):
+    directory = make_tiny_package(tmp_path, task="classify")
+    config = json.loads((directory / "package.json").read_text())
+    config["head"]["class"] = "elp.models.PooledClassifier"
+    (directory / "package.json").write_text(json.dumps(config))
+    with pytest.raises(PackageError, match=r"'elp.models.PooledClassifier' does not exist in this elp: set head.class "
+                                           r"in package.json .*elp.core.heads.PooledClassifier") as err:
+        load_package(directory)
+    assert "\n" not in str(err.value)
+
+
+def test_task_options_are_recorded_and_read_by_the_task(tmp_path):
+    from elp.serve.package import record_task_options
+    from elp.tasks import SpeakerVerification, SpeechRecognition
+
+    directory = make_tiny_package(tmp_path, task="sv", method="l_only",
+                                  task_options={"window_seconds": 2.0, "window_overlap_seconds": 0.5})
+    assert read_package_config(directory)["task_options"] == {"window_seconds": 2.0, "window_overlap_seconds": 0.5}
+    assert load_package(directory).task.window_seconds == 2.0
+    assert record_task_options(directory, SpeakerVerification(window_seconds=3.0, window_overlap_seconds=1.0)) == \
+        {"window_seconds": 3.0, "window_overlap_seconds": 1.0}
+    task = load_package(directory).task
+    assert (task.window_seconds, task.window_overlap_seconds) == (3.0, 1.0)
+    with pytest.raises(PackageError, match="is a 'sv' package, not a 'asr' one"):
+        record_task_options(directory, SpeechRecognition())
+    config = read_package_config(directory)
+    config["task"] = "tts"
+    (directory / "package.json").write_text(json.dumps(config))
+    with pytest.raises(PackageError, match=r"package.json: task kind 'tts' is not one of \['asr', 'classify', 'sv'\]"):
+        load_package(directory)

@@ -50,3 +50,14 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "elp.cli", "params", "--methods", "el", "--json"],
                             capture_output=True, text=True, check=True)
     assert '"total": 9127436' in result.stdout
+
+
+def test_cli_defaults_are_the_adapter_kinds_defaults(capsys):
+    from elp.core.adapters import LayerPrefixes, LoRA, PromptAdapter
+
+    assert (PromptAdapter.options["prompt_frames"], LayerPrefixes.options["prefix_frames"],
+            LoRA.options["lora_rank"]) == (10, 10, 8)
+    assert main(["params", "--backbone", "wavlm_plus", "--methods", "p_only", "prefix", "lora", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"total": 5120' in out and '"total": 92160' in out and '"total": 294912' in out
+    assert count_learnable("wavlm_plus", "el", options={"e_dim": 128})["groups"]["e"] == 11 * (768 * 128 * 2 + 128 + 768 + 1536)

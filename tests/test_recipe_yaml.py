@@ -82,7 +82,7 @@ def test_default_schedule_decays_every_group_by_the_same_factor(tmp_path, monkey
     monkeypatch.chdir(recipe)
     hparams, run_opts = load_experiment(["conf/train.yaml", "--tag", "sched", "--backbone_arch", "tiny",
                                          "--method", "elp", "--number_of_epochs", "2", "--batch_size", "4",
-                                         "--elp", "{final_lr_factor: 0.25}", "--device", "cpu"])
+                                         "--final_lr_factor", "0.25", "--device", "cpu"])
     brain = build_brain(hparams, run_opts)
     train, valid = (make_dataset(hparams, hparams[k], s) for k, s in (("train_set", "train"), ("valid_set", "valid")))
     brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(hparams, train, True),
@@ -110,8 +110,9 @@ def test_every_recipe_yaml_declares_the_object_graph(yaml_file):
     values = peek_hparams(yaml_file, {"tag": "t"})
     for key in ("task", "model", "head", "loss", "opt_class", "lr_scheduler", "checkpointer", "brain_class",
                 "epoch_counter", "inventory"):
-        assert isinstance(values[key], Tagged) or key == "model", key
-    assert values["elp"]["model"].target == "elp.core.model.AdaptedSSL"
+        assert isinstance(values[key], Tagged), key
+    assert values["model"].target == "elp.core.model.AdaptedSSL"
+    assert values["model"].value["options"] == values["method_options"]  # one mapping reaches the model
     assert values["task"].target.startswith("elp.tasks.")
     assert values["brain_class"].tag.startswith("!name:elp.train.brains.")
     assert set(RUN_DEFAULTS).isdisjoint({"task", "model"})
@@ -128,3 +129,35 @@ def test_train_py_by_hand_refuses_a_missing_inventory_in_one_line(tmp_path):
                              "--backbone_arch", "tiny"], cwd=recipe, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR: data/lang/labels.txt is missing: run stage 2")
+
+
+#: top-level keys every recipe spells the same (their lines must agree in every train.yaml)
+SHARED_KEYS = ["__set_seed", "backbone", "backbone_source", "backbone_arch", "ssl_backbone", "method", "model",
+               "final_lr_factor", "opt_class", "lr_scheduler", "epoch_counter", "train_logger"]
+
+
+def top_level_blocks(yaml_file: Path) -> dict[str, str]:
+    """Top-level key -> its lines (the key's line and the indented lines under it)."""
+    blocks, key = {}, None
+    for line in yaml_file.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            key = line.split(":", 1)[0]
+            blocks[key] = line
+        elif key is not None and line.startswith(" "):
+            blocks[key] += "\n" + line
+    return blocks
+
+
+def test_recipes_spell_their_shared_blocks_the_same():
+    blocks = {path: top_level_blocks(path) for path in RECIPE_YAMLS}
+    reference = blocks[RECIPE_YAMLS[0]]
+    for path, recipe in blocks.items():
+        for key in SHARED_KEYS:
+            assert recipe.get(key) == reference[key], f"{path.relative_to(ROOT)}: '{key}' differs from {RECIPE_YAMLS[0].relative_to(ROOT)}"
+
+
+def test_shared_block_check_sees_a_difference(tmp_path):
+    changed = tmp_path / "train.yaml"
+    changed.write_text(RECIPE_YAMLS[0].read_text().replace("opt_class: !name:torch.optim.Adam", "opt_class: !name:torch.optim.SGD"))
+    assert top_level_blocks(changed)["opt_class"] != top_level_blocks(RECIPE_YAMLS[0])["opt_class"]
+    assert top_level_blocks(changed)["model"] == top_level_blocks(RECIPE_YAMLS[0])["model"]

@@ -2,6 +2,7 @@
 bash snippets."""
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -318,3 +319,33 @@ def test_launch_explicit_cpu_ddp(tmp_path):
 def test_launch_stage_range(tmp_path):
     _, _, stages = launch(tmp_path, stage=3, stop_stage=4)
     assert stages == ["stage3", "stage4"]
+
+
+EXP_NAME = ROOT / "recipes" / "utils" / "exp_name.sh"
+
+
+@pytest.mark.parametrize("call, expected", [
+    ("exp_name mini elp", "mini_elp"),
+    ("exp_name mini elp 1987", "mini_elp_s1987"),
+    ('exp_name "$(exp_label wavlm_plus tiny true)" el', "wavlm_plus_tiny_el"),
+    ('exp_name "$(exp_label wavlm_plus "" true)" full 3', "mini_full_s3"),
+    ('exp_name "$(exp_label hubert "" false)" lora', "hubert_lora"),
+])
+def test_experiment_names_follow_one_rule(call, expected):
+    result = subprocess.run(["bash", "-c", f". {EXP_NAME}; {call}"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_a_recipe_names_its_experiment_by_the_shared_rule():
+    recipe = ROOT / "egs" / "slurp" / "ic"
+    exp = recipe / "exp" / "wavlm_plus_tiny_elp_s424242"
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    try:
+        result = subprocess.run(["./run.sh", "--stage", "3", "--stop_stage", "3", "--dry_run", "true",
+                                 "--backbone_arch", "tiny", "--seed", "424242"], cwd=recipe, env=env,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(exp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    assert "--tag wavlm_plus_tiny_elp_s424242 --output_folder exp/wavlm_plus_tiny_elp_s424242" in result.stdout

@@ -19,7 +19,7 @@ def make_result(task="asr", corpus="librispeech", backbone="wavlm_base_plus", me
                 value=12.5, params=1_234_567, tag="", **extra):
     higher = task != "asr"
     result = {
-        "task": task, "corpus": corpus, "backbone": backbone, "method": method, "tag": tag,
+        "benchmark": task, "corpus": corpus, "backbone": backbone, "method": method, "tag": tag,
         "metric": {"name": "wer" if task == "asr" else "accuracy", "value": value,
                    "higher_is_better": higher, "chance": 25.0 if higher else 100.0},
         "learnable_params": params, "train_wall_s": 3600.0, "peak_mem_mb": 2048.0,
@@ -57,7 +57,7 @@ def test_summary_md_json_png(egs, tmp_path):
     # table: header plus one row per result, canonical order (full before elp), best bold
     table = [line for line in (tmp_path / "exp" / "summary.md").read_text().splitlines()
              if line.startswith("|")]
-    assert table[0].startswith("| task | corpus | backbone | method |")
+    assert table[0].startswith("| benchmark | corpus | backbone | method |")
     rows = [summarize._split_row(line) for line in table[2:]]
     assert [(r[0], r[3]) for r in rows] == [("asr", "full"), ("asr", "elp"),
                                             ("er", "lora"), ("er", "elp")]
@@ -73,7 +73,7 @@ def test_summary_md_json_png(egs, tmp_path):
     # json
     data = json.loads((tmp_path / "exp" / "summary.json").read_text())
     assert data["num_results"] == 4
-    by_method = {(r["task"], r["method"]): r for r in data["results"]}
+    by_method = {(r["benchmark"], r["method"]): r for r in data["results"]}
     assert by_method[("asr", "elp")]["metric"]["value"] == 8.25
     assert by_method[("er", "lora")]["learnable_params"] == 300_000
     assert by_method[("asr", "elp")]["source"].endswith("asr/exp/elp/results.json")
@@ -114,7 +114,7 @@ def test_duplicate_run_keeps_the_newest_file(egs):
     newer = write(egs, "librispeech/asr/exp/elp_rerun", make_result(method="elp", value=7.0))
     os.utime(newer, (newer.stat().st_atime + 10, newer.stat().st_mtime + 10))
     results = summarize.load_results([egs])
-    elp = [r for r in results if (r["task"], r["method"]) == ("asr", "elp")]
+    elp = [r for r in results if (r["benchmark"], r["method"]) == ("asr", "elp")]
     assert len(elp) == 1 and elp[0]["metric"]["value"] == 7.0
 
 
@@ -147,5 +147,5 @@ def test_results_md_keeps_existing_prose(tmp_path):
     summarize.append_results_line(results_md, make_result())
     summarize.append_results_line(results_md, copy.deepcopy(make_result(value=5.0)))
     text = results_md.read_text()
-    assert text.startswith("# LibriSpeech ASR\n\nNotes about the setup.\n\n| task |")
+    assert text.startswith("# LibriSpeech ASR\n\nNotes about the setup.\n\n| benchmark |")
     assert text.count("| asr |") == 1 and "5.00" in text

@@ -64,7 +64,7 @@ cat "${summary}" >&2
 
 # one random WavLM Base+ checkpoint, the backbone of every part
 checkpoint=${work}/wavlm_plus_random
-python -c "from elp.bench.peers import save_random_checkpoint; from elp.core.presets import TINY_CONFIG
+python -c "from elp.bench.sources.peer_variants import save_random_checkpoint; from elp.core.presets import TINY_CONFIG
 save_random_checkpoint('${checkpoint}', 'wavlm_plus', TINY_CONFIG if '${arch}' == 'tiny' else {})" \
     || { note "could not save the random checkpoint"; exit 1; }
 

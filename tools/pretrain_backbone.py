@@ -37,6 +37,7 @@ from elp.core.backbones import SSLBackbone, backbone_config
 from elp.data.audio import read_audio
 from elp.data.inventory import CharTokenizer
 from elp.core.presets import ARCH_PRESETS
+from elp.runtime import configure_logging
 
 logger = logging.getLogger("pretrain_backbone")
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (pretrain_backbone.py) %(message)s", force=True)
+    configure_logging("pretrain_backbone.py", force=True)
 
     if (args.out / "config.json").exists() and (args.out / "pretrain_stats.json").exists():
         logger.info("%s exists; delete it to pretrain again", args.out)

@@ -1,28 +1,23 @@
-"""Training-cost benchmark: one training step of every method on a random-weight backbone.
+"""The benchmark harness: training steps of any model, timed and measured one way.
 
-Each *variant* is a method name with optional ``+`` flags:
+A *source of rows* (:mod:`elp.bench.sources.elp_variants`, :mod:`elp.bench.sources.peer_variants`)
+names :class:`Candidate` rows and builds each one's model (:class:`BuiltModel`: its modules, its
+``forward(wavs, wav_lens) -> (feats, frame_mask)`` and the tensors it trains). The harness puts
+the same head on every model (:class:`BenchHead`: per-frame Linear, masked mean pool,
+cross-entropy) and one Adam optimizer over the learnable tensors and the head, and times a
+step: forward + loss (inside ``torch.autocast`` for ``bf16``), backward, ``optimizer.step()``
+and ``zero_grad``, each phase after a device sync (:func:`timed_step`).
 
-* ``+ckpt``: activation checkpointing of the backbone layers that run with autograd;
-* ``+k<N>``: ``e_first_layer=N`` (E-adapters and trainable LNs from layer N up, layers
-  below N without autograd);
-* ``+cache``: (``weighted_sum``/``l_only`` only) the step reads the backbone's hidden states
-  from a :class:`elp.train.feature_cache.HiddenStateCache` filled beforehand, i.e. the cost of
-  every epoch after the first.
-* ``+cnncache``: (any method) the step reads the frozen CNN's features from a
-  :class:`elp.train.feature_cache.CNNFeatureCache` filled beforehand (recipes: ``cnn_cache: true``);
-* ``+sdpa``: WavLM's attention through ``scaled_dot_product_attention`` (recipes:
-  ``method_options: {sdpa_attention: true}``; wav2vec2 and HuBERT use SDPA already);
-* ``+bf16w``: (with ``precision="bf16"``) frozen transformer Linear weights held in bfloat16
-  once (recipes: ``method_options: {frozen_dtype: bf16}``).
-
-A step is forward (backbone + method + a small head: per-frame Linear, masked mean pool,
-cross-entropy), backward and an Adam step (+ ``zero_grad``). Each part is timed separately
-for ``repeats`` steps after ``warmup`` steps; the table shows medians. Peak memory is the
-increment over the memory in use after the model, head, optimizer and batch are built: on CPU
-the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` right before the
-steps), on CUDA ``torch.cuda.max_memory_allocated``. By default each variant runs in a fresh
-subprocess so that one variant's allocations do not hide another's peak. ``full`` always runs
-(first), and every ratio is against ``full`` from the same run.
+One measurement run (:func:`measure`) builds its candidates, fills their caches, runs
+``warmup + repeats`` rounds of one step per candidate (the order rotated every round, so that
+a slow phase of a shared machine hits every candidate alike) and keeps each candidate's median
+over the timed rounds. A run of a single candidate also measures its peak memory: the increment
+of :func:`elp.runtime.peak_memory_mb` over the memory in use once model, head, optimizer and
+batch are built. :func:`run_bench` schedules the runs: one run per candidate, or
+(``interleave``) one timing run of all candidates and then one memory run per candidate
+(``warmup + 1`` steps), since one process cannot tell apart the peaks of several models; with
+``isolate`` every run is a fresh subprocess (:func:`run_isolated`). Every ratio is against the
+first row of the same run.
 
 Examples
 --------
@@ -30,11 +25,12 @@ A tiny random backbone, measured in this process (timings and memory depend on t
 so only the layout is shown):
 
 >>> import tempfile
+>>> from elp.bench.sources import elp_variants
 >>> from elp.core.presets import TINY_CONFIG
->>> settings = BenchSettings(backbone="wavlm", config_overrides=TINY_CONFIG, batch_size=1,
-...                          duration=0.5, warmup=1, repeats=1, threads=1)
->>> rows = run_bench(settings, ["el"], isolate=False, log=lambda line: None, retries=0)
->>> [row["variant"] for row in rows], rows[0]["step_vs_full"]
+>>> settings = BenchSettings(backbone="wavlm", config_overrides=TINY_CONFIG, batch_size=1, duration=0.5,
+...                          warmup=1, repeats=1, threads=1, isolate=False, retries=0)
+>>> rows = run_bench(settings, elp_variants.candidates(["el"], "fp32", full_first=True), log=lambda line: None)
+>>> [row["key"] for row in rows], rows[0]["step_vs_baseline"]
 (['full', 'el'], 1.0)
 >>> markdown, json_file = write_results(settings, rows, tempfile.mkdtemp())
 >>> markdown.name, json_file.name
@@ -43,7 +39,9 @@ so only the layout is shown):
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import importlib
 import json
 import os
 import platform
@@ -52,27 +50,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from elp.core.methods import METHODS
+from elp.runtime import peak_memory_mb
 
-#: Variants run when none are named: every method, plus the cached-hidden-state step of the two
-#: methods whose backbone is frozen and un-adapted.
-DEFAULT_VARIANTS = [*METHODS, "weighted_sum+cache", "l_only+cache"]
+#: The phases of a step, in seconds, as :func:`timed_step` reports them.
+PHASES = ("forward_s", "backward_s", "optimizer_s", "step_s")
 
 
 @dataclass
 class BenchSettings:
-    """What one benchmark run measures.
+    """What one benchmark run measures, and how.
 
     Parameters
     ----------
     backbone : str
-        Short backbone name (random weights built from its config; nothing downloaded).
+        Short backbone name (random weights built from its config, nothing downloaded, unless
+        ``source`` names a checkpoint).
     config_overrides : dict
         Config fields to change (e.g. :data:`elp.core.presets.TINY_CONFIG`).
     batch_size : int
@@ -84,22 +83,42 @@ class BenchSettings:
     device : str
         ``"cpu"`` or ``"cuda"``.
     warmup : int
-        Steps before timing.
+        Untimed rounds before timing.
     repeats : int
-        Timed steps.
+        Timed rounds (one step of every candidate per round).
     threads : int | None
-        ``torch.set_num_threads`` in each worker (None: PyTorch's default / $OMP_NUM_THREADS).
+        ``torch.set_num_threads`` in each run (None: PyTorch's default / $OMP_NUM_THREADS).
     num_classes : int
         Classes of the benchmark head.
     seed : int
         Seed of weights and data.
     profile : bool
-        Also record the top operators of one step (torch.profiler).
+        Also record the top operators of one step of every candidate (torch.profiler).
+    memory : bool
+        Measure peak memory.
+    source : str | None
+        A HF checkpoint directory every candidate loads its backbone from (None: random
+        weights of ``backbone``'s config).
+    tag : str
+        Prefix of the output file names (``elp bench --peers``: ``peers``).
+    interleave : bool
+        Time all candidates round by round in one run (memory then in one run per candidate);
+        False times each candidate in its own run.
+    isolate : bool
+        Every run in a fresh subprocess (robust peak memory); False runs them in this process
+        (faster; the peak then also sees earlier runs' leftovers).
+    max_other_load : float
+        A run during which other processes kept more than this many cores busy (beyond those
+        its threads leave free) is measured again; the least disturbed run is kept.
+    retries : int
+        How many more times such a disturbed run is measured at most.
 
     Examples
     --------
     >>> BenchSettings(backbone="hubert", batch_size=2, duration=1.5).name
     'hubert_cpu_fp32_b2x1.5s'
+    >>> BenchSettings(tag="peers", precision="bf16").name
+    'peers_wavlm_plus_cpu_bf16_b4x3s'
     """
 
     backbone: str = "wavlm_plus"
@@ -114,180 +133,60 @@ class BenchSettings:
     num_classes: int = 10
     seed: int = 0
     profile: bool = False
+    memory: bool = True
+    source: str | None = None
+    tag: str = ""
+    interleave: bool = False
+    isolate: bool = True
+    max_other_load: float = 0.25
+    retries: int = 2
 
     @property
     def name(self) -> str:
         """File stem of the outputs, e.g. ``wavlm_plus_cpu_fp32_b4x3s``."""
-        tiny = "_custom" if self.config_overrides else ""
-        return f"{self.backbone}{tiny}_{self.device}_{self.precision}_b{self.batch_size}x{self.duration:g}s"
+        custom = "_custom" if self.config_overrides else ""
+        stem = f"{self.backbone}{custom}_{self.device}_{self.precision}_b{self.batch_size}x{self.duration:g}s"
+        return f"{self.tag}_{stem}" if self.tag else stem
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A method plus runtime options (see the module docstring for the ``+`` syntax)."""
+class Candidate:
+    """One row to measure.
 
+    ``source`` is the module that builds it: its ``build(key, settings, work_dir)`` returns
+    a :class:`BuiltModel` (a module name, so that a worker process can build it too).
+    """
+
+    key: str
     label: str
-    method: str
-    activation_checkpointing: bool = False
-    e_first_layer: int = 0
-    cache: bool = False
-    cnn_cache: bool = False
-    sdpa: bool = False
-    bf16_weights: bool = False
+    source: str
 
 
-def parse_variant(label: str) -> Variant:
-    """Parse a variant label such as ``"el+ckpt+k4"`` (see the module docstring).
+@dataclass
+class BuiltModel:
+    """What a source builds for a candidate: the model the harness trains."""
 
-    Parameters
-    ----------
-    label : str
-        A method name from :data:`elp.core.methods.METHODS` followed by ``+ckpt``, ``+k<N>``,
-        ``+cache``, ``+cnncache``, ``+sdpa`` and/or ``+bf16w`` flags.
-
-    Returns
-    -------
-    Variant
-        E.g. ``Variant(label="el+ckpt+k4", method="el", activation_checkpointing=True,
-        e_first_layer=4)``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown method or flag, ``+cache`` on a method whose backbone needs
-        gradients, or ``+cache`` with ``+cnncache``.
-
-    Examples
-    --------
-    >>> parse_variant("l_only+cache").cache
-    True
-    >>> parse_variant("el+ckpt+k4").e_first_layer
-    4
-    >>> v = parse_variant("el+sdpa+cnncache+bf16w")
-    >>> v.sdpa, v.cnn_cache, v.bf16_weights
-    (True, True, True)
-    """
-    method, *flags = label.split("+")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} in bench variant {label!r}; choose from {', '.join(METHODS)}")
-    options = {}
-    for flag in flags:
-        if flag == "ckpt":
-            options["activation_checkpointing"] = True
-        elif flag == "cache":
-            if METHODS[method].backbone_needs_grad:
-                raise ValueError(f"{label!r}: only methods with a frozen, un-adapted backbone "
-                                 "(weighted_sum, l_only) can use the hidden-state cache")
-            options["cache"] = True
-        elif flag in _SPEED_FLAGS:
-            options[_SPEED_FLAGS[flag]] = True
-        elif flag.startswith("k") and flag[1:].isdigit():
-            options["e_first_layer"] = int(flag[1:])
-        else:
-            raise ValueError(f"unknown flag {flag!r} in bench variant {label!r}; "
-                             "use +ckpt, +k<N>, +cache, +cnncache, +sdpa or +bf16w")
-    if options.get("cache") and options.get("cnn_cache"):
-        raise ValueError(f"{label!r}: +cache (hidden states) already skips the CNN; drop +cnncache")
-    return Variant(label, method, **options)
-
-
-#: Variant flags that switch on a recipe speed option -> Variant field.
-_SPEED_FLAGS = {"cnncache": "cnn_cache", "sdpa": "sdpa", "bf16w": "bf16_weights"}
-
-
-def build_variant_model(variant: Variant, backbone, precision: str):
-    """The adapted model of a variant, with its speed options applied.
-
-    Parameters
-    ----------
-    variant : Variant
-        From :func:`parse_variant`.
-    backbone : elp.core.backbones.SSLBackbone
-        A freshly loaded backbone (the model takes it over).
-    precision : str
-        ``"fp32"`` or ``"bf16"``; ``+bf16w`` needs ``"bf16"``.
-
-    Returns
-    -------
-    elp.core.model.AdaptedSSL
-        On the backbone's device, in train mode.
-
-    Raises
-    ------
-    ValueError
-        For ``+bf16w`` without bf16 precision.
-
-    Examples
-    --------
-    >>> from elp.core.backbones import load_backbone
-    >>> from elp.core.presets import TINY_CONFIG
-    >>> backbone = load_backbone("wavlm", pretrained=False, config_overrides=TINY_CONFIG)
-    >>> model = build_variant_model(parse_variant("el+bf16w"), backbone, "bf16")
-    >>> model.backbone.model.encoder.layers[0].feed_forward.output_dense.weight.dtype
-    torch.bfloat16
-    """
-    from elp.core.model import AdaptedSSL
-
-    if variant.bf16_weights and precision != "bf16":
-        raise ValueError(f"bench variant {variant.label!r}: +bf16w holds frozen weights in bfloat16 and "
-                         "needs --precision bf16")
-    model = AdaptedSSL(backbone, variant.method, e_first_layer=variant.e_first_layer,
-                       activation_checkpointing=variant.activation_checkpointing).train()
-    if variant.sdpa:
-        model.backbone.set_sdpa_attention(True)
-    if variant.bf16_weights:
-        model.cast_frozen_(torch.bfloat16)
-    return model
-
-
-def variant_forward(variant: Variant, model, cache_dir: str | os.PathLike | None = None):
-    """The forward a variant's step calls: ``forward(wavs, wav_lens) -> (feats, frame_mask)``.
-
-    Parameters
-    ----------
-    variant : Variant
-        From :func:`parse_variant`.
-    model : elp.core.model.AdaptedSSL
-        Its model (:func:`build_variant_model`).
-    cache_dir : str | os.PathLike, optional
-        Where ``+cache`` / ``+cnncache`` keep their cache (needed for those flags). The
-        first call for a batch fills the cache; later calls read it.
-
-    Returns
-    -------
-    Callable
-        ``forward(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from elp.core.backbones import load_backbone
-    >>> from elp.core.presets import TINY_CONFIG
-    >>> variant = parse_variant("el+cnncache")
-    >>> model = build_variant_model(variant, load_backbone("wavlm", pretrained=False,
-    ...                             config_overrides=TINY_CONFIG), "fp32").eval()
-    >>> forward = variant_forward(variant, model, tempfile.mkdtemp())
-    >>> wavs = torch.randn(2, 8000)
-    >>> first, _ = forward(wavs, torch.ones(2))   # fills the cache
-    >>> again, _ = forward(wavs, torch.ones(2))   # reads it
-    >>> torch.equal(first, again)
-    True
-    """
-    from elp.train.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
-
-    if variant.cache or variant.cnn_cache:
-        if cache_dir is None:
-            raise ValueError(f"bench variant {variant.label!r} needs a cache directory")
-        if variant.cache:
-            cache = HiddenStateCache(cache_dir, "bench")
-            return lambda wavs, wav_lens: cached_forward(model, cache, None, wavs, wav_lens)
-        cnn_cache = CNNFeatureCache.for_model(cache_dir, model)
-        return lambda wavs, wav_lens: cached_cnn_forward(model, cnn_cache, None, wavs, wav_lens)
-    return lambda wavs, wav_lens: model(wavs, wav_lens)
+    modules: list[nn.Module]
+    #: (wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F] or None: every frame)
+    forward: Callable
+    learnable: list[nn.Parameter]
+    output_dim: int
+    #: LoRA tensors by name (their gradients are counted)
+    lora: dict[str, nn.Parameter] = field(default_factory=dict)
+    #: called once, without gradients, before the steps (fills a feature cache the steps read)
+    fill_cache: Callable | None = None
 
 
 class BenchHead(nn.Module):
-    """Per-frame Linear, mean over valid frames, cross-entropy: the loss of the benchmark step."""
+    """Per-frame Linear, mean over valid frames, cross-entropy: the loss of the benchmark step.
+
+    Examples
+    --------
+    >>> head = BenchHead(4, 3)
+    >>> loss = head(torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool), torch.tensor([0, 2]))
+    >>> loss.shape
+    torch.Size([])
+    """
 
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
@@ -300,162 +199,94 @@ class BenchHead(nn.Module):
         return nn.functional.cross_entropy(pooled.float(), labels)
 
 
-# --------------------------------------------------------------------------- memory probes
-def _proc_status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
+@dataclass
+class Trainable:
+    """A candidate's model with the benchmark head and its Adam optimizer."""
+
+    candidate: Candidate
+    model: BuiltModel
+    head: BenchHead
+    optimizer: torch.optim.Optimizer
+    precision: str
+    device: str
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Forward + head loss of ``batch`` (:func:`make_batch`), inside autocast for bf16."""
+        wavs, wav_lens, labels = batch
+        with _autocast(self.device, self.precision):
+            feats, frame_mask = self.model.forward(wavs, wav_lens)
+            if frame_mask is None:
+                frame_mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+            return self.head(feats, frame_mask, labels)
+
+    def step(self, batch) -> dict[str, float]:
+        """One training step of ``batch``; the seconds of its phases (:data:`PHASES`)."""
+        return timed_step(lambda: self.loss(batch), self.optimizer, self.device)[1]
+
+    def count_lora_gradients(self, batch) -> tuple[int, int]:
+        """LoRA tensors whose ``.grad`` is set and non-zero after one forward/backward, and all
+        LoRA tensors; no update is made and the gradients are cleared again."""
+        lora = self.model.lora
+        if not lora:
+            return 0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(batch).backward()
+        with_grad = sum(1 for p in lora.values() if p.grad is not None and bool(p.grad.ne(0).any()))
+        self.optimizer.zero_grad(set_to_none=True)
+        return with_grad, len(lora)
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak RSS (VmHWM) to the current RSS; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+def _autocast(device: str, precision: str):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-class _MemoryProbe:
-    """Peak memory increment from :meth:`start` to :meth:`stop`, in MiB."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline = torch.cuda.memory_allocated()
-        else:
-            self.resettable = _reset_peak_rss()
-            self.baseline = _proc_status_kib("VmRSS") * 1024
-            self.baseline_peak = _proc_status_kib("VmHWM") * 1024
-
-    def stop(self) -> tuple[float, str]:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - self.baseline) / 2**20, "cuda max_memory_allocated"
-        peak = _proc_status_kib("VmHWM") * 1024
-        if self.resettable:
-            return (peak - self.baseline) / 2**20, "RSS peak (VmHWM after clear_refs)"
-        # without clear_refs the peak may predate the start; only a rise above it is visible
-        return (max(peak - self.baseline_peak, 0)) / 2**20, "RSS peak above pre-start peak (lower bound)"
-
-
-def _busy_seconds() -> tuple[float, float]:
-    """(CPU seconds all processes have been busy, CPU seconds this process used) so far."""
-    import resource
-
-    ticks = os.sysconf("SC_CLK_TCK")
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, usage.ru_utime + usage.ru_stime
-
-
-# ------------------------------------------------------------------------------- one variant
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_variant(settings: BenchSettings, variant: Variant) -> dict:
-    """Build one model and time its training steps in this process.
+def build_trainable(candidate: Candidate, settings: BenchSettings, work_dir: str | os.PathLike) -> Trainable:
+    """Build a candidate (seeded by ``settings.seed``), add the head and the optimizer.
 
     Parameters
     ----------
+    candidate : Candidate
+        The row to build.
     settings : BenchSettings
-        What to measure.
-    variant : Variant
-        The method and runtime options (from :func:`parse_variant`).
+        Device, precision, seed and head size.
+    work_dir : str | os.PathLike
+        Scratch directory of the source (caches, saved copies).
 
     Returns
     -------
-    dict
-        ``variant``, ``method``, ``learnable``, medians ``forward_s``, ``backward_s``,
-        ``optimizer_s``, ``step_s``, ``peak_mib``, ``audio_s_per_s`` (+ ``cache_fill_s`` and
-        ``profile`` where they apply).
+    Trainable
+        Its modules on ``settings.device``, in train mode.
     """
-    from elp.core.backbones import load_backbone
-
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    device = settings.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda given but torch.cuda.is_available() is False")
     torch.manual_seed(settings.seed)
-    backbone = load_backbone(settings.backbone, pretrained=False, config_overrides=settings.config_overrides)
-    model = build_variant_model(variant, backbone, settings.precision).to(device)
-    head = BenchHead(model.output_dim, settings.num_classes).to(device)
-    head.train()
-    learnable = list(model.learnable_parameters().values())
-    optimizer = torch.optim.Adam(learnable + list(head.parameters()), lr=1e-4)
+    model = importlib.import_module(candidate.source).build(candidate.key, settings, Path(work_dir))
+    head = BenchHead(model.output_dim, settings.num_classes)
+    for module in [*model.modules, head]:
+        module.to(settings.device)
+        module.train()
+    optimizer = torch.optim.Adam(list(model.learnable) + list(head.parameters()), lr=1e-4)
+    return Trainable(candidate, model, head, optimizer, settings.precision, settings.device)
+
+
+def make_batch(settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The benchmark batch (seeded by ``settings.seed``).
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        wavs [B, T], wav_lens [B] (all 1.0) and labels [B].
+
+    Examples
+    --------
+    >>> wavs, wav_lens, labels = make_batch(BenchSettings(batch_size=2, duration=0.5))
+    >>> tuple(wavs.shape), wav_lens.tolist(), tuple(labels.shape)
+    ((2, 8000), [1.0, 1.0], (2,))
+    """
     generator = torch.Generator().manual_seed(settings.seed)
     num_samples = int(round(settings.duration * 16000))
-    wavs = (0.1 * torch.randn(settings.batch_size, num_samples, generator=generator)).to(device)
-    wav_lens = torch.ones(settings.batch_size, device=device)
-    labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator).to(device)
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
-
-    result: dict = {}
-    tmp_dir = tempfile.TemporaryDirectory(prefix="elp-bench-cache-") if variant.cache or variant.cnn_cache else None
-    forward_of_batch = variant_forward(variant, model, tmp_dir.name if tmp_dir else None)
-    if tmp_dir is not None:
-        start = time.perf_counter()
-        with autocast, torch.no_grad():  # the first epoch: compute and store
-            forward_of_batch(wavs, wav_lens)
-        _sync(device)
-        result["cache_fill_s"] = time.perf_counter() - start
-
-    def forward():
-        return forward_of_batch(wavs, wav_lens)
-
-    def loss_of_batch():
-        with autocast:
-            feats, frame_mask = forward()
-            return head(feats, frame_mask, labels)
-
-    def step(times: dict | None):
-        loss, seconds = timed_step(loss_of_batch, optimizer, device)
-        if times is not None:
-            for key, value in seconds.items():
-                times[key].append(value)
-        return float(loss.detach())
-
-    probe = _MemoryProbe(device)
-    probe.start()
-    for _ in range(settings.warmup):
-        step(None)
-    times = {key: [] for key in ("forward_s", "backward_s", "optimizer_s", "step_s")}
-    busy_start, own_start, wall_start = *_busy_seconds(), time.perf_counter()
-    for _ in range(settings.repeats):
-        step(times)
-    busy_end, own_end, wall_end = *_busy_seconds(), time.perf_counter()
-    peak_mib, memory_kind = probe.stop()
-    # CPU cores other processes kept busy while we timed (a shared machine skews timings)
-    result["other_load"] = max(0.0, ((busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start))
-    if settings.profile:
-        result["profile"] = _profile_step(step, device)
-    if tmp_dir is not None:
-        tmp_dir.cleanup()
-    step_s = statistics.median(times["step_s"])
-    result.update(
-        variant=variant.label, method=variant.method,
-        learnable=sum(p.numel() for p in learnable),
-        **{key: statistics.median(values) for key, values in times.items()},
-        peak_mib=peak_mib, memory_kind=memory_kind,
-        step_min_s=min(times["step_s"]),
-        audio_s_per_s=settings.batch_size * settings.duration / step_s,
-        threads=torch.get_num_threads())
-    return result
+    wavs = 0.1 * torch.randn(settings.batch_size, num_samples, generator=generator)
+    labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator)
+    device = settings.device
+    return wavs.to(device), torch.ones(settings.batch_size, device=device), labels.to(device)
 
 
 def timed_step(loss_fn, optimizer: torch.optim.Optimizer, device: str) -> tuple[torch.Tensor, dict[str, float]]:
@@ -473,7 +304,7 @@ def timed_step(loss_fn, optimizer: torch.optim.Optimizer, device: str) -> tuple[
     Returns
     -------
     tuple[torch.Tensor, dict[str, float]]
-        The loss and the seconds ``forward_s``, ``backward_s``, ``optimizer_s``, ``step_s``.
+        The loss and the seconds of :data:`PHASES`.
 
     Examples
     --------
@@ -498,101 +329,273 @@ def timed_step(loss_fn, optimizer: torch.optim.Optimizer, device: str) -> tuple[
                   "optimizer_s": end - after_backward, "step_s": end - start}
 
 
-def _profile_step(step, device: str, top: int = 15) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step(None)
-    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
-    return [{"op": e.key, "self_ms": getattr(e, key) / 1000, "calls": e.count} for e in events]
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-# ----------------------------------------------------------------------------- whole bench
-def run_bench(settings: BenchSettings, variants: list[str] | None = None, isolate: bool = True,
-              log=print, max_other_load: float = 0.25, retries: int = 2) -> list[dict]:
-    """Measure every variant (``full`` first, always) and add ratios against ``full``.
+def _busy_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes have been busy, CPU seconds this process used) so far."""
+    import resource
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, usage.ru_utime + usage.ru_stime
+
+
+def memory_kind(device: str) -> str:
+    """What :func:`elp.runtime.peak_memory_mb` measures on ``device``.
+
+    Examples
+    --------
+    >>> memory_kind("cpu")
+    'RSS peak (VmHWM after clear_refs)'
+    """
+    return "cuda max_memory_allocated" if device == "cuda" else "RSS peak (VmHWM after clear_refs)"
+
+
+# ------------------------------------------------------------------------- one measurement run
+def measure(settings: BenchSettings, candidates: list[Candidate]) -> list[dict]:
+    """One measurement run in this process: build, fill caches, time interleaved rounds.
 
     Parameters
     ----------
     settings : BenchSettings
-        What to measure.
-    variants : list[str] | None, optional
-        Labels (see :func:`parse_variant`); default :data:`DEFAULT_VARIANTS`.
-    isolate : bool, optional
-        Run each variant in a fresh subprocess (robust peak memory); False runs them in
-        this process (faster; peak memory then also sees earlier variants' leftovers).
-    log : Callable[[str], object], optional
-        Where progress lines go.
-    max_other_load : float, optional
-        On a shared machine, a variant timed while other processes kept more than this
-        many of the cores it uses busy (beyond the cores its threads leave free) is
-        measured again; the least disturbed measurement is kept.
-    retries : int, optional
-        How many more times such a disturbed variant is measured at most.
+        What to measure (``memory`` counts only for a single candidate).
+    candidates : list[Candidate]
+        The rows of this run.
 
     Returns
     -------
     list[dict]
-        One dict per variant (see :func:`measure_variant`), ``full`` first, plus
-        ``step_vs_full`` and ``memory_vs_full``.
+        One row per candidate: ``key``, ``variant`` (label), ``learnable``, medians
+        :data:`PHASES`, ``step_min_s``, ``audio_s_per_s``, ``other_load`` (CPU cores other
+        processes kept busy while timing), ``threads``, ``peak_mib`` and ``memory_kind`` (None
+        unless measured), ``lora_with_grad`` / ``lora_total`` (None without LoRA tensors), and
+        ``cache_fill_s`` / ``profile`` where they apply.
+
+    Raises
+    ------
+    RuntimeError
+        For ``device="cuda"`` without CUDA.
+    """
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = settings.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda given but torch.cuda.is_available() is False")
+    with tempfile.TemporaryDirectory(prefix="elp-bench-") as work_dir:
+        batch = make_batch(settings)
+        trainables, rows = [], []
+        for candidate in candidates:
+            trainable = build_trainable(candidate, settings, Path(work_dir) / f"run-{len(rows)}")
+            row = {"key": candidate.key, "variant": candidate.label,
+                   "learnable": sum(p.numel() for p in trainable.model.learnable)}
+            if trainable.model.fill_cache is not None:  # the first epoch: compute and store
+                start = time.perf_counter()
+                with _autocast(device, settings.precision), torch.no_grad():
+                    trainable.model.fill_cache(batch[0], batch[1])
+                _sync(device)
+                row["cache_fill_s"] = time.perf_counter() - start
+            trainables.append(trainable)
+            rows.append(row)
+        memory = settings.memory and len(candidates) == 1
+        if memory:
+            gc.collect()
+            _sync(device)
+            start_mib = peak_memory_mb(device, reset=True)
+        times, other_load = time_rounds(trainables, batch, settings.warmup, settings.repeats)
+        peak_mib = peak_memory_mb(device) - start_mib if memory else None
+        for trainable, row in zip(trainables, rows):
+            with_grad, total = trainable.count_lora_gradients(batch)
+            step_s = statistics.median(t["step_s"] for t in times[trainable.candidate.key])
+            row.update({part: statistics.median(t[part] for t in times[trainable.candidate.key])
+                        for part in PHASES})
+            row.update(step_min_s=min(t["step_s"] for t in times[trainable.candidate.key]),
+                       audio_s_per_s=settings.batch_size * settings.duration / step_s,
+                       other_load=other_load, threads=torch.get_num_threads(),
+                       peak_mib=peak_mib, memory_kind=memory_kind(device) if memory else None,
+                       lora_with_grad=with_grad if total else None, lora_total=total or None)
+            if settings.profile:
+                row["profile"] = _profile_step(trainable, batch)
+        return rows
+
+
+def time_rounds(trainables: list[Trainable], batch, warmup: int, repeats: int) -> tuple[dict, float]:
+    """Run ``warmup + repeats`` rounds of one step per trainable, the order rotated every round.
+
+    Parameters
+    ----------
+    trainables : list[Trainable]
+        From :func:`build_trainable`.
+    batch : tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        From :func:`make_batch`.
+    warmup, repeats : int
+        Untimed rounds, then timed rounds (``repeats`` >= 1).
+
+    Returns
+    -------
+    tuple[dict, float]
+        Candidate key -> the seconds of its timed steps (one :data:`PHASES` dict per round),
+        and the CPU cores other processes kept busy during the timed rounds.
+    """
+    times = {t.candidate.key: [] for t in trainables}
+    for round_index in range(warmup + repeats):
+        if round_index == warmup:
+            busy_start, own_start, wall_start = *_busy_seconds(), time.perf_counter()
+        shift = round_index % len(trainables)
+        for trainable in trainables[shift:] + trainables[:shift]:
+            seconds = trainable.step(batch)
+            if round_index >= warmup:
+                times[trainable.candidate.key].append(seconds)
+    busy_end, own_end, wall_end = *_busy_seconds(), time.perf_counter()
+    return times, max(0.0, ((busy_end - busy_start) - (own_end - own_start)) / (wall_end - wall_start))
+
+
+def _profile_step(trainable: Trainable, batch, top: int = 15) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainable.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        trainable.step(batch)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "self_ms": getattr(e, key) / 1000, "calls": e.count} for e in events]
+
+
+# ------------------------------------------------------------------------------- worker process
+def run_isolated(function: str, request: dict) -> object:
+    """``function(**request)`` in a fresh Python process; its JSON result.
+
+    Parameters
+    ----------
+    function : str
+        ``"module:name"`` of a function taking ``request``'s keys and returning JSON data.
+    request : dict
+        Its keyword arguments (JSON data).
+
+    Returns
+    -------
+    object
+        What it returned.
+
+    Raises
+    ------
+    RuntimeError
+        If the process fails (with the end of its stderr).
+
+    Examples
+    --------
+    >>> run_isolated("json:dumps", {"obj": [1, 2]})
+    '[1, 2]'
+    """
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.run([sys.executable, "-m", "elp.bench.harness", function, json.dumps(request)],
+                             capture_output=True, text=True, env=env)
+    if process.returncode != 0:
+        raise RuntimeError(f"bench worker {function} failed (exit {process.returncode}):\n{process.stderr[-4000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def measure_request(settings: dict, candidates: list[dict]) -> list[dict]:
+    """:func:`measure` from JSON data (the worker process's entry)."""
+    return measure(BenchSettings(**settings), [Candidate(**c) for c in candidates])
+
+
+def _run(settings: BenchSettings, candidates: list[Candidate]) -> list[dict]:
+    if not settings.isolate:
+        rows = measure(settings, candidates)
+        gc.collect()
+        if settings.device == "cuda":
+            torch.cuda.empty_cache()
+        return rows
+    return run_isolated("elp.bench.harness:measure_request",
+                        {"settings": asdict(settings), "candidates": [asdict(c) for c in candidates]})
+
+
+def _run_least_disturbed(settings: BenchSettings, candidates: list[Candidate], log) -> list[dict]:
+    best = None
+    for _ in range(settings.retries + 1):
+        rows = _run(settings, candidates)
+        steps = ", ".join(f"{row['key']} step {row['step_s']:.3f} s" for row in rows)
+        peak = f", peak +{rows[0]['peak_mib']:.0f} MiB" if rows[0]["peak_mib"] is not None else ""
+        log(f"bench: {steps}{peak}, other load {rows[0]['other_load']:.2f}")
+        if best is None or rows[0]["other_load"] < best[0]["other_load"]:
+            best = rows
+        spare_cores = max((os.cpu_count() or 1) - best[0]["threads"], 0)
+        if best[0]["other_load"] <= spare_cores + settings.max_other_load:
+            break
+    return best
+
+
+# ------------------------------------------------------------------------------ whole benchmark
+def run_bench(settings: BenchSettings, candidates: list[Candidate], log=print) -> list[dict]:
+    """Measure every candidate (see the module docstring); ratios against the first one.
+
+    Parameters
+    ----------
+    settings : BenchSettings
+        What to measure and how (``interleave``, ``isolate``, ``retries``).
+    candidates : list[Candidate]
+        The rows, the reference of every ratio first.
+    log : Callable[[str], object], optional
+        Where progress lines go.
+
+    Returns
+    -------
+    list[dict]
+        One row per candidate (see :func:`measure`) plus ``step_vs_baseline`` and
+        ``memory_vs_baseline`` (None without memory figures).
 
     Raises
     ------
     ValueError
-        For a bad variant label (before anything is measured).
+        For no candidates, a key given twice or ``repeats`` < 1.
     RuntimeError
-        If an isolated worker process fails.
+        If a worker process fails.
 
     Examples
     --------
     See the module docstring.
     """
-    labels = list(variants or DEFAULT_VARIANTS)
-    for label in labels:
-        parse_variant(label)  # fail early on a typo
-    labels = ["full"] + [label for label in labels if label != "full"]
-    rows = []
-    for label in labels:
-        log(f"bench: {label} ...")
-        for attempt in range(retries + 1):
-            measured = _measure_isolated(settings, label) if isolate else measure_variant(settings, parse_variant(label))
-            log(f"bench: {label}: step {measured['step_s']:.3f} s, peak +{measured['peak_mib']:.0f} MiB, "
-                f"other load {measured['other_load']:.2f}")
-            if attempt == 0 or measured["other_load"] < row["other_load"]:
-                row = measured
-            spare_cores = max((os.cpu_count() or 1) - row["threads"], 0)
-            if row["other_load"] <= spare_cores + max_other_load:
-                break
-        rows.append(row)
-    full = rows[0]
+    keys = [c.key for c in candidates]
+    if not keys:
+        raise ValueError("nothing to benchmark: name at least one variant")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a variant is named twice in {' '.join(keys)}; name each once")
+    if settings.repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (got {settings.repeats})")
+    if settings.interleave and len(candidates) > 1:
+        log(f"bench: {' '.join(keys)}, interleaved ...")
+        rows = _run_least_disturbed(dataclasses.replace(settings, memory=False), candidates, log)
+        if settings.memory:
+            memory_settings = dataclasses.replace(settings, repeats=1, profile=False, retries=0)
+            for candidate, row in zip(candidates, rows):
+                log(f"bench: peak memory of {candidate.key} ...")
+                measured = _run(memory_settings, [candidate])[0]
+                row.update(peak_mib=measured["peak_mib"], memory_kind=measured["memory_kind"])
+    else:
+        rows = []
+        for candidate in candidates:
+            log(f"bench: {candidate.key} ...")
+            rows += _run_least_disturbed(settings, [candidate], log)
+    baseline = rows[0]
     for row in rows:
-        row["step_vs_full"] = row["step_s"] / full["step_s"]
-        row["memory_vs_full"] = row["peak_mib"] / full["peak_mib"] if full["peak_mib"] > 0 else float("nan")
+        row["step_vs_baseline"] = row["step_s"] / baseline["step_s"]
+        row["memory_vs_baseline"] = (row["peak_mib"] / baseline["peak_mib"]
+                                     if row["peak_mib"] is not None and baseline["peak_mib"] else None)
     return rows
 
 
-def _measure_isolated(settings: BenchSettings, label: str) -> dict:
-    payload = json.dumps({"settings": asdict(settings), "variant": label})
-    process = subprocess.run([sys.executable, "-m", "elp.bench.harness", payload], capture_output=True, text=True)
-    if process.returncode != 0:
-        raise RuntimeError(f"bench worker for {label!r} failed (exit {process.returncode}):\n{process.stderr[-4000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
-
-
+# ------------------------------------------------------------------------------------- output
 def machine_description(device: str) -> str:
     """CPU model and core count (and the GPU name on CUDA).
-
-    Parameters
-    ----------
-    device : str
-        ``"cpu"`` or ``"cuda"``.
-
-    Returns
-    -------
-    str
-        E.g. ``"<CPU model>, 16 logical CPUs; GPU <name>"``.
 
     Examples
     --------
@@ -613,10 +616,39 @@ def machine_description(device: str) -> str:
     return text
 
 
-COLUMNS = [("variant", "method"), ("learnable", "learnable"), ("forward_s", "forward s"),
+#: The table: (row key, column title); ``{baseline}`` is the first row's key.
+COLUMNS = [("variant", "variant"), ("learnable", "learnable"), ("forward_s", "forward s"),
            ("backward_s", "backward s"), ("optimizer_s", "optimizer s"), ("step_s", "step s"),
-           ("step_vs_full", "step vs full"), ("peak_mib", "peak MiB"), ("memory_vs_full", "memory vs full"),
-           ("audio_s_per_s", "audio s/s"), ("other_load", "other load")]
+           ("step_vs_baseline", "step vs {baseline}"), ("peak_mib", "peak MiB"),
+           ("memory_vs_baseline", "memory vs {baseline}"), ("audio_s_per_s", "audio s/s"),
+           ("other_load", "other load"), ("lora", "LoRA tensors with gradient")]
+
+
+def format_cell(row: dict, key: str) -> str:
+    """One table cell (``-`` where a row has no value).
+
+    Examples
+    --------
+    >>> row = {"learnable": 2048, "peak_mib": None, "lora_with_grad": 0, "lora_total": 8}
+    >>> format_cell(row, "learnable"), format_cell(row, "peak_mib"), format_cell(row, "lora")
+    ('2,048', '-', '0 of 8')
+    """
+    if key == "lora":
+        return "-" if row["lora_total"] is None else f"{row['lora_with_grad']} of {row['lora_total']}"
+    value = row[key]
+    if value is None:
+        return "-"
+    if key == "learnable":
+        return f"{value:,}"
+    if key in ("step_vs_baseline", "memory_vs_baseline"):
+        return f"{value:.2f}"
+    if key == "peak_mib":
+        return f"{value:.0f}"
+    if key in ("audio_s_per_s", "other_load"):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
 
 
 def format_markdown(settings: BenchSettings, rows: list[dict], command: str | None = None) -> str:
@@ -636,51 +668,51 @@ def format_markdown(settings: BenchSettings, rows: list[dict], command: str | No
     str
         Markdown text ending with a newline.
     """
-    threads = rows[0].get("threads") if rows else None
+    first = rows[0]
+    weights = f"checkpoint {settings.source}" if settings.source else "random weights"
+    overrides = f", config overrides {json.dumps(settings.config_overrides)}" if settings.config_overrides else ""
+    schedule = ("variants interleaved round by round in one process, medians of {r} rounds after {w} warm-up rounds"
+                if settings.interleave else "medians of {r} steps after {w} warm-up steps, one process per variant"
+                if settings.isolate else "medians of {r} steps after {w} warm-up steps, variants one after another")
+    if not settings.memory:
+        memory = "not measured"
+    else:
+        steps = f"{settings.warmup + 1} step(s)" if settings.interleave else "the steps"
+        where = "a fresh subprocess per variant" if settings.isolate else "this process, after earlier variants"
+        memory = f"increment over the built model during {steps}, in {where} ({first['memory_kind']})"
     lines = [f"# elp bench: {settings.name}", "",
              f"- machine: {machine_description(settings.device)}; torch {torch.__version__}; "
-             f"{threads} threads",
-             f"- backbone {settings.backbone} (random weights{', config overrides ' + json.dumps(settings.config_overrides) if settings.config_overrides else ''}), "
-             f"batch {settings.batch_size} x {settings.duration:g} s, {settings.precision}, {settings.device}, "
-             f"medians of {settings.repeats} steps after {settings.warmup} warm-up steps",
-             f"- peak memory: increment over the built model ({rows[0]['memory_kind'] if rows else ''})",
+             f"{first['threads']} threads",
+             f"- backbone {settings.backbone} ({weights}{overrides}), batch {settings.batch_size} x "
+             f"{settings.duration:g} s, {settings.precision}, {settings.device}; "
+             + schedule.format(r=settings.repeats, w=settings.warmup),
+             f"- learnable: trained parameters besides the head (every variant: Linear({settings.num_classes}) "
+             "per frame, mean pool, cross-entropy, Adam); ratios against the first row",
+             f"- peak memory: {memory}",
              "- other load: CPU cores that other processes kept busy while the steps were timed "
-             "(rows where other load + threads > CPUs were slowed by contention)"]
+             "(rows where other load + threads > CPUs were slowed by contention)",
+             "- LoRA tensors with gradient: tensors whose .grad is set and non-zero after one "
+             "forward/backward following the timed steps"]
     if command:
         lines.append(f"- command: `{command}`")
-    lines += ["", "| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = []
-        for key, _ in COLUMNS:
-            value = row[key]
-            if key == "learnable":
-                cells.append(f"{value:,}")
-            elif key in ("step_vs_full", "memory_vs_full"):
-                cells.append(f"{value:.2f}")
-            elif key == "peak_mib":
-                cells.append(f"{value:.0f}")
-            elif key in ("audio_s_per_s", "other_load"):
-                cells.append(f"{value:.1f}")
-            elif isinstance(value, float):
-                cells.append(f"{value:.3f}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
+    titles = [title.format(baseline=first["key"]) for _, title in COLUMNS]
+    lines += ["", "| " + " | ".join(titles) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(format_cell(row, key) for key, _ in COLUMNS) + " |" for row in rows]
     fills = [row for row in rows if "cache_fill_s" in row]
     if fills:
-        lines += ["", "`+cache` rows: step after the first epoch; the first epoch's forward that fills the "
-                  "cache took " + ", ".join(f"{row['variant']} {row['cache_fill_s']:.3f} s" for row in fills) + "."]
+        lines += ["", "Rows that read a cache: step after the first epoch; the first epoch's forward that fills "
+                  "the cache took " + ", ".join(f"{row['key']} {row['cache_fill_s']:.3f} s" for row in fills) + "."]
     for row in rows:
         if row.get("profile"):
-            lines += ["", f"Top operators of one {row['variant']} step (self time):", "",
+            lines += ["", f"Top operators of one {row['key']} step (self time):", "",
                       "| op | self ms | calls |", "|---|---|---|"]
             lines += [f"| {e['op']} | {e['self_ms']:.1f} | {e['calls']} |" for e in row["profile"]]
     return "\n".join(lines) + "\n"
 
 
 def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.PathLike,
-                  command: str | None = None, formatter=None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<settings.name>.md`` and ``.json``.
+                  command: str | None = None) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<settings.name>.md`` (:func:`format_markdown`) and ``.json``.
 
     Parameters
     ----------
@@ -693,10 +725,6 @@ def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.P
     command : str | None, optional
         The command line that produced the rows.
 
-    formatter : callable, optional
-        ``formatter(settings, rows, command) -> str``, the markdown table (default
-        :func:`format_markdown`; the peer benchmark passes its own).
-
     Returns
     -------
     tuple[Path, Path]
@@ -705,20 +733,18 @@ def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / f"{settings.name}.md"
-    markdown.write_text((formatter or format_markdown)(settings, rows, command))
+    markdown.write_text(format_markdown(settings, rows, command))
     record = {"settings": asdict(settings), "machine": machine_description(settings.device),
-              "torch": torch.__version__, "command": command, "rows": rows}
+              "torch": torch.__version__, "command": command, "baseline": rows[0]["key"], "rows": rows}
     json_file = out_dir / f"{settings.name}.json"
     json_file.write_text(json.dumps(record, indent=2))
     return markdown, json_file
 
 
-def _worker_main(payload: str) -> None:
-    request = json.loads(payload)
-    settings = BenchSettings(**request["settings"])
-    row = measure_variant(settings, parse_variant(request["variant"]))
-    print(json.dumps(row))
+def _worker_main(function: str, request: str) -> None:
+    module, name = function.split(":")
+    print(json.dumps(getattr(importlib.import_module(module), name)(**json.loads(request))))
 
 
-if __name__ == "__main__":
-    _worker_main(sys.argv[1])
+if __name__ == "__main__":  # worker process of run_isolated: python -m elp.bench.harness module:name '<json>'
+    _worker_main(sys.argv[1], sys.argv[2])

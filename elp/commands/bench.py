@@ -11,12 +11,14 @@ Variants: a method name, optionally with ``+ckpt`` (activation checkpointing), `
 speed options ``+cnncache`` (CNN features cached), ``+sdpa`` (WavLM attention through SDPA) and
 ``+bf16w`` (frozen weights held in bf16; with ``--precision bf16``).
 
-With ``--peers`` it runs the peer benchmark instead (:mod:`elp.bench.peers`): SpeechBrain's own
-WavLM wrapper (full fine-tuning, CNN frozen; frozen ``WeightedSSLModel``) and HF PEFT LoRA
-(optional extra: ``pip install -e .[peers]``) next to elp's methods (``--methods``, default
-full weighted_sum lora el elp) on one locally saved random WavLM checkpoint, interleaved round
-by round in one process; ratios against SpeechBrain's full fine-tuning; peak memory from one
-subprocess per variant (``--no-memory`` skips it). Writes ``<out-dir>/peers_<...>.{md,json}``.
+With ``--peers`` the rows of peer toolkits come first (:mod:`elp.bench.sources.peer_variants`):
+SpeechBrain's own WavLM wrapper (full fine-tuning, CNN frozen; frozen ``WeightedSSLModel``) and
+HF PEFT LoRA (optional extra: ``pip install -e .[peers]``), then elp's methods (``--methods``,
+default full weighted_sum lora el elp), all on one locally saved random WavLM checkpoint
+(``--source``: an existing one), interleaved round by round in one process; ratios against
+SpeechBrain's full fine-tuning; peak memory from one run per variant. Writes
+``<out-dir>/peers_<...>.{md,json}``. Both use the one harness of :mod:`elp.bench.harness`, with
+the same columns.
 
 Usage::
 
@@ -32,10 +34,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
+from pathlib import Path
 
+from elp.bench.harness import BenchSettings, format_markdown, run_bench, write_results
+from elp.bench.sources import elp_variants, peer_variants
 from elp.core.backbones import BACKBONES
-from elp.bench.harness import DEFAULT_VARIANTS, BenchSettings, format_markdown, run_bench, write_results
-from elp.bench.peers import DEFAULT_ELP_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the tiny test architecture (elp.core.presets.TINY_CONFIG) of the backbone")
     parser.add_argument("--methods", nargs="+", default=None, metavar="VARIANT",
                         help="methods/variants to run (default: all methods + weighted_sum+cache, l_only+cache; "
-                             f"with --peers: {' '.join(DEFAULT_ELP_METHODS)}); full always runs")
+                             f"with --peers: {' '.join(peer_variants.DEFAULT_ELP_METHODS)}); without --peers, full "
+                             "always runs, first")
     parser.add_argument("--peers", action="store_true",
                         help="peer benchmark: SpeechBrain's WavLM wrappers and HF PEFT LoRA next to elp's "
                              "methods, interleaved in one process, ratios against SpeechBrain full FT")
     parser.add_argument("--no-memory", action="store_true",
-                        help="--peers: skip the per-variant memory subprocesses")
+                        help="skip the peak-memory measurement")
     parser.add_argument("--source", default=None,
-                        help="--peers: an existing WavLM checkpoint directory (default: a random one "
-                             "saved to a temporary directory)")
+                        help="a HF checkpoint directory every variant loads (default: random weights; "
+                             "with --peers a random WavLM checkpoint saved to a temporary directory)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per utterance")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
@@ -71,10 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per worker (default: $OMP_NUM_THREADS / PyTorch's default)")
     parser.add_argument("--profile", action="store_true", help="add each variant's top operators to the report")
     parser.add_argument("--in-process", action="store_true",
-                        help="run variants in this process (faster; peak memory less reliable)")
+                        help="run every measurement in this process (faster; peak memory less reliable)")
     parser.add_argument("--max-other-load", type=float, default=0.25,
-                        help="re-measure a variant when other processes kept more CPU cores busy than this")
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements per disturbed variant")
+                        help="re-measure when other processes kept more CPU cores busy than this")
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per disturbed measurement")
     parser.add_argument("--out-dir", default="exp/bench")
 
 
@@ -124,22 +129,34 @@ def run(args: argparse.Namespace) -> int:
                         ("--repeats", args.repeats)):
         if value <= 0:
             raise SystemExit(f"elp bench: {name} must be positive (got {value})")
-    if args.peers:
-        return _run_peers(args, overrides)
     command = _command_line()
-    for precision in args.precision:
-        settings = BenchSettings(backbone=args.backbone, config_overrides=overrides, batch_size=args.batch_size,
-                                 duration=args.duration, precision=precision, device=args.device,
-                                 warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                                 profile=args.profile)
+    with tempfile.TemporaryDirectory(prefix="elp-bench-checkpoint-") as tmp:
+        source = args.source
         try:
-            rows = run_bench(settings, args.methods or DEFAULT_VARIANTS, isolate=not args.in_process,
-                             log=_log, max_other_load=args.max_other_load, retries=args.retries)
-        except ValueError as err:
-            raise SystemExit(f"elp bench: {err}")
-        markdown, json_file = write_results(settings, rows, args.out_dir, command)
-        print(format_markdown(settings, rows, command))
-        print(f"wrote {markdown} and {json_file}", file=sys.stderr)
+            if args.peers:
+                source = source or peer_variants.save_random_checkpoint(
+                    Path(tmp) / "wavlm", args.backbone, overrides)
+                peer_variants.check_checkpoint(source)
+            for precision in args.precision:
+                settings = BenchSettings(
+                    backbone=args.backbone, config_overrides=overrides, batch_size=args.batch_size,
+                    duration=args.duration, precision=precision, device=args.device, warmup=args.warmup,
+                    repeats=args.repeats, threads=args.threads, profile=args.profile, memory=not args.no_memory,
+                    source=str(source) if source else None, tag="peers" if args.peers else "",
+                    interleave=args.peers, isolate=not args.in_process, max_other_load=args.max_other_load,
+                    retries=args.retries)
+                if args.peers:
+                    candidates = (peer_variants.candidates(log=_log)
+                                  + elp_variants.candidates(args.methods or peer_variants.DEFAULT_ELP_METHODS,
+                                                            precision, prefix="elp "))
+                else:
+                    candidates = elp_variants.candidates(args.methods, precision, full_first=True)
+                rows = run_bench(settings, candidates, log=_log)
+                markdown, json_file = write_results(settings, rows, args.out_dir, command)
+                print(format_markdown(settings, rows, command))
+                print(f"wrote {markdown} and {json_file}", file=sys.stderr)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"elp bench{' --peers' if args.peers else ''}: {err}")
     return 0
 
 
@@ -149,22 +166,3 @@ def _log(line: str) -> None:
 
 def _command_line() -> str | None:
     return "elp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
-
-
-def _run_peers(args: argparse.Namespace, overrides: dict) -> int:
-    from elp.bench import peers
-
-    command = _command_line()
-    for precision in args.precision:
-        settings = peers.PeerSettings(backbone=args.backbone, config_overrides=overrides,
-                                      batch_size=args.batch_size, duration=args.duration, precision=precision,
-                                      device=args.device, warmup=args.warmup, repeats=args.repeats,
-                                      threads=args.threads, memory=not args.no_memory)
-        try:
-            rows = peers.run_peer_bench(settings, args.methods, source=args.source, log=_log)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"elp bench --peers: {err}")
-        markdown, json_file = peers.write_results(settings, rows, args.out_dir, command)
-        print(peers.format_markdown(settings, rows, command))
-        print(f"wrote {markdown} and {json_file}", file=sys.stderr)
-    return 0

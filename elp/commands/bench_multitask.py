@@ -2,7 +2,7 @@
 
 Builds a random-weight backbone of the real architecture (nothing is downloaded), saves it
 once as a checkpoint, writes one package per task (a classification head on each method),
-then measures, each in a fresh subprocess:
+then measures, each in a fresh subprocess (:func:`elp.bench.harness.run_isolated`):
 
 * ``shared``: :class:`elp.serve.multitask.MultiTask` over the N packages (CNN once; one shared
   transformer pass for weighted_sum / l_only; own layers for E/P/LoRA methods);
@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from elp.bench.harness import run_isolated
+from elp.runtime import peak_memory_mb
 from elp.tasks import CLASSIFY
 
 DEFAULT_MIXES = ["l_only", "l_only,weighted_sum", "l_only,weighted_sum,l_only,weighted_sum",
@@ -56,41 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="exp/bench/multitask.md", help="markdown table (and .json next to it)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-
-
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        pass
-
-
-def _memory_mb(device: str) -> float:
-    """Memory in use now (CUDA allocated, or resident set)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.memory_allocated() / 2**20
-    return _status_mb("VmRSS")
-
-
-def _peak_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return _status_mb("VmHWM")
 
 
 def worker(spec: dict) -> dict:
@@ -133,7 +99,7 @@ def worker(spec: dict) -> dict:
     from transformers import HubertModel, Wav2Vec2Model, WavLMModel  # noqa: F401
 
     gc.collect()
-    before = _memory_mb(device)
+    before = peak_memory_mb(device, reset=True)  # memory in use now
     if spec["mode"] == "shared":
         tasks = MultiTask(dirs, device=device)
         run = lambda waves: tasks.forward_batch(waves)  # noqa: E731
@@ -145,11 +111,8 @@ def worker(spec: dict) -> dict:
         learnable = 0
         tensors = unique_tensor_bytes([m for p in predictors for m in (p.package.model, p.package.head)])
     gc.collect()
-    loaded = _memory_mb(device) - before  # the models as they sit in memory
-    _reset_peak()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start_mem = _memory_mb(device)
+    start_mem = peak_memory_mb(device, reset=True)
+    loaded = start_mem - before  # the models as they sit in memory
     torch.manual_seed(0)
     samples = int(spec["duration"] * 16000)
     waves = [torch.randn(samples) * 0.1 for _ in range(spec["batch_size"])]
@@ -168,17 +131,15 @@ def worker(spec: dict) -> dict:
     best = min(times)
     audio = spec["batch_size"] * spec["duration"]
     return {"audio_s_per_s": audio / best, "step_s": best, "audio_s_per_cpu_s": audio / min(cpu_times),
-            "model_mb": loaded, "tensor_mb": tensors / 2**20, "run_peak_mb": _peak_mb(device) - start_mem,
+            "model_mb": loaded, "tensor_mb": tensors / 2**20, "run_peak_mb": peak_memory_mb(device) - start_mem,
             "learnable_mb": learnable / 2**20}
 
 
 def _measure(spec: dict) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, "-m", "elp.commands.bench_multitask", "--worker", json.dumps(spec)],
-                         capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"elp bench-multitask: worker failed for {spec['mode']} {spec['dirs']}:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return run_isolated("elp.commands.bench_multitask:worker", {"spec": spec})
+    except RuntimeError as err:
+        raise SystemExit(f"elp bench-multitask: worker failed for {spec['mode']} {spec['dirs']}: {err}")
 
 
 def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> dict[str, Path]:
@@ -247,9 +208,6 @@ def run(args: argparse.Namespace) -> int:
     >>> sorted(worker(spec))
     ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s', 'tensor_mb']
     """
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
     mixes = [m.split(",") for m in args.mixes]
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
     rows = []

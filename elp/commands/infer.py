@@ -9,7 +9,9 @@ Usage::
 
 Several packages trained on the same backbone run together (:mod:`elp.serve.multitask`: the CNN
 once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
-``<utt> <task> <result>`` (text, label and probability, or embedding norm for SV).
+``<utt> <name> (<task kind>) <result>``, where the name is the package's experiment (tag) and the
+result what its predictor summarises (:meth:`elp.serve.inference.Predictor.summary`: text, label
+and probability, or embedding norm).
 """
 
 from __future__ import annotations
@@ -98,41 +100,6 @@ def read_inputs(args) -> list[tuple[str, str]]:
     return [(name, name) for name in args.files]
 
 
-def describe(result) -> tuple[str, object]:
-    """(text for the line, JSON value) of one task result.
-
-    Parameters
-    ----------
-    result : str | elp.serve.inference.Classification | torch.Tensor
-        A transcript, a classification, or an SV embedding [E].
-
-    Returns
-    -------
-    tuple[str, object]
-        The text printed after ``<utt> <task>`` and the JSON value of the ``--jsonl`` record.
-
-    Examples
-    --------
-    >>> describe("hello")
-    ('hello', 'hello')
-    >>> import torch
-    >>> describe(torch.tensor([3.0, 4.0]))
-    ('embedding[2] norm 5.0000', [3.0, 4.0])
-    """
-    import torch
-
-    from elp.serve.inference import Classification
-
-    if isinstance(result, str):
-        return result, result
-    if isinstance(result, Classification):
-        return f"{result.label} {result.probabilities[result.label]:.4f}", \
-            {"label": result.label, "probabilities": result.probabilities}
-    if isinstance(result, torch.Tensor):
-        return f"embedding[{result.numel()}] norm {float(result.norm()):.4f}", result.tolist()
-    return str(result), result
-
-
 def quiet_libraries() -> None:
     """No per-load progress bars or known framework warnings on the command line."""
     import warnings
@@ -169,12 +136,11 @@ def run(args: argparse.Namespace) -> int:
     >>> import soundfile as sf
     >>> from elp.cli import main
     >>> from elp.testing import make_tiny_package
-    >>> from elp.tasks import CLASSIFY
-    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task=CLASSIFY)
+    >>> package = make_tiny_package(Path(tempfile.mkdtemp()) / "er", task="classify")
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
     >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
     >>> main(["infer", "--package", str(package), "--no-progress", str(wav)])  # doctest: +ELLIPSIS
-    /.../a.wav er neutral 0.39...
+    /.../a.wav er (classify) neutral 0.39...
     0
     """
     quiet_libraries()
@@ -196,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
         for index, (utt, _) in enumerate(pairs):
             record = {"utt": utt}
             for task_index, (name, predictor) in enumerate(zip(tasks.names, tasks.predictors)):
-                result = predictor.result(outputs[task_index][index], args.beam_size, args.lm)
-                text, value = describe(result)
-                print(f"{utt} {name} {text}".rstrip())
-                record[name] = {"task": predictor.task, "result": value}
+                result = predictor.result(outputs[task_index][index], beam_size=args.beam_size, lm=args.lm)
+                text, value = predictor.summary(result)
+                print(f"{utt} {name} ({predictor.kind}) {text}".rstrip())
+                record[name] = {"task": predictor.kind, "result": value}
             if jsonl:
                 jsonl.write(json.dumps(record) + "\n")
     finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from elp.tasks import SV
 
 LAYER_WEIGHT_KEYS = {"model.layer_adapters.layer_weights": "L-adapters (layer 1..L outputs)",
                      "model.weighted_sum.layer_weights": "weighted sum (input embedding + layers 1..L)"}
@@ -86,7 +85,8 @@ def summarize(directory: Path) -> dict:
     dict
         ``method``, ``backbone``, ``task`` (None for a bare export), ``options``, ``groups``
         (group -> number of learnable values, the head as ``head``), ``layer_weights``
-        (description -> softmax weights) and ``sv`` (the SV calibration record or None).
+        (description -> softmax weights) and ``task_lines`` (what the package's task says
+        about its own entries, e.g. the SV threshold).
 
     Raises
     ------
@@ -118,9 +118,17 @@ def summarize(directory: Path) -> dict:
         groups[group] = groups.get(group, 0) + tensor.numel()
     layer_weights = {label: torch.softmax(state[key].double(), 0).tolist()
                      for key, label in LAYER_WEIGHT_KEYS.items() if key in state}
+    task_lines = []
+    if package:
+        from elp.serve.package import PackageError, package_task
+
+        try:
+            task_lines = package_task(package, directory).package_summary(package)
+        except PackageError as err:
+            raise SystemExit(f"elp inspect: {err}")
     return {"method": export["method"], "backbone": export["backbone"], "task": package.get("task"),
             "options": export["options"], "groups": groups, "layer_weights": layer_weights,
-            SV: package.get(SV)}
+            "task_lines": task_lines}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
     for group, count in sorted(info["groups"].items()):
         print(f"  {group:8s} {count:>12,d}")
     print(f"  {'total':8s} {sum(info['groups'].values()):>12,d}")
-    if info[SV]:
-        print(f"SV threshold {info['sv']['threshold']:.6f} (EER {info['sv']['eer']:.2f}% on "
-              f"{info['sv']['num_trials']} {info['sv']['source']})")
+    for line in info["task_lines"]:
+        print(line)
     if not info["layer_weights"]:
         print("no learned layer weights (the method has no L-adapters or weighted sum)")
         return 0

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from elp.core.backbones import BACKBONES
-from elp.core.methods import METHODS
+from elp.core.methods import METHODS, default_options
 from elp.core.params import parameter_table
 
 
@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--backbone", nargs="+", default=["wavlm_plus"], choices=list(BACKBONES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--prompt-frames", type=int, default=10, help="K of the P-adapter")
-    parser.add_argument("--prefix-frames", type=int, default=10, help="K of prefix tuning")
-    parser.add_argument("--lora-rank", type=int, default=8)
+    defaults = default_options()  # the adapter kinds' own defaults
+    parser.add_argument("--prompt-frames", type=int, default=defaults["prompt_frames"], help="K of the P-adapter")
+    parser.add_argument("--prefix-frames", type=int, default=defaults["prefix_frames"], help="K of prefix tuning")
+    parser.add_argument("--lora-rank", type=int, default=defaults["lora_rank"], help="r of LoRA")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -5,7 +5,8 @@ Usage::
     elp verify --package exp/sv_elp/adapters enroll.wav test.wav
 
 Prints ``<score> accept|reject (threshold T)``; without a calibrated threshold only the
-cosine score (exit status 0 either way).
+cosine score (exit status 0 either way). Utterances longer than the package's SV window are
+embedded in windows, as stage 4 embedded them (:class:`elp.serve.inference.SpeakerVerifier`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     >>> import soundfile as sf
     >>> from elp.cli import main
     >>> from elp.testing import make_tiny_package
-    >>> from elp.tasks import SV
-    >>> package = make_tiny_package(tempfile.mkdtemp(), task=SV, method="lora")
+    >>> package = make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora")
     >>> wav = Path(tempfile.mkdtemp()) / "a.wav"
     >>> sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
     >>> main(["verify", "--package", str(package), str(wav), str(wav)])
@@ -65,15 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from elp.commands.infer import quiet_libraries
 
     quiet_libraries()
-    from elp.serve.inference import AudioInputError, Predictor
+    from elp.serve.inference import AudioInputError, SpeakerVerifier
     from elp.serve.package import PackageError, PackageNotFoundError
 
     for name in (args.enroll, args.test):
         if not Path(name).is_file():
             raise SystemExit(f"elp verify: audio file {name} does not exist")
     try:
-        predictor = Predictor.from_package(args.package, args.backbone_source, args.device)
-        trial = predictor.verify(args.enroll, args.test)
+        verifier = SpeakerVerifier.from_package(args.package, args.backbone_source, args.device)
+        trial = verifier.verify(args.enroll, args.test)
     except (PackageNotFoundError, PackageError, AudioInputError, ValueError) as err:
         raise SystemExit(f"elp verify: {err}")
     if trial.accepted is None:

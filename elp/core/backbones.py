@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contextlib import nullcontext
-
 from elp.core.speed import (add_contiguous_attention_inputs, add_sdpa_attention, cast_frozen_linear_, checkpointed,
-                       remove_sdpa_attention)
+                            remove_sdpa_attention)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +66,57 @@ class BackboneSpec:
     family: str
     hub_id: str
     size: str
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Where the parts adapters attach to live in a family's HF model: the one place that spells them.
+
+    Paths are dotted attribute paths: ``layers`` and ``encoder_norm`` relative to the HF
+    ``*Model``, the others relative to one transformer layer (``attention_projections`` relative
+    to its attention module).
+
+    Examples
+    --------
+    >>> names = FAMILY_MODULES["wavlm"]
+    >>> names.layers, names.feed_forward, names.layer_norms
+    ('encoder.layers', 'feed_forward', ('layer_norm', 'final_layer_norm'))
+    """
+
+    #: the ``nn.ModuleList`` of transformer layers
+    layers: str = "encoder.layers"
+    #: the self-attention block of a layer (its output: a tuple whose first element is [B, F, D])
+    attention: str = "attention"
+    #: the feed-forward block of a layer ([B, F, D] -> [B, F, D])
+    feed_forward: str = "feed_forward"
+    #: a layer's two LayerNorms: around the attention block, around the feed-forward block
+    layer_norms: tuple[str, str] = ("layer_norm", "final_layer_norm")
+    #: the encoder's own LayerNorm (after the positional convolution in post-LN models, after
+    #: the last layer in pre-LN models)
+    encoder_norm: str = "encoder.layer_norm"
+    #: the attention's query, key, value and output projections (``nn.Linear``)
+    attention_projections: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    #: the attention hands a transposed view of its input to ``F.multi_head_attention_forward``
+    #: (WavLM): :mod:`elp.core.speed` gives it a time-major input or replaces it with SDPA
+    fused_attention: bool = False
+
+    @property
+    def query(self) -> str:
+        """The query projection's name."""
+        return self.attention_projections[0]
+
+    @property
+    def value(self) -> str:
+        """The value projection's name."""
+        return self.attention_projections[2]
+
+
+#: :class:`ModuleNames` of each architecture family (transformers 4.x and 5.x spell them alike).
+FAMILY_MODULES: dict[str, ModuleNames] = {
+    "wav2vec2": ModuleNames(),
+    "hubert": ModuleNames(),
+    "wavlm": ModuleNames(fused_attention=True),
+}
 
 
 #: Short names accepted everywhere a backbone is named (hparams, CLI, adapter exports).
@@ -440,9 +490,48 @@ class SSLBackbone(nn.Module):
         return self.model.config
 
     @property
+    def module_names(self) -> ModuleNames:
+        """Where adapters attach in this family's HF model (:data:`FAMILY_MODULES`)."""
+        return FAMILY_MODULES[self.family]
+
+    @property
     def layers(self) -> nn.ModuleList:
         """The transformer layers (``model.encoder.layers``)."""
-        return self.model.encoder.layers
+        return self.model.get_submodule(self.module_names.layers)
+
+    def layer_part(self, index: int, path: str) -> nn.Module:
+        """A sub-module of transformer layer ``index``, by a path of :attr:`module_names`.
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> backbone = SSLBackbone.from_config("hubert", tiny_config("hubert"))
+        >>> names = backbone.module_names
+        >>> type(backbone.layer_part(1, names.feed_forward)).__name__
+        'HubertFeedForward'
+        """
+        return self.layers[index].get_submodule(path)
+
+    def set_layer_part(self, index: int, path: str, module: nn.Module) -> None:
+        """Replace a sub-module of transformer layer ``index`` (a path of :attr:`module_names`)."""
+        owner, _, attr = path.rpartition(".")
+        setattr(self.layers[index].get_submodule(owner) if owner else self.layers[index], attr, module)
+
+    def fused_attention_modules(self) -> list[nn.Module]:
+        """The layers' attention modules when the family's attention is fused
+        (:attr:`ModuleNames.fused_attention`; WavLM), else none."""
+        names = self.module_names
+        return [self.layer_part(i, names.attention) for i in range(self.num_layers)] if names.fused_attention else []
+
+    @property
+    def encoder_norm(self) -> nn.Module:
+        """The encoder's own LayerNorm (trained by ``full``)."""
+        return self.model.get_submodule(self.module_names.encoder_norm)
+
+    def encoder_output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last layer's output [B, F, D] -> ``last_hidden_state`` (pre-LN models apply the
+        encoder's LayerNorm last; post-LN models return ``hidden`` itself)."""
+        return self.encoder_norm(hidden) if self.config.do_stable_layer_norm else hidden
 
     @property
     def num_layers(self) -> int:
@@ -612,6 +701,7 @@ class SSLBackbone(nn.Module):
         frame_mask: torch.Tensor,
         prompt: torch.Tensor | None = None,
         layer_prefixes: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
     ) -> BackboneOutput:
         """Hidden states of every layer, from the CNN's output (e.g. read from a cache).
 
@@ -627,6 +717,9 @@ class SSLBackbone(nn.Module):
             [B, F] bool, True for valid frames.
         prompt, layer_prefixes : torch.Tensor, optional
             As in :meth:`forward`.
+        prefix_mask : torch.Tensor | None, optional
+            [B, K'] bool: which prefix vectors of each utterance are attended to (default:
+            all); a routed batch pads tasks with fewer prefix vectors with masked ones.
 
         Returns
         -------
@@ -656,7 +749,7 @@ class SSLBackbone(nn.Module):
                 hidden = self.model.feature_projection(features)
             if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normalised CNN features
                 hidden = hidden[0]
-            hidden_states, last = self._run_encoder(hidden, mask, layer_prefixes)
+            hidden_states, last = self._run_encoder(hidden, mask, layer_prefixes, prefix_mask)
         if num_prompt:
             hidden_states = [h[:, num_prompt:] for h in hidden_states]
             last = last[:, num_prompt:]
@@ -686,11 +779,12 @@ class SSLBackbone(nn.Module):
         remove_sdpa_attention(self._sdpa_modules)
         for handle in self._speed_hooks:
             handle.remove()
-        self._sdpa_modules = add_sdpa_attention(self.model) if enabled else []
+        modules = self.fused_attention_modules()
+        self._sdpa_modules = add_sdpa_attention(modules, self.module_names.attention_projections) if enabled else []
         #: whether WavLM attention runs through SDPA (always False for wav2vec2/HuBERT)
         self.sdpa_attention = bool(self._sdpa_modules)
         use_hooks = self._contiguous_attention and not self._sdpa_modules
-        self._speed_hooks = add_contiguous_attention_inputs(self.model) if use_hooks else []
+        self._speed_hooks = add_contiguous_attention_inputs(modules) if use_hooks else []
 
     # ------------------------------------------------------------------- frozen precision
     def cast_frozen_(self, dtype: torch.dtype | None = torch.bfloat16) -> list[str]:
@@ -758,7 +852,7 @@ class SSLBackbone(nn.Module):
             return layer(hidden, attention_mask=attention_mask, position_bias=position_bias, index=index)
         return layer(hidden, attention_mask=attention_mask), None
 
-    def _run_encoder(self, hidden: torch.Tensor, mask: torch.Tensor, layer_prefixes):
+    def _run_encoder(self, hidden: torch.Tensor, mask: torch.Tensor, layer_prefixes, prefix_mask=None):
         encoder = self.model.encoder
         grad_enabled = torch.is_grad_enabled()
         stable = self.config.do_stable_layer_norm
@@ -766,7 +860,7 @@ class SSLBackbone(nn.Module):
             hidden = hidden * mask[..., None].to(hidden.dtype)  # padded frames are 0 before pos_conv
             hidden = hidden + encoder.pos_conv_embed(hidden)
             if not stable:
-                hidden = encoder.layer_norm(hidden)
+                hidden = self.encoder_norm(hidden)
             hidden = encoder.dropout(hidden)
 
         num_prefix = 0 if layer_prefixes is None else layer_prefixes.shape[-2]
@@ -776,7 +870,8 @@ class SSLBackbone(nn.Module):
             return prefix if prefix.dim() == 3 else prefix.expand(hidden.shape[0], -1, -1)
 
         if num_prefix:
-            mask = torch.cat([mask.new_ones(mask.shape[0], num_prefix), mask], dim=1)
+            prefix_mask = mask.new_ones(mask.shape[0], num_prefix) if prefix_mask is None else prefix_mask
+            mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
             probe = torch.cat([prefix_of(0), hidden], dim=1)
         else:
             probe = hidden
@@ -796,8 +891,7 @@ class SSLBackbone(nn.Module):
             if num_prefix:
                 hidden = hidden[:, num_prefix:]
             hidden_states.append(hidden)
-        last = encoder.layer_norm(hidden) if stable else hidden
-        return hidden_states, last
+        return hidden_states, self.encoder_output(hidden)
 
 
 def weights_hash(module: nn.Module | dict) -> str | None:

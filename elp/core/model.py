@@ -17,16 +17,30 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
-from elp.core.adapters import EncoderAdapter, LayerAdapters, LayerPrefixes, PromptAdapter, WeightedLayerSum, add_lora
+from elp.core.adapters import Attachment
 from elp.core.backbones import SSLBackbone, lengths_to_mask
-from elp.core.methods import MethodSpec, get_method
+from elp.core.methods import METHODS, MethodSpec, get_method, resolve_options
+
+#: Keywords (or entries of the ``options`` mapping) of :class:`AdaptedSSL` that change how the
+#: model runs, not what it computes: never recorded in :attr:`AdaptedSSL.options`.
+RUNTIME_KNOBS: dict[str, object] = {"backbone_dropout": None, "activation_checkpointing": False,
+                                    "frozen_dtype": "fp32", "sdpa_attention": False}
 
 
 class AdaptedSSL(nn.Module):
-    """A :class:`SSLBackbone` with the modules of one method attached.
+    """A :class:`SSLBackbone` with the attachments of one method (:mod:`elp.core.methods`).
+
+    The model iterates over its attachments (:attr:`attachments`, one per kind of the method,
+    :class:`elp.core.adapters.Attachment`): they attach themselves to the backbone, say which
+    modules train, what the backbone's forward receives (pseudo frames, prefixes) and which of
+    them reads the hidden states for the head. Each kind that holds modules of its own is also
+    an attribute named by the kind (``encoder_adapters``, ``layer_adapters``, ``weighted_sum``,
+    ``prompt``, ``prefix``; None when the method lacks it), the prefix of its state-dict keys.
 
     Parameters
     ----------
@@ -35,28 +49,16 @@ class AdaptedSSL(nn.Module):
         method trains.
     method : str | MethodSpec, optional
         A name from :data:`elp.core.methods.METHODS` or a :class:`MethodSpec`.
-    activation : str, optional
-        Adapter activation, ``"gelu"`` (ASR, intent) or ``"relu"`` (speaker, emotion).
-    e_dim : int, optional
-        E-adapter bottleneck width (256).
-    l_dim : int, optional
-        L-adapter output width = the head's input width (512).
-    prompt_frames : int, optional
-        K pseudo CNN frames of the P-adapter (10).
-    prefix_frames : int, optional
-        K vectors per layer for ``prefix`` (10).
-    lora_rank : int, optional
-        LoRA rank r.
-    lora_alpha : float, optional
-        LoRA scale is alpha / r.
-    lora_targets : tuple[str, ...], optional
-        The attention projections LoRA reparametrises.
-    e_first_layer : int, optional
-        k; put E-adapters only in layers >= k (0 = the spec). With k > 0 the
-        per-layer LayerNorms of layers < k are frozen too (only LNs of layers >= k train, for
-        methods that train LNs), so nothing below layer k learns; unless the method has
-        pseudo frames, prefixes or LoRA (which need gradients through every layer), the
-        backbone then runs layers < k without autograd (L-adapters still read their outputs).
+    options : Mapping | None, optional
+        Method options (:func:`elp.core.methods.default_options` lists them with their
+        defaults: ``activation``, ``e_dim``, ``l_dim``, ``prompt_frames``, ``prefix_frames``,
+        ``lora_rank``, ``lora_alpha``, ``lora_targets``, ``e_first_layer`` and the options of
+        the method's other kinds) and runtime knobs (below, :data:`RUNTIME_KNOBS`); keyword
+        options override it. An unknown name is refused.
+        ``e_first_layer`` = k puts E-adapters only in layers >= k and freezes the per-layer
+        LayerNorms of layers < k too; unless the method has pseudo frames, prefixes or LoRA
+        (which need gradients through every layer), the backbone then runs layers < k without
+        autograd (L-adapters still read their outputs).
     backbone_dropout : bool | None, optional
         Keep HF's dropout inside the frozen backbone (default: off, except for
         ``full`` which trains the backbone and keeps it).
@@ -70,6 +72,8 @@ class AdaptedSSL(nn.Module):
     sdpa_attention : bool, optional
         Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
         (no effect on results beyond rounding).
+    **more_options
+        Method options and runtime knobs as keywords (``AdaptedSSL(backbone, "elp", l_dim=16, e_dim=8)``).
 
     Notes
     -----
@@ -80,77 +84,105 @@ class AdaptedSSL(nn.Module):
     the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
     its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
     :class:`elp.train.feature_cache.HiddenStateCache`).
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> backbone = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> model = AdaptedSSL(backbone, "el", {"l_dim": 16, "e_dim": 8}, activation="relu")
+    >>> model.options["l_dim"], model.options["activation"], model.output_dim
+    (16, 'relu', 16)
+    >>> AdaptedSSL(backbone, "el", l_dimm=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown option 'l_dimm' of method 'el'; valid options: activation, e_dim, l_dim, prompt_frames, prefix_frames, lora_rank, lora_alpha, lora_targets, e_first_layer; runtime knobs: backbone_dropout, activation_checkpointing, frozen_dtype, sdpa_attention
     """
 
-    def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", activation: str = "gelu",
-                 e_dim: int = 256, l_dim: int = 512, prompt_frames: int = 10, prefix_frames: int = 10,
-                 lora_rank: int = 8, lora_alpha: float = 16.0,
-                 lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), e_first_layer: int = 0,
-                 backbone_dropout: bool | None = None, activation_checkpointing: bool = False,
-                 frozen_dtype: str = "fp32", sdpa_attention: bool = False):
+    def __init__(self, backbone: SSLBackbone, method: str | MethodSpec = "elp", options: Mapping | None = None,
+                 **more_options):
         super().__init__()
         self.method = get_method(method) if isinstance(method, str) else method
+        given = {**(options or {}), **more_options}
+        knobs = {name: given.pop(name, default) for name, default in RUNTIME_KNOBS.items()}
+        backbone_dropout, activation_checkpointing = knobs["backbone_dropout"], knobs["activation_checkpointing"]
+        frozen_dtype, sdpa_attention = knobs["frozen_dtype"], knobs["sdpa_attention"]
+        resolved = resolve_options(self.method, given, runtime_knobs=tuple(RUNTIME_KNOBS))
+        e_first_layer = resolved["e_first_layer"]
         if not 0 <= e_first_layer < backbone.num_layers:
             raise ValueError(f"e_first_layer={e_first_layer} must be in [0, {backbone.num_layers - 1}] "
                              f"for a backbone with {backbone.num_layers} layers")
-        self.options = dict(activation=activation, e_dim=e_dim, l_dim=l_dim, prompt_frames=prompt_frames,
-                            prefix_frames=prefix_frames, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                            lora_targets=list(lora_targets), e_first_layer=e_first_layer)
+        if frozen_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"frozen_dtype must be fp32 or bf16, got {frozen_dtype!r}")
+        #: the method options as recorded in exports and packages (tuples as lists)
+        self.options = {name: list(value) if isinstance(value, tuple) else value for name, value in resolved.items()}
         self.backbone = backbone
-        spec, dim, num_layers = self.method, backbone.hidden_size, backbone.num_layers
 
-        backbone.requires_grad_(False)
-        if spec.train_encoder:
-            for module in (backbone.layers, backbone.model.encoder.layer_norm):
-                module.requires_grad_(True)
-                module.lr_group = "backbone"
-        if spec.train_layer_norms:
-            for layer in list(backbone.layers)[e_first_layer:]:
-                for norm in (layer.layer_norm, layer.final_layer_norm):
-                    norm.requires_grad_(True)
-                    norm.lr_group = "ln"
+        # parameters are created (and the random generator drawn from) in the method's kind order
+        self.attachments: list[Attachment] = []
+        for use in self.method.attachments:
+            attachment = use.kind.attach(backbone, resolved, **use.kwargs)
+            if use.kind.attribute:
+                setattr(self, use.kind.attribute, attachment)
+            self.attachments.append(attachment)
+        for spec in METHODS.values():  # the attribute of every kind the method lacks reads None
+            for kind in spec.kinds:
+                if kind.attribute and not hasattr(self, kind.attribute):
+                    setattr(self, kind.attribute, None)
+        self._set_trainable()
+
         if backbone_dropout is None:
-            backbone_dropout = spec.train_encoder
+            backbone_dropout = any(type(a).keeps_backbone_dropout for a in self.attachments)
         if not backbone_dropout:
             _disable_dropout(backbone)
         self.backbone_dropout = backbone_dropout
-        needs_grad_everywhere = spec.prompt or spec.prefix or spec.lora or spec.train_encoder
+        needs_grad_everywhere = any(type(a).grad_from_input for a in self.attachments)
         backbone.no_grad_layers = 0 if needs_grad_everywhere else e_first_layer
         backbone.activation_checkpointing = activation_checkpointing
-
-        self.encoder_adapters = nn.ModuleDict()
-        self._hook_handles = []
-        last = num_layers - 1 if spec.skip_last_layer else num_layers
-        for site in spec.encoder_adapter_sites:
-            adapters = nn.ModuleDict()
-            for index in range(e_first_layer, last):
-                adapter = EncoderAdapter(dim, e_dim, activation)
-                adapters[str(index)] = adapter
-                sublayer = adapter_site_module(backbone.layers[index], site)
-                self._hook_handles.append(sublayer.register_forward_hook(adapter.as_output_hook()))
-            self.encoder_adapters[site] = adapters
-
-        self.layer_adapters = LayerAdapters(num_layers, dim, l_dim, activation) if spec.layer_adapters else None
-        self.weighted_sum = WeightedLayerSum(num_layers + 1) if spec.weighted_sum else None
-        self.prompt = PromptAdapter(prompt_frames, backbone.cnn_channels) if spec.prompt else None
-        self.prefix = LayerPrefixes(num_layers, prefix_frames, dim) if spec.prefix else None
-        if spec.lora:
-            for layer in backbone.layers:
-                for target in lora_targets:
-                    add_lora(getattr(layer.attention, target), lora_rank, lora_alpha)
         # runtime knobs (no effect on results beyond rounding): frozen weights held in bf16 for
         # bf16 autocast, frozen attention through scaled_dot_product_attention
-        if frozen_dtype not in ("fp32", "bf16"):
-            raise ValueError(f"frozen_dtype must be fp32 or bf16, got {frozen_dtype!r}")
         if frozen_dtype == "bf16":
             self.cast_frozen_(torch.bfloat16)
         if sdpa_attention:
             backbone.set_sdpa_attention(True)
 
+    def _set_trainable(self) -> None:
+        """The one place that decides what trains: the attachments' trainable modules, nothing else."""
+        self.requires_grad_(False)
+        for attachment in self.attachments:
+            for module in attachment.trainable_modules():
+                module.requires_grad_(True)
+
+    def attachment(self, kind: type[Attachment]) -> Attachment | None:
+        """This model's attachment of ``kind``, or None.
+
+        Examples
+        --------
+        >>> from elp.core.adapters import PromptAdapter
+        >>> from elp.testing import tiny_config
+        >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "p_only", prompt_frames=2)
+        >>> model.attachment(PromptAdapter) is model.prompt
+        True
+        """
+        return next((a for a in self.attachments if type(a) is kind), None)
+
+    @property
+    def reader(self) -> Attachment | None:
+        """The attachment that turns the hidden states into the head's input (None: the last layer's)."""
+        return next((a for a in self.attachments if a.reads_hidden_states), None)
+
+    def backbone_inputs(self) -> dict[str, torch.Tensor]:
+        """What the attachments hand to the backbone's forward (pseudo frames, prefixes)."""
+        inputs: dict[str, torch.Tensor] = {}
+        for attachment in self.attachments:
+            inputs.update(attachment.backbone_inputs())
+        return inputs
+
     @property
     def output_dim(self) -> int:
         """Width of the features the head reads."""
-        return self.options["l_dim"] if self.layer_adapters is not None else self.backbone.hidden_size
+        reader = self.reader
+        width = reader.output_dim if reader is not None else None
+        return width if width is not None else self.backbone.hidden_size
 
     def forward(self, wavs: torch.Tensor | None, wav_lens: torch.Tensor | None = None, *,
                 cnn_features: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -187,11 +219,8 @@ class AdaptedSSL(nn.Module):
             return self.forward_from_hidden_states(*hidden_states)
         grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
         with torch.set_grad_enabled(grad):
-            out = self.backbone(
-                wavs, wav_lens,
-                prompt=self.prompt.frames if self.prompt is not None else None,
-                layer_prefixes=self.prefix.frames if self.prefix is not None else None)
-        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+            out = self.backbone(wavs, wav_lens, **self.backbone_inputs())
+        return self.read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
 
     def forward_from_cnn_features(self, cnn_feats: torch.Tensor, frame_lens: torch.Tensor):
         """What :meth:`forward` returns, computed from the frozen CNN's output (e.g. cached).
@@ -238,11 +267,8 @@ class AdaptedSSL(nn.Module):
         frame_mask = lengths_to_mask(frame_lens.to(cnn_feats.device), cnn_feats.shape[1])
         grad = torch.is_grad_enabled() and self.method.backbone_needs_grad
         with torch.set_grad_enabled(grad):
-            out = self.backbone.forward_from_cnn_features(
-                cnn_feats, frame_mask,
-                prompt=self.prompt.frames if self.prompt is not None else None,
-                layer_prefixes=self.prefix.frames if self.prefix is not None else None)
-        return self._read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
+            out = self.backbone.forward_from_cnn_features(cnn_feats, frame_mask, **self.backbone_inputs())
+        return self.read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
 
     def cast_frozen_(self, dtype: torch.dtype = torch.bfloat16) -> list[str]:
         """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
@@ -260,12 +286,26 @@ class AdaptedSSL(nn.Module):
         """
         return self.backbone.cast_frozen_(dtype)
 
-    def _read_hidden_states(self, hidden_states, last_hidden_state) -> torch.Tensor:
-        if self.layer_adapters is not None:
-            return self.layer_adapters(list(hidden_states[1:]))
-        if self.weighted_sum is not None:
-            return self.weighted_sum(list(hidden_states))
+    def read_hidden_states(self, hidden_states, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """The head's input from the backbone's output (the reading attachment's, else the last layer).
+
+        Parameters
+        ----------
+        hidden_states : Sequence[torch.Tensor]
+            ``num_layers + 1`` tensors [B, F, D] (:class:`elp.core.backbones.BackboneOutput`).
+        last_hidden_state : torch.Tensor
+            [B, F, D].
+
+        Returns
+        -------
+        torch.Tensor
+            [B, F, output_dim].
+        """
+        reader = self.reader
+        if reader is not None:
+            return reader.read(hidden_states, last_hidden_state)
         return last_hidden_state
+
 
     # ------------------------------------------------------------------ cached hidden states
     @property
@@ -335,10 +375,7 @@ class AdaptedSSL(nn.Module):
         self._require_cacheable()
         if len(hidden_states) != self.backbone.num_layers + 1:
             raise ValueError(f"expected {self.backbone.num_layers + 1} hidden states, got {len(hidden_states)}")
-        last = hidden_states[-1]
-        if self.backbone.config.do_stable_layer_norm:  # pre-LN: the encoder's final LN comes last
-            last = self.backbone.model.encoder.layer_norm(last)
-        return self._read_hidden_states(hidden_states, last), frame_mask
+        return self.read_hidden_states(hidden_states, self.backbone.encoder_output(hidden_states[-1])), frame_mask
 
     def _require_cacheable(self) -> None:
         if not self.hidden_states_cacheable:
@@ -388,35 +425,6 @@ class AdaptedSSL(nn.Module):
                                  "module an lr_group attribute")
             groups.setdefault(owners[prefix], []).append(param)
         return groups
-
-
-def adapter_site_module(layer: nn.Module, site: str) -> nn.Module:
-    """The sub-module of a transformer layer whose output an E-adapter at ``site`` transforms.
-
-    Parameters
-    ----------
-    layer : nn.Module
-        One HF encoder layer.
-    site : str
-        ``"ffn"`` (the feed-forward block) or ``"mhsa"`` (the self-attention block).
-
-    Returns
-    -------
-    nn.Module
-        ``layer.feed_forward`` or ``layer.attention``.
-
-    Examples
-    --------
-    >>> from elp.testing import tiny_config
-    >>> layer = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).layers[0]
-    >>> adapter_site_module(layer, "mhsa") is layer.attention
-    True
-    """
-    if site == "ffn":
-        return layer.feed_forward
-    if site == "mhsa":
-        return layer.attention
-    raise ValueError(f"unknown encoder adapter site {site!r}; expected 'mhsa' or 'ffn'")
 
 
 def _disable_dropout(module: nn.Module) -> None:

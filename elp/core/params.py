@@ -11,6 +11,8 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from elp.core.backbones import SSLBackbone, backbone_config
@@ -18,7 +20,8 @@ from elp.core.methods import METHODS
 from elp.core.model import AdaptedSSL
 
 
-def count_learnable(backbone: str, method: str, config_overrides: dict | None = None, **options) -> dict:
+def count_learnable(backbone: str, method: str, config_overrides: dict | None = None,
+                    options: Mapping | None = None, **more_options) -> dict:
     """Learnable parameters of ``method`` on ``backbone`` (the task head excluded).
 
     Built on the meta device: nothing is allocated or downloaded.
@@ -31,8 +34,10 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
         Method name (:data:`elp.core.methods.METHODS`).
     config_overrides : dict | None, optional
         Architecture config fields to change (e.g. a tiny test architecture).
-    **options
-        Keyword arguments of :class:`elp.core.model.AdaptedSSL` (``e_dim``, ``l_dim``, ...).
+    options : Mapping | None, optional
+        Method options (:func:`elp.core.methods.default_options` for the defaults).
+    **more_options
+        Method options as keywords (``e_dim``, ``l_dim``, ...), on top of ``options``.
 
     Returns
     -------
@@ -53,7 +58,7 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
     """
     config = backbone_config(backbone, **(config_overrides or {}))
     with torch.device("meta"):
-        model = AdaptedSSL(SSLBackbone.from_config(backbone, config), method, **options)
+        model = AdaptedSSL(SSLBackbone.from_config(backbone, config), method, options, **more_options)
     groups: dict[str, int] = {}
     for group, params in model.parameter_groups().items():
         groups[group] = sum(p.numel() for p in params)

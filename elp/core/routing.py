@@ -2,8 +2,10 @@
 
 A routed batch holds every utterance once per task (task-major blocks). Each task's model is
 built on a *view* of the shared backbone (:func:`backbone_view`: a structural copy whose frozen
-tensors are the shared backbone's), and :class:`RoutedGroup` runs one view for all of them,
-each block with its task's adapters, LayerNorms, prompt/prefix frames and LoRA terms.
+tensors are the shared backbone's), and :class:`RoutedGroup` runs one view for all of them.
+The group names no adapter kind: each kind present in the group applies its members to their
+own blocks (:meth:`elp.core.adapters.Attachment.route`), and a kind without routing support is
+refused, so no model ever runs without its adapters.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from elp.core.adapters import RoutedLayerNorm, RoutingContext, RoutingError
 from elp.core.backbones import SSLBackbone
-from elp.core.model import AdaptedSSL, adapter_site_module
+from elp.core.model import AdaptedSSL
 
 
 def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
@@ -83,7 +85,8 @@ def unshare_learnable(model: AdaptedSSL, shared: SSLBackbone) -> int:
 
 
 def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_mask: torch.Tensor,
-                          prompt: torch.Tensor | None = None, layer_prefixes: torch.Tensor | None = None):
+                          prompt: torch.Tensor | None = None, layer_prefixes: torch.Tensor | None = None,
+                          prompt_mask: torch.Tensor | None = None, prefix_mask: torch.Tensor | None = None):
     """The transformer part of :meth:`SSLBackbone.forward`, from CNN features.
 
     :meth:`SSLBackbone.forward_from_cnn_features`, plus one P-adapter prompt per sample (a
@@ -101,7 +104,11 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
         P-adapter frames [K, C], or one set per sample [B, K, C], as in
         :meth:`SSLBackbone.forward`.
     layer_prefixes : torch.Tensor | None, optional
-        Prefixes [L, K', D], as in :meth:`SSLBackbone.forward`.
+        Prefixes [L, K', D], or one set per sample [L, B, K', D], as in :meth:`SSLBackbone.forward`.
+    prompt_mask, prefix_mask : torch.Tensor | None, optional
+        [B, K] and [B, K'] bool: which prompt frames and prefix vectors of each sample are
+        attended to (default: all). A routed batch masks the padding of tasks with fewer; the
+        masked ones come first in each sample.
 
     Returns
     -------
@@ -113,22 +120,39 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
     if prompt is not None and prompt.dim() == 3:  # per sample: prepend them here, as the backbone would
         num_prompt = prompt.shape[1]
         features = torch.cat([prompt.to(features.dtype), features], dim=1)
-        mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], num_prompt), frame_mask], dim=1)
-        out = backbone.forward_from_cnn_features(features, mask, None, layer_prefixes)
-        return [h[:, num_prompt:] for h in out.hidden_states], out.last_hidden_state[:, num_prompt:]
-    out = backbone.forward_from_cnn_features(features, frame_mask, prompt, layer_prefixes)
+        if prompt_mask is None:
+            prompt_mask = frame_mask.new_ones(frame_mask.shape[0], num_prompt)
+        mask = torch.cat([prompt_mask.to(frame_mask.dtype), frame_mask], dim=1)
+        # masked prompt frames (front padding of tasks with fewer) move to the end of their
+        # sample, so that every task's frames, prefixes included, keep their distances
+        shift = (~prompt_mask.bool()).sum(1)
+        rolled = bool(shift.any())
+        if rolled:
+            positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
+            forward = (positions + shift[:, None]) % mask.shape[1]
+            features, mask = _take(features, forward), _take(mask, forward)
+        out = backbone.forward_from_cnn_features(features, mask, None, layer_prefixes, prefix_mask)
+        hidden_states, last = list(out.hidden_states), out.last_hidden_state
+        if rolled:
+            back = (positions - shift[:, None]) % mask.shape[1]
+            hidden_states, last = [_take(h, back) for h in hidden_states], _take(last, back)
+        return [h[:, num_prompt:] for h in hidden_states], last[:, num_prompt:]
+    out = backbone.forward_from_cnn_features(features, frame_mask, prompt, layer_prefixes, prefix_mask)
     return out.hidden_states, out.last_hidden_state
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` for x [B, T, ...] and index [B, T]."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
 def routable(model: AdaptedSSL) -> bool:
     """Whether a task can share a batch with others through per-sample routing.
 
-    True for every method that keeps the backbone's frozen matrices and changes the encoder
-    through modules routed per sample: E-adapters after the FFN or the MHSA block
-    (``e_only``, ``el``, ``elp``, ``conventional``), per-layer LayerNorms, the P-adapter, deep
-    prefixes (each sample gets its task's prefix frames) and LoRA (each task's low-rank term
-    is added to its own samples' projections). Only full fine-tuning, whose matrices are the
-    task's own, runs its own layers.
+    True when every attachment kind of its method can apply itself per block
+    (:attr:`elp.core.adapters.Attachment.routable`): E-adapters, per-layer LayerNorms, the
+    P-adapter, deep prefixes, LoRA, L-adapters and the weighted sum. Full fine-tuning, whose
+    matrices are the task's own, runs its own layers.
 
     Parameters
     ----------
@@ -140,110 +164,62 @@ def routable(model: AdaptedSSL) -> bool:
     bool
         Whether it can join a routed batch.
     """
-    spec = model.method
-    return spec.backbone_needs_grad and not spec.train_encoder
+    return all(type(attachment).routable for attachment in model.attachments)
 
 
-def route_key(model: AdaptedSSL) -> tuple[int, int]:
-    """Tasks share a routed batch when they add the same numbers of prompt and prefix frames.
+def route_key(model: AdaptedSSL) -> tuple:
+    """Tasks with one key share a routed batch without padding frames (:class:`RoutedGroup`).
 
     Returns
     -------
-    tuple[int, int]
-        (P-adapter frames, prefix frames per layer), 0 for none.
+    tuple
+        ``(name, value)`` pairs, e.g. ``(("prompt_frames", 10),)`` for a P-adapter of 10 frames;
+        ``()`` for a model that adds no frames.
     """
-    return (0 if model.prompt is None else model.prompt.frames.shape[0],
-            0 if model.prefix is None else model.prefix.frames.shape[1])
-
-
-def _lora_of(module: nn.Module | None):
-    """The LoRA parametrization of a Linear's weight, or None."""
-    if module is None or not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations.weight if hasattr(p, "lora_a")), None)
-
-
-class RoutedLayerNorm(nn.Module):
-    """A LayerNorm whose affine parameters are chosen per sample (``route`` [B] task indices).
-
-    It refers to the tasks' own LayerNorm tensors (no copy is held; they are stacked per call,
-    [T, D], negligible next to the layer), so a routed group adds no tensor memory.
-    """
-
-    def __init__(self, base: nn.LayerNorm, weights: list[torch.Tensor], biases: list[torch.Tensor]):
-        super().__init__()
-        self.normalized_shape, self.eps = base.normalized_shape, base.eps
-        self.task_weights = [w.detach() for w in weights]  # views of the tasks' tensors, not copies
-        self.task_biases = [b.detach() for b in biases]
-        self.route: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-        weights, biases = torch.stack(self.task_weights), torch.stack(self.task_biases)
-        return y * weights[self.route].view(shape) + biases[self.route].view(shape)
+    return tuple(sorted(item for attachment in model.attachments for item in attachment.route_key()))
 
 
 class RoutedGroup:
-    """Several routable tasks (same prompt and prefix lengths) in one batch through one backbone view.
+    """Several routable tasks in one batch through one backbone view.
 
-    The batch holds every utterance once per task (task-major blocks); per-layer LayerNorms
-    take each sample's task's parameters, each E-adapter (FFN or MHSA) is applied to its
-    task's block only, each task's prompt and prefix frames go with its own block, and a LoRA
-    task's ``scale * x A^T B^T`` is added to its block of the q/v projections (the shared
-    view computes ``x W^T`` once for all blocks; WavLM's attention then runs through SDPA,
-    :func:`elp.core.speed.add_sdpa_attention`, whose projections are ordinary Linear calls that
-    forward hooks see). The tasks' own :class:`AdaptedSSL` modules (adapters, L-adapters,
-    prompts, prefixes, LoRA factors) are used as loaded; nothing is copied (LayerNorm
-    affines, prompts and prefixes are stacked per call).
+    The batch holds every utterance once per task (task-major blocks). Every attachment kind
+    present in the group installs its routed form on the view
+    (:meth:`elp.core.adapters.Attachment.route`: per-sample LayerNorm affines, E-adapters on
+    their task's block, each task's LoRA term on its block of the projections, each task's
+    prompt and prefix frames with its block); each task then reads its own rows
+    (:meth:`AdaptedSSL.read_hidden_states`). The tasks' own tensors are used as loaded;
+    nothing is copied (LayerNorm affines, prompts and prefixes are stacked per call). Tasks
+    with fewer (or no) prompt frames or prefix vectors than others get masked padding in their
+    place, which changes none of their results; grouping tasks by :func:`route_key` avoids
+    that padding.
+
+    Raises
+    ------
+    RoutingError
+        (a ValueError) For a model with an attachment kind that cannot be routed.
     """
 
     def __init__(self, shared: SSLBackbone, models: list[AdaptedSSL]):
+        for model in models:
+            blocked = [type(a).kind for a in model.attachments if not type(a).routable]
+            if blocked:
+                raise RoutingError(f"method {model.method.name!r} cannot be routed: its attachment kind "
+                                   f"{blocked[0]!r} has no routing support; run it on its own")
         self.models = models
         self.view = backbone_view(shared).eval()
-        self.norms: list[RoutedLayerNorm] = []
-        self.block = 0
-        routes_lora = False
-        for index, layer in enumerate(self.view.layers):
-            for attr in ("layer_norm", "final_layer_norm"):
-                base = getattr(layer, attr)
-                sources = [getattr(m.backbone.layers[index], attr) for m in models]
-                routed = RoutedLayerNorm(base, [n.weight for n in sources], [n.bias for n in sources])
-                setattr(layer, attr, routed)
-                self.norms.append(routed)
-            for site in ("mhsa", "ffn"):
-                adapters = []
-                for model in models:
-                    per_layer = model.encoder_adapters[site] if site in model.encoder_adapters else {}
-                    adapters.append(per_layer[str(index)] if str(index) in per_layer else None)
-                if any(a is not None for a in adapters):
-                    adapter_site_module(layer, site).register_forward_hook(self._adapter_hook(adapters))
-            for name, projection in layer.attention.named_children():
-                factors = [_lora_of(getattr(m.backbone.layers[index].attention, name, None)) for m in models]
-                if any(f is not None for f in factors):
-                    projection.register_forward_hook(self._lora_hook(factors))
-                    routes_lora = True
-        if routes_lora:
-            self.view.set_sdpa_attention(True)  # WavLM: projections as Linear calls the hooks see
-        # the tasks' own tensors, stacked per call (a group holds no copies)
-        self.prompts = [m.prompt.frames.detach() for m in models] if models[0].prompt is not None else None
-        self.prefixes = [m.prefix.frames.detach() for m in models] if models[0].prefix is not None else None
+        self.context = RoutingContext(self.view, len(models))
+        kinds = list(dict.fromkeys(type(a) for model in models for a in model.attachments))
+        for kind in kinds:
+            kind.route([model.attachment(kind) for model in models], self.context)
 
-    def _adapter_hook(self, adapters):
-        def hook(module, inputs, output):
-            first = output[0] if isinstance(output, tuple) else output  # attention: (output, ...)
-            blocks = first.split(self.block, dim=0)
-            routed = torch.cat([a(b) if a is not None else b for a, b in zip(adapters, blocks)], dim=0)
-            return (routed,) + tuple(output[1:]) if isinstance(output, tuple) else routed
+    @property
+    def norms(self) -> list[RoutedLayerNorm]:
+        """The view's per-sample LayerNorms (each refers to its tasks' tensors)."""
+        return [module for module in self.view.modules() if isinstance(module, RoutedLayerNorm)]
 
-        return hook
-
-    def _lora_hook(self, factors):
-        def hook(module, inputs, output):
-            blocks = zip(factors, inputs[0].split(self.block, dim=0), output.split(self.block, dim=0))
-            return torch.cat([out if f is None else out + f.input_delta(x) for f, x, out in blocks], dim=0)
-
-        return hook
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the routed modules refer to (views of the tasks' own tensors)."""
+        return list(self.context.tensors)
 
     def features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
         """Each task's model features from one routed pass.
@@ -261,18 +237,12 @@ class RoutedGroup:
             Per task, model features [B, F, D'].
         """
         num_tasks, batch = len(self.models), features.shape[0]
-        self.block = batch
-        route = torch.arange(num_tasks, device=features.device).repeat_interleave(batch)
-        for norm in self.norms:
-            norm.route = route
-        prompt = None if self.prompts is None else torch.stack(self.prompts).repeat_interleave(batch, dim=0)
-        prefixes = (None if self.prefixes is None
-                    else torch.stack(self.prefixes, dim=1).repeat_interleave(batch, dim=1))  # [L, T*B, K', D]
+        self.context.start(features)
+        inputs = {name: make(batch) for name, make in self.context.inputs.items()}
         hidden_states, last = encoder_from_features(self.view, features.repeat(num_tasks, 1, 1),
-                                                    frame_mask.repeat(num_tasks, 1), prompt=prompt,
-                                                    layer_prefixes=prefixes)
+                                                    frame_mask.repeat(num_tasks, 1), **inputs)
         outputs = []
         for task, model in enumerate(self.models):
             rows = slice(task * batch, (task + 1) * batch)
-            outputs.append(model._read_hidden_states([h[rows] for h in hidden_states], last[rows]))
+            outputs.append(model.read_hidden_states([h[rows] for h in hidden_states], last[rows]))
         return outputs

@@ -25,53 +25,28 @@ code stays stock:
   (``torch.utils.checkpoint``, non-reentrant, so forward hooks such as E-adapters inside the
   layer are recomputed and receive gradients).
 
+Which attention modules these apply to, and the names of their projections, come from the
+backbone's family table (:data:`elp.core.backbones.FAMILY_MODULES`); this module names none.
+
 Examples
 --------
 >>> from elp.core.backbones import backbone_config, SSLBackbone
 >>> from elp.testing import TINY_CONFIG
 >>> backbone = SSLBackbone.from_config("wavlm", backbone_config("wavlm", **TINY_CONFIG))
->>> len(attention_modules_needing_contiguous_input(backbone.model)) == backbone.num_layers
+>>> len(backbone._speed_hooks) == len(backbone.fused_attention_modules()) == backbone.num_layers
 True
 """
 
 from __future__ import annotations
 
+import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-#: Attention classes (by class name) that transpose their input into a non-contiguous view
-#: before ``F.multi_head_attention_forward``.
-_NON_CONTIGUOUS_ATTENTION = ("WavLMAttention",)
-
-
-def attention_modules_needing_contiguous_input(model: nn.Module) -> list[nn.Module]:
-    """The sub-modules of ``model`` whose attention input should be re-laid out.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A HF model or any module containing attention modules.
-
-    Returns
-    -------
-    list[nn.Module]
-        Its WavLM attention modules (empty for wav2vec2 and HuBERT).
-
-    Examples
-    --------
-    >>> from elp.core.backbones import SSLBackbone
-    >>> from elp.testing import tiny_config
-    >>> wavlm = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).model
-    >>> hubert = SSLBackbone.from_config("hubert", tiny_config("hubert")).model
-    >>> len(attention_modules_needing_contiguous_input(wavlm)), len(attention_modules_needing_contiguous_input(hubert))
-    (3, 0)
-    """
-    return [m for m in model.modules() if type(m).__name__ in _NON_CONTIGUOUS_ATTENTION]
 
 
 def _time_major_layout(x: torch.Tensor) -> torch.Tensor:
@@ -89,28 +64,28 @@ def _contiguous_input_pre_hook(module: nn.Module, args: tuple, kwargs: dict):
     return None
 
 
-def add_contiguous_attention_inputs(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-    """Register the time-major-input pre-hook on every attention that needs it.
+def add_contiguous_attention_inputs(modules: Iterable[nn.Module]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register the time-major-input pre-hook on each attention module of ``modules``.
 
     Parameters
     ----------
-    model : nn.Module
-        A HF model (or any module containing ``WavLMAttention`` modules).
+    modules : Iterable[nn.Module]
+        Attention modules that hand a transposed view of their input to
+        ``F.multi_head_attention_forward`` (WavLM's; :meth:`elp.core.backbones.SSLBackbone.fused_attention_modules`).
 
     Returns
     -------
     list[torch.utils.hooks.RemovableHandle]
-        The hook handles (``handle.remove()`` restores the stock behaviour). Empty for wav2vec2
-        and HuBERT.
+        The hook handles (``handle.remove()`` restores the stock behaviour).
 
     Examples
     --------
-    >>> handles = add_contiguous_attention_inputs(nn.Linear(2, 2))
-    >>> handles
-    []
+    >>> attention = nn.Identity()
+    >>> handles = add_contiguous_attention_inputs([attention])
+    >>> attention(torch.zeros(2, 3, 4)).transpose(0, 1).is_contiguous()
+    True
     """
-    return [module.register_forward_pre_hook(_contiguous_input_pre_hook, with_kwargs=True)
-            for module in attention_modules_needing_contiguous_input(model)]
+    return [module.register_forward_pre_hook(_contiguous_input_pre_hook, with_kwargs=True) for module in modules]
 
 
 def checkpointed(function: Callable, *args, **kwargs):
@@ -142,12 +117,8 @@ def checkpointed(function: Callable, *args, **kwargs):
 
 
 # ----------------------------------------------------------------------- SDPA attention
-#: Attention classes (by class name) whose attention computation :func:`add_sdpa_attention` replaces.
-_SDPA_REPLACEABLE = ("WavLMAttention",)
-
-
 def _sdpa_self_attention(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
-                         gated_position_bias: torch.Tensor):
+                         gated_position_bias: torch.Tensor, projections: tuple[str, str, str, str] = ()):
     """Drop-in for ``WavLMAttention.torch_multi_head_self_attention`` (bound to the module).
 
     Same inputs and the same first output as HF's method ([B, T, D]); the second output
@@ -159,7 +130,8 @@ def _sdpa_self_attention(self, hidden_states: torch.Tensor, attention_mask: torc
     def split(projection: nn.Linear) -> torch.Tensor:
         return projection(hidden_states).view(batch, frames, heads, head_dim).transpose(1, 2)
 
-    query, key, value = split(self.q_proj), split(self.k_proj), split(self.v_proj)
+    query_proj, key_proj, value_proj, out_proj = (getattr(self, name) for name in projections)
+    query, key, value = split(query_proj), split(key_proj), split(value_proj)
     bias = gated_position_bias.view(batch, heads, frames, frames)
     if attention_mask is not None:
         padded = attention_mask.ne(1)[:, None, None, :]
@@ -167,38 +139,41 @@ def _sdpa_self_attention(self, hidden_states: torch.Tensor, attention_mask: torc
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype),
                                          dropout_p=self.dropout if self.training else 0.0)
     out = out.transpose(1, 2).reshape(batch, frames, heads * head_dim)
-    return self.out_proj(out), None
+    return out_proj(out), None
 
 
-def add_sdpa_attention(model: nn.Module) -> list[nn.Module]:
-    """Compute every WavLM attention of ``model`` with ``scaled_dot_product_attention``.
+def add_sdpa_attention(modules: Iterable[nn.Module], projections: tuple[str, str, str, str]) -> list[nn.Module]:
+    """Compute each WavLM attention of ``modules`` with ``scaled_dot_product_attention``.
 
-    Sets an instance attribute ``torch_multi_head_self_attention`` on each ``WavLMAttention``
-    (the HF class is untouched; :func:`remove_sdpa_attention` deletes the attribute again).
-    Equal to HF's attention to float rounding (fp32: < 1e-5 on hidden states, tested), for
-    every method: LoRA reparametrises the projections' weights (read through the modules
-    here), prefixes are extra frames of the input, E-adapters hook the attention's output.
+    Sets an instance attribute ``torch_multi_head_self_attention`` on each module (the HF class
+    is untouched; :func:`remove_sdpa_attention` deletes the attribute again). Equal to HF's
+    attention to float rounding (fp32: < 1e-5 on hidden states, tested), for every method:
+    LoRA reparametrises the projections' weights (read through the modules here), prefixes are
+    extra frames of the input, E-adapters hook the attention's output.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        A HF model (or any module containing ``WavLMAttention`` modules).
+    modules : Iterable[nn.Module]
+        WavLM attention modules (:meth:`elp.core.backbones.SSLBackbone.fused_attention_modules`).
+    projections : tuple[str, str, str, str]
+        Attribute names of their query, key, value and output projections
+        (:attr:`elp.core.backbones.ModuleNames.attention_projections`).
 
     Returns
     -------
     list[torch.nn.Module]
-        The attention modules changed (empty for wav2vec2/HuBERT, which use SDPA already).
+        The attention modules changed.
 
     Examples
     --------
-    >>> add_sdpa_attention(nn.Linear(2, 2))
+    >>> add_sdpa_attention([], ("q", "k", "v", "o"))
     []
     """
     changed = []
-    for module in model.modules():
-        if type(module).__name__ in _SDPA_REPLACEABLE:
-            module.torch_multi_head_self_attention = types.MethodType(_sdpa_self_attention, module)
-            changed.append(module)
+    for module in modules:
+        module.torch_multi_head_self_attention = types.MethodType(
+            functools.partial(_sdpa_self_attention, projections=tuple(projections)), module)
+        changed.append(module)
     return changed
 
 

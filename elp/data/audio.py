@@ -2,16 +2,21 @@
 
 A ``wav.scp`` value (an *entry*) is one of
 
-* a plain path to any file soundfile reads (wav, flac, ogg, ...);
+* a plain path to any file soundfile reads (wav, flac, ogg, uncompressed NIST SPHERE, ...);
 * ``path.ark:offset``, a RIFF wave inside a Kaldi archive (as written by ``wav-copy`` or
-  ``kaldiio.save_ark(ark, {utt: (rate, samples)})``).
+  ``kaldiio.save_ark(ark, {utt: (rate, samples)})``);
+* a standard decoder pipe (``flac -c -d -s PATH |``, ``sox PATH -t wav - ... |``,
+  ``sph2pipe -f wav PATH |``, ``ffmpeg -i PATH ... -f wav - |``, ``cat PATH |``; see
+  :mod:`elp.data.pipes`): PATH is read natively and the command's channel selection, speed
+  and rate conversion are applied here. No process is started.
 
-Nothing of an entry ever reaches a shell or an unpickler. Kaldi (and kaldiio) run entries
-that begin or end with ``|`` as shell commands, read ``-`` from standard input, and kaldiio
-unpickles ``PKL`` archive entries; so :func:`check_entry` refuses every entry with a ``|``
-anywhere, a leading ``-`` or whitespace (a command line in Kaldi's convention), and archive
-entries are parsed here (RIFF header + raw samples), never by ``kaldiio.load_mat``. Piped
-corpora must be converted to files first.
+Nothing else of an entry reaches a shell or an unpickler unless the user opts in. Kaldi (and
+kaldiio) run entries that end with ``|`` as shell commands, read ``-`` from standard input,
+and kaldiio unpickles ``PKL`` archive entries; so :func:`check_entry` refuses every other
+command ending in ``|`` unless ``allow_shell_pipes`` (then it runs as Kaldi runs it,
+``sh -c``, and its standard output is decoded whole), and always refuses a ``|`` elsewhere,
+a leading ``-`` or whitespace outside a recognised pipe. Archive entries are parsed here
+(RIFF header + raw samples), never by ``kaldiio.load_mat``.
 
 Each recording is opened once (one ``open``, no ``stat`` of the path): soundfile reads from
 that descriptor, and for WAV files (plain or inside an archive) the RIFF chunk headers are
@@ -37,10 +42,12 @@ Examples
 torch.Size([1600])
 >>> num_samples(path)
 1600
->>> check_entry("sox in.flac -t wav - |", utt="u1")
+>>> read_audio(f"sox {path} -t wav - remix 1 |").shape  # read natively: channel 1, no shell
+torch.Size([1600])
+>>> check_entry("| cat in.flac", utt="u1")
 Traceback (most recent call last):
 ...
-elp.data.errors.UnsafeEntryError: utt 'u1': wav.scp entry 'sox in.flac -t wav - |' contains '|' (kaldiio and Kaldi run such entries with a shell); convert the audio to files first (e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp
+elp.data.errors.UnsafeEntryError: utt 'u1': wav.scp entry '| cat in.flac' contains '|' (kaldiio and Kaldi run such entries with a shell); convert the audio to files first (e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp
 """
 from __future__ import annotations
 
@@ -56,7 +63,9 @@ import soundfile
 import torch
 import torchaudio.functional
 
-from elp.data.errors import AudioError, AudioNotFoundError, UnsafeEntryError
+from elp.data.errors import AudioError, AudioNotFoundError, UndecodableAudioError, UnsafeEntryError
+from elp.data.pipes import (SHELL_PIPE_OPT_IN, NativeRead, decode_wav_bytes, parse_pipe, pipe_kind,
+                            run_shell_pipe)
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +139,18 @@ def _where(utt: str | None) -> str:
     return f"utt {utt!r}: " if utt else ""
 
 
-def unsafe_entry_reason(entry: str) -> str | None:
-    """Why an entry could reach a shell or standard input (None when it is a safe path).
+def unsafe_entry_reason(entry: str, allow_shell_pipes: bool = False) -> str | None:
+    """Why an entry is refused (None when elp can read it).
+
+    A standard decoder pipe (:func:`elp.data.pipes.parse_pipe`) is read natively and is no
+    reason; another command ending in ``|`` is refused unless ``allow_shell_pipes``.
 
     Parameters
     ----------
     entry : str
         A ``wav.scp`` value.
+    allow_shell_pipes : bool, optional
+        The user opted in to running commands the way Kaldi does.
 
     Returns
     -------
@@ -147,24 +161,32 @@ def unsafe_entry_reason(entry: str) -> str | None:
     --------
     >>> unsafe_entry_reason("/corpus/a.flac") is None
     True
+    >>> unsafe_entry_reason("flac -c -d -s /corpus/a.flac |") is None  # read natively
+    True
     >>> unsafe_entry_reason("evil |:0")
     "contains '|' (kaldiio and Kaldi run such entries with a shell)"
     """
     if not entry:
         return "is empty"
-    if "|" in entry:
+    if "\x00" in entry:
+        return "contains a NUL byte"
+    kind = pipe_kind(entry)
+    if kind == "native" or (kind == "shell" and allow_shell_pipes):
+        return None
+    if kind == "shell":
+        return ("is a command elp does not read natively (it would run it with a shell, as Kaldi does); "
+                f"opt in with {SHELL_PIPE_OPT_IN}")
+    if kind == "refused":
         return "contains '|' (kaldiio and Kaldi run such entries with a shell)"
     if entry.startswith("-"):
         return "starts with '-' (read as standard input or taken for a command-line option)"
     if any(ch.isspace() for ch in entry):
         return "contains whitespace (a command line in Kaldi's convention, run with a shell)"
-    if "\x00" in entry:
-        return "contains a NUL byte"
     return None
 
 
-def check_entry(entry: str, utt: str | None = None, where: str = "") -> None:
-    """Refuse an entry that any reader could hand to a shell or to standard input.
+def check_entry(entry: str, utt: str | None = None, where: str = "", allow_shell_pipes: bool = False) -> None:
+    """Refuse an entry that would reach a shell (without the opt-in) or standard input.
 
     Parameters
     ----------
@@ -174,18 +196,24 @@ def check_entry(entry: str, utt: str | None = None, where: str = "") -> None:
         Utterance (or recording) named in the message.
     where : str
         Prefix of the message, e.g. ``"data/test/wav.scp:3: "``.
+    allow_shell_pipes : bool, optional
+        Let commands ending in ``|`` that elp does not read natively run with ``sh -c``.
 
     Raises
     ------
     UnsafeEntryError
-        Naming the entry, why it is refused and the fix (convert to files first).
+        Naming the entry, why it is refused and the fix.
     """
-    reason = unsafe_entry_reason(entry)
-    if reason is not None:
-        raise UnsafeEntryError(
-            f"{where}{_where(utt)}wav.scp entry {entry!r} {reason}; convert the audio to files first "
-            "(e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp"
-        )
+    reason = unsafe_entry_reason(entry, allow_shell_pipes)
+    if reason is None:
+        return
+    if pipe_kind(entry) == "shell":
+        raise UnsafeEntryError(f"{where}{_where(utt)}wav.scp entry {entry!r} {reason}; "
+                               "or convert the audio to files first")
+    raise UnsafeEntryError(
+        f"{where}{_where(utt)}wav.scp entry {entry!r} {reason}; convert the audio to files first "
+        "(e.g. with sox or ffmpeg) and list their paths (or path.ark:offset) in wav.scp"
+    )
 
 
 # --------------------------------------------------------------------------- RIFF headers
@@ -278,10 +306,11 @@ class _Recording:
     Opens the source exactly once (``os.open``); use as a context manager.
     """
 
-    def __init__(self, entry: str, utt: str | None = None):
-        check_entry(entry, utt)
+    def __init__(self, entry: str, utt: str | None = None, plain: bool = False):
+        if not plain:
+            check_entry(entry, utt)
         self.entry, self.where = entry, _where(utt)
-        self.fd, ark_offset = self._open(entry)
+        self.fd, ark_offset = self._open(entry, plain)
         self.sound: soundfile.SoundFile | None = None
         try:
             file_size = os.fstat(self.fd).st_size
@@ -293,8 +322,8 @@ class _Recording:
             self.close()
             raise
 
-    def _open(self, entry: str) -> tuple[int, int | None]:
-        match = _ARK_ENTRY.match(entry)
+    def _open(self, entry: str, plain: bool = False) -> tuple[int, int | None]:
+        match = None if plain else _ARK_ENTRY.match(entry)
         if match is not None:
             try:
                 return os.open(match.group("path"), os.O_RDONLY), int(match.group("offset"))
@@ -331,10 +360,15 @@ class _Recording:
 
     def _init_file(self, file_size: int) -> None:
         self.riff = _parse_riff(self.fd, 0, file_size)
+        head = _pread(self.fd, 1024, 0)
+        if head.startswith(b"NIST_1A") and b"shorten" in head:
+            raise UndecodableAudioError(
+                f"{self.where}{self.entry!r} is shorten-compressed NIST SPHERE, which soundfile cannot decode "
+                "(uncompressed SPHERE it reads); decompress it first (sph2pipe -f wav)")
         try:
             self.sound = soundfile.SoundFile(self.fd, closefd=False)
         except (RuntimeError, TypeError, ValueError) as error:
-            raise AudioError(f"{self.where}cannot read audio {self.entry!r}: {error}") from None
+            raise UndecodableAudioError(f"{self.where}cannot read audio {self.entry!r}: {error}") from None
         self.subtype = self.sound.subtype
         self.info = AudioInfo(int(self.sound.frames), int(self.sound.samplerate), int(self.sound.channels))
 
@@ -405,8 +439,159 @@ class _Recording:
         self.close()
 
 
-def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
+class _NativePipe:
+    """A recognised decoder pipe read without a shell: the file through :class:`_Recording`,
+    then the command's channel selection, speed and rate conversion.
+
+    ``info`` and :meth:`read` describe the command's output (frames at its output rate).
+    """
+
+    _MARGIN_BLOCKS = 4  # resampling context on each side of a partial read, in polyphase blocks
+
+    def __init__(self, entry: str, native: NativeRead, utt: str | None):
+        self.entry, self.where, self.native = entry, _where(utt), native
+        if native.path == "-" or not native.path:
+            raise UnsafeEntryError(f"{self.where}wav.scp entry {entry!r} reads standard input; name a file")
+        try:
+            self.base = _Recording(native.path, None, plain=True)
+        except AudioError as error:
+            raise type(error)(f"{self.where}wav.scp entry {entry!r} (its file read natively): {error}") from None
+        source = self.base.info
+        if native.channel is not None and native.channel >= source.num_channels:
+            self.close()
+            raise AudioError(f"{self.where}wav.scp entry {entry!r} selects channel {native.channel + 1} but "
+                             f"{native.path!r} has {source.num_channels}; fix the channel in wav.scp")
+        self.in_rate = int(round(source.sample_rate * native.speed))
+        self.out_rate = native.rate or source.sample_rate
+        channels = 1 if native.channel is not None else source.num_channels
+        self.info = AudioInfo(resampled_length(source.num_frames, self.in_rate, self.out_rate),
+                              self.out_rate, channels)
+        self.subtype = self.base.subtype
+
+    @property
+    def may_hold_non_finite(self) -> bool:
+        return self.base.may_hold_non_finite
+
+    def check_truncation(self) -> None:
+        self.base.check_truncation()
+
+    def _pick(self, samples: np.ndarray) -> np.ndarray:
+        channel = self.native.channel
+        return samples if channel is None else samples[:, channel:channel + 1]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Output frames ``[start, stop)`` as float32 ``[T, C]``."""
+        source_frames = self.base.info.num_frames
+        if self.in_rate == self.out_rate:
+            return self._pick(self.base.read(start, stop))
+        divisor = math.gcd(self.in_rate, self.out_rate)
+        step_in, step_out = self.in_rate // divisor, self.out_rate // divisor
+        # start on a polyphase block boundary (where a whole-file resampling has the same phase)
+        first_block = max(0, start // step_out - self._MARGIN_BLOCKS)
+        last_block = -(-stop // step_out) + self._MARGIN_BLOCKS
+        src_start = min(first_block * step_in, source_frames)
+        src_stop = min(last_block * step_in, source_frames)
+        chunk = self._pick(self.base.read(src_start, src_stop))
+        if self.out_rate not in _pipe_rates_logged:
+            _pipe_rates_logged.add(self.out_rate)
+            logger.info("converting %r-style pipe output to %d Hz natively (logged once per rate)",
+                        self.entry.split()[0], self.out_rate)
+        resampled = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(chunk.T)),
+                                                   self.in_rate, self.out_rate).T.numpy()
+        offset = start - first_block * step_out
+        samples = resampled[offset:offset + stop - start]
+        if samples.shape[0] < stop - start:  # the rounding of the last frames
+            samples = np.pad(samples, ((0, stop - start - samples.shape[0]), (0, 0)))
+        return np.ascontiguousarray(samples, dtype=np.float32)
+
+    def check_finite(self, samples: np.ndarray, start: int = 0) -> None:
+        self.base.check_finite(samples, start)
+
+    def scan(self) -> None:
+        self.base.scan()
+
+    def close(self) -> None:
+        self.base.close()
+
+    def __enter__(self) -> _NativePipe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _ShellPipe:
+    """A command run with ``sh -c`` (only with ``allow_shell_pipes``): decoded whole, then sliced."""
+
+    def __init__(self, entry: str, utt: str | None):
+        self.entry, self.where = entry, _where(utt)
+        self.samples, rate, self.subtype = decode_wav_bytes(run_shell_pipe(entry, self.where), self.where)
+        self.info = AudioInfo(self.samples.shape[0], rate, self.samples.shape[1])
+
+    @property
+    def may_hold_non_finite(self) -> bool:
+        return not self.subtype.startswith(_INTEGER_SUBTYPES) and self.subtype != "PCM"
+
+    def check_truncation(self) -> None:
+        """Nothing to check: the stream's length is what the command wrote."""
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.samples[start:stop]
+
+    def check_finite(self, samples: np.ndarray, start: int = 0) -> None:
+        if not np.isfinite(samples.sum(dtype=np.float64)):
+            bad = ~np.isfinite(samples)
+            first = start + int(np.argmax(bad.any(axis=1)))
+            raise AudioError(
+                f"{self.where}the output of {self.entry!r} holds {int(bad.any(axis=1).sum())} non-finite "
+                f"sample(s) (first at {first / self.info.sample_rate:.3f} s); fix the command or remove the utterance")
+
+    def scan(self) -> None:
+        self.check_finite(self.samples)
+
+    def close(self) -> None:
+        self.samples = None
+
+    def __enter__(self) -> _ShellPipe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_pipe_rates_logged: set = set()
+_native_forms_logged: set = set()
+
+
+def _open_recording(entry: str, utt: str | None = None, allow_shell_pipes: bool = False):
+    """The reader of an entry: a file or ark, a native pipe, or (opted in) a shell pipe."""
+    kind = pipe_kind(entry)
+    if kind is None or kind == "refused" or (kind == "shell" and not allow_shell_pipes):
+        check_entry(entry, utt, allow_shell_pipes=allow_shell_pipes)
+        return _Recording(entry, utt)
+    if kind == "shell":
+        return _ShellPipe(entry, utt)
+    program = os.path.basename(entry.split()[0])
+    if program not in _native_forms_logged:
+        _native_forms_logged.add(program)
+        logger.info("reading %r pipe entries of wav.scp natively, without a shell (logged once per program)",
+                    program)
+    try:
+        return _NativePipe(entry, parse_pipe(entry), utt)
+    except UndecodableAudioError as error:
+        if allow_shell_pipes:
+            return _ShellPipe(entry, utt)
+        raise UndecodableAudioError(
+            f"{error}; elp reads the file of {entry!r} itself and cannot decode it: convert the audio to "
+            f"a format soundfile reads (wav, flac), or let the command run (opt in with {SHELL_PIPE_OPT_IN})"
+        ) from None
+
+
+def audio_info(entry: str, utt: str | None = None, allow_shell_pipes: bool = False) -> AudioInfo:
     """Length, rate and channels of the audio an entry names (one open, headers only).
+
+    For a pipe entry, of what the command outputs (its rate, its channels); a shell pipe
+    (``allow_shell_pipes``) is run and decoded to know them.
 
     Parameters
     ----------
@@ -414,6 +599,8 @@ def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
         A ``wav.scp`` value.
     utt : str, optional
         Utterance named in error messages.
+    allow_shell_pipes : bool, optional
+        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
 
     Returns
     -------
@@ -426,12 +613,15 @@ def audio_info(entry: str, utt: str | None = None) -> AudioInfo:
     >>> sf.write(path, np.zeros(4000, dtype="float32"), 8000)
     >>> audio_info(path)
     AudioInfo(num_frames=4000, sample_rate=8000, num_channels=1)
+    >>> audio_info(f"sox {path} -t wav -r 16000 - |")  # what the command would output
+    AudioInfo(num_frames=8000, sample_rate=16000, num_channels=1)
     """
-    with _Recording(entry, utt) as recording:
+    with _open_recording(entry, utt, allow_shell_pipes) as recording:
         return recording.info
 
 
-def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = None) -> AudioInfo:
+def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = None,
+                allow_shell_pipes: bool = False) -> AudioInfo:
     """Stage-1 check of a recording: safe entry, readable, not truncated, finite samples.
 
     Parameters
@@ -445,6 +635,8 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
         values (float WAV, lossy codecs); integer PCM and FLAC are checked from their
         headers (a WAV data chunk shorter than declared is caught there). True also decodes
         integer formats (catches corrupt FLAC streams, at the cost of a full read).
+    allow_shell_pipes : bool, optional
+        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
 
     Returns
     -------
@@ -465,7 +657,7 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
     ...
     elp.data.errors.AudioError: utt 'u7': audio '...nan.wav' holds 400 non-finite sample(s) (NaN or inf; first at 0.000 s): the recording is corrupt; re-create it or remove the utterance from every file of the data dir
     """
-    with _Recording(entry, utt) as recording:
+    with _open_recording(entry, utt, allow_shell_pipes) as recording:
         recording.check_truncation()
         if scan_samples or (scan_samples is None and recording.may_hold_non_finite):
             recording.scan()
@@ -536,7 +728,7 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
 
 
 def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segment | None = None,
-                utt: str | None = None) -> int:
+                utt: str | None = None, allow_shell_pipes: bool = False) -> int:
     """Number of samples :func:`read_audio` returns for an entry, from its header only.
 
     Parameters
@@ -549,12 +741,14 @@ def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segmen
         Optional part of the recording in seconds.
     utt : str, optional
         Utterance named in error messages.
+    allow_shell_pipes : bool, optional
+        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
 
     Returns
     -------
     int
     """
-    return segment_num_samples(audio_info(entry, utt), target_sr, segment)
+    return segment_num_samples(audio_info(entry, utt, allow_shell_pipes), target_sr, segment)
 
 
 def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
@@ -565,7 +759,8 @@ def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
 
 
 def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
-               segment: Segment | None = None, utt: str | None = None) -> torch.Tensor:
+               segment: Segment | None = None, utt: str | None = None,
+               allow_shell_pipes: bool = False) -> torch.Tensor:
     """Read the audio a ``wav.scp`` entry names: mono, float32, at ``target_sr``.
 
     One ``open`` per call. Non-finite samples, a truncated WAV data chunk and short reads
@@ -575,13 +770,18 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     Parameters
     ----------
     entry : str
-        Plain path (any soundfile format, e.g. wav or flac) or ``path.ark:offset``.
+        Plain path (any soundfile format, e.g. wav or flac), ``path.ark:offset``, or a decoder
+        pipe :func:`elp.data.pipes.parse_pipe` recognises (its file is read natively, seeking
+        to the segment).
     target_sr : int
         Output rate in Hz (16 kHz for every backbone of the toolkit).
     segment : tuple[float, float] | None
         ``(start, end)`` seconds to cut (``end < 0``: to the end), as in Kaldi ``segments``.
     utt : str, optional
         Utterance named in error messages.
+    allow_shell_pipes : bool, optional
+        Run other commands ending in ``|`` with ``sh -c`` as Kaldi does (the whole output is
+        decoded, then the segment cut); off, they are refused.
 
     Returns
     -------
@@ -596,7 +796,7 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
     >>> read_audio(path, segment=(0.25, 0.5)).shape
     torch.Size([4000])
     """
-    with _Recording(entry, utt) as recording:
+    with _open_recording(entry, utt, allow_shell_pipes) as recording:
         recording.check_truncation()
         rate = recording.info.sample_rate
         try:

@@ -30,5 +30,10 @@ class AudioNotFoundError(AudioError, FileNotFoundError):
     """A ``wav.scp`` entry names neither an existing file nor ``path.ark:offset``."""
 
 
+class UndecodableAudioError(AudioError):
+    """A file exists but soundfile cannot decode its format (e.g. m4a, shorten SPHERE)."""
+
+
 class UnsafeEntryError(AudioError):
-    """A ``wav.scp`` entry that a reader could hand to a shell (pipes) or to stdin (``-``)."""
+    """A ``wav.scp`` entry that would reach a shell (a command elp does not read natively,
+    without ``allow_shell_pipes``) or standard input (``-``)."""

@@ -20,8 +20,11 @@ A data dir holds one file per mapping, one ``<key> <value>`` line per utterance,
 
 Labels (``utt2label``, ``utt2spk`` and every other ``utt2*`` file) are one non-empty token;
 transcripts are non-empty. Files are UTF-8 (an undecodable byte is an error naming the file
-and line). No entry of ``wav.scp`` may contain a pipe, start with ``-`` or hold whitespace
-(see :func:`elp.data.audio.check_entry`): nothing of a data file ever reaches a shell.
+and line). A ``wav.scp`` entry may be a standard decoder pipe (``flac -c -d -s PATH |``,
+``sox PATH -t wav - |``, ``sph2pipe``, ``ffmpeg``, ``cat``; read natively, see
+:mod:`elp.data.pipes`); any other command runs only with ``allow_shell_pipes``, and no entry
+may start with ``-`` or hold a ``|`` elsewhere (see :func:`elp.data.audio.check_entry`):
+nothing of a data file reaches a shell without the opt-in.
 
 ``.audio_checked`` (JSON, written by :func:`validate_data_dir` after every recording passed
 its audio checks) lets a later validation trust ``utt2num_samples`` instead of re-reading
@@ -48,6 +51,7 @@ from pathlib import Path
 
 from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
                             segment_num_samples, unsafe_entry_reason)
+from elp.data.pipes import SHELL_PIPE_OPT_IN, pipe_kind
 from elp.data.errors import AudioError, DataError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +78,8 @@ _AUDIO_CHECK_VERSION = 1
 DEFAULT_MAX_DROP = 0.05
 """Largest share of a set's utterances (or trials) ``fix=True`` may remove."""
 
-_MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_PROBLEMS = 10
+"""Problems a :class:`DataDirError` lists one per line; the rest are counted."""
 
 
 class DataDirError(DataError):
@@ -886,18 +891,29 @@ def _check_lines(name: str, lines: list[tuple[str, str]], fix: bool,
 
 
 def _raise_if_problems(data_dir: Path, problems: list[str]) -> None:
-    """One :class:`DataDirError` of one line listing (up to 20 of) the problems."""
+    """Raise one :class:`DataDirError`: a summary line, then one problem per line.
+
+    The first :data:`MAX_LISTED_PROBLEMS` problems are listed (each ``file:line: utterance:
+    what; fix``), then a count of the rest.
+
+    Examples
+    --------
+    >>> _raise_if_problems(Path("d"), [f"d/text:{n}: utt 'u{n}' has an empty transcript" for n in (1, 2)])
+    Traceback (most recent call last):
+    ...
+    elp.data.kaldi_dir.DataDirError: d: 2 problems
+      d/text:1: utt 'u1' has an empty transcript
+      d/text:2: utt 'u2' has an empty transcript
+    """
     if not problems:
         return
     if len(problems) == 1:
         raise DataDirError(f"{data_dir}: {problems[0]}")
-    shown = problems[:_MAX_LISTED_PROBLEMS]
-    more = len(problems) - len(shown)
-    message = f"{data_dir}: {len(problems)} problems: " + " | ".join(
-        f"({index}) {problem}" for index, problem in enumerate(shown, start=1))
-    if more:
-        message += f" | ... and {more} more"
-    raise DataDirError(message)
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    lines = [f"{data_dir}: {len(problems)} problems"] + [f"  {problem}" for problem in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more (fix these and validate again to see them)")
+    raise DataDirError("\n".join(lines))
 
 
 def _file_of(where: str) -> str:
@@ -977,10 +993,30 @@ def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: bool | None
     (data_dir / AUDIO_CHECKED).write_text(json.dumps(record) + "\n")
 
 
+def _entry_problems(data_dir: Path, wav_scp: Mapping[str, str], line_of: Mapping[str, int], keyed_by: str,
+                    allow_shell_pipes: bool) -> list[str]:
+    """One problem per ``wav.scp`` entry elp will not read (``file:line: utt 'x': entry ...; fix``)."""
+    problems, shell = [], []
+    for key, entry in wav_scp.items():
+        reason = unsafe_entry_reason(entry, allow_shell_pipes)
+        if reason is None:
+            continue
+        where = f"{data_dir / WAV_SCP}:{line_of.get(key, '?')}: {keyed_by} {key!r}: entry {entry!r}"
+        if pipe_kind(entry) == "shell":
+            shell.append(f"{where} is a command elp does not read natively and runs only with the opt-in")
+        else:
+            problems.append(f"{where} {reason}; convert the audio to files first (e.g. with sox or ffmpeg) and "
+                            "list their paths (or path.ark:offset) in wav.scp")
+    if shell:
+        shell[0] += (f" ({len(shell)} such entr{'y' if len(shell) == 1 else 'ies'}); to run them with a shell as "
+                     f"Kaldi does, opt in with {SHELL_PIPE_OPT_IN}; or convert the audio to files first")
+    return shell + problems
+
+
 def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mapping[str, int],
                    utts: Sequence[str], segments: Mapping[str, Segment], target_sr: int,
                    deep: bool, scan_samples: bool | None, jobs: int,
-                   problems: list[str]) -> dict[str, int]:
+                   problems: list[str], allow_shell_pipes: bool = False) -> dict[str, int]:
     """Samples at ``target_sr`` of every utterance, each recording opened once.
 
     ``deep`` runs :func:`elp.data.audio.check_audio` (truncation, non-finite samples),
@@ -993,7 +1029,9 @@ def _measure_audio(data_dir: Path, wav_scp: Mapping[str, str], wav_lines: Mappin
 
     def inspect(reco: str):
         try:
-            return check_recording(wav_scp[reco], scan_samples=scan_samples) if deep else audio_info(wav_scp[reco])
+            if deep:
+                return check_recording(wav_scp[reco], scan_samples=scan_samples, allow_shell_pipes=allow_shell_pipes)
+            return audio_info(wav_scp[reco], allow_shell_pipes=allow_shell_pipes)
         except AudioError as error:
             return error
 
@@ -1027,12 +1065,14 @@ def validate_data_dir(
     recheck_audio: bool = False,
     scan_samples: bool | None = None,
     jobs: int = 1,
+    allow_shell_pipes: bool = False,
 ) -> dict[str, int]:
     """Check a data dir and write its ``utt2num_samples``.
 
     Checks: ``wav.scp`` and ``utt2spk`` exist; every file is UTF-8, sorted, with unique keys;
-    every ``wav.scp`` entry is safe (no pipe, no leading ``-``, no whitespace: nothing reaches
-    a shell); ``utt2spk`` and every ``utt2*`` file hold one non-empty token per line;
+    every ``wav.scp`` entry is readable without a shell (a path, ``path.ark:offset`` or a
+    standard decoder pipe, see :mod:`elp.data.pipes`) or, with ``allow_shell_pipes``, a
+    command ending in ``|``; ``utt2spk`` and every ``utt2*`` file hold one non-empty token per line;
     transcripts in ``text`` are non-empty; every utterance file (``utt2spk``, ``text``,
     ``utt2*``, ``segments`` or ``wav.scp``) covers the same utterances; ``spk2utt`` matches
     ``utt2spk``; ``trials`` name known utterances; every recording can be read, its WAV data
@@ -1071,6 +1111,9 @@ def validate_data_dir(
         Passed to :func:`elp.data.audio.check_audio` (None: decode float formats only).
     jobs : int
         Threads opening recordings concurrently (I/O bound: helps on network storage).
+    allow_shell_pipes : bool
+        Run ``wav.scp`` commands elp does not read natively with ``sh -c``, as Kaldi does
+        (off: each such entry is a problem naming its line and the opt-in).
 
     Returns
     -------
@@ -1080,8 +1123,8 @@ def validate_data_dir(
     Raises
     ------
     DataDirError
-        One line listing every problem found, each naming the file:line / utterance /
-        path and the fix.
+        A summary line, then one line per problem (the first :data:`MAX_LISTED_PROBLEMS`,
+        then a count), each naming the file:line / utterance / path and the fix.
 
     Examples
     --------
@@ -1125,14 +1168,7 @@ def validate_data_dir(
         if was_changed:
             changed.add(name)
     keyed_by = "recording" if SEGMENTS in tables else "utt"
-    for key, entry in tables[WAV_SCP].items():
-        reason = unsafe_entry_reason(entry)
-        if reason is not None:
-            problems.append(
-                f"{data_dir / WAV_SCP}:{line_of[WAV_SCP][key]}: {keyed_by} {key!r}: entry {entry!r} {reason}; "
-                "convert the audio to files first (e.g. with sox or ffmpeg) and list their paths "
-                "(or path.ark:offset) in wav.scp"
-            )
+    problems.extend(_entry_problems(data_dir, tables[WAV_SCP], line_of[WAV_SCP], keyed_by, allow_shell_pipes))
     for name in utt_names:
         if name.startswith("utt2"):
             for key, value in tables[name].items():
@@ -1204,7 +1240,7 @@ def validate_data_dir(
     utt2num_samples: dict[str, int] = {}
     if not use_counts:
         utt2num_samples = _measure_audio(data_dir, tables[WAV_SCP], line_of[WAV_SCP], utts, segments,
-                                         target_sr, True, scan_samples, jobs, problems)
+                                         target_sr, True, scan_samples, jobs, problems, allow_shell_pipes)
     else:
         for utt in utts:
             try:
@@ -1242,7 +1278,8 @@ def _counts_are_fresh(data_dir: Path) -> bool:
         return False
 
 
-def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1) -> dict[str, int]:
+def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1,
+                      allow_shell_pipes: bool = False) -> dict[str, int]:
     """Samples of every utterance at ``target_sr``, for length sorting and dynamic batching.
 
     ``utt2num_samples`` is trusted while it is not older than ``wav.scp`` (and ``segments``):
@@ -1257,6 +1294,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
         Rate of the counts (``utt2num_samples`` always holds 16 kHz counts).
     jobs : int
         Threads reading headers when the counts have to be recomputed.
+    allow_shell_pipes : bool
+        Run ``wav.scp`` commands elp does not read natively (see :func:`validate_data_dir`).
 
     Returns
     -------
@@ -1285,15 +1324,12 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     wav_lines = {key: number for number, key, _ in read_numbered_lines(data_dir / WAV_SCP)}
     wav_scp = read_mapping(data_dir / WAV_SCP)
     segments = read_segments(data_dir / SEGMENTS) if (data_dir / SEGMENTS).is_file() else {}
-    problems: list[str] = []
-    for key, entry in wav_scp.items():
-        reason = unsafe_entry_reason(entry)
-        if reason is not None:
-            problems.append(f"{data_dir / WAV_SCP}:{wav_lines[key]}: {key!r}: entry {entry!r} {reason}; "
-                            "convert the audio to files first")
+    keyed_by = "recording" if segments else "utt"
+    problems = _entry_problems(data_dir, wav_scp, wav_lines, keyed_by, allow_shell_pipes)
     _raise_if_problems(data_dir, problems)
     utts = sorted(read_mapping(data_dir / UTT2SPK))
-    counts = _measure_audio(data_dir, wav_scp, wav_lines, utts, segments, target_sr, False, None, jobs, problems)
+    counts = _measure_audio(data_dir, wav_scp, wav_lines, utts, segments, target_sr, False, None, jobs, problems,
+                            allow_shell_pipes)
     _raise_if_problems(data_dir, problems)
     if target_sr == TARGET_SAMPLE_RATE:
         temporary = data_dir / f".{UTT2NUM_SAMPLES}.{os.getpid()}.tmp"
@@ -1303,7 +1339,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 
 
 # --------------------------------------------------------------------------- SpeechBrain
-def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[str, dict[str, object]]:
+def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None,
+                     allow_shell_pipes: bool = False) -> dict[str, dict[str, object]]:
     """A validated data dir as the ``data`` dict of SpeechBrain's ``DynamicItemDataset``.
 
     Parameters
@@ -1312,6 +1349,8 @@ def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[
         A data dir that passed :func:`validate_data_dir` (``utt2num_samples`` is required).
     label_file : str, optional
         Name of the label file inside the dir; None uses ``utt2label`` when present.
+    allow_shell_pipes : bool, optional
+        Passed to :func:`utterance_lengths` when the counts must be measured again.
 
     Returns
     -------
@@ -1335,7 +1374,7 @@ def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None) -> dict[
     if data.utt2num_samples is None:
         raise DataDirError(f"{data_dir}: {UTT2NUM_SAMPLES} is missing: run validate_data_dir on it first")
     if not _counts_are_fresh(data_dir):
-        data.utt2num_samples = utterance_lengths(data_dir)
+        data.utt2num_samples = utterance_lengths(data_dir, allow_shell_pipes=allow_shell_pipes)
     labels = None
     if label_file is not None:
         labels = read_token_mapping(data_dir / label_file)

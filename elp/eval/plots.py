@@ -1,6 +1,7 @@
 """Figures of a recipe run (stage 5) and of a model package (``elp inspect``).
 
-Each function writes one PNG (matplotlib, Agg backend) and returns its path:
+Each ``plot_*`` function writes one PNG (matplotlib, Agg backend) to ``path``, creating its
+parent directories, and returns that path; ``title`` replaces the default figure title.
 
 * :func:`plot_training_curves` -- loss and validation metrics per epoch from SpeechBrain's
   ``train_log.txt``;
@@ -58,21 +59,8 @@ def parse_train_log(path: str | os.PathLike) -> dict[str, list[float]]:
 
     Lines look like ``epoch: 1, lr_head: 5e-04 - train loss: 2.1 - valid loss: 1.9, valid wer: 80``;
     ``epoch loaded: ... - test ...`` lines are skipped. A resumed run's repeated epochs keep
-    the last value.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A ``train_log.txt``.
-
-    Returns
-    -------
-    dict[str, list[float]]
-        Statistic name (e.g. ``"train loss"``, ``"valid wer"``) -> one value per epoch.
-
-    Examples
-    --------
-    See the module docstring.
+    the last value. Statistic names are e.g. ``"train loss"``, ``"valid wer"`` (example in
+    the module docstring).
     """
     rows: dict[int, dict[str, float]] = {}
     for line in Path(path).read_text().splitlines():
@@ -96,25 +84,9 @@ def parse_train_log(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def plot_training_curves(train_log: str | os.PathLike, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Loss curves (left) and validation metrics (right) per epoch.
+    """Loss curves (left) and validation metrics (right) per epoch of a ``train_log.txt``.
 
-    Parameters
-    ----------
-    train_log : str | os.PathLike
-        SpeechBrain's ``train_log.txt`` (:func:`parse_train_log`).
-    path : str | os.PathLike
-        Output PNG.
-    title : str | None, optional
-        Figure title.
-
-    Returns
-    -------
-    Path
-        The PNG written (parent directories created).
-
-    Examples
-    --------
-    See the module docstring.
+    The log is read by :func:`parse_train_log` (example in the module docstring).
     """
     plt = _pyplot()
     table = parse_train_log(train_log)
@@ -139,12 +111,7 @@ def plot_training_curves(train_log: str | os.PathLike, path: str | os.PathLike, 
 def det_points(scores: Sequence[float], labels: Sequence[int]):
     """(P_fa, P_miss) at every threshold: what a DET curve draws.
 
-    Parameters
-    ----------
-    scores : Sequence[float]
-        Trial scores [N].
-    labels : Sequence[int]
-        [N], 1 = target, 0 = non-target.
+    ``scores`` [N] are trial scores, ``labels`` [N] 1 = target, 0 = non-target.
 
     Returns
     -------
@@ -178,23 +145,8 @@ def plot_det_curve(scores: Sequence[float], labels: Sequence[int], path: str | o
                    p_target: float = 0.01, title: str | None = None) -> Path:
     """DET curve on normal-deviate axes with the EER point and the minDCF operating point.
 
-    Parameters
-    ----------
-    scores : Sequence[float]
-        Trial scores [N].
-    labels : Sequence[int]
-        [N], 1 = target, 0 = non-target.
-    path : str | os.PathLike
-        Output PNG.
-    p_target : float, optional
-        Target prior of the minDCF point.
-    title : str | None, optional
-        Figure title.
-
-    Returns
-    -------
-    Path
-        The PNG written (parent directories created).
+    ``scores`` and ``labels`` as in :func:`det_points`; ``p_target`` is the target prior of the
+    minDCF point.
 
     Examples
     --------
@@ -239,23 +191,8 @@ def plot_confusion_matrix(references: Sequence[str], predictions: Sequence[str],
                           labels: Sequence[str] | None = None, title: str | None = None) -> Path:
     """Confusion matrix (rows = reference, colour = row-normalised rate, numbers = counts).
 
-    Parameters
-    ----------
-    references : Sequence[str]
-        Reference labels.
-    predictions : Sequence[str]
-        Predicted labels, in the same order.
-    path : str | os.PathLike
-        Output PNG.
-    labels : Sequence[str] | None, optional
-        Class order (default: the sorted labels seen).
-    title : str | None, optional
-        Figure title (default: the accuracy).
-
-    Returns
-    -------
-    Path
-        The PNG written (parent directories created).
+    ``labels`` gives the class order (default: the sorted labels seen); the default title is
+    the accuracy.
 
     Examples
     --------
@@ -292,16 +229,8 @@ def wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[st
                   num_bins: int = 5) -> list[dict]:
     """WER per utterance-duration bin (quantile bins).
 
-    Parameters
-    ----------
-    refs : dict[str, str]
-        Utterance id -> reference text.
-    hyps : dict[str, str]
-        Utterance id -> hypothesis (a missing one counts as empty).
-    durations : dict[str, float]
-        Utterance id -> seconds.
-    num_bins : int, optional
-        Bins of (nearly) equal utterance counts.
+    ``refs``, ``hyps`` and ``durations`` (seconds) are keyed by utterance id; a missing
+    hypothesis counts as empty. The ``num_bins`` bins hold (nearly) equal utterance counts.
 
     Returns
     -------
@@ -338,28 +267,7 @@ def wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[st
 
 def plot_wer_by_length(refs: dict[str, str], hyps: dict[str, str], durations: dict[str, float],
                        path: str | os.PathLike, num_bins: int = 5, title: str | None = None) -> Path:
-    """Bar chart of WER per utterance-length bin (:func:`wer_by_length`).
-
-    Parameters
-    ----------
-    refs : dict[str, str]
-        Utterance id -> reference text.
-    hyps : dict[str, str]
-        Utterance id -> hypothesis.
-    durations : dict[str, float]
-        Utterance id -> seconds (e.g. from ``utt2dur``).
-    path : str | os.PathLike
-        Output PNG.
-    num_bins : int, optional
-        Number of bins.
-    title : str | None, optional
-        Figure title.
-
-    Returns
-    -------
-    Path
-        The PNG written (parent directories created).
-    """
+    """Bar chart of WER per utterance-length bin; arguments as in :func:`wer_by_length`."""
     plt = _pyplot()
     rows = wer_by_length(refs, hyps, durations, num_bins)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -376,22 +284,8 @@ def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathL
                        first_layer: int = 0) -> Path:
     """Bar plot of softmax layer weights, one group of bars per model (name -> weights).
 
-    Parameters
-    ----------
-    weights : dict[str, Sequence[float]]
-        Model name -> its softmax layer weights.
-    path : str | os.PathLike
-        Output PNG.
-    title : str | None, optional
-        Figure title.
-    first_layer : int, optional
-        The layer number of the first weight (1 for L-adapters, which read layer outputs
-        1..L; 0 for a weighted sum that includes the input embedding).
-
-    Returns
-    -------
-    Path
-        The PNG written (parent directories created).
+    ``first_layer`` is the layer number of the first weight (1 for L-adapters, which read
+    layer outputs 1..L; 0 for a weighted sum that includes the input embedding).
 
     Examples
     --------

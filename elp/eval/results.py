@@ -13,7 +13,7 @@ Usage::
 at the end of its scoring stage; ``write_results_json`` validates and writes one)::
 
     {
-      "task": "ic",                   # required: the recipe's task name (free string)
+      "benchmark": "ic",              # required: the recipe's benchmark name (free string)
       "corpus": "librispeech",        # required
       "backbone": "wavlm_base_plus",  # required
       "method": "elp",                # required: full, weighted_sum, conventional, lora,
@@ -35,17 +35,17 @@ at the end of its scoring stage; ``write_results_json`` validates and writes one
 
 Unknown extra keys are kept. A malformed file stops the summary with an error naming the
 file and the field (``--skip-invalid`` logs and skips such files instead, with a count).
-When two files describe the same (task, corpus, backbone, method, tag), the newest file
+When two files describe the same (benchmark, corpus, backbone, method, tag), the newest file
 wins and the older one is logged.
 
 ``append_results_line(results_md_path, result)`` keeps a recipe's RESULTS.md up to date:
-one markdown row per (task, corpus, backbone, method, tag), replaced in place on a rerun.
+one markdown row per (benchmark, corpus, backbone, method, tag), replaced in place on a rerun.
 
 Examples
 --------
 >>> import tempfile
 >>> root = Path(tempfile.mkdtemp())
->>> result = {"task": "er", "corpus": "iemocap", "backbone": "wavlm_plus", "method": "elp",
+>>> result = {"benchmark": "er", "corpus": "iemocap", "backbone": "wavlm_plus", "method": "elp",
 ...           "metric": {"name": "accuracy", "value": 70.5, "higher_is_better": True},
 ...           "learnable_params": 9_500_000, "train_wall_s": 5400.0, "peak_mem_mb": 8192.0}
 >>> _ = write_results_json(root / "elp" / "results.json", result)
@@ -53,7 +53,7 @@ Examples
 >>> [(r["method"], r["metric"]["value"], r["tag"]) for r in loaded]
 [('elp', 70.5, '')]
 >>> print(summary_markdown(loaded).splitlines()[0])
-| task | corpus | backbone | method | tag | metric | value | chance | other metrics | learnable params | share of backbone | train time | peak mem |
+| benchmark | corpus | backbone | method | tag | metric | value | chance | other metrics | learnable params | share of backbone | train time | peak mem |
 """
 from __future__ import annotations
 
@@ -67,12 +67,14 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from elp.runtime import configure_logging
+
 logger = logging.getLogger("summarize")
 
 METHOD_ORDER = ["full", "weighted_sum", "conventional", "lora", "prefix",
                 "e_only", "l_only", "p_only", "el", "elp"]
-KEY_FIELDS = ("task", "corpus", "backbone", "method", "tag")
-REQUIRED_STRINGS = ("task", "corpus", "backbone", "method")
+KEY_FIELDS = ("benchmark", "corpus", "backbone", "method", "tag")
+REQUIRED_STRINGS = ("benchmark", "corpus", "backbone", "method")
 REQUIRED_NUMBERS = ("train_wall_s", "peak_mem_mb")
 
 
@@ -89,20 +91,10 @@ def _is_number(value) -> bool:
 
 
 def validate_result(result: dict, source: str = "<result>") -> dict:
-    """Checks one result against the schema and returns a normalised copy (tag "" when
-    absent, chance None when absent, extra_metrics {} when absent).
+    """Check one result against the module's schema and return a normalised copy.
 
-    Parameters
-    ----------
-    result : dict
-        One result (the ``results.json`` schema of this module).
-    source : str, optional
-        Where it comes from, named in errors.
-
-    Returns
-    -------
-    dict
-        A normalised copy.
+    The copy has tag "", chance None and extra_metrics {} where they are absent. ``source``
+    names where the result comes from in errors.
 
     Raises
     ------
@@ -115,6 +107,8 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
     if not isinstance(result, dict):
         fail("the top level must be a JSON object")
     out = dict(result)
+    if "benchmark" not in out and "task" in out:  # results.json of elp 0.1 called it "task"
+        out["benchmark"] = out.pop("task")
     for field in REQUIRED_STRINGS:
         if not isinstance(out.get(field), str) or not out[field]:
             fail(f"field '{field}' must be a non-empty string, got {out.get(field)!r}")
@@ -149,20 +143,9 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
 
 
 def write_results_json(path, result: dict) -> dict:
-    """Validates ``result`` and writes it as ``path`` (a results.json); returns it
-    normalised, with ``date`` filled in when absent.
+    """Validate ``result`` and write it as ``path`` (a results.json; its directory is created).
 
-    Parameters
-    ----------
-    path : str | os.PathLike
-        Output file (its directory is created).
-    result : dict
-        One result (the ``results.json`` schema).
-
-    Returns
-    -------
-    dict
-        The normalised result as written.
+    Returns the normalised result as written, with ``date`` filled in when absent.
 
     Raises
     ------
@@ -178,21 +161,11 @@ def write_results_json(path, result: dict) -> dict:
 
 
 def result_key(result: dict) -> tuple[str, ...]:
-    """The identity of a result: its (task, corpus, backbone, method, tag).
-
-    Parameters
-    ----------
-    result : dict
-        One result.
-
-    Returns
-    -------
-    tuple[str, ...]
-        Absent fields as ``""``.
+    """The identity of a result: its (benchmark, corpus, backbone, method, tag), absent ones ``""``.
 
     Examples
     --------
-    >>> result_key({"task": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora"})
+    >>> result_key({"benchmark": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora"})
     ('kws', 'speech_commands', 'wavlm', 'lora', '')
     """
     return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
@@ -201,7 +174,7 @@ def result_key(result: dict) -> tuple[str, ...]:
 def _sort_key(result: dict):
     method = result["method"]
     rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (result["task"], result["corpus"], result["backbone"], rank, method, result["tag"])
+    return (result["benchmark"], result["corpus"], result["backbone"], rank, method, result["tag"])
 
 
 # --------------------------------------------------------------------------------------
@@ -216,19 +189,14 @@ def _read_json(path: Path):
 
 
 def load_results(roots: Iterable, skip_invalid: bool = False) -> list[dict]:
-    """Reads and validates every results.json under ``roots`` (recursively).
+    """Read and validate every results.json under the folders ``roots`` (recursively).
 
-    Parameters
-    ----------
-    roots : Iterable
-        Folders (str or path) searched recursively.
-    skip_invalid : bool, optional
-        Log and skip malformed files instead of raising.
+    ``skip_invalid`` logs and skips malformed files instead of raising.
 
     Returns
     -------
     list[dict]
-        The results sorted by task, corpus, backbone, method (canonical order), tag;
+        The results sorted by benchmark, corpus, backbone, method (canonical order), tag;
         each has a ``source`` field with its file path.
     """
     by_key = {}
@@ -269,16 +237,7 @@ def load_results(roots: Iterable, skip_invalid: bool = False) -> list[dict]:
 # Formatting
 # --------------------------------------------------------------------------------------
 def format_value(value: float | None) -> str:
-    """``-`` for None, 4 decimals below 1, else 2.
-
-    Parameters
-    ----------
-    value : float | None
-        A metric value.
-
-    Returns
-    -------
-    str
+    """A metric value as text: ``-`` for None, 4 decimals below 1, else 2.
 
     Examples
     --------
@@ -291,16 +250,7 @@ def format_value(value: float | None) -> str:
 
 
 def format_params(count: int) -> str:
-    """With thousands separators, and millions from 1M on.
-
-    Parameters
-    ----------
-    count : int
-        A parameter count.
-
-    Returns
-    -------
-    str
+    """A parameter count with thousands separators, and millions from 1M on.
 
     Examples
     --------
@@ -313,16 +263,7 @@ def format_params(count: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """In s below 2 min, min below 2 h, else h.
-
-    Parameters
-    ----------
-    seconds : float
-        A duration.
-
-    Returns
-    -------
-    str
+    """A duration in s below 2 min, min below 2 h, else h.
 
     Examples
     --------
@@ -337,16 +278,7 @@ def format_duration(seconds: float) -> str:
 
 
 def format_memory(megabytes: float) -> str:
-    """In MB below 1 GB, else GB.
-
-    Parameters
-    ----------
-    megabytes : float
-        A memory size in MB.
-
-    Returns
-    -------
-    str
+    """A memory size given in MB, as text in MB below 1 GB, else GB.
 
     Examples
     --------
@@ -370,21 +302,12 @@ def _extras(result: dict) -> str:
     return ", ".join(f"{name} {format_value(value)}" for name, value in sorted(extra.items()))
 
 
-SUMMARY_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "value", "chance",
+SUMMARY_COLUMNS = ["benchmark", "corpus", "backbone", "method", "tag", "metric", "value", "chance",
                    "other metrics", "learnable params", "share of backbone", "train time", "peak mem"]
 
 
 def format_share(result: dict) -> str:
-    """Learnable parameters as a percentage of the backbone's (``-`` when unknown).
-
-    Parameters
-    ----------
-    result : dict
-        One result (``learnable_params``, optional ``backbone_params``).
-
-    Returns
-    -------
-    str
+    """``learnable_params`` as a percentage of ``backbone_params`` (``-`` when unknown).
 
     Examples
     --------
@@ -398,34 +321,26 @@ def format_share(result: dict) -> str:
 
 
 def summary_markdown(results: Sequence[dict]) -> str:
-    """One markdown table (task x method); the best value of each (task, corpus, backbone,
+    """One markdown table (benchmark x method); the best value of each (benchmark, corpus, backbone,
     metric) group is bold when the group has several methods.
 
-    Parameters
-    ----------
-    results : Sequence[dict]
-        Validated results (:func:`load_results`).
-
-    Returns
-    -------
-    str
-        The table, header first.
+    ``results`` are validated ones (:func:`load_results`).
     """
     best = {}
     for result in results:
-        group = (result["task"], result["corpus"], result["backbone"], result["metric"]["name"])
+        group = (result["benchmark"], result["corpus"], result["backbone"], result["metric"]["name"])
         sign = 1 if result["metric"]["higher_is_better"] else -1
         best.setdefault(group, []).append(sign * result["metric"]["value"])
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |",
              "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|"]
     for result in results:
         metric = result["metric"]
-        group = (result["task"], result["corpus"], result["backbone"], metric["name"])
+        group = (result["benchmark"], result["corpus"], result["backbone"], metric["name"])
         sign = 1 if metric["higher_is_better"] else -1
         value = format_value(metric["value"])
         if len(best[group]) > 1 and sign * metric["value"] == max(best[group]):
             value = f"**{value}**"
-        cells = [result["task"], result["corpus"], result["backbone"], result["method"],
+        cells = [result["benchmark"], result["corpus"], result["backbone"], result["method"],
                  result["tag"], _metric_label(result), value, format_value(metric["chance"]),
                  _extras(result), format_params(result["learnable_params"]), format_share(result),
                  format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"])]
@@ -434,37 +349,32 @@ def summary_markdown(results: Sequence[dict]) -> str:
 
 
 def plot_summary(results: Sequence[dict], png_path) -> None:
-    """One subplot per task: metric value vs learnable parameters (log x), one marker per
+    """One subplot per benchmark: metric value vs learnable parameters (log x), one marker per
     method, each point labelled; chance level dashed.
 
-    Parameters
-    ----------
-    results : Sequence[dict]
-        Validated results (:func:`load_results`).
-    png_path : str | os.PathLike
-        Output image.
+    ``results`` are validated ones (:func:`load_results`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in results})
+    benchmarks = sorted({r["benchmark"] for r in results})
     methods = sorted({r["method"] for r in results},
                      key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
     markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
     colors = plt.get_cmap("tab10")
     style = {m: (markers[i % len(markers)], colors(i % 10)) for i, m in enumerate(methods)}
-    columns = min(3, max(1, len(tasks)))
-    rows = math.ceil(max(1, len(tasks)) / columns)
+    columns = min(3, max(1, len(benchmarks)))
+    rows = math.ceil(max(1, len(benchmarks)) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
     unplotted = 0
-    for ax, task in zip(axes.flat, tasks):
-        task_results = [r for r in results if r["task"] == task]
-        several = {field: len({r[field] for r in task_results}) > 1
+    for ax, benchmark in zip(axes.flat, benchmarks):
+        benchmark_results = [r for r in results if r["benchmark"] == benchmark]
+        several = {field: len({r[field] for r in benchmark_results}) > 1
                    for field in ("corpus", "backbone", "tag")}
         chances = set()
-        for result in task_results:
+        for result in benchmark_results:
             if result["learnable_params"] <= 0:
                 unplotted += 1
                 continue
@@ -480,15 +390,15 @@ def plot_summary(results: Sequence[dict], png_path) -> None:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
             ax.annotate("chance", (0.01, chance), xycoords=("axes fraction", "data"),
                         fontsize=7, color="grey", xytext=(0, 2), textcoords="offset points")
-        names = sorted({_metric_label(r) for r in task_results})
+        names = sorted({_metric_label(r) for r in benchmark_results})
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded 2x10^4 labels
         ax.margins(x=0.2)
         ax.set_xlabel("learnable parameters")
         ax.set_ylabel(", ".join(names))
-        ax.set_title(task)
+        ax.set_title(benchmark)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(benchmarks):]:
         ax.set_visible(False)
     handles = [plt.Line2D([], [], linestyle="", marker=style[m][0], color=style[m][1], label=m)
                for m in methods]
@@ -505,21 +415,10 @@ def plot_summary(results: Sequence[dict], png_path) -> None:
 
 
 def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[dict]:
-    """Writes ``<out_prefix>.md``, ``.json`` and ``.png``; returns the results.
+    """Write ``<out_prefix>.md``, ``.json`` and ``.png``; return the results.
 
-    Parameters
-    ----------
-    roots : Sequence
-        Folders searched recursively for results.json.
-    out_prefix : str | os.PathLike
-        Output prefix (a ``.md``/``.json``/``.png`` suffix is dropped).
-    skip_invalid : bool, optional
-        Log and skip malformed files instead of raising.
-
-    Returns
-    -------
-    list[dict]
-        As :func:`load_results`.
+    ``roots``, ``skip_invalid`` and the returned list are as in :func:`load_results`; a
+    ``.md``/``.json``/``.png`` suffix of ``out_prefix`` is dropped.
     """
     results = load_results(roots, skip_invalid=skip_invalid)
     out_prefix = Path(out_prefix)
@@ -531,7 +430,7 @@ def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[d
     md_path.write_text(
         f"# Results summary\n\n{len(results)} result(s) from "
         f"{', '.join(str(r) for r in roots)}; "
-        "↓ lower is better, ↑ higher is better, bold = best of its task/corpus/backbone.\n\n"
+        "↓ lower is better, ↑ higher is better, bold = best of its benchmark/corpus/backbone.\n\n"
         + summary_markdown(results), encoding="utf-8")
     json_path.write_text(json.dumps({
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -547,7 +446,7 @@ def summarize(roots: Sequence, out_prefix, skip_invalid: bool = False) -> list[d
 # --------------------------------------------------------------------------------------
 # RESULTS.md of a recipe
 # --------------------------------------------------------------------------------------
-RESULTS_COLUMNS = ["task", "corpus", "backbone", "method", "tag", "metric", "value",
+RESULTS_COLUMNS = ["benchmark", "corpus", "backbone", "method", "tag", "metric", "value",
                    "other metrics", "learnable params", "train time", "peak mem", "date"]
 RESULTS_HEADER = "| " + " | ".join(RESULTS_COLUMNS) + " |"
 RESULTS_RULE = "|" + "|".join("---" for _ in RESULTS_COLUMNS) + "|"
@@ -558,27 +457,16 @@ def _split_row(line: str) -> list[str]:
 
 
 def append_results_line(results_md_path, result_dict: dict) -> str:
-    """Adds or updates the row of ``result_dict`` in a recipe's RESULTS.md.
+    """Add or update the row of ``result_dict`` in a recipe's RESULTS.md.
 
-    One row per (task, corpus, backbone, method, tag): a rerun replaces its row in place.
+    One row per (benchmark, corpus, backbone, method, tag): a rerun replaces its row in place.
     The table (header and rule) is appended when the file or the table is absent; other
-    content of the file is kept. The file is locked while it is rewritten.
-
-    Parameters
-    ----------
-    results_md_path : str | os.PathLike
-        The recipe's RESULTS.md.
-    result_dict : dict
-        One result following the results.json schema (validated).
-
-    Returns
-    -------
-    str
-        The markdown row written.
+    content of the file is kept. The file is locked while it is rewritten. ``result_dict``
+    is validated against the results.json schema. Returns the markdown row written.
     """
     result = validate_result(result_dict, f"result for {results_md_path}")
     date = result.get("date") or datetime.datetime.now().isoformat(timespec="seconds")
-    cells = [result["task"], result["corpus"], result["backbone"], result["method"],
+    cells = [result["benchmark"], result["corpus"], result["backbone"], result["method"],
              result["tag"], _metric_label(result), format_value(result["metric"]["value"]),
              _extras(result), format_params(result["learnable_params"]),
              format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"]),
@@ -616,17 +504,9 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
 
 # --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of ``recipes/summarize.py``.
+    """Command line of ``recipes/summarize.py`` (``argv`` None: ``sys.argv[1:]``).
 
-    Parameters
-    ----------
-    argv : Sequence[str] | None, optional
-        Arguments (None: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        Exit status: 0, or 1 on a reported error or when no result was found.
+    Returns the exit status: 0, or 1 on a reported error or when no result was found.
     """
     parser = argparse.ArgumentParser(
         description="Summarise every results.json under the given roots into "
@@ -638,9 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-invalid", action="store_true",
                         help="log and skip malformed results.json instead of failing")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s (summarize.py) %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S")
+    configure_logging("summarize.py")
     try:
         results = summarize(args.exp_root, args.out, skip_invalid=args.skip_invalid)
     except (FileNotFoundError, ResultsError) as error:
@@ -660,14 +538,7 @@ def backbone_label(hparams: dict) -> str:
     """How results name a backbone: ``wavlm_plus``, ``wavlm_plus[tiny]`` (random weights of a
     named architecture) or ``wavlm_plus@<dir>`` (weights from a local directory).
 
-    Parameters
-    ----------
-    hparams : dict
-        ``backbone`` and optional ``backbone_arch`` / ``backbone_source``.
-
-    Returns
-    -------
-    str
+    ``hparams`` holds ``backbone`` and optionally ``backbone_arch`` / ``backbone_source``.
 
     Examples
     --------

@@ -107,14 +107,14 @@ def word_error_rate(
 
     Parameters
     ----------
-    refs : Transcripts
+    refs
         Reference transcripts: a list of str (or of word lists), or a dict utt_id -> str;
         words are whitespace-separated.
-    hyps : Transcripts
+    hyps
         Hypotheses, of the same type as ``refs``, paired by position (lists) or by utterance
         id (dicts).
-    alignment_file : str | Path | None, optional
-        Where to write SpeechBrain's per-utterance alignments.
+    alignment_file
+        Where to write SpeechBrain's per-utterance alignments (None: nowhere).
 
     Returns
     -------
@@ -138,14 +138,7 @@ def character_error_rate(
     """Character error rate; words are joined by single spaces and the spaces count as
     characters (SpeechBrain's ``split_tokens`` convention).
 
-    Parameters
-    ----------
-    refs : Transcripts
-        Reference transcripts, as in :func:`word_error_rate`.
-    hyps : Transcripts
-        Hypotheses, of the same type as ``refs``.
-    alignment_file : str | Path | None, optional
-        Where to write SpeechBrain's per-utterance alignments.
+    Arguments as in :func:`word_error_rate`.
 
     Returns
     -------
@@ -208,9 +201,9 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> dict:
 
     Parameters
     ----------
-    scores : ArrayLike
+    scores
         [N] trial scores, higher = more likely the same speaker.
-    labels : ArrayLike
+    labels
         [N] 1 = target trial, 0 = non-target trial.
 
     Returns
@@ -250,11 +243,9 @@ def min_dcf(
 
     Parameters
     ----------
-    scores : ArrayLike
-        [N] trial scores.
-    labels : ArrayLike
-        [N] 1 = target trial, 0 = non-target trial.
-    p_target, c_miss, c_fa : float
+    scores, labels
+        As in :func:`equal_error_rate`.
+    p_target, c_miss, c_fa
         Prior of a target trial and the two error costs (VoxCeleb: 0.01 / 1 / 1; SRE: 0.05).
 
     Returns
@@ -295,18 +286,13 @@ def cosine_scores(
 
     Parameters
     ----------
-    enroll_emb : torch.Tensor
+    enroll_emb
         [N, D] (or [D]).
-    test_emb : torch.Tensor
+    test_emb
         [N, D] (or [D]); [M, D] when ``all_pairs``.
-    all_pairs : bool
+    all_pairs
         False: row i of enroll against row i of test (one score per trial) -> [N].
         True: every enroll row against every test row -> [N, M] (cohort scoring).
-
-    Returns
-    -------
-    torch.Tensor
-        [N] or [N, M] cosine similarities.
 
     Examples
     --------
@@ -342,13 +328,13 @@ def s_norm(
 
     Parameters
     ----------
-    scores : torch.Tensor
+    scores
         [N] raw trial scores.
-    enroll_cohort_scores : torch.Tensor
+    enroll_cohort_scores
         [N, C] scores of each trial's enrolment side against the C cohort embeddings.
-    test_cohort_scores : torch.Tensor
+    test_cohort_scores
         [N, C] scores of each trial's test side against the cohort.
-    top_k : int, optional
+    top_k
         Keep the top_k highest cohort scores per row (2 <= top_k <= C).
 
     Returns
@@ -391,7 +377,7 @@ def s_norm(
 # Streaming S-norm with a speaker-balanced cohort
 # --------------------------------------------------------------------------------------
 #: Rows of embeddings scored against the cohort at once by :func:`cohort_statistics`: the
-#: largest temporary is a [SNORM_CHUNK_SIZE, C] float32 matrix (1024 x 150,000 = 0.6 GB).
+#: largest temporary is a [SNORM_CHUNK_SIZE, C] float32 matrix (docs/SCALING.md section 5).
 SNORM_CHUNK_SIZE = 1024
 
 
@@ -418,16 +404,14 @@ def select_cohort(
 
     Parameters
     ----------
-    embeddings : Mapping[str, torch.Tensor]
+    embeddings
         utt id -> embedding [D] (e.g. the training set's, from the SV Brain's ``predict``).
-    utt2spk : Mapping[str, str]
+    utt2spk
         utt id -> speaker id; every utterance of ``embeddings`` must have one.
-    size : int
+    size
         Number of cohort entries wanted (>= 2).
-    mode : str
+    mode
         ``"speaker_mean"`` or ``"utterances"``.
-    seed : int
-        Seed of the random draws.
 
     Returns
     -------
@@ -497,25 +481,18 @@ def cohort_utterance_ids(
     """The utterances to embed for a speaker-balanced cohort, chosen from ``utt2spk`` alone.
 
     Embedding a whole training set only to keep a few thousand cohort entries costs a full
-    pass over it (VoxCeleb1 dev: about 340 h of audio); pick the ids first, embed those, then
-    call :func:`select_cohort` on their embeddings (``size >= num_speakers`` keeps every
-    chosen speaker).
+    pass over it (docs/SCALING.md section 5); pick the ids first, embed those, then call
+    :func:`select_cohort` on their embeddings (``size >= num_speakers`` keeps every chosen
+    speaker). Returns sorted utterance ids.
 
     Parameters
     ----------
-    utt2spk : Mapping[str, str]
+    utt2spk
         utt id -> speaker id of the cohort set (e.g. the training data dir).
-    num_speakers : int
+    num_speakers
         Speakers drawn at random (seeded); all of them when there are fewer.
-    per_speaker : int
+    per_speaker
         Utterances drawn at random (seeded) per chosen speaker (all when it has fewer).
-    seed : int
-        Seed of the draws.
-
-    Returns
-    -------
-    list[str]
-        Sorted utterance ids.
 
     Examples
     --------
@@ -551,14 +528,12 @@ def cohort_statistics(
 
     Parameters
     ----------
-    embeddings : torch.Tensor
+    embeddings
         [N, D] enrolment or test embeddings (not necessarily normalised).
-    cohort : torch.Tensor
+    cohort
         [C, D] cohort embeddings (not necessarily normalised).
-    top_k : int, optional
+    top_k
         Keep the k highest cohort scores of each row (2 <= top_k <= C).
-    chunk_size : int
-        Rows scored at once.
 
     Returns
     -------
@@ -610,21 +585,21 @@ def s_norm_trials(
 
     The cohort statistics are computed once per distinct enrolment/test utterance, in
     chunks (:func:`cohort_statistics`); the result equals :func:`s_norm` on the dense
-    [trials x cohort] matrices, which are never built (VoxCeleb1-O against a 150k-utterance
-    cohort would need 2 x 37,611 x 150,000 float32 = 45 GB).
+    [trials x cohort] matrices, which are never built (their size on VoxCeleb:
+    docs/SCALING.md section 5).
 
     Parameters
     ----------
-    embeddings : Mapping[str, torch.Tensor]
+    embeddings
         utt id -> embedding [D].
-    trials : Sequence
+    trials
         (enroll, test) pairs, or objects with ``.enroll`` and ``.test``
         (:class:`elp.data.kaldi_dir.Trial`).
-    cohort : torch.Tensor, optional
+    cohort
         [C, D] the S-norm cohort (:func:`select_cohort`); None gives raw cosine scores.
-    top_k : int, optional
+    top_k
         Adaptive S-norm: statistics over the k highest cohort scores.
-    chunk_size : int
+    chunk_size
         Utterances scored against the cohort at once.
 
     Returns
@@ -684,15 +659,10 @@ def accuracy(preds: ArrayLike, targets: ArrayLike) -> float:
 
     Parameters
     ----------
-    preds : ArrayLike
+    preds
         [N] class indices, or [N, C] scores (argmax taken).
-    targets : ArrayLike
+    targets
         [N] class indices.
-
-    Returns
-    -------
-    float
-        Percent.
 
     Examples
     --------
@@ -711,19 +681,7 @@ def unweighted_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) 
     Classes that do not occur in ``targets`` have no recall and are **excluded** from the
     mean (a fold without e.g. any 'sad' utterance averages over the other classes).
 
-    Parameters
-    ----------
-    preds : ArrayLike
-        [N] class indices, or [N, C] scores (argmax taken).
-    targets : ArrayLike
-        [N] class indices.
-    num_classes : int
-        Number of classes C.
-
-    Returns
-    -------
-    float
-        Percent.
+    ``preds`` and ``targets`` as in :func:`accuracy`.
 
     Examples
     --------

@@ -1,4 +1,14 @@
-"""Use a trained model on new audio: ``Predictor.from_package(dir).transcribe(wavs)``.
+"""Use a trained model on new audio: ``load_predictor(dir).transcribe(wavs)``.
+
+* :func:`load_predictor` (or :meth:`Predictor.from_package`) returns the predictor class of the
+  package's task kind, found in a registry that each class joins by declaring its task class:
+  :class:`SpeechRecognizer` (``transcribe``), :class:`UtteranceClassifier` (``classify``),
+  :class:`SpeakerVerifier` (``embed``, ``verify``). A method of another kind does not exist on
+  the object, so it cannot be called by mistake.
+* All of them run the task's own prediction path (:meth:`elp.tasks.base.Task.predict_batch`),
+  the one stage 4 runs: speaker embeddings of utterances longer than the task's
+  ``window_seconds`` are windowed exactly as in stage 4, so the package's decision threshold,
+  calibrated in stage 4, applies.
 
 Inputs are file paths (anything soundfile reads, or a Kaldi ``ark:offset``), numpy arrays or
 torch tensors at any sample rate (pass ``sample_rate=`` for arrays), mono or multi-channel
@@ -10,36 +20,42 @@ Examples
 --------
 >>> import tempfile
 >>> from elp.testing import make_tiny_package
->>> classifier = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY))
+>>> classifier = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task="classify"))
+>>> type(classifier).__name__
+'UtteranceClassifier'
 >>> result = classifier.classify(np.zeros(16000, dtype=np.float32), sample_rate=16000)
 >>> result.label in classifier.labels, round(sum(result.probabilities.values()), 6)
 (True, 1.0)
->>> asr = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=ASR, method="elp"))
+>>> asr = load_predictor(make_tiny_package(tempfile.mkdtemp(), task="asr", method="elp"))
 >>> texts = asr.transcribe([np.zeros(8000), np.zeros((2, 16000))], sample_rate=8000)
 >>> len(texts), all(isinstance(t, str) for t in texts)
 (2, True)
->>> sv = Predictor.from_package(make_tiny_package(tempfile.mkdtemp(), task=SV, method="lora"))
+>>> sv = load_predictor(make_tiny_package(tempfile.mkdtemp(), task="sv", method="lora"))
 >>> sv.embed(torch.zeros(16000), sample_rate=16000).shape
 torch.Size([8])
 >>> trial = sv.verify(torch.ones(16000), torch.ones(16000), sample_rate=16000)
 >>> round(trial.score, 4), trial.accepted     # no threshold calibrated: no decision
 (1.0, None)
+>>> hasattr(sv, "transcribe")          # a wrong-kind call does not exist
+False
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from elp.data.audio import read_audio
-from elp.serve.package import SAMPLE_RATE, Package, load_package
-from elp.tasks import ASR, CLASSIFY, SV
+from elp.serve.package import SAMPLE_RATE, Package, PackageError, load_package
+from elp.tasks.asr import SpeechRecognition
+from elp.tasks.base import Task
+from elp.tasks.classify import Classification, UtteranceClassification
+from elp.tasks.sv import SpeakerVerification, Verification
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 MAX_CHANNELS = 16
@@ -47,23 +63,6 @@ MAX_CHANNELS = 16
 
 class AudioInputError(ValueError):
     """An input waveform cannot be used (wrong shape, no sample rate, empty...)."""
-
-
-@dataclass
-class Classification:
-    """A classification result: the best label and every label's probability."""
-
-    label: str
-    probabilities: dict[str, float]
-
-
-@dataclass
-class Verification:
-    """A verification trial: cosine ``score`` and ``accepted`` (None without a threshold)."""
-
-    score: float
-    accepted: bool | None
-    threshold: float | None
 
 
 # ------------------------------------------------------------------------------------- audio
@@ -247,9 +246,16 @@ def _progress(total: int, enabled: bool | None, desc: str):
     return tqdm(total=total, desc=desc, unit="utt")
 
 
-# ------------------------------------------------------------------------------------- predictor
+# ------------------------------------------------------------------------------------- predictors
+#: task kind -> the predictor class of that kind (filled by the subclasses' ``task_class``)
+PREDICTORS: dict[str, type[Predictor]] = {}
+
+
 class Predictor:
-    """Inference with one model package.
+    """Inference with one model package: loading, batching and per-utterance outputs.
+
+    Use :meth:`from_package` or :func:`load_predictor`, which return the subclass of the
+    package's kind; a subclass declares ``task_class`` and joins :data:`PREDICTORS`.
 
     Parameters
     ----------
@@ -257,13 +263,24 @@ class Predictor:
         From :func:`elp.serve.package.load_package`.
     """
 
+    #: the task class this predictor serves (subclasses)
+    task_class: ClassVar[type[Task] | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.task_class is not None:
+            PREDICTORS[cls.task_class.kind] = cls
+
     def __init__(self, package: Package):
+        expected = type(self).task_class
+        if expected is not None and not isinstance(package.task, expected):
+            raise PackageError(f"{package.directory} is a {package.kind!r} package, not a {expected.kind!r} one; "
+                               "load it with elp.serve.inference.load_predictor")
         self.package = package
-        self._beam_decoders: dict = {}
 
     @classmethod
     def from_package(cls, directory: str | os.PathLike, backbone_source: str | None = None,
-                     device: str | torch.device = "cpu") -> "Predictor":
+                     device: str | torch.device = "cpu") -> Predictor:
         """Load a package (the backbone from ``backbone_source`` or its recorded source).
 
         Parameters
@@ -278,14 +295,29 @@ class Predictor:
         Returns
         -------
         Predictor
-            A predictor of the package.
+            The predictor class of the package's kind (:func:`predictor_for`).
+
+        Raises
+        ------
+        PackageError
+            Called on a subclass with a package of another kind.
         """
-        return cls(load_package(directory, backbone_source, device))
+        predictor = predictor_for(load_package(directory, backbone_source, device))
+        if not isinstance(predictor, cls):
+            raise PackageError(f"{directory} is a {predictor.kind!r} package, not a {cls.task_class.kind!r} one; "
+                               "load it with elp.serve.inference.load_predictor")
+        return predictor
 
     # ---------------------------------------------------------------- properties
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
+        """The package's task (its kind and recorded prediction options)."""
         return self.package.task
+
+    @property
+    def kind(self) -> str:
+        """The task kind (a key of :data:`elp.tasks.TASKS`)."""
+        return self.package.kind
 
     @property
     def labels(self) -> list[str] | None:
@@ -298,7 +330,7 @@ class Predictor:
     # ---------------------------------------------------------------- the model
     @torch.no_grad()
     def head_outputs(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """The head on model features, one CPU tensor per utterance.
+        """The head on model features, one CPU tensor per utterance (:meth:`elp.tasks.base.Task.head_outputs`).
 
         Parameters
         ----------
@@ -313,18 +345,11 @@ class Predictor:
             ASR: log-probs [F_i, V] (valid frames only); classification: probabilities [C];
             SV: embedding [E].
         """
-        head = self.package.head
-        if self.task == ASR:
-            log_probs = head(feats, frame_mask)
-            return [lp[:n].cpu() for lp, n in zip(log_probs, frame_mask.sum(1).tolist())]
-        out = head(feats, frame_mask)
-        if self.task == CLASSIFY:
-            out = F.softmax(out, dim=-1)
-        return list(out.cpu())
+        return self.task.head_outputs(self.package.head, feats, frame_mask)
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run one padded batch through the model and head.
+        """The task's prediction path on one padded batch (:meth:`elp.tasks.base.Task.predict_batch`).
 
         Parameters
         ----------
@@ -334,15 +359,15 @@ class Predictor:
         Returns
         -------
         list[torch.Tensor]
-            :meth:`head_outputs` of the batch.
+            One output per waveform (see :meth:`head_outputs`).
         """
         batch, lengths = pad_batch(waves)
-        feats, frame_mask = self.package.model(batch.to(self.device), lengths.to(self.device))
-        return self.head_outputs(feats, frame_mask)
+        return self.task.predict_batch(self.package.model, self.package.head, batch.to(self.device),
+                                       lengths.to(self.device))
 
     def outputs(self, wavs: Iterable[AudioInput], sample_rate: int | None = None, batch_size: int = 8,
                 progress: bool | None = None) -> list[torch.Tensor]:
-        """Per-utterance head outputs of many inputs, batched by length, in input order.
+        """Per-utterance outputs of many inputs, batched by length, in input order.
 
         Parameters
         ----------
@@ -358,7 +383,7 @@ class Predictor:
         Returns
         -------
         list[torch.Tensor]
-            One :meth:`head_outputs` element per input.
+            One :meth:`forward_batch` element per input.
 
         Raises
         ------
@@ -379,11 +404,45 @@ class Predictor:
             bar.close()
         return results
 
-    # ---------------------------------------------------------------- tasks
-    def _require(self, *tasks: str, what: str) -> None:
-        if self.task not in tasks:
-            raise ValueError(f"{what}() needs a {' or '.join(tasks)} package, but {self.package.directory} "
-                             f"is a {self.task!r} package")
+    def result(self, output: torch.Tensor, **options):
+        """The user-facing result of one output (subclasses).
+
+        Parameters
+        ----------
+        output : torch.Tensor
+            One element of :meth:`outputs`.
+        **options
+            Options of the kind's result (ASR: ``beam_size``, ``lm``); others ignore them.
+
+        Returns
+        -------
+        object
+            Text, a :class:`Classification`, or an embedding.
+        """
+        raise NotImplementedError
+
+    def summary(self, result) -> tuple[str, object]:
+        """(text for a line, JSON value) of one :meth:`result` (subclasses)."""
+        raise NotImplementedError
+
+
+class SpeechRecognizer(Predictor):
+    """A CTC speech recognition package: :meth:`transcribe`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> asr = load_predictor(make_tiny_package(tempfile.mkdtemp(), task="asr"))
+    >>> isinstance(asr, SpeechRecognizer), asr.summary("a cat")
+    (True, ('a cat', 'a cat'))
+    """
+
+    task_class = SpeechRecognition
+
+    def __init__(self, package: Package):
+        super().__init__(package)
+        self._beam_searches: dict = {}
 
     def decode(self, log_probs: torch.Tensor, beam_size: int | None = None, lm: str | None = None,
                **lm_options) -> str:
@@ -405,18 +464,10 @@ class Predictor:
         str
             The hypothesis.
         """
-        mask = torch.ones(1, log_probs.shape[0], dtype=torch.bool)
-        tokenizer = self.package.tokenizer
-        if beam_size is None and lm is None:
-            from elp.tasks.decoding import greedy_ctc
-
-            return tokenizer.decode(greedy_ctc(log_probs[None], mask)[0])
-        from elp.tasks.decoding import CTCBeamSearch
-
-        key = (beam_size or 10, str(lm), tuple(sorted(lm_options.items())))
-        if key not in self._beam_decoders:
-            self._beam_decoders[key] = CTCBeamSearch(tokenizer, key[0], lm, **lm_options)
-        return self._beam_decoders[key](log_probs[None], mask)[0]
+        key = (beam_size, None if lm is None else str(lm), tuple(sorted(lm_options.items())))
+        if key not in self._beam_searches:
+            self._beam_searches[key] = self.task.beam_search(self.package.tokenizer, beam_size, lm, **lm_options)
+        return self.task.transcripts([log_probs], self.package.tokenizer, self._beam_searches[key])[0]
 
     def transcribe(self, wavs, sample_rate: int | None = None, batch_size: int = 8, beam_size: int | None = None,
                    lm: str | os.PathLike | None = None, progress: bool | None = None, **lm_options):
@@ -443,23 +494,41 @@ class Predictor:
         -------
         str | list[str]
             The text, or one per input of a list.
-
-        Raises
-        ------
-        ValueError
-            If the package is not an ASR package.
         """
-        self._require(ASR, what="transcribe")
         items, single = as_batch(wavs)
         texts = [self.decode(lp, beam_size, lm, **lm_options)
                  for lp in self.outputs(items, sample_rate, batch_size, progress)]
         return texts[0] if single else texts
 
+    def result(self, output, beam_size: int | None = None, lm=None, **options) -> str:
+        return self.decode(output, beam_size, lm)
+
+    def summary(self, result):
+        return result, result
+
+
+class UtteranceClassifier(Predictor):
+    """An utterance classification package: :meth:`classify`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> classifier = UtteranceClassifier.from_package(make_tiny_package(tempfile.mkdtemp()))
+    >>> classifier.summary(Classification("happy", {"happy": 0.75, "sad": 0.25}))
+    ('happy 0.7500', {'label': 'happy', 'probabilities': {'happy': 0.75, 'sad': 0.25}})
+    >>> UtteranceClassifier.from_package(make_tiny_package(tempfile.mkdtemp(), task="sv"))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    elp.serve.package.PackageError: ... is a 'sv' package, not a 'classify' one; load it with elp.serve.inference.load_predictor
+    """
+
+    task_class = UtteranceClassification
+
     def to_classification(self, probs: torch.Tensor) -> Classification:
         """The :class:`Classification` of class probabilities [C] (package label order)."""
-        labels = self.labels
-        best = int(probs.argmax())
-        return Classification(labels[best], {label: float(p) for label, p in zip(labels, probs.tolist())})
+        return self.task.classification(probs, self.labels)
 
     def classify(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
         """Classify one utterance or a list of them.
@@ -479,16 +548,37 @@ class Predictor:
         -------
         Classification | list[Classification]
             The best label and every label's probability, per input.
-
-        Raises
-        ------
-        ValueError
-            If the package is not a classification package.
         """
-        self._require(CLASSIFY, what=CLASSIFY)
         items, single = as_batch(wavs)
         results = [self.to_classification(p) for p in self.outputs(items, sample_rate, batch_size, progress)]
         return results[0] if single else results
+
+    def result(self, output, **options) -> Classification:
+        return self.to_classification(output)
+
+    def summary(self, result):
+        return (f"{result.label} {result.probabilities[result.label]:.4f}",
+                {"label": result.label, "probabilities": result.probabilities})
+
+
+class SpeakerVerifier(Predictor):
+    """A speaker verification package: :meth:`embed` and :meth:`verify` (windowed as in stage 4).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> verifier = load_predictor(make_tiny_package(tempfile.mkdtemp(), task="sv"))
+    >>> verifier.summary(torch.tensor([3.0, 4.0]))
+    ('embedding[2] norm 5.0000', [3.0, 4.0])
+    """
+
+    task_class = SpeakerVerification
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated decision threshold (None: no decision)."""
+        return self.package.threshold
 
     def embed(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
         """Speaker embeddings.
@@ -508,33 +598,20 @@ class Predictor:
         -------
         torch.Tensor
             [E] for one utterance, [N, E] for a list.
-
-        Raises
-        ------
-        ValueError
-            If the package is not an SV package.
         """
-        self._require(SV, what="embed")
         items, single = as_batch(wavs)
         embeddings = torch.stack(self.outputs(items, sample_rate, batch_size, progress))
         return embeddings[0] if single else embeddings
 
     def score(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> Verification:
-        """A trial from two embeddings: cosine score, accepted when above the threshold.
-
-        Parameters
-        ----------
-        emb_a, emb_b : torch.Tensor
-            Embeddings [E].
+        """A trial from two embeddings [E]: stage 4's cosine score, accepted when above the threshold.
 
         Returns
         -------
         Verification
             ``accepted`` is None when the package has no calibrated threshold.
         """
-        score = float(F.cosine_similarity(emb_a.float()[None], emb_b.float()[None])[0])
-        threshold = self.package.threshold
-        return Verification(score, None if threshold is None else score > threshold, threshold)
+        return self.task.verification(emb_a, emb_b, self.threshold)
 
     def verify(self, a, b, sample_rate: int | None = None, batch_size: int = 8):
         """Verify trial(s).
@@ -556,9 +633,8 @@ class Predictor:
         Raises
         ------
         ValueError
-            If the package is not an SV package, or the lists differ in length.
+            If the lists differ in length.
         """
-        self._require(SV, what="verify")
         items_a, single = as_batch(a)
         items_b, single_b = as_batch(b)
         if single != single_b or len(items_a) != len(items_b):
@@ -569,25 +645,52 @@ class Predictor:
         trials = [self.score(embeddings[i], embeddings[n + i]) for i in range(n)]
         return trials[0] if single else trials
 
-    def result(self, output: torch.Tensor, beam_size: int | None = None, lm=None):
-        """The task's user-facing result for one :meth:`head_outputs` element.
-
-        Parameters
-        ----------
-        output : torch.Tensor
-            One element of :meth:`head_outputs`.
-        beam_size : int | None, optional
-            ASR: beam of the CTC beam search (None: greedy).
-        lm : str | os.PathLike | None, optional
-            ASR: word n-gram LM.
-
-        Returns
-        -------
-        str | Classification | torch.Tensor
-            Text (ASR), a :class:`Classification`, or the embedding [E] (SV).
-        """
-        if self.task == ASR:
-            return self.decode(output, beam_size, lm)
-        if self.task == CLASSIFY:
-            return self.to_classification(output)
+    def result(self, output, **options) -> torch.Tensor:
         return output
+
+    def summary(self, result):
+        return f"embedding[{result.numel()}] norm {float(result.norm()):.4f}", result.tolist()
+
+
+def predictor_for(package: Package) -> Predictor:
+    """The predictor of a loaded package, of its kind's class (:data:`PREDICTORS`).
+
+    Parameters
+    ----------
+    package : Package
+        From :func:`elp.serve.package.load_package`.
+
+    Returns
+    -------
+    Predictor
+        An instance of the subclass registered for ``package.kind``.
+
+    Raises
+    ------
+    PackageError
+        When no predictor class serves the kind.
+    """
+    if package.kind not in PREDICTORS:
+        raise PackageError(f"{package.directory}: no predictor serves {package.kind!r} packages")
+    return PREDICTORS[package.kind](package)
+
+
+def load_predictor(directory: str | os.PathLike, backbone_source: str | None = None,
+                   device: str | torch.device = "cpu") -> Predictor:
+    """The predictor of a package directory, of its kind's class (same as :meth:`Predictor.from_package`).
+
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        The package directory.
+    backbone_source : str | None, optional
+        Backbone checkpoint directory or hub id (default: the recorded one).
+    device : str | torch.device, optional
+        Where the model runs.
+
+    Returns
+    -------
+    Predictor
+        A :class:`SpeechRecognizer`, :class:`UtteranceClassifier` or :class:`SpeakerVerifier`.
+    """
+    return Predictor.from_package(directory, backbone_source, device)

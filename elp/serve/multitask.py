@@ -18,8 +18,11 @@
   (same storage), with its own adapters, LayerNorms and LoRA factors. Memory is therefore one
   backbone plus each task's learnable tensors.
 
-Each task's results equal the task run alone (:class:`elp.serve.inference.Predictor`) to float
-rounding.
+Every task predicts through its own prediction path (:meth:`elp.tasks.base.Task.predict_batch`,
+the one stage 4 and :class:`elp.serve.inference.Predictor` run) with an ``encode`` that, for the
+batch being served, hands out the task's features from the shared computation above; any other
+batch the task encodes (speaker verification: the windows of long utterances) runs the task's
+own model (its backbone view). Each task's results equal the task run alone to float rounding.
 
 Examples
 --------
@@ -28,7 +31,7 @@ Examples
 >>> from elp.testing import save_tiny_checkpoint
 >>> ckpt = save_tiny_checkpoint("wavlm", tempfile.mkdtemp())
 >>> dirs = [make_tiny_package(tempfile.mkdtemp(), task=t, method=m, backbone_dir=ckpt)
-...         for t, m in [(CLASSIFY, "l_only"), (ASR, "weighted_sum"), (SV, "elp")]]
+...         for t, m in [("classify", "l_only"), ("asr", "weighted_sum"), ("sv", "elp")]]
 >>> tasks = MultiTask(dirs)
 >>> tasks.plan()
 {'shared_pass': [0, 1], 'routed_batches': [], 'own_layers': [2]}
@@ -47,14 +50,12 @@ import numpy as np  # noqa: F401  (doctest namespace)
 import torch
 from torch import nn
 
-from elp.core.backbones import SSLBackbone
-from elp.serve.inference import Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform, pad_batch
 from elp.core.methods import get_method
-from elp.core.model import AdaptedSSL
 from elp.core.routing import RoutedGroup, backbone_view, encoder_from_features, routable, route_key, unshare_learnable
+from elp.serve.inference import (Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform,
+                                 pad_batch, predictor_for)
 from elp.serve.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
-                         load_package_backbone, load_weights, read_package_config)
-from elp.tasks import ASR, CLASSIFY, SV
+                               load_package_backbone, load_weights, read_package_config)
 
 
 class MultiTask:
@@ -100,7 +101,7 @@ class MultiTask:
                 raise ValueError(f"{directory}: method {config['method']} keeps backbone dropout; cannot share")
             tokenizer, labels = load_inventory(directory, config)
             package = Package(directory, config, model, head, tokenizer, labels, config.get("extra", {}))
-            self.predictors.append(Predictor(package.to(device)))
+            self.predictors.append(predictor_for(package.to(device)))
             self.shares_pass.append(frozen_inside)
         self.names = _unique_names([p.package.name for p in self.predictors])
         self.device = torch.device(device)
@@ -144,7 +145,10 @@ class MultiTask:
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Per task, per utterance head outputs of one padded batch.
+        """Per task, per utterance outputs of one padded batch.
+
+        Each task runs its prediction path (:meth:`elp.tasks.base.Task.predict_batch`) with the
+        encoder of :meth:`encoders`.
 
         Parameters
         ----------
@@ -154,33 +158,69 @@ class MultiTask:
         Returns
         -------
         list[list[torch.Tensor]]
-            Per task, :meth:`Predictor.head_outputs` of the batch.
+            Per task, :meth:`Predictor.forward_batch` of the batch.
         """
         batch, rel_lengths = pad_batch(waves)
         batch, rel_lengths = batch.to(self.device), rel_lengths.to(self.device)
-        lengths = self.backbone.sample_lengths(batch, rel_lengths)
-        features, frame_mask = self.backbone.extract_cnn_features(batch, lengths)  # once for all tasks
-        shared = None
-        routed_feats: dict[int, torch.Tensor] = {}
-        for indices, group in self.groups:  # one batch per group, several tasks' utterances
-            routed_feats.update(zip(indices, group.features(features, frame_mask)))
-        outputs = []
-        for index, (predictor, shares) in enumerate(zip(self.predictors, self.shares_pass)):
-            model = predictor.package.model
-            if index in routed_feats:
-                feats = routed_feats[index]
-            elif shares:
-                if shared is None:  # once for all frozen-inside tasks
-                    shared = encoder_from_features(self.backbone, features, frame_mask)[0]
-                feats, _ = model.forward_from_hidden_states(shared, frame_mask)
-            else:
-                hidden_states, last = encoder_from_features(
-                    model.backbone, features, frame_mask,
-                    prompt=model.prompt.frames if model.prompt is not None else None,
-                    layer_prefixes=model.prefix.frames if model.prefix is not None else None)
-                feats = model._read_hidden_states(hidden_states, last)
-            outputs.append(predictor.head_outputs(feats, frame_mask))
-        return outputs
+        return [predictor.task.predict_batch(encode, predictor.package.head, batch, rel_lengths)
+                for predictor, encode in zip(self.predictors, self.encoders(batch, rel_lengths))]
+
+    def encoders(self, batch: torch.Tensor, rel_lengths: torch.Tensor) -> list:
+        """One ``encode(wavs, wav_lens) -> (feats, frame_mask)`` per task for one served batch.
+
+        For ``(batch, rel_lengths)`` themselves, a task's features come from the computation
+        the tasks share, each part run at most once and only when a task asks for it: the CNN,
+        the one transformer pass of the frozen-inside tasks, each routed group's batch. Any
+        other input is encoded by the task's own model.
+
+        Parameters
+        ----------
+        batch : torch.Tensor
+            [B, T] padded waveforms on the device.
+        rel_lengths : torch.Tensor
+            [B] relative lengths.
+
+        Returns
+        -------
+        list[Callable]
+            Encoders in task order.
+        """
+        computed: dict = {}
+
+        def cnn():
+            if "cnn" not in computed:  # once for all tasks
+                lengths = self.backbone.sample_lengths(batch, rel_lengths)
+                computed["cnn"] = self.backbone.extract_cnn_features(batch, lengths)
+            return computed["cnn"]
+
+        def features_of(index: int) -> torch.Tensor:
+            model = self.predictors[index].package.model
+            features, frame_mask = cnn()
+            group = next(((indices, g) for indices, g in self.groups if index in indices), None)
+            if group is not None:
+                indices, routed = group
+                if ("group", id(routed)) not in computed:  # one routed batch for its tasks
+                    computed[("group", id(routed))] = dict(zip(indices, routed.features(features, frame_mask)))
+                return computed[("group", id(routed))][index]
+            if self.shares_pass[index]:
+                if "shared" not in computed:  # once for all frozen-inside tasks
+                    computed["shared"] = encoder_from_features(self.backbone, features, frame_mask)[0]
+                return model.forward_from_hidden_states(computed["shared"], frame_mask)[0]
+            hidden_states, last = encoder_from_features(model.backbone, features, frame_mask,
+                                                        **model.backbone_inputs())
+            return model.read_hidden_states(hidden_states, last)
+
+        def encoder(index: int):
+            model = self.predictors[index].package.model
+
+            def encode(wavs: torch.Tensor, wav_lens: torch.Tensor):
+                if wavs is batch and wav_lens is rel_lengths:
+                    return features_of(index), cnn()[1]
+                return model(wavs, wav_lens)  # another batch (windows): the task's own model
+
+            return encode
+
+        return [encoder(index) for index in range(len(self.predictors))]
 
     def outputs(self, wavs, sample_rate: int | None = None, batch_size: int = 8,
                 progress: bool | None = None) -> list[list[torch.Tensor]]:
@@ -238,12 +278,12 @@ class MultiTask:
         -------
         dict | list[dict]
             Task name -> result, for one input or per input of a list. Results are what the
-            single-task API returns: text (ASR), :class:`Classification`, or an embedding [E]
-            (SV).
+            single-task API returns (:meth:`Predictor.result`): text, a classification, or an
+            embedding.
         """
         items, single = as_batch(wavs)
         per_task = self.outputs(items, sample_rate, batch_size, progress)
-        results = [{name: predictor.result(per_task[t][i], beam_size)
+        results = [{name: predictor.result(per_task[t][i], beam_size=beam_size)
                     for t, (name, predictor) in enumerate(zip(self.names, self.predictors))}
                    for i in range(len(items))]
         return results[0] if single else results

@@ -5,7 +5,8 @@ A package is a directory holding
 ==============================  ==================================================================
 ``adapters.safetensors/.json``  the learnable tensors of the model and the head
                                 (:func:`elp.core.export.save_adapters`)
-``package.json``                task kind, head class and constructor options, inventory files,
+``package.json``                task kind and the task options prediction needs (``task_options``:
+                                SV windows), head class and constructor options, inventory files,
                                 backbone (short name, source, SHA-256 of its frozen weights),
                                 audio front-end, SV decision threshold, free ``extra`` metadata
 ``tokens.txt`` / ``bpe.model``  ASR: the tokenizer (character tokens or sentencepiece BPE)
@@ -14,6 +15,9 @@ A package is a directory holding
 ``backbone/``                   only for random-weight backbones (``backbone_arch`` runs): the
                                 frozen weights as a Hugging Face checkpoint (safetensors)
 ==============================  ==================================================================
+
+What depends on the task kind (inventory files, ``task_options``, a decision threshold) is
+written and read by the task (:class:`elp.tasks.base.Task`); this module never branches on it.
 
 A backbone loaded from a checkpoint is *not* copied: the package names it (short name and
 source) and records :attr:`elp.core.backbones.SSLBackbone.weights_sha256`; :func:`load_package`
@@ -24,9 +28,9 @@ Examples
 --------
 >>> import tempfile
 >>> from elp.testing import make_tiny_package
->>> directory = make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY, method="l_only")
+>>> directory = make_tiny_package(tempfile.mkdtemp(), task="classify", method="l_only")
 >>> package = load_package(directory)
->>> package.task, package.labels, package.model.method.name
+>>> package.kind, package.labels, package.model.method.name
 ('classify', ['angry', 'happy', 'neutral'], 'l_only')
 """
 
@@ -40,15 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from elp.core.backbones import BACKBONES, SSLBackbone, weights_hash
-from elp.data.inventory import BPE_MODEL, LABELS_FILE, TOKENS_FILE, BPETokenizer, CharTokenizer, load_tokenizer
 from elp.core.export import load_adapters, save_adapters
+from elp.core.heads import CTCHead, PooledClassifier, SpeakerEmbeddingHead
 from elp.core.model import AdaptedSSL
-from elp.tasks import ASR, CLASSIFY, SV
+from elp.data.inventory import BPE_MODEL, LABELS_FILE, TOKENS_FILE
 from elp.tasks import TASKS as TASK_CLASSES
+from elp.tasks import Task, task_class, task_from_package
 
 PACKAGE_FILE = "package.json"
 CALIBRATION_FILE = "calibration.safetensors"
@@ -56,6 +61,13 @@ BACKBONE_DIR = "backbone"
 PACKAGE_FORMAT_VERSION = 1
 TASKS = tuple(TASK_CLASSES)
 SAMPLE_RATE = 16000
+#: head classes by the dotted names packages of earlier elp releases recorded (before the heads
+#: moved to :mod:`elp.core.heads`)
+LEGACY_HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    "elp.heads.CTCHead": CTCHead,
+    "elp.heads.PooledClassifier": PooledClassifier,
+    "elp.heads.SpeakerEmbeddingHead": SpeakerEmbeddingHead,
+}
 
 
 class PackageError(ValueError):
@@ -71,7 +83,7 @@ class BackboneHashMismatchError(PackageError):
 
 
 # ---------------------------------------------------------------------------------- writing
-def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Module, *, task: str,
+def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Module, *, task: str | Task,
                   head_spec: dict | None = None, inventory_dir: str | os.PathLike | None = None,
                   labels: list[str] | None = None, tokenizer=None, backbone_source: str | None = None,
                   backbone_pretrained: bool = True, sv_trials: tuple | None = None,
@@ -87,13 +99,14 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
     head : torch.nn.Module
         The trained head; with a ``config`` dict (every head of :mod:`elp.core.heads`) unless
         ``head_spec`` is given.
-    task : str
-        a task kind of :data:`elp.tasks.TASKS`.
+    task : str | Task
+        The recipe's task (its :meth:`~elp.tasks.base.Task.package_options` are recorded), or a
+        kind of :data:`elp.tasks.TASKS` (that kind's default options).
     head_spec : dict, optional
         ``{"class": "module.Class", "options": {...}}``; default: from ``head``.
     inventory_dir : str | os.PathLike | None, optional
-        Stage 2's ``data/lang``: ASR reads the tokenizer (``bpe.model`` or ``tokens.txt``),
-        classification reads ``labels.txt``. Alternatively pass ``labels`` or ``tokenizer``.
+        Stage 2's ``data/lang``, read by the task (:meth:`~elp.tasks.base.Task.save_package_inventory`:
+        ASR the tokenizer, classification ``labels.txt``). Alternatively pass ``labels`` or ``tokenizer``.
     labels : list of str, optional
         Class names (id = position) for ``classify``.
     tokenizer : CharTokenizer or BPETokenizer, optional
@@ -106,9 +119,9 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
         False for random-weight backbones (``backbone_arch`` runs): their frozen weights are
         stored in ``backbone/`` since no checkpoint holds them.
     sv_trials : (scores, labels), optional
-        SV only: dev trial scores [N] and labels [N] (1 target, 0 non-target); the EER
-        threshold computed from them becomes the decision threshold
-        (see :func:`calibrate_threshold`).
+        Tasks with a decision threshold (speaker verification): dev trial scores [N] and
+        labels [N] (1 target, 0 non-target); the EER threshold computed from them becomes the
+        decision threshold (see :func:`calibrate_threshold`).
     extra : dict, optional
         Free JSON-able metadata (corpus, tag, results...).
 
@@ -123,20 +136,29 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
 
     >>> import tempfile
     >>> from elp.testing import make_tiny_package
-    >>> source = load_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY))
+    >>> source = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify"))
     >>> directory = write_package(Path(tempfile.mkdtemp()) / "package", source.model, source.head,
-    ...                           task=CLASSIFY, labels=source.labels, backbone_pretrained=False)
+    ...                           task="classify", labels=source.labels, backbone_pretrained=False)
     >>> sorted(path.name for path in directory.iterdir())
     ['adapters.json', 'adapters.safetensors', 'backbone', 'labels.txt', 'package.json']
     >>> load_package(directory).labels
     ['angry', 'happy', 'neutral']
     """
-    if task not in TASKS:
-        raise PackageError(f"task={task!r} is not one of {TASKS}")
+    if not isinstance(task, Task):  # a kind: its default options
+        try:
+            task = task_class(task)()
+        except ValueError:
+            raise PackageError(f"task={task!r} is not one of {TASKS}") from None
     directory = Path(directory)
     head_spec = head_spec or _head_spec(head)
     save_adapters(model, directory, head=head)
-    inventory = _write_inventory(directory, task, inventory_dir, labels, tokenizer)
+    for name in (TOKENS_FILE, BPE_MODEL, LABELS_FILE):
+        (directory / name).unlink(missing_ok=True)
+    try:
+        inventory = task.save_package_inventory(directory, inventory_dir=inventory_dir, labels=labels,
+                                                tokenizer=tokenizer)
+    except ValueError as err:
+        raise PackageError(str(err)) from err
     backbone = model.backbone
     if backbone.weights_sha256 is None:
         raise PackageError("the backbone is on the meta device: its weights have no identity to record")
@@ -153,31 +175,70 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
     elif (directory / BACKBONE_DIR).exists():
         shutil.rmtree(directory / BACKBONE_DIR)
     config = {
-        "format_version": PACKAGE_FORMAT_VERSION, "task": task, "method": model.method.name,
-        "head": head_spec, "inventory": inventory, "backbone": backbone_entry,
+        "format_version": PACKAGE_FORMAT_VERSION, "task": task.kind, "task_options": task.package_options(),
+        "method": model.method.name, "head": head_spec, "inventory": inventory, "backbone": backbone_entry,
         "frontend": {"sample_rate": SAMPLE_RATE, "channels": "mean of all channels",
                      "normalize_waveform": bool(backbone.normalize_waveform)},
-        SV: None, "extra": dict(extra or {}),
+        "extra": dict(extra or {}),
     }
+    if task.threshold_key is not None:
+        config[task.threshold_key] = None  # set by calibrate_threshold
     _write_json(directory / PACKAGE_FILE, config)
     if sv_trials is not None:
-        if task != SV:
-            raise PackageError(f"sv_trials given for a {task!r} package; only SV packages have a threshold")
         calibrate_threshold(directory, *sv_trials)
     return directory
 
 
-def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source: str = "dev trials") -> dict:
-    """Set an SV package's decision threshold to the EER threshold of the given trials.
+def record_task_options(directory: str | os.PathLike, task: Task) -> dict:
+    """Record ``task``'s prediction options in a package (stage 4: the settings it predicted with).
 
-    The scores and labels are stored in ``calibration.safetensors``; ``package.json`` gets
-    ``sv = {"threshold", "eer", "num_trials", "source"}``. A trial is accepted when its
+    Parameters
+    ----------
+    directory : str | os.PathLike
+        A package of ``task``'s kind.
+    task : Task
+        The recipe's task.
+
+    Returns
+    -------
+    dict
+        The ``task_options`` written.
+
+    Raises
+    ------
+    PackageError
+        If the package is of another kind.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> from elp.tasks import SpeakerVerification
+    >>> d = make_tiny_package(tempfile.mkdtemp(), task="sv", method="weighted_sum")
+    >>> record_task_options(d, SpeakerVerification(window_seconds=3.0))
+    {'window_seconds': 3.0, 'window_overlap_seconds': 1.5}
+    """
+    directory = Path(directory)
+    config = read_package_config(directory)
+    if config["task"] != task.kind:  # kinds compared as values: no kind-specific code
+        raise PackageError(f"{directory} is a {config['task']!r} package, not a {task.kind!r} one")
+    config["task_options"] = task.package_options()
+    _write_json(directory / PACKAGE_FILE, config)
+    return config["task_options"]
+
+
+def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source: str = "dev trials") -> dict:
+    """Set a package's decision threshold to the EER threshold of the given trials.
+
+    Only kinds with a decision threshold have one (speaker verification). The scores and
+    labels are stored in ``calibration.safetensors``; ``package.json`` gets the kind's
+    ``threshold_key`` entry, ``sv = {"threshold", "eer", "num_trials", "source"}``. A trial is accepted when its
     score is above the threshold (as :func:`elp.eval.scoring.equal_error_rate` counts).
 
     Parameters
     ----------
     directory : str | os.PathLike
-        An SV package.
+        A package of a kind with a decision threshold (speaker verification).
     scores : Sequence[float] | numpy.ndarray | torch.Tensor
         Cosine scores [N] of dev trials (not the test trials that are reported).
     labels : Sequence[int] | numpy.ndarray | torch.Tensor
@@ -194,7 +255,7 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
     --------
     >>> import tempfile
     >>> from elp.testing import make_tiny_package
-    >>> d = make_tiny_package(tempfile.mkdtemp(), task=SV, method="weighted_sum")
+    >>> d = make_tiny_package(tempfile.mkdtemp(), task="sv", method="weighted_sum")
     >>> calibrate_threshold(d, [0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])["threshold"]
     0.3
     """
@@ -202,18 +263,47 @@ def calibrate_threshold(directory: str | os.PathLike, scores, labels, *, source:
 
     directory = Path(directory)
     config = read_package_config(directory)
-    if config["task"] != SV:
-        raise PackageError(f"{directory} is a {config['task']!r} package; only SV packages have a threshold")
+    key = package_task(config, directory).threshold_key
+    if key is None:
+        with_threshold = " or ".join(kind for kind, cls in TASK_CLASSES.items() if cls.threshold_key)
+        raise PackageError(f"{directory} is a {config['task']!r} package; only {with_threshold} packages have "
+                           "a decision threshold")
     scores_t = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
     labels_t = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
     if scores_t.numel() != labels_t.numel():
         raise PackageError(f"calibration: {scores_t.numel()} scores but {labels_t.numel()} labels")
     eer = equal_error_rate(scores_t.numpy(), labels_t.numpy())
     save_file({"scores": scores_t, "labels": labels_t}, str(directory / CALIBRATION_FILE))
-    config[SV] = {"threshold": eer["threshold"], "eer": eer["eer"], "num_trials": int(scores_t.numel()),
-                    "source": source, "file": CALIBRATION_FILE}
+    config[key] = {"threshold": eer["threshold"], "eer": eer["eer"], "num_trials": int(scores_t.numel()),
+                   "source": source, "file": CALIBRATION_FILE}
     _write_json(directory / PACKAGE_FILE, config)
-    return config[SV]
+    return config[key]
+
+
+def package_task(config: dict, directory: str | os.PathLike = "") -> Task:
+    """The task of a package (:func:`elp.tasks.task_from_package`), with a package error.
+
+    Parameters
+    ----------
+    config : dict
+        ``package.json``.
+    directory : str | os.PathLike, optional
+        The package (named in the error).
+
+    Returns
+    -------
+    Task
+        The task with its recorded prediction options.
+
+    Raises
+    ------
+    PackageError
+        For an unknown kind or options the task does not take.
+    """
+    try:
+        return task_from_package(config)
+    except (ValueError, TypeError) as err:
+        raise PackageError(f"{Path(directory) / PACKAGE_FILE}: {err}") from err
 
 
 def _head_spec(head: nn.Module) -> dict:
@@ -222,34 +312,6 @@ def _head_spec(head: nn.Module) -> dict:
                            "record one in its __init__ or pass head_spec={'class': ..., 'options': ...}")
     cls = type(head)
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "options": dict(head.config)}
-
-
-def _write_inventory(directory: Path, task: str, inventory_dir, labels, tokenizer) -> dict:
-    for name in (TOKENS_FILE, BPE_MODEL, LABELS_FILE):
-        (directory / name).unlink(missing_ok=True)
-    if task == ASR:
-        if tokenizer is None:
-            if inventory_dir is None:
-                raise PackageError("an ASR package needs inventory_dir= (stage 2's data/lang) or tokenizer=")
-            tokenizer = load_tokenizer(inventory_dir)
-        if isinstance(tokenizer, BPETokenizer):
-            shutil.copyfile(tokenizer.model_path, directory / BPE_MODEL)
-            return {"kind": "bpe", "file": BPE_MODEL}
-        if isinstance(tokenizer, CharTokenizer):
-            tokenizer.save(directory)
-            return {"kind": "char", "file": TOKENS_FILE}
-        raise PackageError(f"unsupported tokenizer {type(tokenizer).__name__}; expected CharTokenizer or BPETokenizer")
-    if task == CLASSIFY:
-        if labels is None:
-            if inventory_dir is None:
-                raise PackageError("a classification package needs inventory_dir= (stage 2's data/lang) or labels=")
-            path = Path(inventory_dir) / LABELS_FILE
-            if not path.exists():
-                raise PackageNotFoundError(f"{path} is missing: run stage 2 (label inventory) first")
-            labels = path.read_text().splitlines()
-        (directory / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
-        return {"kind": "labels", "file": LABELS_FILE}
-    return {"kind": None, "file": None}  # SV: embeddings, no inventory
 
 
 def _clean_backbone_state(backbone: SSLBackbone) -> dict[str, torch.Tensor]:
@@ -307,6 +369,8 @@ class Package:
         ASR only.
     labels : list of str | None
         Classification only.
+    task : Task
+        The task of ``config`` (its kind and recorded prediction options).
     """
 
     directory: Path
@@ -316,16 +380,22 @@ class Package:
     tokenizer: object = None
     labels: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    task: Task = field(init=False)
+
+    def __post_init__(self):
+        self.task = package_task(self.config, self.directory)
 
     @property
-    def task(self) -> str:
-        return self.config["task"]
+    def kind(self) -> str:
+        """The task kind (a key of :data:`elp.tasks.TASKS`)."""
+        return self.task.kind
 
     @property
     def threshold(self) -> float | None:
-        """SV decision threshold (None when not calibrated)."""
-        sv = self.config.get(SV)
-        return None if not sv else float(sv["threshold"])
+        """The calibrated decision threshold (None when the kind has none or it is not calibrated)."""
+        key = self.task.threshold_key
+        entry = self.config.get(key) if key else None
+        return None if not entry else float(entry["threshold"])
 
     @property
     def name(self) -> str:
@@ -333,7 +403,7 @@ class Package:
         name = self.directory.name
         return self.directory.parent.name if name in ("adapters", "package") and self.directory.parent.name else name
 
-    def to(self, device) -> "Package":
+    def to(self, device) -> Package:
         self.model.to(device)
         self.head.to(device)
         return self
@@ -443,13 +513,30 @@ def build_head(config: dict) -> nn.Module:
     Raises
     ------
     PackageError
-        If the recorded class is outside ``elp`` (packages never import other code).
+        If the recorded class is outside ``elp`` (packages never import other code) or no
+        longer exists (one line naming its current name to write into ``package.json``).
+
+    Examples
+    --------
+    Packages of earlier releases name the heads by their former module (:data:`LEGACY_HEAD_CLASSES`):
+
+    >>> build_head({"head": {"class": "elp.heads.CTCHead", "options": {"in_dim": 4, "vocab_size": 5}}})
+    CTCHead(
+      (proj): Linear(in_features=4, out_features=5, bias=True)
+    )
     """
     spec = config["head"]
-    module_name, _, class_name = spec["class"].rpartition(".")
+    name = spec["class"]
+    if name in LEGACY_HEAD_CLASSES:
+        return LEGACY_HEAD_CLASSES[name](**spec["options"])
+    module_name, _, class_name = name.rpartition(".")
     if not module_name.startswith("elp."):
-        raise PackageError(f"head class {spec['class']!r} is outside elp; packages only name elp heads")
-    cls = getattr(importlib.import_module(module_name), class_name)
+        raise PackageError(f"head class {name!r} is outside elp; packages only name elp heads")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise PackageError(f"head class {name!r} does not exist in this elp: set head.class in {PACKAGE_FILE} to "
+                           f"the class's current dotted name (e.g. elp.core.heads.{class_name})") from None
     return cls(**spec["options"])
 
 
@@ -471,7 +558,7 @@ def load_weights(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modul
 
 
 def load_inventory(directory: str | os.PathLike, config: dict):
-    """The tokenizer and labels of the package.
+    """The tokenizer and labels of the package, read by its task.
 
     Parameters
     ----------
@@ -486,15 +573,7 @@ def load_inventory(directory: str | os.PathLike, config: dict):
         (tokenizer, labels): a :class:`CharTokenizer` / :class:`BPETokenizer` or None, and a
         list of class names or None.
     """
-    directory = Path(directory)
-    kind = config["inventory"]["kind"]
-    if kind == "bpe":
-        return BPETokenizer(directory / BPE_MODEL), None
-    if kind == "char":
-        return CharTokenizer((directory / TOKENS_FILE).read_text().splitlines()), None
-    if kind == "labels":
-        return None, (directory / LABELS_FILE).read_text().splitlines()
-    return None, None
+    return package_task(config, directory).load_package_inventory(Path(directory), config["inventory"])
 
 
 def load_package(directory: str | os.PathLike, backbone_source: str | None = None,
@@ -516,6 +595,7 @@ def load_package(directory: str | os.PathLike, backbone_source: str | None = Non
     """
     directory = Path(directory)
     config = read_package_config(directory)
+    package_task(config, directory)  # an unknown kind fails before the backbone loads
     backbone = load_package_backbone(directory, backbone_source, config)
     model = build_model(config, backbone, directory)
     head = build_head(config)

@@ -10,17 +10,17 @@ import torch
 from elp.core.backbones import SSLBackbone
 from elp.core.model import AdaptedSSL
 from elp.core.presets import tiny_config
-from elp.data.inventory import CharTokenizer
 from elp.serve.package import PackageError, write_package
-from elp.tasks import ASR, CLASSIFY, SV, TASKS
+from elp.tasks import TASKS, task_class
+from elp.tasks.classify import EXAMPLE_LABELS
 
 #: the classes of a tiny classification package
-TINY_LABELS = ["angry", "happy", "neutral"]
+TINY_LABELS = EXAMPLE_LABELS
 
 
-def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method: str = "l_only",
+def make_tiny_package(directory: str | os.PathLike, task: str = "classify", method: str = "l_only",
                       seed: int = 0, backbone_dir: str | os.PathLike | None = None,
-                      backbone: str = "wavlm", **method_options) -> Path:
+                      backbone: str = "wavlm", task_options: dict | None = None, **method_options) -> Path:
     """A package of a tiny random model (doctests, tests, demos): nothing is trained.
 
     Parameters
@@ -28,7 +28,8 @@ def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method
     directory : str | os.PathLike
         Where to write it.
     task : str
-        a task kind of :data:`elp.tasks.TASKS` (ASR: character tokens; classification: :data:`TINY_LABELS`).
+        A task kind of :data:`elp.tasks.TASKS`; its inventory and head are the task's examples
+        (:meth:`elp.tasks.base.Task.example_inventory`, :meth:`~elp.tasks.base.Task.example_head`).
     method : str
         Any method of :data:`elp.core.methods.METHODS`.
     seed : int
@@ -38,15 +39,28 @@ def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method
         storing random weights in the package.
     backbone : str
         Short backbone name of the tiny architecture.
+    task_options : dict | None, optional
+        Constructor options of the task class (e.g. SV ``window_seconds``).
     **method_options
         Passed to :class:`AdaptedSSL` (default: ``l_dim=16, e_dim=8, prompt_frames=4``).
 
     Returns
     -------
     pathlib.Path
-    """
-    from elp.core.heads import CTCHead, PooledClassifier, SpeakerEmbeddingHead
 
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.serve.package import read_package_config
+    >>> config = read_package_config(make_tiny_package(tempfile.mkdtemp(), task="sv",
+    ...                                                task_options={"window_seconds": 2.0}))
+    >>> config["task"], config["task_options"]["window_seconds"]
+    ('sv', 2.0)
+    """
+    try:
+        spec = task_class(task)(**(task_options or {}))
+    except ValueError:
+        raise PackageError(f"task={task!r} is not one of {tuple(TASKS)}") from None
     torch.manual_seed(seed)
     if backbone_dir is not None:
         ssl = SSLBackbone.from_pretrained(backbone, source=str(backbone_dir))
@@ -58,17 +72,8 @@ def make_tiny_package(directory: str | os.PathLike, task: str = CLASSIFY, method
     with torch.no_grad():  # adapters start near identity / zero: perturb so that they matter
         for param in model.learnable_parameters().values():
             param.add_(0.1 * torch.randn_like(param))
-    tokenizer, labels = None, None
-    if task == ASR:
-        tokenizer = CharTokenizer.from_texts(["HELLO WORLD", "A CAT"])
-        head = CTCHead(model.output_dim, tokenizer.vocab_size)
-    elif task == CLASSIFY:
-        labels = list(TINY_LABELS)
-        head = PooledClassifier(model.output_dim, len(labels), hidden_dim=8)
-    elif task == SV:
-        head = SpeakerEmbeddingHead(model.output_dim, embed_dim=8, pooling="attentive")
-    else:
-        raise PackageError(f"task={task!r} is not one of {TASKS}")
-    return write_package(directory, model, head, task=task, labels=labels, tokenizer=tokenizer,
+    inventory = spec.example_inventory()
+    head = spec.example_head(model.output_dim, inventory)
+    return write_package(directory, model, head, task=spec, **spec.package_fields(inventory),
                          backbone_source=str(backbone_dir) if backbone_dir else None,
                          backbone_pretrained=backbone_dir is not None, extra={"tiny": True, "seed": seed})

@@ -52,6 +52,61 @@ def load_inventory(task: Task, lang_dir: str | Path):
     return task.load_inventory(lang_dir)
 
 
+def task_class(kind: str) -> type[Task]:
+    """The task class of a registry name.
+
+    Parameters
+    ----------
+    kind : str
+        A key of :data:`TASKS`.
+
+    Returns
+    -------
+    type[Task]
+        Its class.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind (one line listing the known ones).
+
+    Examples
+    --------
+    >>> task_class("sv").__name__
+    'SpeakerVerification'
+    >>> task_class("tts")
+    Traceback (most recent call last):
+    ...
+    ValueError: task kind 'tts' is not one of ['asr', 'classify', 'sv']
+    """
+    if kind not in TASKS:
+        raise ValueError(f"task kind {kind!r} is not one of {sorted(TASKS)}")
+    return TASKS[kind]
+
+
+def task_from_package(config: dict) -> Task:
+    """The task a model package's ``package.json`` describes: its kind and ``task_options``.
+
+    Packages without ``task_options`` get the kind's defaults.
+
+    Parameters
+    ----------
+    config : dict
+        ``package.json``.
+
+    Returns
+    -------
+    Task
+        The task, with the options prediction needs (:meth:`Task.package_options`).
+
+    Examples
+    --------
+    >>> task_from_package({"task": "sv", "task_options": {"window_seconds": 2.0}}).window_seconds
+    2.0
+    """
+    return task_class(config["task"])(**(config.get("task_options") or {}))
+
+
 def num_outputs(inventory) -> int:
     """Output units of a head over ``inventory``.
 
@@ -75,4 +130,4 @@ def num_outputs(inventory) -> int:
 
 
 __all__ = ["TASKS", "ASR", "SV", "CLASSIFY", "Task", "SpeechRecognition", "SpeakerVerification", "UtteranceClassification",
-           "load_inventory", "num_outputs"]
+           "load_inventory", "num_outputs", "task_class", "task_from_package"]

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 
-from elp.data.inventory import (BPETokenizer, CharTokenizer, check_transcript_coverage, check_transcripts,
-                                load_tokenizer)
+from elp.core.heads import CTCHead
+from elp.data.inventory import (BPE_MODEL, TOKENS_FILE, BPETokenizer, CharTokenizer, check_transcript_coverage,
+                                check_transcripts, load_tokenizer)
 from elp.data.kaldi_dir import read_data_dir
 from elp.eval.plots import plot_wer_by_length
 from elp.eval.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
+from elp.tasks.decoding import CTCBeamSearch, greedy_ctc
+
+#: the transcripts of the example inventory (:meth:`SpeechRecognition.example_inventory`)
+EXAMPLE_TEXTS = ["HELLO WORLD", "A CAT"]
 
 
 class SpeechRecognition(Task):
@@ -74,6 +80,100 @@ class SpeechRecognition(Task):
 
     def package_fields(self, inventory):
         return {"tokenizer": inventory}
+
+    def head_outputs(self, head, feats, frame_mask):
+        """CTC log-probs [F_b, V] of each utterance's valid frames.
+
+        The head is called on the features alone, as in training.
+        """
+        log_probs = head(feats).detach().float()
+        return [lp[:n].cpu() for lp, n in zip(log_probs, frame_mask.sum(1).tolist())]
+
+    @staticmethod
+    def beam_search(tokenizer, beam_size: int | None = None, lm: str | Path | None = None,
+                    **lm_options) -> CTCBeamSearch | None:
+        """The CTC prefix beam search of ``beam_size`` (with ``lm``), or None for greedy decoding.
+
+        Parameters
+        ----------
+        tokenizer : CharTokenizer | BPETokenizer
+            The inventory.
+        beam_size : int | None, optional
+            Beam width; None or 0: greedy unless ``lm`` is given (then 10).
+        lm : str | Path | None, optional
+            Word n-gram LM (ARPA).
+        **lm_options
+            ``lexicon``, ``lm_weight``, ``word_score`` (:class:`elp.tasks.decoding.CTCBeamSearch`).
+
+        Returns
+        -------
+        CTCBeamSearch | None
+            None means greedy decoding.
+
+        Examples
+        --------
+        >>> SpeechRecognition.beam_search(CharTokenizer.from_texts(["A"])) is None
+        True
+        """
+        if not beam_size and lm is None:
+            return None
+        return CTCBeamSearch(tokenizer, beam_size or 10, lm, **lm_options)
+
+    @staticmethod
+    def transcripts(log_probs: list[torch.Tensor], tokenizer, beam_search: CTCBeamSearch | None = None) -> list[str]:
+        """Texts of per-utterance log-probs (:meth:`head_outputs`): greedy, or ``beam_search``.
+
+        Parameters
+        ----------
+        log_probs : list[torch.Tensor]
+            [F_b, V] per utterance.
+        tokenizer : CharTokenizer | BPETokenizer
+            The inventory (blank = 0).
+        beam_search : CTCBeamSearch | None, optional
+            From :meth:`beam_search`; None: greedy CTC.
+
+        Returns
+        -------
+        list[str]
+            One hypothesis per utterance.
+
+        Examples
+        --------
+        >>> tokenizer = CharTokenizer(["<blank>", "<space>", "A", "B"])
+        >>> probs = torch.tensor([[0.1, 0.1, 0.7, 0.1], [0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])
+        >>> SpeechRecognition.transcripts([probs.log(), probs[:1].log()], tokenizer)
+        ['AB', 'A']
+        """
+        lengths = torch.tensor([lp.shape[0] for lp in log_probs])
+        padded = torch.nn.utils.rnn.pad_sequence(list(log_probs), batch_first=True)
+        frame_mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+        if beam_search is None:
+            return [tokenizer.decode(ids) for ids in greedy_ctc(padded, frame_mask)]
+        return beam_search(padded, frame_mask)
+
+    def save_package_inventory(self, directory, inventory_dir=None, labels=None, tokenizer=None):
+        if tokenizer is None:
+            if inventory_dir is None:
+                raise ValueError("an asr package needs inventory_dir= (stage 2's data/lang) or tokenizer=")
+            tokenizer = load_tokenizer(inventory_dir)
+        if isinstance(tokenizer, BPETokenizer):
+            shutil.copyfile(tokenizer.model_path, Path(directory) / BPE_MODEL)
+            return {"kind": "bpe", "file": BPE_MODEL}
+        if isinstance(tokenizer, CharTokenizer):
+            tokenizer.save(directory)
+            return {"kind": "char", "file": TOKENS_FILE}
+        raise ValueError(f"unsupported tokenizer {type(tokenizer).__name__}; expected CharTokenizer or BPETokenizer")
+
+    def load_package_inventory(self, directory, entry):
+        if entry.get("kind") == "bpe":
+            return BPETokenizer(Path(directory) / BPE_MODEL), None
+        return CharTokenizer((Path(directory) / TOKENS_FILE).read_text().splitlines()), None
+
+    def example_inventory(self):
+        return CharTokenizer.from_texts(EXAMPLE_TEXTS)
+
+    def example_head(self, in_dim, inventory):
+        return CTCHead(in_dim, inventory.vocab_size)
 
     def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
         refs, hyps = read_pairs(Path(decode_dir) / "ref.txt"), read_pairs(Path(decode_dir) / "hyp.txt")

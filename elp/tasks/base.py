@@ -7,7 +7,9 @@ utterance classification once the model is an :class:`elp.core.model.AdaptedSSL`
 :meth:`Task.build_inventory`      stage 2: tokens or labels from the training set
 :meth:`Task.check_coverage`       stage 2: dev/test sets use only that inventory
 :meth:`Task.dataset`              Kaldi dir -> DynamicItemDataset with ``sig`` + targets
+:meth:`Task.predict_batch`        the one prediction path (stage 4, package API, serving)
 :meth:`Task.write_outputs`        stage 4: hypotheses / predictions / trial scores
+:meth:`Task.package_options`      model packages: task options, inventory files, threshold
 :meth:`Task.score`                stage 5: the metric (and extras) of one test set
 ``valid_key`` / ``valid_key_mode`` the validation statistic that picks the best checkpoint
 ================================ ===================================================
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -59,10 +62,13 @@ import speechbrain as sb
 import torch
 
 from elp.data.audio import TARGET_SAMPLE_RATE, read_audio
-from elp.data.inventory import LabelMap
+from elp.data.inventory import LABELS_FILE, LabelMap
 from elp.data.kaldi_dir import data_dir_to_dict
 
 logger = logging.getLogger(__name__)
+
+#: ``encode(wavs [B, T], wav_lens [B] relative lengths) -> (feats [B, F, D], frame_mask [B, F] bool)``
+Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Task:
@@ -85,6 +91,8 @@ class Task:
     #: the primary metric written to results.json
     metric_name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = False
+    #: the ``package.json`` entry of the decision threshold stage 4 calibrates (None: no threshold)
+    threshold_key: ClassVar[str | None] = None
 
     def __init__(self, max_train_seconds: float = 0.0, label_file: str | None = None):
         self.max_train_seconds = float(max_train_seconds or 0.0)
@@ -139,7 +147,7 @@ class Task:
 
     # ------------------------------------------------------------------ data
     def dataset(self, data_dir: str | Path, split: str, inventory,
-                crop_audio: bool = True) -> sb.dataio.dataset.DynamicItemDataset:
+                crop_audio: bool = True, allow_shell_pipes: bool = False) -> sb.dataio.dataset.DynamicItemDataset:
         """A Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
 
         Parameters
@@ -152,6 +160,9 @@ class Task:
             From :func:`elp.tasks.load_inventory`.
         crop_audio : bool, optional
             False: training utterances stay whole (the Brain crops cached CNN frames instead).
+        allow_shell_pipes : bool, optional
+            Run ``wav.scp`` commands elp does not read natively (run option
+            ``allow_shell_pipes``; see :mod:`elp.data.pipes`).
 
         Returns
         -------
@@ -159,7 +170,7 @@ class Task:
             Items with ``id``, ``sig`` (float waveform [T] at 16 kHz) and the keys of
             :meth:`add_targets`.
         """
-        data = data_dir_to_dict(data_dir, label_file=self.label_file)
+        data = data_dir_to_dict(data_dir, label_file=self.label_file, allow_shell_pipes=allow_shell_pipes)
         for entry in data.values():
             entry.setdefault("start", None)
             entry.setdefault("end", None)
@@ -176,7 +187,7 @@ class Task:
                 offset = random.randint(0, num_samples - max_samples) / TARGET_SAMPLE_RATE
                 begin = (start or 0.0) + offset
                 segment = (begin, begin + max_samples / TARGET_SAMPLE_RATE)
-            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=segment, utt=utt)
+            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=segment, utt=utt, allow_shell_pipes=allow_shell_pipes)
             return sig[:max_samples] if max_samples else sig
 
         dataset.add_dynamic_item(audio_pipeline)
@@ -296,6 +307,177 @@ class Task:
             Package fields (here ``labels``).
         """
         return {"labels": list(inventory.labels)}
+
+    # ------------------------------------------------------------------ prediction
+    def predict_batch(self, encode: Encoder, head: torch.nn.Module, wavs: torch.Tensor,
+                      wav_lens: torch.Tensor) -> list[torch.Tensor]:
+        """Per-utterance outputs of a padded batch: the one prediction path of this kind.
+
+        Stage 4 (:meth:`elp.train.brains.base.ELPBrain.predict`), the package API
+        (:mod:`elp.serve.inference`) and multi-task serving (:mod:`elp.serve.multitask`) all call
+        it; they differ only in ``encode``.
+
+        Parameters
+        ----------
+        encode : Encoder
+            ``encode(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``, e.g.
+            an :class:`elp.core.model.AdaptedSSL`. It may be called on other batches than
+            ``wavs`` (speaker verification: windows of long utterances).
+        head : torch.nn.Module
+            The task's head.
+        wavs : torch.Tensor
+            [B, T] padded waveforms at 16 kHz.
+        wav_lens : torch.Tensor
+            [B] relative lengths (valid samples / T).
+
+        Returns
+        -------
+        list[torch.Tensor]
+            B CPU float32 tensors (see :meth:`head_outputs`).
+
+        Examples
+        --------
+        >>> from elp.core.heads import PooledClassifier
+        >>> from elp.tasks import UtteranceClassification
+        >>> encode = lambda w, l: (w.reshape(w.shape[0], -1, 4), torch.ones(w.shape[0], w.shape[1] // 4, dtype=torch.bool))
+        >>> outputs = UtteranceClassification().predict_batch(encode, PooledClassifier(4, 3, hidden_dim=2),
+        ...                                                    torch.randn(2, 40), torch.ones(2))
+        >>> [tuple(o.shape) for o in outputs], [round(float(o.sum()), 4) for o in outputs]
+        ([(3,), (3,)], [1.0, 1.0])
+        """
+        feats, frame_mask = encode(wavs, wav_lens)
+        return self.head_outputs(head, feats, frame_mask)
+
+    def head_outputs(self, head: torch.nn.Module, feats: torch.Tensor,
+                     frame_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The head on encoded features, one CPU float32 tensor per utterance (subclasses).
+
+        Parameters
+        ----------
+        head : torch.nn.Module
+            The task's head.
+        feats : torch.Tensor
+            [B, F, D] features.
+        frame_mask : torch.Tensor
+            [B, F] bool, True = real frame.
+
+        Returns
+        -------
+        list[torch.Tensor]
+            ASR: log-probs [F_b, V] of the valid frames; classification: probabilities [C];
+            speaker verification: embeddings [E].
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ model packages
+    def package_options(self) -> dict:
+        """Constructor options a model package records because prediction needs them.
+
+        Returns
+        -------
+        dict
+            JSON-able keyword arguments of this class (none here; speaker verification: its
+            window settings), stored as ``task_options`` in ``package.json``.
+        """
+        return {}
+
+    def save_package_inventory(self, directory: Path, inventory_dir: str | Path | None = None,
+                               labels: list[str] | None = None, tokenizer=None) -> dict:
+        """Write what prediction needs of the inventory into a package directory.
+
+        The base class stores class names (``labels.txt``).
+
+        Parameters
+        ----------
+        directory : Path
+            The package directory.
+        inventory_dir : str | Path | None, optional
+            Stage 2's ``data/lang`` (read when ``labels``/``tokenizer`` are not given).
+        labels : list[str] | None, optional
+            Class names (id = position).
+        tokenizer : object, optional
+            An ASR tokenizer (unused here).
+
+        Returns
+        -------
+        dict
+            The ``inventory`` entry of ``package.json`` (``kind`` and ``file``).
+
+        Raises
+        ------
+        ValueError
+            Neither ``labels`` nor ``inventory_dir`` given.
+        FileNotFoundError
+            ``inventory_dir`` has no ``labels.txt``.
+        """
+        if labels is None:
+            if inventory_dir is None:
+                raise ValueError(f"a {self.kind} package needs inventory_dir= (stage 2's data/lang) or labels=")
+            path = Path(inventory_dir) / LABELS_FILE
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run stage 2 (label inventory) first")
+            labels = path.read_text().splitlines()
+        (Path(directory) / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels))
+        return {"kind": "labels", "file": LABELS_FILE}
+
+    def load_package_inventory(self, directory: Path, entry: dict) -> tuple[object, list[str] | None]:
+        """(tokenizer, labels) from a package directory and its ``inventory`` entry.
+
+        Parameters
+        ----------
+        directory : Path
+            The package directory.
+        entry : dict
+            ``package.json``'s ``inventory``.
+
+        Returns
+        -------
+        tuple[object, list[str] | None]
+            No tokenizer here, and the class names of ``labels.txt``.
+        """
+        return None, (Path(directory) / (entry.get("file") or LABELS_FILE)).read_text().splitlines()
+
+    def example_inventory(self):
+        """A small inventory for examples and tests (subclasses).
+
+        Returns
+        -------
+        object
+            What :meth:`load_inventory` would return.
+        """
+        raise NotImplementedError
+
+    def example_head(self, in_dim: int, inventory) -> torch.nn.Module:
+        """A small untrained head of this kind for examples and tests (subclasses).
+
+        Parameters
+        ----------
+        in_dim : int
+            Feature size D of the model.
+        inventory : object
+            From :meth:`example_inventory`.
+
+        Returns
+        -------
+        torch.nn.Module
+            A head of :mod:`elp.core.heads`.
+        """
+        raise NotImplementedError
+
+    def package_summary(self, config: dict) -> list[str]:
+        """Lines ``elp inspect`` prints about this kind's package entries (none here).
+
+        Parameters
+        ----------
+        config : dict
+            ``package.json``.
+
+        Returns
+        -------
+        list[str]
+            Human-readable lines.
+        """
+        return []
 
     def plot(self, test_dir: str | Path, decode_dir: Path, out_dir: Path, inventory_labels=None) -> list[Path]:
         """Stage 5's plots of one decoded test set; none by default.

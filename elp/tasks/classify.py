@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 
+from elp.core.heads import PooledClassifier
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_mapping
 from elp.eval.plots import plot_confusion_matrix
 from elp.eval.scoring import unweighted_accuracy
 from elp.tasks.base import Task, write_lines
+
+#: the classes of the example inventory (:meth:`UtteranceClassification.example_inventory`)
+EXAMPLE_LABELS = ["angry", "happy", "neutral"]
+
+
+@dataclass
+class Classification:
+    """A classification result: the best label and every label's probability."""
+
+    label: str
+    probabilities: dict[str, float]
 
 
 class UtteranceClassification(Task):
@@ -60,6 +73,50 @@ class UtteranceClassification(Task):
 
     def add_targets(self, dataset, split, inventory):
         return self.add_label_targets(dataset, inventory)
+
+    def head_outputs(self, head, feats, frame_mask):
+        """Class probabilities [C] per utterance (softmax of the head's logits)."""
+        return list(torch.softmax(head(feats, frame_mask).detach().float(), dim=-1).cpu())
+
+    @staticmethod
+    def best_label(probabilities: torch.Tensor, labels: list[str]) -> str:
+        """The most probable class name (what stage 4 writes).
+
+        Parameters
+        ----------
+        probabilities : torch.Tensor
+            [C] in inventory order.
+        labels : list[str]
+            Class names, id = position.
+
+        Returns
+        -------
+        str
+            The label of the first maximum.
+
+        Examples
+        --------
+        >>> UtteranceClassification.best_label(torch.tensor([0.2, 0.5, 0.3]), ["a", "b", "c"])
+        'b'
+        """
+        return labels[int(probabilities.argmax())]
+
+    def classification(self, probabilities: torch.Tensor, labels: list[str]) -> Classification:
+        """The :class:`Classification` of class probabilities [C] (inventory order).
+
+        Examples
+        --------
+        >>> UtteranceClassification().classification(torch.tensor([0.25, 0.75]), ["no", "yes"])
+        Classification(label='yes', probabilities={'no': 0.25, 'yes': 0.75})
+        """
+        return Classification(self.best_label(probabilities, labels),
+                              {label: float(p) for label, p in zip(labels, probabilities.tolist())})
+
+    def example_inventory(self):
+        return LabelMap(list(EXAMPLE_LABELS))
+
+    def example_head(self, in_dim, inventory):
+        return PooledClassifier(in_dim, len(inventory), hidden_dim=8)
 
     def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
         rows = [line.split(" ") for line in (Path(decode_dir) / "predictions.txt").read_text(encoding="utf-8").splitlines()]

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 
+from elp.core.heads import SpeakerEmbeddingHead
 from elp.data.inventory import LabelMap, check_label_coverage
 from elp.data.kaldi_dir import read_data_dir, read_trials
 from elp.eval.plots import plot_det_curve
 from elp.eval.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
-                         select_cohort)
+                              select_cohort)
 from elp.tasks.base import Task, write_lines
+from elp.tasks.windows import windowed_embeddings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Verification:
+    """A verification trial: cosine ``score`` and ``accepted`` (None without a threshold)."""
+
+    score: float
+    accepted: bool | None
+    threshold: float | None
 
 
 class SpeakerVerification(Task):
@@ -55,6 +67,7 @@ class SpeakerVerification(Task):
     kind = "sv"
     valid_key, valid_key_mode = "accuracy", "max"
     metric_name, higher_is_better = "eer", False
+    threshold_key = "sv"
 
     def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,
                  cohort_per_speaker: int = 5, window_seconds: float = 6.0, window_overlap_seconds: float = 1.5,
@@ -84,6 +97,81 @@ class SpeakerVerification(Task):
         if split == "test":  # new speakers: no class targets
             return []
         return self.add_label_targets(dataset, inventory)
+
+    def predict_batch(self, encode, head, wavs, wav_lens):
+        """Embeddings [E]; utterances longer than ``window_seconds`` are embedded in windows.
+
+        Windows of ``window_seconds`` overlap by ``window_overlap_seconds``; the utterance's
+        embedding is the mean of the L2-normalised window embeddings
+        (:func:`elp.tasks.windows.windowed_embeddings`), so memory is bounded by the window.
+        A batch without long utterances is encoded as given.
+
+        Examples
+        --------
+        >>> encode = lambda w, l: (w.reshape(w.shape[0], -1, 4), torch.ones(w.shape[0], w.shape[1] // 4, dtype=torch.bool))
+        >>> head = SpeakerEmbeddingHead(4, embed_dim=3)
+        >>> task = SpeakerVerification(window_seconds=1 / 1000, window_overlap_seconds=0)  # 16 samples
+        >>> [tuple(e.shape) for e in task.predict_batch(encode, head, torch.randn(2, 40), torch.tensor([1.0, 0.4]))]
+        [(3,), (3,)]
+        """
+        embeddings = windowed_embeddings(lambda w, lens: head(*encode(w, lens)), wavs, wav_lens,
+                                         window_seconds=self.window_seconds,
+                                         overlap_seconds=self.window_overlap_seconds)
+        return list(embeddings.detach().float().cpu())
+
+    def head_outputs(self, head, feats, frame_mask):
+        """Embeddings [E] per utterance."""
+        return list(head(feats, frame_mask).detach().float().cpu())
+
+    @staticmethod
+    def verification(enroll: torch.Tensor, test: torch.Tensor, threshold: float | None = None) -> Verification:
+        """A trial of two embeddings: stage 4's cosine score, accepted when above ``threshold``.
+
+        Parameters
+        ----------
+        enroll, test : torch.Tensor
+            Embeddings [E].
+        threshold : float | None, optional
+            The package's calibrated threshold (None: no decision).
+
+        Returns
+        -------
+        Verification
+            The trial.
+
+        Examples
+        --------
+        >>> SpeakerVerification.verification(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), 0.5)
+        Verification(score=0.7071067690849304, accepted=True, threshold=0.5)
+        """
+        score = float(cosine_scores(enroll[None], test[None])[0])
+        return Verification(score, None if threshold is None else score > threshold, threshold)
+
+    def package_options(self):
+        return {"window_seconds": self.window_seconds, "window_overlap_seconds": self.window_overlap_seconds}
+
+    def package_fields(self, inventory):
+        return {}  # speakers of the training set are not needed to embed new ones
+
+    def save_package_inventory(self, directory, inventory_dir=None, labels=None, tokenizer=None):
+        return {"kind": None, "file": None}
+
+    def load_package_inventory(self, directory, entry):
+        return None, None
+
+    def example_inventory(self):
+        return None
+
+    def example_head(self, in_dim, inventory):
+        return SpeakerEmbeddingHead(in_dim, embed_dim=8, pooling="attentive")
+
+    def package_summary(self, config):
+        entry = config.get(self.threshold_key)
+        lines = [f"SV windows {self.window_seconds:g} s, overlap {self.window_overlap_seconds:g} s"]
+        if entry:
+            lines.append(f"SV threshold {entry['threshold']:.6f} (EER {entry['eer']:.2f}% on "
+                         f"{entry['num_trials']} {entry['source']})")
+        return lines
 
     def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
         rows = [line.split() for line in (Path(decode_dir) / "scores.txt").read_text(encoding="utf-8").splitlines()]

@@ -86,12 +86,7 @@ class CheckpointMismatchError(ValueError):
 
 # ------------------------------------------------------------------------------ file helpers
 def file_mode() -> int:
-    """Mode of a new regular file under the current umask (0644 under the usual umask 022).
-
-    Returns
-    -------
-    int
-        ``0o666 & ~umask``.
+    """Mode of a new regular file under the current umask: ``0o666 & ~umask`` (0644 under 022).
 
     Examples
     --------
@@ -125,11 +120,6 @@ def _fsync_file(path: Path) -> None:
 def backbone_identity(model) -> dict:
     """The identity of an :class:`elp.core.model.AdaptedSSL`'s frozen backbone and method.
 
-    Parameters
-    ----------
-    model : elp.core.model.AdaptedSSL
-        The adapted model.
-
     Returns
     -------
     dict
@@ -155,16 +145,6 @@ def backbone_identity(model) -> dict:
 def short_hash(sha: str | None) -> str:
     """First 12 hex digits of a SHA-256 (``"unknown"`` for None).
 
-    Parameters
-    ----------
-    sha : str | None
-        A hex digest.
-
-    Returns
-    -------
-    str
-        Its first 12 characters, or ``"unknown"``.
-
     Examples
     --------
     >>> short_hash("0123456789abcdef0123"), short_hash(None)
@@ -181,12 +161,9 @@ class TrainableState:
 
         Checkpointer(save_dir, {"model": TrainableState(model), "head": head, ...})
 
-    Parameters
-    ----------
-    model : elp.core.model.AdaptedSSL
-        The model whose ``learnable_parameters()`` (adapters, trainable LayerNorms, LoRA, or the
-        transformer for ``full``) are saved. The frozen backbone is referenced by its identity
-        (:func:`backbone_identity`), never copied.
+    The model's ``learnable_parameters()`` (adapters, trainable LayerNorms, LoRA, or the
+    transformer for ``full``) are saved; the frozen backbone is referenced by its identity
+    (:func:`backbone_identity`), never copied.
 
     Examples
     --------
@@ -208,24 +185,12 @@ class TrainableState:
         self.model = model
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous).
-
-        Returns
-        -------
-        dict[str, torch.Tensor]
-            Parameter name -> tensor.
-        """
+        """Name -> detached CPU copy of every learnable tensor (safetensors needs contiguous)."""
         return {name: p.detach().cpu().contiguous() for name, p in self.model.learnable_parameters().items()}
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the learnable tensors and the identity metadata to ``path`` (safetensors).
-
-        Parameters
-        ----------
-        path : str | os.PathLike
-            Output file.
-        """
+        """Write the learnable tensors and the identity metadata to ``path`` (safetensors)."""
         identity = backbone_identity(self.model)
         metadata = {"format": "elp.TrainableState", "format_version": str(FORMAT_VERSION),
                     "identity": json.dumps(identity, sort_keys=True)}
@@ -234,17 +199,7 @@ class TrainableState:
 
     @staticmethod
     def identity_of(path: str | os.PathLike) -> dict:
-        """The identity stored in a checkpoint file; one-line error when it is unreadable.
-
-        Parameters
-        ----------
-        path : str | os.PathLike
-            A checkpoint file :meth:`save` wrote.
-
-        Returns
-        -------
-        dict
-            As :func:`backbone_identity`.
+        """The identity (as :func:`backbone_identity`) stored in a file :meth:`save` wrote.
 
         Raises
         ------
@@ -268,12 +223,7 @@ class TrainableState:
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
         """Check identity, names and shapes, then copy the tensors into the model.
 
-        Parameters
-        ----------
-        path : str | os.PathLike
-            A checkpoint file :meth:`save` wrote.
-        end_of_epoch : bool, optional
-            Unused (SpeechBrain's loader signature).
+        ``end_of_epoch`` is unused (SpeechBrain's loader signature).
 
         Raises
         ------
@@ -316,16 +266,8 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int,
                   source: str | os.PathLike, finite: bool = True) -> None:
     """Refuse (one line) a state whose names or shapes differ from ``expected``, or non-finite.
 
-    Parameters
-    ----------
-    state : dict[str, torch.Tensor]
-        What was read from the file.
-    expected : dict[str, tuple[int, ...]]
-        Name -> shape the model needs.
-    source : str | os.PathLike
-        The file, for the message.
-    finite : bool
-        Also refuse NaN/inf values.
+    ``expected`` maps name -> shape the model needs; ``source`` names the file in the message;
+    ``finite`` also refuses NaN/inf values.
 
     Examples
     --------
@@ -387,13 +329,7 @@ class RNGState:
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Write the current generator states to ``path``.
-
-        Parameters
-        ----------
-        path : str | os.PathLike
-            Output file.
-        """
+        """Write the current generator states to ``path`` (this rank's file under DDP)."""
         version, py_state, gauss = random.getstate()
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
         tensors = {"python": torch.tensor(py_state, dtype=torch.int64),
@@ -413,14 +349,9 @@ class RNGState:
 
     @mark_as_loader
     def load(self, path: str | os.PathLike, end_of_epoch: bool = True) -> None:
-        """Restore the generator states saved in ``path``.
+        """Restore the generator states :meth:`save` wrote to ``path``.
 
-        Parameters
-        ----------
-        path : str | os.PathLike
-            A file :meth:`save` wrote.
-        end_of_epoch : bool, optional
-            Unused (SpeechBrain's loader signature).
+        ``end_of_epoch`` is unused (SpeechBrain's loader signature).
 
         Raises
         ------
@@ -489,23 +420,10 @@ class AtomicCheckpointer(Checkpointer):
 
     # --------------------------------------------------------------------------- saving
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006 (SpeechBrain's signature)
-        """Save a checkpoint atomically (same arguments and return value as SpeechBrain's).
+        """Save a checkpoint atomically.
 
-        Parameters
-        ----------
-        meta : dict, optional
-            Extra metadata for the checkpoint's ``CKPT.yaml``.
-        end_of_epoch : bool, optional
-            Whether the checkpoint is taken at the end of an epoch.
-        name : str | None, optional
-            Custom checkpoint name (None: a timestamp).
-        verbosity : int, optional
-            Logging level of the "saved" message.
-
-        Returns
-        -------
-        speechbrain.utils.checkpoints.Checkpoint
-            As SpeechBrain's ``Checkpointer.save_checkpoint`` (None on processes other than the main one).
+        Arguments and return value as SpeechBrain's ``Checkpointer.save_checkpoint``; returns
+        None on processes other than the main one.
         """
         final_dir = tmp_dir = None
         saved_meta = None
@@ -568,9 +486,6 @@ class AtomicCheckpointer(Checkpointer):
         checkpoint, and a rank that saw another list would wait forever), and only one process
         may move a broken checkpoint aside.
 
-        Returns
-        -------
-        list[speechbrain.utils.checkpoints.Checkpoint]
         """
         return self._checked_checkpoints()
 
@@ -588,15 +503,7 @@ class AtomicCheckpointer(Checkpointer):
     def checkpoint_problem(self, ckpt_dir: str | os.PathLike) -> str | None:
         """Why the checkpoint in ``ckpt_dir`` cannot be used, or None when it is complete and finite.
 
-        Parameters
-        ----------
-        ckpt_dir : str | os.PathLike
-            A ``CKPT+...`` directory.
-
-        Returns
-        -------
-        str | None
-            e.g. ``"model.ckpt is empty (0 bytes)"`` or ``"model.ckpt: tensor 'x' is not finite"``.
+        E.g. ``"model.ckpt is empty (0 bytes)"`` or ``"model.ckpt has non-finite values in x"``.
         """
         ckpt_dir = Path(ckpt_dir)
         try:
@@ -704,20 +611,13 @@ def measure_sizes(backbone: str = "wavlm_plus", method: str = "elp", directory: 
     with default options and a 4-class :class:`elp.core.heads.PooledClassifier`, takes one Adam step
     (so the optimizer holds its state) and writes a checkpoint and an adapter export.
 
-    Parameters
-    ----------
-    backbone : str, optional
-        Short backbone name.
-    method : str, optional
-        Method name.
-    directory : str | os.PathLike | None, optional
-        Where the files are written (None: a temporary directory, removed afterwards).
+    ``directory`` receives the files (None: a temporary directory, removed afterwards).
 
     Returns
     -------
     dict
-        ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes) and
-        ``ratio`` = (model + head) / export.
+        ``whole_module``, ``model``, ``head``, ``optimizer``, ``rng``, ``export`` (bytes),
+        ``learnable`` (parameters) and ``ratio`` = (model + head) / export.
     """
     import tempfile
 

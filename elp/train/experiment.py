@@ -45,11 +45,14 @@ from pathlib import Path
 
 import yaml
 
-from elp.runtime import UserError
+from elp.runtime import UserError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "hparams_record.json"
+#: the layout of the recipe YAML a record describes: 2 = self-contained recipe files and the
+#: layered library (``elp.core.model.AdaptedSSL(options=...)``); records without one are older
+RECORD_LAYOUT = 2
 
 #: Hparams keys that do not change what is trained or the numbers it produces, with the reason.
 #: A dotted key (``method_options.activation_checkpointing``) names a nested entry; an entry
@@ -83,7 +86,13 @@ IGNORED_KEYS: dict[str, str] = {
 
 #: Keys whose value may increase on a rerun of the same experiment: training continues from
 #: the last checkpoint (the record is updated); a decrease is refused like any other change.
-EXTENDABLE_KEYS: tuple[str, ...] = ("number_of_epochs",)
+#: A key matches when it is one of these or ends with ``.`` + one of them (the epoch counter's
+#: ``limit`` follows ``number_of_epochs`` in every recipe).
+EXTENDABLE_KEYS: tuple[str, ...] = ("number_of_epochs", "EpochCounter.limit")
+
+
+def _extendable(key: str) -> bool:
+    return any(key == name or key.endswith("." + name) for name in EXTENDABLE_KEYS)
 
 
 class ExperimentChangedError(ValueError):
@@ -147,22 +156,17 @@ def _ignored(key: str, ignore) -> bool:
 
 
 def canonical_hparams(hparams: dict | str, ignore=None) -> dict:
-    """Flatten resolved hparams to ``dotted.key -> JSON value``, leaving out ignored keys.
+    """Flatten resolved hparams to a sorted ``dotted.key -> JSON value`` mapping.
 
     Parameters
     ----------
-    hparams : dict | str
+    hparams
         The resolved hparams (the dict HyperPyYAML returns, overrides applied) or their YAML
         text. Keys starting with ``__`` (``__set_seed``) are side effects and left out.
         Objects (``!new:``) count by their type only: their settings must come from plain
         keys, as in elp's recipes.
     ignore : Iterable[str], optional
         Keys to leave out; default :data:`IGNORED_KEYS`.
-
-    Returns
-    -------
-    dict
-        Sorted flat mapping.
 
     Examples
     --------
@@ -191,17 +195,7 @@ def canonical_hparams(hparams: dict | str, ignore=None) -> dict:
 
 
 def hparams_digest(flat: dict) -> str:
-    """SHA-256 of a :func:`canonical_hparams` mapping (hex).
-
-    Parameters
-    ----------
-    flat : dict
-        A :func:`canonical_hparams` mapping.
-
-    Returns
-    -------
-    str
-        64 hex digits.
+    """SHA-256 (64 hex digits) of a :func:`canonical_hparams` mapping.
 
     Examples
     --------
@@ -212,17 +206,9 @@ def hparams_digest(flat: dict) -> str:
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
-    """``key old -> new`` for every key that differs (added and removed keys included).
+    """``key old -> new`` for every key of two flat mappings that differs, sorted by key.
 
-    Parameters
-    ----------
-    old, new : dict
-        Flat hparams mappings.
-
-    Returns
-    -------
-    list[str]
-        One line per differing key, sorted by key.
+    Added and removed keys are included.
 
     Examples
     --------
@@ -245,19 +231,8 @@ def _short(value) -> str:
 def trained_state(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir: str = "adapters") -> list[Path]:
     """Checkpoint directories and complete exports of an experiment (what a restart would lose).
 
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory.
-    save_dir : str, optional
-        Checkpoint folder inside ``exp_dir``.
-    export_dir : str, optional
-        Adapter export folder inside ``exp_dir``.
-
-    Returns
-    -------
-    list[Path]
-        Complete checkpoint directories (sorted), then the export if complete.
+    Complete checkpoint directories of ``exp_dir/save_dir`` (sorted), then ``exp_dir/export_dir``
+    if it is a complete export.
 
     Examples
     --------
@@ -284,26 +259,23 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
                   export_dir: str = "adapters") -> Path:
     """Record the hparams' hash in ``exp_dir``; refuse a changed rerun of a trained experiment.
 
+    Returns the record file.
+
     Parameters
     ----------
-    exp_dir : str | os.PathLike
+    exp_dir
         The experiment directory (``output_folder``).
-    hparams : dict | str
+    hparams
         Resolved hparams (see :func:`canonical_hparams`).
-    restart : bool
+    restart
         When the hparams changed: move the old run aside (``<exp>.old-<time>``) and start over
         instead of refusing.
     ignore : Iterable[str], optional
         Keys left out of the comparison; default :data:`IGNORED_KEYS`.
-    restart_flag : str
+    restart_flag
         How the user asks for a restart, for the message.
-    save_dir, export_dir : str
+    save_dir, export_dir
         Where checkpoints and the export live inside ``exp_dir``.
-
-    Returns
-    -------
-    pathlib.Path
-        The record file.
 
     Raises
     ------
@@ -314,16 +286,24 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
     exp_dir = Path(exp_dir)
     flat = canonical_hparams(hparams, ignore)
     record_path = exp_dir / RECORD_FILE
-    old = None
+    old, old_layout = None, RECORD_LAYOUT
     if record_path.is_file():
         try:
-            old = json.loads(record_path.read_text(encoding="utf-8"))["hparams"]
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            old, old_layout = record["hparams"], record.get("layout", 1)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             logger.warning("%s is unreadable; treating the hparams as changed", record_path)
             old = {"<unreadable record>": True}
     trained = trained_state(exp_dir, save_dir, export_dir)
+    if old is not None and old != flat and trained and old_layout != RECORD_LAYOUT and not restart:
+        raise ExperimentChangedError(
+            f"{exp_dir}: its {RECORD_FILE} was written by an earlier elp release, whose recipe files "
+            "named other modules, so the hparams cannot be compared; its checkpoints still evaluate "
+            f"(stages 4-5); to train it further with the current hparams, delete {record_path} (the "
+            "checkpoint's tensors are still checked when it loads), or pass "
+            f"{restart_flag} to move the old run aside and train from scratch")
     if old is not None and old != flat:
-        growing = [k for k in EXTENDABLE_KEYS if k in old and k in flat
+        growing = [k for k in flat if _extendable(k) and k in old
                    and isinstance(old[k], (int, float)) and isinstance(flat[k], (int, float)) and flat[k] > old[k]]
         rest_old = {k: v for k, v in old.items() if k not in growing}
         rest_new = {k: v for k, v in flat.items() if k not in growing}
@@ -348,25 +328,16 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
         logger.warning("%s holds a trained model but no %s (made before hparams were recorded); "
                        "recording the current hparams", exp_dir, RECORD_FILE)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    record = {"sha256": hparams_digest(flat), "hparams": flat,
+    record = {"sha256": hparams_digest(flat), "hparams": flat, "layout": RECORD_LAYOUT,
               "ignored_keys": sorted(set(IGNORED_KEYS if ignore is None else ignore)),
               "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record_path
 
 
 def restart_experiment(exp_dir: str | os.PathLike) -> Path:
-    """Move ``exp_dir`` aside to ``<exp_dir>.old-<YYYYmmdd-HHMMSS>`` and recreate it empty.
-
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory (must exist).
-
-    Returns
-    -------
-    Path
-        Where the old directory went.
+    """Move ``exp_dir`` (which must exist) aside to ``<exp_dir>.old-<YYYYmmdd-HHMMSS>`` and
+    recreate it empty; return where the old directory went.
 
     Examples
     --------
@@ -389,24 +360,9 @@ def restart_experiment(exp_dir: str | os.PathLike) -> Path:
     return target
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------ lock
 def lock_path(exp_dir: str | os.PathLike) -> Path:
     """``<parent>/.<name>.lock``: next to the experiment dir, so a restart's move keeps it.
-
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory.
-
-    Returns
-    -------
-    Path
 
     Examples
     --------
@@ -420,10 +376,7 @@ def lock_path(exp_dir: str | os.PathLike) -> Path:
 class ExperimentLock:
     """Exclusive lock on an experiment directory (``fcntl.flock``, released at process exit).
 
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory (need not exist yet; its parent is created).
+    The directory need not exist yet; its parent is created when the lock is taken.
 
     Examples
     --------
@@ -442,12 +395,7 @@ class ExperimentLock:
         self._handle = None
 
     def acquire(self) -> ExperimentLock:
-        """Take the lock without waiting and write who holds it into the lock file.
-
-        Returns
-        -------
-        ExperimentLock
-            ``self``.
+        """Take the lock without waiting, write who holds it into the lock file, return ``self``.
 
         Raises
         ------
@@ -503,23 +451,9 @@ class ExperimentLock:
 class ExperimentGuard:
     """Lock the experiment dir, then :func:`check_hparams`; for stage 3 (training).
 
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory, as in :func:`check_hparams`.
-    hparams : dict | str
-        As in :func:`check_hparams`.
-    restart : bool, optional
-        As in :func:`check_hparams`.
-    ignore : Iterable[str] | None, optional
-        As in :func:`check_hparams`.
-    restart_flag : str, optional
-        As in :func:`check_hparams`.
-
-    Notes
-    -----
-    Use it around the whole training run, on the main process only, before SpeechBrain's
-    ``create_experiment_directory`` writes into the directory::
+    The arguments are those of :func:`check_hparams`. Use it around the whole training run,
+    on the main process only, before SpeechBrain's ``create_experiment_directory`` writes into
+    the directory::
 
         with ExperimentGuard(hparams["output_folder"], hparams, restart=args.restart):
             ... build, fit, export ...
@@ -550,19 +484,7 @@ class ExperimentGuard:
 def require_trained_model(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir: str = "adapters") -> list[Path]:
     """Refuse to score an experiment that holds no checkpoint and no export.
 
-    Parameters
-    ----------
-    exp_dir : str | os.PathLike
-        The experiment directory.
-    save_dir : str, optional
-        Checkpoint folder inside ``exp_dir``.
-    export_dir : str, optional
-        Adapter export folder inside ``exp_dir``.
-
-    Returns
-    -------
-    list[pathlib.Path]
-        The checkpoint directories and the export found.
+    Returns what :func:`trained_state` found.
 
     Raises
     ------

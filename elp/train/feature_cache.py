@@ -15,7 +15,7 @@ weights that compute them:
 
 Keying by content (not by utterance id) means a second test set that reuses the ids of
 another (a noisy copy) gets its own entries, and fixed audio is recomputed; the utterance
-id is stored as metadata only. Hashing a batch's samples costs about a millisecond.
+id is stored as metadata only.
 
 The caches are only valid when the waveform the model sees is the audio as read: **no
 waveform augmentation** (speed perturbation, noise). For the hidden-state cache also no
@@ -23,13 +23,12 @@ random crops and no backbone dropout (:meth:`elp.core.model.AdaptedSSL.hidden_st
 
 Layout (both caches)::
 
-    <directory>/<fingerprint>/info.json                   what the fingerprint stands for
-    <directory>/<fingerprint>/<ab>/<audio key>.safetensors
+    <directory>/<fingerprint>-<dtype>/info.json           what the fingerprint stands for
+    <directory>/<fingerprint>-<dtype>/<ab>/<audio key>.safetensors
         one tensor (valid frames only), metadata {"key": ..., "utt_id": ...}
 
-Sizes per second of audio (50 frames/s): CNN features 512 x 50 x 2 bytes = 51 kB in
-float16 (184 MB per hour); WavLM Base+ hidden states 13 x 768 x 50 x 2 bytes = 1.0 MB in
-float16 (3.6 GB per hour).
+Disk sizes per hour of audio: docs/SCALING.md section 6; the storage dtypes' precision and
+the cost of hashing: docs/SPEED.md.
 
 Examples
 --------
@@ -55,7 +54,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -63,6 +61,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from elp.core.backbones import SSLBackbone, lengths_to_mask
+from elp.runtime import atomic_write, atomic_write_text
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -75,15 +74,8 @@ class CacheError(ValueError):
 def audio_key(samples: torch.Tensor) -> str:
     """A 32-hex-digit key of a waveform's content: SHA-256 of its float32 samples.
 
-    Parameters
-    ----------
-    samples : torch.Tensor
-        [T] the utterance's valid samples (as read and fed to the model).
-
-    Returns
-    -------
-    str
-        Equal for bit-identical samples (whatever the file, id or split), different otherwise.
+    ``samples`` [T] are the utterance's valid samples as read and fed to the model. The key is
+    equal for bit-identical samples (whatever the file, id or split), different otherwise.
 
     Examples
     --------
@@ -98,19 +90,14 @@ def audio_key(samples: torch.Tensor) -> str:
 
 
 def batch_audio_keys(wavs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """:func:`audio_key` of each utterance of a padded batch.
+    """:func:`audio_key` of each utterance of a padded batch; padding does not change a key.
 
     Parameters
     ----------
-    wavs : torch.Tensor
+    wavs
         [B, T] padded waveforms.
-    lengths : torch.Tensor
+    lengths
         [B] integer valid samples (:meth:`elp.core.backbones.SSLBackbone.sample_lengths`).
-
-    Returns
-    -------
-    list[str]
-        B keys; padding does not change an utterance's key.
 
     Examples
     --------
@@ -132,20 +119,9 @@ def _with_hash_of(digest, module: torch.nn.Module) -> None:
 def backbone_fingerprint(backbone: SSLBackbone) -> str:
     """A 16-hex-digit hash of a backbone's architecture, input normalisation and weights.
 
-    Hashes every tensor of the backbone's current state (a few hundred MB for Base models:
-    well under a second), so random and pretrained weights of one architecture differ, and
-    weights held in bfloat16 (:meth:`elp.core.backbones.SSLBackbone.cast_frozen_`) differ from
-    float32 ones.
-
-    Parameters
-    ----------
-    backbone : SSLBackbone
-        The frozen backbone.
-
-    Returns
-    -------
-    str
-        16 hex digits.
+    Hashes every tensor of the backbone's current state, so random and pretrained weights of
+    one architecture differ, and weights held in bfloat16
+    (:meth:`elp.core.backbones.SSLBackbone.cast_frozen_`) differ from float32 ones.
 
     Examples
     --------
@@ -167,19 +143,9 @@ def cnn_fingerprint(backbone: SSLBackbone) -> str:
     """A 16-hex-digit hash of everything the CNN features depend on.
 
     The backbone's ``weights_sha256`` (its weights as loaded), the CNN's geometry and
-    normalisation, waveform normalisation, and the CNN's current weights (cheap: ~4 M
-    parameters). The transformer part does not enter, except through ``weights_sha256``: a
-    cache is shared by every method and run on the same loaded backbone.
-
-    Parameters
-    ----------
-    backbone : SSLBackbone
-        The frozen backbone.
-
-    Returns
-    -------
-    str
-        16 hex digits.
+    normalisation, waveform normalisation, and the CNN's current weights. The transformer part
+    does not enter, except through ``weights_sha256``: a cache is shared by every method and
+    run on the same loaded backbone.
 
     Examples
     --------
@@ -218,7 +184,7 @@ class _TensorStore:
         self.root.mkdir(parents=True, exist_ok=True)
         info_file = self.root / "info.json"
         if not info_file.exists():
-            _atomic_write_text(info_file, json.dumps(
+            atomic_write_text(info_file, json.dumps(
                 {"fingerprint": fingerprint, "dtype": dtype, "kind": type(self).__name__, **(info or {})}, indent=2))
         self.hits = 0
         self.misses = 0
@@ -250,16 +216,9 @@ class _TensorStore:
         return tensor.float()
 
     def put(self, key: str, tensor: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store ``tensor`` (in the cache's dtype) under ``key``, atomically.
+        """Store an utterance's ``tensor`` (valid frames only, in the cache's dtype) atomically.
 
-        Parameters
-        ----------
-        key : str
-            :func:`audio_key` of the utterance.
-        tensor : torch.Tensor
-            The utterance's tensor (valid frames only).
-        utt_id : str | None, optional
-            Stored as metadata.
+        ``key`` is the utterance's :func:`audio_key`; ``utt_id`` is stored as metadata.
 
         Raises
         ------
@@ -273,14 +232,8 @@ class _TensorStore:
             hint = " (beyond float16's range: use dtype bfloat16 or float32)" if torch.isfinite(tensor).all() else ""
             raise CacheError(f"non-finite values in the {self.tensor_name} of utterance {utt_id!r}{hint}; "
                              "check the audio for NaN/inf samples")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp.", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({self.tensor_name: data}, tmp, metadata={"key": key, "utt_id": str(utt_id or "")})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file({self.tensor_name: data}, str(tmp),
+                                                 metadata={"key": key, "utt_id": str(utt_id or "")}))
 
 
 class CNNFeatureCache(_TensorStore):
@@ -288,15 +241,15 @@ class CNNFeatureCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str | os.PathLike
+    directory
         Root folder (e.g. ``<exp root>/cnn_cache``; share it between runs on one backbone).
-    fingerprint : str
+    fingerprint
         :func:`cnn_fingerprint` of the backbone.
-    dtype : str
-        Storage precision: ``"float16"`` (default: half the disk of float32 and 8x closer to
-        it than bfloat16, docs/SPEED.md; a feature beyond fp16's range is an error naming the
-        utterance), ``"bfloat16"`` or ``"float32"`` (exact). Features come back in float32.
-    info : dict | None, optional
+    dtype
+        Storage precision: ``"float16"`` (default: half the disk of float32, closer to it than
+        bfloat16; a feature beyond fp16's range is an error naming the utterance),
+        ``"bfloat16"`` or ``"float32"`` (exact). Features come back in float32.
+    info
         Written to ``info.json`` beside the entries.
 
     Examples
@@ -316,37 +269,14 @@ class CNNFeatureCache(_TensorStore):
 
     @classmethod
     def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float16") -> CNNFeatureCache:
-        """The cache of ``model``'s backbone (an :class:`elp.core.model.AdaptedSSL` or :class:`SSLBackbone`).
-
-        Parameters
-        ----------
-        directory : str | os.PathLike
-            Root folder of the cache.
-        model : elp.core.model.AdaptedSSL | SSLBackbone
-            The model or its backbone.
-        dtype : str, optional
-            Storage precision.
-
-        Returns
-        -------
-        CNNFeatureCache
-        """
+        """The cache of ``model``'s backbone (an :class:`elp.core.model.AdaptedSSL` or :class:`SSLBackbone`)."""
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
                 "channels": backbone.cnn_channels}
         return cls(directory, cnn_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, features: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [frames, C] features of one utterance.
-
-        Parameters
-        ----------
-        key : str
-            :func:`audio_key` of the utterance.
-        features : torch.Tensor
-            [frames, C] valid frames.
-        utt_id : str | None, optional
-            Stored as metadata.
+        """Store [frames, C] features (valid frames only) of one utterance under its ``key``.
 
         Raises
         ------
@@ -362,12 +292,10 @@ class CNNFeatureCache(_TensorStore):
 
         Parameters
         ----------
-        keys : list[str]
+        keys
             :func:`audio_key` of each utterance.
-        device : torch.device | str
-            Where the result goes.
-        num_frames : int, optional
-            Padded length (default: the longest utterance's frames).
+        num_frames
+            Padded length F (default: the longest utterance's frames).
 
         Returns
         -------
@@ -388,14 +316,14 @@ class HiddenStateCache(_TensorStore):
 
     Parameters
     ----------
-    directory : str | os.PathLike
+    directory
         Root folder of the cache (e.g. ``<exp dir>/hidden_state_cache``); created.
-    fingerprint : str
+    fingerprint
         :func:`backbone_fingerprint` of the backbone that makes the states.
-    dtype : str
+    dtype
         Storage precision, ``"float32"`` (exact) or ``"float16"`` / ``"bfloat16"`` (half the
-        disk, rounding ~1e-3 relative). Read states come back in float32.
-    info : dict | None, optional
+        disk, rounded). Read states come back in float32.
+    info
         Written to ``info.json`` beside the entries.
 
     Examples
@@ -415,36 +343,13 @@ class HiddenStateCache(_TensorStore):
 
     @classmethod
     def for_model(cls, directory: str | os.PathLike, model, dtype: str = "float32") -> HiddenStateCache:
-        """The cache of ``model``'s backbone (an :class:`elp.core.model.AdaptedSSL` or :class:`SSLBackbone`).
-
-        Parameters
-        ----------
-        directory : str | os.PathLike
-            Root folder of the cache.
-        model : elp.core.model.AdaptedSSL | SSLBackbone
-            The model or its backbone.
-        dtype : str, optional
-            Storage precision.
-
-        Returns
-        -------
-        HiddenStateCache
-        """
+        """The cache of ``model``'s backbone (an :class:`elp.core.model.AdaptedSSL` or :class:`SSLBackbone`)."""
         backbone = model.backbone if hasattr(model, "method") else model
         info = {"backbone": backbone.name, "num_layers": backbone.num_layers, "hidden_size": backbone.hidden_size}
         return cls(directory, backbone_fingerprint(backbone), dtype, info)
 
     def put(self, key: str, states: torch.Tensor, utt_id: str | None = None) -> None:
-        """Store [num_layers + 1, frames, D] states of one utterance (valid frames only).
-
-        Parameters
-        ----------
-        key : str
-            :func:`audio_key` of the utterance.
-        states : torch.Tensor
-            [num_layers + 1, frames, D] valid frames.
-        utt_id : str | None, optional
-            Stored as metadata.
+        """Store [num_layers + 1, frames, D] states (valid frames only) of one utterance.
 
         Raises
         ------
@@ -458,18 +363,9 @@ class HiddenStateCache(_TensorStore):
 
     def put_batch(self, keys: list[str], hidden_states: list[torch.Tensor], frame_mask: torch.Tensor,
                   utt_ids: list[str] | None = None) -> None:
-        """Store a batch: ``num_layers + 1`` tensors [B, F, D] and frame_mask [B, F].
+        """Store a batch: ``num_layers + 1`` tensors [B, F, D] with a bool frame_mask [B, F].
 
-        Parameters
-        ----------
-        keys : list[str]
-            :func:`audio_key` of each utterance.
-        hidden_states : list[torch.Tensor]
-            ``num_layers + 1`` tensors [B, F, D].
-        frame_mask : torch.Tensor
-            [B, F] bool.
-        utt_ids : list[str] | None, optional
-            Stored as metadata.
+        ``keys`` are the utterances' :func:`audio_key`; ``utt_ids`` are stored as metadata.
         """
         stacked = torch.stack([h.detach() for h in hidden_states])  # [L+1, B, F, D]
         for index, key in enumerate(keys):
@@ -477,14 +373,8 @@ class HiddenStateCache(_TensorStore):
             self.put(key, stacked[:, index, :frames], utt_ids[index] if utt_ids else None)
 
     def get_batch(self, keys: list[str], device: torch.device | str = "cpu"):
-        """Padded states of a batch, or None if any utterance is missing.
-
-        Parameters
-        ----------
-        keys : list[str]
-            :func:`audio_key` of each utterance.
-        device : torch.device | str, optional
-            Where the result goes.
+        """Padded states of a batch (``keys``: :func:`audio_key` of each utterance), or None if any
+        utterance is missing.
 
         Returns
         -------
@@ -528,18 +418,18 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 
     Parameters
     ----------
-    features : torch.Tensor
+    features
         [B, F, C] features, zero-padded.
-    frame_lens : torch.Tensor
+    frame_lens
         [B] valid frames.
-    max_frames : int
+    max_frames
         Crop length; utterances with fewer frames are kept whole.
-    generator : torch.Generator, optional
+    generator
         Source of the random offsets (default: torch's global generator).
 
     Returns
     -------
-    tuple[torch.Tensor, torch.Tensor]
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         features [B, min(max_frames, F), C], frame_lens [B] and the start frame of each crop [B].
 
     Examples
@@ -569,14 +459,7 @@ def crop_frames(features: torch.Tensor, frame_lens: torch.Tensor, max_frames: in
 def cnn_features_for_cache(backbone: SSLBackbone, wavs: torch.Tensor, lengths: torch.Tensor):
     """The CNN's output as the cache stores it: float32 (autocast off), no autograd.
 
-    Parameters
-    ----------
-    backbone : SSLBackbone
-        The frozen backbone.
-    wavs : torch.Tensor
-        [B, T] waveforms.
-    lengths : torch.Tensor
-        [B] valid samples per utterance.
+    ``wavs`` [B, T] are waveforms, ``lengths`` [B] their valid samples.
 
     Returns
     -------
@@ -604,19 +487,19 @@ def cached_cnn_forward(model, cache: CNNFeatureCache, utt_ids: list[str] | None,
     model : elp.core.model.AdaptedSSL
         Any method (the CNN never trains); may be wrapped in DistributedDataParallel (the
         forward goes through the wrapper, so gradients are all-reduced).
-    cache : CNNFeatureCache
+    cache
         :meth:`CNNFeatureCache.for_model` of the model's backbone.
-    utt_ids : list[str] | None
+    utt_ids
         The batch's utterance ids (stored as metadata; the key is the audio content).
-    wavs : torch.Tensor
+    wavs
         [B, T] waveforms of the batch, as read (no augmentation, no crop).
-    wav_lens : torch.Tensor | None, optional
+    wav_lens
         [B] relative lengths (None: all full).
-    max_frames : int
+    max_frames
         0: whole utterances (output padded to ``num_frames(T)``, as the waveform path).
         > 0: a random crop of at most this many frames per utterance (:func:`crop_frames`;
         SV's 3 s crops are ``backbone.num_frames(48000)`` = 149 frames).
-    generator : torch.Generator, optional
+    generator
         Random source of the crops.
 
     Returns
@@ -657,20 +540,8 @@ def cached_forward(model, cache: HiddenStateCache, utt_ids: list[str] | None, wa
     """``model(wavs, wav_lens)`` through the hidden-state cache: read the batch's states, or
     compute and store them.
 
-    Parameters
-    ----------
-    model : elp.core.model.AdaptedSSL
-        A model whose ``hidden_states_cacheable`` is True; may be wrapped in
-        DistributedDataParallel (the forward goes through the wrapper).
-    cache : HiddenStateCache
-        The model backbone's cache.
-    utt_ids : list[str] | None
-        The batch's utterance ids (stored as metadata; the key is the audio content, so a
-        second set reusing ids, or fixed audio, never reads another waveform's states).
-    wavs : torch.Tensor
-        [B, T] waveforms of the batch, as read.
-    wav_lens : torch.Tensor | None, optional
-        [B] relative lengths (None: all full).
+    Arguments as in :func:`cached_cnn_forward`; ``model`` must have
+    ``hidden_states_cacheable`` True.
 
     Returns
     -------
@@ -703,10 +574,3 @@ def cached_forward(model, cache: HiddenStateCache, utt_ids: list[str] | None, wa
 def _unwrap(model):
     """The module inside a DDP/DP wrapper (or the model itself)."""
     return getattr(model, "module", model)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

@@ -46,12 +46,8 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 class Tagged:
     """A node of a peeked hparams file that would build an object.
 
-    Parameters
-    ----------
-    tag : str
-        The HyperPyYAML tag, e.g. ``"!new:elp.tasks.classify.UtteranceClassification"``.
-    value : Any
-        Its arguments: a dict (keyword arguments), a list (positional) or a scalar.
+    ``tag`` is the HyperPyYAML tag (``"!new:elp.tasks.classify.UtteranceClassification"``);
+    ``value`` holds its arguments: a dict (keyword), a list (positional) or a scalar.
     """
 
     tag: str
@@ -65,19 +61,12 @@ class Tagged:
 
 def read_overrides(overrides_files: list[str | os.PathLike] | None = None,
                    cli_overrides: dict | str | None = None) -> dict:
-    """Merge override files (YAML mappings, in order) and command-line overrides into one dict.
+    """Merge override files and command-line overrides into one dict.
 
-    Parameters
-    ----------
-    overrides_files : list of path, optional
-        YAML files of ``key: value`` lines (values may use ``!ref``), applied first.
-    cli_overrides : dict or str, optional
-        SpeechBrain's parsed ``--key value`` overrides (a YAML string or a dict), applied last.
-
-    Returns
-    -------
-    dict
-        Nested mappings are merged key by key (a later file changes only the keys it names).
+    ``overrides_files`` are YAML mappings (values may use ``!ref``), applied in order;
+    ``cli_overrides`` are SpeechBrain's parsed ``--key value`` pairs (YAML text or a dict),
+    applied last. Nested mappings merge key by key: a later source changes only the keys it
+    names.
 
     Examples
     --------
@@ -150,17 +139,18 @@ def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None,
 
     Parameters
     ----------
-    hparams_file : str | os.PathLike
+    hparams_file
         A recipe's HyperPyYAML file; ``!include:`` paths are relative to it.
-    overrides : dict | None, optional
-        From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
-    allowed_new : Iterable[str], optional
-        Keys an override may add although the file does not define them (run options).
+    overrides
+        From :func:`read_overrides`.
+    allowed_new : Iterable[str]
+        Top-level keys an override may add although the file does not define them (run
+        options).
 
-    Returns
-    -------
-    dict
-        The loaded hparams (objects built).
+    Raises
+    ------
+    ValueError
+        For an override key that the file does not define and ``allowed_new`` does not name.
     """
     return load_hyperpyyaml(_with_overrides(hparams_file, overrides, allowed_new))
 
@@ -169,20 +159,7 @@ def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None
     """The file with overrides, ``!ref`` and ``!include:`` resolved, as YAML text (nothing built).
 
     This is what an experiment's identity is hashed from (:mod:`elp.train.experiment`).
-
-    Parameters
-    ----------
-    hparams_file : str | os.PathLike
-        A recipe's HyperPyYAML file.
-    overrides : dict | None, optional
-        From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
-    allowed_new : Iterable[str], optional
-        Keys an override may add although the file does not define them (run options).
-
-    Returns
-    -------
-    str
-        The resolved YAML text.
+    Arguments and errors as in :func:`load_hparams`.
 
     Examples
     --------
@@ -199,19 +176,8 @@ def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None
 def peek_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> dict:
     """Values of ``hparams_file`` without building objects (see the module docstring).
 
-    Parameters
-    ----------
-    hparams_file : str | os.PathLike
-        A recipe's HyperPyYAML file.
-    overrides : dict | None, optional
-        From :func:`read_overrides`. Unknown top-level keys raise ``ValueError``.
-    allowed_new : Iterable[str], optional
-        Keys an override may add although the file does not define them (run options).
-
-    Returns
-    -------
-    dict
-        Plain values; nodes that would build objects are :class:`Tagged`.
+    Nodes that would build objects come back as :class:`Tagged`. Arguments and errors as in
+    :func:`load_hparams`.
     """
     yaml = ruamel.yaml.YAML()
     tree = yaml.load(io.StringIO(resolved_text(hparams_file, overrides, allowed_new)))
@@ -234,20 +200,11 @@ def _plain(node: Any) -> Any:
 
 
 def build_node(node: Any) -> Any:
-    """Build one peeked node (a :class:`Tagged` object and the plain values inside it).
+    """Build one peeked node: a :class:`Tagged`, or a dict/list holding them.
 
     ``!new:`` and ``!apply:`` call their target with the node's arguments, ``!name:`` returns
-    the target (with keyword arguments bound, as HyperPyYAML does).
-
-    Parameters
-    ----------
-    node : Any
-        A peeked value: :class:`Tagged`, or a dict/list/plain value holding them.
-
-    Returns
-    -------
-    Any
-        The built object (dicts and lists are built element-wise; plain values unchanged).
+    the target (with keyword arguments bound, as HyperPyYAML does). Dicts and lists are built
+    element-wise; plain values come back unchanged.
 
     Raises
     ------
@@ -285,42 +242,8 @@ def build_node(node: Any) -> Any:
     return target(*args, **kwargs)
 
 
-def data_sets(hparams: dict) -> dict[str, list[str]]:
-    """The recipe's data sets: ``{"train": [dir], "valid": [dir], "test": [dirs]}``.
-
-    Every recipe names them once, as ``train_set``, ``valid_set`` and ``test_sets``.
-
-    Parameters
-    ----------
-    hparams : dict
-        Holds ``train_set``, ``valid_set`` and ``test_sets``.
-
-    Returns
-    -------
-    dict[str, list[str]]
-        Split -> data directories.
-
-    Examples
-    --------
-    >>> data_sets({"train_set": "data/train", "valid_set": "data/dev", "test_sets": ["data/test"]})
-    {'train': ['data/train'], 'valid': ['data/dev'], 'test': ['data/test']}
-    """
-    return {"train": [str(hparams["train_set"])], "valid": [str(hparams["valid_set"])],
-            "test": [str(t) for t in hparams["test_sets"]]}
-
-
 def recipe_root(hparams_file: str | os.PathLike) -> Path:
-    """The recipe directory of ``egs/<corpus>/<task>/conf/<file>.yaml``.
-
-    Parameters
-    ----------
-    hparams_file : str | os.PathLike
-        A recipe's YAML file.
-
-    Returns
-    -------
-    Path
-        ``egs/<corpus>/<task>`` (absolute).
+    """The absolute recipe directory ``egs/<corpus>/<task>`` of a file in its ``conf/``.
 
     Examples
     --------

@@ -30,6 +30,12 @@ precision             fp32 | bf16 | fp16 autocast for training and evaluation (`
 results_file          stage 5's JSON name (``fold_results.json`` inside a fold)
 results_md            the recipe's RESULTS.md table ("" for none)
 restart               stage 3: move a finished run with other hparams aside and start over
+augmentation          training-only waveform augmentation (``null``: none), e.g. a SpeechBrain
+                      ``Augmenter`` (docs/RECIPES.md); refused with ``cnn_cache`` /
+                      ``hidden_state_cache``
+allow_shell_pipes     run ``wav.scp`` commands elp does not read natively with ``sh -c``, as Kaldi
+                      does (stage 1 and data loading); standard decoder pipes (flac, sox,
+                      sph2pipe, ffmpeg, cat) are read without it (:mod:`elp.data.pipes`)
 ===================== =================================================================
 
 Examples
@@ -65,9 +71,9 @@ logger = logging.getLogger(__name__)
 _HELD: list = []  # the experiment locks this process holds
 
 #: Run options a recipe may leave out of its YAML (see the module docstring).
-#: ``max_batch_utterances: auto`` on a GPU: on an H200 a WavLM Base+ training step of 8
-#: utterances took 87-133 ms whether the batch held 8 s or 100 s of audio (docs/SCALING.md
-#: section 9), so the step is bound by per-step overhead and larger batches come almost free.
+#: ``max_batch_utterances: auto`` on a GPU: small training steps are bound by per-step
+#: overhead, not by the audio they carry, so larger batches come almost free (docs/SCALING.md
+#: section 9).
 GPU_MAX_BATCH_UTTERANCES = 64
 
 RUN_DEFAULTS = {
@@ -77,21 +83,18 @@ RUN_DEFAULTS = {
     "num_workers": "auto", "hidden_state_cache": False, "cnn_cache": False, "cnn_cache_dir": None,
     "cnn_cache_dtype": "float16", "ckpt_interval_steps": 50, "precision": "auto",
     "results_file": "results.json", "results_md": "RESULTS.md", "restart": False,
+    "allow_shell_pipes": False, "augmentation": None,
 }
 
 
 def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
     """Parse ``hparams.yaml [--overrides_file F ...] [--key value ...]`` the SpeechBrain way.
 
-    Parameters
-    ----------
-    argv : list[str]
-        The driver's arguments (without the program name).
+    ``argv`` is without the program name (example in the module docstring).
 
     Returns
     -------
     hparams_file : str
-        The recipe's YAML file.
     run_opts : speechbrain.core.RunOptions
         SpeechBrain's run options (``--device``, ``--distributed_backend``, ...).
     overrides : dict
@@ -103,10 +106,6 @@ def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
         If ``--overrides_file`` has no file after it.
     FileNotFoundError
         If an overrides file does not exist.
-
-    Examples
-    --------
-    See the module docstring.
     """
     argv, files = list(argv), []
     while "--overrides_file" in argv:
@@ -130,18 +129,7 @@ def _with_run_defaults(hparams_file: str, overrides: dict) -> dict:
 
 
 def peek_keys(hparams_file: str) -> set[str]:
-    """Top-level keys of a hparams file (read as plain YAML; nothing is built).
-
-    Parameters
-    ----------
-    hparams_file : str
-        A HyperPyYAML file.
-
-    Returns
-    -------
-    set[str]
-        Its top-level keys (empty for an empty file).
-    """
+    """Top-level keys of a hparams file (read as plain YAML; nothing is built)."""
     import ruamel.yaml
 
     with open(hparams_file, encoding="utf-8") as fin:
@@ -156,20 +144,12 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
     that differ from the ones it was trained with (:class:`elp.train.experiment.ExperimentGuard`);
     ``stage="eval"`` takes the lock and refuses an experiment without a trained model.
 
-    Parameters
-    ----------
-    argv : list[str]
-        The driver's arguments (see :func:`parse_recipe_args`).
-    stage : str, optional
-        ``"train"`` or ``"eval"``.
-
     Returns
     -------
     hparams : dict
         The built hparams plus :data:`RUN_DEFAULTS`, ``device``, ``eval_precision`` and
         ``hparams_file``.
     run_opts : speechbrain.core.RunOptions
-        SpeechBrain's run options.
     """
     hparams_file, run_opts, overrides = parse_recipe_args(argv)
     make_recipe_importable(hparams_file)
@@ -200,15 +180,7 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
 def peek_experiment(argv: list[str]) -> dict:
     """The hparams' values without building objects (:func:`elp.train.hparams.peek_hparams`).
 
-    Parameters
-    ----------
-    argv : list[str]
-        The driver's arguments (see :func:`parse_recipe_args`).
-
-    Returns
-    -------
-    dict
-        Plain values with the run defaults filled in and ``hparams_file`` added.
+    The run defaults are filled in and ``hparams_file`` is added.
     """
     hparams_file, _, overrides = parse_recipe_args(argv)
     make_recipe_importable(hparams_file)
@@ -220,18 +192,9 @@ def peek_experiment(argv: list[str]) -> dict:
 def present_test_sets(hparams: dict) -> list[str]:
     """The hparams' ``test_sets`` whose data dir exists.
 
-    Each absent one is logged (a corpus download without test-other, say), and none present
-    is an error.
-
-    Parameters
-    ----------
-    hparams : dict
-        Holds ``test_sets``, a list of data directories.
-
-    Returns
-    -------
-    list[str]
-        The test sets with a ``wav.scp``, in the hparams' order.
+    A test set is present when its directory holds a ``wav.scp``; the present ones come back
+    in the hparams' order. Each absent one is logged (a corpus download without test-other,
+    say).
 
     Raises
     ------
@@ -261,11 +224,6 @@ def make_recipe_importable(hparams_file: str) -> None:
 
     So its YAML can name a module of its own, e.g. ``head: !new:local.my_head.MyHead`` for
     ``local/my_head.py``.
-
-    Parameters
-    ----------
-    hparams_file : str
-        The recipe's YAML file.
     """
     root = str(recipe_root(hparams_file))
     if root not in sys.path:
@@ -273,24 +231,14 @@ def make_recipe_importable(hparams_file: str) -> None:
 
 
 def make_dataset(hparams: dict, data_dir: str, split: str):
-    """``hparams["task"]``'s dataset of ``data_dir``.
+    """``hparams["task"]``'s dataset (a ``DynamicItemDataset``) of a Kaldi-style data dir.
 
-    Parameters
-    ----------
-    hparams : dict
-        Holds ``task`` (an :class:`elp.tasks.Task`), ``inventory`` and ``cnn_cache``
-        (training crops are made by the CNN cache instead when it is on).
-    data_dir : str
-        A Kaldi-style data directory.
-    split : str
-        ``"train"``, ``"valid"`` or ``"test"``.
-
-    Returns
-    -------
-    speechbrain.dataio.dataset.DynamicItemDataset
-        The task's dataset.
+    ``hparams`` holds ``task`` (an :class:`elp.tasks.Task`), ``inventory`` and ``cnn_cache``
+    (when it is on, the CNN cache makes the training crops instead); ``split`` is ``"train"``,
+    ``"valid"`` or ``"test"``.
     """
-    return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"])
+    return hparams["task"].dataset(data_dir, split, hparams["inventory"], crop_audio=not hparams["cnn_cache"],
+                                   allow_shell_pipes=bool(hparams.get("allow_shell_pipes", False)))
 
 
 def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> dict:
@@ -299,8 +247,8 @@ def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> d
     * training: a fixed ``batch_size`` (shuffled), or with ``dynamic_batching`` length buckets
       (:class:`elp.data.sampler.BucketBatchSampler`) capped at ``max_batch_seconds`` of padded
       audio (crops counted at their cropped length) and ``max_batch_utterances`` utterances
-      (``auto``: 64 on a GPU, where a training step of 8 utterances costs about the same as one
-      of 64 (docs/SCALING.md), else ``batch_size``); a new order every epoch;
+      (``auto``: :data:`GPU_MAX_BATCH_UTTERANCES` on a GPU, else ``batch_size``); a new order
+      every epoch;
     * evaluation: utterances sorted by length in batches capped at ``eval_max_batch_seconds``
       and ``eval_batch_size`` (:class:`elp.data.sampler.EvalBatchSampler`), so a long test
       utterance never shares a batch with many others; results are per utterance, so the
@@ -310,13 +258,11 @@ def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> d
 
     Parameters
     ----------
-    hparams : dict
+    hparams
         The run options of :data:`RUN_DEFAULTS` plus ``seed``, ``device`` and ``task``.
     dataset : speechbrain.dataio.dataset.DynamicItemDataset
         A dataset whose items hold ``num_samples``.
-    train : bool
-        Training (shuffled or bucketed) or evaluation (sorted) batches.
-    shard : bool, optional
+    shard
         Evaluation under DDP: each rank gets a disjoint share of the batches (validation
         during training, whose statistics the Brain gathers across ranks); False: every
         batch (stage 4, single process).
@@ -374,19 +320,6 @@ def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> d
 
 
 def build_brain(hparams: dict, run_opts: dict):
-    """The hparams' ``brain_class`` with its modules, optimizer class and checkpointer.
-
-    Parameters
-    ----------
-    hparams : dict
-        Built hparams holding ``brain_class``, ``modules``, ``opt_class`` and ``checkpointer``.
-    run_opts : dict
-        SpeechBrain's run options (from :func:`load_experiment`).
-
-    Returns
-    -------
-    speechbrain.Brain
-        An instance of the recipe's Brain class.
-    """
+    """The hparams' ``brain_class``, built with their modules, optimizer class and checkpointer."""
     return hparams["brain_class"](modules=hparams["modules"], opt_class=hparams["opt_class"],
                                   hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])

@@ -24,9 +24,9 @@ class WarmupLinearDecay:
 
     Parameters
     ----------
-    warmup_steps : int
-        Steps of linear warm-up from 0.
-    final_factor : float
+    warmup_steps
+        Optimizer steps of linear warm-up from 0.
+    final_factor
         Factor reached at the last step (1.0: constant after warm-up).
 
     Examples
@@ -48,28 +48,14 @@ class WarmupLinearDecay:
         self.step = 0
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Steps of the whole training (epochs x batches per epoch).
-
-        Parameters
-        ----------
-        total_steps : int
-            Optimizer steps of the whole training.
-        """
+        """Set the optimizer steps of the whole training (epochs x batches per epoch)."""
         self.total_steps = int(total_steps)
 
     def factor(self, step: int) -> float:
-        """The multiplier of the initial learning rates at ``step`` (1-based).
+        """The multiplier of the initial learning rates at optimizer ``step`` (from 1).
 
-        Parameters
-        ----------
-        step : int
-            Optimizer step, from 1.
-
-        Returns
-        -------
-        float
-            ``step / warmup_steps`` during warm-up, then linear towards ``final_factor``
-            (1.0 while the total is unknown).
+        ``step / warmup_steps`` during warm-up, then linear towards ``final_factor`` (1.0 while
+        the total is unknown).
 
         Examples
         --------
@@ -88,17 +74,9 @@ class WarmupLinearDecay:
         return 1.0 + (self.final_factor - 1.0) * progress
 
     def __call__(self, optimizer: torch.optim.Optimizer) -> float:
-        """Advance one step and set the groups' learning rates; returns the factor.
+        """Advance one step, set the groups' learning rates and return the factor.
 
-        Parameters
-        ----------
-        optimizer : torch.optim.Optimizer
-            Its groups' ``initial_lr`` is recorded on the first call.
-
-        Returns
-        -------
-        float
-            The factor of this step.
+        Each group's ``initial_lr`` is recorded on the first call.
         """
         self.step += 1
         factor = self.factor(self.step)

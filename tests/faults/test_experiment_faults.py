@@ -155,12 +155,42 @@ def test_changed_hparams_are_refused_naming_the_keys(tmp_path):
     assert "--tag" in text and "--restart" in text and "lr.e" not in text
 
 
+def test_a_record_of_an_earlier_release_is_refused_in_one_line_with_the_conversion(tmp_path):
+    exp = trained_exp(tmp_path)
+    record = exp / "hparams_record.json"
+    old = json.loads(record.read_text())
+    old.pop("layout")  # what an earlier release wrote
+    old["hparams"]["elp.model.!new:elp.model.AdaptedSSL.e_dim"] = 256
+    record.write_text(json.dumps(old))
+    with pytest.raises(ExperimentChangedError) as err:
+        check_hparams(exp, HPARAMS)
+    text = one_line(err)
+    assert "earlier elp release" in text and f"delete {record}" in text and "--restart" in text
+    record.unlink()  # the conversion the message names: the current hparams are adopted
+    check_hparams(exp, HPARAMS)
+    assert json.loads(record.read_text())["layout"] == 2
+
+
 def test_ignored_keys_and_more_epochs_are_accepted(tmp_path):
     exp = trained_exp(tmp_path)
     check_hparams(exp, {**HPARAMS, "num_workers": 8, "device": "cuda:0"})
     check_hparams(exp, {**HPARAMS, "number_of_epochs": 5})  # train longer: resume
     with pytest.raises(ExperimentChangedError, match="number_of_epochs 5 -> 1"):
         check_hparams(exp, {**HPARAMS, "number_of_epochs": 1})
+
+
+def test_more_epochs_continue_a_recipe_run(tmp_path):
+    """A recipe's resolved YAML: the epoch counter's limit follows number_of_epochs."""
+    exp = tmp_path / "exp"
+    text = ("number_of_epochs: {n}\nlr: {{head: 0.002}}\n"
+            "epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter\n  limit: {n}\n")
+    check_hparams(exp, text.format(n=2))
+    (exp / "adapters").mkdir()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        (exp / "adapters" / name).write_text("x")
+    check_hparams(exp, text.format(n=5))  # train longer: resume
+    with pytest.raises(ExperimentChangedError, match="number_of_epochs 5 -> 3"):
+        check_hparams(exp, text.format(n=3))
 
 
 def test_restart_moves_the_old_run_aside(tmp_path):
@@ -179,8 +209,10 @@ def test_hparams_as_yaml_text(tmp_path):
     (exp / "adapters").mkdir()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         (exp / "adapters" / name).write_text("x")
-    with pytest.raises(ExperimentChangedError, match="epoch_counter.*limit 2 -> 3"):
-        check_hparams(exp, text.replace("limit: 2", "limit: 3"))
+    with pytest.raises(ExperimentChangedError, match="epoch_counter.*limit 2 -> 1"):
+        check_hparams(exp, text.replace("limit: 2", "limit: 1"))
+    with pytest.raises(ExperimentChangedError, match="lr.head 0.002 -> 0.003"):
+        check_hparams(exp, text.replace("head: 0.002", "head: 0.003"))
 
 
 def test_concurrent_run_on_one_tag_is_refused_naming_the_holder(tmp_path):

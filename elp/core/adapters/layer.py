@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from elp.core.adapters.attachment import Attachment
 from elp.core.adapters.init import ADAPTER_INIT_STD, activation, init_adapter_linear
 
 
-class WeightedLayerSum(nn.Module):
+class WeightedLayerSum(nn.Module, Attachment):
     """``sum_i softmax(w)_i h_i`` over a list of hidden states (SUPERB "weight tuning").
 
     Parameters
@@ -25,6 +28,10 @@ class WeightedLayerSum(nn.Module):
 
     #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
     lr_group = "l"
+    kind = "weighted_sum"
+    attribute = "weighted_sum"
+    reads_hidden_states = True
+    routable = True
 
     def __init__(self, num_layers: int):
         super().__init__()
@@ -52,6 +59,19 @@ class WeightedLayerSum(nn.Module):
             raise ValueError(f"expected {self.layer_weights.numel()} hidden states, got {len(hidden_states)}")
         weights = torch.softmax(self.layer_weights, dim=0)
         return sum(w * h for w, h in zip(weights, hidden_states))
+
+    @classmethod
+    def attach(cls, backbone, options) -> WeightedLayerSum:
+        """Weights over the backbone's ``num_layers + 1`` hidden states."""
+        return cls(backbone.num_layers + 1)
+
+    def read(self, hidden_states, last_hidden_state):
+        """Every hidden state (the transformer's input included) -> their weighted sum."""
+        return self(list(hidden_states))
+
+    @classmethod
+    def route(cls, members, context) -> None:
+        """Nothing to do inside the backbone: each task reads its own rows."""
 
 
 class LayerAdapter(nn.Module):
@@ -97,7 +117,7 @@ class LayerAdapter(nn.Module):
         return self.norm(self.act(self.proj(hidden)))
 
 
-class LayerAdapters(nn.Module):
+class LayerAdapters(nn.Module, Attachment):
     """One L-adapter per transformer layer, combined by softmax weights (init 1/L).
 
     Parameters
@@ -124,10 +144,16 @@ class LayerAdapters(nn.Module):
 
     #: learning-rate group of this module's parameters (``lr.l`` in the hparams)
     lr_group = "l"
+    kind = "layer_adapters"
+    attribute = "layer_adapters"
+    options: ClassVar[dict[str, object]] = {"l_dim": 512}
+    reads_hidden_states = True
+    routable = True
 
     def __init__(self, num_layers: int, dim: int, out_dim: int = 512, act: str = "relu",
                  init_std: float = ADAPTER_INIT_STD):
         super().__init__()
+        self.out_dim = out_dim
         self.adapters = nn.ModuleList(LayerAdapter(dim, out_dim, act, init_std) for _ in range(num_layers))
         self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
 
@@ -153,3 +179,20 @@ class LayerAdapters(nn.Module):
             raise ValueError(f"expected {len(self.adapters)} layer outputs, got {len(layer_outputs)}")
         weights = torch.softmax(self.layer_weights, dim=0)
         return sum(w * adapter(h) for w, adapter, h in zip(weights, self.adapters, layer_outputs))
+
+    @classmethod
+    def attach(cls, backbone, options) -> LayerAdapters:
+        """One L-adapter per layer of ``backbone``, ``l_dim`` wide."""
+        return cls(backbone.num_layers, backbone.hidden_size, options["l_dim"], options["activation"])
+
+    def read(self, hidden_states, last_hidden_state):
+        """The layers' outputs (``hidden_states[1:]``) -> z [B, F, l_dim]."""
+        return self(list(hidden_states[1:]))
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_dim
+
+    @classmethod
+    def route(cls, members, context) -> None:
+        """Nothing to do inside the backbone: each task reads its own rows."""

@@ -7,10 +7,9 @@ Greedy and beam-search transcripts of a tiny untrained model:
 >>> import tempfile
 >>> from elp.serve.package import load_package
 >>> from elp.testing import make_tiny_package
->>> from elp.tasks import ASR
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=ASR, method="l_only"))
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="asr", method="l_only"))
 >>> brain = ASRBrain(modules={"model": package.model, "head": package.head},
-...                  hparams={"inventory": package.tokenizer}, run_opts={"device": "cpu"})
+...                  hparams={"inventory": package.tokenizer, "task": package.task}, run_opts={"device": "cpu"})
 >>> from speechbrain.dataio.dataset import DynamicItemDataset
 >>> dataset = DynamicItemDataset({"u1": {"wav": torch.randn(16000)}, "u2": {"wav": torch.randn(12000)}})
 >>> dataset.add_dynamic_item(lambda wav: wav, takes="wav", provides="sig")
@@ -26,10 +25,12 @@ from __future__ import annotations
 import speechbrain as sb
 import torch
 
-from elp.train.brains.base import ELPBrain
 from elp.data.sampler import gather_by_utterance
-from elp.tasks.decoding import CTCBeamSearch, greedy_ctc
 from elp.eval.scoring import word_error_rate
+from elp.tasks.asr import SpeechRecognition
+from elp.tasks.decoding import greedy_ctc
+from elp.train.brains.base import ELPBrain
+from elp.train.brains.prediction import brain_task, predicted_outputs
 
 
 class ASRBrain(ELPBrain):
@@ -73,6 +74,9 @@ class ASRBrain(ELPBrain):
     def predict(self, dataset, loader_kwargs, beam_size: int = 0, lm=None):
         """Hypothesis texts: greedy CTC, or CTC prefix beam search.
 
+        The task's prediction path (:meth:`elp.tasks.asr.SpeechRecognition.predict_batch`, the
+        one the package API runs) on every batch, then its decoding.
+
         Parameters
         ----------
         dataset : speechbrain.dataio.dataset.DynamicItemDataset
@@ -89,14 +93,9 @@ class ASRBrain(ELPBrain):
         dict[str, str]
             Utterance id -> hypothesis text.
         """
-        tokenizer = self.hparams.inventory
-        beam = CTCBeamSearch(tokenizer, beam_size=beam_size, lm=lm) if beam_size else None
+        task, tokenizer = brain_task(self, SpeechRecognition), self.hparams.inventory
+        beam = task.beam_search(tokenizer, beam_size, lm) if beam_size else None
         hyps = {}
-        for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
-            log_probs = self.modules.head(feats)
-            if beam is None:
-                texts = [tokenizer.decode(h) for h in greedy_ctc(log_probs, frame_mask)]
-            else:
-                texts = beam(log_probs.float(), frame_mask)
-            hyps.update(dict(zip(batch.id, texts)))
+        for ids, log_probs in predicted_outputs(self, dataset, loader_kwargs, task=task):
+            hyps.update(zip(ids, task.transcripts(log_probs, tokenizer, beam)))
         return hyps

@@ -104,7 +104,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
 
     Notes
     -----
-    Hparams it reads (a recipe's YAML declares them; see ``recipes/conf/base.yaml``):
+    Hparams it reads (a recipe's ``conf/train.yaml`` declares them):
 
     ``task`` : elp.tasks.base.Task
         The task kind (its ``valid_key``/``valid_key_mode`` pick the best checkpoint).
@@ -120,6 +120,8 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         Called with the optimizer before every optimizer step (:mod:`elp.train.schedulers`).
     ``train_logger``, ``epoch_counter`` : SpeechBrain objects
         Validation/test logging and the epoch limit.
+    ``augmentation`` : Callable, optional
+        Applied to training waveforms only (:meth:`augment`), never in validation or test.
 
     Examples
     --------
@@ -242,6 +244,8 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """
         wavs, wav_lens = batch.sig
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        if stage == sb.Stage.TRAIN:
+            wavs, wav_lens = self.augment(wavs, wav_lens)
         cache = self.hidden_state_cache()
         if cache is not None:
             return cached_forward(self.modules.model, cache, list(batch.id), wavs, wav_lens)
@@ -250,6 +254,44 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
             crop = self.train_crop_frames() if stage == sb.Stage.TRAIN else 0
             return cached_cnn_forward(self.modules.model, cnn_cache, list(batch.id), wavs, wav_lens, max_frames=crop)
         return self.modules.model(wavs, wav_lens)
+
+    def augment(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the YAML's ``augmentation`` (training batches only; :meth:`features` calls it).
+
+        ``augmentation`` is any callable ``(wavs [B, T], wav_lens [B]) -> (wavs, wav_lens)``
+        that keeps the batch size, e.g. ``speechbrain.augment.augmenter.Augmenter`` with
+        ``concat_original: false`` and ``repeat_augment: 1``; None (the default) does nothing.
+
+        Parameters
+        ----------
+        wavs : torch.Tensor
+            Waveforms [B, T].
+        wav_lens : torch.Tensor
+            Relative lengths [B].
+
+        Returns
+        -------
+        tuple[torch.Tensor, torch.Tensor]
+            The augmented waveforms [B, T'] and relative lengths [B].
+
+        Raises
+        ------
+        ValueError
+            With ``cnn_cache`` or ``hidden_state_cache`` (they would reuse features of other
+            audio), or when the augmentation changes the batch size.
+        """
+        augmentation = getattr(self.hparams, "augmentation", None)
+        if augmentation is None:
+            return wavs, wav_lens
+        for cache in ("cnn_cache", "hidden_state_cache"):
+            if getattr(self.hparams, cache, False):
+                raise ValueError(f"augmentation changes the training audio at every step, so {cache} cannot reuse "
+                                 f"its features: set {cache}: false, or remove augmentation")
+        augmented, lens = augmentation(wavs, wav_lens)
+        if augmented.shape[0] != wavs.shape[0]:
+            raise ValueError(f"augmentation turned a batch of {wavs.shape[0]} into {augmented.shape[0]}; the targets "
+                             "would not match: use concat_original: false, parallel_augment: false, repeat_augment: 1")
+        return augmented, lens
 
     def hidden_state_cache(self) -> HiddenStateCache | None:
         """The hidden-state cache when the hparams ask for one and the method allows it.

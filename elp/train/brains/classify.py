@@ -10,8 +10,7 @@ One validation batch of a tiny untrained model:
 >>> from elp.data.inventory import LabelMap
 >>> from elp.serve.package import load_package
 >>> from elp.testing import make_tiny_package
->>> from elp.tasks import CLASSIFY
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=CLASSIFY, method="l_only"))
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="classify", method="l_only"))
 >>> brain = UtteranceClassifierBrain(
 ...     modules={"model": package.model, "head": package.head}, run_opts={"device": "cpu"},
 ...     hparams={"loss": torch.nn.CrossEntropyLoss(), "inventory": LabelMap.from_values(package.labels)})
@@ -29,9 +28,11 @@ from __future__ import annotations
 
 import torch
 
-from elp.train.brains.base import ELPBrain
 from elp.data.sampler import gather_by_utterance
 from elp.eval.scoring import accuracy, unweighted_accuracy
+from elp.tasks.classify import UtteranceClassification
+from elp.train.brains.base import ELPBrain
+from elp.train.brains.prediction import brain_task, predicted_outputs
 
 
 class UtteranceClassifierBrain(ELPBrain):
@@ -106,6 +107,9 @@ class UtteranceClassifierBrain(ELPBrain):
     def predict(self, dataset, loader_kwargs):
         """Predicted label names.
 
+        The task's prediction path (:meth:`elp.tasks.classify.UtteranceClassification.predict_batch`,
+        the one the package API runs) on every batch; the most probable class wins.
+
         Parameters
         ----------
         dataset : speechbrain.dataio.dataset.DynamicItemDataset
@@ -118,9 +122,8 @@ class UtteranceClassifierBrain(ELPBrain):
         dict[str, str]
             Utterance id -> label name.
         """
-        labels = self.hparams.inventory.labels
+        task, labels = brain_task(self, UtteranceClassification), self.hparams.inventory.labels
         predictions = {}
-        for batch, feats, frame_mask in self.eval_batches(dataset, loader_kwargs):
-            best = self.modules.head(feats, frame_mask).argmax(-1).tolist()
-            predictions.update({utt: labels[i] for utt, i in zip(batch.id, best)})
+        for ids, probabilities in predicted_outputs(self, dataset, loader_kwargs, task=task):
+            predictions.update({utt: task.best_label(p, labels) for utt, p in zip(ids, probabilities)})
         return predictions

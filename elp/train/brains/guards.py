@@ -74,16 +74,7 @@ def _format_ids(ids: list[str]) -> str:
 def batch_ids(batch, step: int | None = None) -> list[str]:
     """The utterance ids of a batch (``batch.id``), or ``["batch <step>"]`` without ids.
 
-    Parameters
-    ----------
-    batch : object
-        A SpeechBrain ``PaddedBatch`` or a dict with an ``"id"`` entry.
-    step : int | None, optional
-        Step number used when the batch has no ids.
-
-    Returns
-    -------
-    list[str]
+    ``batch`` is a SpeechBrain ``PaddedBatch`` or a dict with an ``"id"`` entry.
 
     Examples
     --------
@@ -100,14 +91,6 @@ def batch_ids(batch, step: int | None = None) -> list[str]:
 
 def all_parameters(optimizers) -> list[torch.nn.Parameter]:
     """Every distinct parameter of every group of the given optimizers (in order).
-
-    Parameters
-    ----------
-    optimizers : Iterable[torch.optim.Optimizer]
-
-    Returns
-    -------
-    list[torch.nn.Parameter]
 
     Examples
     --------
@@ -128,16 +111,8 @@ def all_parameters(optimizers) -> list[torch.nn.Parameter]:
 def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
     """Clip the total L2 gradient norm over all groups of all ``optimizers``; return the norm before.
 
-    Parameters
-    ----------
-    optimizers : Iterable[torch.optim.Optimizer]
-    max_norm : float | None
-        ``None``, 0 or inf: only measure.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar total norm before clipping (NaN/inf when a gradient is non-finite).
+    With ``max_norm`` None, 0 or inf nothing is clipped (the norm is only measured). The
+    returned scalar is NaN/inf when a gradient is non-finite.
 
     Examples
     --------
@@ -192,20 +167,7 @@ class NonFiniteGuard:
         return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
     def on_stage_start(self, stage, epoch=None):
-        """Reset the per-stage skip counters, then SpeechBrain's ``on_stage_start``.
-
-        Parameters
-        ----------
-        stage : speechbrain.Stage
-            The stage that starts.
-        epoch : int | None, optional
-            The epoch number.
-
-        Returns
-        -------
-        object
-            What the parent's ``on_stage_start`` returns.
-        """
+        """Reset the per-stage skip counters, then SpeechBrain's ``on_stage_start``."""
         self._guard_state()
         self._skipped_in_stage = 0
         self._batch_skipped = False
@@ -214,17 +176,7 @@ class NonFiniteGuard:
     def update_average(self, loss, avg_loss):
         """Running mean of the loss over the batches that were used (skipped ones excluded).
 
-        Parameters
-        ----------
-        loss : torch.Tensor | float
-            This batch's loss.
-        avg_loss : float
-            The running mean so far.
-
-        Returns
-        -------
-        float
-            The updated mean (unchanged after a skipped batch or a non-finite loss).
+        ``avg_loss`` comes back unchanged after a skipped batch or a non-finite loss.
         """
         self._guard_state()
         if self._batch_skipped:
@@ -275,15 +227,7 @@ class NonFiniteGuard:
     def fit_batch(self, batch):
         """SpeechBrain 1.1.2's ``fit_batch`` with the non-finite checks (see the module doc).
 
-        Parameters
-        ----------
-        batch : speechbrain.dataio.batch.PaddedBatch
-            One training batch.
-
-        Returns
-        -------
-        torch.Tensor
-            The detached CPU loss (NaN for a skipped batch).
+        Returns the detached CPU loss (NaN for a skipped batch).
         """
         self._guard_state()
         should_step = (self.step % self.grad_accumulation_factor) == 0
@@ -314,11 +258,8 @@ class NonFiniteGuard:
     def optimizers_step(self):
         """Unscale, clip the total norm over every group of every optimizer, step.
 
-        Returns
-        -------
-        str | None
-            A description of the problem when the gradients were non-finite (no step was
-            taken, gradients zeroed), else None.
+        Returns a description of the problem when the gradients were non-finite (no step was
+        taken, gradients zeroed), else None.
         """
         optimizers = self._active_optimizers()
         if not optimizers:

@@ -10,8 +10,7 @@ Embeddings of a tiny untrained model, windowed (0.5 s windows):
 >>> from elp.serve.package import load_package
 >>> from elp.testing import make_tiny_package
 >>> from elp.tasks import SpeakerVerification
->>> from elp.tasks import SV
->>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task=SV, method="l_only"))
+>>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="sv", method="l_only"))
 >>> modules = {"model": package.model, "head": package.head,
 ...            "classifier": AAMSoftmaxClassifier(8, num_speakers=3)}
 >>> task = SpeakerVerification(window_seconds=0.5, window_overlap_seconds=0.1)
@@ -29,12 +28,12 @@ Embeddings of a tiny untrained model, windowed (0.5 s windows):
 
 from __future__ import annotations
 
-import speechbrain as sb
 import torch
 
+from elp.tasks.sv import SpeakerVerification
 from elp.train.brains.base import unwrap
 from elp.train.brains.classify import UtteranceClassifierBrain
-from elp.tasks.windows import windowed_embeddings
+from elp.train.brains.prediction import brain_task, model_encoder, predicted_outputs
 
 
 class SpeakerBrain(UtteranceClassifierBrain):
@@ -103,9 +102,11 @@ class SpeakerBrain(UtteranceClassifierBrain):
     def predict(self, dataset, loader_kwargs):
         """utt id -> embedding [embed_dim] (CPU tensor, fp32).
 
-        Utterances longer than the task's ``window_seconds`` are embedded in overlapping
-        windows whose L2-normalised embeddings are averaged (:func:`elp.tasks.windows.windowed_embeddings`),
-        so memory is bounded by the window, not the utterance (VoxCeleb test files reach minutes).
+        The task's prediction path (:meth:`elp.tasks.sv.SpeakerVerification.predict_batch`, the
+        one the package API runs): utterances longer than the task's ``window_seconds`` are
+        embedded in overlapping windows whose L2-normalised embeddings are averaged, so memory
+        is bounded by the window, not the utterance (VoxCeleb test files reach minutes). The
+        model runs on the waveforms (no feature caches).
 
         Parameters
         ----------
@@ -119,16 +120,8 @@ class SpeakerBrain(UtteranceClassifierBrain):
         dict[str, torch.Tensor]
             Utterance id -> embedding [E].
         """
-        task = self.hparams.task
-        model, head = unwrap(self.modules.model), unwrap(self.modules.head)
-        loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_kwargs)
-        self.modules.eval()
         embeddings = {}
-        with torch.no_grad(), self.evaluation_ctx:
-            for batch in loader:
-                wavs, wav_lens = batch.sig
-                emb = windowed_embeddings(lambda w, lens: head(*model(w, lens)), wavs.to(self.device),
-                                          wav_lens.to(self.device), window_seconds=task.window_seconds,
-                                          overlap_seconds=task.window_overlap_seconds)
-                embeddings.update({utt: e for utt, e in zip(batch.id, emb.float().cpu())})
+        for ids, outputs in predicted_outputs(self, dataset, loader_kwargs, model_encoder(self),
+                                              task=brain_task(self, SpeakerVerification)):
+            embeddings.update(zip(ids, outputs))
         return embeddings
