@@ -30,6 +30,7 @@ cd "${root}"
 "${root}/tools/install.sh"
 . recipes/path.sh
 . recipes/utils/log.sh
+require_bash 5 1          # the job slots wait with `wait -n -p`
 . recipes/utils/parse_options.sh
 . recipes/utils/gpu_slots.sh
 . recipes/utils/exp_name.sh

@@ -6,7 +6,7 @@ this file only dispatches.
 Usage::
 
     elp params --backbone wavlm_plus
-    elp infer --package exp/asr_elp/adapters a.wav b.wav
+    elp infer --package exp/mini_elp/adapters a.wav b.wav
     elp params --backbone wavlm_plus wav2vec2 hubert --methods el elp --prompt-frames 20
     elp data perturb-speed data/train data/train_sp --factors 0.9 1.0 1.1
 """
@@ -37,13 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Parameters
     ----------
-    argv : list[str] | None, optional
+    argv
         Arguments after the program name; None reads ``sys.argv[1:]``.
-
-    Returns
-    -------
-    int
-        The exit status (0 on success).
 
     Raises
     ------

@@ -87,11 +87,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy and torch (all devices) through SpeechBrain.
 
-    Parameters
-    ----------
-    seed : int
-        The seed.
-
     Examples
     --------
     >>> seed_everything(3); a = torch.rand(1)
@@ -112,18 +107,6 @@ def peak_memory_mb(device: str | torch.device, *, reset: bool = False) -> float:
     so ``peak_memory_mb(device) - start`` is the increment over ``start``. Where the kernel
     refuses the reset (no ``/proc/self/clear_refs``), the CPU window cannot restart and the
     call returns the peak so far: the increment is then a lower bound.
-
-    Parameters
-    ----------
-    device : str | torch.device
-        The device the model runs on.
-    reset : bool, optional
-        Start a new window and return its starting value.
-
-    Returns
-    -------
-    float
-        MiB.
 
     Examples
     --------
@@ -162,11 +145,6 @@ def _proc_status_mib(field_name: str) -> float | None:
 def distributed_rank_world() -> tuple[int, int]:
     """This process's rank and the world size of torch.distributed; (0, 1) without a process group.
 
-    Returns
-    -------
-    tuple[int, int]
-        (rank, world size).
-
     Examples
     --------
     >>> distributed_rank_world()
@@ -178,13 +156,7 @@ def distributed_rank_world() -> tuple[int, int]:
 
 
 def shared_data_dir() -> Path | None:
-    """The shared real-data folder when it exists (tests only), else ``None``.
-
-    Returns
-    -------
-    Path | None
-        ``$ELP_SHARED_DATA`` if it is a folder, else ``<repo>/../shared/data`` if it is one.
-    """
+    """``$ELP_SHARED_DATA``, else ``<repo>/../shared/data``, the first that is a folder (tests only); or None."""
     candidates = [os.environ.get(SHARED_DATA_ENV), Path(__file__).resolve().parents[2] / "shared" / "data"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
@@ -196,17 +168,8 @@ def run_main(main, argv: list[str]) -> int:
     """Run an entry point; a user error (bad option, file, data, experiment state) prints one
     line ``ERROR: <message>`` and returns 1 instead of a traceback (``ELP_DEBUG=1``: raise).
 
-    Parameters
-    ----------
-    main : Callable[[list[str]], int]
-        ``main(argv) -> int``.
-    argv : list[str]
-        Its arguments.
-
-    Returns
-    -------
-    int
-        ``main``'s status, or 1 after a user error.
+    Otherwise it returns the status of ``main(argv) -> int``. A process group that ``main``
+    joined (torchrun) is destroyed before returning, so no rank is aborted at exit.
 
     Examples
     --------
@@ -223,3 +186,6 @@ def run_main(main, argv: list[str]) -> int:
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"ERROR: {' '.join(message.split())}", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

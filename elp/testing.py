@@ -14,28 +14,14 @@ from elp.serve.random_package import TINY_LABELS, make_tiny_package  # noqa: F40
 
 
 def save_tiny_checkpoint(name: str, directory: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a randomly initialised tiny ``name`` backbone as a HF checkpoint directory.
+    """Save a randomly initialised tiny ``name`` backbone as a HF checkpoint in ``directory``; return it.
 
-    Parameters
-    ----------
-    name : str
-        Short backbone name (:data:`elp.core.backbones.BACKBONES`).
-    directory : str | Path
-        Where to write ``config.json`` and the weights.
-    seed : int, optional
-        Seed of the random initialisation.
-    **overrides
-        Config fields to change on top of :data:`TINY_CONFIG`.
-
-    Returns
-    -------
-    Path
-        ``directory``.
+    ``**overrides`` are config fields to change on top of :data:`TINY_CONFIG`.
 
     Raises
     ------
     ValueError
-        If ``name`` is not a known backbone.
+        If ``name`` is not a known backbone (:data:`elp.core.backbones.BACKBONES`).
 
     Examples
     --------

@@ -128,6 +128,18 @@ if ${mini}; then
 fi
 [ -n "${backbone_arch}" ] && hp+=(--backbone_arch "${backbone_arch}")
 if [ -n "${backbone_source}" ]; then
+    # a path is relative to where the user typed the command (run.sh moved to the recipe dir);
+    # anything else that does not exist there is a hub id (owner/name)
+    caller=${ELP_CALLER_PWD:-${PWD}}
+    case ${backbone_source} in
+        /*) ;;
+        ./*|../*) backbone_source=${caller}/${backbone_source} ;;
+        *) [ -e "${caller}/${backbone_source}" ] && backbone_source=${caller}/${backbone_source} ;;
+    esac
+    case ${backbone_source} in
+        /*) [ -e "${backbone_source}" ] || die "--backbone_source ${backbone_source}: no such directory" \
+                "(a relative path is taken from where you ran the command)" ;;
+    esac
     [ -e "${backbone_source}" ] && backbone_source=$(readlink -f "${backbone_source}")
     hp+=(--backbone_source "${backbone_source}")
 fi

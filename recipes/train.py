@@ -52,7 +52,9 @@ def main(argv) -> int:
             "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
             "peak_mem_kind": "cuda max_memory_allocated" if str(brain.device).startswith("cuda") else "cpu peak RSS",
             "epochs": brain.hparams.epoch_counter.current,
-            "final_train_loss": float(brain.train_stats["loss"]) if hasattr(brain, "train_stats") else None,
+            # a rerun of a finished run trains no epoch: keep the loss the run ended with
+            "final_train_loss": (float(brain.train_stats["loss"]) if hasattr(brain, "train_stats")
+                                 else previous.get("final_train_loss")),
         }
     brain.recover_best()  # on every rank: under DDP the checkpointer lists checkpoints collectively
     if sb.utils.distributed.if_main_process():

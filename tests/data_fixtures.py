@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pytest

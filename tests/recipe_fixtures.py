@@ -54,3 +54,15 @@ def experiment(recipe: Path, *args: str):
     hparams, run_opts = load_experiment(["conf/train.yaml", "--backbone_arch", "tiny", "--backbone", "wavlm",
                                          "--device", "cpu", *args])
     return hparams, build_brain(hparams, run_opts)
+
+
+def fit(recipe: Path, *args: str):
+    """(hparams, brain) of :func:`experiment` with ``args`` after training it (the Brain's own
+    ``fit`` on the recipe's train and valid sets, as stage 3 runs it)."""
+    from elp.train.recipe import loader_kwargs, make_dataset
+
+    hparams, brain = experiment(recipe, *args)
+    train, valid = (make_dataset(hparams, hparams[k], s) for k, s in (("train_set", "train"), ("valid_set", "valid")))
+    brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(hparams, train, True),
+              valid_loader_kwargs=loader_kwargs(hparams, valid, False))
+    return hparams, brain

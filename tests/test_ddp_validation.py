@@ -48,3 +48,16 @@ def test_sharded_validation_sees_every_utterance_once_and_the_same_numbers_on_ev
     single = [_batch_loss(batch) for batch in EvalBatchSampler(LENGTHS, 6.0, max_batch_size=4, rank=0, world_size=1)]
     assert abs(ranks[0]["loss"] - statistics.mean(single)) < 1e-9
     assert ranks[0]["loss"] == ranks[1]["loss"]
+
+
+def test_run_main_leaves_no_process_group_behind(tmp_path):
+    import torch.distributed as dist
+
+    from elp.runtime import run_main
+
+    def main(argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        return 0
+
+    assert run_main(main, []) == 0
+    assert not dist.is_initialized()

@@ -300,16 +300,10 @@ def kaldi_librispeech_form(data_dir: Path, command: str = "flac -c -d -s {} |") 
 
 
 def train_one_epoch(recipe: Path, *args: str):
-    from recipe_fixtures import experiment
+    from recipe_fixtures import fit
 
-    from elp.train.recipe import loader_kwargs, make_dataset
-
-    hparams, brain = experiment(recipe, "--number_of_epochs", "1", "--batch_size", "4", "--method", "l_only",
-                                "--ckpt_interval_steps", "0", *args)
-    train, valid = (make_dataset(hparams, hparams[k], s) for k, s in (("train_set", "train"), ("valid_set", "valid")))
-    brain.fit(hparams["epoch_counter"], train, valid, train_loader_kwargs=loader_kwargs(hparams, train, True),
-              valid_loader_kwargs=loader_kwargs(hparams, valid, False))
-    return hparams, brain
+    return fit(recipe, "--number_of_epochs", "1", "--batch_size", "4", "--method", "l_only",
+               "--ckpt_interval_steps", "0", *args)
 
 
 def test_a_kaldi_librispeech_dir_with_segments_trains_as_it_is(tmp_path, monkeypatch):

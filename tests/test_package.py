@@ -10,6 +10,7 @@ from elp.core.heads import CTCHead, PooledClassifier
 from elp.core.model import AdaptedSSL
 from elp.serve.package import (BackboneHashMismatchError, PackageError, PackageNotFoundError, calibrate_threshold,
                                load_package, read_package_config, write_package)
+from elp.serve.integrity import write_manifest
 from elp.testing import make_tiny_package
 
 WAVS = torch.randn(2, 8000)
@@ -84,11 +85,12 @@ def test_sv_threshold_is_the_eer_threshold_and_its_scores_are_stored(tmp_path):
         calibrate_threshold(make_tiny_package(tmp_path / "c"), scores, labels)
 
 
-def test_head_without_config_needs_head_spec(tmp_path):
+def test_a_head_from_an_installed_library_is_refused(tmp_path):
     torch.manual_seed(0)
     backbone = SSLBackbone.from_config("wavlm", __import__("elp.testing").testing.tiny_config("wavlm"))
     model = AdaptedSSL(backbone, "weighted_sum")
-    with pytest.raises(PackageError, match="head_spec="):
+    with pytest.raises(PackageError, match=r"head class torch.nn.modules.linear.Linear cannot be packaged: use a class "
+                                           r"of elp.core.heads, or define your head in your recipe's local/"):
         write_package(tmp_path, model, torch.nn.Linear(32, 3), task="classify", labels=["a", "b", "c"],
                       backbone_pretrained=False)
 
@@ -112,6 +114,7 @@ def test_package_of_an_earlier_release_loads_through_the_legacy_head_names(tmp_p
     config["head"]["class"] = current.replace("elp.core.heads.", "elp.heads.")
     del config["task_options"]
     (directory / "package.json").write_text(json.dumps(config))
+    (directory / "manifest.json").unlink()  # earlier releases wrote none
     old, new = load_package(directory), load_package(make_tiny_package(tmp_path / "new", task=task, method="elp",
                                                                        seed=2))
     assert type(old.head) is type(new.head) and type(old.head).__module__ == "elp.core.heads"
@@ -128,8 +131,9 @@ def test_unknown_head_class_is_refused_with_the_fix(tmp_path):
     config = json.loads((directory / "package.json").read_text())
     config["head"]["class"] = "elp.models.PooledClassifier"
     (directory / "package.json").write_text(json.dumps(config))
-    with pytest.raises(PackageError, match=r"'elp.models.PooledClassifier' does not exist in this elp: set head.class "
-                                           r"in package.json .*elp.core.heads.PooledClassifier") as err:
+    write_manifest(directory)
+    with pytest.raises(PackageError, match=r"package.json: head.class 'elp.models.PooledClassifier' is not a head elp "
+                                           r"knows \(.*elp.core.heads.PooledClassifier.*\)") as err:
         load_package(directory)
     assert "\n" not in str(err.value)
 

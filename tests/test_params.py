@@ -61,3 +61,21 @@ def test_cli_defaults_are_the_adapter_kinds_defaults(capsys):
     out = capsys.readouterr().out
     assert '"total": 5120' in out and '"total": 92160' in out and '"total": 294912' in out
     assert count_learnable("wavlm_plus", "el", options={"e_dim": 128})["groups"]["e"] == 11 * (768 * 128 * 2 + 128 + 768 + 1536)
+
+
+def test_elp_params_options_lists_every_method_option_and_knob(capsys):
+    from elp.cli import main
+    from elp.core.methods import default_options
+    from elp.core.model import RUNTIME_KNOBS
+
+    assert main(["params", "--options"]) == 0
+    names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == [*default_options(), *RUNTIME_KNOBS]
+
+
+@pytest.mark.parametrize("flag", ["--prompt-frames", "--prefix-frames", "--lora-rank"])
+def test_elp_params_refuses_a_zero_size_in_one_line(flag):
+    from elp.cli import main
+
+    with pytest.raises(SystemExit, match=f"elp params: {flag} 0: must be at least 1"):
+        main(["params", flag, "0"])

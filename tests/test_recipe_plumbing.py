@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import speechbrain as sb
 import torch
-from recipe_fixtures import DURATIONS, experiment, make_recipe
+from recipe_fixtures import DURATIONS, experiment, fit, make_recipe
 
 from elp.train.brains.asr import greedy_ctc
 from elp.data.inventory import BPETokenizer, CharTokenizer, load_tokenizer
@@ -109,3 +109,37 @@ def test_missing_learning_rate_is_an_error(tmp_path, monkeypatch):
     _, brain = experiment(recipe, "--tag", "nolr", "--method", "el", "--lr", "{head: 0.001, e: 0.001, default: null}")
     with pytest.raises(ValueError, match="no learning rate for parameter group '(l|ln)'"):
         brain.init_optimizers()
+
+
+def fit_one_epoch(recipe, *args):
+    return fit(recipe, "--number_of_epochs", "1", "--batch_size", "4", "--method", "l_only",
+               "--ckpt_interval_steps", "0", *args)
+
+
+def release_experiment_locks():
+    """What the end of a process does: the driver's experiment locks go (one process here)."""
+    from elp.train import recipe as plumbing
+
+    while plumbing._HELD:
+        plumbing._HELD.pop().__exit__(None, None, None)
+
+
+def test_restart_trains_from_scratch_in_the_moved_experiments_place(tmp_path, monkeypatch):
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    fit_one_epoch(recipe, "--tag", "r")
+    release_experiment_locks()
+    with pytest.raises(ValueError, match="hparams changed"):
+        experiment(recipe, "--number_of_epochs", "1", "--batch_size", "4", "--method", "l_only", "--tag", "r",
+                   "--ckpt_interval_steps", "0", "--lr", "{head: 0.5}")
+    release_experiment_locks()
+    hparams, brain = fit_one_epoch(recipe, "--tag", "r", "--lr", "{head: 0.5}", "--restart", "true")
+    assert sorted(p.name.split(".old-")[0] for p in (recipe / "exp").iterdir() if not p.name.startswith(".")) == ["r", "r"]
+    assert len(list((recipe / "exp" / "r" / "save").glob("CKPT+*"))) == 1  # the new run's checkpoint
+
+
+def test_a_run_option_repeated_as_an_hparam_is_one_line(tmp_path, monkeypatch):
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    with pytest.raises(ValueError, match=r"--method is given twice \('elp' and 'full'\).*\./run\.sh --method full"):
+        experiment(recipe, "--method", "elp", "--tag", "d", "--method", "full")

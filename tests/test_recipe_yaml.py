@@ -131,6 +131,16 @@ def test_train_py_by_hand_refuses_a_missing_inventory_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("ERROR: data/lang/labels.txt is missing: run stage 2")
 
 
+def test_train_py_by_hand_without_a_tag_names_the_option(tmp_path):
+    recipe = make_recipe(tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "conf/train.yaml",
+                             "--backbone_arch", "tiny"], cwd=recipe, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ERROR: conf/train.yaml: 'tag' has no value (!PLACEHOLDER): pass --tag VALUE on the command line "
+        "(./run.sh sets --tag itself)")
+
+
 #: top-level keys every recipe spells the same (their lines must agree in every train.yaml)
 SHARED_KEYS = ["__set_seed", "backbone", "backbone_source", "backbone_arch", "ssl_backbone", "method", "model",
                "final_lr_factor", "opt_class", "lr_scheduler", "epoch_counter", "train_logger"]

@@ -155,6 +155,10 @@ def test_rerun_with_other_hparams_is_refused_in_one_line(prepared_ic):
     recipe = prepared_ic
     args = ["--stage", "3", "--stop_stage", "3", "--backbone_arch", "tiny", "--method", "weighted_sum", "--tag", "rerun"]
     run_recipe(recipe, *args, "--", "--number_of_epochs", "1")
+    first = json.loads((recipe / "exp" / "rerun" / "train_stats.json").read_text())
+    run_recipe(recipe, *args, "--", "--number_of_epochs", "1")  # finished: nothing to train
+    again = json.loads((recipe / "exp" / "rerun" / "train_stats.json").read_text())
+    assert first["final_train_loss"] is not None and again["final_train_loss"] == first["final_train_loss"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["./run.sh", *args, "--", "--number_of_epochs", "1", "--lr", "{head: 0.5}"], cwd=recipe,
                             env=env, capture_output=True, text=True)

@@ -347,5 +347,40 @@ def test_a_recipe_names_its_experiment_by_the_shared_rule():
                                 capture_output=True, text=True, timeout=120)
     finally:
         shutil.rmtree(exp, ignore_errors=True)
+        if exp.parent.is_dir() and not any(exp.parent.iterdir()):
+            exp.parent.rmdir()
     assert result.returncode == 0, result.stderr
     assert "--tag wavlm_plus_tiny_elp_s424242 --output_folder exp/wavlm_plus_tiny_elp_s424242" in result.stdout
+
+
+def run_dry(tmp_path, *args):
+    recipe = ROOT / "egs" / "slurp" / "ic"
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "ELP_CALLER_PWD": str(tmp_path)}
+    try:
+        return subprocess.run(["./run.sh", "--stage", "3", "--stop_stage", "3", "--dry_run", "true",
+                               "--backbone_arch", "tiny", "--tag", "dry424242", *args], cwd=recipe, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(recipe / "exp" / "dry424242", ignore_errors=True)
+        if (recipe / "exp").is_dir() and not any((recipe / "exp").iterdir()):
+            (recipe / "exp").rmdir()
+
+
+def test_a_relative_backbone_source_is_taken_from_where_the_command_ran(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    result = run_dry(tmp_path, "--backbone_source", "./ckpt")
+    assert result.returncode == 0, result.stderr
+    assert f"--backbone_source {tmp_path / 'ckpt'}" in result.stdout
+    missing = run_dry(tmp_path, "--backbone_source", "../nope")
+    assert missing.returncode != 0
+    assert f"--backbone_source {tmp_path}/../nope: no such directory" in missing.stderr
+    hub = run_dry(tmp_path, "--backbone_source", "microsoft/wavlm-base-plus")  # a hub id stays one
+    assert "--backbone_source microsoft/wavlm-base-plus" in hub.stdout
+
+
+def test_an_old_bash_is_refused_in_one_line():
+    ok = subprocess.run(["bash", "-c", f". {LOG}; require_bash 4 0; echo fine"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "fine"
+    old = subprocess.run(["bash", "-c", f". {LOG}; require_bash 99 1; echo reached"], capture_output=True, text=True)
+    assert old.returncode == 1 and "reached" not in old.stdout
+    assert len(old.stderr.strip().splitlines()) == 1 and "needs bash >= 99.1" in old.stderr

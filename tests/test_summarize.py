@@ -1,6 +1,5 @@
 """recipes/summarize.py on synthetic results.json files."""
 import copy
-import importlib.util
 import json
 import os
 import subprocess

@@ -49,26 +49,14 @@ DEFAULT_RESERVE = 56
 
 def pretrain_sentences(num: int = 200, seed: int = 0, reserve: int = DEFAULT_RESERVE,
                        intents: list[str] | None = None) -> list[str]:
-    """Up to ``num`` built-in sentences that a corpus of at most ``reserve`` lines per intent
-    built with ``seed`` does not use, sorted.
+    """Up to ``num`` built-in sentences, sorted, that the mini SLURP corpus does not use.
 
-    Arguments
-    ---------
-    num : int
-        Sentences wanted (fewer if the built-in text has fewer beyond ``reserve``).
-    seed : int
-        Seed of the mini SLURP corpus.
-    reserve : int
-        Sentences per intent left to the corpus.
-    intents : list of str, optional
-        Intents to draw from (default: every built-in intent).
+    The corpus is the one built with ``seed`` and ``reserve`` sentences per intent. Fewer when
+    the built-in text has fewer beyond ``reserve``; ``intents`` None draws from every built-in
+    intent.
 
-    Returns
-    -------
-    list of str
-
-    Example
-    -------
+    Examples
+    --------
     >>> text = pretrain_sentences(num=12)
     >>> len(text), text == sorted(set(text))
     (12, True)
@@ -84,25 +72,13 @@ def pretrain_sentences(num: int = 200, seed: int = 0, reserve: int = DEFAULT_RES
 
 
 def vocabulary_sentences(num: int, seed: int = 0, asr_seed: int = 0) -> list[str]:
-    """``num`` distinct sentences of 2-4 mini LibriSpeech words, none in its ASR corpus, sorted.
+    """``num`` distinct upper-case sentences of 2-4 mini LibriSpeech words (e.g. ``"LEFT SEVEN GO"``), sorted.
 
-    Arguments
-    ---------
-    num : int
-        Sentences wanted.
-    seed : int
-        Seed of the draw.
-    asr_seed : int
-        Seed of the mini LibriSpeech corpus (size ``small``) whose sentences are excluded, in
-        every split.
+    None is a sentence of the mini LibriSpeech corpus (size ``small``) built with ``asr_seed``,
+    in any split; ``seed`` seeds the draw.
 
-    Returns
-    -------
-    list of str
-        Upper-case sentences, e.g. ``"LEFT SEVEN GO"``.
-
-    Example
-    -------
+    Examples
+    --------
     >>> from tools.mini_corpus.librispeech import plan_utterances
     >>> text = vocabulary_sentences(50)
     >>> len(text), set(text) & {p[-1] for p in plan_utterances(0, "small")}
@@ -119,12 +95,9 @@ def vocabulary_sentences(num: int, seed: int = 0, asr_seed: int = 0) -> list[str
 
 
 def check_disjoint(sentences: list[str], corpus_jsonl_dir: Path) -> int:
-    """Raises ValueError if a sentence occurs in a ``*.jsonl`` of ``corpus_jsonl_dir``.
+    """Raise ValueError if a sentence occurs in a ``*.jsonl`` of ``corpus_jsonl_dir``; return the lines checked.
 
-    Returns
-    -------
-    int
-        Number of corpus lines checked (0 when the folder holds no jsonl file).
+    0 when the folder holds no jsonl file.
     """
     chosen = {s.lower() for s in sentences}
     checked = 0

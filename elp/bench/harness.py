@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from elp.runtime import peak_memory_mb
+from elp.runtime import SAMPLE_RATE, peak_memory_mb
 
 #: The phases of a step, in seconds, as :func:`timed_step` reports them.
 PHASES = ("forward_s", "backward_s", "optimizer_s", "step_s")
@@ -69,48 +69,40 @@ class BenchSettings:
 
     Parameters
     ----------
-    backbone : str
+    backbone
         Short backbone name (random weights built from its config, nothing downloaded, unless
         ``source`` names a checkpoint).
-    config_overrides : dict
+    config_overrides
         Config fields to change (e.g. :data:`elp.core.presets.TINY_CONFIG`).
-    batch_size : int
+    batch_size
         B utterances per step.
-    duration : float
+    duration
         Seconds per utterance (16 kHz, no padding): the batch is [B, 16000 * duration].
-    precision : str
+    precision
         ``"fp32"`` or ``"bf16"`` (``torch.autocast`` around forward and loss).
-    device : str
-        ``"cpu"`` or ``"cuda"``.
-    warmup : int
+    warmup
         Untimed rounds before timing.
-    repeats : int
+    repeats
         Timed rounds (one step of every candidate per round).
-    threads : int | None
+    threads
         ``torch.set_num_threads`` in each run (None: PyTorch's default / $OMP_NUM_THREADS).
-    num_classes : int
-        Classes of the benchmark head.
-    seed : int
-        Seed of weights and data.
-    profile : bool
+    profile
         Also record the top operators of one step of every candidate (torch.profiler).
-    memory : bool
-        Measure peak memory.
-    source : str | None
+    source
         A HF checkpoint directory every candidate loads its backbone from (None: random
         weights of ``backbone``'s config).
-    tag : str
+    tag
         Prefix of the output file names (``elp bench --peers``: ``peers``).
-    interleave : bool
+    interleave
         Time all candidates round by round in one run (memory then in one run per candidate);
         False times each candidate in its own run.
-    isolate : bool
+    isolate
         Every run in a fresh subprocess (robust peak memory); False runs them in this process
         (faster; the peak then also sees earlier runs' leftovers).
-    max_other_load : float
+    max_other_load
         A run during which other processes kept more than this many cores busy (beyond those
         its threads leave free) is measured again; the least disturbed run is kept.
-    retries : int
+    retries
         How many more times such a disturbed run is measured at most.
 
     Examples
@@ -241,21 +233,9 @@ def _autocast(device: str, precision: str):
 
 
 def build_trainable(candidate: Candidate, settings: BenchSettings, work_dir: str | os.PathLike) -> Trainable:
-    """Build a candidate (seeded by ``settings.seed``), add the head and the optimizer.
+    """Build a candidate (seeded by ``settings.seed``) with head and optimizer, on ``settings.device``, in train mode.
 
-    Parameters
-    ----------
-    candidate : Candidate
-        The row to build.
-    settings : BenchSettings
-        Device, precision, seed and head size.
-    work_dir : str | os.PathLike
-        Scratch directory of the source (caches, saved copies).
-
-    Returns
-    -------
-    Trainable
-        Its modules on ``settings.device``, in train mode.
+    ``work_dir`` is the source's scratch directory (caches, saved copies).
     """
     torch.manual_seed(settings.seed)
     model = importlib.import_module(candidate.source).build(candidate.key, settings, Path(work_dir))
@@ -268,12 +248,7 @@ def build_trainable(candidate: Candidate, settings: BenchSettings, work_dir: str
 
 
 def make_batch(settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The benchmark batch (seeded by ``settings.seed``).
-
-    Returns
-    -------
-    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-        wavs [B, T], wav_lens [B] (all 1.0) and labels [B].
+    """The benchmark batch (seeded by ``settings.seed``): wavs [B, T], wav_lens [B] (all 1.0), labels [B].
 
     Examples
     --------
@@ -282,7 +257,7 @@ def make_batch(settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor, tor
     ((2, 8000), [1.0, 1.0], (2,))
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    num_samples = int(round(settings.duration * 16000))
+    num_samples = int(round(settings.duration * SAMPLE_RATE))
     wavs = 0.1 * torch.randn(settings.batch_size, num_samples, generator=generator)
     labels = torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator)
     device = settings.device
@@ -292,19 +267,9 @@ def make_batch(settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor, tor
 def timed_step(loss_fn, optimizer: torch.optim.Optimizer, device: str) -> tuple[torch.Tensor, dict[str, float]]:
     """One training step (forward, backward, optimizer), each phase timed after a device sync.
 
-    Parameters
-    ----------
-    loss_fn : callable
-        ``loss_fn() -> loss`` (the forward pass, under autocast if wanted).
-    optimizer : torch.optim.Optimizer
-        Stepped once, then its gradients are cleared.
-    device : str
-        ``"cpu"`` or ``"cuda"`` (CUDA is synchronised before each clock reading).
-
-    Returns
-    -------
-    tuple[torch.Tensor, dict[str, float]]
-        The loss and the seconds of :data:`PHASES`.
+    ``loss_fn() -> loss`` is the forward pass (under autocast if wanted); the optimizer is
+    stepped once, then its gradients are cleared. Returns the loss and the seconds of
+    :data:`PHASES`.
 
     Examples
     --------
@@ -365,10 +330,8 @@ def measure(settings: BenchSettings, candidates: list[Candidate]) -> list[dict]:
 
     Parameters
     ----------
-    settings : BenchSettings
+    settings
         What to measure (``memory`` counts only for a single candidate).
-    candidates : list[Candidate]
-        The rows of this run.
 
     Returns
     -------
@@ -431,11 +394,7 @@ def time_rounds(trainables: list[Trainable], batch, warmup: int, repeats: int) -
 
     Parameters
     ----------
-    trainables : list[Trainable]
-        From :func:`build_trainable`.
-    batch : tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-        From :func:`make_batch`.
-    warmup, repeats : int
+    warmup, repeats
         Untimed rounds, then timed rounds (``repeats`` >= 1).
 
     Returns
@@ -475,15 +434,10 @@ def run_isolated(function: str, request: dict) -> object:
 
     Parameters
     ----------
-    function : str
+    function
         ``"module:name"`` of a function taking ``request``'s keys and returning JSON data.
-    request : dict
+    request
         Its keyword arguments (JSON data).
-
-    Returns
-    -------
-    object
-        What it returned.
 
     Raises
     ------
@@ -540,10 +494,8 @@ def run_bench(settings: BenchSettings, candidates: list[Candidate], log=print) -
 
     Parameters
     ----------
-    settings : BenchSettings
+    settings
         What to measure and how (``interleave``, ``isolate``, ``retries``).
-    candidates : list[Candidate]
-        The rows, the reference of every ratio first.
     log : Callable[[str], object], optional
         Where progress lines go.
 
@@ -652,21 +604,10 @@ def format_cell(row: dict, key: str) -> str:
 
 
 def format_markdown(settings: BenchSettings, rows: list[dict], command: str | None = None) -> str:
-    """The result table (markdown) with a header naming the machine and the settings.
+    """The result table of :func:`run_bench`'s rows (markdown, ending with a newline).
 
-    Parameters
-    ----------
-    settings : BenchSettings
-        The settings the rows were measured with.
-    rows : list[dict]
-        Output of :func:`run_bench`.
-    command : str | None, optional
-        The command line that produced them (added to the header).
-
-    Returns
-    -------
-    str
-        Markdown text ending with a newline.
+    The header names the machine, the settings and ``command``, the command line that produced
+    the rows.
     """
     first = rows[0]
     weights = f"checkpoint {settings.source}" if settings.source else "random weights"
@@ -712,23 +653,9 @@ def format_markdown(settings: BenchSettings, rows: list[dict], command: str | No
 
 def write_results(settings: BenchSettings, rows: list[dict], out_dir: str | os.PathLike,
                   command: str | None = None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<settings.name>.md`` (:func:`format_markdown`) and ``.json``.
+    """Write ``<out_dir>/<settings.name>.md`` (:func:`format_markdown`) and ``.json``; return both paths.
 
-    Parameters
-    ----------
-    settings : BenchSettings
-        The settings the rows were measured with.
-    rows : list[dict]
-        Output of :func:`run_bench`.
-    out_dir : str | os.PathLike
-        Output folder (created if missing).
-    command : str | None, optional
-        The command line that produced the rows.
-
-    Returns
-    -------
-    tuple[Path, Path]
-        The markdown and JSON files.
+    ``out_dir`` is created if missing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,13 +43,7 @@ from elp.core.backbones import BACKBONES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``elp bench`` to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
+    """Add the options of ``elp bench`` to ``parser``."""
     parser.add_argument("--backbone", default="wavlm_plus", choices=list(BACKBONES))
     parser.add_argument("--tiny", action="store_true",
                         help="use the tiny test architecture (elp.core.presets.TINY_CONFIG) of the backbone")
@@ -85,16 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark (or the peer benchmark) once per precision; print and write the tables.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
-    Returns
-    -------
-    int
-        The exit status, 0.
 
     Raises
     ------

@@ -13,11 +13,19 @@ models occupy (CPU: resident set after loading minus before; CUDA: allocated) ag
 bound "one backbone + every task's learnable tensors", the peak during inference, and
 ratios: cost of N tasks over one task (shared), and separate over shared.
 
+With ``--memory``, it measures instead the peak memory of serving ONE input against its
+length and the number of tasks (:func:`memory_worker`, each in a fresh process): one package
+per task kind (speaker verification, classification, ASR; method ``el``) on inputs of
+``--memory-seconds``, and ``--memory-tasks`` routed classification tasks against one on an input
+of ``--memory-routed-seconds``. Long inputs are windowed (SV, classification) or chunked (ASR)
+by the task's prediction path, so the peak should not grow with the length.
+
 Usage::
 
     OMP_NUM_THREADS=2 elp bench-multitask                       # WavLM Base+ architecture
     elp bench-multitask --mixes l_only l_only,weighted_sum el,elp --duration 4 --repeats 3
     elp bench-multitask --tiny                                  # seconds, for a smoke test
+    OMP_NUM_THREADS=2 elp bench-multitask --memory              # peak memory vs length and tasks
 """
 
 from __future__ import annotations
@@ -39,13 +47,7 @@ DEFAULT_MIXES = ["l_only", "l_only,weighted_sum", "l_only,weighted_sum,l_only,we
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``elp bench-multitask`` to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
+    """Add the options of ``elp bench-multitask`` to ``parser``."""
     parser.add_argument("--backbone", default="wavlm_plus")
     parser.add_argument("--tiny", action="store_true", help="tiny test architecture (smoke test)")
     parser.add_argument("--mixes", nargs="+", default=DEFAULT_MIXES, metavar="M1,M2,...",
@@ -56,7 +58,107 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="exp/bench/multitask.md", help="markdown table (and .json next to it)")
+    parser.add_argument("--out", default=None, help="markdown table (and .json next to it; default "
+                        "exp/bench/multitask.md, with --memory exp/bench/serving_memory.md)")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure peak memory of serving one input against its length and the task count")
+    parser.add_argument("--memory-seconds", type=float, nargs="+", default=[30.0, 600.0], metavar="S",
+                        help="--memory: input lengths per task kind")
+    parser.add_argument("--memory-kinds", nargs="+", default=["sv", "classify", "asr"], metavar="KIND")
+    parser.add_argument("--memory-tasks", type=int, default=4, help="--memory: routed tasks against one")
+    parser.add_argument("--memory-routed-seconds", type=float, default=120.0)
+
+
+def memory_worker(spec: dict) -> dict:
+    """Measure the peak memory of serving one input in this process.
+
+    ``spec`` holds ``dirs`` (packages), ``seconds`` (input length), ``threads`` (int or None)
+    and ``device``.
+
+    Returns
+    -------
+    dict
+        ``loaded_mb`` (memory in use after loading), ``peak_mb`` (the process's peak while
+        serving, loading included), ``run_peak_mb`` (the peak above ``loaded_mb``) and ``wall_s``.
+    """
+    import warnings
+
+    import numpy as np
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore")
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    from elp.serve.multitask import MultiTask
+
+    tasks = MultiTask(spec["dirs"], device=spec["device"])
+    wave = (np.random.default_rng(0).standard_normal(int(spec["seconds"] * 16000)) * 0.1).astype(np.float32)
+    loaded = peak_memory_mb(spec["device"], reset=True)
+    start = time.perf_counter()
+    tasks.outputs([wave], sample_rate=16000, progress=False)
+    return {"loaded_mb": loaded, "peak_mb": peak_memory_mb(spec["device"]),
+            "run_peak_mb": peak_memory_mb(spec["device"]) - loaded, "wall_s": time.perf_counter() - start}
+
+
+def run_memory(args: argparse.Namespace, threads: int | None) -> int:
+    """Write and print the ``--memory`` report: peak memory against input length and routed task count."""
+    import torch
+
+    from elp.core.backbones import load_backbone
+    from elp.core.presets import TINY_CONFIG
+    from elp.serve.random_package import make_tiny_package
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="elp_bench_mem_") as tmp:
+        torch.manual_seed(0)
+        ssl = load_backbone(args.backbone, pretrained=False, config_overrides=dict(TINY_CONFIG) if args.tiny else None)
+        ckpt = Path(tmp) / "backbone"
+        ssl.model.save_pretrained(ckpt)
+        del ssl
+        options = {} if args.tiny else {"l_dim": 256, "e_dim": 256}
+        packages = {kind: make_tiny_package(Path(tmp) / kind, task=kind, method="el", backbone_dir=ckpt,
+                                            backbone=args.backbone, **options) for kind in args.memory_kinds}
+        routed = [make_tiny_package(Path(tmp) / f"routed{i}", task=CLASSIFY, method="el", backbone_dir=ckpt,
+                                    backbone=args.backbone, seed=i, **options) for i in range(args.memory_tasks)]
+
+        def measure(label, dirs, seconds):
+            spec = dict(dirs=[str(d) for d in dirs], seconds=seconds, threads=threads, device=args.device)
+            try:
+                result = run_isolated("elp.commands.bench_multitask:memory_worker", {"spec": spec})
+            except RuntimeError as err:
+                raise SystemExit(f"elp bench-multitask: memory worker failed for {label} {seconds} s: {err}")
+            rows.append({"label": label, "tasks": len(dirs), "seconds": seconds, **result})
+            print(f"{label:12s} {len(dirs)} task(s) {seconds:7.1f} s: peak {result['peak_mb']:.0f} MiB "
+                  f"(loaded {result['loaded_mb']:.0f}, run +{result['run_peak_mb']:.0f}) {result['wall_s']:.0f} s",
+                  file=sys.stderr, flush=True)
+
+        for kind, directory in packages.items():
+            for seconds in args.memory_seconds:
+                measure(kind, [directory], seconds)
+        for count in (1, args.memory_tasks):
+            measure("routed", routed[:count], args.memory_routed_seconds)
+    lines = [f"Peak memory of serving one input (`elp bench-multitask --memory`): backbone {args.backbone}"
+             f"{' (tiny)' if args.tiny else ''}, random weights, method el, {args.device}, threads "
+             f"{threads or 'default'}; each row a fresh process. peak = the process's peak resident set while "
+             "serving (loading included); ratio = peak / the first row of the same kind.", "",
+             "| kind | tasks | input s | peak MiB | loaded MiB | run peak MiB | ratio | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    first: dict = {}
+    for row in rows:
+        base = first.setdefault(row["label"], row["peak_mb"])
+        lines.append(f"| {row['label']} | {row['tasks']} | {row['seconds']:g} | {row['peak_mb']:.0f} "
+                     f"| {row['loaded_mb']:.0f} | {row['run_peak_mb']:.0f} | {row['peak_mb'] / base:.2f} "
+                     f"| {row['wall_s']:.0f} |")
+    table = "\n".join(lines) + "\n"
+    out = Path(args.out or "exp/bench/serving_memory.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=2))
+    print(table)
+    return 0
 
 
 def worker(spec: dict) -> dict:
@@ -64,7 +166,7 @@ def worker(spec: dict) -> dict:
 
     Parameters
     ----------
-    spec : dict
+    spec
         ``dirs`` (package directories), ``mode`` (``"shared"``: one :class:`MultiTask`;
         ``"separate"``: one :class:`Predictor` per package), ``duration`` (seconds per
         utterance), ``batch_size``, ``warmup``, ``repeats``, ``threads`` (int or None) and
@@ -143,23 +245,10 @@ def _measure(spec: dict) -> dict:
 
 
 def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> dict[str, Path]:
-    """One package per method on one saved random backbone.
+    """Write one classification package per method on one saved random backbone; return method -> directory.
 
-    Parameters
-    ----------
-    root : Path
-        Directory receiving ``backbone/`` and one package folder per method.
-    backbone : str
-        Short backbone name (random weights of its architecture).
-    tiny : bool
-        Use the tiny test architecture (:data:`elp.core.presets.TINY_CONFIG`) and tiny adapters.
-    methods : set[str]
-        Methods, one classification package each.
-
-    Returns
-    -------
-    dict[str, Path]
-        Method -> package directory.
+    ``root`` receives ``backbone/`` and one package folder per method; ``tiny`` uses the tiny
+    test architecture (:data:`elp.core.presets.TINY_CONFIG`) and tiny adapters.
     """
     import torch
 
@@ -179,17 +268,7 @@ def build_packages(root: Path, backbone: str, tiny: bool, methods: set[str]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure every mix in both modes, print and write the table (see the module docstring).
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
-    Returns
-    -------
-    int
-        The exit status, 0.
+    """Measure every mix in both modes, print and write the table (see the module docstring), return 0.
 
     Raises
     ------
@@ -208,8 +287,10 @@ def run(args: argparse.Namespace) -> int:
     >>> sorted(worker(spec))
     ['audio_s_per_cpu_s', 'audio_s_per_s', 'learnable_mb', 'model_mb', 'run_peak_mb', 'step_s', 'tensor_mb']
     """
-    mixes = [m.split(",") for m in args.mixes]
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
+    if args.memory:
+        return run_memory(args, threads)
+    mixes = [m.split(",") for m in args.mixes]
     rows = []
     with tempfile.TemporaryDirectory(prefix="elp_bench_mt_") as tmp:
         packages = build_packages(Path(tmp), args.backbone, args.tiny, {m for mix in mixes for m in mix})
@@ -229,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
                 single[mix[0]] = result["shared"]
             rows.append(result)
     table = format_table(rows, single, backbone_mb, args, threads)
-    out = Path(args.out)
+    out = Path(args.out or "exp/bench/multitask.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "backbone_mb": backbone_mb}, indent=2))
@@ -238,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(rows, single, backbone_mb, args, threads) -> str:
-    """The markdown report of :func:`run`.
+    """Return the markdown report of :func:`run` (ending with a newline).
 
     Parameters
     ----------
@@ -252,11 +333,6 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
         The command's options (backbone, tiny, device, batch size, duration, repeats, warmup).
     threads : int | None
         Torch threads the workers used.
-
-    Returns
-    -------
-    str
-        Markdown text ending with a newline.
     """
     arch = f"{args.backbone}{' (tiny)' if args.tiny else ''}, random weights"
     lines = [f"Backbone {arch} ({backbone_mb:.0f} MiB of weights), {args.device}, threads {threads or 'default'}, "

@@ -17,20 +17,13 @@ in :mod:`elp.data.dirs`. Errors are one line naming the file or id and the fix.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 SUBCOMMANDS = ("subset", "combine", "copy", "filter", "perturb-speed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the sub-subcommands of ``elp data`` and their options to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
+    """Add the sub-subcommands of ``elp data`` and their options to ``parser``."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
     subset = actions.add_parser("subset", help="keep some utterances (utils/subset_data_dir.sh)")
@@ -74,11 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one ``elp data`` action.
 
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
     Returns
     -------
     int
@@ -99,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     """
     from elp.data import dirs
     from elp.data.errors import DataError
+    from elp.runtime import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (elp data) %(message)s")
+    configure_logging("elp data")
     try:
         if args.action == "subset":
             spk_list = dirs.read_id_list(args.spk_list) if args.spk_list else None

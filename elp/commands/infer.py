@@ -6,12 +6,18 @@ Usage::
     elp infer --package exp/er_elp/adapters --package exp/asr_l_only/adapters --wav-scp data/test/wav.scp \\
         --jsonl out.jsonl
     elp infer --package exp/asr_elp/adapters --beam-size 10 --lm lm.arpa a.wav
+    elp infer --package exp/er_mine/adapters --trust-head-module local.my_head a.wav   # a user head
 
 Several packages trained on the same backbone run together (:mod:`elp.serve.multitask`: the CNN
 once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
 ``<utt> <name> (<task kind>) <result>``, where the name is the package's experiment (tag) and the
 result what its predictor summarises (:meth:`elp.serve.inference.Predictor.summary`: text, label
 and probability, or embedding norm).
+
+Inputs are read lazily, batch by batch (``--batch-size`` utterances and ``--max-batch-seconds``
+of padded audio at most); a bad input (unreadable, empty, too short, NaN/inf samples) stops
+the run with one line naming it. A package whose head is a user's own module runs only with
+``--trust-head-module MODULE`` (:mod:`elp.serve.head_registry`).
 """
 
 from __future__ import annotations
@@ -23,13 +29,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``elp infer`` to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
+    """Add the options of ``elp infer`` to ``parser``."""
     parser.add_argument("--package", action="append", required=True, metavar="DIR",
                         help="model package directory (repeat for several tasks on one backbone)")
     parser.add_argument("files", nargs="*", help="audio files (any soundfile format)")
@@ -37,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-source", help="backbone checkpoint directory or hub id "
                         "(default: the one recorded in the package)")
     parser.add_argument("--jsonl", help="also write one JSON object per file to this file")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass at most")
+    parser.add_argument("--max-batch-seconds", type=float, default=None,
+                        help="padded audio per forward pass at most, in seconds (default 60; routed tasks count "
+                        "seconds x tasks)")
+    parser.add_argument("--trust-head-module", action="append", default=[], metavar="MODULE",
+                        help="run the code of a user head a package holds (its module, e.g. local.my_head)")
     parser.add_argument("--beam-size", type=int, default=None, help="ASR: CTC prefix beam search (default greedy)")
     parser.add_argument("--lm", help="ASR: word n-gram LM (ARPA) for beam search")
     parser.add_argument("--device", default="cpu")
@@ -45,23 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_inputs(args) -> list[tuple[str, str]]:
-    """(utterance id, audio entry) pairs from FILES or --wav-scp.
+    """Return (utterance id, audio entry) pairs from FILES (the file name twice) or --wav-scp.
 
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options (``files``, ``wav_scp``).
-
-    Returns
-    -------
-    list[tuple[str, str]]
-        For FILES the file name twice; for a wav.scp its utterance ids and entries.
+    A wav.scp is read and checked as stage 1 reads data directories
+    (:func:`elp.data.kaldi_dir.read_mapping`: UTF-8 without a byte-order mark, one line per
+    utterance; :func:`elp.data.audio.check_entry`: decoder pipes elp reads natively are
+    accepted, other commands refused). Only the entries are read here; the audio is read
+    lazily, batch by batch.
 
     Raises
     ------
     SystemExit
-        With no input, both kinds of input, a missing file, or a wav.scp line that is not
-        ``<utt> <file>`` (piped commands are refused, never run).
+        With no input, both kinds of input, a missing file, or a wav.scp that stage 1 would refuse.
 
     Examples
     --------
@@ -70,27 +70,31 @@ def read_inputs(args) -> list[tuple[str, str]]:
     >>> _ = scp.write_text("u1 a.wav\\n\\nu2 b.ark:12\\n")
     >>> read_inputs(argparse.Namespace(files=[], wav_scp=str(scp)))
     [('u1', 'a.wav'), ('u2', 'b.ark:12')]
-    >>> _ = scp.write_text("u1 sox a.wav -t wav - |\\n")
+    >>> _ = scp.write_text("u1 a.wav\\nu1 b.wav\\n")
     >>> read_inputs(argparse.Namespace(files=[], wav_scp=str(scp)))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    SystemExit: elp infer: .../wav.scp:1: expected '<utt> <file>' (piped commands are not supported: ...)
+    SystemExit: elp infer: .../wav.scp: key 'u1' occurs more than once ('a.wav' and 'b.wav'); keep one line per key ...
     """
+    from elp.data.audio import check_entry
+    from elp.data.errors import DataError
+
     if args.wav_scp and args.files:
         raise SystemExit("elp infer: give audio FILES or --wav-scp, not both")
     if args.wav_scp:
+        from elp.data.kaldi_dir import read_mapping
+
         path = Path(args.wav_scp)
         if not path.is_file():
             raise SystemExit(f"elp infer: --wav-scp {path} does not exist")
-        pairs = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            utt, _, entry = line.strip().partition(" ")
-            if not entry.strip() or entry.rstrip().endswith("|"):
-                raise SystemExit(f"elp infer: {path}:{number}: expected '<utt> <file>' (piped commands are not "
-                                 "supported: convert the audio to files first)")
-            pairs.append((utt, entry.strip()))
+        try:
+            pairs = list(read_mapping(path).items())
+            for utt, entry in pairs:
+                check_entry(entry, utt, where=f"{path}: ")
+        except DataError as err:
+            raise SystemExit(f"elp infer: {err}") from None
+        if not pairs:
+            raise SystemExit(f"elp infer: --wav-scp {path} lists no utterance")
         return pairs
     if not args.files:
         raise SystemExit("elp infer: no input: give audio FILES or --wav-scp")
@@ -101,7 +105,7 @@ def read_inputs(args) -> list[tuple[str, str]]:
 
 
 def quiet_libraries() -> None:
-    """No per-load progress bars or known framework warnings on the command line."""
+    """Silence per-load progress bars and known framework warnings on the command line."""
     import warnings
 
     import transformers
@@ -112,17 +116,7 @@ def quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every package on every input and print one line per input and task.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
-    Returns
-    -------
-    int
-        The exit status, 0.
+    """Run every package on every input, print one line per input and task, and return 0.
 
     Raises
     ------
@@ -144,18 +138,21 @@ def run(args: argparse.Namespace) -> int:
     0
     """
     quiet_libraries()
-    from elp.serve.inference import AudioInputError
+    from elp.serve.inference import MAX_BATCH_SECONDS, AudioInputError
     from elp.serve.multitask import MultiTask
     from elp.serve.package import PackageError, PackageNotFoundError
 
     pairs = read_inputs(args)
     try:
-        tasks = MultiTask(args.package, backbone_source=args.backbone_source, device=args.device)
+        tasks = MultiTask(args.package, backbone_source=args.backbone_source, device=args.device,
+                          trust_head_module=args.trust_head_module)
         if args.lm and args.beam_size is None:
             args.beam_size = 10
+        max_seconds = MAX_BATCH_SECONDS if args.max_batch_seconds is None else args.max_batch_seconds
         outputs = tasks.outputs([entry for _, entry in pairs], batch_size=args.batch_size,
-                                progress=False if args.no_progress else None)
-    except (PackageNotFoundError, PackageError, AudioInputError, FileNotFoundError) as err:
+                                progress=False if args.no_progress else None, max_batch_seconds=max_seconds,
+                                names=[utt for utt, _ in pairs])
+    except (PackageNotFoundError, PackageError, AudioInputError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"elp infer: {err}")
     jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
     try:

@@ -3,6 +3,13 @@
 Usage::
 
     elp inspect --package exp/er_l_only/adapters [--plot layer_weights.png]
+    elp inspect --check exp/er_l_only/adapters            # integrity and consistency, every problem
+    elp inspect --check --write-manifest exp/old_package  # add the manifest an earlier elp did not write
+
+``--check`` verifies the package without loading it (:func:`elp.serve.package.check_package`):
+the SHA-256 of every file against ``manifest.json``, links, ``package.json``'s fields and head,
+tensor types, the inventory and where the backbone is; it prints one line per problem and
+exits 1 when there is any.
 
 Reads only the package files (no backbone is loaded). For L-adapters (``l_only``, ``el``,
 ``elp``) and ``weighted_sum`` it prints the softmax layer weights (index 0 = the first layer's
@@ -21,34 +28,60 @@ LAYER_WEIGHT_KEYS = {"model.layer_adapters.layer_weights": "L-adapters (layer 1.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``elp inspect`` to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
-    parser.add_argument("--package", required=True, metavar="DIR", help="model package (or adapter export) directory")
+    """Add the options of ``elp inspect`` to ``parser``."""
+    parser.add_argument("--package", metavar="DIR", help="model package (or adapter export) directory")
+    parser.add_argument("directory", nargs="?", metavar="DIR", help="the package (same as --package)")
     parser.add_argument("--plot", help="PNG for the layer weights (default: <package>/layer_weights.png)")
+    parser.add_argument("--check", action="store_true",
+                        help="verify the package (file hashes, fields, head, tensors) and report every problem")
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="with --check: write manifest.json for a package that has none (earlier elp)")
+
+
+def check(directory: Path, write: bool = False) -> int:
+    """Print every problem of a package (one line each); return 0 when there is none, else 1.
+
+    With ``write``, ``manifest.json`` is written first when the package has none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> directory = make_tiny_package(tempfile.mkdtemp(), task="sv")
+    >>> check(directory)  # doctest: +ELLIPSIS
+    /...: ok (... files match manifest.json)
+    0
+    >>> _ = (directory / "package.json").write_text("{")
+    >>> check(directory)  # doctest: +ELLIPSIS
+    /.../package.json: content differs from manifest.json (SHA-256 ...); the file was changed or damaged after packaging
+    /.../package.json: not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2); ...
+    1
+    """
+    from elp.serve.integrity import MANIFEST_FILE, read_manifest, write_manifest
+    from elp.serve.package import check_package
+
+    if write and not (directory / MANIFEST_FILE).exists():
+        try:
+            write_manifest(directory)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"elp inspect: {err}")
+        print(f"wrote {directory / MANIFEST_FILE}")
+    problems = check_package(directory)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        manifest, _ = read_manifest(directory)
+        print(f"{directory}: ok ({len(manifest['sha256'])} files match {MANIFEST_FILE})")
+    return 1 if problems else 0
 
 
 def group_of(name: str, method: str = "") -> str:
-    """Learning-rate group of an exported ``AdaptedSSL`` parameter name.
+    """Return the learning-rate group of an exported ``AdaptedSSL`` parameter name.
 
-    The group is read from the name only, so that no model needs to be built.
-
-    Parameters
-    ----------
-    name : str
-        Parameter name relative to the ``AdaptedSSL`` (without the ``model.`` prefix).
-    method : str, optional
-        The package's method; with ``"full"`` every backbone tensor is ``backbone``.
-
-    Returns
-    -------
-    str
-        ``e``, ``l``, ``p``, ``prefix``, ``lora``, ``ln`` or ``backbone`` (everything inside
-        the transformer of ``full``, whose whole encoder trains).
+    The group is read from the name only (relative to the ``AdaptedSSL``, without the
+    ``model.`` prefix), so that no model needs to be built: ``e``, ``l``, ``p``, ``prefix``,
+    ``lora``, ``ln`` or ``backbone``. With ``method="full"`` every backbone tensor is
+    ``backbone`` (the whole encoder trains).
 
     Examples
     --------
@@ -73,12 +106,7 @@ def group_of(name: str, method: str = "") -> str:
 
 
 def summarize(directory: Path) -> dict:
-    """Method, learnable counts per group and softmax layer weights of an export/package.
-
-    Parameters
-    ----------
-    directory : Path
-        A package or adapter-export directory.
+    """Return method, learnable counts per group and softmax layer weights of a package or adapter export.
 
     Returns
     -------
@@ -132,17 +160,7 @@ def summarize(directory: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the package summary and write the layer-weight plot (see the module docstring).
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
-    Returns
-    -------
-    int
-        0.
+    """Print the package summary, write the layer-weight plot (see the module docstring), return 0.
 
     Raises
     ------
@@ -173,7 +191,13 @@ def run(args: argparse.Namespace) -> int:
     """
     from elp.eval.plots import plot_layer_weights
 
-    directory = Path(args.package)
+    if (args.package is None) == (args.directory is None):
+        raise SystemExit("elp inspect: name the package once: --package DIR or DIR")
+    directory = Path(args.package or args.directory)
+    if args.write_manifest and not args.check:
+        raise SystemExit("elp inspect: --write-manifest goes with --check")
+    if args.check:
+        return check(directory, args.write_manifest)
     if not directory.is_dir():
         raise SystemExit(f"elp inspect: {directory}: no such package directory")
     info = summarize(directory)

@@ -16,32 +16,18 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``elp verify`` to ``parser``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
+    """Add the options of ``elp verify`` to ``parser``."""
     parser.add_argument("--package", required=True, metavar="DIR", help="SV model package directory")
     parser.add_argument("enroll", help="audio of the claimed speaker")
     parser.add_argument("test", help="audio to verify")
     parser.add_argument("--backbone-source", help="backbone checkpoint directory or hub id")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-head-module", metavar="MODULE",
+                        help="run the code of a user head the package holds (its module, e.g. local.my_head)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score one trial and print the score and decision.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_arguments`.
-
-    Returns
-    -------
-    int
-        The exit status, 0.
+    """Score one trial, print the score and decision, and return 0.
 
     Raises
     ------
@@ -72,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         if not Path(name).is_file():
             raise SystemExit(f"elp verify: audio file {name} does not exist")
     try:
-        verifier = SpeakerVerifier.from_package(args.package, args.backbone_source, args.device)
+        verifier = SpeakerVerifier.from_package(args.package, args.backbone_source, args.device,
+                                                trust_head_module=args.trust_head_module)
         trial = verifier.verify(args.enroll, args.test)
     except (PackageNotFoundError, PackageError, AudioInputError, ValueError) as err:
         raise SystemExit(f"elp verify: {err}")

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from elp.core.speed import (add_contiguous_attention_inputs, add_sdpa_attention, cast_frozen_linear_, checkpointed,
@@ -55,11 +54,11 @@ class BackboneSpec:
 
     Parameters
     ----------
-    family : str
+    family
         HF architecture family: ``"wav2vec2"``, ``"hubert"`` or ``"wavlm"``.
-    hub_id : str
+    hub_id
         Default Hugging Face hub id of the pretrained checkpoint.
-    size : str
+    size
         ``"base"`` (post-LN, GroupNorm CNN) or ``"large"`` (pre-LN, LayerNorm CNN).
     """
 
@@ -164,16 +163,7 @@ def _family_classes(family: str):
 
 
 def resolve_backbone_name(name: str) -> BackboneSpec:
-    """Return the :class:`BackboneSpec` of a short name, with a clear error otherwise.
-
-    Parameters
-    ----------
-    name : str
-        A key of :data:`BACKBONES`.
-
-    Returns
-    -------
-    BackboneSpec
+    """Return the :class:`BackboneSpec` of a short name (a key of :data:`BACKBONES`).
 
     Raises
     ------
@@ -191,19 +181,10 @@ def resolve_backbone_name(name: str) -> BackboneSpec:
 
 
 def backbone_config(name: str, **overrides):
-    """The HF config of a backbone's architecture, built without downloading anything.
+    """The HF config (``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``) of a short name's architecture.
 
-    Parameters
-    ----------
-    name : str
-        A short name from :data:`BACKBONES`.
-    **overrides
-        Config fields to change (e.g. a tiny test architecture).
-
-    Returns
-    -------
-    transformers.PretrainedConfig
-        ``Wav2Vec2Config``, ``HubertConfig`` or ``WavLMConfig``.
+    Built without downloading anything; ``overrides`` change config fields (e.g. a tiny test
+    architecture).
 
     Examples
     --------
@@ -217,16 +198,7 @@ def backbone_config(name: str, **overrides):
 
 
 def family_of_config(config) -> str:
-    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config.
-
-    Parameters
-    ----------
-    config : transformers.PretrainedConfig
-        Any object with a ``model_type`` attribute.
-
-    Returns
-    -------
-    str
+    """The architecture family (``wav2vec2`` | ``hubert`` | ``wavlm``) of a HF config (its ``model_type``).
 
     Raises
     ------
@@ -250,13 +222,13 @@ class BackboneOutput:
 
     Parameters
     ----------
-    hidden_states : list[torch.Tensor]
+    hidden_states
         ``num_layers + 1`` tensors [B, F, D]; entry 0 is the input of the first
         transformer layer, entry i the output of layer i-1 (the HF convention).
-    last_hidden_state : torch.Tensor
+    last_hidden_state
         [B, F, D], the last layer's output after the encoder's final LayerNorm
         (equal to ``hidden_states[-1]`` for post-LN Base models).
-    frame_mask : torch.Tensor
+    frame_mask
         [B, F] bool, True where a frame comes from real (unpadded) audio.
     """
 
@@ -274,11 +246,11 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -
 
     Parameters
     ----------
-    x : torch.Tensor
+    x
         [B, C, T] CNN activations (any float dtype).
-    mask : torch.Tensor
+    mask
         [B, T] bool, True for valid frames.
-    norm : torch.nn.GroupNorm
+    norm
         The module whose eps and affine parameters are used (``num_groups == num_channels``,
         as in wav2vec2/HuBERT/WavLM Base).
 
@@ -327,18 +299,6 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """[B] integer lengths -> [B, max_len] bool mask (True = valid).
 
-    Parameters
-    ----------
-    lengths : torch.Tensor
-        [B] integer lengths.
-    max_len : int
-        Width of the mask.
-
-    Returns
-    -------
-    torch.Tensor
-        [B, max_len] bool.
-
     Examples
     --------
     >>> lengths_to_mask(torch.tensor([3, 1]), 4).int().tolist()
@@ -352,19 +312,19 @@ class SSLBackbone(nn.Module):
 
     Parameters
     ----------
-    name : str
+    name
         Short name (:data:`BACKBONES`) or a free label for a local checkpoint.
-    model : nn.Module
+    model
         The HF ``*Model`` (not ``*ForCTC``).
-    normalize_waveform : bool | None, optional
+    normalize_waveform
         Zero-mean/unit-variance per utterance over its valid samples (what the
         Large checkpoints were pre-trained with; Base checkpoints were not: fairseq's
         ``task.normalize``, also followed by s3prl).
-    contiguous_attention : bool, optional
+    contiguous_attention
         Give WavLM's attention a time-major input
         (:func:`elp.core.speed.add_contiguous_attention_inputs`; outputs equal the stock ones to
-        float rounding, 3-30x faster attention with frozen weights). No effect on wav2vec2/HuBERT.
-    sdpa_attention : bool, optional
+        float rounding). No effect on wav2vec2/HuBERT.
+    sdpa_attention
         Compute WavLM's attention with ``scaled_dot_product_attention``
         (:func:`elp.core.speed.add_sdpa_attention`; equal to HF's to float rounding, serves every
         method). Replaces ``contiguous_attention``. No effect on wav2vec2/HuBERT (HF already
@@ -406,20 +366,10 @@ class SSLBackbone(nn.Module):
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_config(cls, name: str, config, **kwargs) -> SSLBackbone:
-        """A randomly initialised backbone of the given architecture (tests, counting).
+        """A randomly initialised backbone of ``config``'s architecture (tests, counting).
 
-        Parameters
-        ----------
-        name : str
-            Short name or free label.
-        config : transformers.PretrainedConfig
-            E.g. :func:`backbone_config` (training overrides are applied to it in place).
-        **kwargs
-            Keyword arguments of :class:`SSLBackbone`.
-
-        Returns
-        -------
-        SSLBackbone
+        ``config`` is e.g. :func:`backbone_config` (training overrides are applied to it in place);
+        ``kwargs`` are those of :class:`SSLBackbone`.
         """
         _, model_cls = _family_classes(family_of_config(config))
         for key, value in _TRAINING_OVERRIDES.items():
@@ -432,17 +382,11 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        name_or_path : str
+        name_or_path
             A short name (:data:`BACKBONES`) or a local checkpoint directory.
-        source : str | None, optional
+        source
             Where the weights are: a local directory or a hub id (default: the short
             name's hub id). Offline machines pass a directory.
-        **kwargs
-            Keyword arguments of :class:`SSLBackbone`.
-
-        Returns
-        -------
-        SSLBackbone
 
         Raises
         ------
@@ -549,18 +493,7 @@ class SSLBackbone(nn.Module):
         return self.config.conv_dim[-1]
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape).
-
-        Parameters
-        ----------
-        num_samples : torch.Tensor
-            Integer sample counts, any shape.
-
-        Returns
-        -------
-        torch.Tensor
-            Frame counts, same shape.
-        """
+        """Frames the CNN makes from ``num_samples`` samples (any integer tensor shape)."""
         return self.model._get_feat_extract_output_lengths(num_samples)
 
     @property
@@ -573,19 +506,7 @@ class SSLBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> torch.Tensor:
-        """Relative lengths (SpeechBrain convention) -> integer sample counts [B].
-
-        Parameters
-        ----------
-        wavs : torch.Tensor
-            [B, T] waveforms.
-        wav_lens : torch.Tensor | None
-            [B] relative lengths in [0, 1] (None: all full).
-
-        Returns
-        -------
-        torch.Tensor
-            [B] long sample counts.
+        """Relative lengths [B] in [0, 1] (SpeechBrain convention; None: all full) -> sample counts [B] (long).
 
         Raises
         ------
@@ -609,14 +530,7 @@ class SSLBackbone(nn.Module):
 
     @torch.no_grad()
     def extract_cnn_features(self, wavs: torch.Tensor, lengths: torch.Tensor):
-        """Run the frozen CNN feature encoder.
-
-        Parameters
-        ----------
-        wavs : torch.Tensor
-            [B, T] waveforms at 16 kHz.
-        lengths : torch.Tensor
-            [B] valid samples per utterance.
+        """Run the frozen CNN on ``wavs`` [B, T] (16 kHz) with ``lengths`` [B] valid samples.
 
         Returns
         -------
@@ -646,20 +560,7 @@ class SSLBackbone(nn.Module):
         return x.transpose(1, 2), lengths_to_mask(frames, x.shape[-1])
 
     def num_frames_after(self, lengths: torch.Tensor, num_conv_layers: int) -> torch.Tensor:
-        """Valid frames after the first ``num_conv_layers`` CNN layers.
-
-        Parameters
-        ----------
-        lengths : torch.Tensor
-            Integer sample counts, any shape.
-        num_conv_layers : int
-            How many CNN layers to apply.
-
-        Returns
-        -------
-        torch.Tensor
-            Frame counts, same shape.
-        """
+        """Valid frames after the first ``num_conv_layers`` CNN layers (``lengths``: sample counts, any shape)."""
         for kernel, stride in list(zip(self.config.conv_kernel, self.config.conv_stride))[:num_conv_layers]:
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
@@ -675,13 +576,13 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        wavs : torch.Tensor
+        wavs
             [B, T] float waveforms at 16 kHz.
-        wav_lens : torch.Tensor | None, optional
+        wav_lens
             [B] relative lengths in [0, 1] (SpeechBrain convention); None = all full.
-        prompt : torch.Tensor | None, optional
+        prompt
             Optional [K, C] pseudo CNN frames (P-adapter) put before each utterance's frames.
-        layer_prefixes : torch.Tensor | None, optional
+        layer_prefixes
             Optional [L, K', D] vectors prepended to the input of every layer and
             dropped from its output (deep prompt tuning); [L, B, K', D]: one set per
             utterance (several tasks' prefixes in one batch, :mod:`elp.serve.multitask`).
@@ -711,13 +612,13 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        features : torch.Tensor
+        features
             [B, F, C] CNN features (:meth:`extract_cnn_features`).
-        frame_mask : torch.Tensor
+        frame_mask
             [B, F] bool, True for valid frames.
-        prompt, layer_prefixes : torch.Tensor, optional
+        prompt, layer_prefixes
             As in :meth:`forward`.
-        prefix_mask : torch.Tensor | None, optional
+        prefix_mask
             [B, K'] bool: which prefix vectors of each utterance are attended to (default:
             all); a routed batch pads tasks with fewer prefix vectors with masked ones.
 
@@ -766,7 +667,7 @@ class SSLBackbone(nn.Module):
 
         Parameters
         ----------
-        enabled : bool
+        enabled
             True: SDPA; False: HF's ``F.multi_head_attention_forward``.
 
         Examples
@@ -801,17 +702,9 @@ class SSLBackbone(nn.Module):
         Call it after the method has set ``requires_grad`` (e.g. through
         :meth:`elp.core.model.AdaptedSSL.cast_frozen_`). Afterwards the backbone always runs its
         transformer part under autocast to ``dtype``; when the caller has no autocast active
-        it opens one itself and returns float32 hidden states.
-
-        Parameters
-        ----------
-        dtype : torch.dtype
-            ``torch.bfloat16`` (or ``torch.float16`` on GPUs).
-
-        Returns
-        -------
-        list[str]
-            Names of the parameters cast (relative to ``self.model``).
+        it opens one itself and returns float32 hidden states. ``dtype``: ``torch.bfloat16`` (or
+        ``torch.float16`` on GPUs). Returns the names of the parameters cast (relative to
+        ``self.model``).
 
         Examples
         --------
@@ -898,17 +791,9 @@ def weights_hash(module: nn.Module | dict) -> str | None:
     """SHA-256 over a module's parameters and buffers (names, dtypes, shapes and bytes).
 
     Two backbones have the same hash exactly when their weights are bit-identical, whatever
-    directory or hub id they came from. ``None`` for a module on the meta device.
-
-    Parameters
-    ----------
-    module : torch.nn.Module | dict
-        Any module (its ``state_dict``), or a name -> tensor dict; read sorted by name.
-
-    Returns
-    -------
-    str | None
-        64 hex digits.
+    directory or hub id they came from. ``module`` is a module (its ``state_dict``) or a
+    name -> tensor dict, read sorted by name. Returns 64 hex digits, or None for a module on the
+    meta device.
 
     Examples
     --------
@@ -956,20 +841,16 @@ def load_backbone(name: str, source: str | None = None, pretrained: bool = True,
 
     Parameters
     ----------
-    name : str
+    name
         Short name (:data:`BACKBONES`) or a local checkpoint directory.
-    source : str | None, optional
+    source
         Local directory or hub id with the weights (default: the name's hub id).
-    pretrained : bool, optional
+    pretrained
         False builds random weights from the architecture config (no download).
-    config_overrides : dict | None, optional
+    config_overrides
         Config fields to change when ``pretrained`` is False.
     **kwargs
-        Keyword arguments of :class:`SSLBackbone`.
-
-    Returns
-    -------
-    SSLBackbone
+        Of :class:`SSLBackbone`.
 
     Examples
     --------

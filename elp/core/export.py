@@ -76,17 +76,7 @@ class AdapterNotFoundError(FileNotFoundError):
 
 
 def architecture_fingerprint(model: AdaptedSSL) -> dict:
-    """The backbone facts an export depends on (family, sizes, and a hash of them).
-
-    Parameters
-    ----------
-    model : AdaptedSSL
-        The adapted model.
-
-    Returns
-    -------
-    dict
-        ``model_type``, the size fields of the config, and ``sha1`` (12 hex digits of them).
+    """The backbone facts an export depends on: ``model_type``, the size fields and ``sha1`` (of them).
 
     Examples
     --------
@@ -107,19 +97,7 @@ def architecture_fingerprint(model: AdaptedSSL) -> dict:
 
 
 def export_config(model: AdaptedSSL) -> dict:
-    """What :func:`save_adapters` writes to ``adapters.json``.
-
-    Parameters
-    ----------
-    model : AdaptedSSL
-        The adapted model.
-
-    Returns
-    -------
-    dict
-        ``format_version``, ``backbone``, ``weights_sha256``, ``architecture``
-        (:func:`architecture_fingerprint`), ``method`` and ``options``.
-    """
+    """What :func:`save_adapters` writes to ``adapters.json`` (the fields of :data:`SCHEMA`)."""
     return {"format_version": FORMAT_VERSION, "backbone": model.backbone.name,
             "weights_sha256": getattr(model.backbone, "weights_sha256", None),
             "architecture": architecture_fingerprint(model), "method": model.method.name,
@@ -147,20 +125,14 @@ def _file_mode() -> int:
 
 
 def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Module | None = None) -> Path:
-    """Write the learnable tensors of ``model`` (+ the head's state) to ``directory``.
+    """Write the learnable tensors of ``model`` (+ the head's state) to ``directory``; return it.
 
     Parameters
     ----------
-    model : elp.core.model.AdaptedSSL
-    directory : str | os.PathLike
+    directory
         Created or replaced as a whole (it holds exactly the two export files).
-    head : torch.nn.Module, optional
+    head
         Saved under ``head.*`` (its whole ``state_dict``).
-
-    Returns
-    -------
-    pathlib.Path
-        ``directory``.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -188,17 +160,7 @@ def save_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
 
 
 def read_export_config(directory: str | os.PathLike) -> dict:
-    """Read and validate ``adapters.json`` of an export (one-line errors).
-
-    Parameters
-    ----------
-    directory : str | os.PathLike
-        An export directory (:func:`save_adapters`).
-
-    Returns
-    -------
-    dict
-        The validated ``adapters.json``.
+    """Read and validate ``adapters.json`` of an export directory (:func:`save_adapters`).
 
     Raises
     ------
@@ -249,15 +211,8 @@ def load_adapters(model: AdaptedSSL, directory: str | os.PathLike, head: nn.Modu
 
     Parameters
     ----------
-    model : elp.core.model.AdaptedSSL
-    directory : str | os.PathLike
-    head : torch.nn.Module, optional
+    head
         Must be given exactly when the export holds a head.
-
-    Returns
-    -------
-    dict
-        The validated ``adapters.json``.
 
     Raises
     ------

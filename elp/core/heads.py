@@ -38,7 +38,7 @@ from torch import nn
 
 
 def _check_inputs(feats: torch.Tensor, frame_mask: torch.Tensor) -> None:
-    """Raises a clear error for mismatched shapes, non-bool masks or empty utterances."""
+    """Raise a clear error for mismatched shapes, non-bool masks or empty utterances."""
     if feats.dim() != 3:
         raise ValueError(f"feats must be [B, F, D], got shape {tuple(feats.shape)}")
     if frame_mask.dtype != torch.bool:
@@ -60,19 +60,7 @@ def _check_inputs(feats: torch.Tensor, frame_mask: torch.Tensor) -> None:
 
 
 def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of each utterance.
-
-    Parameters
-    ----------
-    feats : torch.Tensor
-        Features [B, F, D] (float).
-    frame_mask : torch.Tensor
-        [B, F] bool, True = real frame; every utterance needs at least one.
-
-    Returns
-    -------
-    torch.Tensor
-        Per-utterance means [B, D].
+    """Mean over the valid frames of each utterance: feats [B, F, D], frame_mask [B, F] -> [B, D].
 
     Raises
     ------
@@ -92,25 +80,15 @@ def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
 
 
 def frame_mask_to_relative_lengths(frame_mask: torch.Tensor) -> torch.Tensor:
-    """SpeechBrain relative lengths [B] (valid frames / F) from a prefix ``frame_mask``.
+    """SpeechBrain relative lengths [B] (valid frames / F, in (0, 1]) from a [B, F] prefix ``frame_mask``.
 
     ``round(lengths[b] * F)`` gives back the number of valid frames, which is how
     ``speechbrain.nnet.losses.ctc_loss`` and ``length_to_mask`` read them.
 
-    Parameters
-    ----------
-    frame_mask : torch.Tensor
-        [B, F] bool prefix mask (True frames, then False padding).
-
-    Returns
-    -------
-    torch.Tensor
-        Relative lengths [B] (float, in (0, 1]).
-
     Raises
     ------
     ValueError
-        If ``frame_mask`` is not a prefix mask.
+        If ``frame_mask`` is not a prefix mask (True frames, then False padding).
 
     Examples
     --------
@@ -134,13 +112,11 @@ class AttentiveStatisticsPooling(nn.Module):
 
     Parameters
     ----------
-    in_dim : int
-        Feature size D.
-    attention_dim : int, optional
+    attention_dim
         Hidden size of the attention network.
-    global_context : bool, optional
+    global_context
         Whether the attention also sees the utterance mean and std.
-    eps : float, optional
+    eps
         Variance floor before the square root.
 
     Examples
@@ -195,9 +171,7 @@ class CTCHead(nn.Module):
 
     Parameters
     ----------
-    in_dim : int
-        Feature size D.
-    vocab_size : int
+    vocab_size
         Output tokens V, including the CTC blank.
 
     Examples
@@ -223,15 +197,6 @@ class PooledClassifier(nn.Module):
     """Utterance classifier for emotion and intent: Linear(in_dim -> hidden_dim), masked
     mean over frames, Linear(hidden_dim -> num_classes) (the paper's emotion/intent head; no nonlinearity).
 
-    Parameters
-    ----------
-    in_dim : int
-        Feature size D.
-    num_classes : int
-        Number of classes n (logits [B, n]).
-    hidden_dim : int, optional
-        Width of the projection before pooling.
-
     Examples
     --------
     >>> clf = PooledClassifier(16, num_classes=4)
@@ -256,15 +221,6 @@ class SpeakerEmbeddingHead(nn.Module):
     * ``pooling="mean"``: masked mean -> embedding [B, embed_dim].
     * ``pooling="attentive"``: attentive statistics pooling (mean and std, 2 embed_dim)
       then Linear(2 embed_dim -> embed_dim) -> embedding [B, embed_dim].
-
-    Parameters
-    ----------
-    in_dim : int
-        Feature size D.
-    embed_dim : int, optional
-        Embedding size E.
-    pooling : str, optional
-        ``"mean"`` or ``"attentive"``.
 
     Raises
     ------
@@ -310,13 +266,9 @@ class AAMSoftmaxClassifier(nn.Module):
 
     Parameters
     ----------
-    embed_dim : int
-        Embedding size E.
-    num_speakers : int
-        Number of training speakers (one weight vector each).
-    margin : float, optional
+    margin
         Angular margin in radians.
-    scale : float, optional
+    scale
         Logit scale s.
 
     Examples

@@ -4,25 +4,24 @@ Each method is a :class:`MethodSpec`: the attachment kinds it puts on a frozen b
 (:mod:`elp.core.adapters`), each with its per-method settings; :class:`elp.core.model.AdaptedSSL`
 builds a model from one. Adding a method = :func:`register_method` (plus an
 :class:`elp.core.adapters.Attachment` subclass when it needs a new kind, which declares its
-options and its modules' learning-rate group). The design is written up in docs/DESIGN.md; the
-counts below are for WavLM Base+ (d=768, 12 layers) without the head.
+options and its modules' learning-rate group). The design is written up in docs/DESIGN.md;
+``elp params --backbone <name>`` prints each method's learnable-parameter count.
 
-=============== ==================================================================== ===========
-method          learnable (besides the head)                                         WavLM Base+
-=============== ==================================================================== ===========
-full            transformer layers + encoder LayerNorm (CNN, feature projection and  85,066,224
-                positional conv frozen; WavLM adds 10,224 relative-position params
-                to the 85,056,000 of wav2vec2 and HuBERT Base)
-weighted_sum    softmax weights over all L+1 hidden states                          13
-conventional    E-type adapters after MHSA and after FFN, all layers; layer LNs     9,535,488
-lora            rank-r A, B on q_proj and v_proj of every layer (r=8)                294,912
-prefix          K vectors per layer (K=10)                                           92,160
-e_only          E-adapters after FFN, all layers; layer LNs                          4,786,176
-l_only          L-adapters on every layer + their softmax weights                    4,737,036
-p_only          K pseudo CNN frames (K=10)                                           5,120
-el              E-adapters (all layers but the last) + L-adapters + layer LNs        9,127,436
-elp             el + K pseudo CNN frames                                             9,132,556
-=============== ==================================================================== ===========
+=============== ====================================================================
+method          learnable (besides the head)
+=============== ====================================================================
+full            transformer layers + encoder LayerNorm (CNN, feature projection and
+                positional conv frozen)
+weighted_sum    softmax weights over all L+1 hidden states
+conventional    E-type adapters after MHSA and after FFN, all layers; layer LNs
+lora            rank-r A, B on q_proj and v_proj of every layer (r=8)
+prefix          K vectors per layer (K=10)
+e_only          E-adapters after FFN, all layers; layer LNs
+l_only          L-adapters on every layer + their softmax weights
+p_only          K pseudo CNN frames (K=10)
+el              E-adapters (all layers but the last) + L-adapters + layer LNs
+elp             el + K pseudo CNN frames
+=============== ====================================================================
 """
 
 from __future__ import annotations
@@ -64,9 +63,7 @@ class MethodSpec:
 
     Parameters
     ----------
-    name : str
-        The method's name in hparams.
-    attachments : tuple[Attach, ...]
+    attachments
         Its attachment kinds, in the order they are built (parameters are created, and the
         random generator is drawn from, in this order).
 
@@ -212,16 +209,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 def get_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of a method name, with a clear error otherwise.
-
-    Parameters
-    ----------
-    name : str
-        A key of :data:`METHODS`.
-
-    Returns
-    -------
-    MethodSpec
+    """The :class:`MethodSpec` of a method name (a key of :data:`METHODS`).
 
     Raises
     ------

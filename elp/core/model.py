@@ -44,17 +44,16 @@ class AdaptedSSL(nn.Module):
 
     Parameters
     ----------
-    backbone : SSLBackbone
+    backbone
         The (pretrained) backbone; its parameters are frozen here, except what the
         method trains.
-    method : str | MethodSpec, optional
+    method
         A name from :data:`elp.core.methods.METHODS` or a :class:`MethodSpec`.
-    options : Mapping | None, optional
+    options
         Method options (:func:`elp.core.methods.default_options` lists them with their
-        defaults: ``activation``, ``e_dim``, ``l_dim``, ``prompt_frames``, ``prefix_frames``,
-        ``lora_rank``, ``lora_alpha``, ``lora_targets``, ``e_first_layer`` and the options of
-        the method's other kinds) and runtime knobs (below, :data:`RUNTIME_KNOBS`); keyword
-        options override it. An unknown name is refused.
+        defaults) and runtime knobs (below, :data:`RUNTIME_KNOBS`); keyword options
+        (``AdaptedSSL(backbone, "elp", l_dim=16, e_dim=8)``) override it. An unknown name is
+        refused.
         ``e_first_layer`` = k puts E-adapters only in layers >= k and freezes the per-layer
         LayerNorms of layers < k too; unless the method has pseudo frames, prefixes or LoRA
         (which need gradients through every layer), the backbone then runs layers < k without
@@ -72,14 +71,9 @@ class AdaptedSSL(nn.Module):
     sdpa_attention : bool, optional
         Run the frozen attention through ``scaled_dot_product_attention``. A runtime knob
         (no effect on results beyond rounding).
-    **more_options
-        Method options and runtime knobs as keywords (``AdaptedSSL(backbone, "elp", l_dim=16, e_dim=8)``).
 
     Notes
     -----
-    ``forward(wavs, wav_lens)`` returns ``feats`` [B, F, output_dim] and ``frame_mask``
-    [B, F] bool.
-
     Speed: the CNN always runs without autograd; for methods that train nothing inside
     the backbone (``weighted_sum``, ``l_only``) the whole backbone runs without autograd, and
     its hidden states can be cached on disk (:meth:`forward_from_hidden_states`,
@@ -187,31 +181,13 @@ class AdaptedSSL(nn.Module):
     def forward(self, wavs: torch.Tensor | None, wav_lens: torch.Tensor | None = None, *,
                 cnn_features: tuple[torch.Tensor, torch.Tensor] | None = None,
                 hidden_states: tuple[list[torch.Tensor], torch.Tensor] | None = None):
-        """[B, T] waveforms (+ [B] relative lengths) -> feats [B, F, output_dim], frame_mask [B, F].
+        """[B, T] waveforms at 16 kHz (+ [B] relative lengths) -> feats [B, F, output_dim], frame_mask [B, F].
 
         Instead of waveforms (``wavs`` None), ``cnn_features=(cnn_feats [B, F, C],
         frame_lens [B])`` starts after the frozen CNN (:meth:`forward_from_cnn_features`) and
         ``hidden_states=(hidden_states, frame_mask)`` after the whole frozen backbone
         (:meth:`forward_from_hidden_states`). Going through ``forward`` matters under
         DistributedDataParallel, which all-reduces gradients only of calls to the wrapper.
-
-        Parameters
-        ----------
-        wavs : torch.Tensor | None
-            [B, T] waveforms at 16 kHz (None with ``cnn_features`` or ``hidden_states``).
-        wav_lens : torch.Tensor | None, optional
-            [B] relative lengths in [0, 1] (None: all full).
-        cnn_features : tuple[torch.Tensor, torch.Tensor] | None, optional
-            ``(cnn_feats [B, F, C], frame_lens [B])``.
-        hidden_states : tuple[list[torch.Tensor], torch.Tensor] | None, optional
-            ``(hidden_states, frame_mask [B, F])`` of the frozen backbone.
-
-        Returns
-        -------
-        feats : torch.Tensor
-            [B, F, output_dim].
-        frame_mask : torch.Tensor
-            [B, F] bool.
         """
         if cnn_features is not None:
             return self.forward_from_cnn_features(*cnn_features)
@@ -228,21 +204,9 @@ class AdaptedSSL(nn.Module):
         The CNN never trains in any method, so its features can be computed once per
         utterance (:class:`elp.train.feature_cache.CNNFeatureCache`); everything after it (the
         P-adapter's pseudo frames, prefixes, LoRA, E/L-adapters) runs here as in :meth:`forward`.
-
-        Parameters
-        ----------
-        cnn_feats : torch.Tensor
-            [B, F, C] CNN features (values of padded frames do not matter).
-        frame_lens : torch.Tensor
-            [B] integer count of valid frames per utterance.
-
-        Returns
-        -------
-        feats : torch.Tensor
-            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` (to float rounding) when the
-            features are the CNN output of those waveforms.
-        frame_mask : torch.Tensor
-            [B, F] bool.
+        ``cnn_feats`` [B, F, C] (values of padded frames do not matter) and ``frame_lens`` [B]
+        (valid frames per utterance) give the same output as the waveforms they were computed from
+        (to float rounding).
 
         Raises
         ------
@@ -271,35 +235,16 @@ class AdaptedSSL(nn.Module):
         return self.read_hidden_states(out.hidden_states, out.last_hidden_state), out.frame_mask
 
     def cast_frozen_(self, dtype: torch.dtype = torch.bfloat16) -> list[str]:
-        """Hold the backbone's frozen transformer Linear weights in ``dtype`` (see
-        :meth:`elp.core.backbones.SSLBackbone.cast_frozen_`); trainable parameters keep float32.
+        """Hold the frozen transformer Linear weights in ``dtype`` (``SSLBackbone.cast_frozen_``).
 
-        Parameters
-        ----------
-        dtype : torch.dtype, optional
-            Storage dtype of the frozen weights.
-
-        Returns
-        -------
-        list[str]
-            Names of the parameters cast (relative to the HF model).
+        Trainable parameters keep float32; returns the names cast (relative to the HF model).
         """
         return self.backbone.cast_frozen_(dtype)
 
     def read_hidden_states(self, hidden_states, last_hidden_state: torch.Tensor) -> torch.Tensor:
-        """The head's input from the backbone's output (the reading attachment's, else the last layer).
+        """The head's input [B, F, output_dim] from ``num_layers + 1`` hidden states [B, F, D] and the last one.
 
-        Parameters
-        ----------
-        hidden_states : Sequence[torch.Tensor]
-            ``num_layers + 1`` tensors [B, F, D] (:class:`elp.core.backbones.BackboneOutput`).
-        last_hidden_state : torch.Tensor
-            [B, F, D].
-
-        Returns
-        -------
-        torch.Tensor
-            [B, F, output_dim].
+        The reading attachment's output, else ``last_hidden_state``.
         """
         reader = self.reader
         if reader is not None:
@@ -319,19 +264,7 @@ class AdaptedSSL(nn.Module):
         return not self.method.backbone_needs_grad and not self.backbone_dropout
 
     def backbone_hidden_states(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
-        """The frozen backbone's output without autograd (what a cache stores).
-
-        Parameters
-        ----------
-        wavs : torch.Tensor
-            [B, T] waveforms at 16 kHz.
-        wav_lens : torch.Tensor | None, optional
-            [B] relative lengths in [0, 1] (None: all full).
-
-        Returns
-        -------
-        elp.core.backbones.BackboneOutput
-            ``num_layers + 1`` hidden states [B, F, D] and frame_mask [B, F].
+        """The frozen backbone's :class:`elp.core.backbones.BackboneOutput` without autograd (what a cache stores).
 
         Raises
         ------
@@ -343,23 +276,10 @@ class AdaptedSSL(nn.Module):
             return self.backbone(wavs, wav_lens)
 
     def forward_from_hidden_states(self, hidden_states, frame_mask: torch.Tensor):
-        """The model's output computed from precomputed backbone hidden states.
+        """What :meth:`forward` returns, computed from precomputed backbone hidden states.
 
-        Parameters
-        ----------
-        hidden_states : list[torch.Tensor] | torch.Tensor
-            ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
-            [num_layers + 1, B, F, D]) as in :class:`elp.core.backbones.BackboneOutput`.
-        frame_mask : torch.Tensor
-            [B, F] bool.
-
-        Returns
-        -------
-        feats : torch.Tensor
-            [B, F, output_dim]; equal to ``self(wavs, wav_lens)`` when the hidden states come
-            from the same audio.
-        frame_mask : torch.Tensor
-            [B, F] bool.
+        ``hidden_states`` holds ``num_layers + 1`` tensors [B, F, D] (a list, or one tensor
+        [num_layers + 1, B, F, D]) as in :class:`elp.core.backbones.BackboneOutput`.
 
         Examples
         --------
@@ -388,10 +308,6 @@ class AdaptedSSL(nn.Module):
     def learnable_parameters(self) -> dict[str, nn.Parameter]:
         """Name -> parameter for everything that trains (the head is not part of this model).
 
-        Returns
-        -------
-        dict[str, nn.Parameter]
-
         Examples
         --------
         >>> from elp.testing import tiny_config
@@ -402,17 +318,12 @@ class AdaptedSSL(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Learnable parameters by learning-rate group.
+        """Learnable parameters by learning-rate group (e.g. ``{"e": [...], "l": [...], "ln": [...]}``).
 
         A parameter belongs to the group its nearest enclosing module declares as ``lr_group``
         (each adapter class declares its own; the backbone's trainable LayerNorms are ``ln``,
         the transformer of ``full`` is ``backbone``). A learnable parameter without one is an
         error, so a new adapter kind cannot train silently at a wrong rate.
-
-        Returns
-        -------
-        dict[str, list[nn.Parameter]]
-            Group name -> list of parameters, e.g. ``{"e": [...], "l": [...], "ln": [...]}``.
         """
         owners = {name: module.lr_group for name, module in self.named_modules() if getattr(module, "lr_group", None)}
         groups: dict[str, list[nn.Parameter]] = {}

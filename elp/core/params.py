@@ -28,13 +28,13 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
 
     Parameters
     ----------
-    backbone : str
+    backbone
         Short backbone name (:data:`elp.core.backbones.BACKBONES`).
-    method : str
+    method
         Method name (:data:`elp.core.methods.METHODS`).
-    config_overrides : dict | None, optional
+    config_overrides
         Architecture config fields to change (e.g. a tiny test architecture).
-    options : Mapping | None, optional
+    options
         Method options (:func:`elp.core.methods.default_options` for the defaults).
     **more_options
         Method options as keywords (``e_dim``, ``l_dim``, ...), on top of ``options``.
@@ -51,7 +51,7 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
     >>> counts["total"] == sum(counts["groups"].values())
     True
 
-    The full-size counts of :mod:`elp.core.methods` need no download either:
+    Full-size counts (what ``elp params`` prints) need no download either:
 
     >>> count_learnable("wavlm_plus", "elp")["total"], count_learnable("wavlm_plus", "lora")["total"]
     (9132556, 294912)
@@ -66,21 +66,10 @@ def count_learnable(backbone: str, method: str, config_overrides: dict | None = 
 
 
 def parameter_table(backbones: list[str], methods: list[str] | None = None, **options) -> list[dict]:
-    """One row per (backbone, method): ``backbone``, ``method``, ``total``, ``groups``.
+    """One row (``backbone``, ``method``, ``total``, ``groups``) per backbone and method, backbones outermost.
 
-    Parameters
-    ----------
-    backbones : list[str]
-        Short backbone names.
-    methods : list[str] | None, optional
-        Method names (None: every method of :data:`elp.core.methods.METHODS`).
-    **options
-        Keyword arguments of :func:`count_learnable`.
-
-    Returns
-    -------
-    list[dict]
-        One row per (backbone, method), backbones outermost.
+    ``methods`` None counts every method of :data:`elp.core.methods.METHODS`; ``options`` are
+    keyword arguments of :func:`count_learnable`.
 
     Examples
     --------

@@ -18,19 +18,7 @@ TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, i
 
 
 def tiny_config(name: str, **overrides):
-    """The tiny config of backbone ``name`` (a short name from :data:`elp.core.backbones.BACKBONES`).
-
-    Parameters
-    ----------
-    name : str
-        Short backbone name.
-    **overrides
-        Config fields to change on top of :data:`TINY_CONFIG`.
-
-    Returns
-    -------
-    transformers.PretrainedConfig
-        The backbone family's config class with the tiny architecture.
+    """The tiny config (:data:`TINY_CONFIG`, then ``overrides``) of the family of short backbone name ``name``.
 
     Examples
     --------
@@ -52,17 +40,7 @@ ARCH_PRESETS = {
 
 
 def arch_overrides(arch: str | None) -> dict:
-    """Config fields of a named architecture preset (``backbone_arch`` in hparams; None: {}).
-
-    Parameters
-    ----------
-    arch : str | None
-        A key of :data:`ARCH_PRESETS`, or None / ``""``.
-
-    Returns
-    -------
-    dict
-        A copy of the preset's config fields (empty for None).
+    """A copy of the config fields of preset ``arch`` (a key of :data:`ARCH_PRESETS`; None or ``""``: {}).
 
     Raises
     ------
@@ -83,16 +61,6 @@ def arch_overrides(arch: str | None) -> dict:
 
 def is_pretrained(arch: str | None) -> bool:
     """Whether hparams with this ``backbone_arch`` load pretrained weights (only without one).
-
-    Parameters
-    ----------
-    arch : str | None
-        ``backbone_arch`` from the hparams.
-
-    Returns
-    -------
-    bool
-        True when ``arch`` is empty or None.
 
     Examples
     --------

@@ -26,16 +26,6 @@ def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
     Adapters attached to the view (hooks, LoRA parametrizations) do not touch the original;
     parameters that a method trains must be un-shared before loading (:func:`unshare_learnable`).
 
-    Parameters
-    ----------
-    backbone : SSLBackbone
-        The shared frozen backbone.
-
-    Returns
-    -------
-    SSLBackbone
-        The view (same weight storage, own modules).
-
     Examples
     --------
     >>> from elp.testing import tiny_config
@@ -56,19 +46,9 @@ def backbone_view(backbone: SSLBackbone) -> SSLBackbone:
 
 
 def unshare_learnable(model: AdaptedSSL, shared: SSLBackbone) -> int:
-    """Give ``model`` private copies of the learnable tensors it shares with ``shared``.
+    """Give ``model`` private copies of the learnable tensors it shares with ``shared``; return their number.
 
-    Parameters
-    ----------
-    model : AdaptedSSL
-        A task's model built on a view of ``shared``.
-    shared : SSLBackbone
-        The shared backbone.
-
-    Returns
-    -------
-    int
-        The number of tensors copied (e.g. the per-layer LayerNorms ``el`` trains).
+    E.g. the per-layer LayerNorms ``el`` trains.
     """
     shared_ids = {id(p) for p in shared.model.parameters()}
     copied = 0
@@ -94,18 +74,16 @@ def encoder_from_features(backbone: SSLBackbone, features: torch.Tensor, frame_m
 
     Parameters
     ----------
-    backbone : SSLBackbone
-        The backbone (or a view) whose feature projection and layers run.
-    features : torch.Tensor
+    features
         CNN features [B, F, C] from :meth:`SSLBackbone.extract_cnn_features`.
-    frame_mask : torch.Tensor
+    frame_mask
         [B, F] bool, True = real frame.
-    prompt : torch.Tensor | None, optional
+    prompt
         P-adapter frames [K, C], or one set per sample [B, K, C], as in
         :meth:`SSLBackbone.forward`.
-    layer_prefixes : torch.Tensor | None, optional
+    layer_prefixes
         Prefixes [L, K', D], or one set per sample [L, B, K', D], as in :meth:`SSLBackbone.forward`.
-    prompt_mask, prefix_mask : torch.Tensor | None, optional
+    prompt_mask, prefix_mask
         [B, K] and [B, K'] bool: which prompt frames and prefix vectors of each sample are
         attended to (default: all). A routed batch masks the padding of tasks with fewer; the
         masked ones come first in each sample.
@@ -153,16 +131,6 @@ def routable(model: AdaptedSSL) -> bool:
     (:attr:`elp.core.adapters.Attachment.routable`): E-adapters, per-layer LayerNorms, the
     P-adapter, deep prefixes, LoRA, L-adapters and the weighted sum. Full fine-tuning, whose
     matrices are the task's own, runs its own layers.
-
-    Parameters
-    ----------
-    model : AdaptedSSL
-        A task's model.
-
-    Returns
-    -------
-    bool
-        Whether it can join a routed batch.
     """
     return all(type(attachment).routable for attachment in model.attachments)
 
@@ -222,20 +190,7 @@ class RoutedGroup:
         return list(self.context.tensors)
 
     def features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Each task's model features from one routed pass.
-
-        Parameters
-        ----------
-        features : torch.Tensor
-            CNN features [B, F, C].
-        frame_mask : torch.Tensor
-            [B, F] bool, True = real frame.
-
-        Returns
-        -------
-        list[torch.Tensor]
-            Per task, model features [B, F, D'].
-        """
+        """Each task's model features [B, F, D'] from one routed pass over CNN features [B, F, C] (mask [B, F])."""
         num_tasks, batch = len(self.models), features.shape[0]
         self.context.start(features)
         inputs = {name: make(batch) for name, make in self.context.inputs.items()}

@@ -6,8 +6,7 @@ code stays stock:
 * :func:`add_contiguous_attention_inputs`: HF WavLM's attention hands
   ``hidden_states.transpose(0, 1)`` (a non-contiguous view) to
   ``F.multi_head_attention_forward``. With frozen q/k/v weights PyTorch then takes a slow
-  path (measured on a WavLM Base+ layer, 2 CPU threads: 12x slower in fp32, 30x under bf16
-  autocast). A forward pre-hook hands the attention a tensor with the same values whose
+  path (docs/SPEED.md). A forward pre-hook hands the attention a tensor with the same values whose
   ``transpose(0, 1)`` is contiguous (``x.transpose(0, 1).contiguous().transpose(0, 1)``).
   wav2vec2 and HuBERT project q/k/v with ordinary ``nn.Linear`` calls on a contiguous input
   (eager or SDPA attention interface) and need nothing.
@@ -69,7 +68,7 @@ def add_contiguous_attention_inputs(modules: Iterable[nn.Module]) -> list[torch.
 
     Parameters
     ----------
-    modules : Iterable[nn.Module]
+    modules
         Attention modules that hand a transposed view of their input to
         ``F.multi_head_attention_forward`` (WavLM's; :meth:`elp.core.backbones.SSLBackbone.fused_attention_modules`).
 
@@ -94,18 +93,6 @@ def checkpointed(function: Callable, *args, **kwargs):
     Non-reentrant checkpointing (``use_reentrant=False``): works when no input requires grad
     but parameters inside do, keeps forward hooks, and restores the RNG state so that dropout
     (if on) draws the same masks when recomputing.
-
-    Parameters
-    ----------
-    function : Callable
-        The computation (e.g. a transformer layer).
-    *args, **kwargs
-        Its arguments.
-
-    Returns
-    -------
-    object
-        What ``function`` returns.
 
     Examples
     --------
@@ -153,16 +140,11 @@ def add_sdpa_attention(modules: Iterable[nn.Module], projections: tuple[str, str
 
     Parameters
     ----------
-    modules : Iterable[nn.Module]
+    modules
         WavLM attention modules (:meth:`elp.core.backbones.SSLBackbone.fused_attention_modules`).
-    projections : tuple[str, str, str, str]
+    projections
         Attribute names of their query, key, value and output projections
         (:attr:`elp.core.backbones.ModuleNames.attention_projections`).
-
-    Returns
-    -------
-    list[torch.nn.Module]
-        The attention modules changed.
 
     Examples
     --------
@@ -178,13 +160,7 @@ def add_sdpa_attention(modules: Iterable[nn.Module], projections: tuple[str, str
 
 
 def remove_sdpa_attention(modules: list[nn.Module]) -> None:
-    """Undo :func:`add_sdpa_attention` on the modules it returned.
-
-    Parameters
-    ----------
-    modules : list[nn.Module]
-        The attention modules :func:`add_sdpa_attention` changed.
-    """
+    """Undo :func:`add_sdpa_attention` on the modules it returned."""
     for module in modules:
         module.__dict__.pop("torch_multi_head_self_attention", None)
 
@@ -201,9 +177,7 @@ def cast_frozen_linear_(module: nn.Module, dtype: torch.dtype = torch.bfloat16) 
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The module to change (e.g. a backbone's transformer encoder).
-    dtype : torch.dtype
+    dtype
         Target dtype (``torch.bfloat16`` or ``torch.float16``).
 
     Returns

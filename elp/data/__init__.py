@@ -26,9 +26,21 @@ Examples
 
 from __future__ import annotations
 
-from elp.data.audio import AudioInfo, audio_info, check_audio, check_entry, num_samples, read_audio
-from elp.data.errors import AudioError, AudioNotFoundError, DataError, UndecodableAudioError, UnsafeEntryError
-from elp.data.pipes import NativeRead, parse_pipe
+from elp.data.audio import (
+    AudioInfo,
+    audio_info,
+    check_audio,
+    check_entry,
+    num_samples,
+    read_audio,
+)
+from elp.data.errors import (
+    AudioError,
+    AudioNotFoundError,
+    DataError,
+    UndecodableAudioError,
+    UnsafeEntryError,
+)
 from elp.data.kaldi_dir import (
     DataDir,
     DataDirError,
@@ -44,6 +56,7 @@ from elp.data.kaldi_dir import (
     write_mapping,
     write_trials,
 )
+from elp.data.pipes import NativeRead, parse_pipe
 
 __all__ = [
     "AudioInfo", "audio_info", "check_audio", "check_entry", "num_samples", "read_audio",

@@ -27,6 +27,11 @@ measured from their RIFF header alone.
 An optional segment ``(start, end)`` in seconds (Kaldi ``segments`` convention, ``end < 0``
 meaning "to the end of the recording") cuts a part of the recording.
 
+In every function here ``entry`` is a ``wav.scp`` value, ``utt`` the utterance (or
+recording) named in error messages, ``target_sr`` the output rate in Hz and
+``allow_shell_pipes`` the opt-in to run other commands ending in ``|`` with ``sh -c``
+(off: they are refused).
+
 Every waveform comes out mono (channels averaged) at ``target_sr`` (16 kHz by default),
 resampled with :func:`torchaudio.functional.resample`; resampling is logged once per
 distinct source rate. :func:`read_audio` refuses non-finite samples (NaN/inf) and short
@@ -66,11 +71,9 @@ import torchaudio.functional
 from elp.data.errors import AudioError, AudioNotFoundError, UndecodableAudioError, UnsafeEntryError
 from elp.data.pipes import (SHELL_PIPE_OPT_IN, NativeRead, decode_wav_bytes, parse_pipe, pipe_kind,
                             run_shell_pipe)
+from elp.runtime import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
-
-TARGET_SAMPLE_RATE = 16000
-"""The sample rate every backbone of the toolkit consumes."""
 
 Segment = tuple[float, float]
 """``(start, end)`` in seconds; ``end < 0`` means the end of the recording."""
@@ -86,16 +89,9 @@ _UNKNOWN_SIZE = 0xFFFFFFFF  # data chunk size of a streamed WAV whose length was
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """Length and format of a recording, without its samples.
+    """Length and format of a recording, without its samples: frames per channel and rate at the source.
 
-    Parameters
-    ----------
-    num_frames : int
-        Samples per channel at the source rate.
-    sample_rate : int
-        Source sample rate in Hz.
-    num_channels : int
-        Number of channels (read_audio averages them).
+    ``read_audio`` averages the ``num_channels`` channels.
     """
 
     num_frames: int
@@ -109,19 +105,7 @@ class AudioInfo:
 
 
 def resampled_length(num_frames: int, orig_sr: int, target_sr: int) -> int:
-    """Length after :func:`torchaudio.functional.resample` (exactly, integer arithmetic).
-
-    Parameters
-    ----------
-    num_frames : int
-        Samples at ``orig_sr``.
-    orig_sr, target_sr : int
-        Source and target rates in Hz.
-
-    Returns
-    -------
-    int
-        ``ceil(num_frames * target_sr / orig_sr)``.
+    """Length ``ceil(num_frames * target_sr / orig_sr)`` after :func:`torchaudio.functional.resample` (exact).
 
     Examples
     --------
@@ -140,22 +124,10 @@ def _where(utt: str | None) -> str:
 
 
 def unsafe_entry_reason(entry: str, allow_shell_pipes: bool = False) -> str | None:
-    """Why an entry is refused (None when elp can read it).
+    """Why an entry is refused, worded to follow "entry '...'" (None when elp can read it).
 
     A standard decoder pipe (:func:`elp.data.pipes.parse_pipe`) is read natively and is no
     reason; another command ending in ``|`` is refused unless ``allow_shell_pipes``.
-
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value.
-    allow_shell_pipes : bool, optional
-        The user opted in to running commands the way Kaldi does.
-
-    Returns
-    -------
-    str | None
-        The reason, worded to follow "entry '...'".
 
     Examples
     --------
@@ -190,14 +162,8 @@ def check_entry(entry: str, utt: str | None = None, where: str = "", allow_shell
 
     Parameters
     ----------
-    entry : str
-        A ``wav.scp`` value.
-    utt : str, optional
-        Utterance (or recording) named in the message.
-    where : str
+    where
         Prefix of the message, e.g. ``"data/test/wav.scp:3: "``.
-    allow_shell_pipes : bool, optional
-        Let commands ending in ``|`` that elp does not read natively run with ``sh -c``.
 
     Raises
     ------
@@ -593,19 +559,6 @@ def audio_info(entry: str, utt: str | None = None, allow_shell_pipes: bool = Fal
     For a pipe entry, of what the command outputs (its rate, its channels); a shell pipe
     (``allow_shell_pipes``) is run and decoded to know them.
 
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value.
-    utt : str, optional
-        Utterance named in error messages.
-    allow_shell_pipes : bool, optional
-        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
-
-    Returns
-    -------
-    AudioInfo
-
     Examples
     --------
     >>> import numpy as np, soundfile as sf, tempfile, os
@@ -626,21 +579,11 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
 
     Parameters
     ----------
-    entry : str
-        A ``wav.scp`` value.
-    utt : str, optional
-        Utterance (or recording) named in error messages.
-    scan_samples : bool, optional
+    scan_samples
         Decode every sample. None (default) decodes only formats that can hold non-finite
         values (float WAV, lossy codecs); integer PCM and FLAC are checked from their
         headers (a WAV data chunk shorter than declared is caught there). True also decodes
         integer formats (catches corrupt FLAC streams, at the cost of a full read).
-    allow_shell_pipes : bool, optional
-        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
-
-    Returns
-    -------
-    AudioInfo
 
     Raises
     ------
@@ -665,21 +608,9 @@ def check_audio(entry: str, utt: str | None = None, scan_samples: bool | None = 
 
 
 def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -> tuple[int, int]:
-    """Frame range ``[start, stop)`` a segment covers inside a recording.
+    """Frame range ``[start, stop)`` a segment covers in a recording of ``num_frames`` at ``sample_rate``.
 
-    Parameters
-    ----------
-    segment : tuple[float, float] | None
-        ``(start, end)`` seconds (``end < 0``: to the end); None is the whole recording.
-    sample_rate : int
-        Rate of the recording.
-    num_frames : int
-        Length of the recording (frames).
-
-    Returns
-    -------
-    tuple[int, int]
-        First frame and one past the last.
+    ``segment`` None is the whole recording.
 
     Examples
     --------
@@ -701,22 +632,9 @@ def segment_frames(segment: Segment | None, sample_rate: int, num_frames: int) -
     return start, stop
 
 
-def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
+def segment_num_samples(info: AudioInfo, target_sr: int = SAMPLE_RATE,
                         segment: Segment | None = None) -> int:
     """Samples :func:`read_audio` returns for a segment of a recording described by ``info``.
-
-    Parameters
-    ----------
-    info : AudioInfo
-        The recording's length and rate.
-    target_sr : int, optional
-        Output rate in Hz.
-    segment : Segment | None, optional
-        ``(start, end)`` in seconds (None: the whole recording).
-
-    Returns
-    -------
-    int
 
     Examples
     --------
@@ -727,27 +645,9 @@ def segment_num_samples(info: AudioInfo, target_sr: int = TARGET_SAMPLE_RATE,
     return resampled_length(stop - start, info.sample_rate, target_sr)
 
 
-def num_samples(entry: str, target_sr: int = TARGET_SAMPLE_RATE, segment: Segment | None = None,
+def num_samples(entry: str, target_sr: int = SAMPLE_RATE, segment: Segment | None = None,
                 utt: str | None = None, allow_shell_pipes: bool = False) -> int:
-    """Number of samples :func:`read_audio` returns for an entry, from its header only.
-
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value.
-    target_sr : int
-        Rate the samples are counted at (after resampling).
-    segment : tuple[float, float] | None
-        Optional part of the recording in seconds.
-    utt : str, optional
-        Utterance named in error messages.
-    allow_shell_pipes : bool, optional
-        Run commands elp does not read natively with ``sh -c`` (off: they are refused).
-
-    Returns
-    -------
-    int
-    """
+    """Number of samples :func:`read_audio` returns for an entry, from its header only."""
     return segment_num_samples(audio_info(entry, utt, allow_shell_pipes), target_sr, segment)
 
 
@@ -758,7 +658,7 @@ def _log_resampling_once(orig_sr: int, target_sr: int) -> None:
                     orig_sr, target_sr)
 
 
-def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
+def read_audio(entry: str, target_sr: int = SAMPLE_RATE,
                segment: Segment | None = None, utt: str | None = None,
                allow_shell_pipes: bool = False) -> torch.Tensor:
     """Read the audio a ``wav.scp`` entry names: mono, float32, at ``target_sr``.
@@ -769,17 +669,7 @@ def read_audio(entry: str, target_sr: int = TARGET_SAMPLE_RATE,
 
     Parameters
     ----------
-    entry : str
-        Plain path (any soundfile format, e.g. wav or flac), ``path.ark:offset``, or a decoder
-        pipe :func:`elp.data.pipes.parse_pipe` recognises (its file is read natively, seeking
-        to the segment).
-    target_sr : int
-        Output rate in Hz (16 kHz for every backbone of the toolkit).
-    segment : tuple[float, float] | None
-        ``(start, end)`` seconds to cut (``end < 0``: to the end), as in Kaldi ``segments``.
-    utt : str, optional
-        Utterance named in error messages.
-    allow_shell_pipes : bool, optional
+    allow_shell_pipes
         Run other commands ending in ``|`` with ``sh -c`` as Kaldi does (the whole output is
         decoded, then the segment cut); off, they are refused.
 

@@ -40,10 +40,11 @@ from pathlib import Path
 
 import soundfile
 
-from elp.data.audio import TARGET_SAMPLE_RATE, audio_info, read_audio
+from elp.data.audio import audio_info, read_audio
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import PathLike, read_data_dir
 from elp.data.pipes import pipe_kind
+from elp.runtime import SAMPLE_RATE, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def augmentation_csv(data_dir: PathLike, csv_file: PathLike, allow_shell_pipes: 
 
     Parameters
     ----------
-    data_dir : str | os.PathLike
+    data_dir
         A Kaldi data dir of noises or RIRs (``wav.scp``, ``utt2spk``; ``segments`` allowed).
-    csv_file : str | os.PathLike
+    csv_file
         The CSV to write; converted audio goes to ``<csv_file stem>_wav/`` beside it.
-    allow_shell_pipes : bool, optional
+    allow_shell_pipes
         Run ``wav.scp`` commands elp does not read natively (:mod:`elp.data.pipes`).
 
     Returns
@@ -80,7 +81,7 @@ def augmentation_csv(data_dir: PathLike, csv_file: PathLike, allow_shell_pipes: 
         where = f"{Path(data_dir) / 'wav.scp'}: {utt!r}: "
         try:
             info = audio_info(entry, utt, allow_shell_pipes)
-            plain = (segment is None and pipe_kind(entry) is None and info.sample_rate == TARGET_SAMPLE_RATE
+            plain = (segment is None and pipe_kind(entry) is None and info.sample_rate == SAMPLE_RATE
                      and info.num_channels == 1 and os.path.isfile(entry))
             if plain:
                 path, seconds = os.path.abspath(entry), info.num_frames / info.sample_rate
@@ -89,19 +90,20 @@ def augmentation_csv(data_dir: PathLike, csv_file: PathLike, allow_shell_pipes: 
                                       allow_shell_pipes=allow_shell_pipes)
                 path = str((audio_dir / f"{utt}.wav").resolve())
                 audio_dir.mkdir(parents=True, exist_ok=True)
-                soundfile.write(path, waveform.numpy(), TARGET_SAMPLE_RATE, subtype="FLOAT")
-                seconds = waveform.shape[0] / TARGET_SAMPLE_RATE
+                soundfile.write(path, waveform.numpy(), SAMPLE_RATE, subtype="FLOAT")
+                seconds = waveform.shape[0] / SAMPLE_RATE
         except DataError as error:
             raise DataError(f"{where}{error}") from None
         rows.append((utt, f"{seconds:.6g}", path, Path(path).suffix.lstrip("."), ""))
     if not rows:
         raise DataError(f"{data_dir}: no recordings; an augmentation set needs at least one")
     csv_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = csv_file.with_name(f".{csv_file.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("ID", "duration", "wav", "wav_format", "wav_opts"))
-        writer.writerows(rows)
-    os.replace(temporary, csv_file)
+    def write(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("ID", "duration", "wav", "wav_format", "wav_opts"))
+            writer.writerows(rows)
+
+    atomic_write(csv_file, write)
     logger.info("%s: %d recording(s) of %s for augmentation", csv_file, len(rows), data_dir)
     return str(csv_file)

@@ -30,7 +30,9 @@ Kaldi runs with sox. A plain path ``P`` becomes ``sox P -t wav - speed F |``; a 
 times are divided by ``F``. Archive entries (``path.ark:offset``) cannot be piped into sox
 and are refused.
 
-Files other than those :class:`~elp.data.kaldi_dir.DataDir` knows (``feats.scp``,
+Every function reads ``source`` (a data dir path, or a :class:`~elp.data.kaldi_dir.DataDir`
+in memory) and writes its result to ``dest``, returning ``dest``; with ``dest`` None it
+returns the result in memory. Files other than those :class:`~elp.data.kaldi_dir.DataDir` knows (``feats.scp``,
 ``utt2dur``, ...) are not carried over; a warning names them.
 
 Examples
@@ -60,11 +62,22 @@ import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from elp.data.audio import TARGET_SAMPLE_RATE
-from elp.data.kaldi_dir import (DATA_DIR_FILES, DataDir, DataDirError, PathLike, Segment, Trial,
-                                combine_data_dirs, read_data_dir, read_text_lines, subset_data_dir,
-                                utterance_lengths, write_data_dir)
+from elp.data.kaldi_dir import (
+    DATA_DIR_FILES,
+    DataDir,
+    DataDirError,
+    PathLike,
+    Segment,
+    Trial,
+    combine_data_dirs,
+    read_data_dir,
+    read_text_lines,
+    subset_data_dir,
+    utterance_lengths,
+    write_data_dir,
+)
 from elp.data.pipes import pipe_kind
+from elp.runtime import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +106,9 @@ def read_id_list(path: PathLike) -> list[str]:
 
     Parameters
     ----------
-    path : str | os.PathLike
+    path
         A text file, one id per line (further columns are ignored, as ``utils/filter_scp.pl``
         does).
-
-    Returns
-    -------
-    list[str]
 
     Examples
     --------
@@ -124,21 +133,8 @@ def subset_dir(source: PathLike | DataDir, dest: PathLike | None = None, *, firs
 
     Parameters
     ----------
-    source : str | os.PathLike | DataDir
-        The data dir (or one in memory).
-    dest : str | os.PathLike | None, optional
-        Where to write the subset; None returns it in memory.
-    first, last, random : int, optional
-        How many utterances.
-    seed : int, optional
-        Seed of ``random``.
-    spk_list, utt_list : Iterable[str], optional
+    spk_list, utt_list
         Speaker / utterance ids to keep; an id absent from the dir is an error.
-
-    Returns
-    -------
-    pathlib.Path | DataDir
-        ``dest`` once written, or the subset.
 
     Raises
     ------
@@ -193,17 +189,6 @@ def combine_dirs(sources: Sequence[PathLike | DataDir], dest: PathLike | None = 
     source has them (a warning names the dropped ones); an id in two sources must have equal
     values everywhere. ``wav.scp`` of dirs with and without ``segments`` cannot be mixed.
 
-    Parameters
-    ----------
-    sources : Sequence[str | os.PathLike | DataDir]
-        The data dirs.
-    dest : str | os.PathLike | None, optional
-        Where to write the union; None returns it.
-
-    Returns
-    -------
-    pathlib.Path | DataDir
-
     Raises
     ------
     DataDirError
@@ -241,18 +226,10 @@ def copy_dir(source: PathLike | DataDir, dest: PathLike | None = None, *, utt_pr
 
     Parameters
     ----------
-    source : str | os.PathLike | DataDir
-        The data dir.
-    dest : str | os.PathLike | None, optional
-        Where to write the copy; None returns it.
-    utt_prefix, spk_prefix : str, optional
+    utt_prefix, spk_prefix
         Prefixes of utterance and speaker ids (no whitespace).
-    reco_prefix : str | None, optional
+    reco_prefix
         Prefix of recording ids (only with ``segments``).
-
-    Returns
-    -------
-    pathlib.Path | DataDir
 
     Examples
     --------
@@ -297,18 +274,10 @@ def filter_dir(source: PathLike, dest: PathLike | None = None, *, min_seconds: f
 
     Parameters
     ----------
-    source : str | os.PathLike
-        The data dir.
-    dest : str | os.PathLike | None, optional
-        Where to write the kept utterances; None returns them.
-    min_seconds, max_seconds : float, optional
+    min_seconds, max_seconds
         Bounds in seconds (None: no upper bound).
-    allow_shell_pipes : bool, optional
+    allow_shell_pipes
         Run ``wav.scp`` commands elp does not read natively to measure them.
-
-    Returns
-    -------
-    pathlib.Path | DataDir
 
     Raises
     ------
@@ -330,8 +299,8 @@ def filter_dir(source: PathLike, dest: PathLike | None = None, *, min_seconds: f
     data = _read(source)
     lengths = utterance_lengths(source, allow_shell_pipes=allow_shell_pipes)
     keep = [utt for utt in data.utterances
-            if lengths[utt] >= min_seconds * TARGET_SAMPLE_RATE
-            and (max_seconds is None or lengths[utt] <= max_seconds * TARGET_SAMPLE_RATE)]
+            if lengths[utt] >= min_seconds * SAMPLE_RATE
+            and (max_seconds is None or lengths[utt] <= max_seconds * SAMPLE_RATE)]
     if not keep:
         raise DataDirError(f"filter: no utterance of {source} lasts {min_seconds} to {max_seconds} s; "
                            "widen the bounds")
@@ -347,15 +316,6 @@ def filter_dir(source: PathLike, dest: PathLike | None = None, *, min_seconds: f
 def speed_prefix(factor: float) -> str:
     """The id prefix of a speed factor, as Kaldi writes it (``sp0.9-``).
 
-    Parameters
-    ----------
-    factor : float
-        Speed factor.
-
-    Returns
-    -------
-    str
-
     Examples
     --------
     >>> speed_prefix(0.9), speed_prefix(1.1), speed_prefix(0.95)
@@ -369,16 +329,10 @@ def speed_entry(entry: str, factor: float, where: str = "") -> str:
 
     Parameters
     ----------
-    entry : str
+    entry
         A plain path or a pipe entry.
-    factor : float
-        Speed factor.
-    where : str
+    where
         Prefix of error messages.
-
-    Returns
-    -------
-    str
 
     Raises
     ------
@@ -419,16 +373,8 @@ def perturb_speed(source: PathLike | DataDir, dest: PathLike | None, factors: Se
 
     Parameters
     ----------
-    source : str | os.PathLike | DataDir
-        The data dir.
-    dest : str | os.PathLike | None
-        Where to write the perturbed dir; None returns it.
-    factors : Sequence[float]
+    factors
         Speed factors, each in (0.1, 10].
-
-    Returns
-    -------
-    pathlib.Path | DataDir
 
     Raises
     ------

@@ -18,9 +18,10 @@ line and utterance, and the fix):
   the original as ``text.orig``; it must then be applied to every set (train, dev and test),
   so that references are scored in the same form. We chose an error by default because a
   silent rewrite would change the references a user compares against published numbers.
-* :func:`check_eval_sets` on the dev/test sets against the saved inventory: a label no
-  training utterance has, or a character the tokenizer cannot encode, is reported with the
-  utterances before any training starts (instead of failing after an epoch).
+* :func:`check_transcript_coverage` / :func:`check_label_coverage` on the dev/test sets
+  against the saved inventory: a label no training utterance has, or a character the
+  tokenizer cannot encode, is reported with the utterances before any training starts
+  (instead of failing after an epoch).
 
 Examples
 --------
@@ -40,8 +41,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from elp.data.errors import DataError
-from elp.data.kaldi_dir import (TEXT, UTT2LABEL, UTT2SPK, read_numbered_lines, read_text_lines,
-                                read_token_mapping, write_mapping)
+from elp.data.kaldi_dir import (
+    TEXT,
+    UTT2LABEL,
+    read_numbered_lines,
+    read_text_lines,
+    read_token_mapping,
+    write_mapping,
+)
 
 BLANK = "<blank>"
 SPACE = "<space>"
@@ -51,12 +58,7 @@ LABELS_FILE = "labels.txt"
 
 
 class CharTokenizer:
-    """Characters <-> ids, with the CTC blank at id 0.
-
-    Parameters
-    ----------
-    tokens : list[str]
-        The inventory; ``tokens[0]`` must be ``"<blank>"``, a space is ``"<space>"``.
+    """Characters <-> ids: ``tokens[i]`` has id i; ``tokens[0]`` is the CTC blank, a space is ``"<space>"``.
 
     Raises
     ------
@@ -83,17 +85,7 @@ class CharTokenizer:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
-        """The sorted characters of ``texts`` after the blank.
-
-        Parameters
-        ----------
-        texts : Iterable[str]
-            Training transcripts.
-
-        Returns
-        -------
-        CharTokenizer
-        """
+        """The sorted characters of ``texts`` after the blank."""
         chars = sorted({SPACE if ch == " " else ch for text in texts for ch in text})
         return cls([BLANK] + chars)
 
@@ -104,18 +96,6 @@ class CharTokenizer:
 
     def encode(self, text: str, utt: str | None = None) -> list[int]:
         """Token ids of ``text``; ``utt`` is named in the error for an unknown character.
-
-        Parameters
-        ----------
-        text : str
-            A transcript.
-        utt : str | None, optional
-            Utterance id named in the error.
-
-        Returns
-        -------
-        list[int]
-            One id per character.
 
         Raises
         ------
@@ -128,42 +108,20 @@ class CharTokenizer:
             where = f"utt {utt!r}: " if utt else ""
             raise DataError(f"{where}character {err.args[0]!r} of {text!r} is not in the token inventory "
                             "(built from the training text); normalise the text like the training text or remove the utterance "
-                            "(stage 2 checks every dev/test set: check_eval_sets)") from None
+                            "(stage 2 checks every dev/test set and lists every such utterance)") from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids`` (blanks dropped, ``<space>`` -> ``" "``).
-
-        Parameters
-        ----------
-        ids : Iterable[int]
-            Token ids.
-
-        Returns
-        -------
-        str
-        """
+        """Text of ``ids`` (blanks dropped, ``<space>`` -> ``" "``)."""
         return "".join(" " if self.tokens[i] == SPACE else self.tokens[i] for i in ids if i != 0)
 
     def save(self, directory: os.PathLike) -> None:
-        """Write ``tokens.txt`` (one token a line) into ``directory`` (created).
-
-        Parameters
-        ----------
-        directory : os.PathLike
-            The lang directory.
-        """
+        """Write ``tokens.txt`` (one token a line) into ``directory`` (created)."""
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / TOKENS_FILE).write_text("\n".join(self.tokens) + "\n")
 
 
 class BPETokenizer:
-    """Sentencepiece BPE pieces <-> ids; id 0 is the CTC blank, piece i has id i + 1.
-
-    Parameters
-    ----------
-    model_path : os.PathLike
-        A sentencepiece ``bpe.model``.
-    """
+    """Sentencepiece BPE pieces <-> ids; id 0 is the CTC blank, piece i has id i + 1."""
 
     def __init__(self, model_path: os.PathLike):
         import sentencepiece as spm
@@ -177,16 +135,8 @@ class BPETokenizer:
 
         Parameters
         ----------
-        texts : Iterable[str]
-            Training transcripts.
-        directory : os.PathLike
-            The lang directory (created).
-        vocab_size : int
+        vocab_size
             Number of pieces (a soft limit).
-
-        Returns
-        -------
-        BPETokenizer
         """
         import sentencepiece as spm
 
@@ -209,45 +159,16 @@ class BPETokenizer:
         return self.sp.get_piece_size() + 1
 
     def encode(self, text: str) -> list[int]:
-        """Piece ids of ``text`` (shifted by one for the blank).
-
-        Parameters
-        ----------
-        text : str
-            A transcript.
-
-        Returns
-        -------
-        list[int]
-        """
+        """Piece ids of ``text`` (shifted by one for the blank)."""
         return [i + 1 for i in self.sp.encode(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids`` (blanks dropped).
-
-        Parameters
-        ----------
-        ids : Iterable[int]
-            Token ids.
-
-        Returns
-        -------
-        str
-        """
+        """Text of ``ids`` (blanks dropped)."""
         return self.sp.decode([i - 1 for i in ids if i != 0])
 
 
 def load_tokenizer(lang_dir: os.PathLike):
-    """The tokenizer stage 2 saved in ``lang_dir`` (BPE when ``bpe.model`` exists).
-
-    Parameters
-    ----------
-    lang_dir : os.PathLike
-        The lang directory.
-
-    Returns
-    -------
-    BPETokenizer | CharTokenizer
+    """The tokenizer stage 2 saved in ``lang_dir``: :class:`BPETokenizer` when ``bpe.model`` exists, else characters.
 
     Raises
     ------
@@ -263,12 +184,7 @@ def load_tokenizer(lang_dir: os.PathLike):
 
 
 class LabelMap:
-    """Class names <-> ids (sorted names; id = position).
-
-    Parameters
-    ----------
-    labels : list[str]
-        Class names in id order.
+    """Class names <-> ids (``labels`` in id order: sorted names, id = position).
 
     Examples
     --------
@@ -288,16 +204,7 @@ class LabelMap:
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> LabelMap:
-        """The sorted distinct ``values``.
-
-        Parameters
-        ----------
-        values : Iterable[str]
-            Labels, one token each.
-
-        Returns
-        -------
-        LabelMap
+        """The sorted distinct ``values`` (labels, one token each).
 
         Raises
         ------
@@ -317,17 +224,6 @@ class LabelMap:
     def encode(self, label: str, utt: str | None = None) -> int:
         """Class id of ``label``; ``utt`` is named in the error for an unseen label.
 
-        Parameters
-        ----------
-        label : str
-            A class name.
-        utt : str | None, optional
-            Utterance id named in the error.
-
-        Returns
-        -------
-        int
-
         Raises
         ------
         DataError
@@ -338,36 +234,17 @@ class LabelMap:
             raise DataError(f"{where}label {label!r} is not among the {len(self)} training classes "
                             f"({', '.join(self.labels[:10])}{', ...' if len(self) > 10 else ''}); the model "
                             "cannot predict it: remove the utterance from this set or add training examples "
-                            "of the class and rerun stage 2 (check_eval_sets lists all of them)")
+                            "of the class and rerun stage 2 (which lists all of them)")
         return self.index[label]
 
     def save(self, directory: os.PathLike, filename: str = LABELS_FILE) -> None:
-        """Write the labels, one a line, to ``directory / filename`` (directory created).
-
-        Parameters
-        ----------
-        directory : os.PathLike
-            The lang directory.
-        filename : str, optional
-            File name (``labels.txt``).
-        """
+        """Write the labels, one a line, to ``directory / filename`` (the lang directory, created)."""
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / filename).write_text("\n".join(self.labels) + "\n")
 
     @classmethod
     def load(cls, directory: os.PathLike, filename: str = LABELS_FILE) -> LabelMap:
         """Read a label map :meth:`save` wrote.
-
-        Parameters
-        ----------
-        directory : os.PathLike
-            The lang directory.
-        filename : str, optional
-            File name (``labels.txt``).
-
-        Returns
-        -------
-        LabelMap
 
         Raises
         ------
@@ -401,19 +278,12 @@ def _char_problem(ch: str, allow: str) -> str | None:
 
 
 def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> dict[str, str]:
-    """Check the ``text`` of a data dir before an inventory is built from it (or checked).
+    """Check the ``text`` of a data dir before an inventory is built from it; return utt -> transcript.
 
     Parameters
     ----------
-    data_dir : str | Path
-        A data dir with ``text``.
-    allow : str
+    allow
         Characters accepted although they are punctuation/symbols (default: the apostrophe).
-
-    Returns
-    -------
-    dict
-        utt -> transcript.
 
     Raises
     ------
@@ -458,18 +328,7 @@ def check_transcripts(data_dir: os.PathLike, allow: str = _KEPT_PUNCTUATION) -> 
 
 
 def normalize_transcript(text: str, keep: str = _KEPT_PUNCTUATION) -> str:
-    """Upper-case, punctuation and symbols -> space (``keep`` excepted), single spaces.
-
-    Parameters
-    ----------
-    text : str
-        A transcript.
-    keep : str, optional
-        Punctuation characters kept (the apostrophe).
-
-    Returns
-    -------
-    str
+    """Upper-case, punctuation and symbols -> space (``keep``, the apostrophe, excepted), single spaces.
 
     Examples
     --------
@@ -483,22 +342,10 @@ def normalize_transcript(text: str, keep: str = _KEPT_PUNCTUATION) -> str:
 
 
 def normalize_text_file(data_dir: os.PathLike, keep: str = _KEPT_PUNCTUATION) -> int:
-    """Explicit normalisation of a data dir's ``text`` (:func:`normalize_transcript`).
+    """Normalise a data dir's ``text`` (:func:`normalize_transcript`); return how many transcripts changed.
 
     The original is kept as ``text.orig`` (never overwritten: running twice normalises the
     original again). Apply it to every set of a recipe, so references match the model's output.
-
-    Parameters
-    ----------
-    data_dir : os.PathLike
-        A Kaldi-style data dir with ``text``.
-    keep : str, optional
-        Punctuation characters kept.
-
-    Returns
-    -------
-    int
-        Number of transcripts changed.
 
     Raises
     ------
@@ -536,13 +383,6 @@ def _unknown_characters(tokenizer) -> Callable[[str], bool]:
 def check_transcript_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike]) -> None:
     """Check that the tokenizer stage 2 saved in ``lang_dir`` encodes every transcript of
     ``data_dirs`` (characters of the character list, or BPE without its unknown piece).
-
-    Parameters
-    ----------
-    lang_dir : os.PathLike
-        The lang directory of stage 2.
-    data_dirs : Sequence[os.PathLike]
-        Data dirs whose ``text`` is checked.
 
     Raises
     ------
@@ -584,13 +424,9 @@ def check_label_coverage(lang_dir: os.PathLike, data_dirs: Sequence[os.PathLike]
 
     Parameters
     ----------
-    lang_dir : os.PathLike
-        The lang directory of stage 2.
-    data_dirs : Sequence[os.PathLike]
-        Data dirs whose ``label_file`` is checked.
-    label_file : str, optional
+    label_file
         ``utt2label`` or ``utt2spk``.
-    what : str, optional
+    what
         What the labels are, for the message.
 
     Raises

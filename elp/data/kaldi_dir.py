@@ -46,13 +46,19 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from elp.data.audio import (TARGET_SAMPLE_RATE, AudioInfo, audio_info, check_audio as check_recording,
-                            segment_num_samples, unsafe_entry_reason)
-from elp.data.pipes import SHELL_PIPE_OPT_IN, pipe_kind
+from elp.data.audio import (
+    AudioInfo,
+    audio_info,
+    segment_num_samples,
+    unsafe_entry_reason,
+)
+from elp.data.audio import check_audio as check_recording
 from elp.data.errors import AudioError, DataError
+from elp.data.pipes import SHELL_PIPE_OPT_IN, pipe_kind
+from elp.runtime import SAMPLE_RATE, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -88,44 +94,20 @@ class DataDirError(DataError):
 
 @dataclass(frozen=True)
 class Segment:
-    """One line of ``segments``: an utterance cut out of a recording (seconds).
-
-    Parameters
-    ----------
-    recording : str
-        Recording id (a key of ``wav.scp``).
-    start, end : float
-        Start and end time in seconds.
-    """
+    """One line of ``segments``: an utterance cut out of ``recording`` (a key of ``wav.scp``), in seconds."""
 
     recording: str
     start: float
     end: float
 
     def as_tuple(self) -> tuple[float, float]:
-        """``(start, end)`` as :func:`elp.data.audio.read_audio` takes it.
-
-        Returns
-        -------
-        tuple[float, float]
-            ``(start, end)`` in seconds.
-        """
+        """``(start, end)`` in seconds, as :func:`elp.data.audio.read_audio` takes it."""
         return (self.start, self.end)
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll``?
-
-    Parameters
-    ----------
-    enroll : str
-        Enrolment utterance id.
-    test : str
-        Test utterance id.
-    target : bool
-        True when both are spoken by the same speaker.
-    """
+    """One speaker-verification trial: is ``test`` spoken by the speaker of ``enroll`` (``target``)?"""
 
     enroll: str
     test: str
@@ -134,27 +116,11 @@ class Trial:
 
 @dataclass
 class DataDir:
-    """The mappings of a data dir in memory (None: the file is absent).
+    """The mappings of a data dir in memory, one field per file of the module's table (None: absent).
 
     Field names are the keyword arguments of :func:`write_data_dir`, so
-    ``write_data_dir(path, **data.mappings())`` writes it back.
-
-    Parameters
-    ----------
-    wav_scp : dict[str, str]
-        Utterance (or recording, with ``segments``) -> audio entry.
-    utt2spk : dict[str, str]
-        Utterance -> speaker.
-    text : dict[str, str] | None, optional
-        Utterance -> transcript.
-    utt2label : dict[str, str] | None, optional
-        Utterance -> class label.
-    segments : dict[str, Segment] | None, optional
-        Utterance -> :class:`Segment` of a recording.
-    utt2num_samples : dict[str, int] | None, optional
-        Utterance -> number of samples at 16 kHz.
-    trials : list[Trial] | None, optional
-        Speaker-verification trials.
+    ``write_data_dir(path, **data.mappings())`` writes it back; ``segments`` maps utterances to
+    :class:`Segment`, ``utt2num_samples`` holds 16 kHz counts.
     """
 
     wav_scp: dict[str, str]
@@ -171,13 +137,7 @@ class DataDir:
         return sorted(self.utt2spk)
 
     def mappings(self) -> dict[str, object]:
-        """The fields as a dict (for ``write_data_dir(path, **data.mappings())``).
-
-        Returns
-        -------
-        dict[str, object]
-            Field name -> value (None for absent files).
-        """
+        """Field name -> value (None for absent files), for ``write_data_dir(path, **data.mappings())``."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
@@ -188,17 +148,7 @@ def _check_key(key: str, where: str) -> None:
 
 
 def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 text file; bad bytes raise naming file and line.
-
-    Parameters
-    ----------
-    path : str | Path
-        The file.
-
-    Returns
-    -------
-    list[tuple[int, str]]
-        1-based line numbers and lines without their line break.
+    """``(1-based line number, line without its break)`` of a UTF-8 text file.
 
     Raises
     ------
@@ -241,20 +191,10 @@ def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
 
 
 def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
-    """``(line number, key, value)`` of a Kaldi mapping file, duplicates kept (for validation).
+    """``(line number, key, value)`` of a Kaldi mapping file in file order, duplicates kept (for validation).
 
     The value is the rest of the line after the first whitespace (may contain spaces, as in
     ``text``; may be empty). Blank lines are skipped.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A Kaldi mapping file.
-
-    Returns
-    -------
-    list[tuple[int, str, str]]
-        ``(line number, key, value)`` in file order.
 
     Examples
     --------
@@ -275,39 +215,12 @@ def read_numbered_lines(path: PathLike) -> list[tuple[int, str, str]]:
 
 
 def read_mapping_lines(path: PathLike) -> list[tuple[str, str]]:
-    """Read ``<key> <value>`` lines in file order, keeping duplicates (for validation).
-
-    Parameters
-    ----------
-    path : str | Path
-        A Kaldi mapping file. The value is the rest of the line after the first whitespace
-        (may contain spaces, as in ``text``; may be empty). Blank lines are skipped.
-
-    Returns
-    -------
-    list[tuple[str, str]]
-    """
+    """``(key, value)`` lines of a Kaldi mapping file in file order, duplicates kept (:func:`read_numbered_lines`)."""
     return [(key, value) for _, key, value in read_numbered_lines(path)]
 
 
 def token_problem(path: PathLike, number: int, key: str, value: str) -> str | None:
-    """Why a line of a one-token file (``utt2spk``, ``utt2label``, ``utt2*``) is invalid, or None.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        The file, named in the message.
-    number : int
-        1-based line number.
-    key : str
-        The line's utterance id.
-    value : str
-        The rest of the line.
-
-    Returns
-    -------
-    str | None
-        The message, or None for a valid line.
+    """Why line ``number`` (``key value``) of a one-token file (``utt2spk``, ``utt2*``) is invalid, or None.
 
     Examples
     --------
@@ -328,17 +241,7 @@ def token_problem(path: PathLike, number: int, key: str, value: str) -> str | No
 
 
 def read_token_mapping(path: PathLike) -> dict[str, str]:
-    """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A Kaldi mapping file.
-
-    Returns
-    -------
-    dict[str, str]
-        Key -> its one token.
+    """Read a one-token-per-key file (``utt2spk``, ``utt2label``, any ``utt2*`` label file): key -> token.
 
     Raises
     ------
@@ -358,17 +261,7 @@ def read_token_mapping(path: PathLike) -> dict[str, str]:
 
 
 def read_mapping(path: PathLike) -> dict[str, str]:
-    """Read a Kaldi mapping file (``wav.scp``, ``utt2spk``, ``text``, ``utt2label``, ...).
-
-    Parameters
-    ----------
-    path : str | Path
-        The file.
-
-    Returns
-    -------
-    dict
-        key -> value (value = rest of the line, stripped).
+    """Read a Kaldi mapping file (``wav.scp``, ``utt2spk``, ``text``, ...): key -> rest of the line, stripped.
 
     Raises
     ------
@@ -397,14 +290,9 @@ def read_mapping(path: PathLike) -> dict[str, str]:
 
 
 def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
-    """Write ``<key> <value>`` lines sorted by key (C-locale order).
+    """Write ``<key> <value>`` lines sorted by key (C-locale order), creating parent dirs.
 
-    Parameters
-    ----------
-    path : str | Path
-        Output file (parent dirs are created).
-    mapping : Mapping[str, object]
-        key -> value; values are written with ``str()``; an empty value writes the key alone.
+    Values are written with ``str()``; an empty value writes the key alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -423,16 +311,6 @@ def write_mapping(path: PathLike, mapping: Mapping[str, object]) -> None:
 def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
     """Invert ``utt2spk``: speaker -> sorted utterances (keys sorted).
 
-    Parameters
-    ----------
-    utt2spk : Mapping[str, str]
-        Utterance -> speaker.
-
-    Returns
-    -------
-    dict[str, list[str]]
-        Speaker -> sorted utterances.
-
     Examples
     --------
     >>> utt2spk_to_spk2utt({"a-2": "a", "b-1": "b", "a-1": "a"})
@@ -445,46 +323,17 @@ def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 def read_spk2utt(path: PathLike) -> dict[str, list[str]]:
-    """Read ``spk2utt``: speaker -> list of utterances (in file order).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A ``spk2utt`` file.
-
-    Returns
-    -------
-    dict[str, list[str]]
-        Speaker -> utterances.
-    """
+    """Read ``spk2utt``: speaker -> list of utterances (in file order)."""
     return {spk: utts.split() for spk, utts in read_mapping(path).items()}
 
 
 def write_spk2utt(path: PathLike, spk2utt: Mapping[str, Sequence[str]]) -> None:
-    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        Output file.
-    spk2utt : Mapping[str, Sequence[str]]
-        Speaker -> utterances.
-    """
+    """Write ``spk2utt`` (speakers sorted, utterances sorted within a speaker)."""
     write_mapping(path, {spk: " ".join(sorted(utts)) for spk, utts in spk2utt.items()})
 
 
 def read_segments(path: PathLike) -> dict[str, Segment]:
     """Read ``segments``: utt -> :class:`Segment` (``<utt> <recording> <start> <end>``).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A ``segments`` file.
-
-    Returns
-    -------
-    dict[str, Segment]
-        Utterance -> segment.
 
     Examples
     --------
@@ -514,31 +363,12 @@ def _parse_segment(value: str, where: str) -> Segment:
 
 
 def write_segments(path: PathLike, segments: Mapping[str, Segment]) -> None:
-    """Write ``segments`` sorted by utterance.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        Output file.
-    segments : Mapping[str, Segment]
-        Utterance -> segment.
-    """
+    """Write ``segments`` sorted by utterance."""
     write_mapping(path, {utt: f"{s.recording} {s.start:g} {s.end:g}" for utt, s in segments.items()})
 
 
 def read_utt2num_samples(path: PathLike) -> dict[str, int]:
-    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        An ``utt2num_samples`` file.
-
-    Returns
-    -------
-    dict[str, int]
-        Utterance -> samples.
-    """
+    """Read ``utt2num_samples``: utt -> number of samples at 16 kHz."""
     result = {}
     for utt, value in read_mapping(path).items():
         try:
@@ -549,31 +379,12 @@ def read_utt2num_samples(path: PathLike) -> dict[str, int]:
 
 
 def write_utt2num_samples(path: PathLike, utt2num_samples: Mapping[str, int]) -> None:
-    """Write ``utt2num_samples`` sorted by utterance.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        Output file.
-    utt2num_samples : Mapping[str, int]
-        Utterance -> samples.
-    """
+    """Write ``utt2num_samples`` sorted by utterance."""
     write_mapping(path, {utt: int(n) for utt, n in utt2num_samples.items()})
 
 
 def read_trials(path: PathLike) -> list[Trial]:
-    """Read a ``trials`` file: lines ``<enroll-utt> <test-utt> target|nontarget``.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        A ``trials`` file.
-
-    Returns
-    -------
-    list[Trial]
-        In file order.
-    """
+    """Read a ``trials`` file (lines ``<enroll-utt> <test-utt> target|nontarget``) in file order."""
     trials = []
     for number, line in read_text_lines(path):
         parts = line.split()
@@ -589,13 +400,6 @@ def read_trials(path: PathLike) -> list[Trial]:
 
 def write_trials(path: PathLike, trials: Iterable[Trial]) -> None:
     """Write a ``trials`` file in the order given.
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        Output file.
-    trials : Iterable[Trial]
-        The trials.
 
     Examples
     --------
@@ -628,32 +432,23 @@ def write_data_dir(
     utt2num_samples: Mapping[str, int] | None = None,
     trials: Sequence[Trial] | None = None,
 ) -> Path:
-    """Write a data dir: sorted mapping files, ``spk2utt`` derived from ``utt2spk``.
+    """Write a data dir (created) and return it: sorted mapping files, ``spk2utt`` derived from ``utt2spk``.
 
     Files of :data:`DATA_DIR_FILES` left over from an earlier write and not given now are
     removed (with a log line), so the directory never mixes two versions.
 
     Parameters
     ----------
-    data_dir : str | Path
-        Output directory (created).
-    wav_scp : Mapping[str, str]
+    wav_scp
         utt (or recording, with ``segments``) -> audio entry.
-    utt2spk : Mapping[str, str], optional
+    utt2spk
         utt -> speaker; None maps every utterance to itself (speakers unknown).
-    text, utt2label : Mapping[str, str], optional
+    text, utt2label
         Transcripts / class labels.
-    segments : Mapping[str, Segment], optional
+    segments
         utt -> segment of a recording in ``wav_scp``.
-    utt2num_samples : Mapping[str, int], optional
+    utt2num_samples
         Usually left to :func:`validate_data_dir`.
-    trials : Sequence[Trial], optional
-        Verification trials over the utterances of this dir.
-
-    Returns
-    -------
-    Path
-        ``data_dir``.
 
     Raises
     ------
@@ -714,15 +509,6 @@ def write_data_dir(
 def read_data_dir(data_dir: PathLike) -> DataDir:
     """Read every file of a data dir into a :class:`DataDir` (absent optional files: None).
 
-    Parameters
-    ----------
-    data_dir : str | os.PathLike
-        The data dir.
-
-    Returns
-    -------
-    DataDir
-
     Raises
     ------
     DataDirError
@@ -749,19 +535,9 @@ def read_data_dir(data_dir: PathLike) -> DataDir:
 
 
 def subset_data_dir(data: DataDir, utterances: Iterable[str]) -> DataDir:
-    """Keep only ``utterances`` (and trials whose two sides are both kept).
+    """A new data dir of only ``utterances`` (and trials whose two sides are both kept).
 
-    Parameters
-    ----------
-    data : DataDir
-        The data dir in memory.
-    utterances : Iterable[str]
-        Utterance ids to keep.
-
-    Returns
-    -------
-    DataDir
-        A new data dir (with ``segments``, only the recordings still used).
+    With ``segments``, only the recordings still used are kept.
 
     Raises
     ------
@@ -800,15 +576,6 @@ def combine_data_dirs(parts: Sequence[DataDir]) -> DataDir:
 
     An optional mapping is kept only if every part has it. An utterance present in two parts
     must have identical values, otherwise :class:`DataDirError` names it.
-
-    Parameters
-    ----------
-    parts : Sequence[DataDir]
-        The data dirs to combine.
-
-    Returns
-    -------
-    DataDir
 
     Raises
     ------
@@ -1060,7 +827,7 @@ def validate_data_dir(
     fix: bool = False,
     min_samples: int = MIN_SAMPLES,
     check_audio: bool = True,
-    target_sr: int = TARGET_SAMPLE_RATE,
+    target_sr: int = SAMPLE_RATE,
     max_drop: float = DEFAULT_MAX_DROP,
     recheck_audio: bool = False,
     scan_samples: bool | None = None,
@@ -1090,28 +857,24 @@ def validate_data_dir(
 
     Parameters
     ----------
-    data_dir : str | Path
-        The data dir.
-    fix : bool
-        Repair the dir in place where possible.
-    min_samples : int
+    min_samples
         Shortest allowed utterance in samples at ``target_sr`` (400 = receptive field of the
         wav2vec2/WavLM/HuBERT CNN feature encoder).
-    check_audio : bool
+    check_audio
         Open every recording. False trusts an existing ``utt2num_samples`` (e.g. in a subset
         of a validated dir) and only checks its coverage and the length limit.
-    target_sr : int
+    target_sr
         Rate the sample counts refer to.
-    max_drop : float
+    max_drop
         Largest share (0-1) of utterances or trials ``fix`` may remove.
-    recheck_audio : bool
+    recheck_audio
         Re-read the audio even when ``.audio_checked`` vouches for ``utt2num_samples`` (a
         previous validation checked every recording and no file list changed since).
-    scan_samples : bool, optional
+    scan_samples
         Passed to :func:`elp.data.audio.check_audio` (None: decode float formats only).
-    jobs : int
+    jobs
         Threads opening recordings concurrently (I/O bound: helps on network storage).
-    allow_shell_pipes : bool
+    allow_shell_pipes
         Run ``wav.scp`` commands elp does not read natively with ``sh -c``, as Kaldi does
         (off: each such entry is a problem naming its line and the opt-in).
 
@@ -1278,7 +1041,7 @@ def _counts_are_fresh(data_dir: Path) -> bool:
         return False
 
 
-def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, jobs: int = 1,
+def utterance_lengths(data_dir: PathLike, target_sr: int = SAMPLE_RATE, jobs: int = 1,
                       allow_shell_pipes: bool = False) -> dict[str, int]:
     """Samples of every utterance at ``target_sr``, for length sorting and dynamic batching.
 
@@ -1288,13 +1051,9 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
 
     Parameters
     ----------
-    data_dir : str | Path
-        A data dir.
-    target_sr : int
+    target_sr
         Rate of the counts (``utt2num_samples`` always holds 16 kHz counts).
-    jobs : int
-        Threads reading headers when the counts have to be recomputed.
-    allow_shell_pipes : bool
+    allow_shell_pipes
         Run ``wav.scp`` commands elp does not read natively (see :func:`validate_data_dir`).
 
     Returns
@@ -1314,9 +1073,9 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     {'u': 1600}
     """
     data_dir = Path(data_dir)
-    if target_sr == TARGET_SAMPLE_RATE and _counts_are_fresh(data_dir):
+    if target_sr == SAMPLE_RATE and _counts_are_fresh(data_dir):
         return read_utt2num_samples(data_dir / UTT2NUM_SAMPLES)
-    if (data_dir / UTT2NUM_SAMPLES).exists() and target_sr == TARGET_SAMPLE_RATE:
+    if (data_dir / UTT2NUM_SAMPLES).exists() and target_sr == SAMPLE_RATE:
         logger.warning("%s: %s is older than %s: re-reading the audio headers", data_dir, UTT2NUM_SAMPLES, WAV_SCP)
     for name in (WAV_SCP, UTT2SPK):
         if not (data_dir / name).is_file():
@@ -1331,10 +1090,8 @@ def utterance_lengths(data_dir: PathLike, target_sr: int = TARGET_SAMPLE_RATE, j
     counts = _measure_audio(data_dir, wav_scp, wav_lines, utts, segments, target_sr, False, None, jobs, problems,
                             allow_shell_pipes)
     _raise_if_problems(data_dir, problems)
-    if target_sr == TARGET_SAMPLE_RATE:
-        temporary = data_dir / f".{UTT2NUM_SAMPLES}.{os.getpid()}.tmp"
-        write_utt2num_samples(temporary, counts)
-        os.replace(temporary, data_dir / UTT2NUM_SAMPLES)
+    if target_sr == SAMPLE_RATE:
+        atomic_write(data_dir / UTT2NUM_SAMPLES, lambda tmp: write_utt2num_samples(tmp, counts))
     return counts
 
 
@@ -1345,11 +1102,11 @@ def data_dir_to_dict(data_dir: PathLike, label_file: str | None = None,
 
     Parameters
     ----------
-    data_dir : str | Path
+    data_dir
         A data dir that passed :func:`validate_data_dir` (``utt2num_samples`` is required).
-    label_file : str, optional
+    label_file
         Name of the label file inside the dir; None uses ``utt2label`` when present.
-    allow_shell_pipes : bool, optional
+    allow_shell_pipes
         Passed to :func:`utterance_lengths` when the counts must be measured again.
 
     Returns

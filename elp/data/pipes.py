@@ -66,14 +66,14 @@ class NativeRead:
 
     Parameters
     ----------
-    path : str
+    path
         The audio file the command decodes (read with soundfile).
-    channel : int | None
+    channel
         0-based channel the command selects; None keeps every channel (the reader averages
         them to mono, as ``-c 1`` / ``channels 1`` / ``-ac 1`` do).
-    rate : int | None
+    rate
         Output sample rate in Hz the command converts to; None keeps the file's rate.
-    speed : float
+    speed
         Speed-perturbation factor (sox ``speed F``: tempo and pitch scaled by F, the length
         by 1/F, the rate kept); 1.0 is none.
     """
@@ -329,11 +329,6 @@ def parse_pipe(entry: str) -> NativeRead | None:
     the forms of the module docstring; a later stage may only be ``sox`` (or ``ffmpeg``)
     reading the previous stage's WAV from ``-``.
 
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value.
-
     Returns
     -------
     NativeRead | None
@@ -385,11 +380,6 @@ def parse_pipe(entry: str) -> NativeRead | None:
 def pipe_kind(entry: str) -> str | None:
     """How elp treats an entry: ``None`` (no pipe), ``"native"``, ``"shell"`` or ``"refused"``.
 
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value.
-
     Returns
     -------
     str | None
@@ -414,15 +404,6 @@ def pipe_kind(entry: str) -> str | None:
 
 def shell_command(entry: str) -> str:
     """The command Kaldi would run for a shell-pipe entry (the entry without its last ``|``).
-
-    Parameters
-    ----------
-    entry : str
-        A ``wav.scp`` value ending in ``|``.
-
-    Returns
-    -------
-    str
 
     Examples
     --------
@@ -449,9 +430,7 @@ def run_shell_pipe(entry: str, where: str = "") -> bytes:
 
     Parameters
     ----------
-    entry : str
-        A ``wav.scp`` value ending in ``|``.
-    where : str
+    where
         Prefix of error messages (``"utt 'u1': "``).
 
     Returns
@@ -500,12 +479,8 @@ def fix_streamed_wav(data: bytes) -> bytes:
 
     Parameters
     ----------
-    data : bytes
+    data
         A RIFF/WAVE stream (anything else is returned unchanged).
-
-    Returns
-    -------
-    bytes
 
     Examples
     --------
@@ -530,18 +505,9 @@ def fix_streamed_wav(data: bytes) -> bytes:
 
 
 def decode_wav_bytes(data: bytes, where: str = ""):
-    """Decode a command's output: ``(samples [T, C] float32, rate in Hz, subtype)``.
+    """Decode a command's WAV (or any soundfile format) output: ``(samples [T, C] float32, rate in Hz, subtype)``.
 
-    Parameters
-    ----------
-    data : bytes
-        A WAV (or any soundfile format) stream.
-    where : str
-        Prefix of error messages.
-
-    Returns
-    -------
-    tuple[numpy.ndarray, int, str]
+    ``where`` prefixes error messages.
 
     Raises
     ------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TypeVar
 
 from elp.data.errors import DataError
 from elp.data.kaldi_dir import validate_data_dir, write_data_dir
+from elp.runtime import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +37,10 @@ class CorpusLayoutError(ValueError):
 
 
 def data_prep_parser(description: str) -> argparse.ArgumentParser:
-    """Argument parser with the options every data-prep script shares.
+    """Argument parser with the options every data-prep script shares; a script adds its own.
 
-    Parameters
-    ----------
-    description : str
-        The script's docstring (shown by ``--help``).
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        With ``--corpus-root`` (required), ``--out`` (default ``data``), ``--skip-validation``
-        and ``--log-level``; a script adds its own options.
+    ``--corpus-root`` (required), ``--out`` (default ``data``), ``--skip-validation`` and
+    ``--log-level``; ``description`` (the script's docstring) is shown by ``--help``.
     """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,27 +56,13 @@ def data_prep_parser(description: str) -> argparse.ArgumentParser:
 
 def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.Namespace], object],
                   argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, set up logging and run ``prepare(args)``; user errors exit with status 1.
+    """Parse ``argv`` (None: ``sys.argv[1:]``), set up logging and run ``prepare(args)``; return 0.
 
-    Corpus-layout and data-dir errors print one clear message instead of a traceback.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The recipe's parser (e.g. from :func:`prep_parser`).
-    prepare : Callable[[argparse.Namespace], object]
-        The recipe's preparation function.
-    argv : Sequence[str] | None, optional
-        Command-line arguments (None: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success (raises SystemExit(1) on a reported error).
+    Corpus-layout and data-dir errors print one clear message instead of a traceback and exit
+    with status 1 (``SystemExit(1)``). ``parser`` comes e.g. from :func:`data_prep_parser`.
     """
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    configure_logging(Path(sys.argv[0]).name, level=args.log_level)
     try:
         prepare(args)
     except (CorpusLayoutError, DataError, FileNotFoundError) as error:
@@ -93,18 +73,6 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
 
 def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
     """The corpus folder ``name`` given its parent or itself (``--corpus-root`` may be either).
-
-    Parameters
-    ----------
-    corpus_root : os.PathLike
-        The corpus folder or its parent.
-    name : str
-        The corpus folder's name.
-
-    Returns
-    -------
-    Path
-        The corpus folder.
 
     Raises
     ------
@@ -131,17 +99,7 @@ def find_corpus_dir(corpus_root: os.PathLike, name: str) -> Path:
 
 
 def audio_path(path: os.PathLike) -> str:
-    """Absolute path for ``wav.scp`` (symlinks kept as they are); no whitespace allowed.
-
-    Parameters
-    ----------
-    path : os.PathLike
-        An audio file.
-
-    Returns
-    -------
-    str
-        ``os.path.abspath(path)``.
+    """``os.path.abspath(path)`` for ``wav.scp`` (symlinks kept as they are); no whitespace allowed.
 
     Raises
     ------
@@ -160,21 +118,7 @@ def audio_path(path: os.PathLike) -> str:
 
 
 def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WARNING) -> int:
-    """Log ``message`` with a total and a per-key breakdown; returns the total (0: nothing logged).
-
-    Parameters
-    ----------
-    message : str
-        What was counted.
-    counts : Mapping[str, int]
-        Key -> count.
-    level : int, optional
-        Logging level.
-
-    Returns
-    -------
-    int
-        The total.
+    """Log ``message`` with the total and a per-key breakdown of ``counts``; return the total (0: nothing logged).
 
     Examples
     --------
@@ -192,23 +136,7 @@ def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WAR
 
 
 def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING, examples: int = 3) -> int:
-    """Log ``message`` with a count and the first few ``items``; returns the count.
-
-    Parameters
-    ----------
-    message : str
-        What was skipped.
-    items : Sequence[str]
-        The skipped items.
-    level : int, optional
-        Logging level.
-    examples : int, optional
-        How many items the message names.
-
-    Returns
-    -------
-    int
-        ``len(items)``.
+    """Log ``message`` with the number of ``items`` and the first ``examples`` of them; return the number.
 
     Examples
     --------
@@ -222,21 +150,9 @@ def log_skipped(message: str, items: Sequence[str], level: int = logging.WARNING
 
 
 def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) -> Path:
-    """Write a data dir (:func:`write_data_dir`), validate it, log a summary.
+    """Write a data dir (:func:`write_data_dir` with ``mappings``), validate it, log a summary; return it.
 
-    Parameters
-    ----------
-    out_dir : str | Path
-        The data dir to write.
-    validate : bool, optional
-        Run :func:`validate_data_dir` (opens every audio file, writes ``utt2num_samples``).
-    **mappings
-        Keyword arguments of :func:`write_data_dir` (``wav_scp``, ``utt2spk``, ...).
-
-    Returns
-    -------
-    Path
-        ``out_dir``.
+    ``validate`` runs :func:`validate_data_dir` (opens every audio file, writes ``utt2num_samples``).
     """
     out_dir = write_data_dir(out_dir, **mappings)
     if validate:
@@ -249,22 +165,11 @@ def write_prepared_dir(out_dir: os.PathLike, validate: bool = True, **mappings) 
 
 
 def evenly_spaced_holdout(items: Iterable[Item], fraction: float) -> list[Item]:
-    """Deterministically pick ``floor(len * fraction)`` items spread evenly over ``sorted(items)``.
+    """Deterministically pick ``floor(len * fraction)`` sortable items spread evenly over ``sorted(items)``.
 
     Item ``i`` (0-based, in sorted order) is picked when ``floor((i + 1) * fraction)`` exceeds
-    ``floor(i * fraction)``: with fraction 0.1 these are items 9, 19, 29, ...
-
-    Parameters
-    ----------
-    items : Iterable[Item]
-        Sortable items (e.g. utterance or speaker ids).
-    fraction : float
-        In [0, 1].
-
-    Returns
-    -------
-    list[Item]
-        The picked items, sorted.
+    ``floor(i * fraction)``: with fraction 0.1 these are items 9, 19, 29, ... The picked items
+    are returned sorted.
 
     Raises
     ------

@@ -6,7 +6,10 @@ only the lengths (in samples) given to them, e.g. ``utt2num_samples`` of a data 
 audio is opened to build batches.
 
 Padded duration of a batch = number of utterances x the longest one, in seconds: what the
-backbone actually computes on (padding frames cost as much as real ones).
+backbone actually computes on (padding frames cost as much as real ones). Everywhere here
+``lengths`` are utterance lengths in samples by dataset index, at ``sample_rate`` samples per
+second; ``max_batch_seconds`` caps a batch's padded duration and ``max_batch_size`` its
+utterances (None: no cap).
 
 =========================  ====================================================================
 sampler                    what it is for
@@ -38,9 +41,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from elp.runtime import distributed_rank_world
-
-SAMPLE_RATE = 16000
+from elp.runtime import SAMPLE_RATE, distributed_rank_world
 
 
 def _check_lengths(lengths: Sequence[int]) -> list[int]:
@@ -67,28 +68,13 @@ def length_sorted_batches(
     max_batch_size: int | None = None,
     sample_rate: int = SAMPLE_RATE,
 ) -> list[list[int]]:
-    """Indices sorted by length (longest first, ties by index) cut into batches whose padded
-    duration stays within ``max_batch_seconds`` and size within ``max_batch_size``.
+    """Indices sorted by length (longest first, ties by index) cut into batches within the caps.
+
+    Every index is in exactly one batch.
 
     An utterance longer than ``max_batch_seconds`` on its own gets a batch of its own (the
     only case where a batch exceeds the cap; embed such utterances in windows,
     :mod:`elp.tasks.windows`).
-
-    Parameters
-    ----------
-    lengths : Sequence[int]
-        Length of every utterance in samples, by dataset index.
-    max_batch_seconds : float
-        Cap on batch size x longest utterance, in seconds.
-    max_batch_size : int, optional
-        Cap on utterances per batch (None: none).
-    sample_rate : int
-        Samples per second of ``lengths``.
-
-    Returns
-    -------
-    list[list[int]]
-        Batches of dataset indices; every index exactly once.
 
     Examples
     --------
@@ -120,15 +106,7 @@ class EvalBatchSampler(Sampler[list[int]]):
 
     Parameters
     ----------
-    lengths : Sequence[int]
-        Length of every utterance of the dataset in samples, by dataset index.
-    max_batch_seconds : float
-        Cap on padded seconds per batch (see :func:`length_sorted_batches`).
-    max_batch_size : int, optional
-        Cap on utterances per batch.
-    sample_rate : int
-        Samples per second of ``lengths``.
-    rank, world_size : int, optional
+    rank, world_size
         This process's shard; None reads them from ``torch.distributed`` when it is
         initialised (else 0 and 1). Batches go to ranks greedily by padded duration (the
         next longest batch to the least loaded rank, ties to the lower rank), so every rank
@@ -198,24 +176,16 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Parameters
     ----------
-    lengths : Sequence[int]
+    lengths
         Length of every utterance in samples (for random crops: the cropped length,
         ``min(n, crop)``), by dataset index.
-    max_batch_seconds : float
-        Cap on padded seconds per batch.
-    max_batch_size : int, optional
-        Cap on utterances per batch.
-    num_buckets : int
+    num_buckets
         Number of length buckets (fewer when there are fewer distinct lengths). With
         equal-count buckets padding is bounded by the length spread inside a bucket; 32
         buckets keep it to a few percent on LibriSpeech-like length distributions.
-    seed : int
-        Base seed of the shuffles.
-    shuffle : bool
+    shuffle
         False: buckets in length order, no shuffling (for debugging).
-    sample_rate : int
-        Samples per second of ``lengths``.
-    rank, world_size : int
+    rank, world_size
         Shard of the batches for this process (see above).
 
     Examples
@@ -264,13 +234,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self._num_batches = sum(math.ceil(len(m) / s) for m, s in zip(self.buckets, self.bucket_batch_sizes))
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch).
-
-        Parameters
-        ----------
-        epoch : int
-            Epoch number (seeds the shuffle with ``seed + epoch``).
-        """
+        """Use the order of ``epoch`` (SpeechBrain calls this at the start of every epoch)."""
         self.epoch = int(epoch)
 
     def _all_batches(self) -> list[list[int]]:
@@ -304,7 +268,7 @@ def gather_by_utterance(local: dict) -> dict:
 
     Parameters
     ----------
-    local : dict
+    local
         utt id -> result of this rank (CPU tensors, strings, numbers).
 
     Returns

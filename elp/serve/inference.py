@@ -10,11 +10,17 @@
   ``window_seconds`` are windowed exactly as in stage 4, so the package's decision threshold,
   calibrated in stage 4, applies.
 
-Inputs are file paths (anything soundfile reads, or a Kaldi ``ark:offset``), numpy arrays or
-torch tensors at any sample rate (pass ``sample_rate=`` for arrays), mono or multi-channel
-(channels are averaged). A list is a batch; anything else is one utterance. Batches are
-padded and run ``batch_size`` utterances at a time (longest first); the backbone and heads
-ignore padding, so batched results equal one-by-one results (to float rounding, 1e-5).
+Inputs are file paths (anything soundfile reads, a Kaldi ``ark:offset`` or a decoder pipe
+:mod:`elp.data.pipes` reads natively), numpy arrays or torch tensors at any sample rate (pass
+``sample_rate=`` for arrays), mono or multi-channel (channels are averaged). A list is a batch;
+anything else is one utterance. An input that is empty, shorter than one backbone frame, holds
+NaN/inf samples or cannot be decoded is refused with one line naming it (never a number).
+
+Memory is bounded: inputs are read lazily, in input order, into batches of at most
+``batch_size`` utterances and ``max_batch_seconds`` of padded audio (an input longer than that
+runs alone, and the task's prediction path windows it: :meth:`elp.tasks.base.Task.predict_batch`).
+The backbone and heads ignore padding, so batched results equal one-by-one results (to float
+rounding, 1e-5).
 
 Examples
 --------
@@ -51,6 +57,7 @@ import numpy as np
 import torch
 
 from elp.data.audio import read_audio
+from elp.data.errors import AudioError
 from elp.serve.package import SAMPLE_RATE, Package, PackageError, load_package
 from elp.tasks.asr import SpeechRecognition
 from elp.tasks.base import Task
@@ -59,28 +66,37 @@ from elp.tasks.sv import SpeakerVerification, Verification
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 MAX_CHANNELS = 16
+#: default cap on the padded audio of one batch (seconds); with ``batch_size`` it bounds memory
+MAX_BATCH_SECONDS = 60.0
 
 
 class AudioInputError(ValueError):
-    """An input waveform cannot be used (wrong shape, no sample rate, empty...)."""
+    """An input waveform cannot be used (wrong shape, no sample rate, empty, non-finite, unreadable...)."""
+
+
+class AudioFileNotFoundError(AudioInputError, FileNotFoundError):
+    """An input file does not exist."""
 
 
 # ------------------------------------------------------------------------------------- audio
-def load_waveform(item: AudioInput, sample_rate: int | None = None) -> torch.Tensor:
-    """One utterance as a mono float32 waveform [T] at 16 kHz.
+def load_waveform(item: AudioInput, sample_rate: int | None = None, name: str | None = None) -> torch.Tensor:
+    """Read one utterance as a mono float32 waveform [T] at 16 kHz, refused when empty or non-finite.
 
     Parameters
     ----------
-    item : str, os.PathLike, numpy.ndarray or torch.Tensor
+    item
         A file (read with soundfile/kaldiio, resampled, channels averaged), or samples:
         [T] mono, or [C, T] / [T, C] multi-channel (the smaller dimension, at most 16, is
         the channel one).
-    sample_rate : int, optional
+    sample_rate
         Rate of array/tensor input in Hz (required for them; ignored for files).
+    name
+        How errors name the input (default: the path, or "input").
 
-    Returns
-    -------
-    torch.Tensor [T']
+    Raises
+    ------
+    AudioInputError
+        One line naming the input: unreadable, empty, NaN/inf samples, unknown layout.
 
     Examples
     --------
@@ -90,12 +106,24 @@ def load_waveform(item: AudioInput, sample_rate: int | None = None) -> torch.Ten
     Traceback (most recent call last):
     ...
     elp.serve.inference.AudioInputError: an array/tensor input needs its sample rate: pass sample_rate= (e.g. 16000)
+    >>> load_waveform(np.array([0.0, np.nan]), sample_rate=16000, name="utt7")
+    Traceback (most recent call last):
+    ...
+    elp.serve.inference.AudioInputError: utt7: holds NaN/inf samples; fix or drop this input
     """
     if isinstance(item, (str, os.PathLike)):
         path = str(item)
-        if ":" not in path and not Path(path).is_file():
-            raise FileNotFoundError(f"audio file {path} does not exist")
-        return read_audio(path, SAMPLE_RATE)
+        name = name or path
+        if ":" not in path and not path.rstrip().endswith("|") and not Path(path).is_file():
+            raise AudioFileNotFoundError(f"audio file {path} does not exist" if name == path
+                                         else f"{name}: audio file {path} does not exist")
+        try:
+            wave = read_audio(path, SAMPLE_RATE, utt=None if name == path else name)
+        except (AudioError, OSError, RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise AudioInputError(first if name in first else f"{name}: {first}") from None
+        return _checked(wave, name)
+    name = name or "input"
     if isinstance(item, np.ndarray):
         item = torch.from_numpy(np.ascontiguousarray(item))
     if not isinstance(item, torch.Tensor):
@@ -114,26 +142,28 @@ def load_waveform(item: AudioInput, sample_rate: int | None = None) -> torch.Ten
         raise AudioInputError(f"audio input of shape {tuple(wave.shape)}: expected [T] or [C, T]; pass a list "
                               "for several utterances")
     if wave.numel() == 0:
-        raise AudioInputError("empty audio input (0 samples)")
+        raise AudioInputError(f"{name}: empty audio input (0 samples)")
+    if not torch.isfinite(wave).all():
+        raise AudioInputError(f"{name}: holds NaN/inf samples; fix or drop this input")
     if int(sample_rate) != SAMPLE_RATE:
         import torchaudio.functional
 
         wave = torchaudio.functional.resample(wave, int(sample_rate), SAMPLE_RATE)
-    return wave.contiguous()
+    return _checked(wave.contiguous(), name)
+
+
+def _checked(wave: torch.Tensor, name: str) -> torch.Tensor:
+    if wave.numel() == 0:
+        raise AudioInputError(f"{name}: empty audio input (0 samples)")
+    if not torch.isfinite(wave).all():
+        raise AudioInputError(f"{name}: holds NaN/inf samples; fix or drop this input")
+    return wave
 
 
 def as_batch(wavs) -> tuple[list, bool]:
-    """A list of utterances, and whether the input was a single utterance.
+    """Return a list of utterances, and whether the input was a single utterance.
 
-    Parameters
-    ----------
-    wavs : AudioInput | list[AudioInput] | tuple[AudioInput, ...]
-        A list or tuple is a batch; anything else is one utterance.
-
-    Returns
-    -------
-    tuple[list, bool]
-        The utterances and whether ``wavs`` was a single one.
+    A list or tuple is a batch; anything else is one utterance.
 
     Examples
     --------
@@ -146,12 +176,7 @@ def as_batch(wavs) -> tuple[list, bool]:
 
 
 def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad waveforms into one batch.
-
-    Parameters
-    ----------
-    waves : Sequence[torch.Tensor]
-        B waveforms [T_i].
+    """Zero-pad B waveforms [T_i] into one batch.
 
     Returns
     -------
@@ -174,53 +199,50 @@ def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     return batch, lengths
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first).
+def stream_batches(items: Sequence, load, batch_size: int, max_batch_seconds: float | None = MAX_BATCH_SECONDS,
+                   names: Sequence[str] | None = None):
+    """Read inputs lazily, in order, into batches; yield (input indices, waveforms).
 
-    Parameters
-    ----------
-    lengths : Sequence[int]
-        Length of each input.
-    batch_size : int
-        Inputs per batch at most (>= 1).
-
-    Returns
-    -------
-    list[list[int]]
-        Input indices per batch.
-
-    Raises
-    ------
-    ValueError
-        For ``batch_size < 1``.
+    A batch holds at most ``batch_size`` (>= 1) utterances and ``max_batch_seconds`` (> 0; None:
+    no cap) of padded audio (longest x count); a longer input runs alone. ``load(item, name)``
+    returns a 16 kHz waveform [T]; ``names`` say how errors name each input.
 
     Examples
     --------
-    >>> length_batches([5, 9, 1, 7], batch_size=2)
-    [[1, 3], [0, 2]]
+    >>> waves = [torch.zeros(n) for n in (16000, 16000, 48000, 8000)]
+    >>> [idx for idx, _ in stream_batches(waves, lambda w, name: w, batch_size=3, max_batch_seconds=2.5)]
+    [[0, 1], [2], [3]]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_batch_seconds is not None and not max_batch_seconds > 0:
+        raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
+    cap = None if max_batch_seconds is None else max_batch_seconds * SAMPLE_RATE
+    indices: list[int] = []
+    waves: list[torch.Tensor] = []
+    longest = 0
+    for index, item in enumerate(items):
+        name = names[index] if names is not None else (str(item) if isinstance(item, (str, os.PathLike))
+                                                       else f"input {index}")
+        wave = load(item, name)
+        grown = max(longest, wave.shape[0])
+        if waves and (len(waves) == batch_size or (cap is not None and grown * (len(waves) + 1) > cap)):
+            yield indices, waves
+            indices, waves, grown = [], [], wave.shape[0]
+        indices.append(index)
+        waves.append(wave)
+        longest = grown
+    if waves:
+        yield indices, waves
 
 
 def check_lengths(items: Sequence, waves: Sequence[torch.Tensor], receptive_field: int) -> None:
-    """Refuse inputs shorter than one backbone frame, naming the input.
-
-    Parameters
-    ----------
-    items : Sequence
-        The inputs as given (paths are named in the error, others by index).
-    waves : Sequence[torch.Tensor]
-        Their 16 kHz waveforms [T_i].
-    receptive_field : int
-        Samples of one backbone frame.
+    """Refuse 16 kHz waveforms shorter than one backbone frame (``receptive_field`` samples).
 
     Raises
     ------
     AudioInputError
-        For the first input shorter than ``receptive_field``.
+        For the first input too short, naming it (paths by name, others by index).
 
     Examples
     --------
@@ -234,6 +256,17 @@ def check_lengths(items: Sequence, waves: Sequence[torch.Tensor], receptive_fiel
             name = str(item) if isinstance(item, (str, os.PathLike)) else f"input {index}"
             raise AudioInputError(f"{name} has {wave.shape[0]} samples at 16 kHz, fewer than the backbone's "
                                   f"receptive field ({receptive_field} samples); pass longer audio")
+
+
+def waveform_loader(sample_rate: int | None, receptive_field: int):
+    """Return ``load(item, name)`` for :func:`stream_batches`: :func:`load_waveform` plus :func:`check_lengths`."""
+
+    def load(item, name: str) -> torch.Tensor:
+        wave = load_waveform(item, sample_rate, name)
+        check_lengths([name], [wave], receptive_field)
+        return wave
+
+    return load
 
 
 def _progress(total: int, enabled: bool | None, desc: str):
@@ -256,11 +289,7 @@ class Predictor:
 
     Use :meth:`from_package` or :func:`load_predictor`, which return the subclass of the
     package's kind; a subclass declares ``task_class`` and joins :data:`PREDICTORS`.
-
-    Parameters
-    ----------
-    package : Package
-        From :func:`elp.serve.package.load_package`.
+    ``package`` comes from :func:`elp.serve.package.load_package`.
     """
 
     #: the task class this predictor serves (subclasses)
@@ -280,29 +309,23 @@ class Predictor:
 
     @classmethod
     def from_package(cls, directory: str | os.PathLike, backbone_source: str | None = None,
-                     device: str | torch.device = "cpu") -> Predictor:
-        """Load a package (the backbone from ``backbone_source`` or its recorded source).
+                     device: str | torch.device = "cpu", trust_head_module: str | None = None) -> Predictor:
+        """Load a package and return the predictor of its kind (:func:`predictor_for`).
 
         Parameters
         ----------
-        directory : str | os.PathLike
-            The package directory.
-        backbone_source : str | None, optional
+        backbone_source
             Backbone checkpoint directory or hub id (default: the recorded one).
-        device : str | torch.device, optional
-            Where the model runs.
-
-        Returns
-        -------
-        Predictor
-            The predictor class of the package's kind (:func:`predictor_for`).
+        trust_head_module
+            The module of a user head the package holds (e.g. ``"local.my_head"``): its code
+            runs only when named here (:mod:`elp.serve.head_registry`).
 
         Raises
         ------
         PackageError
             Called on a subclass with a package of another kind.
         """
-        predictor = predictor_for(load_package(directory, backbone_source, device))
+        predictor = predictor_for(load_package(directory, backbone_source, device, trust_head_module))
         if not isinstance(predictor, cls):
             raise PackageError(f"{directory} is a {predictor.kind!r} package, not a {cls.task_class.kind!r} one; "
                                "load it with elp.serve.inference.load_predictor")
@@ -311,12 +334,12 @@ class Predictor:
     # ---------------------------------------------------------------- properties
     @property
     def task(self) -> Task:
-        """The package's task (its kind and recorded prediction options)."""
+        """Return the package's task (its kind and recorded prediction options)."""
         return self.package.task
 
     @property
     def kind(self) -> str:
-        """The task kind (a key of :data:`elp.tasks.TASKS`)."""
+        """Return the task kind (a key of :data:`elp.tasks.TASKS`)."""
         return self.package.kind
 
     @property
@@ -330,73 +353,55 @@ class Predictor:
     # ---------------------------------------------------------------- the model
     @torch.no_grad()
     def head_outputs(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """The head on model features, one CPU tensor per utterance (:meth:`elp.tasks.base.Task.head_outputs`).
+        """Return the head on model features [B, F, D], one CPU tensor per utterance.
 
-        Parameters
-        ----------
-        feats : torch.Tensor
-            Model features [B, F, D].
-        frame_mask : torch.Tensor
-            [B, F] bool, True = real frame.
-
-        Returns
-        -------
-        list[torch.Tensor]
-            ASR: log-probs [F_i, V] (valid frames only); classification: probabilities [C];
-            SV: embedding [E].
+        ``frame_mask`` is [B, F] bool (True = real frame). ASR: log-probs [F_i, V] (valid frames
+        only); classification: probabilities [C]; SV: embedding [E]
+        (:meth:`elp.tasks.base.Task.head_outputs`).
         """
         return self.task.head_outputs(self.package.head, feats, frame_mask)
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The task's prediction path on one padded batch (:meth:`elp.tasks.base.Task.predict_batch`).
-
-        Parameters
-        ----------
-        waves : Sequence[torch.Tensor]
-            16 kHz mono waveforms [T_i].
-
-        Returns
-        -------
-        list[torch.Tensor]
-            One output per waveform (see :meth:`head_outputs`).
-        """
+        """Run :meth:`elp.tasks.base.Task.predict_batch` on 16 kHz waveforms [T_i] as one padded batch."""
         batch, lengths = pad_batch(waves)
         return self.task.predict_batch(self.package.model, self.package.head, batch.to(self.device),
                                        lengths.to(self.device))
 
     def outputs(self, wavs: Iterable[AudioInput], sample_rate: int | None = None, batch_size: int = 8,
-                progress: bool | None = None) -> list[torch.Tensor]:
-        """Per-utterance outputs of many inputs, batched by length, in input order.
+                progress: bool | None = None, max_batch_seconds: float | None = MAX_BATCH_SECONDS,
+                names: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """Return per-utterance outputs of many inputs, read lazily in batches, in input order.
+
+        These options are shared by :meth:`SpeechRecognizer.transcribe`,
+        :meth:`UtteranceClassifier.classify`, :meth:`SpeakerVerifier.embed` and :meth:`SpeakerVerifier.verify`.
 
         Parameters
         ----------
-        wavs : Iterable[AudioInput]
-            The inputs.
-        sample_rate : int | None, optional
+        wavs
+            File paths, Kaldi ``ark:offset``, arrays or tensors.
+        sample_rate
             Rate of array/tensor inputs.
-        batch_size : int, optional
+        batch_size
             Utterances per forward pass.
-        progress : bool | None, optional
+        progress
             tqdm bar (default: for 50 or more inputs).
-
-        Returns
-        -------
-        list[torch.Tensor]
-            One :meth:`forward_batch` element per input.
+        max_batch_seconds
+            Padded audio per forward pass at most (:func:`stream_batches`).
+        names
+            How errors name the inputs (e.g. utterance ids).
 
         Raises
         ------
         AudioInputError
-            For an unusable or too short input.
+            For an unusable or too short input (naming it).
         """
         items = list(wavs)
         bar = _progress(len(items), progress, self.package.name)
-        waves = [load_waveform(item, sample_rate) for item in items]
-        check_lengths(items, waves, self.package.model.backbone.receptive_field)
-        results: list = [None] * len(waves)
-        for indices in length_batches([w.shape[0] for w in waves], batch_size):
-            for index, out in zip(indices, self.forward_batch([waves[i] for i in indices])):
+        load = waveform_loader(sample_rate, self.package.model.backbone.receptive_field)
+        results: list = [None] * len(items)
+        for indices, waves in stream_batches(items, load, batch_size, max_batch_seconds, names):
+            for index, out in zip(indices, self.forward_batch(waves)):
                 results[index] = out
             if bar is not None:
                 bar.update(len(indices))
@@ -405,24 +410,15 @@ class Predictor:
         return results
 
     def result(self, output: torch.Tensor, **options):
-        """The user-facing result of one output (subclasses).
+        """Return the user-facing result of one :meth:`outputs` element (subclasses).
 
-        Parameters
-        ----------
-        output : torch.Tensor
-            One element of :meth:`outputs`.
-        **options
-            Options of the kind's result (ASR: ``beam_size``, ``lm``); others ignore them.
-
-        Returns
-        -------
-        object
-            Text, a :class:`Classification`, or an embedding.
+        Text, a :class:`Classification`, or an embedding. ``**options`` are the kind's result options
+        (ASR: ``beam_size``, ``lm``); others ignore them.
         """
         raise NotImplementedError
 
     def summary(self, result) -> tuple[str, object]:
-        """(text for a line, JSON value) of one :meth:`result` (subclasses)."""
+        """Return (text for a line, JSON value) of one :meth:`result` (subclasses)."""
         raise NotImplementedError
 
 
@@ -446,23 +442,14 @@ class SpeechRecognizer(Predictor):
 
     def decode(self, log_probs: torch.Tensor, beam_size: int | None = None, lm: str | None = None,
                **lm_options) -> str:
-        """Text of one utterance's log-probs: greedy, or beam search with ``beam_size``.
+        """Return the text of one utterance's CTC log-probs [F, V] (valid frames): greedy, or beam search.
 
         Parameters
         ----------
-        log_probs : torch.Tensor
-            CTC log-probs [F, V] of the valid frames.
-        beam_size : int | None, optional
-            Beam of CTC prefix beam search (None: greedy unless ``lm`` is given; then 10).
-        lm : str | None, optional
-            Word n-gram LM (ARPA) for beam search.
+        beam_size
+            Beam of CTC prefix beam search (None: greedy unless ``lm``, a word n-gram ARPA LM, is given; then 10).
         **lm_options
             ``lexicon``, ``lm_weight``, ``word_score`` (:class:`elp.tasks.decoding.CTCBeamSearch`).
-
-        Returns
-        -------
-        str
-            The hypothesis.
         """
         key = (beam_size, None if lm is None else str(lm), tuple(sorted(lm_options.items())))
         if key not in self._beam_searches:
@@ -470,34 +457,16 @@ class SpeechRecognizer(Predictor):
         return self.task.transcripts([log_probs], self.package.tokenizer, self._beam_searches[key])[0]
 
     def transcribe(self, wavs, sample_rate: int | None = None, batch_size: int = 8, beam_size: int | None = None,
-                   lm: str | os.PathLike | None = None, progress: bool | None = None, **lm_options):
+                   lm: str | os.PathLike | None = None, progress: bool | None = None,
+                   max_batch_seconds: float | None = MAX_BATCH_SECONDS, **lm_options):
         """Transcribe one utterance (-> str) or a list (-> list of str).
 
-        Parameters
-        ----------
-        wavs : AudioInput | list[AudioInput]
-            One utterance or a list.
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-        beam_size : int | None, optional
-            CTC prefix beam search with this beam (default: greedy).
-        lm : str | os.PathLike | None, optional
-            Word n-gram LM (ARPA) for beam search (:mod:`elp.tasks.decoding`).
-        progress : bool | None, optional
-            tqdm bar (default: for 50 or more inputs).
-        **lm_options
-            ``lexicon``, ``lm_weight``, ``word_score``.
-
-        Returns
-        -------
-        str | list[str]
-            The text, or one per input of a list.
+        ``beam_size``, ``lm`` and ``**lm_options`` as in :meth:`decode` (default: greedy); the other
+        options as in :meth:`Predictor.outputs`.
         """
         items, single = as_batch(wavs)
         texts = [self.decode(lp, beam_size, lm, **lm_options)
-                 for lp in self.outputs(items, sample_rate, batch_size, progress)]
+                 for lp in self.outputs(items, sample_rate, batch_size, progress, max_batch_seconds)]
         return texts[0] if single else texts
 
     def result(self, output, beam_size: int | None = None, lm=None, **options) -> str:
@@ -527,30 +496,18 @@ class UtteranceClassifier(Predictor):
     task_class = UtteranceClassification
 
     def to_classification(self, probs: torch.Tensor) -> Classification:
-        """The :class:`Classification` of class probabilities [C] (package label order)."""
+        """Return the :class:`Classification` of class probabilities [C] (package label order)."""
         return self.task.classification(probs, self.labels)
 
-    def classify(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
-        """Classify one utterance or a list of them.
+    def classify(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None,
+                 max_batch_seconds: float | None = MAX_BATCH_SECONDS):
+        """Classify one utterance (-> :class:`Classification`) or a list (-> one per input).
 
-        Parameters
-        ----------
-        wavs : AudioInput | list[AudioInput]
-            One utterance or a list (file paths, Kaldi ``ark:offset``, arrays, tensors).
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-        progress : bool | None, optional
-            tqdm bar (default: for 50 or more inputs).
-
-        Returns
-        -------
-        Classification | list[Classification]
-            The best label and every label's probability, per input.
+        Options as in :meth:`Predictor.outputs`.
         """
         items, single = as_batch(wavs)
-        results = [self.to_classification(p) for p in self.outputs(items, sample_rate, batch_size, progress)]
+        results = [self.to_classification(p)
+                   for p in self.outputs(items, sample_rate, batch_size, progress, max_batch_seconds)]
         return results[0] if single else results
 
     def result(self, output, **options) -> Classification:
@@ -577,58 +534,28 @@ class SpeakerVerifier(Predictor):
 
     @property
     def threshold(self) -> float | None:
-        """The calibrated decision threshold (None: no decision)."""
+        """Return the calibrated decision threshold (None: no decision)."""
         return self.package.threshold
 
-    def embed(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None):
-        """Speaker embeddings.
+    def embed(self, wavs, sample_rate: int | None = None, batch_size: int = 8, progress: bool | None = None,
+              max_batch_seconds: float | None = MAX_BATCH_SECONDS):
+        """Return speaker embeddings: [E] for one utterance, [N, E] for a list.
 
-        Parameters
-        ----------
-        wavs : AudioInput | list[AudioInput]
-            One utterance or a list (file paths, Kaldi ``ark:offset``, arrays, tensors).
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-        progress : bool | None, optional
-            tqdm bar (default: for 50 or more inputs).
-
-        Returns
-        -------
-        torch.Tensor
-            [E] for one utterance, [N, E] for a list.
+        Options as in :meth:`Predictor.outputs`.
         """
         items, single = as_batch(wavs)
-        embeddings = torch.stack(self.outputs(items, sample_rate, batch_size, progress))
+        embeddings = torch.stack(self.outputs(items, sample_rate, batch_size, progress, max_batch_seconds))
         return embeddings[0] if single else embeddings
 
     def score(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> Verification:
-        """A trial from two embeddings [E]: stage 4's cosine score, accepted when above the threshold.
-
-        Returns
-        -------
-        Verification
-            ``accepted`` is None when the package has no calibrated threshold.
-        """
+        """Score a trial of two embeddings [E]: cosine, ``accepted`` above the threshold (None without one)."""
         return self.task.verification(emb_a, emb_b, self.threshold)
 
-    def verify(self, a, b, sample_rate: int | None = None, batch_size: int = 8):
-        """Verify trial(s).
+    def verify(self, a, b, sample_rate: int | None = None, batch_size: int = 8,
+               max_batch_seconds: float | None = MAX_BATCH_SECONDS):
+        """Verify one trial (enrollment ``a``, test ``b``) or equal-length lists of them (one per pair).
 
-        Parameters
-        ----------
-        a, b : AudioInput | list[AudioInput]
-            Enrollment and test audio: one utterance each, or equal-length lists.
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-
-        Returns
-        -------
-        Verification | list[Verification]
-            One trial, or one per pair.
+        Options as in :meth:`Predictor.outputs`.
 
         Raises
         ------
@@ -640,7 +567,12 @@ class SpeakerVerifier(Predictor):
         if single != single_b or len(items_a) != len(items_b):
             raise ValueError(f"verify() needs as many enrollment as test utterances, got {len(items_a)} "
                              f"and {len(items_b)}")
-        embeddings = self.outputs(items_a + items_b, sample_rate, batch_size, progress=False)
+        names = [f"enrollment input {i}" if not isinstance(item, (str, os.PathLike)) else str(item)
+                 for i, item in enumerate(items_a)] + \
+                [f"test input {i}" if not isinstance(item, (str, os.PathLike)) else str(item)
+                 for i, item in enumerate(items_b)]
+        embeddings = self.outputs(items_a + items_b, sample_rate, batch_size, progress=False,
+                                  max_batch_seconds=max_batch_seconds, names=names)
         n = len(items_a)
         trials = [self.score(embeddings[i], embeddings[n + i]) for i in range(n)]
         return trials[0] if single else trials
@@ -653,17 +585,7 @@ class SpeakerVerifier(Predictor):
 
 
 def predictor_for(package: Package) -> Predictor:
-    """The predictor of a loaded package, of its kind's class (:data:`PREDICTORS`).
-
-    Parameters
-    ----------
-    package : Package
-        From :func:`elp.serve.package.load_package`.
-
-    Returns
-    -------
-    Predictor
-        An instance of the subclass registered for ``package.kind``.
+    """Return the predictor of a loaded package, of its kind's class (:data:`PREDICTORS`).
 
     Raises
     ------
@@ -676,21 +598,6 @@ def predictor_for(package: Package) -> Predictor:
 
 
 def load_predictor(directory: str | os.PathLike, backbone_source: str | None = None,
-                   device: str | torch.device = "cpu") -> Predictor:
-    """The predictor of a package directory, of its kind's class (same as :meth:`Predictor.from_package`).
-
-    Parameters
-    ----------
-    directory : str | os.PathLike
-        The package directory.
-    backbone_source : str | None, optional
-        Backbone checkpoint directory or hub id (default: the recorded one).
-    device : str | torch.device, optional
-        Where the model runs.
-
-    Returns
-    -------
-    Predictor
-        A :class:`SpeechRecognizer`, :class:`UtteranceClassifier` or :class:`SpeakerVerifier`.
-    """
-    return Predictor.from_package(directory, backbone_source, device)
+                   device: str | torch.device = "cpu", trust_head_module: str | None = None) -> Predictor:
+    """Return the predictor of a package directory, of its kind's class (see :meth:`Predictor.from_package`)."""
+    return Predictor.from_package(directory, backbone_source, device, trust_head_module)

@@ -52,10 +52,10 @@ from torch import nn
 
 from elp.core.methods import get_method
 from elp.core.routing import RoutedGroup, backbone_view, encoder_from_features, routable, route_key, unshare_learnable
-from elp.serve.inference import (Predictor, _progress, as_batch, check_lengths, length_batches, load_waveform,
-                                 pad_batch, predictor_for)
-from elp.serve.package import (BackboneHashMismatchError, Package, build_head, build_model, load_inventory,
-                               load_package_backbone, load_weights, read_package_config)
+from elp.serve.inference import (MAX_BATCH_SECONDS, Predictor, _progress, as_batch, pad_batch, predictor_for,
+                                 stream_batches, waveform_loader)
+from elp.serve.package import (BackboneHashMismatchError, Package, build_head, build_model, check_loadable,
+                               load_inventory, load_package_backbone, load_weights, stores_frozen_backbone)
 
 
 class MultiTask:
@@ -63,19 +63,26 @@ class MultiTask:
 
     Parameters
     ----------
-    directories : list of path
+    directories
         Model packages; all must record the same backbone ``weights_sha256``.
-    backbone_source : str, optional
-        Checkpoint directory or hub id of the backbone (default: the first package's).
-    device : str or torch.device
+    backbone_source
+        Checkpoint directory or hub id of the backbone (default: the recorded source, or the
+        stored backbone of a package whose stored weights are the frozen ones, in any order:
+        a ``full`` package's stored backbone holds its trained layers and never serves others).
+    route
+        Share routed batches between routable tasks.
+    trust_head_module
+        Modules of user heads the packages hold that may run (:mod:`elp.serve.head_registry`).
     """
 
     def __init__(self, directories: Sequence[str | os.PathLike], backbone_source: str | None = None,
-                 device: str | torch.device = "cpu", route: bool = True):
+                 device: str | torch.device = "cpu", route: bool = True,
+                 trust_head_module: str | Sequence[str] | None = None):
         directories = [Path(d) for d in directories]
         if not directories:
             raise ValueError("MultiTask needs at least one package directory")
-        configs = [read_package_config(d) for d in directories]
+        trusted = [trust_head_module] if isinstance(trust_head_module, str) else list(trust_head_module or [])
+        configs = [check_loadable(d) for d in directories]
         reference = configs[0]["backbone"]["weights_sha256"]
         for directory, config in zip(directories, configs):
             if config["backbone"]["weights_sha256"] != reference:
@@ -84,18 +91,19 @@ class MultiTask:
                     f"{config['backbone']['weights_sha256'][:12]}... but {directories[0]} on "
                     f"{configs[0]['backbone']['name']!r} ({reference[:12]}...); one backbone serves only "
                     "packages trained on the same weights: run them in separate MultiTask objects")
-        self.backbone = load_package_backbone(directories[0], backbone_source, configs[0]).to(device)
+        lender = next((i for i, config in enumerate(configs) if stores_frozen_backbone(config)), 0)
+        heads = [self._build_head(config, directory, trusted) for directory, config in zip(directories, configs)]
+        self.backbone = load_package_backbone(directories[lender], backbone_source, configs[lender]).to(device)
         self.backbone.eval()
         self.predictors: list[Predictor] = []
         self.shares_pass: list[bool] = []
-        for directory, config in zip(directories, configs):
+        for directory, config, head in zip(directories, configs, heads):
             frozen_inside = not get_method(config["method"]).backbone_needs_grad
             if frozen_inside:
                 model = build_model(config, self.backbone, directory)
             else:
                 model = build_model(config, backbone_view(self.backbone), directory)
                 unshare_learnable(model, self.backbone)
-            head = build_head(config)
             load_weights(directory, model, head)
             if frozen_inside and not model.hidden_states_cacheable:
                 raise ValueError(f"{directory}: method {config['method']} keeps backbone dropout; cannot share")
@@ -118,24 +126,31 @@ class MultiTask:
                     models = [self.predictors[i].package.model for i in indices]
                     self.groups.append((indices, RoutedGroup(self.backbone, models)))
 
+    @staticmethod
+    def _build_head(config: dict, directory: Path, trusted: list[str]) -> nn.Module:
+        module = config["head"].get("module")
+        name = module.get("name") if isinstance(module, dict) and module.get("name") in trusted else None
+        return build_head(config, directory, name)
+
     def plan(self) -> dict[str, list]:
-        """Which tasks read the shared transformer pass, which share routed batches, which run
-        their own layers."""
+        """Return which tasks read the shared transformer pass, share routed batches, or run their own layers."""
         routed = {i for indices, _ in self.groups for i in indices}
         return {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
                 "routed_batches": [list(indices) for indices, _ in self.groups],
                 "own_layers": [i for i, s in enumerate(self.shares_pass) if not s and i not in routed]}
 
     def tensor_bytes(self) -> int:
-        """Bytes of every distinct tensor storage the loaded tasks hold (backbone, views, heads,
-        routed groups): the memory bound "one backbone + each task's learnable tensors" in
-        tensor terms, without the allocator's and Python's overhead."""
+        """Return the bytes of every distinct tensor storage the loaded tasks hold.
+
+        Backbone, views, heads and routed groups: the memory bound "one backbone + each task's
+        learnable tensors" in tensor terms, without the allocator's and Python's overhead.
+        """
         modules = [self.backbone.model] + [m for p in self.predictors for m in (p.package.model, p.package.head)]
         extra = [t for _, group in self.groups for norm in group.norms for t in norm.task_weights + norm.task_biases]
         return unique_tensor_bytes(modules, extra)
 
     def learnable_tensor_bytes(self) -> list[int]:
-        """Bytes each task holds beyond the shared backbone (learnable tensors + head)."""
+        """Return the bytes each task holds beyond the shared backbone (learnable tensors + head)."""
         sizes = []
         for predictor in self.predictors:
             model, head = predictor.package.model, predictor.package.head
@@ -145,20 +160,10 @@ class MultiTask:
 
     @torch.no_grad()
     def forward_batch(self, waves: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Per task, per utterance outputs of one padded batch.
+        """Return per task, per utterance outputs of 16 kHz waveforms [T_i] as one padded batch.
 
         Each task runs its prediction path (:meth:`elp.tasks.base.Task.predict_batch`) with the
         encoder of :meth:`encoders`.
-
-        Parameters
-        ----------
-        waves : Sequence[torch.Tensor]
-            16 kHz mono waveforms [T_i].
-
-        Returns
-        -------
-        list[list[torch.Tensor]]
-            Per task, :meth:`Predictor.forward_batch` of the batch.
         """
         batch, rel_lengths = pad_batch(waves)
         batch, rel_lengths = batch.to(self.device), rel_lengths.to(self.device)
@@ -166,24 +171,12 @@ class MultiTask:
                 for predictor, encode in zip(self.predictors, self.encoders(batch, rel_lengths))]
 
     def encoders(self, batch: torch.Tensor, rel_lengths: torch.Tensor) -> list:
-        """One ``encode(wavs, wav_lens) -> (feats, frame_mask)`` per task for one served batch.
+        """Return one ``encode(wavs, wav_lens) -> (feats, frame_mask)`` per task, in task order, for one served batch.
 
-        For ``(batch, rel_lengths)`` themselves, a task's features come from the computation
-        the tasks share, each part run at most once and only when a task asks for it: the CNN,
-        the one transformer pass of the frozen-inside tasks, each routed group's batch. Any
-        other input is encoded by the task's own model.
-
-        Parameters
-        ----------
-        batch : torch.Tensor
-            [B, T] padded waveforms on the device.
-        rel_lengths : torch.Tensor
-            [B] relative lengths.
-
-        Returns
-        -------
-        list[Callable]
-            Encoders in task order.
+        For ``batch`` [B, T] and ``rel_lengths`` [B] themselves, a task's features come from the
+        computation the tasks share, each part run at most once and only when a task asks for it:
+        the CNN, the one transformer pass of the frozen-inside tasks, each routed group's batch.
+        Any other input is encoded by the task's own model.
         """
         computed: dict = {}
 
@@ -223,32 +216,20 @@ class MultiTask:
         return [encoder(index) for index in range(len(self.predictors))]
 
     def outputs(self, wavs, sample_rate: int | None = None, batch_size: int = 8,
-                progress: bool | None = None) -> list[list[torch.Tensor]]:
-        """Per task, per input (in input order) head outputs.
+                progress: bool | None = None, max_batch_seconds: float | None = MAX_BATCH_SECONDS,
+                names: Sequence[str] | None = None) -> list[list[torch.Tensor]]:
+        """Return ``outputs[task][input]`` head outputs (input order); inputs are read lazily per batch.
 
-        Parameters
-        ----------
-        wavs : Iterable[AudioInput]
-            The inputs.
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-        progress : bool | None, optional
-            tqdm bar (default: for 50 or more inputs).
-
-        Returns
-        -------
-        list[list[torch.Tensor]]
-            ``outputs[task][input]``.
+        Options as in :meth:`elp.serve.inference.Predictor.outputs`, except that a routed batch holds
+        every utterance once per task of its group, so ``max_batch_seconds`` counts samples x tasks
+        (:meth:`batch_seconds`).
         """
         items = list(wavs)
-        waves = [load_waveform(item, sample_rate) for item in items]
-        check_lengths(items, waves, self.backbone.receptive_field)
-        results = [[None] * len(waves) for _ in self.predictors]
+        load = waveform_loader(sample_rate, self.backbone.receptive_field)
+        results = [[None] * len(items) for _ in self.predictors]
         bar = _progress(len(items), progress, "tasks")
-        for indices in length_batches([w.shape[0] for w in waves], batch_size):
-            for task, task_outputs in enumerate(self.forward_batch([waves[i] for i in indices])):
+        for indices, waves in stream_batches(items, load, batch_size, self.batch_seconds(max_batch_seconds), names):
+            for task, task_outputs in enumerate(self.forward_batch(waves)):
                 for index, out in zip(indices, task_outputs):
                     results[task][index] = out
             if bar is not None:
@@ -257,32 +238,26 @@ class MultiTask:
             bar.close()
         return results
 
+    def batch_seconds(self, max_batch_seconds: float | None) -> float | None:
+        """Return the cap on a served batch's padded seconds.
+
+        It keeps each routed batch (utterances x tasks of the largest group) within ``max_batch_seconds``.
+        """
+        if max_batch_seconds is None:
+            return None
+        widest = max([len(indices) for indices, _ in self.groups], default=1)
+        return max_batch_seconds / widest
+
     def run(self, wavs, sample_rate: int | None = None, batch_size: int = 8, beam_size: int | None = None,
-            progress: bool | None = None):
-        """Every task on every input: per input a dict task name -> result.
+            progress: bool | None = None, max_batch_seconds: float | None = MAX_BATCH_SECONDS):
+        """Run every task on one input (-> dict task name -> result) or a list (-> one dict per input).
 
-        Parameters
-        ----------
-        wavs : AudioInput | list[AudioInput]
-            One utterance or a list.
-        sample_rate : int | None, optional
-            Rate of array/tensor inputs.
-        batch_size : int, optional
-            Utterances per forward pass.
-        beam_size : int | None, optional
-            ASR tasks: CTC beam search with this beam (default: greedy).
-        progress : bool | None, optional
-            tqdm bar (default: for 50 or more inputs).
-
-        Returns
-        -------
-        dict | list[dict]
-            Task name -> result, for one input or per input of a list. Results are what the
-            single-task API returns (:meth:`Predictor.result`): text, a classification, or an
-            embedding.
+        Results are what the single-task API returns (:meth:`elp.serve.inference.Predictor.result`):
+        text, a classification, or an embedding. ``beam_size``: ASR tasks' CTC beam (default: greedy);
+        the other options as in :meth:`outputs`.
         """
         items, single = as_batch(wavs)
-        per_task = self.outputs(items, sample_rate, batch_size, progress)
+        per_task = self.outputs(items, sample_rate, batch_size, progress, max_batch_seconds)
         results = [{name: predictor.result(per_task[t][i], beam_size=beam_size)
                     for t, (name, predictor) in enumerate(zip(self.names, self.predictors))}
                    for i in range(len(items))]
@@ -290,7 +265,7 @@ class MultiTask:
 
 
 def unique_tensor_bytes(modules: Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()) -> int:
-    """Bytes of the distinct storages behind the modules' parameters and buffers (and ``tensors``).
+    """Return the bytes of the distinct storages behind the modules' parameters and buffers (and ``tensors``).
 
     Tensors that share a storage (a backbone view's frozen weights, a ``detach()``) count once.
 

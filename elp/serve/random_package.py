@@ -21,32 +21,26 @@ TINY_LABELS = EXAMPLE_LABELS
 def make_tiny_package(directory: str | os.PathLike, task: str = "classify", method: str = "l_only",
                       seed: int = 0, backbone_dir: str | os.PathLike | None = None,
                       backbone: str = "wavlm", task_options: dict | None = None, **method_options) -> Path:
-    """A package of a tiny random model (doctests, tests, demos): nothing is trained.
+    """Write a package of a tiny random model (doctests, tests, demos) and return its directory; nothing is trained.
 
     Parameters
     ----------
-    directory : str | os.PathLike
-        Where to write it.
-    task : str
+    task
         A task kind of :data:`elp.tasks.TASKS`; its inventory and head are the task's examples
         (:meth:`elp.tasks.base.Task.example_inventory`, :meth:`~elp.tasks.base.Task.example_head`).
-    method : str
+    method
         Any method of :data:`elp.core.methods.METHODS`.
-    seed : int
+    seed
         Seeds the adapters and head (and the backbone unless ``backbone_dir`` is given).
-    backbone_dir : str | os.PathLike | None, optional
+    backbone_dir
         A tiny HF checkpoint (:func:`elp.testing.save_tiny_checkpoint`) to reference instead of
         storing random weights in the package.
-    backbone : str
+    backbone
         Short backbone name of the tiny architecture.
-    task_options : dict | None, optional
+    task_options
         Constructor options of the task class (e.g. SV ``window_seconds``).
     **method_options
         Passed to :class:`AdaptedSSL` (default: ``l_dim=16, e_dim=8, prompt_frames=4``).
-
-    Returns
-    -------
-    pathlib.Path
 
     Examples
     --------

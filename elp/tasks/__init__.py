@@ -35,35 +35,12 @@ TASKS: dict[str, type[Task]] = {cls.kind: cls for cls in (SpeechRecognition, Spe
 
 
 def load_inventory(task: Task, lang_dir: str | Path):
-    """The inventory stage 2 wrote for ``task``: a tokenizer (ASR) or a :class:`LabelMap`.
-
-    Parameters
-    ----------
-    task : Task
-        The recipe's task kind.
-    lang_dir : str | Path
-        The directory stage 2 wrote the inventory to.
-
-    Returns
-    -------
-    object
-        What :meth:`Task.load_inventory` returns.
-    """
+    """Return the inventory stage 2 wrote for ``task``: a tokenizer (ASR) or a :class:`LabelMap`."""
     return task.load_inventory(lang_dir)
 
 
 def task_class(kind: str) -> type[Task]:
-    """The task class of a registry name.
-
-    Parameters
-    ----------
-    kind : str
-        A key of :data:`TASKS`.
-
-    Returns
-    -------
-    type[Task]
-        Its class.
+    """Return the task class of a registry name (a key of :data:`TASKS`).
 
     Raises
     ------
@@ -85,19 +62,9 @@ def task_class(kind: str) -> type[Task]:
 
 
 def task_from_package(config: dict) -> Task:
-    """The task a model package's ``package.json`` describes: its kind and ``task_options``.
+    """Return the task a model package's ``package.json`` describes: its kind and ``task_options``.
 
     Packages without ``task_options`` get the kind's defaults.
-
-    Parameters
-    ----------
-    config : dict
-        ``package.json``.
-
-    Returns
-    -------
-    Task
-        The task, with the options prediction needs (:meth:`Task.package_options`).
 
     Examples
     --------
@@ -108,17 +75,9 @@ def task_from_package(config: dict) -> Task:
 
 
 def num_outputs(inventory) -> int:
-    """Output units of a head over ``inventory``.
+    """Return the output units of a head over ``inventory``: tokens including the CTC blank, or classes.
 
-    Parameters
-    ----------
-    inventory : object
-        A tokenizer (with ``vocab_size``) or a label map (with ``len``).
-
-    Returns
-    -------
-    int
-        Tokens including the CTC blank, or classes.
+    ``inventory`` is a tokenizer (with ``vocab_size``) or a label map (with ``len``).
 
     Examples
     --------

@@ -16,6 +16,7 @@ from elp.eval.plots import plot_wer_by_length
 from elp.eval.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
 from elp.tasks.decoding import CTCBeamSearch, greedy_ctc
+from elp.tasks.windows import chunked_frames
 
 #: the transcripts of the example inventory (:meth:`SpeechRecognition.example_inventory`)
 EXAMPLE_TEXTS = ["HELLO WORLD", "A CAT"]
@@ -26,13 +27,17 @@ class SpeechRecognition(Task):
 
     Parameters
     ----------
-    bpe_vocab : int
+    bpe_vocab
         0: characters (``tokens.txt``); N > 0: a sentencepiece BPE model of N pieces.
-    beam_size : int
+    beam_size
         0: greedy CTC only; N > 0: stage 4 also decodes with CTC prefix beam search of width N
         (``hyp_beam.txt``, scored as ``wer_beam``); greedy stays the primary metric.
-    lm : str, optional
+    lm
         An ARPA n-gram LM for the beam search (words of the LM's unigrams form the lexicon).
+    chunk_seconds, chunk_overlap_seconds
+        Utterances longer than ``chunk_seconds`` are recognised in chunks of that length
+        overlapping by ``chunk_overlap_seconds``, their CTC frames stitched at the middle of
+        each overlap (:func:`elp.tasks.windows.chunked_frames`), so memory is bounded by a chunk.
     **kwargs
         See :class:`elp.tasks.base.Task`.
 
@@ -46,11 +51,22 @@ class SpeechRecognition(Task):
     valid_key, valid_key_mode = "wer", "min"
     metric_name, higher_is_better = "wer", False
 
-    def __init__(self, bpe_vocab: int = 0, beam_size: int = 0, lm: str | None = None, **kwargs):
+    def __init__(self, bpe_vocab: int = 0, beam_size: int = 0, lm: str | None = None, chunk_seconds: float = 30.0,
+                 chunk_overlap_seconds: float = 2.0, **kwargs):
         super().__init__(**kwargs)
         self.bpe_vocab = int(bpe_vocab)
         self.beam_size = int(beam_size or 0)
         self.lm = lm
+        self.chunk_seconds = float(chunk_seconds)
+        self.chunk_overlap_seconds = float(chunk_overlap_seconds)
+
+    def predict_batch(self, encode, head, wavs, wav_lens):
+        """Return CTC log-probs [F_b, V]; utterances longer than ``chunk_seconds`` run in chunks."""
+        return chunked_frames(lambda w, lens: self.head_outputs(head, *encode(w, lens)), wavs, wav_lens,
+                              chunk_seconds=self.chunk_seconds, overlap_seconds=self.chunk_overlap_seconds)
+
+    def package_options(self) -> dict:
+        return {"chunk_seconds": self.chunk_seconds, "chunk_overlap_seconds": self.chunk_overlap_seconds}
 
     def build_inventory(self, train_dir, lang_dir):
         data = read_data_dir(train_dir)
@@ -82,33 +98,21 @@ class SpeechRecognition(Task):
         return {"tokenizer": inventory}
 
     def head_outputs(self, head, feats, frame_mask):
-        """CTC log-probs [F_b, V] of each utterance's valid frames.
-
-        The head is called on the features alone, as in training.
-        """
+        """Return CTC log-probs [F_b, V] of each utterance's valid frames (head on features alone, as in training)."""
         log_probs = head(feats).detach().float()
         return [lp[:n].cpu() for lp, n in zip(log_probs, frame_mask.sum(1).tolist())]
 
     @staticmethod
     def beam_search(tokenizer, beam_size: int | None = None, lm: str | Path | None = None,
                     **lm_options) -> CTCBeamSearch | None:
-        """The CTC prefix beam search of ``beam_size`` (with ``lm``), or None for greedy decoding.
+        """Return the CTC prefix beam search of ``beam_size`` (with ``lm``), or None for greedy decoding.
 
         Parameters
         ----------
-        tokenizer : CharTokenizer | BPETokenizer
-            The inventory.
-        beam_size : int | None, optional
-            Beam width; None or 0: greedy unless ``lm`` is given (then 10).
-        lm : str | Path | None, optional
-            Word n-gram LM (ARPA).
+        beam_size
+            Beam width; None or 0: greedy unless ``lm`` (an ARPA word n-gram LM) is given (then 10).
         **lm_options
             ``lexicon``, ``lm_weight``, ``word_score`` (:class:`elp.tasks.decoding.CTCBeamSearch`).
-
-        Returns
-        -------
-        CTCBeamSearch | None
-            None means greedy decoding.
 
         Examples
         --------
@@ -121,21 +125,7 @@ class SpeechRecognition(Task):
 
     @staticmethod
     def transcripts(log_probs: list[torch.Tensor], tokenizer, beam_search: CTCBeamSearch | None = None) -> list[str]:
-        """Texts of per-utterance log-probs (:meth:`head_outputs`): greedy, or ``beam_search``.
-
-        Parameters
-        ----------
-        log_probs : list[torch.Tensor]
-            [F_b, V] per utterance.
-        tokenizer : CharTokenizer | BPETokenizer
-            The inventory (blank = 0).
-        beam_search : CTCBeamSearch | None, optional
-            From :meth:`beam_search`; None: greedy CTC.
-
-        Returns
-        -------
-        list[str]
-            One hypothesis per utterance.
+        """Return one text per utterance of log-probs [F_b, V] (:meth:`head_outputs`): greedy, or ``beam_search``.
 
         Examples
         --------

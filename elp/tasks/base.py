@@ -61,7 +61,8 @@ from typing import ClassVar
 import speechbrain as sb
 import torch
 
-from elp.data.audio import TARGET_SAMPLE_RATE, read_audio
+from elp.data.audio import read_audio
+from elp.runtime import SAMPLE_RATE
 from elp.data.inventory import LABELS_FILE, LabelMap
 from elp.data.kaldi_dir import data_dir_to_dict
 
@@ -76,10 +77,10 @@ class Task:
 
     Parameters
     ----------
-    max_train_seconds : float, optional
+    max_train_seconds
         Training utterances longer than this are randomly cropped to it (0: whole
         utterances). Validation and test always read whole utterances.
-    label_file : str, optional
+    label_file
         The data-dir file with one label per utterance (classification; default ``utt2label``).
     """
 
@@ -100,30 +101,11 @@ class Task:
 
     # ------------------------------------------------------------------ stage 2
     def build_inventory(self, train_dir: str | Path, lang_dir: str | Path) -> None:
-        """Write the token or label inventory of ``train_dir`` to ``lang_dir`` (subclasses).
-
-        Parameters
-        ----------
-        train_dir : str | Path
-            The training data dir.
-        lang_dir : str | Path
-            Output directory of the inventory.
-        """
+        """Write the token or label inventory of ``train_dir`` to ``lang_dir`` (subclasses)."""
         raise NotImplementedError
 
     def load_inventory(self, lang_dir: str | Path):
-        """The inventory :meth:`build_inventory` wrote.
-
-        Parameters
-        ----------
-        lang_dir : str | Path
-            The inventory's directory.
-
-        Returns
-        -------
-        object
-            A :class:`LabelMap` unless a subclass overrides this (ASR: a tokenizer).
-        """
+        """Return the inventory :meth:`build_inventory` wrote: a :class:`LabelMap` (ASR: a tokenizer)."""
         return LabelMap.load(lang_dir)
 
     def check_coverage(self, lang_dir: str | Path, data_dir: str | Path) -> None:
@@ -131,13 +113,6 @@ class Task:
 
         Runs in stage 2, so a bad dev/test set fails before training, not after. The base
         class checks nothing.
-
-        Parameters
-        ----------
-        lang_dir : str | Path
-            The inventory's directory.
-        data_dir : str | Path
-            A dev or test data dir.
 
         Raises
         ------
@@ -148,21 +123,20 @@ class Task:
     # ------------------------------------------------------------------ data
     def dataset(self, data_dir: str | Path, split: str, inventory,
                 crop_audio: bool = True, allow_shell_pipes: bool = False) -> sb.dataio.dataset.DynamicItemDataset:
-        """A Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
+        """Return a Kaldi data dir as a dataset with ``id``, ``sig`` and this task's targets.
 
         Parameters
         ----------
-        data_dir : str | Path
+        data_dir
             A validated Kaldi-style data dir (with ``utt2num_samples``).
-        split : str
+        split
             ``"train"`` (random crops when ``max_train_seconds``), ``"valid"`` or ``"test"``.
         inventory : object
             From :func:`elp.tasks.load_inventory`.
-        crop_audio : bool, optional
+        crop_audio
             False: training utterances stay whole (the Brain crops cached CNN frames instead).
-        allow_shell_pipes : bool, optional
-            Run ``wav.scp`` commands elp does not read natively (run option
-            ``allow_shell_pipes``; see :mod:`elp.data.pipes`).
+        allow_shell_pipes
+            Run ``wav.scp`` commands elp does not read natively (see :mod:`elp.data.pipes`).
 
         Returns
         -------
@@ -176,7 +150,7 @@ class Task:
             entry.setdefault("end", None)
         self.prepare_entries(data, split)
         dataset = sb.dataio.dataset.DynamicItemDataset(data)
-        max_samples = int(self.max_train_seconds * TARGET_SAMPLE_RATE) if split == "train" and crop_audio else 0
+        max_samples = int(self.max_train_seconds * SAMPLE_RATE) if split == "train" and crop_audio else 0
 
         @sb.utils.data_pipeline.takes("id", "wav", "start", "end", "num_samples")
         @sb.utils.data_pipeline.provides("sig")
@@ -184,10 +158,10 @@ class Task:
             segment = (start, end) if start is not None else None
             if max_samples and num_samples and num_samples > max_samples:
                 # a random crop: read only its samples, not the whole file
-                offset = random.randint(0, num_samples - max_samples) / TARGET_SAMPLE_RATE
+                offset = random.randint(0, num_samples - max_samples) / SAMPLE_RATE
                 begin = (start or 0.0) + offset
-                segment = (begin, begin + max_samples / TARGET_SAMPLE_RATE)
-            sig = read_audio(wav, TARGET_SAMPLE_RATE, segment=segment, utt=utt, allow_shell_pipes=allow_shell_pipes)
+                segment = (begin, begin + max_samples / SAMPLE_RATE)
+            sig = read_audio(wav, SAMPLE_RATE, segment=segment, utt=utt, allow_shell_pipes=allow_shell_pipes)
             return sig[:max_samples] if max_samples else sig
 
         dataset.add_dynamic_item(audio_pipeline)
@@ -195,52 +169,15 @@ class Task:
         return dataset
 
     def prepare_entries(self, data: dict, split: str) -> None:
-        """Adjust the per-utterance entries before the dataset is built (subclasses).
-
-        Parameters
-        ----------
-        data : dict
-            Utterance id -> entry (``wav``, ``num_samples``, ``start``, ``end``, ...), edited
-            in place.
-        split : str
-            ``"train"``, ``"valid"`` or ``"test"``.
-        """
+        """Adjust the per-utterance entries (``wav``, ``num_samples``, ...) in place (subclasses)."""
 
     def add_targets(self, dataset, split: str, inventory) -> list[str]:
-        """Add this task's target items to ``dataset`` (subclasses; none here).
-
-        Parameters
-        ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            The dataset being built.
-        split : str
-            ``"train"``, ``"valid"`` or ``"test"``.
-        inventory : object
-            From :meth:`load_inventory`.
-
-        Returns
-        -------
-        list[str]
-            Output keys of the added items.
-        """
+        """Add this task's target items to ``dataset`` and return their output keys (subclasses; none here)."""
         return []
 
     @staticmethod
     def add_label_targets(dataset, inventory) -> list[str]:
-        """Add ``label_id``: the class id of each entry's ``label``.
-
-        Parameters
-        ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            The dataset being built (entries hold ``label``).
-        inventory : LabelMap
-            Encodes labels; an unknown label's error names the utterance.
-
-        Returns
-        -------
-        list[str]
-            ``["label", "label_id"]`` (``label_id``: LongTensor [1]).
-        """
+        """Add ``label_id`` (LongTensor [1]): the class id of each entry's ``label``; return the keys."""
 
         @sb.utils.data_pipeline.takes("id", "label")
         @sb.utils.data_pipeline.provides("label_id")
@@ -256,62 +193,23 @@ class Task:
         """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
 
         ``loader_kwargs_of(dataset)`` gives the DataLoader options of any dataset it evaluates
-        (the test set, and for SV the S-norm cohort and the calibration trials); ``exp_dir`` is
-        the experiment (its model package is ``exp_dir/adapters``).
-
-        Parameters
-        ----------
-        brain : elp.train.brains.base.ELPBrain
-            The trained Brain.
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            The test set.
-        test_dir : str | Path
-            Its data dir (references).
-        decode_dir : Path
-            Output directory.
-        loader_kwargs_of : Callable
-            Dataset -> DataLoader options.
-        exp_dir : Path
-            The experiment directory.
+        (the test set, and for SV the S-norm cohort and the calibration trials); ``test_dir`` holds
+        the references; ``exp_dir`` is the experiment (its model package is ``exp_dir/adapters``).
         """
         raise NotImplementedError
 
     def calibration_trials(self, brain, loader_kwargs_of) -> dict | None:
-        """Trials that calibrate the package's decision rule after training (stage 4); none here.
-
-        Parameters
-        ----------
-        brain : elp.train.brains.base.ELPBrain
-            The trained Brain.
-        loader_kwargs_of : Callable
-            Dataset -> DataLoader options.
-
-        Returns
-        -------
-        dict | None
-            Keyword arguments of :func:`elp.serve.package.calibrate_threshold`, or None.
-        """
+        """Return the keyword arguments of :func:`elp.serve.package.calibrate_threshold` for stage 4, or None (here)."""
         return None
 
     def package_fields(self, inventory) -> dict:
-        """What a model package stores of the inventory (:func:`elp.serve.package.write_package`).
-
-        Parameters
-        ----------
-        inventory : object
-            From :meth:`load_inventory`.
-
-        Returns
-        -------
-        dict
-            Package fields (here ``labels``).
-        """
+        """Return what a model package stores of the inventory (:func:`elp.serve.package.write_package`)."""
         return {"labels": list(inventory.labels)}
 
     # ------------------------------------------------------------------ prediction
     def predict_batch(self, encode: Encoder, head: torch.nn.Module, wavs: torch.Tensor,
                       wav_lens: torch.Tensor) -> list[torch.Tensor]:
-        """Per-utterance outputs of a padded batch: the one prediction path of this kind.
+        """Return per-utterance outputs of a padded batch: the one prediction path of this kind.
 
         Stage 4 (:meth:`elp.train.brains.base.ELPBrain.predict`), the package API
         (:mod:`elp.serve.inference`) and multi-task serving (:mod:`elp.serve.multitask`) all call
@@ -319,15 +217,12 @@ class Task:
 
         Parameters
         ----------
-        encode : Encoder
-            ``encode(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``, e.g.
-            an :class:`elp.core.model.AdaptedSSL`. It may be called on other batches than
-            ``wavs`` (speaker verification: windows of long utterances).
-        head : torch.nn.Module
-            The task's head.
-        wavs : torch.Tensor
+        encode
+            An :data:`Encoder`, e.g. an :class:`elp.core.model.AdaptedSSL`. It may be called on
+            other batches than ``wavs`` (speaker verification: windows of long utterances).
+        wavs
             [B, T] padded waveforms at 16 kHz.
-        wav_lens : torch.Tensor
+        wav_lens
             [B] relative lengths (valid samples / T).
 
         Returns
@@ -350,53 +245,24 @@ class Task:
 
     def head_outputs(self, head: torch.nn.Module, feats: torch.Tensor,
                      frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """The head on encoded features, one CPU float32 tensor per utterance (subclasses).
+        """Return the head's outputs, one CPU float32 tensor per utterance (subclasses).
 
-        Parameters
-        ----------
-        head : torch.nn.Module
-            The task's head.
-        feats : torch.Tensor
-            [B, F, D] features.
-        frame_mask : torch.Tensor
-            [B, F] bool, True = real frame.
-
-        Returns
-        -------
-        list[torch.Tensor]
-            ASR: log-probs [F_b, V] of the valid frames; classification: probabilities [C];
-            speaker verification: embeddings [E].
+        ``feats`` is [B, F, D], ``frame_mask`` [B, F] bool (True = real frame). ASR: log-probs [F_b, V] of the
+        valid frames; classification: probabilities [C]; speaker verification: embeddings [E].
         """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ model packages
     def package_options(self) -> dict:
-        """Constructor options a model package records because prediction needs them.
-
-        Returns
-        -------
-        dict
-            JSON-able keyword arguments of this class (none here; speaker verification: its
-            window settings), stored as ``task_options`` in ``package.json``.
-        """
+        """Return the constructor options prediction needs (``package.json``'s ``task_options``; none here)."""
         return {}
 
     def save_package_inventory(self, directory: Path, inventory_dir: str | Path | None = None,
                                labels: list[str] | None = None, tokenizer=None) -> dict:
         """Write what prediction needs of the inventory into a package directory.
 
-        The base class stores class names (``labels.txt``).
-
-        Parameters
-        ----------
-        directory : Path
-            The package directory.
-        inventory_dir : str | Path | None, optional
-            Stage 2's ``data/lang`` (read when ``labels``/``tokenizer`` are not given).
-        labels : list[str] | None, optional
-            Class names (id = position).
-        tokenizer : object, optional
-            An ASR tokenizer (unused here).
+        The base class stores class names (``labels.txt``) from ``labels`` (id = position), or reads
+        them from ``inventory_dir`` (stage 2's ``data/lang``); ``tokenizer`` is for ASR.
 
         Returns
         -------
@@ -421,94 +287,27 @@ class Task:
         return {"kind": "labels", "file": LABELS_FILE}
 
     def load_package_inventory(self, directory: Path, entry: dict) -> tuple[object, list[str] | None]:
-        """(tokenizer, labels) from a package directory and its ``inventory`` entry.
-
-        Parameters
-        ----------
-        directory : Path
-            The package directory.
-        entry : dict
-            ``package.json``'s ``inventory``.
-
-        Returns
-        -------
-        tuple[object, list[str] | None]
-            No tokenizer here, and the class names of ``labels.txt``.
-        """
+        """Return (tokenizer, labels) of a package dir and its ``inventory`` entry (here: None, ``labels.txt``)."""
         return None, (Path(directory) / (entry.get("file") or LABELS_FILE)).read_text().splitlines()
 
     def example_inventory(self):
-        """A small inventory for examples and tests (subclasses).
-
-        Returns
-        -------
-        object
-            What :meth:`load_inventory` would return.
-        """
+        """Return a small inventory for examples and tests, as :meth:`load_inventory` would (subclasses)."""
         raise NotImplementedError
 
     def example_head(self, in_dim: int, inventory) -> torch.nn.Module:
-        """A small untrained head of this kind for examples and tests (subclasses).
-
-        Parameters
-        ----------
-        in_dim : int
-            Feature size D of the model.
-        inventory : object
-            From :meth:`example_inventory`.
-
-        Returns
-        -------
-        torch.nn.Module
-            A head of :mod:`elp.core.heads`.
-        """
+        """Return a small untrained head of :mod:`elp.core.heads` over features of size ``in_dim`` (subclasses)."""
         raise NotImplementedError
 
     def package_summary(self, config: dict) -> list[str]:
-        """Lines ``elp inspect`` prints about this kind's package entries (none here).
-
-        Parameters
-        ----------
-        config : dict
-            ``package.json``.
-
-        Returns
-        -------
-        list[str]
-            Human-readable lines.
-        """
+        """Return the lines ``elp inspect`` prints about this kind's ``package.json`` entries (none here)."""
         return []
 
     def plot(self, test_dir: str | Path, decode_dir: Path, out_dir: Path, inventory_labels=None) -> list[Path]:
-        """Stage 5's plots of one decoded test set; none by default.
-
-        Parameters
-        ----------
-        test_dir : str | Path
-            The test data dir.
-        decode_dir : Path
-            Its decode directory (stage 4).
-        out_dir : Path
-            Where the PNG files go.
-        inventory_labels : list[str] | None, optional
-            Class names in inventory order.
-
-        Returns
-        -------
-        list[Path]
-            The PNG files written.
-        """
+        """Write stage 5's PNG plots of one decoded test set to ``out_dir`` and return their paths; none by default."""
         return []
 
     def score(self, test_dir: str | Path, decode_dir: Path) -> tuple[dict, dict]:
-        """(metric, extra metrics) of one decoded test set (subclasses).
-
-        Parameters
-        ----------
-        test_dir : str | Path
-            The test data dir.
-        decode_dir : Path
-            Its decode directory (stage 4).
+        """Score one decoded test set (subclasses).
 
         Returns
         -------
@@ -520,34 +319,13 @@ class Task:
         raise NotImplementedError
 
     def metric(self, value: float, chance: float | None) -> dict:
-        """The results.json ``metric`` entry of this task.
-
-        Parameters
-        ----------
-        value : float
-            The metric's value.
-        chance : float | None
-            Its chance level (e.g. the majority class), if known.
-
-        Returns
-        -------
-        dict
-            ``name``, ``value``, ``higher_is_better`` and ``chance``.
-        """
+        """Return the results.json ``metric`` entry of this task (``chance``: e.g. the majority class, if known)."""
         return {"name": self.metric_name, "value": float(value), "higher_is_better": self.higher_is_better,
                 "chance": None if chance is None else float(chance)}
 
 
 def write_lines(path: Path, lines) -> None:
-    """Write text lines atomically (a temporary file renamed into place).
-
-    Parameters
-    ----------
-    path : Path
-        Output file (parent directories are created).
-    lines : Iterable[str]
-        Lines without newlines.
-    """
+    """Write text lines (without newlines) atomically, creating parent directories."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -555,17 +333,7 @@ def write_lines(path: Path, lines) -> None:
 
 
 def read_pairs(path: Path) -> dict[str, str]:
-    """``<utt> <rest of line>`` lines as a dict.
-
-    Parameters
-    ----------
-    path : Path
-        A decode file.
-
-    Returns
-    -------
-    dict[str, str]
-        Utterance id -> rest of its line.
+    """Read ``<utt> <rest of line>`` lines as a dict.
 
     Raises
     ------

@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import speechbrain as sb
 import torch
 
 from elp.core.heads import PooledClassifier
@@ -15,6 +14,7 @@ from elp.data.kaldi_dir import read_mapping
 from elp.eval.plots import plot_confusion_matrix
 from elp.eval.scoring import unweighted_accuracy
 from elp.tasks.base import Task, write_lines
+from elp.tasks.windows import windowed_embeddings, windows_per_batch
 
 #: the classes of the example inventory (:meth:`UtteranceClassification.example_inventory`)
 EXAMPLE_LABELS = ["angry", "happy", "neutral"]
@@ -31,6 +31,16 @@ class Classification:
 class UtteranceClassification(Task):
     """Cross-entropy classes from ``utt2label`` (or ``label_file``); accuracy and UA.
 
+    Parameters
+    ----------
+    window_seconds, window_overlap_seconds
+        Utterances longer than ``window_seconds`` are classified in windows of that length
+        overlapping by ``window_overlap_seconds``, at most 30 s of windows per forward pass; their class
+        probabilities are the mean of the windows' probabilities
+        (:func:`elp.tasks.windows.windowed_embeddings`), so memory is bounded by one window.
+    **kwargs
+        See :class:`elp.tasks.base.Task`.
+
     Examples
     --------
     >>> UtteranceClassification().valid_key, UtteranceClassification(label_file="utt2emo").label_file
@@ -41,18 +51,29 @@ class UtteranceClassification(Task):
     valid_key, valid_key_mode = "accuracy", "max"
     metric_name, higher_is_better = "accuracy", True
 
+    def __init__(self, window_seconds: float = 30.0, window_overlap_seconds: float = 5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.window_seconds = float(window_seconds)
+        self.window_overlap_seconds = float(window_overlap_seconds)
+
+    def predict_batch(self, encode, head, wavs, wav_lens):
+        """Return class probabilities [C]; utterances longer than ``window_seconds`` are classified in windows."""
+        probabilities = windowed_embeddings(lambda w, lens: self.probabilities(head, *encode(w, lens)), wavs,
+                                            wav_lens, window_seconds=self.window_seconds,
+                                            overlap_seconds=self.window_overlap_seconds, combine="mean",
+                                            max_windows_per_batch=windows_per_batch(self.window_seconds))
+        return list(probabilities.cpu())
+
+    @staticmethod
+    def probabilities(head, feats, frame_mask) -> torch.Tensor:
+        """Return the softmax of the head's logits [B, C] (float32)."""
+        return torch.softmax(head(feats, frame_mask).detach().float(), dim=-1)
+
+    def package_options(self) -> dict:
+        return {"window_seconds": self.window_seconds, "window_overlap_seconds": self.window_overlap_seconds}
+
     def labels(self, data_dir) -> dict[str, str]:
-        """Labels of a data dir.
-
-        Parameters
-        ----------
-        data_dir : str | Path
-            A data dir holding ``utt2label`` (or ``label_file``).
-
-        Returns
-        -------
-        dict[str, str]
-            Utterance id -> label.
+        """Return utterance id -> label of a data dir's ``utt2label`` (or ``label_file``).
 
         Raises
         ------
@@ -75,24 +96,14 @@ class UtteranceClassification(Task):
         return self.add_label_targets(dataset, inventory)
 
     def head_outputs(self, head, feats, frame_mask):
-        """Class probabilities [C] per utterance (softmax of the head's logits)."""
-        return list(torch.softmax(head(feats, frame_mask).detach().float(), dim=-1).cpu())
+        """Return class probabilities [C] per utterance (softmax of the head's logits)."""
+        return list(self.probabilities(head, feats, frame_mask).cpu())
 
     @staticmethod
     def best_label(probabilities: torch.Tensor, labels: list[str]) -> str:
-        """The most probable class name (what stage 4 writes).
+        """Return the most probable class name (the first maximum; what stage 4 writes).
 
-        Parameters
-        ----------
-        probabilities : torch.Tensor
-            [C] in inventory order.
-        labels : list[str]
-            Class names, id = position.
-
-        Returns
-        -------
-        str
-            The label of the first maximum.
+        ``probabilities`` is [C] in inventory order; ``labels`` the class names, id = position.
 
         Examples
         --------
@@ -102,7 +113,7 @@ class UtteranceClassification(Task):
         return labels[int(probabilities.argmax())]
 
     def classification(self, probabilities: torch.Tensor, labels: list[str]) -> Classification:
-        """The :class:`Classification` of class probabilities [C] (inventory order).
+        """Return the :class:`Classification` of class probabilities [C] (inventory order).
 
         Examples
         --------

@@ -1,11 +1,9 @@
 """CTC decoding: greedy (best path) and prefix beam search, optionally with a word n-gram LM.
 
 Beam search runs through torchaudio's ``ctc_decoder`` (flashlight-text's lexicon-free and
-lexicon decoders, with KenLM for ARPA or binary n-gram files). We picked it over
-``pyctcdecode`` because it ships as binary wheels (``flashlight-text``, KenLM included,
-nothing to compile), is maintained with torchaudio (which the stack already pins), and
-decodes a batch in C++. Hypotheses sharing a prefix are merged by log-add (``log_add=True``):
-a proper prefix beam search, not a Viterbi beam.
+lexicon decoders, with KenLM for ARPA or binary n-gram files; why this decoder: docs/INFERENCE.md).
+Hypotheses sharing a prefix are merged by log-add (``log_add=True``): a proper prefix beam
+search, not a Viterbi beam.
 
 * Without an LM the search is lexicon-free over the tokenizer's tokens (characters or BPE
   pieces): the CTC prefix beam search that ESPnet/SpeechBrain call ``beam_size`` decoding.
@@ -36,21 +34,9 @@ from elp.data.inventory import BLANK, SPACE, BPETokenizer, CharTokenizer
 
 
 def greedy_ctc(log_probs: torch.Tensor, frame_mask: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path decoding: argmax per frame, merge repeats, drop blanks.
+    """Decode the best path: argmax per frame, merge repeats, drop blanks; return B token id sequences.
 
-    Parameters
-    ----------
-    log_probs : torch.Tensor
-        CTC log-probabilities [B, F, V].
-    frame_mask : torch.Tensor
-        [B, F] bool, True = real frame.
-    blank : int, optional
-        Id of the CTC blank.
-
-    Returns
-    -------
-    list[list[int]]
-        B token id sequences.
+    ``log_probs`` is [B, F, V], ``frame_mask`` [B, F] bool (True = real frame).
 
     Examples
     --------
@@ -75,17 +61,7 @@ def _token_list(tokenizer) -> list[str]:
 
 
 def arpa_words(path: str | os.PathLike) -> list[str]:
-    """The unigram words of an ARPA file (without ``<s>``, ``</s>``, ``<unk>``).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        An ARPA file.
-
-    Returns
-    -------
-    list[str]
-        Its unigram words in file order.
+    """Return the unigram words of an ARPA file in file order (without ``<s>``, ``</s>``, ``<unk>``).
 
     Raises
     ------
@@ -121,20 +97,8 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
 def write_lexicon(words: list[str], tokenizer, path: str | os.PathLike) -> int:
     """Write a flashlight lexicon (``WORD t1 t2 ... <sil>``) for the words the tokenizer spells.
 
-    Parameters
-    ----------
-    words : list[str]
-        Words to spell.
-    tokenizer : CharTokenizer | BPETokenizer
-        The model's tokenizer.
-    path : str | os.PathLike
-        Output lexicon file.
-
-    Returns
-    -------
-    int
-        The number of words written (words with characters outside a character
-        inventory are left out: the decoder cannot produce them anyway).
+    Returns the number of words written (words with characters outside a character
+    inventory are left out: the decoder cannot produce them anyway).
 
     Examples
     --------
@@ -165,15 +129,13 @@ class CTCBeamSearch:
     ----------
     tokenizer : CharTokenizer | BPETokenizer
         Blank must be id 0 (as stage 2 writes it).
-    beam_size : int, optional
+    beam_size
         Hypotheses kept per frame.
-    lm : str | os.PathLike | None, optional
+    lm
         KenLM n-gram file (ARPA, or binary with ``lexicon``) over words.
-    lexicon : str | os.PathLike | None, optional
+    lexicon
         ``WORD token token ...`` lines; default: built from the ARPA unigrams.
-    lm_weight : float, optional
-        LM weight.
-    word_score : float, optional
+    word_score
         Per-word insertion score.
 
     Raises
@@ -216,7 +178,7 @@ class CTCBeamSearch:
         self.uses_words = lm is not None
 
     def __call__(self, log_probs: torch.Tensor, frame_mask: torch.Tensor) -> list[str]:
-        """log_probs [B, F, V], frame_mask [B, F] bool -> B hypothesis texts."""
+        """Decode log_probs [B, F, V] with frame_mask [B, F] bool into B hypothesis texts."""
         if log_probs.shape[-1] != len(self.tokens):
             raise ValueError(f"log_probs have {log_probs.shape[-1]} classes but the tokenizer has "
                              f"{len(self.tokens)} tokens (blank included); use the package's tokenizer")
@@ -239,27 +201,10 @@ class CTCBeamSearch:
 
 def ctc_beam_search(log_probs: torch.Tensor, frame_mask: torch.Tensor, tokenizer, beam_size: int = 10,
                     lm: str | os.PathLike | None = None, **lm_options) -> list[str]:
-    """CTC prefix beam search (optionally with a word n-gram LM); see :class:`CTCBeamSearch`.
+    """Decode CTC log-probs [B, F, V] (blank = 0) into B texts; see :class:`CTCBeamSearch`.
 
-    Parameters
-    ----------
-    log_probs : torch.Tensor
-        CTC log-probabilities [B, F, V] (blank = 0).
-    frame_mask : torch.Tensor
-        [B, F] bool, True = real frame.
-    tokenizer : CharTokenizer | BPETokenizer
-        Maps token ids to text.
-    beam_size : int, optional
-        Prefixes kept per frame.
-    lm : str | os.PathLike | None, optional
-        ARPA (or binary KenLM with ``lexicon=``) word n-gram model.
-    **lm_options
-        ``lexicon``, ``lm_weight``, ``word_score``.
-
-    Returns
-    -------
-    list[str]
-        B texts.
+    ``frame_mask`` is [B, F] bool (True = real frame); ``**lm_options``: ``lexicon``,
+    ``lm_weight``, ``word_score``.
 
     Examples
     --------

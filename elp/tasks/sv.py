@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import speechbrain as sb
 import torch
 
 from elp.core.heads import SpeakerEmbeddingHead
@@ -16,7 +15,7 @@ from elp.eval.plots import plot_det_curve
 from elp.eval.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
                               select_cohort)
 from elp.tasks.base import Task, write_lines
-from elp.tasks.windows import windowed_embeddings
+from elp.tasks.windows import windowed_embeddings, windows_per_batch
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +38,24 @@ class SpeakerVerification(Task):
 
     Parameters
     ----------
-    snorm_cohort : int
+    snorm_cohort
         0: plain cosine scores; C > 0: adaptive S-norm against C training-set embeddings.
-    snorm_top_k : int, optional
+    snorm_top_k
         Top-k cohort scores per side (None: all).
-    cohort_set : str, optional
+    cohort_set
         The data dir whose speakers form the S-norm cohort (the training set).
-    cohort_per_speaker : int
+    cohort_per_speaker
         Utterances embedded per cohort speaker (their L2-normalised mean is the speaker's entry).
-    calibration_set : str, optional
+    calibration_set
         The data dir whose utterance pairs calibrate the package's decision threshold (the
         validation set: unseen utterances of the training speakers).
-    calibration_utterances : int
+    calibration_utterances
         At most this many of its utterances (all pairs of them are scored).
-    window_seconds, window_overlap_seconds : float
+    window_seconds, window_overlap_seconds
         Test utterances longer than ``window_seconds`` are embedded in windows of that length
-        overlapping by ``window_overlap_seconds`` (mean of the normalised window embeddings).
+        overlapping by ``window_overlap_seconds``: the mean of the L2-normalised window embeddings
+        (:func:`elp.tasks.windows.windowed_embeddings`), at most 30 s of windows per forward pass,
+        so memory does not grow with the length.
     **kwargs
         See :class:`elp.tasks.base.Task` (``max_train_seconds``: the random training crops).
 
@@ -99,12 +100,7 @@ class SpeakerVerification(Task):
         return self.add_label_targets(dataset, inventory)
 
     def predict_batch(self, encode, head, wavs, wav_lens):
-        """Embeddings [E]; utterances longer than ``window_seconds`` are embedded in windows.
-
-        Windows of ``window_seconds`` overlap by ``window_overlap_seconds``; the utterance's
-        embedding is the mean of the L2-normalised window embeddings
-        (:func:`elp.tasks.windows.windowed_embeddings`), so memory is bounded by the window.
-        A batch without long utterances is encoded as given.
+        """Return embeddings [E]; utterances longer than ``window_seconds`` are embedded in windows.
 
         Examples
         --------
@@ -116,28 +112,19 @@ class SpeakerVerification(Task):
         """
         embeddings = windowed_embeddings(lambda w, lens: head(*encode(w, lens)), wavs, wav_lens,
                                          window_seconds=self.window_seconds,
-                                         overlap_seconds=self.window_overlap_seconds)
+                                         overlap_seconds=self.window_overlap_seconds,
+                                         max_windows_per_batch=windows_per_batch(self.window_seconds))
         return list(embeddings.detach().float().cpu())
 
     def head_outputs(self, head, feats, frame_mask):
-        """Embeddings [E] per utterance."""
+        """Return embeddings [E] per utterance."""
         return list(head(feats, frame_mask).detach().float().cpu())
 
     @staticmethod
     def verification(enroll: torch.Tensor, test: torch.Tensor, threshold: float | None = None) -> Verification:
-        """A trial of two embeddings: stage 4's cosine score, accepted when above ``threshold``.
+        """Score a trial of two embeddings [E]: stage 4's cosine score, accepted when above ``threshold``.
 
-        Parameters
-        ----------
-        enroll, test : torch.Tensor
-            Embeddings [E].
-        threshold : float | None, optional
-            The package's calibrated threshold (None: no decision).
-
-        Returns
-        -------
-        Verification
-            The trial.
+        ``threshold`` is the package's calibrated threshold (None: no decision).
 
         Examples
         --------
@@ -179,18 +166,11 @@ class SpeakerVerification(Task):
                                Path(out_dir) / f"det_{Path(test_dir).name}.png")]
 
     def calibration_trials(self, brain, loader_kwargs_of) -> dict | None:
-        """Scores and labels of dev trials that set the model package's decision threshold.
+        """Return scores and labels of dev trials that set the model package's decision threshold.
 
         The trials are all pairs of (up to ``calibration_utterances``) validation utterances,
         which are unseen utterances of the training speakers (the cohort set when no
         validation speaker has two); the test trials are never used for it.
-
-        Parameters
-        ----------
-        brain : elp.train.brains.sv.SpeakerBrain
-            The trained Brain (its :meth:`predict` gives the embeddings).
-        loader_kwargs_of : Callable
-            Dataset -> DataLoader options.
 
         Returns
         -------
@@ -249,20 +229,10 @@ class SpeakerVerification(Task):
 
 
 def calibration_utterances(utt2spk: dict[str, str], limit: int) -> set[str]:
-    """Utterances whose pairs hold both target and non-target trials.
+    """Return utterances whose pairs hold both target and non-target trials.
 
-    Parameters
-    ----------
-    utt2spk : dict[str, str]
-        Utterance id -> speaker.
-    limit : int
-        At most this many utterances.
-
-    Returns
-    -------
-    set[str]
-        Up to ``limit`` utterances of the speakers that have at least two, taken in turn from
-        each speaker (sorted ids); empty unless at least two speakers have two utterances.
+    Up to ``limit`` utterances of the speakers that have at least two, taken in turn from
+    each speaker (sorted ids); empty unless at least two speakers have two utterances.
 
     Examples
     --------

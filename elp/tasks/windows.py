@@ -1,9 +1,8 @@
-"""Windowed utterance embeddings: bounded memory for long speaker-verification inputs.
+"""Windowed utterance embeddings and chunked frame outputs: bounded memory for long inputs.
 
-A frozen WavLM Base+ forward keeps a [B * heads, T, T] relative position bias and the
-attention weights, so its memory grows with the square of the duration (measured on CPU,
-fp32, batch 1: 291 MiB at 15 s, 745 MiB at 30 s, 2.36 GiB at 60 s). VoxCeleb test
-utterances last up to minutes. :func:`windowed_embeddings` embeds an utterance longer than
+A frozen backbone forward keeps a [B * heads, T, T] relative position bias and the attention
+weights, so its memory grows with the square of the duration, and test utterances (VoxCeleb)
+last up to minutes. :func:`windowed_embeddings` embeds an utterance longer than
 ``window_seconds`` as overlapping windows of exactly ``window_seconds`` each and combines the
 window embeddings:
 
@@ -22,6 +21,8 @@ full ``W`` samples (no short tail window, no padding) and windows stack into bat
 embedding is the whole-utterance embedding (a batch in which every utterance fits one window
 is passed to ``embed`` unchanged, so the result is bit-identical).
 
+:func:`chunked_frames` does the same for frame outputs (CTC), stitching overlapping chunks.
+
 Examples
 --------
 >>> window_bounds(10, window=4, hop=3)
@@ -37,29 +38,30 @@ from collections.abc import Callable
 import torch
 
 SAMPLE_RATE = 16000
+#: audio seconds of the windows one forward pass holds at most (:func:`windows_per_batch`)
+WINDOW_BATCH_SECONDS = 30.0
 
 #: embed(wavs [B, T], wav_lens [B] relative lengths) -> embeddings [B, E]
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def windows_per_batch(window_seconds: float) -> int:
+    """Return the windows per forward pass that hold at most :data:`WINDOW_BATCH_SECONDS` of audio (at least one).
+
+    Examples
+    --------
+    >>> windows_per_batch(6.0), windows_per_batch(30.0), windows_per_batch(45.0)
+    (5, 1, 1)
+    """
+    return max(1, int(WINDOW_BATCH_SECONDS // window_seconds))
+
+
 def window_bounds(num_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """(start, end) sample bounds of the windows covering ``num_samples``.
+    """Return the (start, end) sample bounds of the windows covering ``num_samples`` (> 0).
 
-    Parameters
-    ----------
-    num_samples : int
-        Utterance length in samples (> 0).
-    window : int
-        Window length in samples.
-    hop : int
-        Distance between window starts (1 <= hop <= window).
-
-    Returns
-    -------
-    list[tuple[int, int]]
-        One window ``(0, num_samples)`` when ``num_samples <= window``; otherwise windows of
-        exactly ``window`` samples starting at 0, hop, 2 hop, ... and a last one ending at
-        ``num_samples``.
+    One window ``(0, num_samples)`` when ``num_samples <= window``; otherwise windows of
+    exactly ``window`` samples starting at 0, hop, 2 hop, ... and a last one ending at
+    ``num_samples`` (1 <= hop <= window, else ValueError).
 
     Examples
     --------
@@ -88,33 +90,28 @@ def windowed_embeddings(
     max_windows_per_batch: int = 16,
     sample_rate: int = SAMPLE_RATE,
 ) -> torch.Tensor:
-    """Embeddings of a padded batch, long utterances embedded in windows.
+    """Return the embeddings [B, E] of a padded batch, long utterances embedded in windows.
+
+    Row b is the whole-utterance embedding when utterance b fits one window, else the
+    combination of its window embeddings (see the module docstring).
 
     Parameters
     ----------
-    embed : Callable
+    embed
         ``embed(wavs [B, T], wav_lens [B]) -> [B, E]`` with SpeechBrain relative lengths,
         e.g. ``lambda w, l: head(*model(w, l))``; it must not depend on padding.
-    wavs : torch.Tensor
+    wavs
         [B, T] padded waveforms.
-    wav_lens : torch.Tensor, optional
+    wav_lens
         [B] relative lengths (valid samples / T); None = all T samples valid.
-    window_seconds : float
+    window_seconds
         Window length; utterances up to this long are embedded whole.
-    overlap_seconds : float
+    overlap_seconds
         Overlap of consecutive windows (0 <= overlap < window).
-    combine : str
+    combine
         ``"mean_normalized"`` (mean of L2-normalised window embeddings) or ``"mean"``.
-    max_windows_per_batch : int
+    max_windows_per_batch
         Windows per ``embed`` call: peak memory is that of a batch of this many windows.
-    sample_rate : int
-        Samples per second.
-
-    Returns
-    -------
-    torch.Tensor
-        [B, E] row b is the whole-utterance embedding when utterance b fits one window, else the
-        combination of its window embeddings.
 
     Examples
     --------
@@ -167,3 +164,107 @@ def windowed_embeddings(
     for b in sorted(set(owner)):
         rows[b] = window_embs[owner_t == b].mean(dim=0)
     return torch.stack([rows[b] for b in range(batch)])
+
+
+#: samples between two backbone frames (the CNN stride of every supported backbone family)
+FRAME_STRIDE = 320
+
+#: frames(wavs [B, T], wav_lens [B]) -> per-utterance frame outputs [F_b, V]
+FramesFn = Callable[[torch.Tensor, torch.Tensor], list]
+
+
+def chunk_starts(num_samples: int, chunk: int, hop: int) -> list[int]:
+    """Return the start samples of the chunks covering ``num_samples``: every ``hop`` from 0 until a
+    chunk reaches the end (the last chunk may be shorter than ``chunk``).
+
+    Examples
+    --------
+    >>> chunk_starts(10, chunk=4, hop=3)
+    [0, 3, 6]
+    >>> chunk_starts(4, chunk=4, hop=3)
+    [0]
+    """
+    starts = [0]
+    while starts[-1] + chunk < num_samples:
+        starts.append(starts[-1] + hop)
+    return starts
+
+
+def chunked_frames(frames: FramesFn, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None,
+                   chunk_seconds: float = 30.0, overlap_seconds: float = 2.0, max_chunks_per_batch: int = 1,
+                   sample_rate: int = SAMPLE_RATE, stride: int = FRAME_STRIDE) -> list:
+    """Return B frame outputs of a padded batch, long utterances run in overlapping chunks and stitched.
+
+    Utterances up to ``chunk_seconds`` run whole (a batch without a longer one is passed to
+    ``frames`` unchanged). A longer one is cut into chunks of ``chunk_seconds`` starting every
+    ``chunk_seconds - overlap_seconds`` (both rounded down to whole frames, so that a chunk's
+    frames fall on the utterance's frame grid); in the overlap of two chunks the frames before
+    its middle come from the first chunk and the rest from the second (each frame is taken
+    from the chunk in which it has the most context). The result has the frames of the whole
+    utterance.
+
+    Parameters
+    ----------
+    frames
+        ``frames(wavs [B, T], wav_lens [B]) -> list of [F_b, ...]`` over valid frames.
+    wavs
+        [B, T] padded waveforms.
+    wav_lens
+        [B] relative lengths; None = all valid.
+    chunk_seconds, overlap_seconds
+        Chunk length and overlap (overlap at least one frame's receptive field, 0.025 s).
+    max_chunks_per_batch
+        Chunks per ``frames`` call (default one: memory is that of one chunk).
+    sample_rate, stride
+        Samples per second and per frame.
+
+    Examples
+    --------
+    Frame outputs that are each frame's start sample: the stitched chunks give the whole grid.
+
+    >>> starts = lambda w, l: [w[b, ::4][: (int(round(float(l[b]) * w.shape[1])) - 4) // 4 + 1]
+    ...                        for b in range(w.shape[0])]
+    >>> wav = torch.arange(40.0)[None]
+    >>> chunked_frames(starts, wav, chunk_seconds=16, overlap_seconds=8, sample_rate=1, stride=4)[0].tolist()
+    [0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 36.0]
+    """
+    chunk = int(chunk_seconds * sample_rate) // stride * stride
+    overlap = int(overlap_seconds * sample_rate) // stride * stride
+    if chunk < stride or not 0 < overlap < chunk:
+        raise ValueError(f"need chunk_seconds of at least one frame and 0 < overlap_seconds < chunk_seconds, "
+                         f"got {chunk_seconds} and {overlap_seconds}")
+    batch, total = wavs.shape
+    if wav_lens is None:
+        wav_lens = torch.ones(batch, device=wavs.device)
+    lengths = [int(n) for n in torch.round(wav_lens.float() * total).long().clamp(1, total).tolist()]
+    short = [b for b in range(batch) if lengths[b] <= chunk]
+    if len(short) == batch:
+        return frames(wavs, wav_lens)
+    rows: dict[int, object] = {}
+    if short:
+        longest = max(lengths[b] for b in short)
+        sub_lens = torch.tensor([lengths[b] / longest for b in short], device=wavs.device)
+        rows.update(zip(short, frames(wavs[short, :longest], sub_lens)))
+    for b in range(batch):
+        if b in rows:
+            continue
+        starts = chunk_starts(lengths[b], chunk, chunk - overlap)
+        pieces = [wavs[b, s:min(s + chunk, lengths[b])] for s in starts]
+        outputs = []
+        for first in range(0, len(pieces), max_chunks_per_batch):
+            group = pieces[first:first + max_chunks_per_batch]
+            longest = max(p.shape[0] for p in group)
+            padded = torch.zeros(len(group), longest, dtype=wavs.dtype, device=wavs.device)
+            for row, piece in zip(padded, group):
+                row[: piece.shape[0]] = piece
+            outputs += frames(padded, torch.tensor([p.shape[0] / longest for p in group], device=wavs.device))
+        kept, begin = [], 0
+        for k, (start, out) in enumerate(zip(starts, outputs)):
+            offset = start // stride
+            end = offset + out.shape[0]
+            if k + 1 < len(starts):
+                end = (starts[k + 1] // stride + end) // 2  # the middle of the overlap
+            kept.append(out[begin - offset:end - offset])
+            begin = end
+        rows[b] = torch.cat(kept)
+    return [rows[b] for b in range(batch)]

@@ -9,7 +9,10 @@
 * :class:`ExperimentLock` holds an exclusive ``fcntl.flock`` on ``<parent>/.<name>.lock``
   (next to the experiment dir, so it survives a restart's move); a second holder is refused
   with the pid, host and command of the first. The lock is released when the process ends,
-  however it ends.
+  however it ends. On a file system without ``flock`` (Lustre mounted without ``-o flock``, NFS
+  with ``nolock``) it falls back, with a warning naming the file system, to an exclusive
+  create of ``<parent>/.<name>.pid``; a pid file of a dead process of the same host is taken
+  over, one of another host must be deleted by hand (the message says so).
 * :func:`require_trained_model` refuses stage 4 on an experiment without a checkpoint or an
   export (e.g. a mistyped ``--tag``), listing the experiments that do have one.
 
@@ -30,6 +33,7 @@ elp.train.experiment.ExperimentChangedError: ...: hparams changed since this exp
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import hashlib
@@ -373,6 +377,29 @@ def lock_path(exp_dir: str | os.PathLike) -> Path:
     return exp_dir.parent / f".{exp_dir.name}.lock"
 
 
+#: flock errnos that mean "another process holds it"; any other means "no flock here"
+_HELD_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _holder_record() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:200]})
+
+
+def _dead_on_this_host(holder: str) -> bool:
+    """Whether a lock record names a process of this host that no longer exists."""
+    try:
+        info = json.loads(holder)
+        if info["host"] != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError, OSError):
+        return False
+    return False
+
+
 class ExperimentLock:
     """Exclusive lock on an experiment directory (``fcntl.flock``, released at process exit).
 
@@ -393,6 +420,7 @@ class ExperimentLock:
         self.exp_dir = Path(exp_dir)
         self.path = lock_path(self.exp_dir)
         self._handle = None
+        self._pid_file = False
 
     def acquire(self) -> ExperimentLock:
         """Take the lock without waiting, write who holds it into the lock file, return ``self``.
@@ -406,32 +434,66 @@ class ExperimentLock:
         handle = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
             handle.seek(0)
             holder = handle.read().strip()
             handle.close()
-            try:
-                info = json.loads(holder)
-                pid = int(info["pid"])
-                who = (f"pid {pid} on {info['host']} (since {info['since']}: "
-                       f"{_short(str(info.get('command', '?')))})")
-            except (ValueError, KeyError, TypeError):
-                pid, who = None, "another process"
-            raise ExperimentLockedError(
-                f"{self.exp_dir} is in use by {who}; wait for it to finish"
-                + (f" or stop it (kill {pid})" if pid else "")
-                + ", or use another --tag") from None
+            if err.errno not in _HELD_ERRNOS:  # the file system has no flock (Lustre, NFS nolock)
+                return self._acquire_pid_file(err)
+            raise self._locked_error(holder) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                 "command": " ".join(sys.argv)[:200]}))
+        handle.write(_holder_record())
         handle.flush()
         self._handle = handle
         return self
 
+    def _locked_error(self, holder: str, fix: str = "") -> ExperimentLockedError:
+        try:
+            info = json.loads(holder)
+            pid = int(info["pid"])
+            who = (f"pid {pid} on {info['host']} (since {info['since']}: "
+                   f"{_short(str(info.get('command', '?')))})")
+        except (ValueError, KeyError, TypeError):
+            pid, who = None, "another process"
+        return ExperimentLockedError(
+            f"{self.exp_dir} is in use by {who}; wait for it to finish"
+            + (f" or stop it (kill {pid})" if pid else "") + ", or use another --tag" + fix)
+
+    @property
+    def pid_path(self) -> Path:
+        """The exclusive pid file used where the file system has no ``flock``."""
+        return self.path.with_suffix(".pid")
+
+    def _acquire_pid_file(self, flock_error: OSError) -> ExperimentLock:
+        """Lock by creating :attr:`pid_path` exclusively (``O_EXCL``), for file systems without
+        ``flock``. A file left by a dead process of this host is taken over; one of another host
+        cannot be checked, so the message says to delete it when no run is active."""
+        logger.warning("the file system of %s does not support flock (%s); locking %s with the exclusive "
+                       "pid file %s instead", self.path.parent, os.strerror(flock_error.errno or 0),
+                       self.exp_dir, self.pid_path)
+        for _ in range(2):
+            try:
+                fd = os.open(self.pid_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.pid_path.read_text(encoding="utf-8", errors="replace").strip()
+                if _dead_on_this_host(holder):
+                    logger.warning("%s was left by a process that is gone; taking it over", self.pid_path)
+                    self.pid_path.unlink(missing_ok=True)
+                    continue
+                raise self._locked_error(
+                    holder, f" (if no run is active, delete {self.pid_path}: this file system has no flock)") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(_holder_record())
+            self._pid_file = True
+            return self
+        raise self._locked_error(self.pid_path.read_text(encoding="utf-8", errors="replace"))
+
     def release(self) -> None:
         """Release the lock (no-op when not held)."""
+        if self._pid_file:
+            self.pid_path.unlink(missing_ok=True)
+            self._pid_file = False
         if self._handle is not None:
             try:
                 self._handle.seek(0)

@@ -34,6 +34,7 @@ import functools
 import importlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,18 @@ def load_hparams(hparams_file: str | os.PathLike, overrides: dict | None = None,
     Raises
     ------
     ValueError
-        For an override key that the file does not define and ``allowed_new`` does not name.
+        For an override key that the file does not define and ``allowed_new`` does not name, or
+        a ``!PLACEHOLDER`` value left without one (the message names the option to pass).
     """
-    return load_hyperpyyaml(_with_overrides(hparams_file, overrides, allowed_new))
+    try:
+        return load_hyperpyyaml(_with_overrides(hparams_file, overrides, allowed_new))
+    except ValueError as err:
+        match = re.match(r"'(\w+)' is a !PLACEHOLDER", str(err))
+        if match is None:
+            raise
+        key = match.group(1)
+        raise ValueError(f"{hparams_file}: '{key}' has no value (!PLACEHOLDER): pass --{key} VALUE on the command "
+                         f"line (./run.sh sets --{key} itself)") from None
 
 
 def resolved_text(hparams_file: str | os.PathLike, overrides: dict | None = None, allowed_new=()) -> str:

@@ -61,11 +61,19 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.data.audio import TARGET_SAMPLE_RATE
 from elp.data.sampler import BucketBatchSampler, EvalBatchSampler
+from elp.runtime import (
+    SAMPLE_RATE,
+    configure_logging,  # noqa: F401  (the drivers' logging set-up)
+)
 from elp.train.experiment import ExperimentGuard, ExperimentLock, require_trained_model
-from elp.train.hparams import load_hparams, peek_hparams, read_overrides, recipe_root, resolved_text
-from elp.runtime import configure_logging  # noqa: F401  (the drivers' logging set-up)
+from elp.train.hparams import (
+    load_hparams,
+    peek_hparams,
+    read_overrides,
+    recipe_root,
+    resolved_text,
+)
 
 logger = logging.getLogger(__name__)
 _HELD: list = []  # the experiment locks this process holds
@@ -103,11 +111,21 @@ def parse_recipe_args(argv: list[str]) -> tuple[str, dict, dict]:
     Raises
     ------
     ValueError
-        If ``--overrides_file`` has no file after it.
+        If ``--overrides_file`` has no file after it, or a ``--key`` is given twice (e.g. a
+        ``run.sh`` option repeated as an hparam after ``--``).
     FileNotFoundError
         If an overrides file does not exist.
     """
     argv, files = list(argv), []
+    given: dict[str, str] = {}
+    for at, arg in enumerate(argv):
+        if arg.startswith("--") and arg != "--overrides_file" and at + 1 < len(argv):
+            key = arg[2:].split("=", 1)[0]
+            if key in given:
+                raise ValueError(
+                    f"--{key} is given twice ({given[key]!r} and {argv[at + 1]!r}): with run.sh, pass its own "
+                    f"options before '--' (./run.sh --{key} {argv[at + 1]}) and only other hparams after it")
+            given[key] = argv[at + 1]
     while "--overrides_file" in argv:
         at = argv.index("--overrides_file")
         if at + 1 >= len(argv):
@@ -171,6 +189,9 @@ def load_experiment(argv: list[str], stage: str = "train") -> tuple[dict, dict]:
         _HELD.append(guard.__enter__())  # released when the process exits
     sb.utils.distributed.ddp_barrier()
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
+    checkpointer = hparams.get("checkpointer")
+    if checkpointer is not None:  # a restart moved the directory its constructor made aside
+        Path(checkpointer.checkpoints_dir).mkdir(parents=True, exist_ok=True)
     if sb.utils.distributed.if_main_process():  # the resolved hparams this run used
         (Path(output) / "hyperparams.yaml").write_text(resolved_text(hparams_file, overrides, RUN_DEFAULTS))
     hparams["hparams_file"] = hparams_file
@@ -305,7 +326,7 @@ def loader_kwargs(hparams: dict, dataset, train: bool, shard: bool = False) -> d
             dynamic = cuda
         if not dynamic:
             return {"batch_size": hparams["batch_size"], "shuffle": True, **common}
-        crop = int(hparams["task"].max_train_seconds * TARGET_SAMPLE_RATE)
+        crop = int(hparams["task"].max_train_seconds * SAMPLE_RATE)
         if crop:
             lengths = [min(n, crop) for n in lengths]
         cap = hparams["max_batch_utterances"]

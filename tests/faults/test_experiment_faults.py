@@ -215,6 +215,50 @@ def test_hparams_as_yaml_text(tmp_path):
         check_hparams(exp, text.replace("head: 0.002", "head: 0.003"))
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_locks_with_a_pid_file(tmp_path, monkeypatch, caplog, code):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    exp = tmp_path / "exp" / "elp"
+    with caplog.at_level(logging.WARNING), ExperimentLock(exp) as lock:
+        assert lock.pid_path.is_file() and json.loads(lock.pid_path.read_text())["pid"] == os.getpid()
+        assert "does not support flock" in caplog.text and str(lock.pid_path) in caplog.text
+        with pytest.raises(ExperimentLockedError) as err:  # a second run is refused, not a false "in use"
+            ExperimentLock(exp).acquire()
+        assert f"pid {os.getpid()}" in one_line(err) and f"delete {lock.pid_path}" in one_line(err)
+    assert not lock.pid_path.exists()
+
+
+def test_a_pid_file_of_a_dead_process_is_taken_over(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import socket
+
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
+    exp = tmp_path / "exp" / "elp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = ExperimentLock(exp)
+    exp.parent.mkdir(parents=True)
+    lock.pid_path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "x"}))
+    with lock:
+        assert json.loads(lock.pid_path.read_text())["pid"] == os.getpid()
+
+
+def test_flock_held_elsewhere_is_still_reported_as_in_use(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.EWOULDBLOCK, "busy")))
+    with pytest.raises(ExperimentLockedError, match="is in use by"):
+        ExperimentLock(tmp_path / "exp").acquire()
+    assert not ExperimentLock(tmp_path / "exp").pid_path.exists()
+
+
 def test_concurrent_run_on_one_tag_is_refused_naming_the_holder(tmp_path):
     exp = tmp_path / "exp" / "elp"
     code = ("import sys, time; from elp.train.experiment import ExperimentLock; "

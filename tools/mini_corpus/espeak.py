@@ -20,8 +20,8 @@ end to end on a machine without the corpora. This module holds what they share:
 espeak-ng is deterministic: the same text and voice give the same samples, so a build with the
 same seed gives byte-identical files.
 
-Example
--------
+Examples
+--------
 >>> voice = Voice(variant="m3", pitch=40, speed=160)
 >>> wav = synthesize("one two three", voice)          # doctest: +SKIP
 >>> wav.dtype, wav.ndim                                # doctest: +SKIP
@@ -76,7 +76,7 @@ class EspeakError(RuntimeError):
 # espeak-ng binary and its variants
 # ----------------------------------------------------------------------------------------
 def espeak_binary() -> str:
-    """Returns the path of the espeak-ng binary.
+    """Return the path of the espeak-ng binary.
 
     Returns
     -------
@@ -105,10 +105,6 @@ def available_variants() -> frozenset[str]:
     Parsed from ``espeak-ng --voices=variant``: the last column is the variant file
     (``!v/m3``); its base name is what follows ``+`` in ``-v en+m3``. Names with spaces are
     skipped (they cannot be passed on the command line).
-
-    Returns
-    -------
-    frozenset of str
     """
     proc = subprocess.run(
         [espeak_binary(), "--voices=variant"], capture_output=True, text=True, check=False
@@ -133,24 +129,24 @@ def available_variants() -> frozenset[str]:
 class Voice:
     """One synthetic speaker (or one speaker in one emotional state).
 
-    Arguments
-    ---------
-    variant : str
+    Parameters
+    ----------
+    variant
         espeak-ng variant file name, e.g. ``m3``, ``f2``, ``klatt4`` (see
         ``espeak-ng --voices=variant``); validated by :func:`check_voice`.
-    pitch : int
+    pitch
         ``-p`` base pitch, 0..99 (50 = the variant's default).
-    speed : int
+    speed
         ``-s`` words per minute, 80..450.
-    amplitude : int
+    amplitude
         ``-a`` amplitude, 0..200 (100 = default).
-    pitch_range : int or None
+    pitch_range
         Pitch range in percent of the default (SSML ``<prosody range="150%">``); None = default.
-    language : str
+    language
         espeak-ng language voice (``en``, ``en-us``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> Voice("f2", pitch=60).espeak_voice_name()
     'en+f2'
     """
@@ -173,22 +169,18 @@ class Voice:
         amplitude: int | None = None,
         pitch_range: int | None = None,
     ) -> "Voice":
-        """Returns a copy with shifted pitch / scaled speed / new amplitude and range.
+        """Return a copy with shifted pitch / scaled speed / new amplitude and range.
 
-        Arguments
-        ---------
-        pitch_shift : int
+        Parameters
+        ----------
+        pitch_shift
             Added to ``pitch`` (clipped to 0..99).
-        speed_scale : float
+        speed_scale
             Multiplies ``speed`` (clipped to 80..450 wpm).
-        amplitude : int or None
+        amplitude
             New ``-a`` amplitude (None keeps the current one).
-        pitch_range : int or None
+        pitch_range
             New SSML pitch range in percent (None keeps the current one).
-
-        Returns
-        -------
-        Voice
         """
         return dataclasses.replace(
             self,
@@ -223,11 +215,7 @@ in every mini corpus (measured median F0 ~80-120 Hz for M, ~180-250 Hz for F).""
 
 
 def check_voice(voice: Voice) -> Voice:
-    """Raises if espeak-ng does not know ``voice.variant`` (it would silently fall back).
-
-    Arguments
-    ---------
-    voice : Voice
+    """Raise if espeak-ng does not know ``voice.variant`` (it would silently fall back).
 
     Returns
     -------
@@ -255,7 +243,7 @@ def check_voice(voice: Voice) -> Voice:
 # synthesis
 # ----------------------------------------------------------------------------------------
 def _parse_espeak_wav(data: bytes, text: str) -> np.ndarray:
-    """Decodes espeak-ng's ``--stdout`` WAV (its size fields are placeholders when streaming).
+    """Decode espeak-ng's ``--stdout`` WAV (its size fields are placeholders when streaming).
 
     Returns int16 samples [T] at :data:`ESPEAK_SAMPLE_RATE`.
     """
@@ -285,15 +273,14 @@ def trim_silence(wav: np.ndarray, rel_threshold: float = 0.02, pad_s: float = 0.
                  sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Cuts leading/trailing silence, keeping ``pad_s`` seconds on each side.
 
-    Arguments
-    ---------
-    wav : np.ndarray
+    Parameters
+    ----------
+    wav
         float32 [T].
-    rel_threshold : float
+    rel_threshold
         A sample is "speech" when ``|x| > rel_threshold * max|x|``.
-    pad_s : float
+    pad_s
         Silence kept before the first and after the last speech sample.
-    sample_rate : int
 
     Returns
     -------
@@ -312,15 +299,15 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE,
                trim: bool = True) -> np.ndarray:
     """Renders ``text`` with espeak-ng.
 
-    Arguments
-    ---------
-    text : str
+    Parameters
+    ----------
+    text
         Plain text (any case; it is XML-escaped when SSML is needed).
-    voice : Voice
+    voice
         Checked with :func:`check_voice` first.
-    sample_rate : int
+    sample_rate
         Output rate (16000 for all mini corpora).
-    trim : bool
+    trim
         Cut leading/trailing silence (see :func:`trim_silence`).
 
     Returns
@@ -328,8 +315,8 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE,
     np.ndarray
         float32 waveform [T] in [-1, 1].
 
-    Example
-    -------
+    Examples
+    --------
     >>> wav = synthesize("yes", Voice("f2"))   # doctest: +SKIP
     """
     check_voice(voice)
@@ -362,17 +349,15 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE,
 
 
 def write_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Writes mono 16-bit PCM; the format follows the suffix (``.flac`` or ``.wav``).
+    """Write mono 16-bit PCM; the format follows the suffix (``.flac`` or ``.wav``).
 
     The file is written to a temporary name and renamed, so an interrupted build never leaves
     a truncated audio file under the final name.
 
-    Arguments
-    ---------
-    path : str or Path
-    wav : np.ndarray
+    Parameters
+    ----------
+    wav
         float32 [T] in [-1, 1].
-    sample_rate : int
     """
     import soundfile as sf
 
@@ -416,18 +401,17 @@ def run_synthesis_jobs(jobs: Sequence[SynthesisJob], num_workers: int = MAX_WORK
     The workers are threads, each waiting on one espeak-ng subprocess at a time, so at most
     ``num_workers`` synthesis processes run at once. Results do not depend on the order.
 
-    Arguments
-    ---------
-    jobs : sequence of SynthesisJob
-    num_workers : int
+    Parameters
+    ----------
+    num_workers
         1 or 2 (values above :data:`MAX_WORKERS` are capped).
-    transform : callable, optional
+    transform
         ``transform(job, wav)`` returns the waveform to write instead of ``wav`` (float32
         [T] in [-1, 1]); it must depend on the job only, so that builds stay deterministic.
 
     Returns
     -------
-    list of float
+    list[float]
         Duration in seconds of every written file, in job order.
     """
     for voice in {job.voice for job in jobs}:
@@ -490,7 +474,7 @@ def is_done(out: str | Path, params: dict) -> bool:
 
 
 def mark_done(out: str | Path, params: dict) -> Path:
-    """Writes the done marker (last step of a build)."""
+    """Write the done marker (last step of a build)."""
     marker = done_marker(out, params["corpus"])
     marker.write_text(json.dumps(params, sort_keys=True) + "\n")
     return marker
@@ -525,19 +509,12 @@ def setup_logging() -> None:
 
 def run_cli(build: Callable[..., dict], parser: argparse.ArgumentParser,
             argv: Iterable[str] | None = None) -> int:
-    """Parses ``argv``, calls ``build(out=..., seed=..., size=..., ...)`` and logs the summary.
+    """Parse ``argv``, call ``build(out=..., seed=..., size=..., ...)`` and log the summary; return 0.
 
-    Arguments
-    ---------
-    build : callable
+    Parameters
+    ----------
+    build
         A builder's ``build`` function; extra parser options are passed as keywords.
-    parser : argparse.ArgumentParser
-    argv : iterable of str, optional
-
-    Returns
-    -------
-    int
-        Exit status (0).
     """
     setup_logging()
     args = vars(parser.parse_args(None if argv is None else list(argv)))
@@ -561,15 +538,13 @@ def prepare_out(out: str | Path, params: dict, force: bool, corpus_root: str | P
     interrupted build), so a rebuild never mixes old and new files, and a "building" marker is
     written. A corpus root that this builder did not create is never touched.
 
-    Arguments
-    ---------
-    out : str or Path
-        The ``--out`` folder.
-    params : dict
+    Parameters
+    ----------
+    params
         From :func:`build_params`.
-    force : bool
+    force
         Rebuild even if a finished build is there.
-    corpus_root : str or Path
+    corpus_root
         The folder the builder fills (e.g. ``<out>/LibriSpeech``).
 
     Returns

@@ -97,18 +97,13 @@ SENTENCES = (
 def emotion_voice(speaker: Voice, emotion: str) -> Voice:
     """The speaker's voice with the prosody of ``emotion`` (see :data:`EMOTION_PROSODY`).
 
-    Arguments
-    ---------
-    speaker : Voice
-    emotion : str
+    Parameters
+    ----------
+    emotion
         An IEMOCAP label (neu, ang, sad, hap, exc, fru, xxx).
 
-    Returns
-    -------
-    Voice
-
-    Example
-    -------
+    Examples
+    --------
     >>> emotion_voice(Voice("m3", pitch=50, speed=160), "sad").speed
     125
     """
@@ -130,7 +125,7 @@ def plan_session(session: int, size: str, rng: random.Random) -> list[dict]:
 
     Returns
     -------
-    list of dict
+    list[dict]
         Keys ``dialog``, ``utt``, ``gender``, ``emotion``, ``text``, ``gap`` (seconds of
         silence before the turn) and ``vad``.
     """
@@ -171,17 +166,15 @@ def evaluation_block(turn: dict, start: float, end: float, rng: random.Random) -
 
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False) -> dict:
-    """Builds ``<out>/IEMOCAP_full_release`` (see the module docstring).
+    """Build ``<out>/IEMOCAP_full_release`` (see the module docstring).
 
-    Arguments
-    ---------
-    out : str or Path
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    num_workers : int
+    num_workers
         Parallel espeak-ng processes (at most 2).
-    force : bool
+    force
         Rebuild even if a finished build is there.
 
     Returns
@@ -189,8 +182,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     dict
         Summary: ``root``, ``utterances``, ``emotions`` (count per label), ``skipped``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build("corpus", size="tiny")["utterances"]   # doctest: +SKIP
     30
     """

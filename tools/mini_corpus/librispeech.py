@@ -74,14 +74,6 @@ ID_BASE: dict[str, tuple[int, int]] = {
 
 def make_sentence(rng: random.Random) -> str:
     """A sentence of 2-4 vocabulary words, e.g. ``"LEFT SEVEN GO"``.
-
-    Arguments
-    ---------
-    rng : random.Random
-
-    Returns
-    -------
-    str
     """
     return " ".join(rng.choice(VOCABULARY) for _ in range(rng.randint(2, 4)))
 
@@ -89,19 +81,19 @@ def make_sentence(rng: random.Random) -> str:
 def plan_utterances(seed: int, size: str, sentences: list[str] | None = None) -> list[tuple[str, str, int, int, str]]:
     """Decides every utterance of the corpus (no audio yet).
 
-    Arguments
-    ---------
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    sentences : list of str, optional
+    sentences
         Transcripts to use (in a seeded random order) instead of vocabulary sentences; a
         sentence list shorter than the layout falls back to vocabulary sentences for the rest.
 
     Returns
     -------
-    list of (subset, utt_id, speaker_index, chapter_id, text)
-        ``speaker_index`` indexes :data:`SPEAKER_PALETTE`.
+    list[tuple]
+        ``(subset, utt_id, speaker_index, chapter_id, text)``; ``speaker_index`` indexes
+        :data:`SPEAKER_PALETTE`.
     """
     rng = random.Random(seed)
     pool = list(sentences or [])
@@ -139,19 +131,17 @@ def read_sentences(path: str | Path | None) -> list[str] | None:
 
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False, sentences: str | Path | None = None) -> dict:
-    """Builds ``<out>/LibriSpeech`` (see the module docstring).
+    """Build ``<out>/LibriSpeech`` (see the module docstring).
 
-    Arguments
-    ---------
-    out : str or Path
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    num_workers : int
+    num_workers
         Parallel espeak-ng processes (at most 2).
-    force : bool
+    force
         Rebuild even if a finished build is there.
-    sentences : path, optional
+    sentences
         A text file with one transcript per line to read instead of vocabulary sentences
         (e.g. a pre-training corpus for ``tools/pretrain_backbone.py``).
 
@@ -160,8 +150,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     dict
         Summary: ``root``, ``utterances`` per subset, ``seconds`` of audio, ``skipped``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build("corpus", size="tiny")["utterances"]   # doctest: +SKIP
     {'train-clean-100': 4, 'dev-clean': 4, 'test-clean': 4}
     """

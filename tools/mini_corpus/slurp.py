@@ -202,20 +202,20 @@ BUILTIN_FIRST_ID = 900001
 def builtin_annotations(intent: str, max_words: int = BUILTIN_MAX_WORDS) -> list[str]:
     """Every expansion of the intent's templates (sorted, unique, at most ``max_words`` words).
 
-    Arguments
-    ---------
-    intent : str
+    Parameters
+    ----------
+    intent
         A key of :data:`BUILTIN_TEMPLATES`.
-    max_words : int
+    max_words
         Longest sentence kept (capped at :data:`BUILTIN_MAX_WORDS`).
 
     Returns
     -------
-    list of str
+    list[str]
         SLURP ``sentence_annotation`` strings, e.g. ``"will it rain [date : today]"``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> builtin_annotations("play_music")[:2]
     ['i feel like [music_genre : blues]', 'i feel like [music_genre : classical]']
     """
@@ -242,18 +242,8 @@ def builtin_order(intent: str, seed: int = 0, max_words: int = BUILTIN_MAX_WORDS
     the corpus size: a corpus with ``--sentences_per_intent N`` uses the first N, and text
     taken from position ``N`` on (``tools/pretrain_text.py``) never overlaps it.
 
-    Arguments
-    ---------
-    intent : str
-    seed : int
-    max_words : int
-
-    Returns
-    -------
-    list of str
-
-    Example
-    -------
+    Examples
+    --------
     >>> order = builtin_order("news_query", seed=0)
     >>> sorted(order) == builtin_annotations("news_query"), order == builtin_order("news_query")
     (True, True)
@@ -270,7 +260,7 @@ def ordered(line: dict) -> dict:
 
 
 def read_annotations(folder: Path) -> list[dict]:
-    """Reads ``devel.jsonl`` and ``test.jsonl`` (whichever exist) of the real corpus.
+    """Read ``devel.jsonl`` and ``test.jsonl`` (whichever exist) of the real corpus.
 
     Raises
     ------
@@ -348,8 +338,8 @@ def split_counts(n: int) -> tuple[int, int, int]:
 def parse_annotation(annotation: str) -> tuple[str, list[dict], list[dict]]:
     """SLURP ``sentence_annotation`` -> (sentence, tokens, entities).
 
-    Example
-    -------
+    Examples
+    --------
     >>> s, toks, ents = parse_annotation("wake me up at [time : seven am]")
     >>> s, ents
     ('wake me up at seven am', [{'span': [4, 5], 'type': 'time'}])
@@ -377,15 +367,15 @@ def builtin_lines(intents: list[str], per_intent: int, seed: int,
     ``lemma`` = surface and a placeholder ``pos`` ("X"); each line lists two recordings
     (``audio-<10 digits>-headset.flac`` and ``audio-<same>.flac``, one session).
 
-    Arguments
-    ---------
-    intents : list of str
+    Parameters
+    ----------
+    intents
         Keys of :data:`BUILTIN_TEMPLATES`, in the order their lines are written.
-    per_intent : int
+    per_intent
         Lines per intent.
-    seed : int
+    seed
         Orders the sentences and draws the recording names.
-    max_words : int
+    max_words
         Longest sentence used.
 
     Returns
@@ -438,31 +428,29 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
           num_intents: int | None = None, sentences_per_intent: int | None = None,
           recordings_per_line: int | None = None, intents: str | None = None,
           max_words: int = MAX_WORDS) -> dict:
-    """Builds ``<out>/slurp`` (see the module docstring).
+    """Build ``<out>/slurp`` (see the module docstring).
 
-    Arguments
-    ---------
-    out : str or Path
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    num_workers : int
+    num_workers
         Parallel espeak-ng processes (at most 2).
-    force : bool
+    force
         Rebuild even if a finished build is there.
-    annotations : str or Path, optional
+    annotations
         Folder with the real ``devel.jsonl``/``test.jsonl``; None (the default) uses the
         built-in text, so the corpus depends on nothing outside the repository.
-    num_intents : int, optional
+    num_intents
         Intents kept: the most frequent ones of the real annotations, the first ones (in
         sorted order) of the built-in text; default 6 (all built-in intents).
-    sentences_per_intent : int, optional
+    sentences_per_intent
         Lines per intent (default by size: tiny 3, small 32).
-    recordings_per_line : int, optional
+    recordings_per_line
         Recordings kept and synthesized per line (default by size: tiny 1, small 2).
-    intents : str, optional
+    intents
         Comma-separated intents to keep instead of ``num_intents``.
-    max_words : int
+    max_words
         Longest sentence (in words) used.
 
     Returns
@@ -471,8 +459,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
         Summary: ``root``, ``source`` ("builtin" or "real"), ``intents``, ``lines`` and
         ``recordings`` per split, ``skipped``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build("corpus", size="tiny")["lines"]   # doctest: +SKIP
     {'train': 6, 'devel': 6, 'test': 6}
     """

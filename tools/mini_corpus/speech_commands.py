@@ -132,11 +132,11 @@ def which_split(file_name: str, validation_percent: float = 10.0,
                 testing_percent: float = 10.0) -> str:
     """The split of a Speech Commands file by the real corpus's rule (module docstring).
 
-    Arguments
-    ---------
-    file_name : str
+    Parameters
+    ----------
+    file_name
         A file name or path (``left/3b3d2f59_nohash_1.wav``) or a bare speaker id.
-    validation_percent, testing_percent : float
+    validation_percent, testing_percent
         Shares of the hash range (10 and 10 in the real corpus).
 
     Returns
@@ -144,8 +144,8 @@ def which_split(file_name: str, validation_percent: float = 10.0,
     str
         ``"validation"``, ``"testing"`` or ``"training"``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> which_split("yes/0a7c2a8d_nohash_0.wav") == which_split("0a7c2a8d")
     True
     >>> sorted({which_split(f"{i:08x}") for i in range(100)})
@@ -164,8 +164,8 @@ def which_split(file_name: str, validation_percent: float = 10.0,
 def speaker_id(voice: Voice) -> str:
     """8 hex digits naming a voice, e.g. ``speaker_id(Voice("m3", 50, 140))``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> len(speaker_id(Voice("m3", pitch=50, speed=140)))
     8
     """
@@ -188,8 +188,8 @@ def choose_speakers(seed: int, size: str) -> dict[str, list[tuple[str, Voice]]]:
     dict
         split -> [(speaker id, voice), ...].
 
-    Example
-    -------
+    Examples
+    --------
     >>> chosen = choose_speakers(0, "tiny")
     >>> {s: len(v) for s, v in chosen.items()}
     {'training': 2, 'validation': 1, 'testing': 1}
@@ -222,8 +222,9 @@ def plan_files(seed: int, size: str) -> list[tuple[str, str, Voice]]:
 
     Returns
     -------
-    list of (split, relative path, voice)
-        e.g. ``("training", "yes/1d4e5a06_nohash_0.wav", Voice(...))``.
+    list[tuple]
+        ``(split, relative path, voice)``, e.g.
+        ``("training", "yes/1d4e5a06_nohash_0.wav", Voice(...))``.
     """
     rng = random.Random(seed + 1)
     auxiliary = list(AUXILIARY_WORDS)
@@ -248,12 +249,11 @@ def _clip_rng(seed: int, name: str) -> np.random.Generator:
 def place_in_clip(wav: np.ndarray, rng: np.random.Generator, name: str = "") -> np.ndarray:
     """A 1 s clip: ``wav`` scaled and placed at a random offset over a low noise floor.
 
-    Arguments
-    ---------
-    wav : np.ndarray
+    Parameters
+    ----------
+    wav
         float32 [T], T <= 16000 (a trimmed single word).
-    rng : np.random.Generator
-    name : str
+    name
         Named in the error for a too long word.
 
     Returns
@@ -261,8 +261,8 @@ def place_in_clip(wav: np.ndarray, rng: np.random.Generator, name: str = "") -> 
     np.ndarray
         float32 [16000] in [-1, 1].
 
-    Example
-    -------
+    Examples
+    --------
     >>> clip = place_in_clip(np.ones(4000, dtype="float32") * 0.5, np.random.default_rng(0))
     >>> clip.shape, bool(np.abs(clip).max() <= 0.5 + 0.01)
     ((16000,), True)
@@ -281,21 +281,18 @@ def make_noise(kind: str, rng: np.random.Generator, seconds: float = NOISE_SECON
                rms: float = NOISE_RMS) -> np.ndarray:
     """White, pink or brown noise at a given RMS.
 
-    Arguments
-    ---------
-    kind : str
+    Parameters
+    ----------
+    kind
         ``white``, ``pink`` (power ~ 1/f) or ``brown`` (power ~ 1/f^2 above 20 Hz).
-    rng : np.random.Generator
-    seconds : float
-    rms : float
 
     Returns
     -------
     np.ndarray
         float32 [seconds * 16000].
 
-    Example
-    -------
+    Examples
+    --------
     >>> x = make_noise("pink", np.random.default_rng(0), seconds=1.0)
     >>> x.shape, round(float(np.sqrt(np.mean(x.astype("float64") ** 2))), 3)
     ((16000,), 0.1)
@@ -335,17 +332,15 @@ with espeak-ng (seed {seed}, size {size}). Same layout as the real corpus: <word
 
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False) -> dict:
-    """Builds ``<out>/speech_commands_v0.02`` (see the module docstring).
+    """Build ``<out>/speech_commands_v0.02`` (see the module docstring).
 
-    Arguments
-    ---------
-    out : str or Path
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    num_workers : int
+    num_workers
         Parallel espeak-ng processes (at most 2).
-    force : bool
+    force
         Rebuild even if a finished build is there.
 
     Returns
@@ -353,8 +348,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     dict
         Summary: ``root``, ``speakers`` and ``clips`` per split, ``skipped``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build("corpus", size="tiny")["clips"]   # doctest: +SKIP
     {'training': 22, 'validation': 11, 'testing': 11}
     """

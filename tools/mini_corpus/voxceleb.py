@@ -82,8 +82,9 @@ def plan_files(seed: int, size: str) -> list[tuple[str, str, int, int, int, str]
 
     Returns
     -------
-    list of (part, relative_path, speaker_index, pitch_shift, speed_shift, text)
-        ``part`` is ``dev`` or ``test``; ``relative_path`` is relative to ``wav/``
+    list[tuple]
+        ``(part, relative_path, speaker_index, pitch_shift, speed_shift, text)``: ``part`` is
+        ``dev`` or ``test``; ``relative_path`` is relative to ``wav/``
         (``id10270/abcdefghijk/00001.wav``); ``speaker_index`` indexes ``SPEAKER_PALETTE``.
     """
     rng = random.Random(seed)
@@ -105,18 +106,17 @@ def make_trials(test_files: list[str], num_per_class: int,
                 rng: random.Random) -> list[tuple[int, str, str]]:
     """Balanced verification trials over ``test_files`` (paths ``<id>/<video>/<n>.wav``).
 
-    Arguments
-    ---------
-    test_files : list of str
-    num_per_class : int
+    Parameters
+    ----------
+    num_per_class
         Targets and non-targets wanted each; capped by the distinct pairs available, and both
         classes get the same count.
-    rng : random.Random
 
     Returns
     -------
-    list of (label, enroll, test)
-        label 1 = same speaker; distinct unordered pairs, never a file with itself; shuffled.
+    list[tuple]
+        ``(label, enroll, test)``: label 1 = same speaker; distinct unordered pairs, never a
+        file with itself; shuffled.
     """
     pairs = list(itertools.combinations(sorted(test_files), 2))
     targets = [p for p in pairs if p[0].split("/")[0] == p[1].split("/")[0]]
@@ -133,17 +133,15 @@ def make_trials(test_files: list[str], num_per_class: int,
 
 def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int = 2,
           force: bool = False) -> dict:
-    """Builds ``<out>/voxceleb1`` (see the module docstring).
+    """Build ``<out>/voxceleb1`` (see the module docstring).
 
-    Arguments
-    ---------
-    out : str or Path
-    seed : int
-    size : str
+    Parameters
+    ----------
+    size
         ``tiny`` or ``small``.
-    num_workers : int
+    num_workers
         Parallel espeak-ng processes (at most 2).
-    force : bool
+    force
         Rebuild even if a finished build is there.
 
     Returns
@@ -151,8 +149,8 @@ def build(out: str | Path, seed: int = 0, size: str = "small", num_workers: int 
     dict
         Summary: ``root``, ``files`` per part, ``speakers`` per part, ``trials`` per label.
 
-    Example
-    -------
+    Examples
+    --------
     >>> build("corpus", size="tiny")["trials"]   # doctest: +SKIP
     {'target': 6, 'nontarget': 6}
     """

@@ -56,19 +56,7 @@ class Variant:
 
 
 def parse_variant(label: str) -> Variant:
-    """Parse a variant label such as ``"el+ckpt+k4"`` (see the module docstring).
-
-    Parameters
-    ----------
-    label : str
-        A method name from :data:`elp.core.methods.METHODS` followed by ``+ckpt``, ``+k<N>``,
-        ``+cache``, ``+cnncache``, ``+sdpa`` and/or ``+bf16w`` flags.
-
-    Returns
-    -------
-    Variant
-        E.g. ``Variant(label="el+ckpt+k4", method="el", activation_checkpointing=True,
-        e_first_layer=4)``.
+    """Parse a variant label: a method name and ``+`` flags, such as ``"el+ckpt+k4"`` (module docstring).
 
     Raises
     ------
@@ -118,23 +106,16 @@ def _check_precision(variant: Variant, precision: str) -> None:
 
 def candidates(labels: list[str] | None, precision: str, full_first: bool = False,
                prefix: str = "") -> list[Candidate]:
-    """The rows of elp variants, checked before anything is measured.
+    """The rows of elp variants keyed by their labels, checked before anything is measured.
 
     Parameters
     ----------
-    labels : list[str] | None
+    labels
         Variant labels (:func:`parse_variant`); None: :data:`DEFAULT_VARIANTS`.
-    precision : str
-        The run's precision (``+bf16w`` needs ``"bf16"``).
-    full_first : bool, optional
+    full_first
         Put ``full`` first (added if missing): the reference of every ratio.
-    prefix : str, optional
+    prefix
         Put before each label in the table (``"elp "`` next to other toolkits' rows).
-
-    Returns
-    -------
-    list[Candidate]
-        Keyed by the variant labels.
 
     Raises
     ------
@@ -150,16 +131,12 @@ def candidates(labels: list[str] | None, precision: str, full_first: bool = Fals
 
 
 def build_variant_model(variant: Variant, backbone, precision: str):
-    """The adapted model of a variant, with its speed options applied.
+    """The adapted model of a variant, with its speed options applied, in train mode.
 
     Parameters
     ----------
-    variant : Variant
-        From :func:`parse_variant`.
     backbone : elp.core.backbones.SSLBackbone
         A freshly loaded backbone (the model takes it over).
-    precision : str
-        ``"fp32"`` or ``"bf16"``; ``+bf16w`` needs ``"bf16"``.
 
     Returns
     -------
@@ -189,22 +166,15 @@ def build_variant_model(variant: Variant, backbone, precision: str):
 
 
 def variant_forward(variant: Variant, model, cache_dir: str | os.PathLike | None = None):
-    """The forward a variant's step calls: ``forward(wavs, wav_lens) -> (feats, frame_mask)``.
+    """The forward a variant's step calls: ``(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``.
 
     Parameters
     ----------
-    variant : Variant
-        From :func:`parse_variant`.
     model : elp.core.model.AdaptedSSL
         Its model (:func:`build_variant_model`).
-    cache_dir : str | os.PathLike, optional
+    cache_dir
         Where ``+cache`` / ``+cnncache`` keep their cache (needed for those flags). The
         first call for a batch fills the cache; later calls read it.
-
-    Returns
-    -------
-    Callable
-        ``forward(wavs [B, T], wav_lens [B]) -> (feats [B, F, D], frame_mask [B, F])``.
 
     Raises
     ------
@@ -226,7 +196,12 @@ def variant_forward(variant: Variant, model, cache_dir: str | os.PathLike | None
     >>> torch.equal(first, again)
     True
     """
-    from elp.train.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
+    from elp.train.feature_cache import (
+        CNNFeatureCache,
+        HiddenStateCache,
+        cached_cnn_forward,
+        cached_forward,
+    )
 
     if variant.cache or variant.cnn_cache:
         if cache_dir is None:
@@ -244,11 +219,7 @@ def build(key: str, settings: BenchSettings, work_dir: Path) -> BuiltModel:
 
     Parameters
     ----------
-    key : str
-        A variant label.
-    settings : BenchSettings
-        Backbone, config overrides or checkpoint, and precision.
-    work_dir : Path
+    work_dir
         Where a caching variant keeps its cache.
 
     Returns

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from elp.bench.harness import BenchSettings, BuiltModel, Candidate
+from elp.runtime import SAMPLE_RATE
 
 #: Peer rows, in run order (``sb_full`` is the reference of every ratio), and their labels.
 PEERS = {
@@ -87,20 +88,11 @@ def save_random_checkpoint(directory: str | os.PathLike, backbone: str = "wavlm_
 
     Parameters
     ----------
-    directory : str | os.PathLike
+    directory
         Where to write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``
         (SpeechBrain's wrapper reads the latter).
-    backbone : str
+    backbone
         Short name of a WavLM backbone (:data:`elp.core.backbones.BACKBONES`).
-    config_overrides : dict | None
-        Config fields to change.
-    seed : int
-        Seed of the random weights.
-
-    Returns
-    -------
-    Path
-        ``directory``.
 
     Raises
     ------
@@ -132,7 +124,7 @@ def save_random_checkpoint(directory: str | os.PathLike, backbone: str = "wavlm_
     directory = Path(directory)
     model.save_pretrained(directory)
     transformers.Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0,
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
         do_normalize=bool(config.do_stable_layer_norm), return_attention_mask=True,
     ).save_pretrained(directory)
     return directory
@@ -160,11 +152,11 @@ def build(key: str, settings: BenchSettings, work_dir: Path) -> BuiltModel:
 
     Parameters
     ----------
-    key : str
+    key
         A key of :data:`PEERS`.
-    settings : BenchSettings
+    settings
         ``source``: the checkpoint directory.
-    work_dir : Path
+    work_dir
         SpeechBrain's ``save_path``.
 
     Returns

@@ -48,9 +48,9 @@ class RoutingContext:
 
     Parameters
     ----------
-    view : SSLBackbone
+    view
         The backbone view the group runs (kinds install their routed modules and hooks on it).
-    num_tasks : int
+    num_tasks
         T, the number of models in the group.
 
     Examples
@@ -92,21 +92,19 @@ class Attachment:
 
     Attributes
     ----------
-    kind : str
-        The kind's name.
-    options : dict
+    options
         Method option -> default, the one place the default is written.
-    attribute : str | None
+    attribute
         :class:`elp.core.model.AdaptedSSL` attribute holding the kind's modules (None: its
         tensors live inside the backbone).
-    backbone_grad : bool
+    backbone_grad
         Gradients must flow through the transformer (else the backbone can run without autograd).
-    grad_from_input : bool
+    grad_from_input
         Gradients must flow through every layer, from the transformer's input (pseudo frames,
         LoRA, the whole encoder), so no layer can run without autograd.
-    keeps_backbone_dropout : bool
+    keeps_backbone_dropout
         The backbone's dropout stays on by default (the backbone itself trains).
-    routable : bool
+    routable
         :meth:`route` is implemented.
     """
 

@@ -19,13 +19,13 @@ class EncoderAdapter(nn.Module):
 
     Parameters
     ----------
-    dim : int
+    dim
         Model width d.
-    bottleneck : int
+    bottleneck
         Inner width (256 in the spec).
-    act : str
+    act
         ``"gelu"`` or ``"relu"``.
-    init_std : float
+    init_std
         Std of the Linear weights at initialisation.
 
     Examples
@@ -49,27 +49,11 @@ class EncoderAdapter(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Add the adapter's output to its input.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            [..., d] sub-layer outputs.
-
-        Returns
-        -------
-        torch.Tensor
-            [..., d] ``x + LN(W_up act(W_down x))``.
-        """
+        """``x + LN(W_up act(W_down x))``: [..., d] -> [..., d]."""
         return x + self.norm(self.up(self.act(self.down(x))))
 
     def as_output_hook(self):
-        """A forward hook that passes a module's output (or its first element) through self.
-
-        Returns
-        -------
-        Callable
-            ``hook(module, inputs, output)`` for :meth:`torch.nn.Module.register_forward_hook`.
+        """A forward hook ``hook(module, inputs, output)`` passing the output (or its first element) through self.
 
         Examples
         --------

@@ -9,19 +9,7 @@ ADAPTER_INIT_STD = 1e-3
 
 
 def init_adapter_linear(linear: nn.Linear, std: float = ADAPTER_INIT_STD) -> nn.Linear:
-    """Weights ~ N(0, std), bias 0, in place; returns the layer.
-
-    Parameters
-    ----------
-    linear : torch.nn.Linear
-        The layer to initialise (changed in place).
-    std : float
-        Standard deviation of the weights.
-
-    Returns
-    -------
-    torch.nn.Linear
-        ``linear`` itself.
+    """Initialise ``linear`` in place (weights ~ N(0, std), bias 0) and return it.
 
     Examples
     --------
@@ -36,17 +24,7 @@ def init_adapter_linear(linear: nn.Linear, std: float = ADAPTER_INIT_STD) -> nn.
 
 
 def activation(name: str) -> nn.Module:
-    """``"gelu"`` or ``"relu"`` (the spec: GELU for ASR/intent, ReLU for speaker/emotion).
-
-    Parameters
-    ----------
-    name : str
-        ``"gelu"`` or ``"relu"``.
-
-    Returns
-    -------
-    torch.nn.Module
-        A new activation module.
+    """A new ``"gelu"`` or ``"relu"`` module (the spec: GELU for ASR/intent, ReLU for speaker/emotion).
 
     Raises
     ------

@@ -12,12 +12,7 @@ from elp.core.adapters.init import ADAPTER_INIT_STD, activation, init_adapter_li
 
 
 class WeightedLayerSum(nn.Module, Attachment):
-    """``sum_i softmax(w)_i h_i`` over a list of hidden states (SUPERB "weight tuning").
-
-    Parameters
-    ----------
-    num_layers : int
-        How many hidden states are combined.
+    """``sum_i softmax(w)_i h_i`` over ``num_layers`` hidden states (SUPERB "weight tuning").
 
     Examples
     --------
@@ -38,17 +33,7 @@ class WeightedLayerSum(nn.Module, Attachment):
         self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
 
     def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
-        """Softmax-weighted sum of the hidden states.
-
-        Parameters
-        ----------
-        hidden_states : list[torch.Tensor]
-            ``num_layers`` tensors [B, F, D].
-
-        Returns
-        -------
-        torch.Tensor
-            [B, F, D] weighted sum.
+        """Softmax-weighted sum of ``num_layers`` tensors [B, F, D] -> [B, F, D].
 
         Raises
         ------
@@ -77,17 +62,6 @@ class WeightedLayerSum(nn.Module, Attachment):
 class LayerAdapter(nn.Module):
     """One L-adapter: ``z_i = LN(act(W_i h_i))``, d -> out_dim; no up-projection, no residual.
 
-    Parameters
-    ----------
-    dim : int
-        Model width d.
-    out_dim : int
-        Width of z.
-    act : str
-        ``"gelu"`` or ``"relu"``.
-    init_std : float
-        Std of the Linear weights at initialisation.
-
     Examples
     --------
     >>> LayerAdapter(8, 4)(torch.zeros(2, 3, 8)).shape
@@ -102,36 +76,14 @@ class LayerAdapter(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project one layer's output.
-
-        Parameters
-        ----------
-        hidden : torch.Tensor
-            [B, F, d] layer output.
-
-        Returns
-        -------
-        torch.Tensor
-            [B, F, out_dim] ``LN(act(W h))``.
-        """
+        """``LN(act(W h))``: one layer's output [B, F, d] -> [B, F, out_dim]."""
         return self.norm(self.act(self.proj(hidden)))
 
 
 class LayerAdapters(nn.Module, Attachment):
-    """One L-adapter per transformer layer, combined by softmax weights (init 1/L).
+    """One L-adapter per transformer layer (``num_layers`` = L), combined by softmax weights (init 1/L).
 
-    Parameters
-    ----------
-    num_layers : int
-        L, the number of transformer layers (their outputs are read, not the CNN's).
-    dim : int
-        Model width d.
-    out_dim : int
-        Width of z (512 in the spec).
-    act : str
-        ``"gelu"`` or ``"relu"``.
-    init_std : float
-        Std of the Linear weights at initialisation.
+    ``out_dim`` is the width of z (512 in the spec); the CNN's output is not read.
 
     Examples
     --------
@@ -158,17 +110,7 @@ class LayerAdapters(nn.Module, Attachment):
         self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
 
     def forward(self, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
-        """Adapt every layer's output and combine them.
-
-        Parameters
-        ----------
-        layer_outputs : list[torch.Tensor]
-            L tensors [B, F, d] (layer outputs, first layer first).
-
-        Returns
-        -------
-        torch.Tensor
-            z [B, F, out_dim].
+        """Adapt every layer's output (L tensors [B, F, d], first layer first) and combine them: z [B, F, out_dim].
 
         Raises
         ------

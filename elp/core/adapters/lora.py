@@ -2,7 +2,7 @@
 
 HF WavLM reads ``q_proj.weight`` directly inside ``F.multi_head_attention_forward``, so a
 LoRA wrapper around the Linear's forward is never called and its parameters get no gradient
-(transformers PR 48773, ESPnet issue 5721). A parametrization changes what ``.weight``
+(transformers PR #48773, ESPnet issue #5721). A parametrization changes what ``.weight``
 returns, so every code path that reads the weight sees ``W + (alpha / r) B A``.
 """
 
@@ -20,16 +20,7 @@ from elp.core.backbones import ModuleNames
 
 
 class LoRAParametrization(nn.Module):
-    """``W -> W + scale * B @ A`` with A [r, in] (Kaiming-uniform) and B [out, r] (zeros).
-
-    Parameters
-    ----------
-    in_features, out_features : int
-        The Linear's shape.
-    rank : int
-        r (>= 1).
-    alpha : float
-        Scale = alpha / r.
+    """``W -> W + (alpha / rank) * B @ A`` with A [rank, in] (Kaiming-uniform) and B [out, rank] (zeros).
 
     Examples
     --------
@@ -51,35 +42,14 @@ class LoRAParametrization(nn.Module):
         self.scale = alpha / rank
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        """The reparametrised weight.
-
-        Parameters
-        ----------
-        weight : torch.Tensor
-            [out, in] original (frozen) weight.
-
-        Returns
-        -------
-        torch.Tensor
-            [out, in] ``weight + scale * B @ A``.
-        """
+        """The reparametrised weight ``weight + scale * B @ A`` from the frozen one, both [out, in]."""
         return weight + self.scale * (self.lora_b @ self.lora_a).to(weight.dtype)
 
     def input_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The low-rank term on inputs: ``x @ (scale * B @ A)^T`` computed as ``scale * (x A^T) B^T``.
+        """The low-rank term on inputs [..., in] -> [..., out]: ``scale * (x A^T) B^T``.
 
         What the reparametrised Linear adds to the frozen one's output, without forming the
         [out, in] matrix (several tasks' terms on their own samples, :mod:`elp.serve.multitask`).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            [..., in] inputs of the Linear.
-
-        Returns
-        -------
-        torch.Tensor
-            [..., out].
 
         Examples
         --------
@@ -95,21 +65,7 @@ class LoRAParametrization(nn.Module):
 
 
 def add_lora(linear: nn.Linear, rank: int = 8, alpha: float = 16.0) -> LoRAParametrization:
-    """Register LoRA on ``linear.weight`` in place (the original weight stays frozen).
-
-    Parameters
-    ----------
-    linear : torch.nn.Linear
-        The layer to reparametrise.
-    rank : int
-        r.
-    alpha : float
-        Scale = alpha / r.
-
-    Returns
-    -------
-    LoRAParametrization
-        The registered parametrization (holds ``lora_a`` and ``lora_b``).
+    """Register LoRA on ``linear.weight`` in place (the original weight stays frozen); return the parametrization.
 
     Examples
     --------

@@ -12,21 +12,12 @@ from elp.core.adapters.init import ADAPTER_INIT_STD
 
 
 class PromptAdapter(nn.Module, Attachment):
-    """K learnable pseudo CNN frames, concatenated along time to the CNN output.
+    """K = ``num_frames`` learnable pseudo CNN frames of C = ``channels`` (CNN width) put before the CNN output.
 
     Our choice where the paper says only "appends pseudo features to CNN features": the K
     frames go *before* each utterance's frames (same position for every utterance, so
     batching with padding cannot move them), the attention mask counts them as valid, and
     the backbone removes them from every hidden state before a head or L-adapter reads it.
-
-    Parameters
-    ----------
-    num_frames : int
-        K (default 10).
-    channels : int
-        C, the CNN's output channels (512 for Base and Large models).
-    init_std : float
-        Std of the frames at initialisation.
 
     Examples
     --------
@@ -73,21 +64,10 @@ class PromptAdapter(nn.Module, Attachment):
 
 
 class LayerPrefixes(nn.Module, Attachment):
-    """Deep prompt tuning: K learnable vectors prepended to the input of every layer.
+    """Deep prompt tuning: K = ``num_frames`` learnable vectors prepended to the input of every layer.
 
     They are dropped at each layer's output, so the next layer gets fresh ones and the hidden
     states keep the input's length.
-
-    Parameters
-    ----------
-    num_layers : int
-        L.
-    num_frames : int
-        K (default 10).
-    dim : int
-        Model width d.
-    init_std : float
-        Std of the vectors at initialisation.
 
     Examples
     --------

@@ -23,7 +23,6 @@ Greedy and beam-search transcripts of a tiny untrained model:
 from __future__ import annotations
 
 import speechbrain as sb
-import torch
 
 from elp.data.sampler import gather_by_utterance
 from elp.eval.scoring import word_error_rate
@@ -72,26 +71,17 @@ class ASRBrain(ELPBrain):
         return {"wer": word_error_rate([ref for ref, _ in pairs], [hyp for _, hyp in pairs])["wer"]}
 
     def predict(self, dataset, loader_kwargs, beam_size: int = 0, lm=None):
-        """Hypothesis texts: greedy CTC, or CTC prefix beam search.
+        """Utterance id -> hypothesis text (as :meth:`ELPBrain.predict`): greedy CTC, or CTC prefix beam search.
 
         The task's prediction path (:meth:`elp.tasks.asr.SpeechRecognition.predict_batch`, the
         one the package API runs) on every batch, then its decoding.
 
         Parameters
         ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            Items with ``id`` and ``sig``.
-        loader_kwargs : dict
-            DataLoader options.
-        beam_size : int, optional
+        beam_size
             0: greedy; > 0: :class:`elp.tasks.decoding.CTCBeamSearch` with this beam.
         lm : object, optional
             An n-gram LM for the beam search (see :class:`elp.tasks.decoding.CTCBeamSearch`).
-
-        Returns
-        -------
-        dict[str, str]
-            Utterance id -> hypothesis text.
         """
         task, tokenizer = brain_task(self, SpeechRecognition), self.hparams.inventory
         beam = task.beam_search(tokenizer, beam_size, lm) if beam_size else None

@@ -40,28 +40,25 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from elp.train.brains.guards import NonFiniteGuard
-from elp.data.audio import TARGET_SAMPLE_RATE
-from elp.train.feature_cache import CNNFeatureCache, HiddenStateCache, cached_cnn_forward, cached_forward
 from elp.core.methods import BACKBONE_GROUPS
-from elp.runtime import distributed_rank_world
-from elp.runtime import peak_memory_mb  # noqa: F401  (re-exported for the drivers)
+from elp.runtime import (
+    SAMPLE_RATE,
+    distributed_rank_world,
+    peak_memory_mb,  # noqa: F401  (re-exported for the drivers)
+)
+from elp.train.brains.guards import NonFiniteGuard
+from elp.train.feature_cache import (
+    CNNFeatureCache,
+    HiddenStateCache,
+    cached_cnn_forward,
+    cached_forward,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP/DP wrapper (or the module itself).
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        A module, possibly wrapped.
-
-    Returns
-    -------
-    torch.nn.Module
-        ``module.module`` for a wrapper, else ``module``.
 
     Examples
     --------
@@ -75,11 +72,8 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 def known_lr_groups() -> set[str]:
     """Every learning-rate group a recipe may name.
 
-    Returns
-    -------
-    set[str]
-        The adapters' ``lr_group`` declarations (any imported module class that declares
-        one), the backbone's own groups, ``head`` and ``default``.
+    The adapters' ``lr_group`` declarations (any imported module class that declares one), the
+    backbone's own groups, ``head`` and ``default``.
 
     Examples
     --------
@@ -192,30 +186,18 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
             scheduler(self.optimizer)
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters of the task head (the ``head`` learning-rate group).
-
-        Returns
-        -------
-        list[torch.nn.Parameter]
-            The head's parameters that require gradients.
-        """
+        """The head's parameters that require gradients (the ``head`` learning-rate group)."""
         return [p for p in unwrap(self.modules.head).parameters() if p.requires_grad]
 
     def learnable_parameter_count(self) -> int:
-        """Learnable parameters of adapters/backbone plus the head.
-
-        Returns
-        -------
-        int
-            Number of learnable values.
-        """
+        """Number of learnable values of adapters/backbone plus the head."""
         model = unwrap(self.modules.model)
         return sum(p.numel() for p in model.learnable_parameters().values()) + \
             sum(p.numel() for p in self.head_parameters())
 
     # ------------------------------------------------------------------ features
     def features(self, batch, stage):
-        """Waveforms of the batch -> model features.
+        """Waveforms of ``batch`` (``sig``: [B, T] and relative lengths [B]) -> feats [B, F, D], frame_mask [B, F].
 
         Two on-disk caches, both keyed by the audio's content and the backbone's weights:
 
@@ -225,22 +207,9 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
           trains); random training crops (``max_train_seconds``) become crops of the cached
           frame sequence.
 
-        The cached paths call the model as a module (``model(None, ..., hidden_states=...)``),
-        so under DDP its gradients are all-reduced like the live path's.
-
-        Parameters
-        ----------
-        batch : speechbrain.dataio.batch.PaddedBatch
-            Holds ``id`` and ``sig`` (waveforms [B, T] and relative lengths [B]).
-        stage : speechbrain.Stage
-            Training crops apply only to ``sb.Stage.TRAIN``.
-
-        Returns
-        -------
-        feats : torch.Tensor
-            Features [B, F, D].
-        frame_mask : torch.Tensor
-            [B, F] bool, True = real frame.
+        Augmentation and training crops apply only in ``sb.Stage.TRAIN``. The cached paths call the
+        model as a module (``model(None, ..., hidden_states=...)``), so under DDP its gradients are
+        all-reduced like the live path's.
         """
         wavs, wav_lens = batch.sig
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
@@ -256,23 +225,12 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self.modules.model(wavs, wav_lens)
 
     def augment(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the YAML's ``augmentation`` (training batches only; :meth:`features` calls it).
+        """Apply the YAML's ``augmentation`` to training waveforms [B, T] and relative lengths [B].
 
         ``augmentation`` is any callable ``(wavs [B, T], wav_lens [B]) -> (wavs, wav_lens)``
         that keeps the batch size, e.g. ``speechbrain.augment.augmenter.Augmenter`` with
         ``concat_original: false`` and ``repeat_augment: 1``; None (the default) does nothing.
-
-        Parameters
-        ----------
-        wavs : torch.Tensor
-            Waveforms [B, T].
-        wav_lens : torch.Tensor
-            Relative lengths [B].
-
-        Returns
-        -------
-        tuple[torch.Tensor, torch.Tensor]
-            The augmented waveforms [B, T'] and relative lengths [B].
+        :meth:`features` calls it for training batches only.
 
         Raises
         ------
@@ -294,13 +252,9 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return augmented, lens
 
     def hidden_state_cache(self) -> HiddenStateCache | None:
-        """The hidden-state cache when the hparams ask for one and the method allows it.
+        """The hidden-state cache when the hparams ask for one (``hidden_state_cache: true``) and the method allows it.
 
-        Returns
-        -------
-        HiddenStateCache | None
-            None without ``hidden_state_cache: true`` or for a method that trains inside
-            the backbone.
+        None otherwise, e.g. for a method that trains inside the backbone.
 
         Raises
         ------
@@ -323,15 +277,10 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self._hidden_state_cache
 
     def cnn_cache(self) -> CNNFeatureCache | None:
-        """The CNN-feature cache (``cnn_cache: true``).
+        """The CNN-feature cache (None without ``cnn_cache: true``).
 
         It is shared by every experiment of the recipe on the same backbone (``cnn_cache_dir``,
         default ``exp/cnn_cache``).
-
-        Returns
-        -------
-        CNNFeatureCache | None
-            None without ``cnn_cache: true``.
         """
         if not getattr(self.hparams, "cnn_cache", False):
             return None
@@ -342,31 +291,14 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return self._cnn_cache
 
     def train_crop_frames(self) -> int:
-        """Frames of a random training crop.
-
-        Returns
-        -------
-        int
-            Backbone frames of the task's ``max_train_seconds`` (0: no cropping).
-        """
+        """Backbone frames of the task's ``max_train_seconds`` (0: no cropping)."""
         seconds = self.hparams.task.max_train_seconds
         if not seconds:
             return 0
-        return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * TARGET_SAMPLE_RATE))))
+        return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * SAMPLE_RATE))))
 
     def class_targets(self, batch) -> torch.Tensor:
-        """Class ids of the batch (``label_id``, one per utterance).
-
-        Parameters
-        ----------
-        batch : speechbrain.dataio.batch.PaddedBatch
-            Holds ``label_id`` (padded [B, 1]).
-
-        Returns
-        -------
-        torch.Tensor
-            [B] class ids on the Brain's device.
-        """
+        """Class ids [B] of the batch (its ``label_id``, padded [B, 1]) on the Brain's device."""
         return batch.label_id.data[:, 0].to(self.device)
 
     # ------------------------------------------------------------------ stages
@@ -393,17 +325,9 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """Start collecting this stage's statistics (subclasses)."""
 
     def stage_stats(self, stage) -> dict:
-        """Statistics of the finished stage besides the loss (subclasses).
+        """Statistic name -> value of the finished stage (VALID or TEST) besides the loss (subclasses).
 
-        Parameters
-        ----------
-        stage : speechbrain.Stage
-            The finished stage (VALID or TEST).
-
-        Returns
-        -------
-        dict
-            Statistic name -> value (the task's ``valid_key`` among them).
+        The task's ``valid_key`` is among them.
         """
         return {}
 
@@ -445,31 +369,19 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         logger.info("loaded the best checkpoint %s (%s %s)", checkpoint.path.name, key, checkpoint.meta.get(key))
 
     def predict(self, dataset, loader_kwargs: dict) -> dict:
-        """Run inference over ``dataset`` (subclasses).
+        """Run inference over ``dataset``: utterance id -> what the task writes in stage 4 (subclasses).
 
         Parameters
         ----------
         dataset : speechbrain.dataio.dataset.DynamicItemDataset
             Items with ``id`` and ``sig``.
-        loader_kwargs : dict
+        loader_kwargs
             DataLoader options (:func:`elp.train.recipe.loader_kwargs`).
-
-        Returns
-        -------
-        dict
-            Utterance id -> what the task writes in stage 4.
         """
         raise NotImplementedError
 
     def eval_batches(self, dataset, loader_kwargs: dict):
-        """Iterate over ``dataset`` in eval mode without autograd.
-
-        Parameters
-        ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            Items with ``id`` and ``sig``.
-        loader_kwargs : dict
-            DataLoader options.
+        """Iterate over ``dataset`` (as in :meth:`predict`) in eval mode without autograd.
 
         Yields
         ------

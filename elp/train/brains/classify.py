@@ -55,35 +55,11 @@ class UtteranceClassifierBrain(ELPBrain):
         return self.modules.head(feats, frame_mask)
 
     def class_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Class scores of the head's outputs (here the outputs themselves).
-
-        Parameters
-        ----------
-        outputs : torch.Tensor
-            The head's outputs (logits [B, num_classes]).
-
-        Returns
-        -------
-        torch.Tensor
-            Scores [B, num_classes] (argmax = prediction).
-        """
+        """Class scores [B, num_classes] of the head's outputs (here the logits themselves)."""
         return outputs
 
     def class_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of the head's outputs (the hparams' ``loss``).
-
-        Parameters
-        ----------
-        outputs : torch.Tensor
-            The head's outputs (logits [B, num_classes]).
-        targets : torch.Tensor
-            Class ids [B].
-
-        Returns
-        -------
-        torch.Tensor
-            Scalar loss.
-        """
+        """Scalar training loss (the hparams' ``loss``) of the head's logits and class ids [B]."""
         return self.hparams.loss(outputs, targets)
 
     def compute_objectives(self, outputs, batch, stage):
@@ -105,22 +81,10 @@ class UtteranceClassifierBrain(ELPBrain):
                 "error": 100.0 - accuracy(preds, targets)}
 
     def predict(self, dataset, loader_kwargs):
-        """Predicted label names.
+        """Utterance id -> predicted label name (as :meth:`ELPBrain.predict`).
 
         The task's prediction path (:meth:`elp.tasks.classify.UtteranceClassification.predict_batch`,
         the one the package API runs) on every batch; the most probable class wins.
-
-        Parameters
-        ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            Items with ``id`` and ``sig``.
-        loader_kwargs : dict
-            DataLoader options.
-
-        Returns
-        -------
-        dict[str, str]
-            Utterance id -> label name.
         """
         task, labels = brain_task(self, UtteranceClassification), self.hparams.inventory.labels
         predictions = {}

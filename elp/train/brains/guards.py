@@ -18,11 +18,10 @@ What it changes in ``Brain.fit_batch`` / ``Brain.optimizers_step``:
   ``fit`` before any checkpoint is saved, so the last checkpoint on disk stays the last good one.
 * **Parameters made non-finite by a step** (finite gradients but e.g. an absurd learning
   rate): training stops at once with :class:`NonFiniteTrainingError` (nothing is saved).
-* **Gradient clipping covers every parameter group of every optimizer**: SpeechBrain 1.1.2
-  clips ``opt.param_groups[0]["params"]`` only (``core.py``, ``optimizers_step``), which for
-  elp's one-group-per-adapter-kind optimizer means the first group only. Here the total
-  L2 norm over all parameters of all active optimizers is clipped to ``max_grad_norm``
-  (SpeechBrain's run option, default 5.0; ``0``/``None`` disables clipping).
+* **Gradient clipping covers every parameter group of every optimizer** (SpeechBrain 1.1.2
+  clips the first group only; docs/DESIGN.md): the total L2 norm over all parameters of all
+  active optimizers is clipped to ``max_grad_norm`` (SpeechBrain's run option, default 5.0;
+  ``0``/``None`` disables clipping).
 
 Under fp16 with a GradScaler, inf/NaN gradients are the scaler's business (it skips the step
 and lowers the scale), so only the loss check and the clipping apply then. In DDP the
@@ -143,7 +142,7 @@ class NonFiniteGuard:
 
     Attributes
     ----------
-    skipped_utterances : list[str]
+    skipped_utterances
         Ids of every utterance in a skipped batch during this ``fit`` (for reports and tests).
     """
 

@@ -46,16 +46,6 @@ def feature_encoder(brain) -> EncoderOf:
     """Encoders that read ``brain.features`` (its caches) for the batch itself, as float32.
 
     Any other input (e.g. windows) runs the model.
-
-    Parameters
-    ----------
-    brain : elp.train.brains.base.ELPBrain
-        The Brain.
-
-    Returns
-    -------
-    EncoderOf
-        ``(batch, wavs, wav_lens) -> encode``.
     """
     model = unwrap(brain.modules.model)
 
@@ -72,18 +62,7 @@ def feature_encoder(brain) -> EncoderOf:
 
 
 def model_encoder(brain) -> EncoderOf:
-    """Encoders that always run the Brain's model on the waveforms.
-
-    Parameters
-    ----------
-    brain : elp.train.brains.base.ELPBrain
-        The Brain.
-
-    Returns
-    -------
-    EncoderOf
-        ``(batch, wavs, wav_lens) -> model``.
-    """
+    """Encoders that always run the Brain's model on the waveforms."""
     model = unwrap(brain.modules.model)
     return lambda batch, wavs, wav_lens: model
 
@@ -92,19 +71,16 @@ def predicted_outputs(brain, dataset, loader_kwargs: dict, encoder_of: EncoderOf
                       task: Task | None = None) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
     """Per batch: the utterance ids and the task's outputs (:meth:`elp.tasks.base.Task.predict_batch`).
 
-    Runs in eval mode, without autograd, in the Brain's evaluation precision.
+    Runs over ``dataset`` (as :meth:`elp.train.brains.base.ELPBrain.predict`) in eval mode,
+    without autograd, in the Brain's evaluation precision.
 
     Parameters
     ----------
     brain : elp.train.brains.base.ELPBrain
         The Brain (its ``hparams.task``, model and head).
-    dataset : speechbrain.dataio.dataset.DynamicItemDataset
-        Items with ``id`` and ``sig``.
-    loader_kwargs : dict
-        DataLoader options.
-    encoder_of : EncoderOf | None, optional
+    encoder_of
         Default: :func:`feature_encoder`.
-    task : Task | None, optional
+    task
         Default: ``brain.hparams.task``.
 
     Yields

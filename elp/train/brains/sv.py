@@ -55,70 +55,31 @@ class SpeakerBrain(UtteranceClassifierBrain):
     """
 
     def class_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Scaled cosines to the training speakers (no margin).
-
-        Parameters
-        ----------
-        embeddings : torch.Tensor
-            Speaker embeddings [B, E].
-
-        Returns
-        -------
-        torch.Tensor
-            Logits [B, #speakers].
-        """
+        """Scaled cosines [B, #speakers] of embeddings [B, E] to the training speakers (no margin)."""
         return self.modules.classifier(embeddings)
 
     def class_loss(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The hparams' ``loss`` of the classifier's margin logits (AAM-softmax with cross-entropy).
+        """Scalar loss of embeddings [B, E] and speaker ids [B]: the hparams' ``loss`` of the margin logits.
+
+        AAM-softmax with cross-entropy.
 
         The classifier is called as a module (its ``forward`` with targets), so under DDP the
         call goes through the wrapper and its gradients are all-reduced.
-
-        Parameters
-        ----------
-        embeddings : torch.Tensor
-            Speaker embeddings [B, E].
-        targets : torch.Tensor
-            Training speaker ids [B].
-
-        Returns
-        -------
-        torch.Tensor
-            Scalar loss.
         """
         return self.hparams.loss(self.modules.classifier(embeddings, targets), targets)
 
     def head_parameters(self):
-        """The embedding head and the AAM classifier share the ``head`` learning rate.
-
-        Returns
-        -------
-        list[torch.nn.Parameter]
-            The head's trainable parameters, then the classifier's.
-        """
+        """The head's trainable parameters, then the AAM classifier's: they share the ``head`` learning rate."""
         return super().head_parameters() + list(unwrap(self.modules.classifier).parameters())
 
     def predict(self, dataset, loader_kwargs):
-        """utt id -> embedding [embed_dim] (CPU tensor, fp32).
+        """Utterance id -> embedding [embed_dim] (CPU tensor, fp32; as :meth:`ELPBrain.predict`).
 
         The task's prediction path (:meth:`elp.tasks.sv.SpeakerVerification.predict_batch`, the
         one the package API runs): utterances longer than the task's ``window_seconds`` are
         embedded in overlapping windows whose L2-normalised embeddings are averaged, so memory
         is bounded by the window, not the utterance (VoxCeleb test files reach minutes). The
         model runs on the waveforms (no feature caches).
-
-        Parameters
-        ----------
-        dataset : speechbrain.dataio.dataset.DynamicItemDataset
-            Items with ``id`` and ``sig``.
-        loader_kwargs : dict
-            DataLoader options.
-
-        Returns
-        -------
-        dict[str, torch.Tensor]
-            Utterance id -> embedding [E].
         """
         embeddings = {}
         for ids, outputs in predicted_outputs(self, dataset, loader_kwargs, model_encoder(self),

@@ -106,17 +106,17 @@ def build_fold(data_root: Path, k: int, sessions: Sequence[int], dev_fraction: f
                validate: bool = True) -> Path:
     """Write ``<data_root>/fold{k}/{train,dev,test}`` from the ``session{n}`` dirs.
 
-    Arguments
-    ---------
-    data_root : Path
+    Parameters
+    ----------
+    data_root
         Folder holding ``session{n}`` data dirs (validated ones carry utt2num_samples).
-    k : int
+    k
         Held-out session (test).
-    sessions : sequence of int
+    sessions
         Sessions available; train + dev come from all of them but k.
-    dev_fraction : float
+    dev_fraction
         Share of the training sessions held out as dev (stratified by label).
-    validate : bool
+    validate
         Validate the fold dirs (from the session dirs' utt2num_samples, no audio re-read).
     """
     if k not in sessions or len(sessions) < 2:
@@ -144,18 +144,16 @@ def prepare_iemocap(corpus_root: Path, out_dir: Path, folds: Optional[Sequence[i
                     dev_fraction: float = 0.1, validate: bool = True) -> List[Path]:
     """Write ``session{n}`` for every present session, then the folds; returns all dirs.
 
-    Arguments
-    ---------
-    corpus_root : Path
+    Parameters
+    ----------
+    corpus_root
         ``IEMOCAP_full_release/`` or its parent.
-    out_dir : Path
+    out_dir
         Parent of the data dirs.
-    folds : sequence of int, optional
+    folds
         Folds to build (default: one per present session; none if only one session).
-    dev_fraction : float
+    dev_fraction
         See :func:`build_fold`.
-    validate : bool
-        Validate each dir.
     """
     release = find_corpus_dir(corpus_root, "IEMOCAP_full_release")
     present = [n for n in SESSIONS if (release / f"Session{n}").is_dir()]

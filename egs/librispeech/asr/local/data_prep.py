@@ -55,17 +55,17 @@ def prepare_librispeech(corpus_root: Path, out_dir: Path, subsets: Sequence[str]
                         validate: bool = True, train_960: bool = False) -> List[Path]:
     """Write one data dir per present subset; returns their paths.
 
-    Arguments
-    ---------
-    corpus_root : Path
+    Parameters
+    ----------
+    corpus_root
         ``LibriSpeech/`` or its parent.
-    out_dir : Path
+    out_dir
         Parent of the data dirs (``data``).
-    subsets : sequence of str
+    subsets
         Subset names as in the corpus (``dev-clean``); absent ones are skipped (logged).
-    validate : bool
+    validate
         Validate each dir (reads every audio header, writes utt2num_samples).
-    train_960 : bool
+    train_960
         Also prepare the three training subsets and combine them into ``train_960``
         (all must be present).
     """

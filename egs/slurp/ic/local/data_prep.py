@@ -109,20 +109,18 @@ def prepare_slurp(corpus_root: Path, out_dir: Path, splits: Sequence[str] = SPLI
                   audio_root: Optional[Path] = None, validate: bool = True) -> List[Path]:
     """Write ``<out>/<split>`` for every present split; returns their paths.
 
-    Arguments
-    ---------
-    corpus_root : Path
+    Parameters
+    ----------
+    corpus_root
         The SLURP checkout (holding ``dataset/slurp/``).
-    out_dir : Path
+    out_dir
         Parent of the data dirs.
-    splits : sequence of str
+    splits
         jsonl names to prepare; absent ones are skipped (logged).
-    add_synthetic : bool
+    add_synthetic
         Append ``train_synthetic.jsonl`` (``slurp_synth/`` audio) to ``train``.
-    audio_root : Path, optional
+    audio_root
         Folder holding ``slurp_real/`` and ``slurp_synth/`` if not the corpus root or its ``audio/``.
-    validate : bool
-        Validate each dir.
     """
     corpus_root = Path(corpus_root)
     annotations = corpus_root / "dataset" / "slurp"

@@ -116,8 +116,8 @@ def word_files(root: Path) -> list[str]:
 def utterance_id(relative: str) -> tuple[str, str]:
     """Utterance id and speaker of a word file.
 
-    Example
-    -------
+    Examples
+    --------
     >>> utterance_id("yes/0a7c2a8d_nohash_1.wav")
     ('0a7c2a8d-yes-1', '0a7c2a8d')
     """
@@ -131,8 +131,8 @@ def evenly_spaced(items: Sequence[str], count: int) -> list[str]:
 
     Item ``floor(i * len / count)`` is picked for ``i = 0 .. count-1``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> evenly_spaced(list("abcdefghij"), 3)
     ['a', 'd', 'g']
     """
@@ -144,18 +144,18 @@ def evenly_spaced(items: Sequence[str], count: int) -> list[str]:
 def silence_windows(noise_files: Sequence[Path], split: str, count: int) -> list[tuple[str, float]]:
     """``count`` 1 s windows in the split's part of the noise files (module docstring).
 
-    Arguments
-    ---------
-    noise_files : sequence of Path
+    Parameters
+    ----------
+    noise_files
         The ``_background_noise_/*.wav`` files, sorted.
-    split : str
+    split
         ``train``, ``valid`` or ``test`` (a key of :data:`NOISE_PARTS`).
-    count : int
+    count
         Windows wanted; file ``k`` gets ``count // F`` of them, plus one for ``k < count % F``.
 
     Returns
     -------
-    list of (Path, float)
+    list[tuple]
         (noise file, start in seconds, floored to the millisecond).
     """
     if count == 0:
@@ -191,25 +191,25 @@ def prepare_speech_commands(corpus_root: Path, out_dir: Path, num_classes: int =
                             validate: bool = True) -> list[Path]:
     """Write ``<out>/{train,valid,test}``; returns their paths.
 
-    Arguments
-    ---------
-    corpus_root : Path
+    Parameters
+    ----------
+    corpus_root
         The unpacked corpus (or its parent, when the folder is named ``speech_commands_v0.02``).
-    out_dir : Path
+    out_dir
         Parent of the data dirs.
-    num_classes : int
+    num_classes
         12 (10 words, ``_unknown_``, ``_silence_``) or 35 (one class per word folder).
-    silence_percent : float
+    silence_percent
         ``_silence_`` windows per split, in percent of the split's command-word utterances
         (12 classes only).
-    unknown_percent : float
+    unknown_percent
         Most ``_unknown_`` utterances per split, in percent of its command-word utterances.
-    validate : bool
+    validate
         Validate each dir (opens every audio file, writes ``utt2num_samples``).
 
     Returns
     -------
-    list of Path
+    list[Path]
         The train, valid and test data dirs.
     """
     if num_classes not in (12, 35):

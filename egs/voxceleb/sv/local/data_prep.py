@@ -67,15 +67,15 @@ def prepare_voxceleb(corpus_root: Path, out_dir: Path, trial_list: Optional[Path
     """Write ``<out>/train``, ``<out>/valid`` (held-out utterances of the training speakers)
     and ``<out>/test`` (with ``trials``); returns the three paths.
 
-    Arguments
-    ---------
-    corpus_root : Path
+    Parameters
+    ----------
+    corpus_root
         Folder holding ``wav/`` (and, by default, ``veri_test2.txt``).
-    out_dir : Path
+    out_dir
         Parent of the data dirs.
-    trial_list : Path, optional
+    trial_list
         The trial list; default ``<corpus_root>/veri_test2.txt``.
-    validate : bool
+    validate
         Validate each dir (reads every audio header, writes utt2num_samples).
     """
     corpus_root = Path(corpus_root)
