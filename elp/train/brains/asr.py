@@ -5,6 +5,7 @@ Examples
 Greedy and beam-search transcripts of a tiny untrained model:
 
 >>> import tempfile
+>>> import torch
 >>> from elp.serve.package import load_package
 >>> from elp.testing import make_tiny_package
 >>> package = load_package(make_tiny_package(tempfile.mkdtemp(), task="asr", method="l_only"))
