@@ -5,7 +5,7 @@ Usage::
 
     python recipes/validate_data.py [--fix] [--fix-test] [--max-drop 0.05] [--min-samples 400] \\
         data/train data/dev --test data/test_a data/test_b
-    python recipes/validate_data.py [--fix ...] --recipe conf/train.yaml [--key value ...]
+    python recipes/validate_data.py [--fix ...] --recipe conf/train.yaml [--key value ...]   # --recipe last
 
 With ``--recipe`` the sets are the ones the recipe's hparams name (``train_set``, ``valid_set``
 and the prepared ``test_sets``), read like every other stage reads them; the arguments after
@@ -55,15 +55,21 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-shell-pipes", action="store_true",
                         help="run wav.scp commands elp does not read natively with sh -c, as Kaldi does")
     parser.add_argument("--recipe", metavar="YAML",
-                        help="validate the sets this recipe's hparams name (other arguments: its overrides)")
-    args, recipe_args = parser.parse_known_args(argv)
+                        help="last option: validate the sets this recipe's hparams name; the arguments after "
+                             "YAML are the recipe's hparam overrides")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe_args = []
+    if "--recipe" in argv:  # everything after its YAML belongs to the recipe, not to this parser
+        at = argv.index("--recipe")
+        argv, recipe_args = argv[:at + 2], [a for a in argv[at + 2:] if a != "--"]
+    args = parser.parse_args(argv)
     if args.recipe:
-        hparams = peek_experiment([args.recipe] + [a for a in recipe_args if a != "--"])
+        if args.data_dirs or args.test:
+            parser.error("give data dirs or --recipe, not both")
+        hparams = peek_experiment([args.recipe] + recipe_args)
         args.data_dirs = [str(hparams["train_set"]), str(hparams["valid_set"])]
         args.test = [str(t) for t in present_test_sets(hparams)]
         args.allow_shell_pipes = args.allow_shell_pipes or bool(hparams.get("allow_shell_pipes"))
-    elif recipe_args:
-        parser.error(f"unrecognized arguments: {' '.join(recipe_args)}")
     if not args.data_dirs and not args.test:
         parser.error("give at least one data dir")
     if not 0.0 <= args.max_drop <= 1.0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import speechbrain as sb
 import torch
-from recipe_fixtures import DURATIONS, experiment, fit, make_recipe
+from recipe_fixtures import DURATIONS, ROOT, experiment, fit, make_recipe
 
 from elp.train.brains.asr import greedy_ctc
 from elp.data.inventory import BPETokenizer, CharTokenizer, load_tokenizer
@@ -143,3 +143,22 @@ def test_a_run_option_repeated_as_an_hparam_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(recipe)
     with pytest.raises(ValueError, match=r"--method is given twice \('elp' and 'full'\).*\./run\.sh --method full"):
         experiment(recipe, "--method", "elp", "--tag", "d", "--method", "full")
+
+
+def test_stage_1_reads_the_data_sets_from_the_recipe_with_its_overrides(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("validate_data_cli", ROOT / "recipes" / "validate_data.py")
+    stage1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage1)
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    shutil.copytree(recipe / "data", recipe / "other")
+    (recipe / "other" / "devel" / "utt2spk").unlink()  # only the overridden data dir is broken
+    args = ["--recipe", "conf/train.yaml", "--backbone", "wavlm", "--tag", "v", "--method", "elp"]
+    assert stage1.main(args) == 0
+    assert stage1.main([*args, "--data_dir", "other"]) == 1  # every override reaches the recipe
+    assert "other/devel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        stage1.main(["data/train", "--recipe", "conf/train.yaml"])  # dirs or a recipe, not both
