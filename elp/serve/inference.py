@@ -58,7 +58,8 @@ import torch
 
 from elp.data.audio import read_audio
 from elp.data.errors import AudioError
-from elp.serve.package import SAMPLE_RATE, Package, PackageError, load_package
+from elp.runtime import SAMPLE_RATE
+from elp.serve.package import Package, PackageError, load_package
 from elp.tasks.asr import SpeechRecognition
 from elp.tasks.base import Task
 from elp.tasks.classify import Classification, UtteranceClassification

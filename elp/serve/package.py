@@ -60,7 +60,7 @@ from elp.core.backbones import BACKBONES, SSLBackbone, weights_hash
 from elp.core.export import WEIGHTS_FILE, load_adapters, read_export_config, save_adapters
 from elp.core.model import AdaptedSSL
 from elp.data.inventory import BPE_MODEL, LABELS_FILE, TOKENS_FILE
-from elp.runtime import atomic_write_text
+from elp.runtime import SAMPLE_RATE, atomic_write_text
 from elp.serve.head_registry import (HEAD_CLASSES, HEAD_MODULE_DIR, LEGACY_HEAD_NAMES, HeadSpecError, check_head_spec,
                                      file_sha256, head_class, head_spec_of)
 from elp.serve.integrity import MANIFEST_FILE, manifest_problems, write_manifest
@@ -74,7 +74,6 @@ CALIBRATION_FILE = "calibration.safetensors"
 BACKBONE_DIR = "backbone"
 PACKAGE_FORMAT_VERSION = 1
 TASKS = tuple(TASK_CLASSES)
-SAMPLE_RATE = 16000
 #: head classes by the dotted names packages of earlier elp releases recorded (before the heads
 #: moved to :mod:`elp.core.heads`)
 LEGACY_HEAD_CLASSES: dict[str, type[nn.Module]] = {old: HEAD_CLASSES[new][0] for old, new in LEGACY_HEAD_NAMES.items()}

@@ -17,6 +17,7 @@ from elp.eval.scoring import character_error_rate, word_error_rate
 from elp.tasks.base import Task, read_pairs, write_lines
 from elp.tasks.decoding import CTCBeamSearch, greedy_ctc
 from elp.tasks.windows import chunked_frames
+from elp.runtime import SAMPLE_RATE
 
 #: the transcripts of the example inventory (:meth:`SpeechRecognition.example_inventory`)
 EXAMPLE_TEXTS = ["HELLO WORLD", "A CAT"]
@@ -167,7 +168,7 @@ class SpeechRecognition(Task):
 
     def plot(self, test_dir, decode_dir, out_dir, inventory_labels=None):
         refs, hyps = read_pairs(Path(decode_dir) / "ref.txt"), read_pairs(Path(decode_dir) / "hyp.txt")
-        durations = {u: n / 16000 for u, n in read_data_dir(test_dir).utt2num_samples.items()}
+        durations = {u: n / SAMPLE_RATE for u, n in read_data_dir(test_dir).utt2num_samples.items()}
         return [plot_wer_by_length(refs, hyps, durations, Path(out_dir) / f"wer_by_length_{Path(test_dir).name}.png")]
 
     def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):

@@ -37,7 +37,8 @@ from collections.abc import Callable
 
 import torch
 
-SAMPLE_RATE = 16000
+from elp.runtime import SAMPLE_RATE
+
 #: audio seconds of the windows one forward pass holds at most (:func:`windows_per_batch`)
 WINDOW_BATCH_SECONDS = 30.0
 
