@@ -20,7 +20,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["elp", "elp.*"]),
     install_requires=requirements,
-    # peers: the HF PEFT row of `elp bench --peers` (SpeechBrain, the other peer, is core)
-    extras_require={"peers": ["peft==0.21.2"]},
+    # peers: the HF PEFT row of `elp bench --peers` (SpeechBrain, the other peer, is core);
+    # tensorboard: SpeechBrain's TensorboardLogger as the YAML's train_logger (docs/RECIPES.md)
+    extras_require={"peers": ["peft==0.21.2"], "tensorboard": ["tensorboard==2.21.0"]},
     entry_points={"console_scripts": ["elp = elp.cli:main"]},
 )

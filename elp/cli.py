@@ -26,6 +26,7 @@ COMMANDS = {
     "inspect": "elp.commands.inspect",
     "bench-multitask": "elp.commands.bench_multitask",
     "data": "elp.commands.data",
+    "cache": "elp.commands.cache",
 }
 
 

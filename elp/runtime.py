@@ -1,5 +1,5 @@
 """Process-level helpers every layer shares: the sample rate, atomic writes, logging, seeding,
-memory, user errors, shared data.
+memory, user errors, shared data, the CUDA driver check.
 
 Examples
 --------
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -162,6 +165,101 @@ def shared_data_dir() -> Path | None:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
+
+
+def parse_nvidia_smi(text: str) -> tuple[str, str] | None:
+    """(driver version, newest CUDA version the driver runs) from ``nvidia-smi``'s header; None without one.
+
+    Examples
+    --------
+    >>> parse_nvidia_smi("| NVIDIA-SMI 535.104.05   Driver Version: 535.104.05   CUDA Version: 12.2  |")
+    ('535.104.05', '12.2')
+    >>> parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.") is None
+    True
+    """
+    match = re.search(r"Driver Version:\s*([0-9.]+)\s+CUDA Version:\s*([0-9.]+)", text)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def nvidia_driver() -> tuple[str, str] | None:
+    """:func:`parse_nvidia_smi` of this machine's ``nvidia-smi``; None when there is none or it fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        result = subprocess.run([smi], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_nvidia_smi(result.stdout)
+
+
+def _cuda_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def torch_cuda_tag(driver_cuda: str) -> str | None:
+    """The ``TORCH_CUDA`` build of ``tools/install.sh`` for a driver that runs CUDA ``driver_cuda``
+    at most: ``cu126`` for CUDA 12.0-12.7 (CUDA 12's minor-version compatibility), ``cu128`` for
+    12.8 and 12.9, ``cu130`` from 13.0 on; None below 12.
+
+    Examples
+    --------
+    >>> [torch_cuda_tag(v) for v in ("12.2", "12.4", "12.8", "13.0", "11.8")]
+    ['cu126', 'cu126', 'cu128', 'cu130', None]
+    """
+    major_minor = _cuda_tuple(driver_cuda)
+    if major_minor < (12,):
+        return None
+    if major_minor < (12, 8):
+        return "cu126"
+    return "cu128" if major_minor < (13,) else "cu130"
+
+
+def cuda_driver_message(driver: str, driver_cuda: str, torch_version: str, torch_cuda: str | None,
+                        visible: str | None = None) -> str:
+    """One line on why torch cannot use the GPUs of this NVIDIA driver, with the fix.
+
+    Parameters
+    ----------
+    driver, driver_cuda
+        The driver version and the newest CUDA version it runs (``nvidia-smi``).
+    torch_version, torch_cuda
+        ``torch.__version__`` and ``torch.version.cuda`` (None: a CPU-only build).
+    visible
+        ``CUDA_VISIBLE_DEVICES`` (None: unset), named when the builds fit.
+
+    Examples
+    --------
+    >>> cuda_driver_message("535.104.05", "12.2", "2.11.0+cu130", "13.0")
+    'NVIDIA driver 535.104.05 runs CUDA 12.2 at most, but torch 2.11.0+cu130 was built for CUDA 13.0: install the build for this driver with TORCH_CUDA=cu126 ./tools/install.sh'
+    """
+    fix = "install the build for this driver with TORCH_CUDA={} ./tools/install.sh"
+    tag = torch_cuda_tag(driver_cuda)
+    if torch_cuda is None:
+        return (f"torch {torch_version} is a CPU-only build, and NVIDIA driver {driver} (CUDA {driver_cuda}) is here: "
+                + (fix.format(tag) if tag else "update the NVIDIA driver (the cu126 build needs R525 or newer)"))
+    if _cuda_tuple(driver_cuda) >= _cuda_tuple(torch_cuda):
+        return (f"NVIDIA driver {driver} runs CUDA {driver_cuda}, enough for torch {torch_version} (CUDA {torch_cuda}), "
+                f"yet torch finds no GPU: check CUDA_VISIBLE_DEVICES (now {'<unset>' if visible is None else repr(visible)}) "
+                "and that nvidia-smi lists the GPUs")
+    head = f"NVIDIA driver {driver} runs CUDA {driver_cuda} at most, but torch {torch_version} was built for CUDA {torch_cuda}: "
+    if tag is None:
+        return head + "update the NVIDIA driver (the cu126 build needs R525 or newer), or use TORCH_CUDA=cpu ./tools/install.sh"
+    return head + fix.format(tag)
+
+
+def cuda_driver_problem() -> str | None:
+    """For a run that asked for CUDA: :func:`cuda_driver_message` when torch finds no GPU while
+    ``nvidia-smi`` reports an NVIDIA driver; None when torch can use CUDA or no driver answers.
+    ``recipes/utils/launch.sh`` adds it to the error of ``--ngpu N`` without N usable devices.
+    """
+    if torch.cuda.is_available():
+        return None
+    driver = nvidia_driver()
+    if driver is None:
+        return None
+    return cuda_driver_message(*driver, torch.__version__, torch.version.cuda,
+                               os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def run_main(main, argv: list[str]) -> int:

@@ -6,7 +6,8 @@ Usage::
     python recipes/aggregate_folds.py --exp exp/elp --folds 1 2 3 4 5 [--results-md RESULTS.md]
 
 Reads ``<exp>/fold<k>/fold_results.json`` and writes ``<exp>/results.json``: the mean metric,
-each fold's value in ``extra_metrics``, summed training time and the largest peak memory.
+each fold's value in ``extra_metrics``, summed training time, the largest peak memory (accelerator and
+host) and the first fold's effective batch.
 """
 
 import argparse
@@ -27,6 +28,11 @@ def aggregate(folds: list[dict]) -> dict:
                         "chance": mean(f["metric"]["chance"] for f in folds)}
     result["train_wall_s"] = sum(f["train_wall_s"] for f in folds)
     result["peak_mem_mb"] = max(f["peak_mem_mb"] for f in folds)
+    host = [f["peak_host_rss_mb"] for f in folds if f.get("peak_host_rss_mb") is not None]
+    if host:
+        result["peak_host_rss_mb"] = max(host)
+    if first.get("effective_batch") is not None:  # same settings in every fold; its steps per epoch are fold 1's
+        result["effective_batch"] = first["effective_batch"]
     extra = {f"{first['metric']['name']}_fold{f['fold']}": f["metric"]["value"] for f in folds}
     for key in first.get("extra_metrics", {}):
         values = [f["extra_metrics"][key] for f in folds if key in f.get("extra_metrics", {})]

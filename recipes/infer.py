@@ -6,7 +6,10 @@ Usage::
     python recipes/infer.py conf/train.yaml --tag elp [--overrides_file conf/mini.yaml]
 
 Writes ``<output_folder>/decode/<set>/`` with what the recipe's task writes (ASR ``hyp.txt`` and
-``ref.txt``; classification ``predictions.txt``; SV ``scores.txt`` of the trial list).
+``ref.txt``; classification ``predictions.txt``; SV ``scores.txt`` of the trial list). Before
+the backbone is loaded, the experiment must hold a trained model and every test set (and the
+other data sets the task embeds) is checked: validated by stage 1, holding its references, an
+SV trial list naming only its utterances.
 """
 
 import sys
@@ -14,11 +17,19 @@ from pathlib import Path
 
 from elp.runtime import configure_logging, run_main
 from elp.serve.package import calibrate_threshold, record_task_options
-from elp.train.recipe import build_brain, load_experiment, loader_kwargs, make_dataset, present_test_sets
+from elp.train.experiment import require_trained_model
+from elp.train.hparams import build_node
+from elp.train.recipe import (build_brain, load_experiment, loader_kwargs, make_dataset, peek_experiment,
+                              present_test_sets)
 
 
 def main(argv) -> int:
     configure_logging()
+    # what the inputs can be wrong about is checked before the hparams load the backbone
+    peeked = peek_experiment(argv)
+    require_trained_model(peeked["output_folder"])
+    test_dirs = present_test_sets(peeked)
+    build_node(peeked["task"]).check_inference_inputs(test_dirs)
     hparams, run_opts = load_experiment(argv, stage="eval")
     brain = build_brain(hparams, run_opts)
     brain.recover_best()
@@ -31,7 +42,7 @@ def main(argv) -> int:
         trials = hparams["task"].calibration_trials(brain, lambda data: loader_kwargs(hparams, data, train=False))
         if trials is not None:
             calibrate_threshold(package_dir, **trials)
-    for test_dir in present_test_sets(hparams):
+    for test_dir in test_dirs:
         dataset = make_dataset(hparams, test_dir, "test")
         hparams["task"].write_outputs(brain, dataset, test_dir, decode_root / Path(test_dir).name,
                                       lambda data: loader_kwargs(hparams, data, train=False),

@@ -37,6 +37,8 @@ nnodes=1              # nodes of a multi-node run
 node_rank=0           # this node's rank (stages other than 3 run on rank 0 only)
 master_addr=localhost
 master_port=29500
+run_id=${SLURM_JOB_ID:-}   # the same on every node of one launch (default: the SLURM job id)
+prep_timeout=7200     # nodes > 0: seconds to wait before stage 3 for node rank 0's stages 0-2 (0: no wait)
 mini_corpus=          # tools/mini_corpus/<name>.py (set by run.sh)
 mini_corpus_subdir=   # corpus root inside the mini corpus folder (set by run.sh)
 mini_corpus_opts=     # extra options of the mini corpus builder (set by run.sh)
@@ -59,6 +61,9 @@ help_message="Usage: $0 [options] [-- hparam overrides]
   --show_folds true               print the recipe's folds and exit
   --ngpu N --nnodes N --node_rank R --master_addr HOST --master_port PORT   GPUs / nodes
                                   (torchrun when processes x nodes > 1; --ngpu without CUDA is an error)
+  --run_id ID --prep_timeout S    multi-node: before stage 3, nodes > 0 wait up to S s (7200) for node rank 0's
+                                  marker of stages 0-2 (data/.stage2_done), whose key includes ID (the same
+                                  on every node; default \$SLURM_JOB_ID) and what the data depend on
   --ddp_cpu N                     N CPU processes with DDP over gloo (no GPU)
   --dry_run true                  print stage 3's command instead of running it
   --prep_opts 'OPTS'              extra options of local/data_prep.py
@@ -91,6 +96,15 @@ if [ -n "${data_root}" ]; then
     [ -d "${data_root}" ] || die "--data_root ${data_root}: no such directory"
 fi
 data=data
+# multi-node: node rank 0 writes data/[fold<k>/].stage2_done (its key: this run and what the data
+# depend on) once stages 0-2 are done; the other nodes wait for it before stage 3 (utils/launch.sh)
+prepared_key=$(elp_run_key "run_id=${run_id}" "data_root=${data_root}" "prep_opts=${prep_opts}" \
+    "mini_corpus_opts=${mini_corpus_opts}" "config=$(sha256sum < "${config}")")
+multinode=false
+[ "${nnodes}" -gt 1 ] && multinode=true
+if ${multinode} && [ "${node_rank}" -eq 0 ] && [ "${stage}" -le 2 ]; then
+    rm -f "${data}/${ELP_PREPARED_MARKER}" "${data}"/fold*/"${ELP_PREPARED_MARKER}"   # the data change now
+fi
 
 if elp_stage 0; then
     if [ -z "${data_root}" ]; then
@@ -105,6 +119,12 @@ if elp_stage 0; then
     # shellcheck disable=SC2086
     python local/data_prep.py --corpus-root "${corpus_root}" --out "${data}" ${prep_opts}
     if [ -z "${data_root}" ]; then touch "${data}/.mini"; else rm -f "${data}/.mini"; fi
+fi
+
+# nodes > 0 look at data/ (data/.mini below, then the data) only once node rank 0 prepared it
+if ${multinode} && [ "${node_rank}" -gt 0 ] && [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    read -r -a first_fold <<< "${folds}"
+    elp_wait_prepared "${data}/${first_fold[0]:+fold${first_fold[0]}/}${ELP_PREPARED_MARKER}" "${prepared_key}" "${prep_timeout}"
 fi
 
 # mini mode: the data came from the mini corpus (stage 0 left data/.mini)
@@ -180,12 +200,21 @@ run_fold() {
         log "Stage 2: inventory (${fold_exp})"
         python "${ELP_ROOT}/recipes/inventory.py" "${config}" "${fold_hp[@]}" "${overrides[@]}"
     fi
+    local marker=${data}/${prefix}${ELP_PREPARED_MARKER}
+    if ${multinode} && [ "${node_rank}" -eq 0 ] && [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 2 ]; then
+        elp_mark_prepared "${marker}" "${prepared_key}"   # stage 2 is done, or stage 3 starts from the data as it is
+    fi
     if elp_stage 3; then
+        local train_log=${fold_exp}/train.log
+        if [ "${node_rank}" -gt 0 ]; then
+            elp_wait_prepared "${marker}" "${prepared_key}" "${prep_timeout}"
+            train_log=${fold_exp}/train_node${node_rank}.log
+        fi
         mkdir -p "${fold_exp}"
-        log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${fold_exp}/train.log)"
+        log "Stage 3: training ${fold_tag} -> ${fold_exp} (log: ${train_log})"
         elp_train_command "${ELP_ROOT}/recipes/train.py" "${config}" "${fold_hp[@]}" -- "${overrides[@]}"
         log "Stage 3: ${ELP_CMD[*]}"
-        elp_run "${ELP_CMD[@]}" 2>&1 | tee -a "${fold_exp}/train.log"
+        elp_run "${ELP_CMD[@]}" 2>&1 | tee -a "${train_log}"
     fi
     if elp_stage 4; then
         log "Stage 4: inference (${fold_exp}/decode)"

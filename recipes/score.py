@@ -6,7 +6,11 @@ Usage::
     python recipes/score.py conf/train.yaml --tag elp [--overrides_file conf/mini.yaml]
 
 The recipe's task computes the metric of every test set (the first one is the primary metric,
-the others go to ``extra_metrics`` as ``<metric>_<set>``); nothing but the outputs is loaded.
+the others go to ``extra_metrics`` as ``<metric>_<set>``); only the decode files and the test
+sets' data dirs are read (no model). A decode file that does not hold each utterance (SV:
+trial) of its test set exactly once, as the data dir lists them (``text``, ``utt2label``,
+``trials``), is a one-line error naming the file, the counts and the first ids, and saying
+to rerun stage 4 (:func:`elp.eval.scoring.check_decode_coverage`).
 """
 
 import json
@@ -16,7 +20,7 @@ from pathlib import Path
 from elp.train.hparams import build_node
 from elp.eval.plots import plot_training_curves
 from elp.train.recipe import peek_experiment, present_test_sets
-from elp.eval.results import append_results_line, backbone_label, write_results_json
+from elp.eval.results import append_results_line, backbone_label, training_record, write_results_json
 from elp.runtime import configure_logging, run_main
 
 
@@ -48,7 +52,7 @@ def main(argv) -> int:
         "learnable_params": train_stats["learnable_params"],
         "backbone_params": train_stats.get("backbone_params"),
         "train_wall_s": train_stats["train_wall_s"], "peak_mem_mb": train_stats["peak_mem_mb"],
-        "peak_mem_kind": train_stats.get("peak_mem_kind"),
+        "peak_mem_kind": train_stats.get("peak_mem_kind"), **training_record(train_stats),
         "seed": hparams["seed"],
         "extra_metrics": {k: round(float(v), 4) for k, v in extra.items()}, "exp_dir": str(output),
     }

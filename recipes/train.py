@@ -8,7 +8,8 @@ Usage::
         --distributed_backend=gloo      # 2 CPU processes
 
 Rerunning resumes from the latest checkpoint in ``<output_folder>/save``. On success it writes
-``<output_folder>/train_stats.json`` and the model package of the *best* checkpoint (the model
+``<output_folder>/train_stats.json`` (with ``valid_metric``, the validation metric of the best
+checkpoint) and the model package of the *best* checkpoint (the model
 stage 4 evaluates) in ``<output_folder>/adapters/``: the adapter export plus everything inference
 needs (:mod:`elp.serve.package`; ``elp infer --package``).
 """
@@ -51,14 +52,22 @@ def main(argv) -> int:
             "train_wall_s": round(brain.train_wall_s, 2),  # includes an interrupted run's epochs
             "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
             "peak_mem_kind": "cuda max_memory_allocated" if str(brain.device).startswith("cuda") else "cpu peak RSS",
+            # the host's share on every device (data loading, caches, the optimizer on CPU): VmHWM of rank 0
+            "peak_host_rss_mb": round(max(previous.get("peak_host_rss_mb", 0.0), peak_memory_mb("cpu")), 1),
+            # what one optimizer step saw (averages over an epoch), the processes and the learning-rate factor
+            "effective_batch": getattr(brain, "train_batch", None) or previous.get("effective_batch"),
             "epochs": brain.hparams.epoch_counter.current,
             # a rerun of a finished run trains no epoch: keep the loss the run ended with
             "final_train_loss": (float(brain.train_stats["loss"]) if hasattr(brain, "train_stats")
                                  else previous.get("final_train_loss")),
         }
     brain.recover_best()  # on every rank: under DDP the checkpointer lists checkpoints collectively
+    key, mode = hparams["task"].valid_key, hparams["task"].valid_key_mode  # what chose that checkpoint
+    best = brain.checkpointer.find_checkpoint(**({"min_key": key} if mode == "min" else {"max_key": key}))
     if sb.utils.distributed.if_main_process():
         stats["best_epoch"] = brain.hparams.epoch_counter.current
+        # the validation metric of the best checkpoint: what a learning-rate search compares
+        stats["valid_metric"] = {"name": key, "value": float(best.meta[key]), "higher_is_better": mode == "max"}
         stats_file.write_text(json.dumps(stats, indent=2))
         task, source = hparams["task"], hparams["backbone_source"]
         if source is None and Path(hparams["backbone"]).is_dir():

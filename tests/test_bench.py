@@ -12,8 +12,8 @@ from elp.cli import main
 from elp.core.presets import TINY_CONFIG
 
 #: the table's header, the same for every source of rows
-HEADER = ("| variant | learnable | forward s | backward s | optimizer s | step s | step vs full | peak MiB "
-          "| memory vs full | audio s/s | other load | LoRA tensors with gradient |")
+HEADER = ("| variant | learnable | forward s | backward s | optimizer s | step s | step vs full | step vs floor "
+          "| peak MiB | memory vs full | audio s/s | other load | LoRA tensors with gradient |")
 
 
 def test_bench_writes_markdown_and_json(tmp_path, capsys):
@@ -33,6 +33,7 @@ def test_bench_writes_markdown_and_json(tmp_path, capsys):
         assert row["step_vs_baseline"] == pytest.approx(row["step_s"] / rows["full"]["step_s"])
         assert row["peak_mib"] is not None and row["memory_kind"] == "RSS peak (VmHWM after clear_refs)"
         assert row["lora_total"] is None  # none of them has LoRA tensors
+        assert row["step_vs_floor"] is None  # no weighted_sum row: no frozen forward ran
     assert rows["full"]["step_vs_baseline"] == 1.0 and rows["full"]["memory_vs_baseline"] == 1.0
     assert rows["el"]["learnable"] > rows["l_only+cache"]["learnable"] > 0
     assert rows["l_only+cache"]["cache_fill_s"] > 0 and "cache_fill_s" not in rows["el"]
@@ -155,3 +156,24 @@ def test_disturbed_runs_are_measured_again_and_the_calmest_kept(monkeypatch):
     assert harness.run_bench(settings, candidates, log=lambda line: None)[0]["other_load"] == 0.5
     monkeypatch.setattr(harness, "_run", fake_runs([5.0, 0.2]))  # the second is calm: no third run
     assert harness.run_bench(settings, candidates, log=lambda line: None)[0]["other_load"] == 0.2
+
+
+def test_step_vs_floor_is_the_step_over_twice_the_matching_frozen_forward(tmp_path, monkeypatch, capsys):
+    """`elp bench` pairs each elp row with the weighted_sum row of the same forward path."""
+    steps = {"full": 3.0, "weighted_sum": 0.5, "weighted_sum+cnncache": 0.4, "el": 1.2, "el+cnncache": 1.0,
+             "el+sdpa+cnncache": 0.9, "l_only+cache": 0.1}
+
+    def fake_run(settings, candidates):
+        return [{"key": c.key, "variant": c.label, "learnable": 1, "forward_s": steps[c.key], "backward_s": 0.0,
+                 "optimizer_s": 0.0, "step_s": steps[c.key], "audio_s_per_s": 1.0, "other_load": 0.0, "threads": 1,
+                 "peak_mib": None, "memory_kind": None, "lora_with_grad": None, "lora_total": None}
+                for c in candidates]
+
+    monkeypatch.setattr(harness, "_run", fake_run)
+    assert main(["bench", "--tiny", "--methods", *list(steps)[1:], "--no-memory", "--retries", "0",
+                 "--out-dir", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "wavlm_plus_custom_cpu_fp32_b4x3s.json").read_text())
+    floors = {row["key"]: row["step_vs_floor"] for row in record["rows"]}
+    assert floors == {"full": 3.0, "weighted_sum": 0.5, "weighted_sum+cnncache": 0.5, "el": 1.2,
+                      "el+cnncache": 1.25, "el+sdpa+cnncache": None, "l_only+cache": None}
+    assert "| el+cnncache | 1 | 1.000 | 0.000 | 0.000 | 1.000 | 0.33 | 1.25 | - |" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 import logging
 import random
+import time
 
 import numpy as np
 import pytest
@@ -193,3 +194,116 @@ def test_killed_save_leaves_no_checkpoint_and_previous_one_recovers(tmp_path, ca
     assert {c.path for c in checkpointer.list_checkpoints()} == {good.path, newer.path}
     checkpointer.load_checkpoint(good)
     assert torch.equal(lin.weight, saved)
+
+
+# ------------------------------------------------------------------ validated on load, not after a save
+def count_reads(monkeypatch):
+    """Count the reads of checkpoint files (safetensors, torch.load) and the validations."""
+    from elp.train import checkpoints
+
+    counts = {"validations": 0, "reads": 0}
+    validate, load, torch_load = checkpoints._checkpoint_problem, checkpoints.load_file, checkpoints.torch.load
+
+    def counting_validate(*args, **kwargs):
+        counts["validations"] += 1
+        return validate(*args, **kwargs)
+
+    def counting(read):
+        def wrapper(*args, **kwargs):
+            counts["reads"] += 1
+            return read(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(checkpoints, "_checkpoint_problem", counting_validate)
+    monkeypatch.setattr(checkpoints, "load_file", counting(load))
+    monkeypatch.setattr(checkpoints.torch, "load", counting(torch_load))
+    return counts
+
+
+def test_saves_are_not_read_back_and_the_loaded_checkpoint_is_validated_once(tiny_checkpoints, tmp_path, monkeypatch):
+    model, head = build(tiny_checkpoints, method="full")
+    optimizer = torch.optim.Adam(list(model.learnable_parameters().values()) + list(head.parameters()))
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": TrainableState(model), "head": head, "optimizer": optimizer,
+                                                 "rng": RNGState()})
+    counts = count_reads(monkeypatch)
+    for step in range(5):  # what intra-epoch saves do: save, then delete all but the newest
+        checkpointer.save_and_keep_only(meta={"step": step}, end_of_epoch=False, num_to_keep=1,
+                                        verbosity=logging.DEBUG)
+    assert counts == {"validations": 0, "reads": 0}
+    assert len(checkpointer.list_checkpoints()) == 1 and counts["reads"] == 0
+    loaded = checkpointer.recover_if_possible()
+    assert loaded.meta["step"] == 4 and counts["validations"] == 1
+    checkpointer.find_checkpoint()
+    assert counts["validations"] == 1  # cached until a file changes
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_on_load_with_one_warning(tiny_checkpoints, tmp_path, caplog):
+    model, head = build(tiny_checkpoints)
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": TrainableState(model), "head": head, "rng": RNGState()})
+    states = []
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.learnable_parameters().values():
+                p.add_(1.0)
+        states.append({n: p.detach().clone() for n, p in model.learnable_parameters().items()})
+        saved = checkpointer.save_checkpoint(meta={"epoch": epoch}, verbosity=logging.DEBUG)
+        time.sleep(0.01)
+    data = (saved.path / "model.ckpt").read_bytes()
+    (saved.path / "model.ckpt").write_bytes(data[: len(data) // 2])  # a disk that lost the end of the file
+    with torch.no_grad():
+        for p in model.learnable_parameters().values():
+            p.mul_(3.0)
+    with caplog.at_level(logging.WARNING, logger="elp.train.checkpoints"):
+        loaded = checkpointer.recover_if_possible()
+        again = checkpointer.recover_if_possible()
+    assert loaded.meta["epoch"] == 2 and again.meta["epoch"] == 2
+    assert all(torch.equal(p, states[1][n]) for n, p in model.learnable_parameters().items())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"skipping checkpoint {saved.path.name}: model.ckpt is unreadable" in warnings[0]
+    assert (tmp_path / f"broken+{saved.path.name}").is_dir() and not saved.path.exists()
+
+
+def test_loading_a_broken_checkpoint_by_hand_is_one_line(tmp_path):
+    lin = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(tmp_path, {"lin": lin})
+    saved = checkpointer.save_checkpoint(verbosity=logging.DEBUG)
+    (saved.path / "lin.ckpt").write_bytes(b"")
+    before = lin.weight.detach().clone()
+    with pytest.raises(CheckpointMismatchError, match=r"lin.ckpt is empty \(0 bytes\); delete it"):
+        checkpointer.load_checkpoint(saved)
+    assert torch.equal(lin.weight, before)
+
+
+# ------------------------------------------------------------------ intervals
+def test_checkpoint_intervals_resolve_per_device_and_refuse_both(tmp_path, monkeypatch):
+    from recipe_fixtures import make_recipe
+
+    from elp.runtime import UserError
+    from elp.train import recipe as plumbing
+    from elp.train.recipe import load_experiment
+
+    def release_experiment_locks():  # what the end of the driver's process does
+        while plumbing._HELD:
+            plumbing._HELD.pop().__exit__(None, None, None)
+
+    recipe = make_recipe(tmp_path)
+    monkeypatch.chdir(recipe)
+    monkeypatch.setattr(plumbing, "require_usable_device", lambda device: None)  # "cuda:0" on a CPU machine
+    base = ["conf/train.yaml", "--backbone_arch", "tiny", "--backbone", "wavlm", "--method", "el"]
+
+    def intervals(*args):
+        try:
+            hparams, run_opts = load_experiment([*base, *args])
+        finally:
+            release_experiment_locks()
+        given = {k: run_opts[k] for k in ("ckpt_interval_steps", "ckpt_interval_minutes") if k in run_opts.overridden_args}
+        return {**{k: hparams[k] for k in ("ckpt_interval_steps", "ckpt_interval_minutes")}, **given}
+
+    assert intervals("--device", "cpu", "--tag", "a") == {"ckpt_interval_steps": 50, "ckpt_interval_minutes": 0.0}
+    assert intervals("--device", "cuda:0", "--tag", "b") == {"ckpt_interval_steps": 0, "ckpt_interval_minutes": 15.0}
+    assert intervals("--device", "cuda:0", "--tag", "c", "--ckpt_interval_steps", "500") == \
+        {"ckpt_interval_steps": 500, "ckpt_interval_minutes": 0.0}
+    assert intervals("--device", "cpu", "--tag", "d", "--ckpt_interval_minutes", "5") == \
+        {"ckpt_interval_steps": 0, "ckpt_interval_minutes": 5}
+    with pytest.raises(UserError, match="ckpt_interval_steps \\(3\\) and ckpt_interval_minutes \\(5\\) are both set"):
+        intervals("--device", "cpu", "--tag", "e", "--ckpt_interval_steps", "3", "--ckpt_interval_minutes", "5")

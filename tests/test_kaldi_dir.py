@@ -256,18 +256,25 @@ def test_subset_and_combine(data_dir):
         subset_data_dir(data, ["nope"])
 
 
-def test_audio_check_stamp_spares_a_second_header_pass(data_dir, audio, caplog):
-    """Stage 1 after a validated data prep trusts utt2num_samples; a rewrite of wav.scp or
-    --recheck-audio re-reads the audio."""
+def test_audio_check_stamp_spares_a_second_header_pass(data_dir, audio, caplog, monkeypatch):
+    """Stage 1 after a validated data prep trusts utt2num_samples; a rewrite of wav.scp, a
+    changed audio file or --recheck-audio re-reads the audio."""
+    from elp.data import kaldi_dir
+
     validate_data_dir(data_dir)
     assert (data_dir / ".audio_checked").is_file()
-    for path in audio.values():
-        Path(path).unlink()
+    opened = []
+    real = kaldi_dir.check_recording
+    monkeypatch.setattr(kaldi_dir, "check_recording", lambda entry, **kw: opened.append(entry) or real(entry, **kw))
     with caplog.at_level(logging.INFO):
         assert validate_data_dir(data_dir) == {u: 1600 for u in audio}
-    assert "audio already checked" in caplog.text
-    with pytest.raises(DataDirError, match="audio not found"):
-        validate_data_dir(data_dir, recheck_audio=True)
+    assert "audio already checked" in caplog.text and opened == []
+    validate_data_dir(data_dir, recheck_audio=True)
+    assert sorted(opened) == sorted(audio.values())
+    for path in audio.values():
+        Path(path).unlink()
+    with pytest.raises(DataDirError, match="audio not found"):  # the stamp knew the files: removed ones count
+        validate_data_dir(data_dir)
     write_data_dir(data_dir, **read_data_dir(data_dir).mappings())  # a rewrite removes the stamp
     assert not (data_dir / ".audio_checked").exists()
     with pytest.raises(DataDirError, match="audio not found"):

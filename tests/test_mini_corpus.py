@@ -26,15 +26,17 @@ if str(ROOT) not in sys.path:
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                 reason="espeak-ng not installed (sudo apt-get install espeak-ng)")
 
-from tools.mini_corpus import (espeak, iemocap, librispeech, slurp,  # noqa: E402
-                               speech_commands, voxceleb)
+from tools.mini_corpus import (espeak, fluent_speech_commands, iemocap,  # noqa: E402
+                               librispeech, slurp, speech_commands, voxceleb)
 from tools.mini_corpus.espeak import SPEAKER_PALETTE, EspeakError, Voice  # noqa: E402
 
 BUILDERS = {"librispeech": librispeech, "voxceleb1": voxceleb, "iemocap": iemocap,
-            "slurp": slurp, "speech_commands": speech_commands}
+            "slurp": slurp, "speech_commands": speech_commands,
+            "fluent_speech_commands": fluent_speech_commands}
 ROOT_NAMES = {"librispeech": "LibriSpeech", "voxceleb1": "voxceleb1",
               "iemocap": "IEMOCAP_full_release", "slurp": "slurp",
-              "speech_commands": "speech_commands_v0.02"}
+              "speech_commands": "speech_commands_v0.02",
+              "fluent_speech_commands": "fluent_speech_commands_dataset"}
 
 
 def shared_slurp_dir() -> Path | None:
@@ -186,6 +188,32 @@ def test_librispeech_small_plan():
     assert len({p[2] for p in plan}) >= 6  # voices
     train_voices = {p[2] for p in plan if p[0] == "train-clean-100"}
     assert {p[2] for p in plan if p[0] in ("dev-clean", "test-clean")} <= train_voices
+
+
+def test_librilight_is_copied_from_train_clean_100_beside_an_earlier_build(tmp_path):
+    build_tiny("librispeech", tmp_path)  # a corpus built before --librilight existed
+    sample = tmp_path / "LibriSpeech" / "dev-clean" / "2001" / "20001" / "2001-20001-0000.flac"
+    mtime = sample.stat().st_mtime_ns
+    summary = librispeech.build_librilight(tmp_path, size="tiny")
+    assert summary["skipped"] is False and sample.stat().st_mtime_ns == mtime  # LibriSpeech/ kept
+    assert summary["dev_other"] == 4 and sum(summary["librilight"].values()) == 4
+    root = tmp_path / "librispeech_finetuning"
+    assert sorted(p.name for p in root.iterdir()) == ["1h", "9h"]
+    assert sorted(p.name for p in (root / "1h").iterdir()) == [str(fold) for fold in range(6)]
+    assert all((root / part).is_dir() for part in librispeech.LIBRILIGHT_PARTS)
+    copies = sorted(root.rglob("*.flac"))
+    assert len(copies) == 4
+    for copy in copies:
+        original = tmp_path / "LibriSpeech" / "train-clean-100" / copy.parts[-3] / copy.parts[-2] / copy.name
+        assert copy.read_bytes() == original.read_bytes()
+        lines = (copy.parent / f"{copy.parts[-3]}-{copy.parts[-2]}.trans.txt").read_text().splitlines()
+        assert lines == [line for line in (original.parent / f"{copy.parts[-3]}-{copy.parts[-2]}.trans.txt")
+                         .read_text().splitlines() if line.split()[0] == copy.stem]
+    dev_other = sorted((tmp_path / "LibriSpeech" / "dev-other").rglob("*.flac"))
+    assert [p.stem for p in dev_other] == ["4001-40001-0000", "4001-40001-0001", "4002-40101-0000", "4002-40101-0001"]
+    for flac in dev_other:
+        assert_audio(flac, "FLAC")
+    assert librispeech.build_librilight(tmp_path, size="tiny")["skipped"] is True
 
 
 # ----------------------------------------------------------------------------------------
@@ -555,6 +583,43 @@ def test_speech_commands_clip_too_long_is_an_error():
     with pytest.raises(EspeakError, match="yes/x_nohash_0.wav.*longer than a 1 s clip"):
         speech_commands.place_in_clip(np.zeros(16001, np.float32), np.random.default_rng(0),
                                       "yes/x_nohash_0.wav")
+
+
+# ----------------------------------------------------------------------------------------
+# Fluent Speech Commands
+# ----------------------------------------------------------------------------------------
+def test_fluent_speech_commands_layout(built):
+    root = built["out"] / "fluent_speech_commands_dataset"
+    assert sorted(p.name for p in root.iterdir()) == ["data", "wavs"]
+    speakers = {}
+    for split in fluent_speech_commands.SPLITS:
+        lines = (root / "data" / f"{split}_data.csv").read_text().splitlines()
+        assert lines[0] == ",path,speakerId,transcription,action,object,location"
+        rows = [line.split(",") for line in lines[1:]]
+        assert [int(r[0]) for r in rows] == list(range(len(rows))) and len(rows) == 8
+        for _, path, spk, sentence, *intent in rows:
+            assert re.fullmatch(r"wavs/speakers/([A-Za-z0-9]{16})/[0-9a-f]{8}-[0-9a-f]{4}-11e9-[0-9a-f]{4}-[0-9a-f]{12}\.wav",
+                                path).group(1) == spk
+            assert sentence in fluent_speech_commands.PHRASES[tuple(intent)]
+            assert_audio(root / path, "WAV")
+        assert {tuple(r[4:]) for r in rows} == set(fluent_speech_commands.PHRASES)  # every intent in every split
+        speakers[split] = {r[2] for r in rows}
+    assert not any(a & b for a, b in itertools.combinations(speakers.values(), 2))
+    assert len(list(root.glob("wavs/speakers/*/*.wav"))) == 24
+
+
+def test_fluent_speech_commands_small_plan():
+    rows = fluent_speech_commands.plan_rows(0, "small")
+    assert {s: len(r) for s, r in rows.items()} == {"train": 300, "valid": 90, "test": 90}
+    voices = {s: {r[4] for r in v} for s, v in rows.items()}
+    assert [len(v) for v in voices.values()] == [10, 3, 3] and len(set().union(*voices.values())) == 16
+    for split_rows in rows.values():  # each speaker says each phrase once
+        per_speaker = {}
+        for _, spk, sentence, _, _ in split_rows:
+            per_speaker.setdefault(spk, []).append(sentence)
+        assert all(sorted(s) == sorted(p for _, p in fluent_speech_commands.phrases("small"))
+                   for s in per_speaker.values())
+    assert len({r[0] for v in rows.values() for r in v}) == 480
 
 
 # ----------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def test_unknown_head_class_is_refused_with_the_fix(tmp_path):
 
 
 def test_task_options_are_recorded_and_read_by_the_task(tmp_path):
+    from elp.serve.integrity import write_manifest
     from elp.serve.package import record_task_options
     from elp.tasks import SpeakerVerification, SpeechRecognition
 
@@ -155,5 +156,8 @@ def test_task_options_are_recorded_and_read_by_the_task(tmp_path):
     config = read_package_config(directory)
     config["task"] = "tts"
     (directory / "package.json").write_text(json.dumps(config))
+    with pytest.raises(PackageError, match=r"package.json: content differs from manifest.json"):
+        load_package(directory)  # a hand edit: the integrity check names it first
+    write_manifest(directory)  # sealed again (elp inspect --check --write-manifest): the field is checked
     with pytest.raises(PackageError, match=r"package.json: task kind 'tts' is not one of \['asr', 'classify', 'sv'\]"):
         load_package(directory)

@@ -214,13 +214,13 @@ set -euo pipefail
 . {LOG}
 . {GPU_SLOTS_SH}
 job() {{
-    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT start $(date +%s%N)" >> {tmp_path}/log
+    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT start $(date +%s%N) $ELP_JOB_INDEX" >> {tmp_path}/log
     sleep 0.2
-    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT end $(date +%s%N)" >> {tmp_path}/log
+    echo "$1 $CUDA_VISIBLE_DEVICES $ELP_MASTER_PORT $OMP_NUM_THREADS $ELP_SLOT end $(date +%s%N) $ELP_JOB_INDEX" >> {tmp_path}/log
     [ "$1" != j3 ]   # j3 fails
 }}
-gpu_slots_init 2 8
-echo "slots=$NUM_SLOTS"
+gpu_slots_init 2 8 31000
+echo "slots=$NUM_SLOTS ports=${{SLOT_PORTS[*]}}"
 run_in_slots job j0 j1 j2 j3 j4 j5
 echo "failed=$SLOTS_FAILED"
 """)
@@ -231,8 +231,10 @@ echo "failed=$SLOTS_FAILED"
     events = [line.split() for line in (tmp_path / "log").read_text().splitlines()]
     assert sorted({e[0] for e in events}) == [f"j{i}" for i in range(6)]
     by_slot = {}
-    for name, devices, port, _threads, slot, kind, stamp in events:
+    for name, devices, port, _threads, slot, kind, stamp, index in events:
         assert (devices, slot) in (("0,1", "0"), ("2,3", "1"))
+        assert name == f"j{index}"  # ELP_JOB_INDEX: the job's place in the list, whatever its slot
+        assert 31000 < int(port) < 31100  # free ports above the base port given
         by_slot.setdefault(slot, []).append((int(stamp), kind, port))
     assert len({ev[2] for evs in by_slot.values() for ev in evs}) == 2  # one port per slot
     for evs in by_slot.values():  # within a slot: start, end, start, end ... (never two at once)

@@ -147,11 +147,17 @@ class Candidate:
 
     ``source`` is the module that builds it: its ``build(key, settings, work_dir)`` returns
     a :class:`BuiltModel` (a module name, so that a worker process can build it too).
+    ``frozen_forward`` is the key of the row, in the same run, whose step is this row's frozen
+    forward (the backbone's forward without autograd and with the same speed options); the
+    row's *floor* is twice that step (a forward, plus a backward through the same layers), and
+    :func:`run_bench` reports ``step_vs_floor`` = step / floor. None: no floor (peer rows, rows
+    that read cached hidden states).
     """
 
     key: str
     label: str
     source: str
+    frozen_forward: str | None = None
 
 
 @dataclass
@@ -502,8 +508,10 @@ def run_bench(settings: BenchSettings, candidates: list[Candidate], log=print) -
     Returns
     -------
     list[dict]
-        One row per candidate (see :func:`measure`) plus ``step_vs_baseline`` and
-        ``memory_vs_baseline`` (None without memory figures).
+        One row per candidate (see :func:`measure`) plus ``step_vs_baseline``,
+        ``memory_vs_baseline`` (None without memory figures) and ``step_vs_floor`` (the step
+        over twice the step of the candidate's ``frozen_forward`` row; None when it has none or
+        that row did not run).
 
     Raises
     ------
@@ -538,10 +546,13 @@ def run_bench(settings: BenchSettings, candidates: list[Candidate], log=print) -
             log(f"bench: {candidate.key} ...")
             rows += _run_least_disturbed(settings, [candidate], log)
     baseline = rows[0]
-    for row in rows:
+    steps = {row["key"]: row["step_s"] for row in rows}
+    for candidate, row in zip(candidates, rows):
         row["step_vs_baseline"] = row["step_s"] / baseline["step_s"]
         row["memory_vs_baseline"] = (row["peak_mib"] / baseline["peak_mib"]
                                      if row["peak_mib"] is not None and baseline["peak_mib"] else None)
+        frozen_forward_s = steps.get(candidate.frozen_forward)
+        row["step_vs_floor"] = row["step_s"] / (2 * frozen_forward_s) if frozen_forward_s else None
     return rows
 
 
@@ -571,7 +582,7 @@ def machine_description(device: str) -> str:
 #: The table: (row key, column title); ``{baseline}`` is the first row's key.
 COLUMNS = [("variant", "variant"), ("learnable", "learnable"), ("forward_s", "forward s"),
            ("backward_s", "backward s"), ("optimizer_s", "optimizer s"), ("step_s", "step s"),
-           ("step_vs_baseline", "step vs {baseline}"), ("peak_mib", "peak MiB"),
+           ("step_vs_baseline", "step vs {baseline}"), ("step_vs_floor", "step vs floor"), ("peak_mib", "peak MiB"),
            ("memory_vs_baseline", "memory vs {baseline}"), ("audio_s_per_s", "audio s/s"),
            ("other_load", "other load"), ("lora", "LoRA tensors with gradient")]
 
@@ -592,7 +603,7 @@ def format_cell(row: dict, key: str) -> str:
         return "-"
     if key == "learnable":
         return f"{value:,}"
-    if key in ("step_vs_baseline", "memory_vs_baseline"):
+    if key in ("step_vs_baseline", "step_vs_floor", "memory_vs_baseline"):
         return f"{value:.2f}"
     if key == "peak_mib":
         return f"{value:.0f}"
@@ -629,6 +640,9 @@ def format_markdown(settings: BenchSettings, rows: list[dict], command: str | No
              + schedule.format(r=settings.repeats, w=settings.warmup),
              f"- learnable: trained parameters besides the head (every variant: Linear({settings.num_classes}) "
              "per frame, mean pool, cross-entropy, Adam); ratios against the first row",
+             "- step vs floor: the step over twice the step of the row's frozen forward in this run (for elp "
+             "variants the weighted_sum row with the same +cnncache/+sdpa/+bf16w flags; - where that row did "
+             "not run); the machine's speed cancels out of it",
              f"- peak memory: {memory}",
              "- other load: CPU cores that other processes kept busy while the steps were timed "
              "(rows where other load + threads > CPUs were slowed by contention)",

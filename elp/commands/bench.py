@@ -32,12 +32,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-from elp.bench.harness import BenchSettings, format_markdown, run_bench, write_results
+from elp.bench.harness import BenchSettings, Candidate, format_markdown, run_bench, write_results
 from elp.bench.sources import elp_variants, peer_variants
 from elp.core.backbones import BACKBONES
 
@@ -135,13 +136,50 @@ def run(args: argparse.Namespace) -> int:
                                                             precision, prefix="elp "))
                 else:
                     candidates = elp_variants.candidates(args.methods, precision, full_first=True)
-                rows = run_bench(settings, candidates, log=_log)
+                rows = run_bench(settings, with_frozen_forwards(candidates), log=_log)
                 markdown, json_file = write_results(settings, rows, args.out_dir, command)
                 print(format_markdown(settings, rows, command))
                 print(f"wrote {markdown} and {json_file}", file=sys.stderr)
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"elp bench{' --peers' if args.peers else ''}: {err}")
     return 0
+
+
+def with_frozen_forwards(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates, each elp variant naming the row of its frozen forward (``Candidate.frozen_forward``).
+
+    An elp variant's frozen forward is the ``weighted_sum`` row with the same ``+cnncache``,
+    ``+sdpa`` and ``+bf16w`` flags: its step is one forward of the same backbone path without
+    autograd (plus the head). Rows that read cached hidden states (``+cache``) and peer rows
+    get none; neither does a variant whose ``weighted_sum`` counterpart is not among the
+    candidates.
+
+    Examples
+    --------
+    >>> rows = with_frozen_forwards(elp_variants.candidates(
+    ...     ["el+sdpa+cnncache", "weighted_sum+cnncache+sdpa", "weighted_sum", "el+ckpt", "el+cnncache",
+    ...      "l_only+cache"], "fp32"))
+    >>> for row in rows:
+    ...     print(row.key, "->", row.frozen_forward)
+    el+sdpa+cnncache -> weighted_sum+cnncache+sdpa
+    weighted_sum+cnncache+sdpa -> weighted_sum+cnncache+sdpa
+    weighted_sum -> weighted_sum
+    el+ckpt -> weighted_sum
+    el+cnncache -> None
+    l_only+cache -> None
+    """
+    def forward_path(variant):
+        return variant.cnn_cache, variant.sdpa, variant.bf16_weights
+
+    variants = {c.key: elp_variants.parse_variant(c.key) for c in candidates if c.source == elp_variants.__name__}
+    frozen = {}
+    for key, variant in variants.items():
+        if (variant.method == "weighted_sum" and not variant.cache and not variant.activation_checkpointing
+                and not variant.e_first_layer):
+            frozen.setdefault(forward_path(variant), key)
+    return [dataclasses.replace(c, frozen_forward=None if c.key not in variants or variants[c.key].cache
+                                else frozen.get(forward_path(variants[c.key])))
+            for c in candidates]
 
 
 def _log(line: str) -> None:

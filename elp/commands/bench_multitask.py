@@ -20,9 +20,13 @@ per task kind (speaker verification, classification, ASR; method ``el``) on inpu
 of ``--memory-routed-seconds``. Long inputs are windowed (SV, classification) or chunked (ASR)
 by the task's prediction path, so the peak should not grow with the length.
 
+With ``--package-sets``, it measures given packages instead (e.g. the per-task packages of a
+joint run with a shared encoder against the same tasks trained one by one), each set in both modes.
+
 Usage::
 
     OMP_NUM_THREADS=2 elp bench-multitask                       # WavLM Base+ architecture
+    elp bench-multitask --package-sets shared=a/adapters,b/adapters own=c/adapters,d/adapters
     elp bench-multitask --mixes l_only l_only,weighted_sum el,elp --duration 4 --repeats 3
     elp bench-multitask --tiny                                  # seconds, for a smoke test
     OMP_NUM_THREADS=2 elp bench-multitask --memory              # peak memory vs length and tasks
@@ -67,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-kinds", nargs="+", default=["sv", "classify", "asr"], metavar="KIND")
     parser.add_argument("--memory-tasks", type=int, default=4, help="--memory: routed tasks against one")
     parser.add_argument("--memory-routed-seconds", type=float, default=120.0)
+    parser.add_argument("--package-sets", nargs="+", default=None, metavar="LABEL=DIR,DIR,...",
+                        help="measure these package directories (one set per argument) instead of random packages")
 
 
 def memory_worker(spec: dict) -> dict:
@@ -290,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
     if args.memory:
         return run_memory(args, threads)
+    if args.package_sets:
+        return run_package_sets(args, threads)
     mixes = [m.split(",") for m in args.mixes]
     rows = []
     with tempfile.TemporaryDirectory(prefix="elp_bench_mt_") as tmp:
@@ -318,6 +326,61 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_package_sets(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``LABEL=DIR,DIR,...`` arguments -> (label, directories), in order.
+
+    Raises
+    ------
+    SystemExit
+        For an argument without ``=`` or a directory without ``package.json``.
+
+    Examples
+    --------
+    >>> parse_package_sets(["a=x,y"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: elp bench-multitask: --package-sets a=x,y: x has no package.json (pass model package directories)
+    """
+    sets = []
+    for item in items:
+        label, sep, dirs = item.partition("=")
+        if not sep or not label or not dirs:
+            raise SystemExit(f"elp bench-multitask: --package-sets {item}: expected LABEL=DIR,DIR,...")
+        directories = dirs.split(",")
+        for directory in directories:
+            if not (Path(directory) / "package.json").is_file():
+                raise SystemExit(f"elp bench-multitask: --package-sets {item}: {directory} has no package.json "
+                                 "(pass model package directories)")
+        sets.append((label, directories))
+    return sets
+
+
+def run_package_sets(args: argparse.Namespace, threads: int | None) -> int:
+    """Measure every ``--package-sets`` set in both modes; print and write the table; return 0."""
+    from elp.serve.package import read_package_config
+
+    rows = []
+    sets = parse_package_sets(args.package_sets)
+    for label, dirs in sets:
+        result = {"mix": label, "n": len(dirs)}
+        for mode in ("shared", "separate"):
+            spec = dict(dirs=dirs, mode=mode, duration=args.duration, batch_size=args.batch_size,
+                        warmup=args.warmup, repeats=args.repeats, threads=threads, device=args.device)
+            result[mode] = _measure(spec)
+            print(f"{label:45s} {mode:8s} {result[mode]['audio_s_per_s']:8.2f} audio s/s", file=sys.stderr, flush=True)
+        rows.append(result)
+    entry = read_package_config(sets[0][1][0])["backbone"]
+    folder = Path(sets[0][1][0]) / entry["stored"] if entry.get("stored") else Path(entry.get("source") or ".")
+    backbone_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
+    table = format_table(rows, {}, backbone_mb, args, threads)
+    out = Path(args.out or "exp/bench/multitask_packages.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "sets": sets, "backbone_mb": backbone_mb}, indent=2))
+    print(table)
+    return 0
+
+
 def format_table(rows, single, backbone_mb, args, threads) -> str:
     """Return the markdown report of :func:`run` (ending with a newline).
 
@@ -335,6 +398,8 @@ def format_table(rows, single, backbone_mb, args, threads) -> str:
         Torch threads the workers used.
     """
     arch = f"{args.backbone}{' (tiny)' if args.tiny else ''}, random weights"
+    if getattr(args, "package_sets", None):
+        arch = "of the given packages"
     lines = [f"Backbone {arch} ({backbone_mb:.0f} MiB of weights), {args.device}, threads {threads or 'default'}, "
              f"batch {args.batch_size} x {args.duration:g} s, best of {args.repeats} after {args.warmup} warm-up.",
              "",

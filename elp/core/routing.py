@@ -1,16 +1,26 @@
 """Per-sample routing: several tasks' adapted models in one batch through one frozen backbone.
 
-A routed batch holds every utterance once per task (task-major blocks). Each task's model is
-built on a *view* of the shared backbone (:func:`backbone_view`: a structural copy whose frozen
-tensors are the shared backbone's), and :class:`RoutedGroup` runs one view for all of them.
-The group names no adapter kind: each kind present in the group applies its members to their
-own blocks (:meth:`elp.core.adapters.Attachment.route`), and a kind without routing support is
-refused, so no model ever runs without its adapters.
+A routed batch is task-major: served, it holds every utterance once per task (equal blocks);
+in joint training each utterance once, as a sample of its own task (blocks of any size). Each
+task's model is built on a *view* of the shared backbone (:func:`backbone_view`: a structural
+copy whose frozen tensors are the shared backbone's), and :class:`RoutedGroup` runs one view
+for all of them. The group names no adapter kind: each kind present in the group applies its
+members to their own blocks (:meth:`elp.core.adapters.Attachment.route`), and a kind without
+routing support is refused, so no model ever runs without its adapters. The routed modules use
+the tasks' own tensors, so gradients of a training batch reach each task's tensors from its own
+samples only.
+
+Tasks may also share tensors: :func:`share_parameters` ties learning-rate groups of several
+task models (e.g. one set of E-adapters for every task). Tasks whose tensors inside the
+transformer are the same (:func:`encoder_tensors`, :func:`encoder_fingerprint`) need no routing
+at all: one pass of either model serves them all.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 
 import torch
 from torch import nn
@@ -189,15 +199,182 @@ class RoutedGroup:
         """Every tensor the routed modules refer to (views of the tasks' own tensors)."""
         return list(self.context.tensors)
 
-    def features(self, features: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Each task's model features [B, F, D'] from one routed pass over CNN features [B, F, C] (mask [B, F])."""
-        num_tasks, batch = len(self.models), features.shape[0]
-        self.context.start(features)
-        inputs = {name: make(batch) for name, make in self.context.inputs.items()}
-        hidden_states, last = encoder_from_features(self.view, features.repeat(num_tasks, 1, 1),
-                                                    frame_mask.repeat(num_tasks, 1), **inputs)
-        outputs = []
-        for task, model in enumerate(self.models):
-            rows = slice(task * batch, (task + 1) * batch)
+    def features(self, features: torch.Tensor, frame_mask: torch.Tensor,
+                 counts: list[int] | None = None) -> list[torch.Tensor]:
+        """Each task's model features from one routed pass over CNN features [B, F, C] (mask [B, F]).
+
+        Parameters
+        ----------
+        counts
+            None (serving): every task reads every utterance, and each gets [B, F, D']. T
+            numbers (joint training): ``features`` is task-major, ``counts[t]`` samples of task
+            t; each task gets the features of its own samples [counts[t], F, D'].
+
+        Examples
+        --------
+        >>> from elp.testing import tiny_config
+        >>> shared = SSLBackbone.from_config("wavlm", tiny_config("wavlm")).eval()
+        >>> models = []
+        >>> for seed in (0, 1):
+        ...     _ = torch.manual_seed(seed)
+        ...     models.append(AdaptedSSL(backbone_view(shared), "el", e_dim=4, l_dim=8).eval())
+        ...     _ = unshare_learnable(models[-1], shared)
+        >>> cnn, mask = shared.extract_cnn_features(torch.randn(3, 8000), torch.tensor([8000, 8000, 6000]))
+        >>> [tuple(f.shape) for f in RoutedGroup(shared, models).features(cnn, mask, counts=[1, 2])]
+        [(1, 24, 8), (2, 24, 8)]
+        """
+        num_tasks = len(self.models)
+        if counts is None:  # every utterance once per task
+            counts = [features.shape[0]] * num_tasks
+            features, frame_mask = features.repeat(num_tasks, 1, 1), frame_mask.repeat(num_tasks, 1)
+        self.context.start(features, counts)
+        number = self.context.count_tensor(features.device)
+        inputs = {name: make(number) for name, make in self.context.inputs.items()}
+        hidden_states, last = encoder_from_features(self.view, features, frame_mask, **inputs)
+        outputs, start = [], 0
+        for model, count in zip(self.models, self.context.counts):
+            rows = slice(start, start + count)
             outputs.append(model.read_hidden_states([h[rows] for h in hidden_states], last[rows]))
+            start += count
         return outputs
+
+
+def encoder_tensors(model: AdaptedSSL) -> dict[str, torch.Tensor]:
+    """The learnable tensors that act inside the transformer (all but the head's reader), by name.
+
+    E-adapters, trained LayerNorms, the P-adapter, prefixes, LoRA factors (or the layers of
+    ``full``); empty for methods that train nothing inside (``l_only``, ``weighted_sum``).
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "elp", e_dim=4, l_dim=8)
+    >>> sorted({name.split(".")[0] for name in encoder_tensors(model)})
+    ['backbone', 'encoder_adapters', 'prompt']
+    >>> encoder_tensors(AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "l_only"))
+    {}
+    """
+    reader = model.reader
+    prefix = f"{type(reader).attribute}." if reader is not None and type(reader).attribute else None
+    return {name: param for name, param in model.learnable_parameters().items()
+            if prefix is None or not name.startswith(prefix)}
+
+
+def encoder_fingerprint(model: AdaptedSSL) -> str:
+    """SHA-256 of what the model computes inside the transformer, beyond the frozen backbone.
+
+    It covers the attachment kinds other than the reader, the method options (except the
+    reader's own, e.g. ``l_dim``) and every tensor of :func:`encoder_tensors` (name, shape,
+    values). Two models on one backbone with the same fingerprint give the same hidden states,
+    so one transformer pass serves both (e.g. tasks trained with shared E-adapters); each then
+    reads them with its own L-adapters and head.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> backbone = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> a = AdaptedSSL(backbone_view(backbone), "el", e_dim=4, l_dim=8)
+    >>> b = AdaptedSSL(backbone_view(backbone), "el", e_dim=4, l_dim=16)
+    >>> _ = b.encoder_adapters.load_state_dict(a.encoder_adapters.state_dict())
+    >>> encoder_fingerprint(a) == encoder_fingerprint(b)
+    True
+    >>> with torch.no_grad():
+    ...     _ = b.encoder_adapters["ffn"]["0"].up.bias.add_(1.0)
+    >>> encoder_fingerprint(a) == encoder_fingerprint(b)
+    False
+    """
+    reader = model.reader
+    digest = hashlib.sha256()
+    kinds = [type(a).kind for a in model.attachments if a is not reader]
+    options = encoder_options(model)
+    digest.update(json.dumps({"kinds": kinds, "options": options}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(encoder_tensors(model).items()):
+        value = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def encoder_options(model: AdaptedSSL) -> dict:
+    """The model's method options except those only its reader uses (e.g. ``l_dim``).
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> model = AdaptedSSL(SSLBackbone.from_config("wavlm", tiny_config("wavlm")), "el", e_dim=4, l_dim=8)
+    >>> "e_dim" in encoder_options(model), "l_dim" in encoder_options(model)
+    (True, False)
+    """
+    reader = model.reader
+    reader_options = set(type(reader).options) if reader is not None else set()
+    return {k: v for k, v in model.options.items() if k not in reader_options}
+
+
+def named_parameter_groups(model: AdaptedSSL) -> dict[str, dict[str, nn.Parameter]]:
+    """:meth:`AdaptedSSL.parameter_groups` with the parameters' names: group -> name -> parameter."""
+    group_of = {id(param): group for group, params in model.parameter_groups().items() for param in params}
+    named: dict[str, dict[str, nn.Parameter]] = {}
+    for name, param in model.learnable_parameters().items():
+        named.setdefault(group_of[id(param)], {})[name] = param
+    return named
+
+
+def share_parameters(models: list[AdaptedSSL], groups, names: list[str] | None = None) -> int:
+    """Tie the learning-rate ``groups`` of ``models`` to the first model's parameters; return how many were tied.
+
+    After it, every model holds the first one's parameter objects for those groups (e.g.
+    ``["e"]``: one set of E-adapters trained by every task), so a routed batch applies the same
+    tensors to every task's samples and their gradients add up. Call it before the optimizer is
+    built. The models must be of one method with equal options (:func:`encoder_options`);
+    ``names`` (default: ``task 0``, ``task 1``, ...) name them in errors.
+
+    Raises
+    ------
+    ValueError
+        A group no model trains, or models whose tensors of a group differ in names or shapes.
+
+    Examples
+    --------
+    >>> from elp.testing import tiny_config
+    >>> backbone = SSLBackbone.from_config("wavlm", tiny_config("wavlm"))
+    >>> models = [AdaptedSSL(backbone_view(backbone), "el", e_dim=4, l_dim=8) for _ in range(2)]
+    >>> share_parameters(models, ["e"])
+    12
+    >>> models[1].encoder_adapters["ffn"]["0"].down.weight is models[0].encoder_adapters["ffn"]["0"].down.weight
+    True
+    >>> models[1].layer_adapters.layer_weights is models[0].layer_adapters.layer_weights
+    False
+    """
+    groups = list(groups)
+    if not groups or len(models) < 2:
+        return 0
+    names = list(names) if names is not None else [f"task {index}" for index in range(len(models))]
+    named = [named_parameter_groups(model) for model in models]
+    for group in groups:
+        if not any(group in n for n in named):
+            trained = sorted({g for n in named for g in n})
+            raise ValueError(f"shared group {group!r} is trained by no task (method {models[0].method.name!r} "
+                             f"trains {', '.join(trained)})")
+    reference_options = encoder_options(models[0])
+    for name, model in zip(names[1:], models[1:]):
+        options = encoder_options(model)
+        differ = sorted(k for k in set(options) | set(reference_options) if options.get(k) != reference_options.get(k))
+        if model.method.name != models[0].method.name or differ:
+            what = f"method {model.method.name!r}" if model.method.name != models[0].method.name else \
+                ", ".join(f"{k} {reference_options.get(k)!r} vs {options.get(k)!r}" for k in differ)
+            raise ValueError(f"shared groups {groups}: {name} differs from {names[0]} ({what}); tasks that share "
+                             "tensors need one method and equal options")
+    tied = 0
+    for group in groups:
+        reference = named[0].get(group, {})
+        for name, model, own in zip(names[1:], models[1:], named[1:]):
+            theirs = own.get(group, {})
+            shapes = {n: tuple(p.shape) for n, p in reference.items()}
+            if shapes != {n: tuple(p.shape) for n, p in theirs.items()}:
+                raise ValueError(f"shared group {group!r}: {name} has other {group} tensors than {names[0]}; "
+                                 "shared groups need one method and equal options")
+            for name, param in reference.items():
+                owner, _, attribute = name.rpartition(".")
+                setattr(model.get_submodule(owner), attribute, param)
+                tied += 1
+    return tied

@@ -28,8 +28,9 @@ nothing of a data file reaches a shell without the opt-in.
 
 ``.audio_checked`` (JSON, written by :func:`validate_data_dir` after every recording passed
 its audio checks) lets a later validation trust ``utt2num_samples`` instead of re-reading
-every header, as long as it is newer than ``wav.scp``/``segments``;
-:func:`write_data_dir` removes it.
+every header, as long as it is newer than ``wav.scp``/``segments`` and no audio file changed
+since (it records :func:`audio_identity`: size and modification time of every file
+``wav.scp`` names, checked with one ``stat`` each); :func:`write_data_dir` removes it.
 
 Typical use::
 
@@ -40,9 +41,12 @@ Typical use::
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import logging
 import os
+import re
+import shlex
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +61,7 @@ from elp.data.audio import (
 )
 from elp.data.audio import check_audio as check_recording
 from elp.data.errors import AudioError, DataError
-from elp.data.pipes import SHELL_PIPE_OPT_IN, pipe_kind
+from elp.data.pipes import SHELL_PIPE_OPT_IN, parse_pipe, pipe_kind
 from elp.runtime import SAMPLE_RATE, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -80,7 +84,9 @@ DATA_DIR_FILES = (WAV_SCP, UTT2SPK, SPK2UTT, TEXT, UTT2LABEL, SEGMENTS, UTT2NUM_
 """Every file :func:`write_data_dir` manages (stale ones are removed when rewriting)."""
 AUDIO_CHECKED = ".audio_checked"
 """Stamp of a completed audio check (see the module docstring)."""
-_AUDIO_CHECK_VERSION = 1
+_AUDIO_CHECK_VERSION = 2  # 2: the stamp records the audio files' identity (:func:`audio_identity`)
+_ARK_ENTRY = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
+"""``path.ark:offset`` (read as :mod:`elp.data.audio` reads it: the archive first, else a file of that name)."""
 DEFAULT_MAX_DROP = 0.05
 """Largest share of a set's utterances (or trials) ``fix=True`` may remove."""
 
@@ -174,18 +180,20 @@ def read_text_lines(path: PathLike) -> list[tuple[int, str]]:
         raise DataDirError(f"{path}: is a directory, expected a text file") from None
     if data.startswith(codecs.BOM_UTF8):
         raise DataDirError(f"{path}:1: starts with a UTF-8 byte-order mark, which would become part of the "
-                           f"first key; remove it (e.g. sed -i '1s/^\xEF\xBB\xBF//' {path})")
+                           f"first key; remove it (e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {shlex.quote(str(path))})")
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
     result = []
+    quoted = shlex.quote(str(path))
     for number, raw in enumerate(lines, start=1):
         try:
             result.append((number, raw.decode("utf-8").rstrip("\r")))
         except UnicodeDecodeError as error:
             raise DataDirError(
                 f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
-                f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}"
+                f"convert the file to UTF-8, e.g. iconv -f LATIN1 -t UTF-8 {quoted} > {quoted}.utf8 && "
+                f"mv {quoted}.utf8 {quoted}"
             ) from None
     return result
 
@@ -617,9 +625,10 @@ def _utterance_files(data_dir: Path, use_counts: bool) -> list[str]:
     return [name for name in dict.fromkeys(names) if (data_dir / name).is_file()]
 
 
-def _check_lines(name: str, lines: list[tuple[str, str]], fix: bool,
+def _check_lines(path: Path, lines: list[tuple[str, str]], fix: bool,
                  problems: list[str]) -> tuple[dict[str, str], bool]:
     """Sortedness and uniqueness of one file. Returns (mapping, whether fix changed it)."""
+    name = path.name
     changed = False
     keys = [key for key, _ in lines]
     unsorted_at = next((i for i in range(1, len(keys)) if keys[i] < keys[i - 1]), None)
@@ -630,7 +639,8 @@ def _check_lines(name: str, lines: list[tuple[str, str]], fix: bool,
         else:
             problems.append(
                 f"{name} is not sorted: {keys[unsorted_at]!r} (entry {unsorted_at + 1}) comes after "
-                f"{keys[unsorted_at - 1]!r}; sort it (LC_ALL=C sort) or use validate_data_dir(fix=True)"
+                f"{keys[unsorted_at - 1]!r}; sort it (LC_ALL=C sort -k1,1 -o {shlex.quote(str(path))} "
+                f"{shlex.quote(str(path))}) or use validate_data_dir(fix=True)"
             )
     mapping: dict[str, str] = {}
     duplicates = []
@@ -737,8 +747,67 @@ def _drop_incomplete_utterances(tables: dict[str, dict[str, str]], utt_names: li
             tables[name].pop(utt, None)
 
 
-def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: bool | None) -> bool:
-    """Whether ``.audio_checked`` vouches for ``utt2num_samples`` and the current file lists."""
+def _entry_source(entry: str) -> str | None:
+    """The file a ``wav.scp`` entry reads, as :mod:`elp.data.audio` opens it (None: a shell command)."""
+    kind = pipe_kind(entry)
+    if kind == "native":
+        return parse_pipe(entry).path
+    if kind is not None:  # a shell command (or a refused entry): only its text is known
+        return None
+    match = _ARK_ENTRY.match(entry)
+    if match is not None and os.path.exists(match.group("path")):  # path.ark:offset, tried first
+        return match.group("path")
+    return entry
+
+
+def audio_identity(wav_scp: Mapping[str, str]) -> str:
+    """A digest of the audio a ``wav.scp`` names: each entry with the size and ``st_mtime_ns`` of its file.
+
+    One ``stat`` per distinct file (an archive shared by many entries is stat'ed once), no
+    audio is read; a shell-pipe entry contributes its command text. Any file replaced,
+    rewritten, truncated or removed since changes the digest, so ``.audio_checked`` records
+    it and stage 1 re-reads the audio when it differs.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> _ = open(path, "wb").write(b"RIFF")
+    >>> before = audio_identity({"u1": path, "u2": "sox a.mp3 -t wav - reverse |"})
+    >>> _ = open(path, "ab").write(b"more")
+    >>> audio_identity({"u1": path, "u2": "sox a.mp3 -t wav - reverse |"}) == before
+    False
+    """
+    digest = hashlib.sha256()
+    stats: dict[str, str] = {}
+    for key in sorted(wav_scp):
+        entry = wav_scp[key]
+        source = _entry_source(entry)
+        if source is None:
+            state = "command"
+        elif source in stats:
+            state = stats[source]
+        else:
+            try:
+                info = os.stat(source)
+                state = stats[source] = f"{info.st_size} {info.st_mtime_ns}"
+            except OSError:
+                state = stats[source] = "absent"
+        digest.update(f"{key}\t{entry}\t{state}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _current_audio_identity(data_dir: Path) -> str | None:
+    """:func:`audio_identity` of the dir's ``wav.scp`` (None when it does not read)."""
+    try:
+        return audio_identity(read_mapping(data_dir / WAV_SCP))
+    except DataError:
+        return None
+
+
+def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: bool | None, identity: str | None) -> bool:
+    """Whether ``.audio_checked`` vouches for ``utt2num_samples``, the current file lists and
+    the audio files (``identity``: :func:`audio_identity` of the current ``wav.scp``)."""
     stamp = data_dir / AUDIO_CHECKED
     try:
         record = json.loads(stamp.read_text())
@@ -749,14 +818,21 @@ def _audio_check_is_fresh(data_dir: Path, target_sr: int, scan_samples: bool | N
         inputs = [data_dir / UTT2NUM_SAMPLES, data_dir / WAV_SCP]
         if (data_dir / SEGMENTS).exists():
             inputs.append(data_dir / SEGMENTS)
-        return all(path.stat().st_mtime_ns <= stamp_time for path in inputs)
+        if not all(path.stat().st_mtime_ns <= stamp_time for path in inputs):
+            return False
     except (OSError, ValueError, AttributeError):
         return False
+    if identity is None or record.get("audio_identity") != identity:
+        logger.warning("%s: audio files changed since the last check (size or modification time of a file "
+                       "wav.scp names): re-reading every recording", data_dir)
+        return False
+    return True
 
 
-def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: bool | None) -> None:
+def _write_audio_stamp(data_dir: Path, target_sr: int, scan_samples: bool | None, identity: str) -> None:
     record = {"version": _AUDIO_CHECK_VERSION, "target_sr": target_sr, "scan_samples": bool(scan_samples),
-              "checks": "safe entries, readable, data chunk complete, finite samples of float formats"}
+              "checks": "safe entries, readable, data chunk complete, finite samples of float formats",
+              "audio_identity": identity}
     (data_dir / AUDIO_CHECKED).write_text(json.dumps(record) + "\n")
 
 
@@ -912,11 +988,14 @@ def validate_data_dir(
     if not check_audio and not (data_dir / UTT2NUM_SAMPLES).is_file():
         problems.append(f"{UTT2NUM_SAMPLES} is missing: validate with check_audio=True to create it")
     _raise_if_problems(data_dir, problems)
-    trusted = check_audio and not recheck_audio and _audio_check_is_fresh(data_dir, target_sr, scan_samples)
+    # the audio's identity before it is read: a file changed during the check shows next time
+    identity = _current_audio_identity(data_dir) if check_audio else None
+    trusted = (check_audio and not recheck_audio
+               and _audio_check_is_fresh(data_dir, target_sr, scan_samples, identity))
     use_counts = trusted or not check_audio
     if trusted:
-        logger.info("%s: audio already checked (%s newer than %s); not re-reading it (--recheck-audio does)",
-                    data_dir, AUDIO_CHECKED, WAV_SCP)
+        logger.info("%s: audio already checked (%s newer than %s, no audio file changed); not re-reading it "
+                    "(--recheck-audio does)", data_dir, AUDIO_CHECKED, WAV_SCP)
 
     utt_names = _utterance_files(data_dir, use_counts)
     tables: dict[str, dict[str, str]] = {}
@@ -927,7 +1006,7 @@ def validate_data_dir(
         line_of[name] = {}
         for number, key, _ in numbered:
             line_of[name].setdefault(key, number)
-        tables[name], was_changed = _check_lines(name, [(k, v) for _, k, v in numbered], fix, problems)
+        tables[name], was_changed = _check_lines(data_dir / name, [(k, v) for _, k, v in numbered], fix, problems)
         if was_changed:
             changed.add(name)
     keyed_by = "recording" if SEGMENTS in tables else "utt"
@@ -1026,7 +1105,9 @@ def validate_data_dir(
     write_spk2utt(data_dir / SPK2UTT, spk2utt)
     write_utt2num_samples(data_dir / UTT2NUM_SAMPLES, utt2num_samples)
     if check_audio:
-        _write_audio_stamp(data_dir, target_sr, scan_samples)
+        if identity is None or WAV_SCP in changed:
+            identity = audio_identity(tables[WAV_SCP])
+        _write_audio_stamp(data_dir, target_sr, scan_samples, identity)
     logger.info("%s: valid, %d utterances, %d speakers", data_dir, len(utts), len(spk2utt))
     return utt2num_samples
 

@@ -1,8 +1,10 @@
 """Plumbing shared by the corpus data-preparation scripts (``egs/*/*/local/data_prep.py``).
 
 A script holds only what is specific to its corpus (how to find and parse the files) and
-leaves the rest here: the command line (``--corpus-root``, ``--out``, ``--skip-validation``),
-logging, locating a corpus folder, writing + validating a data dir with a summary line, and
+leaves the rest here: the command line (``--corpus-root``, ``--out``, ``--skip-validation``,
+``--drop-incomplete``), logging, locating a corpus folder, refusing a partial corpus
+(:func:`require_parts`, :func:`check_complete`: what a recipe needs is named at stage 0,
+not found missing one stage later), writing + validating a data dir with a summary line, and
 logging what was dropped (the toolkit never drops anything silently).
 
 Examples
@@ -36,11 +38,12 @@ class CorpusLayoutError(ValueError):
     """The corpus on disk does not have the expected layout (the message says what is missing)."""
 
 
-def data_prep_parser(description: str) -> argparse.ArgumentParser:
+def data_prep_parser(description: str, drop_incomplete: bool = False) -> argparse.ArgumentParser:
     """Argument parser with the options every data-prep script shares; a script adds its own.
 
     ``--corpus-root`` (required), ``--out`` (default ``data``), ``--skip-validation`` and
-    ``--log-level``; ``description`` (the script's docstring) is shown by ``--help``.
+    ``--log-level``; with ``drop_incomplete``, also ``--drop-incomplete`` (see
+    :func:`check_complete`); ``description`` (the script's docstring) is shown by ``--help``.
     """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +54,10 @@ def data_prep_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--skip-validation", action="store_true",
                         help="do not open every audio file (no utt2num_samples is written)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    if drop_incomplete:
+        parser.add_argument("--drop-incomplete", action="store_true",
+                            help="drop (and log) utterances whose audio or annotation is missing instead of "
+                                 "failing on an incomplete corpus")
     return parser
 
 
@@ -115,6 +122,67 @@ def audio_path(path: os.PathLike) -> str:
     if any(ch.isspace() for ch in text):
         raise CorpusLayoutError(f"audio path contains whitespace, which wav.scp cannot hold: {text!r}")
     return text
+
+
+def require_parts(root: os.PathLike, parts: Sequence[str], fix: str) -> None:
+    """Fail, naming all of them, when any of ``parts`` (paths relative to ``root``) does not exist.
+
+    Stage 0 checks the layout a recipe needs up front, so a partial download fails here
+    and not one stage later with "run stage 0 first".
+
+    Raises
+    ------
+    CorpusLayoutError
+        One line: ``root``, the missing parts and ``fix``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "dev-clean").mkdir()
+    >>> require_parts(root, ["dev-clean"], "download it")
+    >>> require_parts(root, ["dev-clean", "test-clean", "test-other"], "download them")
+    Traceback (most recent call last):
+    ...
+    elp.data.prep.CorpusLayoutError: ...: test-clean, test-other missing (2 of 3 required parts); download them
+    """
+    missing = [part for part in parts if not (Path(root) / part).exists()]
+    if missing:
+        raise CorpusLayoutError(f"{root}: {', '.join(missing)} missing ({len(missing)} of {len(parts)} required "
+                                f"parts); {fix}")
+
+
+def check_complete(problem: str, items: Sequence[str], fix: str, drop_incomplete: bool = False,
+                   total: int = 0, tolerated_share: float = 0.0) -> int:
+    """Fail on a partial corpus: ``items`` (e.g. audio files without a transcript) are missing a part.
+
+    With ``drop_incomplete`` (the scripts' ``--drop-incomplete``), or when they are at most
+    ``tolerated_share`` of ``total`` (a corpus known to ship a few such items), they are
+    logged and dropped instead; returns how many.
+
+    Raises
+    ------
+    CorpusLayoutError
+        One line: ``problem``, how many, the first few, ``fix`` and the opt-in to drop them.
+
+    Examples
+    --------
+    >>> check_complete("dev-clean: audio without a transcript line", [], "re-extract it")
+    0
+    >>> check_complete("dev-clean: audio without a transcript line", ["84-121123-0002"], "re-extract it")
+    Traceback (most recent call last):
+    ...
+    elp.data.prep.CorpusLayoutError: dev-clean: audio without a transcript line: 1 (e.g. 84-121123-0002); the corpus is incomplete: re-extract it, or pass --drop-incomplete (run.sh: --prep_opts --drop-incomplete) to drop them
+    >>> check_complete("dev-clean: audio without a transcript line", ["a", "b"], "", drop_incomplete=True)
+    2
+    """
+    if not items:
+        return 0
+    if drop_incomplete or len(items) <= tolerated_share * total:
+        return log_skipped(f"{problem}, dropped", items)
+    shown = ", ".join(str(item) for item in list(items)[:3]) + (", ..." if len(items) > 3 else "")
+    raise CorpusLayoutError(f"{problem}: {len(items)} (e.g. {shown}); the corpus is incomplete: {fix}, or pass "
+                            "--drop-incomplete (run.sh: --prep_opts --drop-incomplete) to drop them")
 
 
 def log_counts(message: str, counts: Mapping[str, int], level: int = logging.WARNING) -> int:

@@ -9,7 +9,9 @@ parent directories, and returns that path; ``title`` replaces the default figure
 * :func:`plot_confusion_matrix` -- classification confusion matrix (row-normalised, counts
   printed);
 * :func:`plot_wer_by_length` -- ASR WER per utterance-length bin;
-* :func:`plot_layer_weights` -- softmax layer weights of L-adapters / weighted sum.
+* :func:`plot_layer_weights` -- softmax layer weights of L-adapters / weighted sum;
+* :func:`plot_metric_vs_params` -- each task's metric against learnable parameters, mean and
+  standard deviation over seeds (a protocol's comparison).
 
 Examples
 --------
@@ -306,3 +308,49 @@ def plot_layer_weights(weights: dict[str, Sequence[float]], path: str | os.PathL
     if len(names) > 1:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_metric_vs_params(rows: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """One panel per (task, metric): the metric against learnable parameters (log x), one marker
+    per method with the standard deviation over seeds as an error bar.
+
+    ``rows`` are dicts with ``label`` (the panel, e.g. the task), ``metric``,
+    ``higher_is_better``, ``method``, ``learnable_params``, ``mean`` and ``std`` (None: no bar).
+    Rows with no learnable parameter cannot sit on a log axis and are left out.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> rows = [{"label": "ic", "metric": "accuracy", "higher_is_better": True, "method": m,
+    ...          "learnable_params": p, "mean": v, "std": 1.5} for m, p, v in [("full", 3e5, 74.0), ("elp", 6e4, 61.0)]]
+    >>> plot_metric_vs_params(rows, Path(tempfile.mkdtemp()) / "cmp.png").name
+    'cmp.png'
+    """
+    plt = _pyplot()
+    panels = list(dict.fromkeys((r["label"], r["metric"]) for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.get_cmap("tab10")
+    markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">"]
+    columns = min(3, max(1, len(panels)))
+    count = (max(1, len(panels)) + columns - 1) // columns
+    fig, axes = plt.subplots(count, columns, figsize=(5.0 * columns, 3.8 * count), squeeze=False)
+    for ax, (label, metric) in zip(axes.flat, panels):
+        panel = [r for r in rows if (r["label"], r["metric"]) == (label, metric) and r["learnable_params"] > 0]
+        for row in panel:
+            k = methods.index(row["method"])
+            ax.errorbar([row["learnable_params"]], [row["mean"]], yerr=None if row["std"] is None else [row["std"]],
+                        fmt=markers[k % len(markers)], color=colors(k % 10), capsize=3, label=row["method"])
+            ax.annotate(row["method"], (row["learnable_params"], row["mean"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+        better = "higher" if panel and panel[0]["higher_is_better"] else "lower"
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no crowded 3x10^4 labels
+        ax.margins(x=0.25)
+        ax.set(xlabel="learnable parameters", ylabel=f"{metric} ({better} is better)", title=label)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+

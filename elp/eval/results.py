@@ -29,14 +29,23 @@ at the end of its scoring stage; ``write_results_json`` validates and writes one
       "learnable_params": 1234567,    # required: int >= 0, trained parameters incl. head
       "train_wall_s": 3600.0,         # required: training wall-clock seconds
       "peak_mem_mb": 2048.0,          # required: peak memory in MB (GPU, else CPU RSS)
+      "peak_host_rss_mb": 3100.0,     # optional: peak resident memory of the host process in MB
+                                      #   (on every device, next to the accelerator's peak)
+      "effective_batch": {            # optional: what one optimizer step saw (train_stats.json)
+        "utterances_per_step": 61.2,  #   averages over an epoch: training utterances (and their
+        "seconds_per_step": 420.5,    #   audio seconds after training crops) / optimizer steps
+        "steps_per_epoch": 467, "world_size": 2, "grad_accumulation_factor": 1,
+        "lr_scaling": "none", "lr_scale": 1.0, ...
+      },
       "exp_dir": "exp/...",           # optional: where the run lives
-      "date": "2026-01-31T12:00:00"   # optional: when it was scored
-    }
+      "date": "2026-01-31T12:00:00",  # optional: when it was scored
+      "joint": ["er", "ic", "kws"]    # optional: the tasks trained together in one joint run
+    }                                 #   (egs/multitask); tables show it after the tag
 
 Unknown extra keys are kept. A malformed file stops the summary with an error naming the
 file and the field (``--skip-invalid`` logs and skips such files instead, with a count).
-When two files describe the same (benchmark, corpus, backbone, method, tag), the newest file
-wins and the older one is logged.
+When two files describe the same (benchmark, corpus, backbone, method, tag; a joint run's
+tag carries its task set, :func:`tag_label`), the newest file wins and the older one is logged.
 
 ``append_results_line(results_md_path, result)`` keeps a recipe's RESULTS.md up to date:
 one markdown row per (benchmark, corpus, backbone, method, tag), replaced in place on a rerun.
@@ -76,6 +85,19 @@ METHOD_ORDER = ["full", "weighted_sum", "conventional", "lora", "prefix",
 KEY_FIELDS = ("benchmark", "corpus", "backbone", "method", "tag")
 REQUIRED_STRINGS = ("benchmark", "corpus", "backbone", "method")
 REQUIRED_NUMBERS = ("train_wall_s", "peak_mem_mb")
+#: what stage 5 copies from ``train_stats.json`` into ``results.json`` besides the required numbers
+TRAINING_RECORD_FIELDS = ("peak_host_rss_mb", "effective_batch")
+
+
+def training_record(train_stats: dict) -> dict:
+    """The fields of :data:`TRAINING_RECORD_FIELDS` that a ``train_stats.json`` holds.
+
+    Examples
+    --------
+    >>> training_record({"peak_host_rss_mb": 812.5, "epochs": 3, "effective_batch": {"steps_per_epoch": 19}})
+    {'peak_host_rss_mb': 812.5, 'effective_batch': {'steps_per_epoch': 19}}
+    """
+    return {key: train_stats[key] for key in TRAINING_RECORD_FIELDS if train_stats.get(key) is not None}
 
 
 class ResultsError(ValueError):
@@ -139,7 +161,24 @@ def validate_result(result: dict, source: str = "<result>") -> dict:
     if not isinstance(extra, dict) or not all(_is_number(v) for v in extra.values()):
         fail("field 'extra_metrics' must map names to numbers")
     out["extra_metrics"] = extra
+    joint = out.get("joint")
+    if joint is not None and (not isinstance(joint, list) or not joint
+                              or not all(isinstance(t, str) and t for t in joint)):
+        fail(f"field 'joint' must be a non-empty list of task names, got {joint!r}")
     return out
+
+
+def tag_label(result: dict) -> str:
+    """The tag as tables show it: with ``[joint a+b+c]`` for a result of joint training.
+
+    Examples
+    --------
+    >>> tag_label({"tag": "mini_elp", "joint": ["er", "ic", "kws"]}), tag_label({"tag": "mini_elp"})
+    ('mini_elp [joint er+ic+kws]', 'mini_elp')
+    """
+    tag = str(result.get("tag") or "")
+    joint = result.get("joint")
+    return f"{tag} [joint {'+'.join(joint)}]".strip() if joint else tag
 
 
 def write_results_json(path, result: dict) -> dict:
@@ -167,8 +206,11 @@ def result_key(result: dict) -> tuple[str, ...]:
     --------
     >>> result_key({"benchmark": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora"})
     ('kws', 'speech_commands', 'wavlm', 'lora', '')
+    >>> result_key({"benchmark": "kws", "corpus": "speech_commands", "backbone": "wavlm", "method": "lora",
+    ...             "tag": "t", "joint": ["ic", "kws"]})[-1]
+    't [joint ic+kws]'
     """
-    return tuple(str(result.get(field) or "") for field in KEY_FIELDS)
+    return tuple(tag_label(result) if field == "tag" else str(result.get(field) or "") for field in KEY_FIELDS)
 
 
 def _sort_key(result: dict):
@@ -341,7 +383,7 @@ def summary_markdown(results: Sequence[dict]) -> str:
         if len(best[group]) > 1 and sign * metric["value"] == max(best[group]):
             value = f"**{value}**"
         cells = [result["benchmark"], result["corpus"], result["backbone"], result["method"],
-                 result["tag"], _metric_label(result), value, format_value(metric["chance"]),
+                 tag_label(result), _metric_label(result), value, format_value(metric["chance"]),
                  _extras(result), format_params(result["learnable_params"]), format_share(result),
                  format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"])]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -467,7 +509,7 @@ def append_results_line(results_md_path, result_dict: dict) -> str:
     result = validate_result(result_dict, f"result for {results_md_path}")
     date = result.get("date") or datetime.datetime.now().isoformat(timespec="seconds")
     cells = [result["benchmark"], result["corpus"], result["backbone"], result["method"],
-             result["tag"], _metric_label(result), format_value(result["metric"]["value"]),
+             tag_label(result), _metric_label(result), format_value(result["metric"]["value"]),
              _extras(result), format_params(result["learnable_params"]),
              format_duration(result["train_wall_s"]), format_memory(result["peak_mem_mb"]),
              str(date)]

@@ -1,4 +1,5 @@
-"""Scoring: error rates, verification metrics, classification accuracy, cosine scoring.
+"""Scoring: error rates, verification metrics, classification accuracy, cosine scoring, and the
+check that stage 4's decode files cover exactly the test set they are scored against.
 
 Thin glue over ``speechbrain.utils.metric_stats`` with one convention for units:
 
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from speechbrain.utils.metric_stats import EER, ErrorRateStats, minDCF
+
+from elp.runtime import UserError
 
 ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
 Transcripts = Sequence[str | Sequence[str]] | Mapping[str, str | Sequence[str]]
@@ -699,3 +702,84 @@ def unweighted_accuracy(preds: ArrayLike, targets: ArrayLike, num_classes: int) 
         if in_class.any():
             recalls.append(float((pred_idx[in_class] == cls).float().mean()))
     return 100.0 * math.fsum(recalls) / len(recalls)
+
+
+# --------------------------------------------------------------------------------------
+# Stage 4's outputs against the test set
+# --------------------------------------------------------------------------------------
+class DecodeCoverageError(UserError):
+    """A decode file of stage 4 does not cover exactly the test set it is scored against."""
+
+
+def check_decode_coverage(
+    path: str | Path,
+    rows: Sequence[tuple[str, str | None]],
+    expected: Sequence[tuple[str, str | None]],
+    reference: str,
+    what: str = "utterances",
+    examples: int = 3,
+) -> None:
+    """Refuse to score a decode file unless it holds each item of the test set exactly once.
+
+    Stage 5 scores what stage 4 wrote; a file cut short, appended to, or written for another
+    version of the test set would give a number over the wrong items. The items are
+    compared as multisets (an item the test set lists twice must be there twice); where
+    both sides carry a value (the reference transcript, label or trial target that stage 4
+    copied), the values must agree too.
+
+    Parameters
+    ----------
+    path
+        The decode file (named in the message).
+    rows
+        ``(item, value)`` of each of its lines, in file order; value None: not compared.
+    expected
+        ``(item, value)`` of the test set, as its data dir defines it (``text``,
+        ``utt2label``, ``trials``); value None: not compared.
+    reference
+        The data-dir file that defines the test set (named in the message).
+    what
+        What the items are (``utterances``, ``trials``).
+    examples
+        How many ids of each kind of mismatch the message names.
+
+    Raises
+    ------
+    DecodeCoverageError
+        One line: the file, the counts and first ids of missing, extra, repeated and
+        differing items, and the fix (rerun stage 4).
+
+    Examples
+    --------
+    >>> check_decode_coverage("hyp.txt", [("u1", None), ("u2", None)], [("u1", None), ("u2", None)], "test/text")
+    >>> check_decode_coverage("hyp.txt", [("u1", None), ("u1", None), ("x", None)],
+    ...                       [("u1", None), ("u2", None), ("u3", None)], "test/text")
+    Traceback (most recent call last):
+    ...
+    elp.eval.scoring.DecodeCoverageError: hyp.txt does not cover the 3 utterances of test/text: 2 missing (u2, u3), 1 not in the test set (x), 1 listed more than once (u1); rerun stage 4 (inference) for this test set
+    """
+    found: dict[str, int] = {}
+    for item, _ in rows:
+        found[item] = found.get(item, 0) + 1
+    wanted: dict[str, int] = {}
+    reference_value: dict[str, str | None] = {}
+    for item, value in expected:
+        wanted[item] = wanted.get(item, 0) + 1
+        reference_value.setdefault(item, value)
+    missing = [item for item in wanted if found.get(item, 0) < wanted[item]]
+    extra = [item for item in found if item not in wanted]
+    repeated = [item for item in found if item in wanted and found[item] > wanted[item]]
+    differing = list(dict.fromkeys(
+        item for item, value in rows
+        if value is not None and reference_value.get(item) is not None and value != reference_value[item]))
+    parts = []
+    for items, description in ((missing, "missing"), (extra, "not in the test set"),
+                               (repeated, "listed more than once"),
+                               (differing, f"with another reference than {reference}")):
+        if items:
+            shown = ", ".join(items[:examples]) + (", ..." if len(items) > examples else "")
+            parts.append(f"{len(items)} {description} ({shown})")
+    if parts:
+        raise DecodeCoverageError(
+            f"{path} does not cover the {len(expected)} {what} of {reference}: {', '.join(parts)}; "
+            "rerun stage 4 (inference) for this test set")

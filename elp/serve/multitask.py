@@ -7,7 +7,10 @@
 * tasks whose method trains nothing inside the backbone (``weighted_sum``, ``l_only``) read
   ONE shared pass of the transformer (their L-adapters / layer weights differ, not the
   hidden states);
-* tasks that change the encoder through E-adapters (FFN or MHSA), LayerNorms, the P-adapter,
+* tasks whose tensors inside the transformer are identical (packages trained jointly with
+  shared E-adapters and LayerNorms, :func:`elp.core.routing.encoder_fingerprint`) read ONE pass
+  of the first one's model: only their L-adapters and heads differ;
+* other tasks that change the encoder through E-adapters (FFN or MHSA), LayerNorms, the P-adapter,
   deep prefixes or LoRA (every method but ``full``) with the same numbers of prompt and
   prefix frames share ONE batch: every utterance once per task, routed per sample (each
   sample's LayerNorms use its task's parameters, each task's adapters, prefixes and LoRA
@@ -51,7 +54,8 @@ import torch
 from torch import nn
 
 from elp.core.methods import get_method
-from elp.core.routing import RoutedGroup, backbone_view, encoder_from_features, routable, route_key, unshare_learnable
+from elp.core.routing import (RoutedGroup, backbone_view, encoder_fingerprint, encoder_from_features, routable,
+                              route_key, unshare_learnable)
 from elp.serve.inference import (MAX_BATCH_SECONDS, Predictor, _progress, as_batch, pad_batch, predictor_for,
                                  stream_batches, waveform_loader)
 from elp.serve.package import (BackboneHashMismatchError, Package, build_head, build_model, check_loadable,
@@ -113,13 +117,20 @@ class MultiTask:
             self.shares_pass.append(frozen_inside)
         self.names = _unique_names([p.package.name for p in self.predictors])
         self.device = torch.device(device)
-        # routable tasks with the same prompt and prefix lengths share one routed batch (2+ per group)
+        # tasks with identical tensors inside the transformer share one pass of it (2+ per group)
+        by_encoder: dict[str, list[int]] = {}
+        for index, predictor in enumerate(self.predictors):
+            if not self.shares_pass[index] and routable(predictor.package.model):
+                by_encoder.setdefault(encoder_fingerprint(predictor.package.model), []).append(index)
+        self.encoder_groups: list[list[int]] = [indices for indices in by_encoder.values() if len(indices) > 1]
+        in_encoder_group = {i for indices in self.encoder_groups for i in indices}
+        # other routable tasks with the same prompt and prefix lengths share one routed batch (2+ per group)
         self.groups: list[tuple[list[int], RoutedGroup]] = []
         if route:
             by_key: dict[tuple[int, int], list[int]] = {}
             for index, predictor in enumerate(self.predictors):
                 model = predictor.package.model
-                if not self.shares_pass[index] and routable(model):
+                if not self.shares_pass[index] and index not in in_encoder_group and routable(model):
                     by_key.setdefault(route_key(model), []).append(index)
             for indices in by_key.values():
                 if len(indices) > 1:
@@ -133,11 +144,19 @@ class MultiTask:
         return build_head(config, directory, name)
 
     def plan(self) -> dict[str, list]:
-        """Return which tasks read the shared transformer pass, share routed batches, or run their own layers."""
+        """Return which tasks read the shared transformer pass, share routed batches, or run their own layers.
+
+        ``shared_encoder`` (present when there are any): groups of tasks with identical tensors
+        inside the transformer, each group reading one pass.
+        """
         routed = {i for indices, _ in self.groups for i in indices}
-        return {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
+        routed |= {i for indices in self.encoder_groups for i in indices}
+        plan = {"shared_pass": [i for i, s in enumerate(self.shares_pass) if s],
                 "routed_batches": [list(indices) for indices, _ in self.groups],
                 "own_layers": [i for i, s in enumerate(self.shares_pass) if not s and i not in routed]}
+        if self.encoder_groups:
+            plan["shared_encoder"] = [list(indices) for indices in self.encoder_groups]
+        return plan
 
     def tensor_bytes(self) -> int:
         """Return the bytes of every distinct tensor storage the loaded tasks hold.
@@ -175,7 +194,8 @@ class MultiTask:
 
         For ``batch`` [B, T] and ``rel_lengths`` [B] themselves, a task's features come from the
         computation the tasks share, each part run at most once and only when a task asks for it:
-        the CNN, the one transformer pass of the frozen-inside tasks, each routed group's batch.
+        the CNN, the one transformer pass of the frozen-inside tasks, the pass of each group of
+        tasks with one encoder, each routed group's batch.
         Any other input is encoded by the task's own model.
         """
         computed: dict = {}
@@ -199,6 +219,13 @@ class MultiTask:
                 if "shared" not in computed:  # once for all frozen-inside tasks
                     computed["shared"] = encoder_from_features(self.backbone, features, frame_mask)[0]
                 return model.forward_from_hidden_states(computed["shared"], frame_mask)[0]
+            indices = next((indices for indices in self.encoder_groups if index in indices), None)
+            if indices is not None:
+                if ("encoder", indices[0]) not in computed:  # once for the tasks of one encoder
+                    first = self.predictors[indices[0]].package.model
+                    computed[("encoder", indices[0])] = encoder_from_features(
+                        first.backbone, features, frame_mask, **first.backbone_inputs())
+                return model.read_hidden_states(*computed[("encoder", indices[0])])
             hidden_states, last = encoder_from_features(model.backbone, features, frame_mask,
                                                         **model.backbone_inputs())
             return model.read_hidden_states(hidden_states, last)

@@ -8,6 +8,8 @@ A package is a directory holding
 ``package.json``                task kind and the task options prediction needs (``task_options``:
                                 SV windows), head class and constructor options, inventory files,
                                 backbone (short name, source, SHA-256 of its frozen weights),
+                                ``encoder_sha256`` (what the model changes inside the transformer:
+                                packages with equal values share one pass when served together),
                                 audio front-end, SV decision threshold, free ``extra`` metadata
 ``tokens.txt`` / ``bpe.model``  ASR: the tokenizer (character tokens or sentencepiece BPE)
 ``labels.txt``                  classification: the class names (id = line number)
@@ -59,6 +61,7 @@ from torch import nn
 from elp.core.backbones import BACKBONES, SSLBackbone, weights_hash
 from elp.core.export import WEIGHTS_FILE, load_adapters, read_export_config, save_adapters
 from elp.core.model import AdaptedSSL
+from elp.core.routing import encoder_fingerprint
 from elp.data.inventory import BPE_MODEL, LABELS_FILE, TOKENS_FILE
 from elp.runtime import SAMPLE_RATE, atomic_write_text
 from elp.serve.head_registry import (HEAD_CLASSES, HEAD_MODULE_DIR, LEGACY_HEAD_NAMES, HeadSpecError, check_head_spec,
@@ -203,6 +206,7 @@ def write_package(directory: str | os.PathLike, model: AdaptedSSL, head: nn.Modu
     config = {
         "format_version": PACKAGE_FORMAT_VERSION, "task": task.kind, "task_options": task.package_options(),
         "method": model.method.name, "head": head_spec, "inventory": inventory, "backbone": backbone_entry,
+        "encoder_sha256": encoder_fingerprint(model),
         "frontend": {"sample_rate": SAMPLE_RATE, "channels": "mean of all channels",
                      "normalize_waveform": bool(backbone.normalize_waveform)},
         "extra": dict(extra or {}),
@@ -416,6 +420,14 @@ def read_package_config(directory: str | os.PathLike) -> dict:
     ...
     elp.serve.package.PackageNotFoundError: /nonexistent: no such model package directory; pass the directory stage 3 wrote (exp/<tag>/adapters)
     """
+    config, problems = _parse_config(_package_file(directory))
+    if problems:
+        raise PackageError(problems[0])
+    return config
+
+
+def _package_file(directory: str | os.PathLike) -> Path:
+    """``<directory>/package.json``; a missing directory or file is a :class:`PackageNotFoundError`."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PackageNotFoundError(f"{directory}: no such model package directory; pass the directory "
@@ -424,10 +436,7 @@ def read_package_config(directory: str | os.PathLike) -> dict:
     if not path.exists():
         raise PackageNotFoundError(f"{path} is missing: {directory} is an adapter export without a package; "
                                    "rerun stage 3 (or call elp.serve.package.write_package) to write it")
-    config, problems = _parse_config(path)
-    if problems:
-        raise PackageError(problems[0])
-    return config
+    return path
 
 
 def _parse_config(path: Path) -> tuple[dict | None, list[str]]:
@@ -767,8 +776,8 @@ def load_package(directory: str | os.PathLike, backbone_source: str | None = Non
 def check_loadable(directory: str | os.PathLike) -> dict:
     """Run the checks every load runs first (integrity, ``package.json``, tensor types); return ``package.json``."""
     directory = Path(directory)
-    read_package_config(directory)  # a missing directory or file: its own error
-    check_integrity(directory)
+    _package_file(directory)  # a missing directory or file: its own error
+    check_integrity(directory)  # before any file is parsed: a damaged file is named as such
     config = read_package_config(directory)
     problems = dtype_problems(directory)
     if problems:

@@ -11,10 +11,10 @@ import torch
 from elp.core.heads import CTCHead
 from elp.data.inventory import (BPE_MODEL, TOKENS_FILE, BPETokenizer, CharTokenizer, check_transcript_coverage,
                                 check_transcripts, load_tokenizer)
-from elp.data.kaldi_dir import read_data_dir
+from elp.data.kaldi_dir import TEXT, DataDirError, read_data_dir
 from elp.eval.plots import plot_wer_by_length
-from elp.eval.scoring import character_error_rate, word_error_rate
-from elp.tasks.base import Task, read_pairs, write_lines
+from elp.eval.scoring import character_error_rate, check_decode_coverage, word_error_rate
+from elp.tasks.base import Task, read_pairs, read_rows, write_lines
 from elp.tasks.decoding import CTCBeamSearch, greedy_ctc
 from elp.tasks.windows import chunked_frames
 from elp.runtime import SAMPLE_RATE
@@ -180,11 +180,30 @@ class SpeechRecognition(Task):
             beam = brain.predict(dataset, loader_kwargs_of(dataset), beam_size=self.beam_size, lm=self.lm)
             write_lines(decode_dir / "hyp_beam.txt", (f"{u} {beam[u]}".rstrip() for u in sorted(beam)))
 
+    def check_test_set(self, test_dir):
+        data = super().check_test_set(test_dir)
+        if data.text is None:
+            raise DataDirError(f"{Path(test_dir) / TEXT} is missing: an ASR test set needs transcripts "
+                               "(rerun stage 0, data preparation)")
+        return data
+
     def score(self, test_dir, decode_dir):
-        refs, hyps = read_pairs(Path(decode_dir) / "ref.txt"), read_pairs(Path(decode_dir) / "hyp.txt")
+        text = read_data_dir(test_dir).text
+        if text is None:
+            raise FileNotFoundError(f"{Path(test_dir) / TEXT} is missing: an ASR test set needs transcripts")
+        expected = [(utt, " ".join(words.split())) for utt, words in text.items()]
+
+        def checked(name: str, compare: bool) -> dict[str, str]:
+            path = Path(decode_dir) / name
+            rows = read_rows(path)
+            check_decode_coverage(path, [(u, " ".join(t.split()) if compare else None) for u, t in rows],
+                                  expected, str(Path(test_dir) / TEXT))
+            return dict(rows)
+
+        refs, hyps = checked("ref.txt", True), checked("hyp.txt", False)
         wer = word_error_rate(refs, hyps)
         cer = character_error_rate(refs, hyps)
         extra = {"cer": cer["cer"], "ins": wer["ins"], "del": wer["del"], "sub": wer["sub"]}
         if (Path(decode_dir) / "hyp_beam.txt").exists():
-            extra["wer_beam"] = word_error_rate(refs, read_pairs(Path(decode_dir) / "hyp_beam.txt"))["wer"]
+            extra["wer_beam"] = word_error_rate(refs, checked("hyp_beam.txt", False))["wer"]
         return self.metric(wer["wer"], 100.0), extra

@@ -7,10 +7,12 @@ utterance classification once the model is an :class:`elp.core.model.AdaptedSSL`
 :meth:`Task.build_inventory`      stage 2: tokens or labels from the training set
 :meth:`Task.check_coverage`       stage 2: dev/test sets use only that inventory
 :meth:`Task.dataset`              Kaldi dir -> DynamicItemDataset with ``sig`` + targets
+:meth:`Task.check_test_set`       stage 4, before any compute: the test set holds the references
 :meth:`Task.predict_batch`        the one prediction path (stage 4, package API, serving)
 :meth:`Task.write_outputs`        stage 4: hypotheses / predictions / trial scores
 :meth:`Task.package_options`      model packages: task options, inventory files, threshold
-:meth:`Task.score`                stage 5: the metric (and extras) of one test set
+:meth:`Task.score`                stage 5: the metric (and extras) of one test set, from
+                                  decode files that cover exactly that set
 ``valid_key`` / ``valid_key_mode`` the validation statistic that picks the best checkpoint
 ================================ ===================================================
 
@@ -64,7 +66,7 @@ import torch
 from elp.data.audio import read_audio
 from elp.runtime import SAMPLE_RATE
 from elp.data.inventory import LABELS_FILE, LabelMap
-from elp.data.kaldi_dir import data_dir_to_dict
+from elp.data.kaldi_dir import UTT2NUM_SAMPLES, DataDir, DataDirError, data_dir_to_dict, read_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +190,42 @@ class Task:
         return ["label", "label_id"]
 
     # ------------------------------------------------------------------ stages 4-5
+    def check_inference_inputs(self, test_dirs: list[str | Path]) -> None:
+        """Check everything stage 4 reads about its data before it computes anything.
+
+        Called by ``recipes/infer.py`` before the model is built: each test set
+        (:meth:`check_test_set`; subclasses add the other data sets they embed).
+
+        Raises
+        ------
+        DataDirError
+            One line naming the file and the fix.
+        """
+        for test_dir in test_dirs:
+            self.check_test_set(test_dir)
+
+    def check_test_set(self, test_dir: str | Path) -> DataDir:
+        """Check that a test set passed stage 1 and holds what this task scores against.
+
+        The base class checks that the data dir reads and has ``utt2num_samples`` (written by
+        stage 1); subclasses add their references (transcripts, labels, trials).
+
+        Returns
+        -------
+        DataDir
+            The test set as read (for the subclasses' checks).
+
+        Raises
+        ------
+        DataDirError
+            One line naming the file and the fix.
+        """
+        data = read_data_dir(test_dir)
+        if data.utt2num_samples is None:
+            raise DataDirError(f"{Path(test_dir) / UTT2NUM_SAMPLES} is missing: run stage 1 (data validation) "
+                               "before stage 4")
+        return data
+
     def write_outputs(self, brain, dataset, test_dir: str | Path, decode_dir: Path, loader_kwargs_of,
                       exp_dir: Path) -> None:
         """Run ``brain`` over ``dataset`` and write this task's decode files to ``decode_dir``.
@@ -332,8 +370,8 @@ def write_lines(path: Path, lines) -> None:
     tmp.replace(path)
 
 
-def read_pairs(path: Path) -> dict[str, str]:
-    """Read ``<utt> <rest of line>`` lines as a dict.
+def read_rows(path: Path) -> list[tuple[str, str]]:
+    """Read ``<utt> <rest of line>`` lines of a decode file in file order, repeated ids kept.
 
     Raises
     ------
@@ -342,9 +380,51 @@ def read_pairs(path: Path) -> dict[str, str]:
     """
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
-    pairs = {}
+    rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         utt, _, rest = line.partition(" ")
-        pairs[utt] = rest
-    return pairs
+        rows.append((utt, rest))
+    return rows
+
+
+def read_fields(path: Path, layout: str) -> list[list[str]]:
+    """Read a decode file whose lines are the whitespace-separated fields of ``layout``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing (the message names stage 4 as the fix).
+    ValueError
+        A line with another number of fields (naming the file, line and layout).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "predictions.txt"
+    >>> _ = path.write_text("u1 happy sad\\nu2 happy\\n")
+    >>> read_fields(path, "<utt> <predicted> <reference>")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...predictions.txt:2: expected '<utt> <predicted> <reference>', got 'u2 happy'; rerun stage 4 (inference)
+    """
+    count = len(layout.split())
+    rows = []
+    for number, (utt, rest) in enumerate(read_rows(path), start=1):
+        fields = [utt, *rest.split()]
+        if len(fields) != count:
+            raise ValueError(f"{path}:{number}: expected {layout!r}, got {' '.join(fields)!r}; "
+                             "rerun stage 4 (inference)")
+        rows.append(fields)
+    return rows
+
+
+def read_pairs(path: Path) -> dict[str, str]:
+    """Read ``<utt> <rest of line>`` lines as a dict (:func:`read_rows`; a repeated id keeps its last line).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing (the message names stage 4 as the fix).
+    """
+    return dict(read_rows(path))
 

@@ -10,10 +10,10 @@ import torch
 
 from elp.core.heads import PooledClassifier
 from elp.data.inventory import LabelMap, check_label_coverage
-from elp.data.kaldi_dir import read_mapping
+from elp.data.kaldi_dir import DataDirError, read_mapping
 from elp.eval.plots import plot_confusion_matrix
-from elp.eval.scoring import unweighted_accuracy
-from elp.tasks.base import Task, write_lines
+from elp.eval.scoring import check_decode_coverage, unweighted_accuracy
+from elp.tasks.base import Task, read_fields, write_lines
 from elp.tasks.windows import windowed_embeddings, windows_per_batch
 
 #: the classes of the example inventory (:meth:`UtteranceClassification.example_inventory`)
@@ -142,11 +142,21 @@ class UtteranceClassification(Task):
         write_lines(decode_dir / "predictions.txt",
                     (f"{u} {predictions[u]} {refs[u]}" for u in sorted(predictions)))
 
+    def check_test_set(self, test_dir):
+        data = super().check_test_set(test_dir)
+        labels = self.labels(test_dir)
+        unlabelled = [utt for utt in data.utterances if utt not in labels]
+        if unlabelled:
+            raise DataDirError(f"{Path(test_dir) / (self.label_file or 'utt2label')}: {len(unlabelled)} utterance(s) "
+                               f"of the test set have no label, e.g. {unlabelled[0]!r}; write one label per "
+                               "utterance and rerun stage 1")
+        return data
+
     def score(self, test_dir, decode_dir):
         path = Path(decode_dir) / "predictions.txt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
-        rows = [line.split(" ") for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = read_fields(path, "<utt> <predicted> <reference>")
+        check_decode_coverage(path, [(r[0], r[2]) for r in rows], list(self.labels(test_dir).items()),
+                              str(Path(test_dir) / (self.label_file or "utt2label")))
         preds, refs = [r[1] for r in rows], [r[2] for r in rows]
         classes = sorted(set(refs) | set(preds))
         pred_ids, ref_ids = [classes.index(p) for p in preds], [classes.index(r) for r in refs]

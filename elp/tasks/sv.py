@@ -10,11 +10,11 @@ import torch
 
 from elp.core.heads import SpeakerEmbeddingHead
 from elp.data.inventory import LabelMap, check_label_coverage
-from elp.data.kaldi_dir import read_data_dir, read_trials
+from elp.data.kaldi_dir import DataDirError, Trial, read_data_dir, read_trials
 from elp.eval.plots import plot_det_curve
-from elp.eval.scoring import (cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf, s_norm_trials,
-                              select_cohort)
-from elp.tasks.base import Task, write_lines
+from elp.eval.scoring import (check_decode_coverage, cohort_utterance_ids, cosine_scores, equal_error_rate, min_dcf,
+                              s_norm_trials, select_cohort)
+from elp.tasks.base import Task, read_fields, write_lines
 from elp.tasks.windows import windowed_embeddings, windows_per_batch
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,27 @@ class SpeakerVerification(Task):
         return {"scores": scores.tolist(), "labels": labels,
                 "source": f"all pairs of {len(utts)} utterances of {source}"}
 
+    def check_inference_inputs(self, test_dirs):
+        super().check_inference_inputs(test_dirs)
+        for role, data_dir in (("calibration_set", self.calibration_set),
+                               ("cohort_set", self.cohort_set if self.snorm_cohort else None)):
+            if data_dir is not None and not (Path(data_dir) / "utt2num_samples").is_file():
+                raise DataDirError(f"{role} {data_dir} has no utt2num_samples: prepare and validate it "
+                                   "(stages 0 and 1) before stage 4")
+
+    def check_test_set(self, test_dir):
+        data = super().check_test_set(test_dir)
+        if data.trials is None:
+            raise DataDirError(f"{Path(test_dir) / 'trials'} is missing: a speaker-verification test set "
+                               "needs a trial list (rerun stage 0, data preparation)")
+        source = "segments" if data.segments is not None else "wav.scp"
+        check_trial_utterances(data.trials, set(data.segments if data.segments is not None else data.wav_scp),
+                               Path(test_dir) / "trials", str(Path(test_dir) / source))
+        return data
+
     def write_outputs(self, brain, dataset, test_dir, decode_dir, loader_kwargs_of, exp_dir):
+        trials = read_trials(Path(test_dir) / "trials")  # checked before any embedding is computed
+        check_trial_utterances(trials, set(dataset.data_ids), Path(test_dir) / "trials", f"the test set {test_dir}")
         embeddings = brain.predict(dataset, loader_kwargs_of(dataset))
         cohort = None
         if self.snorm_cohort:
@@ -210,7 +230,6 @@ class SpeakerVerification(Task):
             ids = set(cohort_utterance_ids(utt2spk, self.snorm_cohort, self.cohort_per_speaker))
             train = self.dataset(self.cohort_set, "test", None).filtered_sorted(key_test={"id": lambda u: u in ids})
             cohort, _ = select_cohort(brain.predict(train, loader_kwargs_of(train)), utt2spk, size=self.snorm_cohort)
-        trials = read_trials(Path(test_dir) / "trials")
         scores = s_norm_trials(embeddings, trials, cohort, self.snorm_top_k)
         write_lines(decode_dir / "scores.txt",
                     (f"{t.enroll} {t.test} {s:.6f} {'target' if t.target else 'nontarget'}"
@@ -218,14 +237,41 @@ class SpeakerVerification(Task):
 
     def score(self, test_dir, decode_dir):
         path = Path(decode_dir) / "scores.txt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run stage 4 (inference) first")
-        rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = read_fields(path, "<enroll> <test> <score> <target|nontarget>")
+        trials = read_trials(Path(test_dir) / "trials")
+        check_decode_coverage(path, [(f"{r[0]} {r[1]}", r[3]) for r in rows],
+                              [(f"{t.enroll} {t.test}", "target" if t.target else "nontarget") for t in trials],
+                              str(Path(test_dir) / "trials"), what="trials")
         scores = [float(r[2]) for r in rows]
         labels = [1 if r[3] == "target" else 0 for r in rows]
         eer = equal_error_rate(scores, labels)["eer"]
         dcf = min_dcf(scores, labels, p_target=0.01)["min_dcf"]
         return self.metric(eer, 50.0), {"min_dcf": dcf, "num_trials": len(rows)}
+
+
+def check_trial_utterances(trials: list[Trial], known: set[str], trials_path: str | Path, known_from: str) -> None:
+    """Refuse a trial list that names an utterance outside ``known`` (before anything is embedded).
+
+    Raises
+    ------
+    DataDirError
+        One line: the trials file, how many trials and utterances, the first of them and the fix.
+
+    Examples
+    --------
+    >>> check_trial_utterances([Trial("a", "b", True), Trial("a", "x", False)], {"a", "b"}, "test/trials",
+    ...                        "test/wav.scp")
+    Traceback (most recent call last):
+    ...
+    elp.data.kaldi_dir.DataDirError: test/trials: 1 of 2 trial(s) name 1 utterance(s) not in test/wav.scp, e.g. 'x'; fix the trial list, or rerun stages 0 and 1 (data preparation, validation)
+    """
+    unknown = sorted({utt for trial in trials for utt in (trial.enroll, trial.test) if utt not in known})
+    if unknown:
+        bad = sum(1 for trial in trials if trial.enroll not in known or trial.test not in known)
+        shown = ", ".join(repr(utt) for utt in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise DataDirError(f"{trials_path}: {bad} of {len(trials)} trial(s) name {len(unknown)} utterance(s) not in "
+                           f"{known_from}, e.g. {shown}; fix the trial list, or rerun stages 0 and 1 "
+                           "(data preparation, validation)")
 
 
 def calibration_utterances(utt2spk: dict[str, str], limit: int) -> set[str]:

@@ -13,10 +13,11 @@ Three pieces plug into SpeechBrain's :class:`speechbrain.utils.checkpoints.Check
   every CUDA device's generator, so that a resumed run draws the same random numbers as the
   uninterrupted one (dropout in ``full``, random crops, shuffles that use the global RNG).
 * :class:`AtomicCheckpointer` writes each checkpoint into a hidden temporary directory and
-  renames it into place once every file is complete; when listing checkpoints (recovery,
-  deletion) it skips, with a warning naming it, any checkpoint that is incomplete (missing or
-  empty file, unreadable file) or holds non-finite tensors, and moves it aside to
-  ``broken+<name>`` so that recovery falls back to the previous checkpoint.
+  renames it into place once every file is complete. A save is never read back: a checkpoint
+  is validated when it is about to be loaded (recovery, the best checkpoint). One that is
+  incomplete (missing or empty file, unreadable file) or holds non-finite tensors is skipped
+  with one warning naming it and moved aside to ``broken+<name>``, and the next one in line
+  (the previous checkpoint, for recovery) is used.
 
 Examples
 --------
@@ -390,13 +391,20 @@ class AtomicCheckpointer(Checkpointer):
 
     * :meth:`save_checkpoint` writes into ``<checkpoints_dir>/.tmp+CKPT+...`` and renames the
       directory into place (one atomic rename) after every file was written and synced.
-      Leftover temporary directories of a killed save are removed at the next save.
-    * :meth:`list_checkpoints` (used by recovery and deletion) validates each checkpoint: the
-      meta file parses, every recoverable has a non-empty file, safetensors and ``torch.save``
-      files load, and their floating-point tensors are finite. A checkpoint failing any of
-      these is logged (naming it and the reason), moved aside to ``broken+<name>`` and ignored,
-      so recovery falls back to the previous checkpoint. Validation results are cached per
-      checkpoint (by file sizes and mtimes).
+      Leftover temporary directories of a killed save are removed at the next save. Nothing
+      is read back after a save (for ``full`` a checkpoint holds a gigabyte).
+    * :meth:`list_checkpoints` (used by recovery and deletion) reads only each checkpoint's
+      small meta file; a checkpoint whose meta file is unreadable is skipped with a warning
+      and moved aside.
+    * :meth:`find_checkpoint` (used by ``recover_if_possible``) and :meth:`load_checkpoint`
+      validate the checkpoint they are about to load: every recoverable has a non-empty
+      file, safetensors and ``torch.save`` files load, and their floating-point tensors are
+      finite. :meth:`find_checkpoint` skips a checkpoint failing any of these with one warning
+      naming it and the reason, moves it aside to ``broken+<name>`` and takes the next one in
+      line, so recovery falls back to the previous checkpoint; :meth:`load_checkpoint` of such
+      a checkpoint is refused with :class:`CheckpointMismatchError`. Validation results are
+      cached per checkpoint (by file sizes and mtimes), so a checkpoint is read once for its
+      validation.
 
     Parameters are those of :class:`~speechbrain.utils.checkpoints.Checkpointer`.
 
@@ -468,6 +476,7 @@ class AtomicCheckpointer(Checkpointer):
         else:
             os.replace(tmp_dir, final_dir)
         _fsync_dir(self.checkpoints_dir)
+        self._validated.pop(final_dir, None)
         ckpt_type = "end-of-epoch" if end_of_epoch else "intra-epoch"
         logger.log(verbosity, f"Saved an {ckpt_type} checkpoint in {final_dir}")
         return Checkpoint(final_dir, saved_meta, saved_paramfiles)
@@ -479,31 +488,77 @@ class AtomicCheckpointer(Checkpointer):
 
     # --------------------------------------------------------------------------- listing
     def list_checkpoints(self):
-        """The complete, finite checkpoints; others are logged, moved aside and skipped.
+        """The checkpoints whose meta file reads; others are logged, moved aside and skipped.
 
-        Under DDP the main process checks the files and every rank receives its list: ranks
+        Only the small meta files are read (listing serves every save's deletion of old
+        checkpoints); the tensors are validated when a checkpoint is loaded
+        (:meth:`find_checkpoint`, :meth:`load_checkpoint`).
+
+        Under DDP the main process reads the files and every rank receives its list: ranks
         must agree on which checkpoints exist (SpeechBrain's deletion synchronises per
         checkpoint, and a rank that saw another list would wait forever), and only one process
         may move a broken checkpoint aside.
-
         """
-        return self._checked_checkpoints()
+        return self._listed_checkpoints()
 
     @main_process_only
-    def _checked_checkpoints(self):
-        good = []
+    def _listed_checkpoints(self):
+        listed = []
         for ckpt_dir in self._list_checkpoint_dirs():
-            problem = self.checkpoint_problem(ckpt_dir)
+            problem = _meta_problem(Path(ckpt_dir))
             if problem is None:
-                good.extend(self._construct_checkpoint_objects([ckpt_dir]))
-                continue
-            self._quarantine(ckpt_dir, problem)
-        return good
+                listed.extend(self._construct_checkpoint_objects([ckpt_dir]))
+            else:
+                self._quarantine(Path(ckpt_dir), problem)
+        return listed
+
+    # --------------------------------------------------------------------------- loading
+    def find_checkpoint(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
+        """The first usable checkpoint in SpeechBrain's order (newest, or best by a key), or None.
+
+        Arguments as SpeechBrain's ``Checkpointer.find_checkpoint``. Candidates are validated
+        (:meth:`checkpoint_problem`) in that order; each unusable one is logged once (its
+        name and the reason), moved aside to ``broken+<name>`` and passed over. Under DDP the
+        main process validates and every rank receives its choice.
+        """
+        return self._first_usable(importance_key, max_key, min_key, ckpt_predicate)
+
+    @main_process_only
+    def _first_usable(self, importance_key, max_key, min_key, ckpt_predicate):
+        ranked = self.find_checkpoints(importance_key=importance_key, max_key=max_key, min_key=min_key,
+                                       ckpt_predicate=ckpt_predicate, max_num_checkpoints=None)
+        for checkpoint in ranked:
+            problem = self.checkpoint_problem(checkpoint.path)
+            if problem is None:
+                return checkpoint
+            self._quarantine(Path(checkpoint.path), problem)
+        return None
+
+    def load_checkpoint(self, checkpoint):
+        """Validate ``checkpoint`` (:meth:`checkpoint_problem`), then load it (SpeechBrain's ``load_checkpoint``).
+
+        Raises
+        ------
+        CheckpointMismatchError
+            If the checkpoint is incomplete or holds non-finite values (the message names it
+            and the reason); nothing is loaded.
+        """
+        problem = self._main_process_problem(checkpoint.path)
+        if problem is not None:
+            raise CheckpointMismatchError(
+                f"checkpoint {checkpoint.path}: {problem}; delete it (or move it aside) to fall back "
+                "to an earlier checkpoint")
+        return super().load_checkpoint(checkpoint)
+
+    @main_process_only
+    def _main_process_problem(self, ckpt_dir):
+        return self.checkpoint_problem(ckpt_dir)
 
     def checkpoint_problem(self, ckpt_dir: str | os.PathLike) -> str | None:
         """Why the checkpoint in ``ckpt_dir`` cannot be used, or None when it is complete and finite.
 
         E.g. ``"model.ckpt is empty (0 bytes)"`` or ``"model.ckpt has non-finite values in x"``.
+        Reads every file of the checkpoint once; the answer is cached until a file changes.
         """
         ckpt_dir = Path(ckpt_dir)
         try:
@@ -541,14 +596,22 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _checkpoint_problem(ckpt_dir: Path, files: list[Path], recoverables: dict, optional: dict,
-                        allow_partial: bool) -> str | None:
+def _meta_problem(ckpt_dir: Path) -> str | None:
+    """Why the meta file of a checkpoint cannot be read, or None."""
     try:
         meta = yaml.safe_load((ckpt_dir / METAFNAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         return f"{METAFNAME} unreadable ({_first_line(error)})"
     if not isinstance(meta, dict) or "end-of-epoch" not in meta:
         return f"{METAFNAME} is incomplete"
+    return None
+
+
+def _checkpoint_problem(ckpt_dir: Path, files: list[Path], recoverables: dict, optional: dict,
+                        allow_partial: bool) -> str | None:
+    problem = _meta_problem(ckpt_dir)
+    if problem is not None:
+        return problem
     names = {p.stem: p for p in files if p.suffix == PARAMFILE_EXT}
     if not allow_partial:
         for name in recoverables:

@@ -260,7 +260,7 @@ def trained_state(exp_dir: str | os.PathLike, save_dir: str = "save", export_dir
 
 def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool = False,
                   ignore=None, restart_flag: str = "--restart", save_dir: str = "save",
-                  export_dir: str = "adapters") -> Path:
+                  export_dir: str = "adapters", defaults: dict | None = None) -> Path:
     """Record the hparams' hash in ``exp_dir``; refuse a changed rerun of a trained experiment.
 
     Returns the record file.
@@ -280,6 +280,10 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
         How the user asks for a restart, for the message.
     save_dir, export_dir
         Where checkpoints and the export live inside ``exp_dir``.
+    defaults : dict, optional
+        Options with a default value (the recipes' run options). A record written before an
+        option existed lacks its key: it counts as recorded with its default, so a new run
+        option at its default does not change an experiment.
 
     Raises
     ------
@@ -298,6 +302,10 @@ def check_hparams(exp_dir: str | os.PathLike, hparams: dict | str, restart: bool
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             logger.warning("%s is unreadable; treating the hparams as changed", record_path)
             old = {"<unreadable record>": True}
+    if old is not None and defaults:
+        for key, value in canonical_hparams(defaults, ignore).items():
+            if key not in old and flat.get(key) == value:
+                old[key] = value
     trained = trained_state(exp_dir, save_dir, export_dir)
     if old is not None and old != flat and trained and old_layout != RECORD_LAYOUT and not restart:
         raise ExperimentChangedError(
@@ -524,15 +532,17 @@ class ExperimentGuard:
     """
 
     def __init__(self, exp_dir: str | os.PathLike, hparams: dict | str, restart: bool = False,
-                 ignore=None, restart_flag: str = "--restart"):
+                 ignore=None, restart_flag: str = "--restart", defaults: dict | None = None):
         self.exp_dir = Path(exp_dir)
         self.hparams, self.restart, self.ignore, self.restart_flag = hparams, restart, ignore, restart_flag
+        self.defaults = defaults
         self.lock = ExperimentLock(self.exp_dir)
 
     def __enter__(self) -> ExperimentGuard:
         self.lock.acquire()
         try:
-            check_hparams(self.exp_dir, self.hparams, self.restart, self.ignore, self.restart_flag)
+            check_hparams(self.exp_dir, self.hparams, self.restart, self.ignore, self.restart_flag,
+                          defaults=self.defaults)
         except BaseException:
             self.lock.release()
             raise

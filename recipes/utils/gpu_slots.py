@@ -16,7 +16,9 @@ prints one line per slot, tab-separated: ``<slot> <CUDA_VISIBLE_DEVICES or -> <p
   each.
 * Ports: distinct, each free when checked (bind test), counting up from ``base_port + 1``
   (29500 itself is torchrun's default and often taken by another run). The jobs of one slot
-  run one after the other, so they can share its port.
+  run one after the other, so they can share its port. These ports serve one node: on several
+  nodes a probe on one says nothing of the others, and run_all.sh gives job k the port
+  ``--master_port + 1 + k`` instead, which every node computes alike.
 
 Nothing here imports torch (it runs in a fraction of a second).
 """

@@ -179,6 +179,19 @@ def test_ignored_keys_and_more_epochs_are_accepted(tmp_path):
         check_hparams(exp, {**HPARAMS, "number_of_epochs": 1})
 
 
+def test_a_run_option_added_after_the_record_counts_at_its_default(tmp_path):
+    """A record written before a run option existed lacks its key: at its default the run
+    resumes; set to anything else it is a change like any other."""
+    exp = trained_exp(tmp_path)
+    defaults = {"lr_scaling": "none", "cnn_cache_max_gb": None}
+    check_hparams(exp, {**HPARAMS, **defaults}, defaults=defaults)
+    with pytest.raises(ExperimentChangedError, match="lr_scaling <absent> -> none"):
+        check_hparams(trained_exp(tmp_path / "no_defaults"), {**HPARAMS, **defaults})
+    exp2 = trained_exp(tmp_path / "changed")
+    with pytest.raises(ExperimentChangedError, match="lr_scaling <absent> -> linear"):
+        check_hparams(exp2, {**HPARAMS, **defaults, "lr_scaling": "linear"}, defaults=defaults)
+
+
 def test_more_epochs_continue_a_recipe_run(tmp_path):
     """A recipe's resolved YAML: the epoch counter's limit follows number_of_epochs."""
     exp = tmp_path / "exp"

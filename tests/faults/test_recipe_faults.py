@@ -66,7 +66,8 @@ def copy_of_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("gpus,flags,expected,absent", [
-    ("1", ["--ngpu", "1", "--nnodes", "2", "--node_rank", "1"],
+    # --prep_timeout 0: node rank 1 does not wait for node rank 0's data marker (tests/test_multinode.py does)
+    ("1", ["--ngpu", "1", "--nnodes", "2", "--node_rank", "1", "--prep_timeout", "0"],
      ["torchrun --nnodes 2 --node_rank 1", "--nproc_per_node 1", "--distributed_backend=nccl"], ["Stage 4", "Stage 5"]),
     ("4", ["--ngpu", "4", "--nnodes", "2", "--node_rank", "0", "--master_addr", "node0"],
      ["torchrun --nnodes 2 --node_rank 0 --master_addr node0", "--nproc_per_node 4"], []),

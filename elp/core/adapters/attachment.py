@@ -43,8 +43,10 @@ class RoutingError(ValueError):
 class RoutingContext:
     """What the kinds of a routed group share: the backbone view and the batch's layout.
 
-    A routed batch holds every utterance once per task, in task-major blocks of ``block``
-    samples; ``route`` [T * block] is each sample's task index.
+    A routed batch is task-major: ``counts[t]`` samples of task t, then task t + 1's. Served,
+    it holds every utterance once per task (equal blocks); in joint training each utterance
+    once, as a sample of its own task (blocks of any size, empty ones included). ``route``
+    [sum(counts)] is each sample's task index.
 
     Parameters
     ----------
@@ -59,29 +61,55 @@ class RoutingContext:
     >>> context.start(torch.zeros(3, 5, 4))
     >>> context.route.tolist(), [b.shape[0] for b in context.blocks(torch.zeros(6, 1))]
     ([0, 0, 0, 1, 1, 1], [3, 3])
+    >>> context.start(torch.zeros(3, 5, 4), counts=[1, 2])
+    >>> context.route.tolist(), [b.shape[0] for b in context.blocks(torch.zeros(3, 1))]
+    ([0, 1, 1], [1, 2])
     """
 
     def __init__(self, view: SSLBackbone, num_tasks: int):
         self.view = view
         self.num_tasks = num_tasks
-        self.block = 0
+        self.counts: list[int] = [0] * num_tasks
         self.route: torch.Tensor | None = None
-        #: backbone keyword argument -> function of the block size giving its per-sample value
-        self.inputs: dict[str, Callable[[int], torch.Tensor]] = {}
-        #: tensors the routed modules refer to (views of the tasks' own tensors, never copies)
+        #: backbone keyword argument -> function of the per-task sample counts (LongTensor [T])
+        #: giving its per-sample value
+        self.inputs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        #: tensors the routed modules refer to (the tasks' own tensors, never copies)
         self.tensors: list[torch.Tensor] = []
 
-    def start(self, features: torch.Tensor) -> None:
-        """Set the layout for one call: ``features`` [block, F, C] is one task's block."""
-        self.block = features.shape[0]
-        self.route = torch.arange(self.num_tasks, device=features.device).repeat_interleave(self.block)
+    def start(self, features: torch.Tensor, counts: list[int] | None = None) -> None:
+        """Set the layout for one call.
+
+        Without ``counts``, ``features`` [block, F, C] is one task's block and the batch holds
+        it once per task; with ``counts`` (T numbers), ``features`` [sum(counts), F, C] is the
+        whole batch.
+
+        Raises
+        ------
+        RoutingError
+            If ``counts`` has not T entries or does not add up to the batch.
+        """
+        if counts is None:
+            counts = [features.shape[0]] * self.num_tasks
+        else:
+            counts = [int(c) for c in counts]
+            if len(counts) != self.num_tasks or sum(counts) != features.shape[0] or min(counts) < 0:
+                raise RoutingError(f"counts {counts} do not lay out a batch of {features.shape[0]} samples "
+                                   f"over {self.num_tasks} tasks")
+        self.counts = counts
+        self.route = torch.arange(self.num_tasks, device=features.device).repeat_interleave(
+            torch.tensor(counts, device=features.device))
+
+    def count_tensor(self, device: torch.device | None = None) -> torch.Tensor:
+        """The per-task sample counts of this call (LongTensor [T]), what the inputs are built from."""
+        return torch.tensor(self.counts, device=device)
 
     def blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """[T * block, ...] -> T tensors [block, ...], one per task."""
-        return x.split(self.block, dim=0)
+        """[sum(counts), ...] -> T tensors [counts[t], ...], one per task."""
+        return x.split(self.counts, dim=0)
 
-    def add_input(self, name: str, make: Callable[[int], torch.Tensor]) -> None:
-        """A keyword argument of the backbone's forward built per call from the block size."""
+    def add_input(self, name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """A keyword argument of the backbone's forward built per call from the per-task counts [T]."""
         if name in self.inputs:
             raise RoutingError(f"two attachment kinds of a routed group both set the backbone input {name!r}")
         self.inputs[name] = make

@@ -62,7 +62,8 @@ class BackboneLayerNorms(Attachment):
 class RoutedLayerNorm(nn.Module):
     """A LayerNorm whose affine parameters are each sample's task's (``context.route``).
 
-    It refers to the tasks' own tensors (views, no copies; stacked per call, [T, D]).
+    It refers to the tasks' own tensors (no copies; stacked per call, [T, D]), so in joint
+    training each task's affine parameters get the gradient of its own samples.
 
     Examples
     --------
@@ -80,8 +81,8 @@ class RoutedLayerNorm(nn.Module):
                  context: RoutingContext):
         super().__init__()
         self.normalized_shape, self.eps = base.normalized_shape, base.eps
-        self.task_weights = [w.detach() for w in weights]  # views of the tasks' tensors, not copies
-        self.task_biases = [b.detach() for b in biases]
+        self.task_weights = list(weights)  # the tasks' tensors themselves, not copies
+        self.task_biases = list(biases)
         self.context = context
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -53,14 +53,14 @@ class PromptAdapter(nn.Module, Attachment):
 
     @classmethod
     def route(cls, members, context: RoutingContext) -> None:
-        """Each task's frames before its own block's CNN frames ([T * B, K, C] per call).
+        """Each task's frames before its own block's CNN frames ([sum(counts), K, C] per call).
 
         Tasks with fewer frames (or none) get masked zero frames before theirs, so every task's
         frames stay next to its CNN frames, as when it runs alone.
         """
         frames, mask = _padded_frames(members, lambda m: m.frames, context, time_dim=0)
-        context.add_input("prompt", lambda block: torch.stack(frames).repeat_interleave(block, dim=0))
-        context.add_input("prompt_mask", lambda block: mask.repeat_interleave(block, dim=0))
+        context.add_input("prompt", lambda counts: torch.stack(frames).repeat_interleave(counts, dim=0))
+        context.add_input("prompt_mask", lambda counts: mask.repeat_interleave(counts, dim=0))
 
 
 class LayerPrefixes(nn.Module, Attachment):
@@ -103,28 +103,32 @@ class LayerPrefixes(nn.Module, Attachment):
 
     @classmethod
     def route(cls, members, context: RoutingContext) -> None:
-        """Each task's prefixes with its own block ([L, T * B, K, D] per call); tasks with fewer
+        """Each task's prefixes with its own block ([L, sum(counts), K, D] per call); tasks with fewer
         (or none) get masked zero vectors before theirs."""
         frames, mask = _padded_frames(members, lambda m: m.frames, context, time_dim=1)
         context.add_input("layer_prefixes",
-                          lambda block: torch.stack(frames, dim=1).repeat_interleave(block, dim=1))
-        context.add_input("prefix_mask", lambda block: mask.repeat_interleave(block, dim=0))
+                          lambda counts: torch.stack(frames, dim=1).repeat_interleave(counts, dim=1))
+        context.add_input("prefix_mask", lambda counts: mask.repeat_interleave(counts, dim=0))
 
 
 def _padded_frames(members, frames_of, context: RoutingContext, time_dim: int):
-    """Each member's frames (views of its tensor, or zeros for none) padded in front along
-    ``time_dim`` to the group's largest count, and the [T, K] mask of the real ones."""
-    present = [frames_of(m).detach() for m in members if m is not None]
+    """Each member's frames (its tensor itself, or zeros for none) padded in front along
+    ``time_dim`` to the group's largest count, and the [T, K] mask of the real ones.
+
+    A padded member's frames are a copy made here (for serving); members with the largest
+    count use their tensor as it is, so gradients reach it (joint training routes only tasks
+    of equal counts)."""
+    present = [frames_of(m) for m in members if m is not None]
     longest = max(f.shape[time_dim] for f in present)
     template = present[0]
     padded, mask = [], torch.zeros(len(members), longest, dtype=torch.bool, device=template.device)
     for task, member in enumerate(members):
-        own = frames_of(member).detach() if member is not None else template.narrow(time_dim, 0, 0)
+        own = frames_of(member) if member is not None else template.detach().narrow(time_dim, 0, 0)
         count = own.shape[time_dim]
         if count < longest:
             shape = list(own.shape)
             shape[time_dim] = longest - count
-            own = torch.cat([own.new_zeros(shape), own], dim=time_dim)
+            own = torch.cat([own.new_zeros(shape), own.detach()], dim=time_dim)
         padded.append(own)
         mask[task, longest - count:] = True
     context.tensors += present

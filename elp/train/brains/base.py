@@ -43,16 +43,22 @@ import torch
 from elp.core.methods import BACKBONE_GROUPS
 from elp.runtime import (
     SAMPLE_RATE,
+    UserError,
     distributed_rank_world,
     peak_memory_mb,  # noqa: F401  (re-exported for the drivers)
 )
 from elp.train.brains.guards import NonFiniteGuard
 from elp.train.feature_cache import (
+    CachedCNNDataset,
+    CNNCacheBatch,
     CNNFeatureCache,
     HiddenStateCache,
     cached_cnn_forward,
     cached_forward,
+    cnn_cache_forward,
+    fill_cnn_cache,
 )
+from elp.train.recipe import epoch_batch, lr_scale_factor
 
 logger = logging.getLogger(__name__)
 
@@ -150,18 +156,69 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         default = lrs.get("default")
         groups = dict(unwrap(self.modules.model).parameter_groups())
         groups["head"] = self.head_parameters()
+        scale = self.lr_scale()
         param_groups = []
         for name, params in groups.items():
             lr = lrs.get(name, default)
             if lr is None:
                 raise ValueError(f"no learning rate for parameter group {name!r}: add lr.{name} "
                                  "(or lr.default) to the hparams")
-            param_groups.append({"params": params, "lr": float(lr), "name": name})
+            lr = float(lr) * scale
+            param_groups.append({"params": params, "lr": lr, "name": name})
             logger.info("parameter group %-8s %10d parameters, lr %g", name, sum(p.numel() for p in params), lr)
         self.optimizer = self.hparams.opt_class(param_groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def lr_scale(self) -> float:
+        """The factor of every learning rate: the hparams' ``lr_scaling`` of the effective batch (1 by default).
+
+        ``lr_scaling`` (``none`` | ``linear`` | ``sqrt``, :func:`elp.train.recipe.lr_scale_factor`)
+        compares the effective batch's audio seconds per optimizer step (:attr:`train_batch`,
+        an average over an epoch) with ``lr_reference_batch_seconds`` (null: ``batch_size``
+        utterances of the training set's mean length). The factor and its inputs are recorded
+        in :attr:`train_batch` and logged. A resumed run keeps the rates of its checkpoint.
+
+        Raises
+        ------
+        elp.runtime.UserError
+            For an unknown ``lr_scaling``, or scaling without a known training batch.
+        """
+        mode = str(getattr(self.hparams, "lr_scaling", None) or "none")
+        batch = getattr(self, "train_batch", None)
+        reference = getattr(self.hparams, "lr_reference_batch_seconds", None)
+        if reference is None and batch is not None and batch["mean_utterance_seconds"]:
+            reference = int(getattr(self.hparams, "batch_size", 8)) * batch["mean_utterance_seconds"]
+        seconds = batch["seconds_per_step"] if batch is not None else None
+        if mode != "none" and seconds is None:
+            raise UserError(f"lr_scaling {mode}: the effective batch is unknown (the training loader must come "
+                            "from a dataset with num_samples, with at least one optimizer step per epoch); "
+                            "use lr_scaling: none and set the learning rates")
+        factor = lr_scale_factor(mode, seconds or 0.0, float(reference or 0.0))
+        if batch is not None:
+            batch.update({"lr_scaling": mode, "lr_scale": round(factor, 6),
+                          "lr_reference_batch_seconds": None if reference is None else round(float(reference), 3)})
+            logger.info("effective batch: %s utterances, %s s of audio per optimizer step (averages over an epoch); "
+                        "%d optimizer steps per epoch; world size %d; gradient accumulation %d; learning rates x %g "
+                        "(lr_scaling %s%s)", batch["utterances_per_step"], batch["seconds_per_step"],
+                        batch["steps_per_epoch"], batch["world_size"], batch["grad_accumulation_factor"], factor,
+                        mode, "" if reference is None else f", reference {float(reference):g} s")
+        return factor
+
+    def measure_train_batch(self, loader) -> dict | None:
+        """The effective batch of a training loader (:func:`elp.train.recipe.epoch_batch`), or None.
+
+        None when the loader's dataset does not list ``num_samples`` per utterance.
+        """
+        dataset = getattr(loader, "dataset", None)
+        try:
+            lengths = [int(dataset.data[utt]["num_samples"]) for utt in dataset.data_ids]
+        except (AttributeError, KeyError, TypeError):
+            return None
+        task = getattr(self.hparams, "task", None)
+        return epoch_batch(lengths, len(loader), self.grad_accumulation_factor, distributed_rank_world()[1],
+                           crop_seconds=float(getattr(task, "max_train_seconds", 0.0) or 0.0))
 
     @property
     def lr_scheduler(self):
@@ -169,12 +226,14 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         return getattr(self.hparams, "lr_scheduler", None)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        dataset, loader_kwargs = self.with_cnn_cache(dataset, stage, loader_kwargs)
         batch_sampler = loader_kwargs.get("batch_sampler")
         if stage == sb.Stage.TRAIN and batch_sampler is not None and not self.distributed_launch:
             self.train_sampler = batch_sampler  # SpeechBrain calls its set_epoch every epoch
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self.train_batches_per_epoch = len(loader)
+            self.train_batch = self.measure_train_batch(loader)  # the effective batch, recorded in train_stats.json
         return loader
 
     def on_fit_batch_start(self, batch, should_step):
@@ -204,24 +263,32 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         * ``hidden_state_cache: true``: methods whose backbone is frozen and un-adapted
           (``weighted_sum``, ``l_only``) read all hidden states after the first epoch;
         * ``cnn_cache: true``: every method reads the frozen CNN's features (the CNN never
-          trains); random training crops (``max_train_seconds``) become crops of the cached
-          frame sequence.
+          trains): the loaders this Brain makes carry the cached frames (already cropped to
+          ``max_train_seconds`` in training; :meth:`with_cnn_cache`), and the CNN runs only on
+          the waveforms of utterances the cache lacks.
 
-        Augmentation and training crops apply only in ``sb.Stage.TRAIN``. The cached paths call the
-        model as a module (``model(None, ..., hidden_states=...)``), so under DDP its gradients are
-        all-reduced like the live path's.
+        Both caches are keyed by audio hashed on the host by the loader workers (the batch's
+        ``audio_key``, or the cached frames themselves). Augmentation and training crops apply
+        only in ``sb.Stage.TRAIN``. The cached paths call the model as a module
+        (``model(None, ..., hidden_states=...)``), so under DDP its gradients are all-reduced
+        like the live path's.
         """
+        cnn_inputs = getattr(batch, "cnn_inputs", None)
+        if cnn_inputs is not None:  # a loader of with_cnn_cache
+            return cnn_cache_forward(self.modules.model, self.cnn_cache(), cnn_inputs, self.device,
+                                     utt_ids=list(batch.id), store=not self.train_crop_frames(stage))
         wavs, wav_lens = batch.sig
+        keys = getattr(batch, "audio_key", None)  # hashed in the loader workers (make_dataset)
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
         if stage == sb.Stage.TRAIN:
             wavs, wav_lens = self.augment(wavs, wav_lens)
         cache = self.hidden_state_cache()
         if cache is not None:
-            return cached_forward(self.modules.model, cache, list(batch.id), wavs, wav_lens)
+            return cached_forward(self.modules.model, cache, list(batch.id), wavs, wav_lens, keys=keys)
         cnn_cache = self.cnn_cache()
-        if cnn_cache is not None:
-            crop = self.train_crop_frames() if stage == sb.Stage.TRAIN else 0
-            return cached_cnn_forward(self.modules.model, cnn_cache, list(batch.id), wavs, wav_lens, max_frames=crop)
+        if cnn_cache is not None:  # a loader made elsewhere: hash and read here
+            return cached_cnn_forward(self.modules.model, cnn_cache, list(batch.id), wavs, wav_lens,
+                                      max_frames=self.train_crop_frames(stage), keys=keys)
         return self.modules.model(wavs, wav_lens)
 
     def augment(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,19 +347,57 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
         """The CNN-feature cache (None without ``cnn_cache: true``).
 
         It is shared by every experiment of the recipe on the same backbone (``cnn_cache_dir``,
-        default ``exp/cnn_cache``).
+        default ``exp/cnn_cache``), holds at most ``cnn_cache_max_gb`` (null: no cap; the ranks
+        of a DDP run share what is left of it) and stops storing, with one warning, when that
+        is reached or a write fails.
         """
         if not getattr(self.hparams, "cnn_cache", False):
             return None
         if not hasattr(self, "_cnn_cache"):
             root = getattr(self.hparams, "cnn_cache_dir", None) or Path(self.hparams.output_folder).parent / "cnn_cache"
             self._cnn_cache = CNNFeatureCache.for_model(root, unwrap(self.modules.model),
-                                                        dtype=getattr(self.hparams, "cnn_cache_dtype", "float16"))
+                                                        dtype=getattr(self.hparams, "cnn_cache_dtype", "float16"),
+                                                        max_gb=getattr(self.hparams, "cnn_cache_max_gb", None),
+                                                        writers=distributed_rank_world()[1])
         return self._cnn_cache
 
-    def train_crop_frames(self) -> int:
-        """Backbone frames of the task's ``max_train_seconds`` (0: no cropping)."""
-        seconds = self.hparams.task.max_train_seconds
+    def with_cnn_cache(self, dataset, stage, loader_kwargs: dict):
+        """The dataset and loader options :meth:`make_dataloader` uses with ``cnn_cache: true``.
+
+        Training and validation: first the cache is filled (:func:`elp.train.feature_cache.fill_cnn_cache`:
+        whole utterances, batches of at most ``max_batch_seconds`` of padded audio and
+        ``eval_batch_size`` utterances), then the loader workers read each utterance's cached
+        frames (a random ``max_train_seconds`` crop in training) instead of its audio
+        (:class:`elp.train.feature_cache.CachedCNNDataset`), so the training batches hold what
+        their sampler counted: crops. Test: the workers hash each utterance and read its frames
+        when cached. Unchanged without the cache, with the hidden-state cache in use, or for a
+        dataset without ``sig``.
+
+        Raises
+        ------
+        ValueError
+            With ``augmentation`` (see :meth:`augment`).
+        """
+        cache = self.cnn_cache()
+        outputs = getattr(getattr(dataset, "pipeline", None), "output_mapping", {})
+        if cache is None or "sig" not in outputs or self.hidden_state_cache() is not None:
+            return dataset, loader_kwargs
+        if getattr(self.hparams, "augmentation", None) is not None:
+            self.augment(None, None)  # refuses the cache with one line
+        keys = None
+        if stage != sb.Stage.TEST:
+            keys = fill_cnn_cache(unwrap(self.modules.model).backbone, cache, dataset,
+                                  max_batch_seconds=float(getattr(self.hparams, "max_batch_seconds", 200.0)),
+                                  max_batch_size=int(getattr(self.hparams, "eval_batch_size", 64)),
+                                  num_workers=int(loader_kwargs.get("num_workers") or 0), device=self.device).keys
+        seconds = self.hparams.task.max_train_seconds if stage == sb.Stage.TRAIN else 0
+        wrapped = CachedCNNDataset(dataset, cache, keys, max_frames=self.train_crop_frames(stage),
+                                   max_samples=int(seconds * SAMPLE_RATE))
+        return wrapped, {**loader_kwargs, "collate_fn": CNNCacheBatch}
+
+    def train_crop_frames(self, stage=sb.Stage.TRAIN) -> int:
+        """Backbone frames of the task's ``max_train_seconds`` (0: no cropping, or not ``stage`` TRAIN)."""
+        seconds = self.hparams.task.max_train_seconds if stage == sb.Stage.TRAIN else 0
         if not seconds:
             return 0
         return int(unwrap(self.modules.model).backbone.num_frames(torch.tensor(int(seconds * SAMPLE_RATE))))
@@ -303,6 +408,7 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
 
     # ------------------------------------------------------------------ stages
     def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)  # the non-finite guard's stage bookkeeping
         self.stage_started = time.time()
         self.eval_batches_seen = 0
         self.reset_stats(stage)
@@ -333,23 +439,35 @@ class ELPBrain(NonFiniteGuard, sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
+            stage_loss = self.checked_train_loss()  # the guard's last check of the epoch
             self.train_wall_s = getattr(self, "train_wall_s", 0.0) + time.time() - self.stage_started
             self.train_stats = {"loss": stage_loss}
             return
         stats = {"loss": self._mean_over_ranks(stage_loss)}
         stats.update(self.stage_stats(stage))
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, **{f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}},
-                train_stats=self.train_stats, valid_stats=stats)
+            self.log_stats(stats_meta={"epoch": epoch, **{f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}},
+                           train_stats=self.train_stats, valid_stats=stats)
             key, mode = self.hparams.task.valid_key, self.hparams.task.valid_key_mode
             meta = {key: stats[key], "train_wall_s": self.train_wall_s}
             self.checkpointer.save_and_keep_only(
                 meta=meta, num_to_keep=1, **({"min_keys": [key]} if mode == "min" else {"max_keys": [key]}))
         elif stage == sb.Stage.TEST:
-            self.hparams.train_logger.log_stats(stats_meta={"epoch loaded": self.hparams.epoch_counter.current},
-                                                test_stats=stats)
+            self.log_stats(stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
         self.last_stats = stats
+
+    def log_stats(self, **stats) -> None:
+        """Pass a stage's statistics to the hparams' ``train_logger``, then flush what it writes to.
+
+        Any SpeechBrain ``TrainLogger`` works (only ``log_stats`` is called): ``FileTrainLogger``
+        (``train_log.txt``), ``TensorboardLogger`` (event files; its ``SummaryWriter`` is
+        flushed here, so an epoch's scalars are on disk when the epoch ends), ``WandBLogger``.
+        """
+        train_logger = self.hparams.train_logger
+        train_logger.log_stats(**stats)
+        flush = getattr(getattr(train_logger, "writer", None), "flush", None)
+        if callable(flush):
+            flush()
 
     def recover_best(self) -> None:
         """Load the checkpoint with the best validation statistic (the task's ``valid_key``).

@@ -4,28 +4,53 @@
 
     class ASRBrain(NonFiniteGuard, ELPBrain): ...
 
-What it changes in ``Brain.fit_batch`` / ``Brain.optimizers_step``:
+It replaces ``Brain.fit_batch`` / ``Brain.optimizers_step`` with a step that never waits for
+the device: every decision about a batch is a flag on the device, and the host reads the flags
+only at a *check*.
 
-* **Non-finite loss**: the batch's utterance ids (``batch.id``) are logged, no backward pass is
-  run, nothing is updated. **Non-finite gradients** (total norm over every parameter of every
-  optimizer is NaN/inf): logged with the ids, gradients zeroed, no optimizer step.
-  A skipped batch leaves the weights, the optimizer state and the running training loss
-  untouched (the average is over the batches that were used), and no intra-epoch checkpoint
-  is written right after it.
-* After ``nonfinite_patience`` (SpeechBrain's run option, default 3; settable in the hparams)
-  consecutive skipped batches training stops with :class:`NonFiniteTrainingError`, a
-  one-line message naming the utterances and the likely causes. The error propagates out of
-  ``fit`` before any checkpoint is saved, so the last checkpoint on disk stays the last good one.
-* **Parameters made non-finite by a step** (finite gradients but e.g. an absurd learning
-  rate): training stops at once with :class:`NonFiniteTrainingError` (nothing is saved).
+**Per batch (on the device, no host synchronisation, no collective):**
+
+* A non-finite loss multiplies the backward pass by NaN, so the batch's gradients are
+  non-finite, also on every other DDP process (through the gradient all-reduce): the
+  processes agree on the step without a collective of their own.
 * **Gradient clipping covers every parameter group of every optimizer** (SpeechBrain 1.1.2
   clips the first group only; docs/DESIGN.md): the total L2 norm over all parameters of all
   active optimizers is clipped to ``max_grad_norm`` (SpeechBrain's run option, default 5.0;
   ``0``/``None`` disables clipping).
+* **Masked step**: the parameters and the optimizer's tensor state (Adam's moments) are
+  copied on the device before the optimizer step; when the gradient norm or the updated
+  parameters are non-finite, the step is undone (``torch.where`` puts the copies back).
 
-Under fp16 with a GradScaler, inf/NaN gradients are the scaler's business (it skips the step
-and lowers the scale), so only the loss check and the clipping apply then. In DDP the
-processes agree (all-reduce) on whether a batch is skipped, so they stay in step.
+**Checks** (one host synchronisation each): every ``nonfinite_check_steps`` batches (an hparams
+key, default :data:`CHECK_STEPS`), before every intra-epoch checkpoint, at the end of the
+training stage, and after each ``fit_batch`` called outside SpeechBrain's ``fit`` loop. A check
+
+* logs every non-finite batch since the previous check with its utterance ids (``batch.id``)
+  and the reason, and adds them to :attr:`NonFiniteGuard.skipped_utterances`;
+* folds the batches' losses into the running training loss (``avg_train_loss``); a skipped
+  batch is left out of the average;
+* stops training with :class:`NonFiniteTrainingError` (a one-line message naming the
+  utterances and the likely causes) after ``nonfinite_patience`` (SpeechBrain's run option,
+  default 3) skipped optimizer steps in a row, or when an update made parameters non-finite
+  (finite gradients but e.g. an absurd learning rate);
+* refuses an intra-epoch checkpoint right after a skipped step (the next step saves).
+
+**What holds between checks.** A non-finite batch changes neither the weights nor the
+optimizer's tensor state; the batches after it train normally. Its warning, its exclusion from
+the loss average and the patience error come at the next check, at most ``nonfinite_check_steps``
+batches later and always before a checkpoint is written: a checkpoint never holds the update of
+a non-finite step, and the error propagates out of ``fit`` before any save, so the last
+checkpoint on disk stays the last good one. Details: optimizer step counters kept on the host
+(``torch.optim.Adam`` keeps ``step`` on the CPU for GPU parameters) advance with a masked step
+and are put back at the check; optimizer state that a masked first step created starts from
+zeros; with gradient accumulation a non-finite batch voids the optimizer step it belongs to;
+the learning-rate schedule advances on a masked step. The price is one copy of the trainable
+tensors and their optimizer state on the device (about 1.1 GB for ``full`` on a base-size
+backbone with Adam).
+
+Under fp16 with a GradScaler, non-finite gradients are the scaler's business (it skips the step
+and lowers the scale), so only the loss (agreed over DDP processes by an all-reduce on the
+device) and the parameters count then.
 
 Examples
 --------
@@ -59,6 +84,15 @@ logger = logging.getLogger(__name__)
 
 #: How many utterance ids an error message lists before "...".
 MAX_IDS_IN_MESSAGE = 8
+#: Batches between two checks of the device flags (hparams ``nonfinite_check_steps``).
+CHECK_STEPS = 100
+
+# the bits of a batch's flags
+LOSS = 1  # this batch's loss is non-finite (this process)
+GRADS = 2  # the optimizer step's gradient norm is non-finite (every process)
+PARAMS = 4  # the optimizer step made parameters non-finite (every process)
+AGREED_LOSS = 8  # fp16: a loss of the step's batches was non-finite on some process
+MASKED = GRADS | PARAMS | AGREED_LOSS
 
 
 class NonFiniteTrainingError(UserError, RuntimeError):
@@ -111,7 +145,8 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
     """Clip the total L2 gradient norm over all groups of all ``optimizers``; return the norm before.
 
     With ``max_norm`` None, 0 or inf nothing is clipped (the norm is only measured). The
-    returned scalar is NaN/inf when a gradient is non-finite.
+    returned scalar (on the parameters' device) is NaN/inf when a gradient is non-finite; the
+    host does not wait for it.
 
     Examples
     --------
@@ -121,95 +156,123 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
     >>> float(clip_all_groups([opt], 1.0)), round(float(torch.cat([a.grad, b.grad]).norm()), 4)
     (5.0, 1.0)
     """
-    grads = [p for p in all_parameters(optimizers) if p.grad is not None]
+    params = all_parameters(optimizers)
+    grads = [p for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else None)
     limit = float(max_norm) if max_norm and math.isfinite(float(max_norm)) else float("inf")
     return torch.nn.utils.clip_grad_norm_(grads, limit)
 
 
-def _agree_any(flag: bool, device) -> bool:
-    """True when ``flag`` is True on any DDP process (``flag`` itself when not distributed)."""
+def parameters_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """A device flag: True when every value of ``params`` is finite (one fused norm, no host wait).
+
+    Values so large that their tensor's L2 norm overflows (beyond about 1e19 in float32) count
+    as non-finite too: such weights have diverged.
+
+    Examples
+    --------
+    >>> bool(parameters_finite([torch.ones(3), torch.zeros(2)])), bool(parameters_finite([torch.tensor([1.0, float("inf")])]))
+    (True, False)
+    """
+    if not params:
+        return torch.ones((), dtype=torch.bool)
+    norms = torch._foreach_norm([p.detach() for p in params])
+    return torch.isfinite(torch.stack([n.float() for n in norms]).sum())
+
+
+def _agreed_any(flag: torch.Tensor) -> torch.Tensor:
+    """``flag`` (a device bool) OR-ed over the DDP processes, by an all-reduce on the device."""
     if distributed_rank_world()[1] == 1:
         return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(tensor)
-    return bool(tensor.item() > 0)
+    value = flag.to(torch.int32)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return value > 0
+
+
+class _StepUndo:
+    """Device copies of trainable tensors taken before an optimizer step, put back when the step is bad."""
+
+    def __init__(self):
+        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
+
+    @staticmethod
+    def live_tensors(optimizers, device) -> dict[tuple[int, str], torch.Tensor]:
+        """(id(param), name) -> the parameter and its optimizer-state tensors on ``device``."""
+        live = {}
+        for opt in optimizers:
+            for param in all_parameters([opt]):
+                if param.device == device:
+                    live[(id(param), "")] = param
+                for name, value in opt.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.device == device:
+                        live[(id(param), name)] = value
+        return live
+
+    def take(self, live: dict[tuple[int, str], torch.Tensor]) -> None:
+        """Copy ``live`` into the buffers (reused from step to step)."""
+        buffers = {}
+        for key, tensor in live.items():
+            buffer = self.buffers.get(key)
+            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+                buffer = torch.empty_like(tensor, memory_format=torch.preserve_format)
+            buffers[key] = buffer
+        self.buffers = buffers
+        if live:
+            torch._foreach_copy_([buffers[k] for k in live], [t.detach() for t in live.values()])
+
+    def undo_if(self, bad: torch.Tensor, live: dict[tuple[int, str], torch.Tensor]) -> None:
+        """Where ``bad`` (device bool): put the copies back; state created by the step becomes zeros."""
+        for key, tensor in live.items():
+            buffer = self.buffers.get(key)
+            if buffer is not None and buffer.shape == tensor.shape:
+                tensor.detach().copy_(torch.where(bad, buffer, tensor.detach()))
+            else:
+                tensor.detach().copy_(torch.where(bad, torch.zeros_like(tensor), tensor.detach()))
 
 
 class NonFiniteGuard:
-    """Brain mixin: skip and name non-finite batches, stop after a run of them, clip every group.
+    """Brain mixin: mask and name non-finite batches, stop after a run of them, clip every group.
+
+    See the module docstring for what happens per batch, at a check, and between checks.
 
     Attributes
     ----------
     skipped_utterances
-        Ids of every utterance in a skipped batch during this ``fit`` (for reports and tests).
+        Ids of every utterance in a skipped batch during this ``fit`` (for reports and tests);
+        reading it checks the pending flags first.
     """
-
-    skipped_utterances: list[str]
 
     # ------------------------------------------------------------------ bookkeeping
     def _guard_state(self):
-        if not hasattr(self, "skipped_utterances"):
-            self.skipped_utterances = []
+        if not hasattr(self, "_skipped_ids"):
+            self._skipped_ids: list[str] = []
+            self._pending: list[tuple] = []  # (step, ids, flags [3] on the device, stepped, host counters)
+            self._loss_total: torch.Tensor | None = None  # [2] on the device: loss sum, batches used
+            self._last_flags: torch.Tensor | None = None
+            self._in_fit_loop = False
+            self._used_in_stage = 0
+            self._window_ids: list[str] = []  # batches since the last optimizer step
+            self._window_reason = ""
             self._nonfinite_run: list[str] = []
-            self._skipped_in_stage = 0
-            self._batch_skipped = False
-            self._nonfinite_batches_in_run = 0
-            self._last_batch_skipped = False
+            self._nonfinite_steps_in_run = 0
+            self._last_step_masked = False
+            self._step_loss_bad: torch.Tensor | None = None
+            self._step_undo = _StepUndo()
 
-    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
-        """No intra-epoch checkpoint right after a skipped batch (all processes agree on skips)."""
+    @property
+    def skipped_utterances(self) -> list[str]:
+        """Ids of the utterances of every skipped batch so far (checks the pending flags first)."""
         self._guard_state()
-        if self._last_batch_skipped:
-            return False
-        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+        self.check_nonfinite()
+        return self._skipped_ids
 
-    def on_stage_start(self, stage, epoch=None):
-        """Reset the per-stage skip counters, then SpeechBrain's ``on_stage_start``."""
-        self._guard_state()
-        self._skipped_in_stage = 0
-        self._batch_skipped = False
-        return super().on_stage_start(stage, epoch)
-
-    def update_average(self, loss, avg_loss):
-        """Running mean of the loss over the batches that were used (skipped ones excluded).
-
-        ``avg_loss`` comes back unchanged after a skipped batch or a non-finite loss.
-        """
-        self._guard_state()
-        if self._batch_skipped:
-            self._batch_skipped = False
-            return avg_loss
-        count = max(self.step - self._skipped_in_stage, 1)
-        if torch.isfinite(torch.as_tensor(loss)):
-            avg_loss -= avg_loss / count
-            avg_loss += float(loss) / count
-        return avg_loss
+    def _check_steps(self) -> int:
+        hparams = getattr(self, "hparams", None)
+        return max(int(getattr(hparams, "nonfinite_check_steps", None) or CHECK_STEPS), 1)
 
     def _patience(self) -> int:
         return max(int(getattr(self, "nonfinite_patience", 3) or 0), 1)
-
-    def _skip(self, batch, reason: str) -> torch.Tensor:
-        """Record a skipped batch; raise after ``nonfinite_patience`` in a row."""
-        ids = batch_ids(batch, getattr(self, "step", None))
-        self.skipped_utterances.extend(ids)
-        self._nonfinite_run.extend(ids)
-        self._skipped_in_stage += 1
-        self._batch_skipped = True
-        self._last_batch_skipped = True
-        run = self._nonfinite_run
-        self._nonfinite_batches_in_run += 1
-        count = self._nonfinite_batches_in_run
-        logger.warning("skipping batch (%s): %s; weights not updated (%d of %d allowed in a row)",
-                       _format_ids(ids), reason, count, self._patience())
-        if count >= self._patience():
-            raise NonFiniteTrainingError(
-                f"training stopped without saving: {count} batches in a row had {reason.split(' (')[0]} "
-                f"(utterances {_format_ids(run)}); likely causes: non-finite or corrupt audio in these "
-                f"utterances (check them with stage 1's validation) or a learning rate too large "
-                f"(largest lr {self._largest_lr():g}); fix and rerun to resume from the last good checkpoint")
-        return torch.tensor(float("nan"))
 
     def _largest_lr(self) -> float:
         lrs = [g.get("lr", 0.0) for opt in self._active_optimizers().values() for g in opt.param_groups]
@@ -222,11 +285,63 @@ class NonFiniteGuard:
             return {"optimizer": self.optimizer}
         return {}
 
+    # ------------------------------------------------------------------ stage hooks
+    def on_stage_start(self, stage, epoch=None):
+        """Start deferring checks in the training stage, then SpeechBrain's ``on_stage_start``."""
+        self._guard_state()
+        self.check_nonfinite()
+        self._in_fit_loop = stage == sb.Stage.TRAIN
+        self._used_in_stage = int(getattr(self, "step", 0) or 0)  # a resumed epoch's batches so far
+        return super().on_stage_start(stage, epoch)
+
+    def checked_train_loss(self) -> float:
+        """Check the pending flags and end the training stage; return its mean loss over the used batches."""
+        self._guard_state()
+        self.check_nonfinite()
+        self._in_fit_loop = False
+        return self.avg_train_loss
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """At the end of the training stage the loss is the checked mean (:meth:`checked_train_loss`)."""
+        if stage == sb.Stage.TRAIN:
+            stage_loss = self.checked_train_loss()
+        return super().on_stage_end(stage, stage_loss, epoch)
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's decision, after a check; never right after a skipped step.
+
+        With ``ckpt_interval_minutes`` the clock (a broadcast under DDP) is read at check steps
+        only (every ``nonfinite_check_steps`` batches).
+        """
+        self._guard_state()
+        if (getattr(self, "ckpt_interval_minutes", 0) or 0) > 0 and self.step % self._check_steps():
+            return False
+        if not super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt):
+            return False
+        self.check_nonfinite()
+        return not self._last_step_masked
+
+    def update_average(self, loss, avg_loss):
+        """Training: add the batch's loss to the device sums (a check folds them into the mean).
+
+        Returns the mean as of the last check. In other stages SpeechBrain's running mean.
+        """
+        self._guard_state()
+        flags, self._last_flags = self._last_flags, None
+        if not self._in_fit_loop or flags is None:
+            return super().update_average(loss, avg_loss)
+        used = flags[0] == 0
+        added = torch.stack([torch.where(used, flags[1], torch.zeros_like(flags[1])), used.float()])
+        self._loss_total = added if self._loss_total is None else self._loss_total + added
+        if self.step % self._check_steps() == 0:
+            self.check_nonfinite()
+        return self.avg_train_loss
+
     # ------------------------------------------------------------------ training step
     def fit_batch(self, batch):
-        """SpeechBrain 1.1.2's ``fit_batch`` with the non-finite checks (see the module doc).
+        """SpeechBrain 1.1.2's ``fit_batch`` with the device-side guard (see the module doc).
 
-        Returns the detached CPU loss (NaN for a skipped batch).
+        Returns the detached loss on the device (NaN for a non-finite batch).
         """
         self._guard_state()
         should_step = (self.step % self.grad_accumulation_factor) == 0
@@ -236,55 +351,138 @@ class NonFiniteGuard:
             with self.training_ctx:
                 outputs = self.compute_forward(batch, sb.Stage.TRAIN)
                 loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
-            if _agree_any(not bool(torch.isfinite(loss.detach()).all()), self.device):
-                value = float(loss.detach().float().reshape(-1)[0]) if loss.numel() else float("nan")
-                return self._skip(batch, f"a non-finite loss ({value})")
-            scaled_loss = self.scaler.scale(loss / self.grad_accumulation_factor)
+            loss_bad = ~torch.isfinite(loss.detach()).all()
+            poison = torch.where(loss_bad, float("nan"), 1.0).to(loss.dtype)  # 1.0 exactly for a finite loss
+            scaled_loss = self.scaler.scale(loss * poison / self.grad_accumulation_factor)
             scaled_loss.backward()
+        if self.scaler.is_enabled():
+            self._step_loss_bad = loss_bad if self._step_loss_bad is None else self._step_loss_bad | loss_bad
 
+        flags = loss_bad.to(torch.int32) * LOSS
+        norm = torch.zeros((), device=loss.device)
+        counters: list[torch.Tensor] = []
         if should_step:
-            problem = self.optimizers_step()
-            if problem is not None:
-                return self._skip(batch, problem)
-            self._check_parameters(batch)
-
+            step_flags = self.optimizers_step()
+            if step_flags is not None:
+                flags = flags | step_flags.to(flags.device)
+                norm = self._last_grad_norm.to(loss.device)
+                counters = self._host_step_counters
         self.on_fit_batch_end(batch, outputs, loss, should_step)
-        self._last_batch_skipped = False
-        self._nonfinite_run = []
-        self._nonfinite_batches_in_run = 0
-        return loss.detach().cpu()
+
+        record = torch.stack([flags.float(), loss.detach().float().mean(), norm.float()])
+        self._pending.append((getattr(self, "step", None), batch_ids(batch, getattr(self, "step", None)),
+                              record, should_step, counters))
+        self._last_flags = record
+        if not self._in_fit_loop:
+            self.check_nonfinite()
+        return loss.detach()
 
     def optimizers_step(self):
-        """Unscale, clip the total norm over every group of every optimizer, step.
+        """Unscale, clip the total norm over every group of every optimizer, step; undo a bad step.
 
-        Returns a description of the problem when the gradients were non-finite (no step was
-        taken, gradients zeroed), else None.
+        Returns the step's flags (an int tensor on the device: 0, or :data:`GRADS` /
+        :data:`PARAMS` / :data:`AGREED_LOSS` bits for a step that was undone), or None without
+        an optimizer. The host never waits for the device here.
         """
+        self._guard_state()
         optimizers = self._active_optimizers()
+        self._host_step_counters = []
         if not optimizers:
             return None
         for opt in optimizers.values():
             self.scaler.unscale_(opt)
         norm = clip_all_groups(optimizers.values(), self.max_grad_norm)
-        if not self.scaler.is_enabled() and _agree_any(not bool(torch.isfinite(norm)), self.device):
+        device = norm.device
+        flags = torch.zeros((), dtype=torch.int32, device=device)
+        if not self.scaler.is_enabled():
+            flags = flags | (~torch.isfinite(norm)).to(torch.int32) * GRADS
+        elif self._step_loss_bad is not None:
+            flags = flags | _agreed_any(self._step_loss_bad.to(device)).to(torch.int32) * AGREED_LOSS
+        self._step_loss_bad = None
+        params = all_parameters(optimizers.values())
+        stepped = [p for p in params if p.grad is not None]
+        undo = self._step_undo
+        with torch.no_grad():
+            undo.take(undo.live_tensors(optimizers.values(), device))
+            for opt in optimizers.values():
+                self.scaler.step(opt)
+            self.scaler.update()
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            return f"non-finite gradients (total norm {float(norm)})"
-        for opt in optimizers.values():
-            self.scaler.step(opt)
-        self.scaler.update()
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
+            flags = flags | (~parameters_finite(params)).to(torch.int32) * PARAMS
+            undo.undo_if((flags & MASKED) != 0, undo.live_tensors(optimizers.values(), device))
+        if device.type != "cpu":  # step counters on the host: put back at the check if the step was undone
+            self._host_step_counters = [opt.state[p]["step"] for opt in optimizers.values() for p in stepped
+                                        if isinstance(opt.state.get(p, {}).get("step"), torch.Tensor)
+                                        and opt.state[p]["step"].device.type == "cpu"]
+        self._last_grad_norm = norm.detach()
         self.optimizer_step += 1
-        return None
+        return flags
 
-    def _check_parameters(self, batch) -> None:
-        params = all_parameters(self._active_optimizers().values())
-        if not params:
+    # ------------------------------------------------------------------ the check
+    def check_nonfinite(self) -> None:
+        """Read the pending device flags (one host synchronisation) and act on them.
+
+        Logs each non-finite batch, updates ``avg_train_loss``, puts back host step counters of
+        undone steps, and raises :class:`NonFiniteTrainingError` after ``nonfinite_patience``
+        undone steps in a row or after an update that made parameters non-finite.
+        """
+        self._guard_state()
+        pending, self._pending = self._pending, []
+        total, self._loss_total = self._loss_total, None
+        if not pending and total is None:
             return
-        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
-        if not bool(finite):
+        parts = [record for _, _, record, _, _ in pending] + ([total] if total is not None else [])
+        values = torch.cat([part.reshape(-1).float() for part in parts]).tolist()  # the one host synchronisation
+        if total is not None:
+            loss_sum, used = values[-2], int(values[-1])
+            if used:
+                before = self._used_in_stage
+                self.avg_train_loss = (float(self.avg_train_loss) * before + loss_sum) / (before + used)
+                self._used_in_stage = before + used
+        for index, (step, ids, _, stepped, counters) in enumerate(pending):
+            flags, loss, norm = values[3 * index:3 * index + 3]
+            self._on_checked_batch(step, ids, int(flags), loss, norm, stepped, counters)
+
+    def _on_checked_batch(self, step, ids, flags, loss, norm, stepped, counters) -> None:
+        self._window_ids.extend(ids)
+        reason = ""
+        if flags & (LOSS | AGREED_LOSS):
+            reason = f"a non-finite loss ({loss})" if flags & LOSS else "a non-finite loss on another process"
+        elif flags & GRADS:
+            reason = f"non-finite gradients (total norm {norm})"
+        if reason and not self._window_reason:
+            self._window_reason = reason
+        if flags:
+            self._skipped_ids.extend(ids)
+        if not stepped:
+            if reason:
+                logger.warning("batch %s (%s): %s; the optimizer step it belongs to is undone", step,
+                               _format_ids(ids), reason)
+            return
+        masked = bool(flags & MASKED)
+        window, window_reason = self._window_ids, self._window_reason or reason
+        self._window_ids, self._window_reason = [], ""
+        self._last_step_masked = masked
+        if not masked:
+            self._nonfinite_run, self._nonfinite_steps_in_run = [], 0
+            return
+        self.optimizer_step -= 1
+        for counter in counters:
+            counter.sub_(1)
+        if flags & PARAMS and not flags & (GRADS | LOSS | AGREED_LOSS):
             raise NonFiniteTrainingError(
-                f"training stopped without saving: the update of batch ({_format_ids(batch_ids(batch, self.step))}) "
-                f"made parameters non-finite; likely cause: a learning rate too large (largest lr "
-                f"{self._largest_lr():g}); lower it and restart the experiment")
+                f"training stopped without saving: the update of batch ({_format_ids(window)}) made parameters "
+                f"non-finite; likely cause: a learning rate too large (largest lr {self._largest_lr():g}); lower it "
+                "and restart the experiment")
+        self._nonfinite_run.extend(window)
+        self._nonfinite_steps_in_run += 1
+        count, unit = self._nonfinite_steps_in_run, "batches" if self.grad_accumulation_factor == 1 else "optimizer steps"
+        logger.warning("skipping batch %s (%s): %s; weights not updated (%d of %d allowed in a row)", step,
+                       _format_ids(window), window_reason, count, self._patience())
+        if count >= self._patience():
+            raise NonFiniteTrainingError(
+                f"training stopped without saving: {count} {unit} in a row had {window_reason.split(' (')[0]} "
+                f"(utterances {_format_ids(self._nonfinite_run)}); likely causes: non-finite or corrupt audio in "
+                f"these utterances (check them with stage 1's validation) or a learning rate too large "
+                f"(largest lr {self._largest_lr():g}); fix and rerun to resume from the last good checkpoint")

@@ -28,6 +28,7 @@ Embeddings of a tiny untrained model, windowed (0.5 s windows):
 
 from __future__ import annotations
 
+import speechbrain as sb
 import torch
 
 from elp.tasks.sv import SpeakerVerification
@@ -40,8 +41,9 @@ class SpeakerBrain(UtteranceClassifierBrain):
     """``modules.head`` maps features to embeddings; ``modules.classifier`` is the AAM layer.
 
     Training reads ``label_id`` (the training speaker); validation reports speaker-ID
-    accuracy on held-out utterances of the training speakers. :meth:`predict` returns
-    embeddings; stage 4 scores the trial list with them.
+    accuracy on held-out utterances of the training speakers, with embeddings made as stage 4
+    makes them (:meth:`compute_forward`: long utterances in windows, memory bounded by the
+    window). :meth:`predict` returns embeddings; stage 4 scores the trial list with them.
 
     Notes
     -----
@@ -53,6 +55,31 @@ class SpeakerBrain(UtteranceClassifierBrain):
     --------
     See the module docstring.
     """
+
+    def compute_forward(self, batch, stage):
+        """Embeddings [B, E] of the batch's waveforms.
+
+        Training: the features (with the caches and crops) through the head. Validation and
+        test: the task's prediction path, :meth:`elp.tasks.sv.SpeakerVerification.predict_batch`
+        with the model run on the waveforms (no feature caches), as in :meth:`predict`:
+        utterances longer than the task's ``window_seconds`` are embedded in overlapping
+        windows, so a validation utterance of minutes needs the memory of its windows, and
+        validation measures the embeddings stage 4 scores.
+        """
+        if stage == sb.Stage.TRAIN:
+            return super().compute_forward(batch, stage)
+        wavs, wav_lens = batch.sig
+        wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        task = brain_task(self, SpeakerVerification)
+        embeddings = task.predict_batch(model_encoder(self)(batch, wavs, wav_lens), unwrap(self.modules.head),
+                                        wavs, wav_lens)
+        return torch.stack(embeddings).to(self.device)
+
+    def with_cnn_cache(self, dataset, stage, loader_kwargs: dict):
+        """Training and test loaders as :meth:`ELPBrain.with_cnn_cache`; validation reads audio (windows need it)."""
+        if stage == sb.Stage.VALID:
+            return dataset, loader_kwargs
+        return super().with_cnn_cache(dataset, stage, loader_kwargs)
 
     def class_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Scaled cosines [B, #speakers] of embeddings [B, E] to the training speakers (no margin)."""

@@ -14,6 +14,9 @@ and the labels ``Session{n}/dialog/EmoEvaluation/<dialog>.txt`` (only lines star
 * ``<out>/fold{k}/{train,dev,test}``: leave-one-session-out; test = session k, train = the
   other sessions minus dev; dev = a deterministic 10% of them, stratified by label: within
   each label, the sorted utterance ids at positions 9, 19, 29, ... (``--dev-fraction``).
+* A partial corpus fails here, naming what is missing: a session of ``--sessions`` (default
+  all five), a session's ``sentences/wav`` or ``dialog/EmoEvaluation``, a wav without a label
+  line or a label line without its wav (``--drop-incomplete`` drops those instead, logged).
 
 Usage:
     python local/data_prep.py --corpus-root /corpora --out data
@@ -29,9 +32,9 @@ from typing import Dict, List, Optional, Sequence
 
 from elp.data.kaldi_dir import (combine_data_dirs, read_data_dir, subset_data_dir,
                                 validate_data_dir, write_data_dir)
-from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, evenly_spaced_holdout,
-                           find_corpus_dir, log_counts, log_skipped, run_data_prep,
-                           write_prepared_dir)
+from elp.data.prep import (CorpusLayoutError, audio_path, check_complete, data_prep_parser,
+                           evenly_spaced_holdout, find_corpus_dir, log_counts, require_parts,
+                           run_data_prep, write_prepared_dir)
 
 logger = logging.getLogger("iemocap.data_prep")
 
@@ -71,8 +74,14 @@ def speaker_of(utt: str) -> str:
     return match.group("session") + match.group("gender")
 
 
-def read_session(session_dir: Path) -> Dict[str, Dict[str, str]]:
-    """wav_scp / utt2spk / utt2label of one ``Session{n}`` folder (4 classes only)."""
+def read_session(session_dir: Path, drop_incomplete: bool = False) -> Dict[str, Dict[str, str]]:
+    """wav_scp / utt2spk / utt2label of one ``Session{n}`` folder (4 classes only).
+
+    ``drop_incomplete`` False: a wav without a label line (or the reverse) is an error;
+    True: they are dropped and logged.
+    """
+    require_parts(session_dir, ["sentences/wav", "dialog/EmoEvaluation"],
+                  "extract the session again from IEMOCAP_full_release")
     wavs = {p.stem: p for p in sorted(session_dir.glob("sentences/wav/*/*.wav")) if not p.name.startswith("._")}
     labels: Dict[str, str] = {}
     for path in sorted(session_dir.glob("dialog/EmoEvaluation/*.txt")):
@@ -81,8 +90,11 @@ def read_session(session_dir: Path) -> Dict[str, Dict[str, str]]:
     if not wavs or not labels:
         raise CorpusLayoutError(f"{session_dir}: expected sentences/wav/<dialog>/<utt>.wav "
                                 "and dialog/EmoEvaluation/<dialog>.txt")
-    log_skipped(f"{session_dir.name}: audio without a label line, dropped", sorted(set(wavs) - set(labels)))
-    log_skipped(f"{session_dir.name}: label lines without audio, dropped", sorted(set(labels) - set(wavs)))
+    fix = f"extract {session_dir.name} again from IEMOCAP_full_release"
+    check_complete(f"{session_dir}: audio without a label line", sorted(set(wavs) - set(labels)), fix,
+                   drop_incomplete)
+    check_complete(f"{session_dir}: label lines without audio", sorted(set(labels) - set(wavs)), fix,
+                   drop_incomplete)
     dropped = Counter(labels[u] for u in labels if u in wavs and labels[u] not in EMOTION_CLASSES)
     log_counts(f"{session_dir.name}: dropped utterances outside {sorted(set(EMOTION_CLASSES.values()))}",
                dropped, level=logging.INFO)
@@ -141,8 +153,9 @@ def build_fold(data_root: Path, k: int, sessions: Sequence[int], dev_fraction: f
 
 
 def prepare_iemocap(corpus_root: Path, out_dir: Path, folds: Optional[Sequence[int]] = None,
-                    dev_fraction: float = 0.1, validate: bool = True) -> List[Path]:
-    """Write ``session{n}`` for every present session, then the folds; returns all dirs.
+                    dev_fraction: float = 0.1, validate: bool = True, sessions: Sequence[int] = SESSIONS,
+                    drop_incomplete: bool = False) -> List[Path]:
+    """Write ``session{n}`` for every session of ``sessions``, then the folds; returns all dirs.
 
     Parameters
     ----------
@@ -151,32 +164,43 @@ def prepare_iemocap(corpus_root: Path, out_dir: Path, folds: Optional[Sequence[i
     out_dir
         Parent of the data dirs.
     folds
-        Folds to build (default: one per present session; none if only one session).
+        Folds to build (default: one per session; none if only one session).
     dev_fraction
         See :func:`build_fold`.
+    sessions
+        The sessions to prepare, each required (default: all five).
+    drop_incomplete
+        Drop (logged) utterances without label or audio instead of failing.
     """
     release = find_corpus_dir(corpus_root, "IEMOCAP_full_release")
-    present = [n for n in SESSIONS if (release / f"Session{n}").is_dir()]
-    log_skipped("sessions absent, skipped", [f"Session{n}" for n in SESSIONS if n not in present], level=logging.INFO)
-    if not present:
-        raise CorpusLayoutError(f"no Session{{1..5}} folder in {release}")
+    unknown = sorted(set(sessions) - set(SESSIONS))
+    if unknown or not sessions:
+        raise CorpusLayoutError(f"--sessions {' '.join(map(str, sessions))}: IEMOCAP has sessions 1-5")
+    chosen = sorted(set(sessions))
+    require_parts(release, [f"Session{n}" for n in chosen],
+                  "extract the whole IEMOCAP_full_release, or name the sessions you have with --sessions "
+                  "(run.sh: --prep_opts '--sessions 1 2 3' --folds '1 2 3')")
     out_dir = Path(out_dir)
-    written = [write_prepared_dir(out_dir / f"session{n}", validate=validate, **read_session(release / f"Session{n}"))
-               for n in present]
+    written = [write_prepared_dir(out_dir / f"session{n}", validate=validate,
+                                  **read_session(release / f"Session{n}", drop_incomplete))
+               for n in chosen]
     if folds is None:
-        folds = present if len(present) > 1 else []
-    written += [build_fold(out_dir, k, present, dev_fraction, validate=validate) for k in folds]
+        folds = chosen if len(chosen) > 1 else []
+    written += [build_fold(out_dir, k, chosen, dev_fraction, validate=validate) for k in folds]
     return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = data_prep_parser(__doc__)
+    parser = data_prep_parser(__doc__, drop_incomplete=True)
+    parser.add_argument("--sessions", type=int, nargs="+", default=list(SESSIONS),
+                        help="sessions to prepare, each required (default: 1 2 3 4 5)")
     parser.add_argument("--folds", type=int, nargs="*", default=None,
-                        help="folds (held-out sessions) to build; default: every present session")
+                        help="folds (held-out sessions) to build; default: every session")
     parser.add_argument("--dev-fraction", type=float, default=0.1,
                         help="share of the training sessions held out as dev (default 0.1)")
     return run_data_prep(parser, lambda args: prepare_iemocap(
-        args.corpus_root, args.out, args.folds, args.dev_fraction, validate=not args.skip_validation), argv)
+        args.corpus_root, args.out, args.folds, args.dev_fraction, validate=not args.skip_validation,
+        sessions=args.sessions, drop_incomplete=args.drop_incomplete), argv)
 
 
 if __name__ == "__main__":

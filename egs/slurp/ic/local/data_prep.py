@@ -12,8 +12,12 @@ the corpus root or in its ``audio/`` folder (where the SLURP download script put
 * ``utt2spk``: the jsonl files carry no speaker. If ``dataset/slurp/metadata.json`` exists,
   its per-recording ``usrid`` is the speaker; otherwise each utterance is its own speaker
   (``<utt> <utt>``, the Kaldi convention for unknown speakers).
-* Recordings whose audio file is absent are counted and logged; a split where ALL are absent
-  is an error (the audio was not downloaded or --audio-root is wrong).
+* A partial corpus fails here, naming what is missing: a split of ``--splits`` (default all
+  three, the recipe's train/valid/test sets), ``slurp_real/``, or more than
+  :data:`TOLERATED_ABSENT` of a split's listed recordings (SLURP's own lists name a few files
+  its audio download lacks: those are logged and skipped). ``--drop-incomplete`` skips any
+  number of absent recordings (logged); a split where ALL are absent is always an error (the
+  audio was not downloaded or --audio-root is wrong).
 * ``--add-synthetic`` appends ``train_synthetic.jsonl`` (audio in ``slurp_synth/``) to train.
 
 Usage:
@@ -27,13 +31,15 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, log_skipped,
-                           run_data_prep, write_prepared_dir)
+from elp.data.prep import (CorpusLayoutError, audio_path, check_complete, data_prep_parser, log_skipped,
+                           require_parts, run_data_prep, write_prepared_dir)
 
 logger = logging.getLogger("slurp.data_prep")
 
 SPLITS = ("train", "devel", "test")
 SYNTHETIC_SPLIT = "train_synthetic"
+TOLERATED_ABSENT = 0.001
+"""Share of a split's listed recordings that may lack audio without failing (logged instead)."""
 
 
 def read_jsonl(path: Path) -> List[dict]:
@@ -78,8 +84,13 @@ def find_audio_dir(corpus_root: Path, name: str, audio_root: Optional[Path] = No
                             "run SLURP's scripts/download_audio.sh or pass --audio-root")
 
 
-def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], split: str) -> Dict[str, Dict[str, str]]:
-    """wav_scp / text / utt2label / utt2spk of one split's records."""
+def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], split: str,
+               drop_incomplete: bool = False) -> Dict[str, Dict[str, str]]:
+    """wav_scp / text / utt2label / utt2spk of one split's records.
+
+    More than :data:`TOLERATED_ABSENT` of the listed recordings without audio is an error
+    unless ``drop_incomplete`` (then they are skipped and logged, as the tolerated few are).
+    """
     wav_scp, text, utt2label, utt2spk = {}, {}, {}, {}
     absent, repeated, seen = [], [], set()
     for record in records:
@@ -99,15 +110,18 @@ def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], s
             utt2label[utt] = record["intent"]
             utt2spk[utt] = speakers.get(file_name, utt)
     log_skipped(f"{split}: recordings listed more than once, used once", repeated)
-    log_skipped(f"{split}: recordings whose audio is absent from {audio_dir}, skipped", absent)
     if not wav_scp:
         raise CorpusLayoutError(f"{split}: none of the {len(absent)} listed recordings exists in {audio_dir}")
+    check_complete(f"{split}: recordings whose audio is absent from {audio_dir}", absent,
+                   "download the audio again (SLURP's scripts/download_audio.sh)", drop_incomplete,
+                   total=len(seen), tolerated_share=TOLERATED_ABSENT)
     return {"wav_scp": wav_scp, "text": text, "utt2label": utt2label, "utt2spk": utt2spk}
 
 
 def prepare_slurp(corpus_root: Path, out_dir: Path, splits: Sequence[str] = SPLITS, add_synthetic: bool = False,
-                  audio_root: Optional[Path] = None, validate: bool = True) -> List[Path]:
-    """Write ``<out>/<split>`` for every present split; returns their paths.
+                  audio_root: Optional[Path] = None, validate: bool = True,
+                  drop_incomplete: bool = False) -> List[Path]:
+    """Write ``<out>/<split>`` for every split; returns their paths.
 
     Parameters
     ----------
@@ -116,43 +130,47 @@ def prepare_slurp(corpus_root: Path, out_dir: Path, splits: Sequence[str] = SPLI
     out_dir
         Parent of the data dirs.
     splits
-        jsonl names to prepare; absent ones are skipped (logged).
+        jsonl names to prepare, each required.
     add_synthetic
         Append ``train_synthetic.jsonl`` (``slurp_synth/`` audio) to ``train``.
     audio_root
         Folder holding ``slurp_real/`` and ``slurp_synth/`` if not the corpus root or its ``audio/``.
+    drop_incomplete
+        Skip (logged) any number of listed recordings without audio instead of failing.
     """
     corpus_root = Path(corpus_root)
     annotations = corpus_root / "dataset" / "slurp"
     if not annotations.is_dir():
         raise CorpusLayoutError(f"{annotations} not found: --corpus-root must be the SLURP checkout")
+    require_parts(annotations, [f"{split}.jsonl" for split in splits]
+                  + ([f"{SYNTHETIC_SPLIT}.jsonl"] if add_synthetic and "train" in splits else []),
+                  "check out the whole SLURP repository, or name the splits you have with --splits "
+                  "(run.sh: --prep_opts '--splits devel test')")
+    real_audio = find_audio_dir(corpus_root, "slurp_real", audio_root)
     speakers = read_speakers(annotations / "metadata.json")
     written = []
     for split in splits:
         jsonl = annotations / f"{split}.jsonl"
-        if not jsonl.is_file():
-            logger.info("split %s: %s not found, skipped", split, jsonl)
-            continue
-        mappings = read_split(read_jsonl(jsonl), find_audio_dir(corpus_root, "slurp_real", audio_root), speakers, split)
+        mappings = read_split(read_jsonl(jsonl), real_audio, speakers, split, drop_incomplete)
         if split == "train" and add_synthetic:
             synthetic = read_split(read_jsonl(annotations / f"{SYNTHETIC_SPLIT}.jsonl"),
-                                   find_audio_dir(corpus_root, "slurp_synth", audio_root), speakers, SYNTHETIC_SPLIT)
+                                   find_audio_dir(corpus_root, "slurp_synth", audio_root), speakers, SYNTHETIC_SPLIT,
+                                   drop_incomplete)
             for name, mapping in synthetic.items():
                 mappings[name].update(mapping)
         written.append(write_prepared_dir(Path(out_dir) / split, validate=validate, **mappings))
-    if not written:
-        raise CorpusLayoutError(f"none of {[f'{s}.jsonl' for s in splits]} found in {annotations}")
     return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = data_prep_parser(__doc__)
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="jsonl splits (default: train devel test)")
+    parser = data_prep_parser(__doc__, drop_incomplete=True)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS),
+                        help="jsonl splits, each required (default: train devel test)")
     parser.add_argument("--add-synthetic", action="store_true", help="append train_synthetic.jsonl to train")
     parser.add_argument("--audio-root", type=Path, default=None, help="folder holding slurp_real/ and slurp_synth/")
     return run_data_prep(parser, lambda args: prepare_slurp(
         args.corpus_root, args.out, args.splits, args.add_synthetic, args.audio_root,
-        validate=not args.skip_validation), argv)
+        validate=not args.skip_validation, drop_incomplete=args.drop_incomplete), argv)
 
 
 if __name__ == "__main__":

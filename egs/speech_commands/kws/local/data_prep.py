@@ -27,6 +27,9 @@ Reads the corpus as downloaded (``speech_commands_v0.02.tar.gz`` unpacked): ``<w
 * Utterance ids: ``<speaker>-<word>-<n>`` (e.g. ``0a7c2a8d-yes-0``) and
   ``silence-<noise stem>-<start in ms, 7 digits>``; ``utt2spk`` maps a word clip to its
   speaker id, ``utt2label`` to its class.
+* A partial corpus fails here, naming what is missing: ``validation_list.txt``,
+  ``testing_list.txt``, a command-word folder, a listed file, or ``_background_noise_/``
+  when ``_silence_`` windows are wanted.
 
 Usage:
     python local/data_prep.py --corpus-root /corpora/speech_commands_v0.02 --out data
@@ -44,7 +47,7 @@ from typing import Optional, Sequence
 import soundfile
 
 from elp.data.kaldi_dir import Segment
-from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, log_counts,
+from elp.data.prep import (CorpusLayoutError, audio_path, data_prep_parser, log_counts, require_parts,
                            run_data_prep, write_prepared_dir)
 
 logger = logging.getLogger("speech_commands.data_prep")
@@ -218,6 +221,7 @@ def prepare_speech_commands(corpus_root: Path, out_dir: Path, num_classes: int =
         raise ValueError("--silence-percent and --unknown-percent must be >= 0")
     root = find_root(Path(corpus_root))
     listed = {split: read_list(root, split) for split in LISTS}
+    require_parts(root, COMMAND_WORDS, f"unpack the whole {CORPUS_NAME}.tar.gz into {root}")
     both = sorted(set(listed["valid"]) & set(listed["test"]))
     if both:
         raise CorpusLayoutError(f"{both[0]} is listed in both {LISTS['valid']} and {LISTS['test']} "
