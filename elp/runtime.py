@@ -113,6 +113,7 @@ def peak_memory_mb(device: str | torch.device, *, reset: bool = False) -> float:
 
     Examples
     --------
+    >>> import gc; _ = gc.collect()  # garbage freed inside the window would hide the block
     >>> start = peak_memory_mb("cpu", reset=True)
     >>> block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
     >>> peak_memory_mb("cpu") - start > 60

@@ -280,7 +280,8 @@ def test_slurm_example_gives_each_node_its_rank(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "tools" / "slurm" / "run_all.sbatch"), "--dry_run", "true",
                              "--recipes", "slurp/ic", "--methods", "elp"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr + (tmp_path / "node0.err").read_text()
+    node_errors = "".join(p.read_text() for p in sorted(tmp_path.glob("node*.err")))
+    assert result.returncode == 0, result.stderr + node_errors
     assert (tmp_path / "srun.args").read_text().startswith("--nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c")
     multi = "--nnodes 2 --node_rank {r} --master_addr gpu07 --master_port 29501 --run_id 4242 --prep_timeout 7200"
     train = "cd egs/slurp/ic && ./run.sh --stage 3 --stop_stage 3 --method elp --tag mini_elp " + multi \
