@@ -9,6 +9,7 @@ True
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -268,7 +269,11 @@ def run_main(main, argv: list[str]) -> int:
     line ``ERROR: <message>`` and returns 1 instead of a traceback (``ELP_DEBUG=1``: raise).
 
     Otherwise it returns the status of ``main(argv) -> int``. A process group that ``main``
-    joined (torchrun) is destroyed before returning, so no rank is aborted at exit.
+    joined (torchrun) is destroyed before returning, so no rank is aborted at exit; when ``main``
+    returned normally, every rank first waits at a barrier, so that no rank tears down its
+    connections while another still works, and the garbage ``main`` left (DDP wrappers in
+    reference cycles hold the group) is collected before the group is destroyed: left to the
+    interpreter's exit, it aborted ranks with "terminate called without an active exception".
 
     Examples
     --------
@@ -278,7 +283,10 @@ def run_main(main, argv: list[str]) -> int:
     1
     """
     try:
-        return main(argv)
+        status = main(argv)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return status
     except (ValueError, FileNotFoundError, KeyError, UserError) as err:
         if os.environ.get("ELP_DEBUG"):
             raise
@@ -287,4 +295,5 @@ def run_main(main, argv: list[str]) -> int:
         return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gc.collect()  # frees what main left in reference cycles (DDP wrappers hold the group)
             torch.distributed.destroy_process_group()

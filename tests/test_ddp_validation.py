@@ -61,3 +61,33 @@ def test_run_main_leaves_no_process_group_behind(tmp_path):
 
     assert run_main(main, []) == 0
     assert not dist.is_initialized()
+
+
+def _ends_at_different_times(rank: int, world: int, port: int, out_dir: str) -> None:
+    import time
+
+    from elp.runtime import run_main
+
+    def main(argv):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        if rank == 1:
+            time.sleep(1.0)  # still working when rank 0 is done
+        with open(f"{out_dir}/arrived{rank}", "w") as handle:
+            handle.write(repr(time.time()))
+        return 0
+
+    status = run_main(main, [])
+    with open(f"{out_dir}/left{rank}", "w") as handle:
+        handle.write(f"{time.time()!r} {status} {dist.is_initialized()}")
+
+
+def test_run_main_ranks_leave_together_and_without_a_process_group(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_ends_at_different_times, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    late_arrival = float((tmp_path / "arrived1").read_text())
+    for rank in (0, 1):
+        left, status, initialized = (tmp_path / f"left{rank}").read_text().split()
+        assert (status, initialized) == ("0", "False")
+        assert float(left) >= late_arrival  # rank 0 waited for rank 1 before tearing down
