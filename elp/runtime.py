@@ -264,16 +264,40 @@ def cuda_driver_problem() -> str | None:
                                os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def leave_process_group(*, wait: bool = True) -> None:
+    """Destroy the default process group, if one was joined, so that no rank aborts at exit.
+
+    With ``wait`` (a rank that finished its work), every rank first meets at a barrier: a rank
+    that tears down its gloo or NCCL connections while another still works, or still sits in
+    a collective, makes the other abort with "terminate called without an active exception".
+    The garbage left in reference cycles (DDP wrappers hold the group) is collected before the
+    group is destroyed: a gloo worker thread still holding work whose tensors are freed during
+    interpreter finalization aborts the process the same way (the mechanism described in
+    pytorch/pytorch pull request 179291). ``wait=False`` is for a rank leaving on an error, which cannot expect
+    the others at a barrier. Without a process group it does nothing.
+
+    Examples
+    --------
+    >>> import torch.distributed as dist
+    >>> leave_process_group()  # no group joined: nothing to do
+    >>> dist.is_initialized()
+    False
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait:
+        torch.distributed.barrier()
+    gc.collect()  # frees what the caller left in reference cycles (DDP wrappers hold the group)
+    torch.distributed.destroy_process_group()
+
+
 def run_main(main, argv: list[str]) -> int:
     """Run an entry point; a user error (bad option, file, data, experiment state) prints one
     line ``ERROR: <message>`` and returns 1 instead of a traceback (``ELP_DEBUG=1``: raise).
 
     Otherwise it returns the status of ``main(argv) -> int``. A process group that ``main``
-    joined (torchrun) is destroyed before returning, so no rank is aborted at exit; when ``main``
-    returned normally, every rank first waits at a barrier, so that no rank tears down its
-    connections while another still works, and the garbage ``main`` left (DDP wrappers in
-    reference cycles hold the group) is collected before the group is destroyed: left to the
-    interpreter's exit, it aborted ranks with "terminate called without an active exception".
+    joined (torchrun) is left with :func:`leave_process_group` before returning: after a
+    barrier when ``main`` returned normally, without one when it raised.
 
     Examples
     --------
@@ -284,8 +308,7 @@ def run_main(main, argv: list[str]) -> int:
     """
     try:
         status = main(argv)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        leave_process_group(wait=True)
         return status
     except (ValueError, FileNotFoundError, KeyError, UserError) as err:
         if os.environ.get("ELP_DEBUG"):
@@ -294,6 +317,4 @@ def run_main(main, argv: list[str]) -> int:
         print(f"ERROR: {' '.join(message.split())}", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gc.collect()  # frees what main left in reference cycles (DDP wrappers hold the group)
-            torch.distributed.destroy_process_group()
+        leave_process_group(wait=False)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from elp.train.checkpoints import RNGState
+from elp.runtime import leave_process_group
 
 
 def _draw() -> list[float]:
@@ -32,7 +33,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     RNGState().load(f"{out_dir}/rng.ckpt", True)
     with open(f"{out_dir}/rank{rank}.json", "w") as handle:
         json.dump({"expected": expected, "resumed": _draw()}, handle)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def test_each_rank_resumes_its_own_random_numbers(tmp_path):

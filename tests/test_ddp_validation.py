@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from elp.train.brains.base import ELPBrain
 from elp.data.sampler import EvalBatchSampler, gather_by_utterance
+from elp.runtime import leave_process_group
 
 LENGTHS = [16000 * (index % 5 + 1) for index in range(11)]
 
@@ -32,7 +33,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
               "loss": ELPBrain._mean_over_ranks(brain, statistics.mean(losses) if losses else 0.0)}
     with open(f"{out_dir}/rank{rank}.json", "w") as handle:
         json.dump(record, handle)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def test_sharded_validation_sees_every_utterance_once_and_the_same_numbers_on_every_rank(tmp_path):
@@ -91,3 +92,20 @@ def test_run_main_ranks_leave_together_and_without_a_process_group(tmp_path):
         left, status, initialized = (tmp_path / f"left{rank}").read_text().split()
         assert (status, initialized) == ("0", "False")
         assert float(left) >= late_arrival  # rank 0 waited for rank 1 before tearing down
+
+
+def test_only_leave_process_group_destroys_a_process_group():
+    """A rank that destroys its group without first meeting the others can abort one still in a
+    collective; every caller (entry points, tools, test workers) goes through the one function."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    callers = []
+    for folder in ("elp", "recipes", "tools", "egs", "tests"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+                        and getattr(node.func, "attr", getattr(node.func, "id", None)) == "destroy_process_group"):
+                    callers.append(str(path.relative_to(root)))
+    assert callers == ["elp/runtime.py"]

@@ -34,6 +34,7 @@ from elp.train.feature_cache import (
     with_audio_keys,
 )
 from elp.train.recipe import loader_kwargs, make_dataset
+from elp.runtime import leave_process_group
 
 OPTIONS = {"l_dim": 24, "e_dim": 8, "prompt_frames": 4, "prefix_frames": 4, "lora_rank": 2}
 LENGTHS = [8000, 5600, 3600]
@@ -286,7 +287,7 @@ def _fill_worker(rank: int, world: int, port: int, root: str) -> None:
     fill = fill_cnn_cache(backbone, cache, dataset, max_batch_seconds=1.0)
     with open(f"{root}/rank{rank}.json", "w") as handle:
         json.dump({"keys": fill.keys, "read": sorted(reads), "stored": fill.stored}, handle)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 @pytest.mark.slow  # two processes

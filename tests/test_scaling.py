@@ -16,6 +16,7 @@ from elp.core.heads import SpeakerEmbeddingHead
 from elp.core.model import AdaptedSSL
 from elp.testing import tiny_config
 from elp.tasks.windows import window_bounds, windowed_embeddings
+from elp.runtime import leave_process_group
 
 SR = 16000
 
@@ -131,8 +132,9 @@ def _gather_worker(rank, world_size, port, out_dir):
         local = {f"utt{i}": lengths[i] * 2 for i in sampler.indices}
         merged = gather_by_utterance(local)
         torch.save({"local": sorted(local), "merged": merged}, f"{out_dir}/{rank}.pt")
+        leave_process_group()
     finally:
-        torch.distributed.destroy_process_group()
+        leave_process_group(wait=False)
 
 
 def test_eval_shards_gathered_over_two_gloo_processes(tmp_path):

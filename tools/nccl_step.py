@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from elp.core.backbones import load_backbone
 from elp.core.model import AdaptedSSL
+from elp.runtime import leave_process_group
 
 
 class _Step(torch.nn.Module):
@@ -57,7 +58,8 @@ def main() -> int:
     ok = bool(torch.isfinite(checksum)) and all(torch.allclose(g, gathered[0]) for g in gathered)
     print(f"rank {rank}/{world}: loss {loss.item():.4f}, {len(grads)} gradient tensors, checksum "
           f"{checksum.item():.6g}, {'agree' if ok else 'DISAGREE'} across ranks, backend {dist.get_backend()}")
-    dist.destroy_process_group()
+    del ddp
+    leave_process_group()
     return 0 if ok else 1
 
 
