@@ -97,6 +97,22 @@ def format_rate(rate: float) -> str:
     return text
 
 
+def default_task_name(recipe: str, recipes: dict) -> str:
+    """The comparison's name for ``recipe`` (``corpus/task``) when its entry names none: the task
+    directory, followed by the corpus when another recipe of the protocol has the same task.
+
+    Examples
+    --------
+    >>> default_task_name("slurp/ic", {"slurp/ic": {}, "librispeech/asr": {}})
+    'ic'
+    >>> default_task_name("slurp/ic", {"slurp/ic": {}, "fluent_speech_commands/ic": {}})
+    'ic (slurp)'
+    """
+    corpus, task = recipe.split("/")
+    shared = [name for name in recipes if str(name).split("/")[-1] == task]
+    return task if len(shared) == 1 else f"{task} ({corpus})"
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """One recipe of a protocol (``egs/<recipe>``) and how it runs there."""
@@ -335,7 +351,7 @@ def load_protocol(path: str | Path) -> Protocol:
         _unknown(path, f"{where}.cost_basis", cost, COST_KEYS)
         recipe_grid = {**grid_data, **(entry.get("lr_grid") or {})}
         recipes.append(RecipeSpec(
-            recipe=str(recipe), task=str(entry.get("task") or str(recipe).split("/")[1]),
+            recipe=str(recipe), task=str(entry.get("task") or default_task_name(str(recipe), recipes_data)),
             data_root_key=str(entry.get("data_root_key") or str(recipe).split("/")[0]),
             prep_opts=str(entry.get("prep_opts") or ""), overrides=dict(overrides),
             overrides_files=_string_list(path, f"{where}.overrides_files", entry.get("overrides_files")),
@@ -343,6 +359,12 @@ def load_protocol(path: str | Path) -> Protocol:
             test_set=str(entry["test_set"]), metrics=metrics,
             grid=expand_grid(path, f"{where}.lr_grid" if entry.get("lr_grid") else "lr_grid", recipe_grid, methods),
             cost_basis=cost))
+    names = [spec.task for spec in recipes]
+    for spec in recipes:
+        if names.count(spec.task) > 1:
+            others = [r.recipe for r in recipes if r.task == spec.task]
+            raise _fail(path, f"recipes.{spec.recipe}.task", f"{spec.task!r} names {' and '.join(others)}: the "
+                        "comparison's rows and columns are keyed by it; give each a task name of its own")
     targets = []
     for k, entry in enumerate(data.get("targets") or []):
         where = f"targets[{k}]"

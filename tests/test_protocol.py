@@ -283,6 +283,23 @@ def test_icassp23_dry_run_lists_every_trial():
     assert "estimated training time" in out.stdout and "audio s/s" in out.stdout
 
 
+def test_recipes_with_the_same_task_get_names_of_their_own():
+    protocol = load_protocol(ROOT / "protocols" / "mini.yaml")
+    names = {spec.recipe: spec.task for spec in protocol.recipes}
+    assert names["slurp/ic"] == "ic (slurp)" and names["fluent_speech_commands/ic"] == "ic (fluent_speech_commands)"
+    assert names["librispeech/asr"] == "asr" and len(set(names.values())) == len(names)
+
+
+def test_two_recipes_given_one_task_name_are_refused(tmp_path):
+    text = (ROOT / "protocols" / "mini.yaml").read_text().replace(
+        "  fluent_speech_commands/ic:\n", "  fluent_speech_commands/ic:\n    task: ic\n").replace(
+        "  slurp/ic:\n", "  slurp/ic:\n    task: ic\n")
+    path = write_protocol(tmp_path, text)
+    with pytest.raises(ProtocolError) as error:
+        load_protocol(path)
+    assert str(error.value).startswith(f"{path}: recipes.slurp/ic.task: 'ic' names slurp/ic and "
+                                       "fluent_speech_commands/ic") and "\n" not in str(error.value)
+
 # ------------------------------------------------------------------------------ report pieces
 def test_target_check_needs_the_targets_backbone():
     protocol = load_protocol(ROOT / "protocols" / "icassp23.yaml")
@@ -308,6 +325,22 @@ def test_item_columns_pair_the_decode_files(tmp_path):
     (tmp_path / "predictions.txt").write_text("u1 hap\n")
     with pytest.raises(ValueError, match="predictions.txt:1: expected 3 fields"):
         protocol_report.item_columns("accuracy", tmp_path)
+
+
+def test_the_comparison_keeps_apart_two_recipes_of_one_task():
+    def row(recipe, task, mean):
+        return {"recipe": recipe, "task": task, "metric": "accuracy", "higher_is_better": True, "method": "elp",
+                "values": {"1986": mean}, "mean": mean, "std": None, "significance": None, "target": None,
+                "learnable_params": 1, "selected_point": 0, "lr": {"e": 1e-3}, "valid": {"name": "accuracy", "value": 1.0},
+                "train_wall_s_per_run": 1.0, "train_wall_s_all_trials": 2.0}
+
+    comparison = {"protocol": "p", "description": "d", "backbone": {"name": "wavlm_plus"}, "seeds": [1986],
+                  "selection_seed": 1986, "selection_rule": "best", "reference_method": None,
+                  "rows": [row("slurp/ic", "ic (slurp)", 60.0), row("fluent_speech_commands/ic", "ic (fsc)", 80.0)]}
+    summary = protocol_report.comparison_markdown(comparison).splitlines()
+    header = next(line for line in summary if line.startswith("| method |"))
+    assert header == "| method | ic (slurp) accuracy ↑ | ic (fsc) accuracy ↑ |"
+    assert "| elp | 60.00 | 80.00 |" in summary
 
 
 # ------------------------------------------------------------------------------ end to end
