@@ -1,5 +1,5 @@
-"""recipes/utils/parse_options.sh, recipes/utils/log.sh and recipes/path.sh, driven through
-bash snippets."""
+"""recipes/utils/parse_options.sh, recipes/utils/log.sh, recipes/path.sh and tools/test.sh, driven
+through bash snippets."""
 import os
 import re
 import shutil
@@ -386,3 +386,25 @@ def test_an_old_bash_is_refused_in_one_line():
     old = subprocess.run(["bash", "-c", f". {LOG}; require_bash 99 1; echo reached"], capture_output=True, text=True)
     assert old.returncode == 1 and "reached" not in old.stdout
     assert len(old.stderr.strip().splitlines()) == 1 and "needs bash >= 99.1" in old.stderr
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_test_sh_keeps_temporary_files_only_of_a_failed_run(tmp_path, passes):
+    """tools/test.sh: the suite's temporary files (here a docstring example's ``mkdtemp``) go to one
+    scratch directory under $TMPDIR, removed after a passing run and named after a failing one."""
+    outer = tmp_path / "tmp"
+    outer.mkdir()
+    module = tmp_path / "scratch_user.py"
+    module.write_text('"""\n>>> import pathlib, tempfile\n>>> _ = (pathlib.Path(tempfile.mkdtemp()) / "f").write_text("x")\n'
+                      f">>> {passes}\nTrue\n\"\"\"\n")
+    run = subprocess.run([str(ROOT / "tools" / "test.sh"), "-q", "-p", "no:cacheprovider", "--doctest-modules", "--rootdir", str(tmp_path),
+                          str(module)], capture_output=True, text=True, env={**os.environ, "TMPDIR": str(outer)})
+    left = list(outer.iterdir())
+    if passes:
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert left == []
+    else:
+        assert run.returncode == 1
+        assert [p.name[:10] for p in left] == ["elp-tests."]
+        assert f"the temporary files of this run are kept in {left[0]}" in run.stderr
+        assert any(p.name == "f" for p in left[0].rglob("*"))
