@@ -150,6 +150,7 @@ def command_report(args, protocol: Protocol) -> int:
 
 
 def command_plan(args, protocol: Protocol) -> int:
+    check_recipes(args.root, protocol)
     sys.stdout.write(plan_text(args.root, protocol, parse_data_roots(args.data_roots)))
     return 0
 

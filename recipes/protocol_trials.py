@@ -323,15 +323,32 @@ def valid_set_name(root: Path, spec: RecipeSpec) -> str | None:
     return name
 
 
+def task_class(root: Path, spec: RecipeSpec):
+    """The Task class a recipe's ``conf/train.yaml`` builds (``task: !new:elp.tasks.<Name>``), or
+    None when it names none of :mod:`elp.tasks`."""
+    import elp.tasks
+
+    path = recipe_dir(root, spec.recipe) / "conf" / "train.yaml"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("task:") and "!new:elp.tasks." in line:
+                return getattr(elp.tasks, line.split("!new:elp.tasks.", 1)[1].split()[0], None)
+    return None
+
+
 def check_recipes(root: Path, protocol: Protocol) -> None:
-    """Every recipe exists, the protocol's folds are folds of it, and it does not validate on
-    the test set it reports (the validation metric chooses the learning rates).
+    """Every recipe exists, the protocol's folds are folds of it, its metrics are ones its task
+    writes to results.json, and it does not validate on the test set it reports (the
+    validation metric chooses the learning rates).
 
     Raises
     ------
     ProtocolError
         Naming the recipe and the fix.
     """
+    if not (Path(root) / "recipes" / "run_task.sh").is_file():
+        raise ProtocolError(f"{protocol.path}: --root {root} has no recipes/run_task.sh: the root is a directory "
+                            "like this repository, with egs/<corpus>/<task>/ and the shared recipes/ beside egs/")
     for spec in protocol.recipes:
         run_sh = recipe_dir(root, spec.recipe) / "run.sh"
         if not os.access(run_sh, os.X_OK):
@@ -342,6 +359,13 @@ def check_recipes(root: Path, protocol: Protocol) -> None:
         if extra or (declared and not spec.folds):
             raise ProtocolError(f"{protocol.path}: recipes.{spec.recipe}.folds must be folds of the recipe "
                                 f"({' '.join(declared) or 'none'}), got {' '.join(spec.folds) or 'none'}")
+        task = task_class(root, spec)
+        if task is not None:
+            written = (task.metric_name, *task.extra_metric_names)
+            unknown = [m for m in spec.metrics if m not in written]
+            if unknown:
+                raise ProtocolError(f"{protocol.path}: recipes.{spec.recipe}.metrics: {', '.join(unknown)} is not a "
+                                    f"metric of its task ({task.__name__} writes {', '.join(written)})")
         if valid_set_name(root, spec) == spec.test_set:
             raise ProtocolError(f"{protocol.path}: {spec.recipe} validates on {spec.test_set}, the test set it reports: "
                                 "the selection would choose on the test set; set another valid_set (overrides or "
@@ -583,10 +607,17 @@ def plan_text(root: Path, protocol: Protocol, data_roots: dict[str, str]) -> str
     lines.append(f"jobs: {grid_count} grid + {final_count} final = {grid_count + final_count} "
                  f"(recipes x methods x (grid points + seeds) x folds); to run now: "
                  f"{total['grid'][1]} grid + {total['final'][1]} final")
+
+    def phase_cost(phase: str) -> str:
+        seconds, count, unknown = total[phase]
+        if unknown and unknown == count:
+            return f"{phase} unknown (no cost basis for its {count} job(s))"
+        if unknown:
+            return f"{phase} at least {format_seconds(seconds)} ({unknown} of its {count} job(s) of unknown cost)"
+        return f"{phase} {format_seconds(seconds)}"
+
     lines.append("estimated training time (stage 3 only, one job at a time; divide by the parallel jobs): "
-                 f"grid {format_seconds(total['grid'][0])}, final {format_seconds(total['final'][0])}"
-                 + (f"; {total['grid'][2] + total['final'][2]} job(s) of unknown cost not counted"
-                    if total["grid"][2] + total["final"][2] else ""))
+                 f"{phase_cost('grid')}, {phase_cost('final')}")
     lines.append("basis of the estimates (training seconds per epoch and job x epochs + cost_basis.job_overhead_s):")
     for spec in protocol.recipes:
         per_method = ", ".join(f"{m} {'?' if estimates[(spec.recipe, m)][0] is None else f'{estimates[(spec.recipe, m)][0]:.1f}'}"

@@ -263,6 +263,31 @@ def test_a_recipe_may_not_validate_on_its_reported_test_set(tmp_path):
         trials.check_recipes(ROOT, load_protocol(path).only(["librispeech/asr"]))
 
 
+def test_a_metric_its_task_does_not_write_is_refused_before_anything_runs(tmp_path):
+    trials.check_recipes(ROOT, load_protocol(ROOT / "protocols" / "mini.yaml"))  # the shipped metrics are fine
+    path = changed_copy(tmp_path, "mini_tiny.yaml", "metrics: [accuracy, ua]", "metrics: [acuracy, ua]")
+    with pytest.raises(ProtocolError) as error:
+        trials.check_recipes(ROOT, load_protocol(path))
+    assert str(error.value) == (f"{path}: recipes.slurp/ic.metrics: acuracy is not a metric of its task "
+                                "(UtteranceClassification writes accuracy, ua, num_utts)")
+    out = subprocess.run([str(ROOT / "run_protocol.sh"), "--protocol", str(path), "--dry-run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1] == f"ERROR: {error.value}"
+
+
+def test_a_root_without_the_shared_recipes_is_refused(tmp_path):
+    copy = tmp_path / "root" / "egs" / "slurp" / "ic"
+    shutil.copytree(ROOT / "egs" / "slurp" / "ic" / "conf", copy / "conf")
+    shutil.copy2(ROOT / "egs" / "slurp" / "ic" / "run.sh", copy / "run.sh")
+    protocol = load_protocol(ROOT / "protocols" / "mini_tiny.yaml")
+    with pytest.raises(ProtocolError, match=r"--root \S+/root has no recipes/run_task.sh: the root is a directory like "
+                                            "this repository"):
+        trials.check_recipes(tmp_path / "root", protocol)
+    (tmp_path / "root" / "recipes").symlink_to(ROOT / "recipes")
+    trials.check_recipes(tmp_path / "root", protocol)
+
+
 # ------------------------------------------------------------------------------ dry run
 def test_icassp23_dry_run_lists_every_trial():
     out = subprocess.run([str(ROOT / "run_protocol.sh"), "--protocol", "protocols/icassp23.yaml", "--dry-run"],

@@ -66,6 +66,16 @@ def test_unknown_option_is_an_error(tmp_path):
     assert "unknown option --lr" in result.stderr and "after --" in result.stderr
 
 
+def test_a_misspelt_option_is_unknown_before_it_needs_a_value(tmp_path):
+    result = run_recipe(tmp_path, "--stopstage")  # last on the line: no value follows
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("unknown option --stopstage (did you mean --stop-stage?)")
+    result = run_recipe(tmp_path, "--Use_GPU", "true")
+    assert "unknown option --Use_GPU (did you mean --use-gpu?)" in result.stderr
+    result = run_recipe(tmp_path, "--stages", "1")  # nothing spelt like it: no guess
+    assert result.stderr.strip().endswith("unknown option --stages")
+
+
 def test_option_without_value_is_an_error(tmp_path):
     result = run_recipe(tmp_path, "--stage")
     assert result.returncode == 1

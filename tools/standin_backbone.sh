@@ -41,7 +41,8 @@ fi
 work=${out}.work
 rm -rf "${work}"
 mkdir -p "${work}"
-log "Pre-training the stand-in backbone (${backbone} architecture, small, ${steps} steps, ${corpora} corpora) -> ${out}"
+log "Pre-training the stand-in backbone (${backbone} architecture, small, ${steps} steps, ${corpora} corpora) -> ${out}" \
+    "(about 3 min on an idle 2-core CPU; progress: ${work}/pretrain.log)"
 corpus_dirs=()
 for seed in $(seq 1 "${corpora}"); do
     python "${root}/tools/pretrain_text.py" --out "${work}/text${seed}.txt" --vocab_sentences 120 --vocab_seed "${seed}"

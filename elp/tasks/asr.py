@@ -51,6 +51,7 @@ class SpeechRecognition(Task):
     kind = "asr"
     valid_key, valid_key_mode = "wer", "min"
     metric_name, higher_is_better = "wer", False
+    extra_metric_names = ("cer", "ins", "del", "sub", "wer_beam")
 
     def __init__(self, bpe_vocab: int = 0, beam_size: int = 0, lm: str | None = None, chunk_seconds: float = 30.0,
                  chunk_overlap_seconds: float = 2.0, **kwargs):

@@ -94,6 +94,8 @@ class Task:
     #: the primary metric written to results.json
     metric_name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = False
+    #: the extra metrics :meth:`score` may write next to it (``extra_metrics`` of results.json)
+    extra_metric_names: ClassVar[tuple[str, ...]] = ()
     #: the ``package.json`` entry of the decision threshold stage 4 calibrates (None: no threshold)
     threshold_key: ClassVar[str | None] = None
 

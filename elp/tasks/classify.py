@@ -50,6 +50,7 @@ class UtteranceClassification(Task):
     kind = "classify"
     valid_key, valid_key_mode = "accuracy", "max"
     metric_name, higher_is_better = "accuracy", True
+    extra_metric_names = ("ua", "num_utts")
 
     def __init__(self, window_seconds: float = 30.0, window_overlap_seconds: float = 5.0, **kwargs):
         super().__init__(**kwargs)

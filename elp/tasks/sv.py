@@ -68,6 +68,7 @@ class SpeakerVerification(Task):
     kind = "sv"
     valid_key, valid_key_mode = "accuracy", "max"
     metric_name, higher_is_better = "eer", False
+    extra_metric_names = ("min_dcf", "num_trials")
     threshold_key = "sv"
 
     def __init__(self, snorm_cohort: int = 0, snorm_top_k: int | None = None, cohort_set: str | None = None,

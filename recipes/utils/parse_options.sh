@@ -14,8 +14,9 @@
 # Rules
 #   --foo-bar VALUE, --foo_bar VALUE, --foo-bar=VALUE
 #                   set the variable foo_bar, which must already be defined (otherwise:
-#                   "unknown option --foo-bar", exit 1). Dashes in the name become
-#                   underscores.
+#                   "unknown option --foo-bar", exit 1, with "did you mean --foo_bar?" when
+#                   $help_message names an option spelt the same but for - and _). Dashes in
+#                   the name become underscores.
 #   true/false      when the default of a variable is true or false, the new value must be
 #                   true or false too.
 #   --help, -h      print $help_message (or a note that there is none) and exit 0.
@@ -40,28 +41,34 @@ while [ $# -gt 0 ]; do
             break
             ;;
         --*)
+            _po_option=${1%%=*}
+            _po_name=${_po_option#--}
+            _po_name=${_po_name//-/_}
+            # the name must be a shell identifier that is already defined
+            if [[ ! "${_po_name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!_po_name+set}" ]; then
+                # an option of the help message spelt the same without - and _ is what was meant
+                _po_near=
+                for _po_known in $(printf '%s\n' "${help_message:-}" | grep -o -- '--[A-Za-z][A-Za-z0-9_-]*' | sort -u); do
+                    _po_a=${_po_known//[-_]/}
+                    _po_b=${_po_option//[-_]/}
+                    [ "${_po_a,,}" = "${_po_b,,}" ] && _po_near=${_po_known}
+                done
+                echo "$0: unknown option ${_po_option}${_po_near:+ (did you mean ${_po_near}?)}" >&2
+                if [[ "$1" == *=* ]]; then
+                    echo "$0: (to pass hyperparameter overrides through, put them after --)" >&2
+                fi
+                exit 1
+            fi
             if [[ "$1" == *=* ]]; then
-                _po_option=${1%%=*}
                 _po_value=${1#*=}
                 _po_consumed=1
             else
-                _po_option=$1
                 if [ $# -lt 2 ]; then
                     echo "$0: option ${_po_option} needs a value" >&2
                     exit 1
                 fi
                 _po_value=$2
                 _po_consumed=2
-            fi
-            _po_name=${_po_option#--}
-            _po_name=${_po_name//-/_}
-            # the name must be a shell identifier that is already defined
-            if [[ ! "${_po_name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!_po_name+set}" ]; then
-                echo "$0: unknown option ${_po_option}" >&2
-                if [[ "$1" == *=* ]]; then
-                    echo "$0: (to pass hyperparameter overrides through, put them after --)" >&2
-                fi
-                exit 1
             fi
             _po_old=${!_po_name}
             if [ "${_po_old}" = true ] || [ "${_po_old}" = false ]; then
@@ -78,5 +85,5 @@ while [ $# -gt 0 ]; do
             ;;
     esac
 done
-unset _po_option _po_value _po_consumed _po_name _po_old
+unset _po_option _po_value _po_consumed _po_name _po_old _po_near _po_known _po_a _po_b
 true

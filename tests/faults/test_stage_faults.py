@@ -22,7 +22,7 @@ from data_fixtures import load_data_prep, make_iemocap, make_librispeech, make_s
 from elp.data.kaldi_dir import DataDirError, Trial, audio_identity, read_text_lines, validate_data_dir, write_data_dir
 from elp.eval.scoring import DecodeCoverageError
 from elp.runtime import run_main
-from elp.tasks import SpeakerVerification, SpeechRecognition
+from elp.tasks import SpeakerVerification, SpeechRecognition, UtteranceClassification
 from recipe_fixtures import experiment, make_recipe
 
 ROOT = Path(elp.__file__).resolve().parents[1]
@@ -62,6 +62,10 @@ def test_asr_scores_every_utterance_of_the_test_set(tmp_path):
     test, decode = asr_test_set(tmp_path)
     metric, extra = SpeechRecognition().score(test, decode)
     assert metric["value"] == pytest.approx(100 / 12) and extra["del"] == 1  # 1 deleted word of 12
+    keep(decode / "hyp_beam.txt", lines(decode / "hyp.txt"))
+    metric, extra = SpeechRecognition().score(test, decode)
+    assert metric["name"] == SpeechRecognition.metric_name  # what a protocol may name (protocol_trials)
+    assert sorted(extra) == sorted(SpeechRecognition.extra_metric_names)
 
 
 @pytest.mark.parametrize("files", [("hyp.txt", "ref.txt"), ("hyp.txt",), ("ref.txt",)])
@@ -114,7 +118,9 @@ def sv_test_set(root: Path) -> tuple[Path, Path, list[Trial]]:
 
 def test_sv_scores_half_of_the_trials_is_refused(tmp_path):
     test, decode, _ = sv_test_set(tmp_path)
-    assert SpeakerVerification().score(test, decode)[0]["value"] == 0.0
+    metric, extra = SpeakerVerification().score(test, decode)
+    assert metric["value"] == 0.0 and metric["name"] == SpeakerVerification.metric_name
+    assert sorted(extra) == sorted(SpeakerVerification.extra_metric_names)
     keep(decode / "scores.txt", lines(decode / "scores.txt")[:2])
     with pytest.raises(DecodeCoverageError, match=re.escape(
             f"{decode / 'scores.txt'} does not cover the 4 trials of {test / 'trials'}: 2 missing (b-1 b-2, a-2 b-2)")):
@@ -153,8 +159,10 @@ SCORE_ARGS = ["conf/train.yaml", "--backbone", "wavlm", "--method", "elp", "--ta
 def test_stage5_scores_the_whole_classification_test_set(scored_recipe, capsys):
     recipe, exp = scored_recipe
     assert run_main(load_script("score").main, SCORE_ARGS) == 0
-    metric = json.loads((exp / "results.json").read_text())["metric"]
-    assert metric["value"] == 50.0  # 'low' for all 8: the 4 odd utterances are right
+    result = json.loads((exp / "results.json").read_text())
+    assert result["metric"]["value"] == 50.0  # 'low' for all 8: the 4 odd utterances are right
+    assert result["metric"]["name"] == UtteranceClassification.metric_name
+    assert sorted(result["extra_metrics"]) == sorted(UtteranceClassification.extra_metric_names)
 
 
 @pytest.mark.parametrize("damage, expected", [
