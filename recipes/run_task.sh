@@ -117,7 +117,9 @@ if elp_stage 0; then
     fi
     log "Stage 0: data preparation from ${corpus_root}"
     # shellcheck disable=SC2086
-    python local/data_prep.py --corpus-root "${corpus_root}" --out "${data}" ${prep_opts}
+    # the errors of data_prep.py name this script's option for the corpus, not its own --corpus-root
+    ELP_CORPUS_ROOT_OPTION=${data_root:+--data_root} python local/data_prep.py --corpus-root "${corpus_root}" \
+        --out "${data}" ${prep_opts}
     if [ -z "${data_root}" ]; then touch "${data}/.mini"; else rm -f "${data}/.mini"; fi
 fi
 

@@ -67,13 +67,15 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
 
     Corpus-layout and data-dir errors print one clear message instead of a traceback and exit
     with status 1 (``SystemExit(1)``). ``parser`` comes e.g. from :func:`data_prep_parser`.
+    When a recipe's ``run.sh`` runs the script, ``$ELP_CORPUS_ROOT_OPTION`` holds its own option
+    for the corpus (``--data_root``), which the message names instead of ``--corpus-root``.
     """
     args = parser.parse_args(argv)
     configure_logging(Path(sys.argv[0]).name, level=args.log_level)
     try:
         prepare(args)
     except (CorpusLayoutError, DataError, FileNotFoundError) as error:
-        logger.error("%s", error)
+        logger.error("%s", str(error).replace("--corpus-root", os.environ.get("ELP_CORPUS_ROOT_OPTION") or "--corpus-root"))
         raise SystemExit(1) from None
     return 0
 

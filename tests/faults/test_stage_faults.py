@@ -619,3 +619,14 @@ def test_restart_on_a_new_experiment_starts_it(tmp_path, monkeypatch):
     assert Path(hparams["output_folder"]).resolve() == (recipe / "exp" / "fresh").resolve()
     assert sorted(p.name for p in (recipe / "exp").iterdir() if not p.name.startswith(".")) == ["fresh"]
     assert (recipe / "exp" / "fresh" / "hparams_record.json").is_file()
+
+
+def test_a_data_prep_error_names_the_option_of_the_script_that_ran_it(tmp_path, caplog, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    rc, errors = prep_cli("slurp", "ic", caplog, "--corpus-root", tmp_path / "empty", "--out", tmp_path / "data")
+    assert rc == 1 and errors[0].endswith("not found: --corpus-root must be the SLURP checkout")
+    monkeypatch.setenv("ELP_CORPUS_ROOT_OPTION", "--data_root")  # what recipes/run_task.sh sets for stage 0
+    rc, errors = prep_cli("slurp", "ic", caplog, "--corpus-root", tmp_path / "empty", "--out", tmp_path / "data")
+    assert rc == 1 and errors == [errors[0]] and errors[0].endswith("not found: --data_root must be the SLURP checkout")
+    assert 'ELP_CORPUS_ROOT_OPTION=${data_root:+--data_root} python local/data_prep.py' in \
+        (ROOT / "recipes" / "run_task.sh").read_text()
