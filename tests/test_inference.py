@@ -1,5 +1,7 @@
 """elp.serve.inference: the API equals the model's direct outputs; batched equals one-by-one;
 files, arrays, tensors, stereo and other rates all work; errors name the problem."""
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -168,6 +170,81 @@ def test_cli_verify_inspect_and_errors(tmp_path, capsys, packages):
     assert _cli(["inspect", "--package", str(packages["sv"]), "--plot", str(tmp_path / "sv.png")]) == 0
     out = capsys.readouterr().out
     assert "SV windows 6 s, overlap 1.5 s\nSV threshold 0.200000 (EER 0.00% on 3 dev trials)" in out
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory):
+    """``exp/mini_elp`` of a joint run (``exp/<tag>/<task>/adapters``, one backbone) and an input file."""
+    root = tmp_path_factory.mktemp("joint")
+    run = root / "exp" / "mini_elp"
+    for task in ("er", "ic", "kws"):
+        make_tiny_package(run / task / "adapters", task="classify", method="l_only")
+    sf.write(root / "a.wav", _waves(5, (12000,))[0].numpy(), 16000)
+    return run, root / "a.wav"
+
+
+@pytest.mark.parametrize("given, says", [
+    ("exp/mini_elp/adapters", "exp/mini_elp/adapters: no such model package directory; exp/mini_elp holds"),
+    ("exp/mini_elp", "exp/mini_elp is a run directory, not a model package: it holds"),
+])
+def test_cli_infer_on_a_joint_run_names_its_packages(joint_run, monkeypatch, given, says):
+    run, wav = joint_run
+    monkeypatch.chdir(run.parents[1])
+    with pytest.raises(SystemExit) as err:
+        _cli(["infer", "--package", given, "--no-progress", str(wav)])
+    assert err.value.code == (f"elp infer: {says} the packages er/adapters, ic/adapters, kws/adapters (a joint run: "
+                              "one package per task); pass one of them, e.g. exp/mini_elp/er/adapters")
+
+
+def test_cli_infer_refuses_several_backbones_with_one_command_per_backbone(tmp_path):
+    a = make_tiny_package(tmp_path / "a" / "adapters", task="classify", seed=0)
+    b = make_tiny_package(tmp_path / "b" / "adapters", task="classify", seed=1)
+    c = make_tiny_package(tmp_path / "c" / "adapters", task="asr", seed=0)
+    sf.write(tmp_path / "x.wav", _waves(2, (8000,))[0].numpy(), 16000)
+    with pytest.raises(SystemExit) as err:
+        _cli(["infer", "--package", str(a), "--package", str(b), "--package", str(c), str(tmp_path / "x.wav")])
+    message = str(err.value.code)
+    assert message.startswith(f"elp infer: {b} was trained on backbone") and "\n" not in message
+    assert message.endswith(f"one backbone serves only packages trained on the same weights: run separate elp infer "
+                            f"commands, one per backbone: elp infer --package {a} --package {c} ...; "
+                            f"elp infer --package {b} ...")
+    assert "MultiTask" not in message
+    from elp.serve.multitask import MultiTask
+
+    with pytest.raises(PackageError, match=r"same weights: run them in separate MultiTask objects, one per backbone$"):
+        MultiTask([a, b, c])  # the Python API keeps its own fix
+
+
+def _documented_infer_output() -> list[str]:
+    """The example output of ``elp infer`` that docs/INFERENCE.md shows (its ``text`` block of result lines)."""
+    from pathlib import Path
+
+    import docs_blocks
+
+    path = Path(docs_blocks.ROOT) / "docs" / "INFERENCE.md"
+    shown = [block.code.splitlines() for block in docs_blocks.blocks(path) if block.language == "text"]
+    lines = [lines for lines in shown if lines and all(re.match(r"^\S+ \S+ \((asr|classify|sv)\) ", line)
+                                                       for line in lines)]
+    return lines[0] if lines else []
+
+
+def test_the_documented_infer_output_is_what_elp_infer_prints(joint_run, capsys):
+    from elp.testing import TINY_LABELS
+
+    run, wav = joint_run
+    documented = _documented_infer_output()
+    assert documented, "docs/INFERENCE.md shows no example output of elp infer"
+    # the documented command: the packages named by the lines' names, in the joint layout
+    names = [line.split()[1] for line in documented]
+    assert _cli(["infer", *[arg for name in names for arg in ("--package", str(run / name / "adapters"))],
+                 "--no-progress", str(wav)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(documented)
+    label = "|".join(TINY_LABELS)
+    for got, shown in zip(printed, documented):
+        _, name, kind, *_ = shown.split()
+        assert re.fullmatch(rf"{re.escape(str(wav))} {name} {re.escape(kind)} ({label}) [01]\.\d{{4}}", got), got
+        assert re.fullmatch(rf"a\.flac {name} {re.escape(kind)} \w+ [01]\.\d{{4}}", shown), shown
 
 
 # ------------------------------------------------------------------- equals stage 4 (Brain.predict)

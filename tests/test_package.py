@@ -9,7 +9,7 @@ from elp.core.backbones import SSLBackbone
 from elp.core.heads import CTCHead, PooledClassifier
 from elp.core.model import AdaptedSSL
 from elp.serve.package import (BackboneHashMismatchError, PackageError, PackageNotFoundError, calibrate_threshold,
-                               load_package, read_package_config, write_package)
+                               check_package, load_package, read_package_config, write_package)
 from elp.serve.integrity import write_manifest
 from elp.testing import make_tiny_package
 
@@ -66,6 +66,51 @@ def test_missing_package_and_export_without_package(tmp_path):
     (directory / "package.json").unlink()
     with pytest.raises(PackageNotFoundError, match="package.json is missing.*rerun stage 3"):
         load_package(directory)
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory):
+    """``exp/mini_elp`` of a joint run: one package per task, ``exp/mini_elp/<task>/adapters``."""
+    run = tmp_path_factory.mktemp("joint") / "exp" / "mini_elp"
+    for task in ("kws", "er", "ic"):
+        make_tiny_package(run / task / "adapters", task="classify", method="l_only")
+    return run
+
+
+def test_a_missing_package_beside_a_joint_runs_packages_lists_them(joint_run):
+    listing = (f"{joint_run} holds the packages er/adapters, ic/adapters, kws/adapters (a joint run: one "
+               f"package per task); pass one of them, e.g. {joint_run / 'er' / 'adapters'}")
+    want = f"{joint_run / 'adapters'}: no such model package directory; {listing}"
+    for call in (load_package, read_package_config):
+        with pytest.raises(PackageNotFoundError) as err:
+            call(joint_run / "adapters")
+        assert str(err.value) == want
+    assert check_package(joint_run / "adapters") == [want]  # elp inspect --check
+    with pytest.raises(PackageNotFoundError) as err:  # nothing beside it: both layouts named
+        load_package(joint_run.parent / "nope" / "adapters")
+    assert "exp/<tag>/adapters, or exp/<tag>/<task>/adapters for each task of a joint run" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_run_directory_lists_its_packages_instead_of_calling_itself_an_export(joint_run, tmp_path):
+    from elp.serve.package import packages_below
+
+    with pytest.raises(PackageNotFoundError) as err:
+        load_package(joint_run)
+    assert str(err.value) == (f"{joint_run} is a run directory, not a model package: it holds the packages "
+                              "er/adapters, ic/adapters, kws/adapters (a joint run: one package per task); pass one "
+                              f"of them, e.g. {joint_run / 'er' / 'adapters'}")
+    assert check_package(joint_run) == [str(err.value)]
+    with pytest.raises(PackageNotFoundError, match=r"ic is a run directory, not a model package: it holds the "
+                       r"package adapters; pass it: .*ic/adapters$"):
+        load_package(joint_run / "ic")
+    folds = tmp_path / "exp" / "mini_elp"
+    for fold in (1, 2):
+        make_tiny_package(folds / f"fold{fold}" / "adapters", task="classify")
+    with pytest.raises(PackageNotFoundError, match=r"holds the packages fold1/adapters, fold2/adapters "
+                       r"\(one package per fold\)"):
+        load_package(folds)
+    assert packages_below(folds) == ["fold1/adapters", "fold2/adapters"] and packages_below(tmp_path) == []
 
 
 def test_sv_threshold_is_the_eer_threshold_and_its_scores_are_stored(tmp_path):

@@ -9,10 +9,15 @@ Usage::
     elp infer --package exp/er_mine/adapters --trust-head-module local.my_head a.wav   # a user head
 
 Several packages trained on the same backbone run together (:mod:`elp.serve.multitask`: the CNN
-once per file, one shared transformer pass for weighted_sum / l_only). Output lines:
-``<utt> <name> (<task kind>) <result>``, where the name is the package's experiment (tag) and the
-result what its predictor summarises (:meth:`elp.serve.inference.Predictor.summary`: text, label
-and probability, or embedding norm).
+once per file, one shared transformer pass for weighted_sum / l_only); packages of different
+backbones are refused with the commands to run instead, one per backbone. Output lines:
+``<utt> <name> (<task kind>) <result>``: ``<utt>`` is the file as given or the utterance id of
+``--wav-scp``; ``<name>`` the directory holding the package (:attr:`elp.serve.package.Package.name`:
+the tag of ``exp/<tag>/adapters``, the task of a joint run's ``exp/<tag>/<task>/adapters``, the
+fold of ``exp/<tag>/fold<k>/adapters``; a repeated name gets ``#2``, ``#3``...); ``<result>`` what
+the predictor summarises (:meth:`elp.serve.inference.Predictor.summary`: the transcript, the label
+and its probability, or the embedding's size and norm). For example, in the joint recipe
+``elp infer --package exp/mini_elp/ic/adapters a.wav`` prints ``a.wav ic (classify) weather_query 0.9781``.
 
 Inputs are read lazily, batch by batch (``--batch-size`` utterances and ``--max-batch-seconds``
 of padded audio at most); a bad input (unreadable, empty, too short, NaN/inf samples) stops
@@ -104,6 +109,24 @@ def read_inputs(args) -> list[tuple[str, str]]:
     return [(name, name) for name in args.files]
 
 
+def separate_commands_advice(groups) -> str:
+    """Return the fix for packages of several backbones given to one ``elp infer``: one command per backbone.
+
+    Parameters
+    ----------
+    groups : list of list of path
+        The packages given, grouped by backbone weights
+        (:attr:`elp.serve.multitask.MixedBackbonesError.groups`).
+
+    Examples
+    --------
+    >>> separate_commands_advice([["exp/a/adapters", "exp/c/adapters"], ["../sv/exp/b/adapters"]])
+    'run separate elp infer commands, one per backbone: elp infer --package exp/a/adapters --package exp/c/adapters ...; elp infer --package ../sv/exp/b/adapters ...'
+    """
+    commands = ["elp infer " + " ".join(f"--package {directory}" for directory in group) + " ..." for group in groups]
+    return "run separate elp infer commands, one per backbone: " + "; ".join(commands)
+
+
 def quiet_libraries() -> None:
     """Silence per-load progress bars and known framework warnings on the command line."""
     import warnings
@@ -139,13 +162,16 @@ def run(args: argparse.Namespace) -> int:
     """
     quiet_libraries()
     from elp.serve.inference import MAX_BATCH_SECONDS, AudioInputError
-    from elp.serve.multitask import MultiTask
+    from elp.serve.multitask import MixedBackbonesError, MultiTask
     from elp.serve.package import PackageError, PackageNotFoundError
 
     pairs = read_inputs(args)
     try:
-        tasks = MultiTask(args.package, backbone_source=args.backbone_source, device=args.device,
-                          trust_head_module=args.trust_head_module)
+        try:
+            tasks = MultiTask(args.package, backbone_source=args.backbone_source, device=args.device,
+                              trust_head_module=args.trust_head_module)
+        except MixedBackbonesError as err:
+            raise err.with_advice(separate_commands_advice(err.groups)) from None
         if args.lm and args.beam_size is None:
             args.beam_size = 10
         max_seconds = MAX_BATCH_SECONDS if args.max_batch_seconds is None else args.max_batch_seconds

@@ -62,13 +62,59 @@ from elp.serve.package import (BackboneHashMismatchError, Package, build_head, b
                                load_inventory, load_package_backbone, load_weights, stores_frozen_backbone)
 
 
+class MixedBackbonesError(BackboneHashMismatchError):
+    """Packages trained on different backbone weights were given to serve together.
+
+    The message is one line: what differs, and the fix for the caller that raised it (Python:
+    one :class:`MultiTask` per backbone). A front-end gives its own fix with :meth:`with_advice`.
+
+    Parameters
+    ----------
+    mismatch
+        Which packages differ and their backbones (name, weights sha256), without a fix.
+    groups
+        Every package given, grouped by backbone weights (first-seen order of backbones and of
+        packages within one).
+    advice
+        The fix that ends the message.
+
+    Examples
+    --------
+    >>> err = MixedBackbonesError("b was trained on 'x' but a on 'y'", [[Path("a")], [Path("b")]])
+    >>> str(err)
+    "b was trained on 'x' but a on 'y'; one backbone serves only packages trained on the same weights: run them in separate MultiTask objects, one per backbone"
+    >>> str(err.with_advice("run one command per backbone"))
+    "b was trained on 'x' but a on 'y'; one backbone serves only packages trained on the same weights: run one command per backbone"
+    """
+
+    def __init__(self, mismatch: str, groups: Sequence[Sequence[Path]],
+                 advice: str = "run them in separate MultiTask objects, one per backbone"):
+        self.mismatch = mismatch
+        self.groups = [list(group) for group in groups]
+        self.advice = advice
+        super().__init__(f"{mismatch}; one backbone serves only packages trained on the same weights: {advice}")
+
+    def with_advice(self, advice: str) -> MixedBackbonesError:
+        """Return the same refusal ending with another fix (one line)."""
+        return MixedBackbonesError(self.mismatch, self.groups, advice)
+
+
+def _by_backbone(directories: Sequence[Path], configs: Sequence[dict]) -> list[list[Path]]:
+    """Group package directories by the backbone weights they were trained on (first-seen order)."""
+    groups: dict[str, list[Path]] = {}
+    for directory, config in zip(directories, configs):
+        groups.setdefault(config["backbone"]["weights_sha256"], []).append(directory)
+    return list(groups.values())
+
+
 class MultiTask:
     """N model packages on one frozen backbone.
 
     Parameters
     ----------
     directories
-        Model packages; all must record the same backbone ``weights_sha256``.
+        Model packages; all must record the same backbone ``weights_sha256`` (others raise
+        :class:`MixedBackbonesError`).
     backbone_source
         Checkpoint directory or hub id of the backbone (default: the recorded source, or the
         stored backbone of a package whose stored weights are the frozen ones, in any order:
@@ -90,11 +136,11 @@ class MultiTask:
         reference = configs[0]["backbone"]["weights_sha256"]
         for directory, config in zip(directories, configs):
             if config["backbone"]["weights_sha256"] != reference:
-                raise BackboneHashMismatchError(
+                raise MixedBackbonesError(
                     f"{directory} was trained on backbone {config['backbone']['name']!r} with weights sha256 "
                     f"{config['backbone']['weights_sha256'][:12]}... but {directories[0]} on "
-                    f"{configs[0]['backbone']['name']!r} ({reference[:12]}...); one backbone serves only "
-                    "packages trained on the same weights: run them in separate MultiTask objects")
+                    f"{configs[0]['backbone']['name']!r} ({reference[:12]}...)",
+                    _by_backbone(directories, configs))
         lender = next((i for i, config in enumerate(configs) if stores_frozen_backbone(config)), 0)
         heads = [self._build_head(config, directory, trusted) for directory, config in zip(directories, configs)]
         self.backbone = load_package_backbone(directories[lender], backbone_source, configs[lender]).to(device)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,7 +419,7 @@ def read_package_config(directory: str | os.PathLike) -> dict:
     >>> read_package_config("/nonexistent")
     Traceback (most recent call last):
     ...
-    elp.serve.package.PackageNotFoundError: /nonexistent: no such model package directory; pass the directory stage 3 wrote (exp/<tag>/adapters)
+    elp.serve.package.PackageNotFoundError: /nonexistent: no such model package directory; pass the directory stage 3 wrote (exp/<tag>/adapters, or exp/<tag>/<task>/adapters for each task of a joint run)
     """
     config, problems = _parse_config(_package_file(directory))
     if problems:
@@ -426,14 +427,83 @@ def read_package_config(directory: str | os.PathLike) -> dict:
     return config
 
 
-def _package_file(directory: str | os.PathLike) -> Path:
-    """``<directory>/package.json``; a missing directory or file is a :class:`PackageNotFoundError`."""
+#: where stage 3 writes packages, in the hint for a directory that is not one
+PACKAGE_LAYOUTS = "exp/<tag>/adapters, or exp/<tag>/<task>/adapters for each task of a joint run"
+#: packages named at most in one listing (:func:`packages_below`)
+LISTED_PACKAGES = 8
+
+
+def packages_below(directory: str | os.PathLike) -> list[str]:
+    """Return the packages stage 3 wrote below a run directory, relative to it, sorted.
+
+    ``adapters`` (a single-task run, ``exp/<tag>``) and ``<name>/adapters`` (a joint run's
+    tasks, ``exp/<tag>/<task>``, or a recipe's folds, ``exp/<tag>/fold<k>``): the directories
+    among them that hold a ``package.json``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from elp.testing import make_tiny_package
+    >>> run = Path(tempfile.mkdtemp())
+    >>> _ = [make_tiny_package(run / task / "adapters", task="classify") for task in ("ic", "er")]
+    >>> packages_below(run), packages_below(run / "ic"), packages_below(run / "none")
+    (['er/adapters', 'ic/adapters'], ['adapters'], [])
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        raise PackageNotFoundError(f"{directory}: no such model package directory; pass the directory "
-                                   "stage 3 wrote (exp/<tag>/adapters)")
+        return []
+    found = [Path("adapters")] if (directory / "adapters" / PACKAGE_FILE).is_file() else []
+    try:
+        found += sorted(child.relative_to(directory) / "adapters" for child in directory.iterdir()
+                        if (child / "adapters" / PACKAGE_FILE).is_file())
+    except OSError:  # an unreadable directory lists nothing
+        pass
+    return [path.as_posix() for path in found]
+
+
+def _run_listing(directory: Path, packages: list[str], subject: str | None = None) -> str:
+    """One-line clause naming the packages below ``directory``, the layout they show, and how to pass one.
+
+    ``subject`` names ``directory`` in the clause (default: its path).
+    """
+    shown = ", ".join(packages[:LISTED_PACKAGES])
+    if len(packages) > LISTED_PACKAGES:
+        shown += f" and {len(packages) - LISTED_PACKAGES} more"
+    noun = "package" if len(packages) == 1 else "packages"
+    below = [name.split("/")[0] for name in packages if name != "adapters"]  # task or fold directories
+    layout = ""
+    if below and all(re.fullmatch(r"fold\d+", name) for name in below):
+        layout = " (one package per fold)"
+    elif below:
+        layout = " (a joint run: one package per task)"
+    advice = f"pass it: {directory / packages[0]}" if len(packages) == 1 else \
+        f"pass one of them, e.g. {directory / packages[0]}"
+    return f"{subject or directory} holds the {noun} {shown}{layout}; {advice}"
+
+
+def _missing_package_message(directory: Path) -> str:
+    """The one-line message for ``directory`` that is not there: the packages beside it, or where packages are."""
+    packages = packages_below(directory.parent) if directory.parent != directory else []
+    if packages:
+        return f"{directory}: no such model package directory; {_run_listing(directory.parent, packages)}"
+    return f"{directory}: no such model package directory; pass the directory stage 3 wrote ({PACKAGE_LAYOUTS})"
+
+
+def _package_file(directory: str | os.PathLike) -> Path:
+    """``<directory>/package.json``; a missing directory or file is a :class:`PackageNotFoundError`.
+
+    A run directory (``exp/<tag>``) or a missing directory beside packages gets the packages
+    listed (:func:`packages_below`), so the caller can pass one of them.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PackageNotFoundError(_missing_package_message(directory))
     path = directory / PACKAGE_FILE
     if not path.exists():
+        packages = packages_below(directory)
+        if packages:
+            raise PackageNotFoundError(f"{directory} is a run directory, not a model package: "
+                                       f"{_run_listing(directory, packages, 'it')}")
         raise PackageNotFoundError(f"{path} is missing: {directory} is an adapter export without a package; "
                                    "rerun stage 3 (or call elp.serve.package.write_package) to write it")
     return path
@@ -688,7 +758,9 @@ def check_package(directory: str | os.PathLike) -> list[str]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        return [f"{directory}: no such model package directory"]
+        return [_missing_package_message(directory)]
+    if not (directory / PACKAGE_FILE).exists() and (packages := packages_below(directory)):
+        return [f"{directory} is a run directory, not a model package: {_run_listing(directory, packages, 'it')}"]
     problems = manifest_problems(directory)
     if not (directory / MANIFEST_FILE).exists():
         problems.append(f"{directory / MANIFEST_FILE}: missing (package of an earlier elp); add it with "
