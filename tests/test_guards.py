@@ -147,8 +147,8 @@ def test_an_update_that_makes_weights_non_finite_is_undone_and_stops_at_the_chec
     before = weights(brain)
     with pytest.raises(NonFiniteTrainingError, match=r"batch \(u1\) made parameters non-finite.*learning rate"):
         brain.fit(range(1), loader([("u1", False), ("u2", False), ("u3", False), ("u4", False)], scale=1e3), None)
-    assert brain.seen == [(1, 0), (2, 0), (3, 0)]  # found at the check after batch 3
-    assert same(weights(brain), before)  # each of the three updates was undone on the device
+    assert brain.seen == [(1, 0)]  # found at the check after the stage's first batch
+    assert same(weights(brain), before)  # its update was undone on the device
 
 
 def test_minute_checkpoints_read_the_clock_at_check_steps(tmp_path, monkeypatch):
@@ -197,7 +197,8 @@ def test_a_normal_step_makes_no_host_sync(tmp_path, monkeypatch, accumulation):
         brain = make_brain(tmp_path / str(batches), accumulation=accumulation)
         brain.fit(range(1), loader([(f"u{i}", False) for i in range(batches)]), None)
         totals[batches] = in_guard["n"]
-    assert totals == {4: 1, 12: 1}  # the one check at the end of the epoch, whatever the number of steps
+    # the checks after the epoch's first batch and at its end, whatever the number of steps
+    assert totals == {4: 2, 12: 2}
 
 
 def syncs_of_a_fit(tmp_path, monkeypatch, batches, brain_class=None):
@@ -230,3 +231,19 @@ def test_inside_the_fit_loop_a_batch_waits_for_the_check(tmp_path):
     assert len(brain._pending) == 1 and brain._skipped_ids == []
     brain.check_nonfinite()
     assert brain._pending == [] and brain._skipped_ids == ["nan2"]
+
+
+@pytest.mark.parametrize("check_steps", [None, 100])
+def test_the_progress_bar_shows_the_running_loss_from_the_first_batch(tmp_path, check_steps):
+    """Without ``nonfinite_check_steps`` a CPU run checks every batch (a check waits for nothing there), so the
+    bar's ``train_loss`` is the running mean throughout; with 100 it is the first batch's loss until the next
+    check, never 0."""
+    brain = make_brain(tmp_path, check_steps=check_steps, brain_class=LossRecording)
+    shown, update_average = [], brain.update_average
+    brain.update_average = lambda loss, avg: shown.append(update_average(loss, avg)) or shown[-1]
+    brain.fit(range(1), loader([(f"u{i}", False) for i in range(1, 6)]), None)
+    losses = brain.losses
+    if check_steps is None:
+        assert shown == pytest.approx([sum(losses[:k]) / k for k in range(1, 6)], rel=1e-6)
+    else:
+        assert shown == pytest.approx([losses[0]] * 5, rel=1e-6) and losses[0] > 0

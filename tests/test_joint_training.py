@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -498,3 +499,66 @@ def test_recipe_resumes_after_a_kill_as_if_uninterrupted(prepared):
     logs = [(recipe / "exp" / tag / "train_log.txt").read_text() for tag in ("straight", "resumed")]
     assert [line.split(" - ", 1)[1] for line in logs[0].splitlines()] == \
         [line.split(" - ", 1)[1] for line in logs[1].splitlines()]
+
+
+def test_the_running_train_loss_is_shown_from_the_first_batch(checkpoint):
+    """The progress bar's ``train_loss`` (what ``update_average`` returns) is the mean of the batch losses so far
+    at every batch on the CPU, not 0 until the training guard's first check."""
+    shared = backbone_of(checkpoint)
+    hparams = classification_tasks(shared, "el", ("e",))
+    brain = JointBrain(modules=joint_modules(hparams), opt_class=hparams["opt_class"], hparams=hparams,
+                       run_opts={"device": "cpu", "noprogressbar": True})
+    losses, shown = [], []
+    update_average = brain.update_average
+
+    def spy(loss, avg_loss):
+        losses.append(float(loss))
+        shown.append(float(update_average(loss, avg_loss)))
+        return shown[-1]
+
+    brain.update_average = spy
+    per_task = [[item for t, item in items() if t == task] for task in range(len(NAMES))]
+    data = TaskConcatDataset(per_task)
+    brain.fit(range(1), data, train_loader_kwargs={"batch_sampler": [[0, 2], [1, 3, 4], [0, 4], [2, 3]],
+                                                   "collate_fn": data.collate})
+    assert len(shown) == 4 and all(value > 0 for value in shown)
+    for step, value in enumerate(shown, start=1):
+        assert value == pytest.approx(sum(losses[:step]) / step, rel=1e-5)
+
+
+def test_stage_0_failure_names_the_members_command_with_its_data_root(tmp_path):
+    """A member that fails to prepare from a --data_roots entry: the command to rerun by hand keeps that data root
+    (without it, the member recipe would build its mini corpus instead)."""
+    recipe = tmp_path / "egs" / "multitask" / "er_ic_kws"
+    shutil.copytree(RECIPE / "conf", recipe / "conf")
+    shutil.copy2(RECIPE / "run.sh", recipe / "run.sh")
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    missing = tmp_path / "no_such_corpus"
+    env = {**{k: v for k, v in os.environ.items() if k != "ELP_CALLER_PWD"}, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["./run.sh", "--stop_stage", "0", "--data_roots", f"iemocap={missing}"], cwd=recipe,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "ERROR: preparing iemocap/er failed: run its stages 0-2 by hand" in last
+    assert last.endswith(f"(cd ../../iemocap/er && ./run.sh --stop_stage 2 --data_root {missing})"), last
+
+
+def test_bad_hparam_overrides_of_the_joint_recipe_are_one_line_errors():
+    """An override that is not valid YAML names its option, the parser's problem and the fix; a misspelt hparam
+    gets the closest name instead of a list of every hparam."""
+    def driver(*args):
+        return subprocess.run([sys.executable, str(ROOT / "recipes" / "train_multitask.py"), "data-dirs",
+                               "conf/joint.yaml", *args], cwd=RECIPE, capture_output=True, text=True, timeout=120)
+
+    result = driver("--tasks", "{er:{mix_weight:2.0}}")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("ERROR: --tasks {er:{mix_weight:2.0}}: not valid YAML (expected ',' or '}', "
+                                    "but got '{' at column 5 of the value)")
+    assert result.stderr.strip().endswith('put a space after each colon: --tasks "{er: {mix_weight: 2.0}}"')
+    result = driver("--tasks", "{er: {mix_weight:2.0}}")  # valid YAML, but the key 'mix_weight:2.0' without a value
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("ERROR: --tasks {er: {mix_weight:2.0}}: reads 'mix_weight:2.0' as one key")
+    result = driver("--mix_temprature", "2")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("ERROR: conf/joint.yaml: no hparam named mix_temprature "
+                                     "(did you mean mix_temperature?)")

@@ -171,3 +171,24 @@ def test_shared_block_check_sees_a_difference(tmp_path):
     changed.write_text(RECIPE_YAMLS[0].read_text().replace("opt_class: !name:torch.optim.Adam", "opt_class: !name:torch.optim.SGD"))
     assert top_level_blocks(changed)["opt_class"] != top_level_blocks(RECIPE_YAMLS[0])["opt_class"]
     assert top_level_blocks(changed)["model"] == top_level_blocks(RECIPE_YAMLS[0])["model"]
+
+
+def test_a_single_task_recipes_bad_overrides_are_one_line_errors(tmp_path):
+    recipe = make_recipe(tmp_path)
+
+    def train(*args):
+        return subprocess.run([sys.executable, str(ROOT / "recipes" / "train.py"), "conf/train.yaml", "--tag", "t",
+                               *args], cwd=recipe, capture_output=True, text=True, timeout=120)
+
+    result = train("--lr", "{default:{head:0.1}}")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.strip() == ("ERROR: --lr {default:{head:0.1}}: not valid YAML (expected ',' or '}', but "
+                                     "got '{' at column 10 of the value); in flow style put a space after each "
+                                     'colon: --lr "{default: {head: 0.1}}"')
+    result = train("--method_options", "{e_dim:32, l_dim: 64}")  # reads as {"e_dim:32": null, "l_dim": 64}
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "reads 'e_dim:32' as one key without a value" in result.stderr
+    assert result.stderr.strip().endswith('--method_options "{e_dim: 32, l_dim: 64}"')
+    result = train("--numbr_of_epochs", "2")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "ERROR: conf/train.yaml: no hparam named numbr_of_epochs (did you mean number_of_epochs?)"

@@ -30,6 +30,7 @@ Tagged(tag='!new:torch.nn.Linear', value=[4, 2])
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import io
@@ -78,15 +79,116 @@ def read_overrides(overrides_files: list[str | os.PathLike] | None = None,
     yaml = ruamel.yaml.YAML()
     for path in overrides_files or []:
         with open(path, encoding="utf-8") as fin:
-            content = yaml.load(fin) or {}
+            try:
+                content = yaml.load(fin) or {}
+            except ruamel.yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                raise ValueError(f"--overrides_file {path}: not valid YAML ({_problem_of(err)}{where})") from None
         if not isinstance(content, dict):
             raise ValueError(f"{path}: an overrides file must be a mapping of hparam: value")
         _deep_update(merged, content)
     if cli_overrides:
         if isinstance(cli_overrides, str):
-            cli_overrides = yaml.load(cli_overrides) or {}
+            cli_overrides = parse_cli_overrides(cli_overrides)
         _deep_update(merged, cli_overrides)
     return merged
+
+
+#: a line of SpeechBrain's override text that starts an option (``key: value``)
+_OPTION_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):(?: |$)")
+#: a plain key that swallowed its value because no space follows its colon (``{x:1}`` reads as ``{"x:1": null}``)
+_GLUED_KEY = re.compile(r"^[^\s:'\"]+:[^\s/]")
+
+
+def parse_cli_overrides(text: str) -> dict:
+    """Command-line hparam overrides (SpeechBrain's ``key: value`` lines of ``--key value``) as a dict.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option whose value is not valid YAML (the parser's problem, the
+        column in the value, and the value with a space after each colon where that makes it
+        valid), or whose flow mapping reads a ``key:value`` without a space as one key without
+        a value.
+
+    Examples
+    --------
+    >>> parse_cli_overrides("seed: 3\\ntasks: {er: {mix_weight: 2.0}}")
+    {'seed': 3, 'tasks': {'er': {'mix_weight': 2.0}}}
+    >>> parse_cli_overrides("tasks: {er:{mix_weight:2.0}}")
+    Traceback (most recent call last):
+    ...
+    ValueError: --tasks {er:{mix_weight:2.0}}: not valid YAML (expected ',' or '}', but got '{' at column 5 of the value); in flow style put a space after each colon: --tasks "{er: {mix_weight: 2.0}}"
+    """
+    yaml = ruamel.yaml.YAML()
+    chunks: list[list[str]] = []
+    for line in text.splitlines():
+        if _OPTION_LINE.match(line) or not chunks:
+            chunks.append([line])
+        else:
+            chunks[-1].append(line)
+    merged: dict = {}
+    for chunk in chunks:
+        chunk_text = "\n".join(chunk)
+        match = _OPTION_LINE.match(chunk_text)
+        key = match.group(1) if match else None
+        value = chunk_text[match.end():].strip() if match else chunk_text.strip()
+        try:
+            loaded = yaml.load(chunk_text) or {}
+        except ruamel.yaml.YAMLError as err:
+            if key is None:
+                raise ValueError(f"the hparam overrides are not valid YAML ({_problem_of(err)}): pass them as "
+                                 "--key value") from None
+            mark = getattr(err, "problem_mark", None)
+            column = mark.column - len(key) - 2 if mark is not None and mark.line == 0 else -1
+            where = f" at column {column + 1} of the value" if column >= 0 else ""
+            raise ValueError(f"--{key} {value}: not valid YAML ({_problem_of(err)}{where}); "
+                             f"{_yaml_fix(key, value)}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"the hparam overrides must be --key value pairs (got {chunk_text!r})")
+        if key is not None and _glued_key(loaded.get(key)):
+            raise ValueError(f"--{key} {value}: reads {_glued_key(loaded[key])!r} as one key without a value; "
+                             f"{_yaml_fix(key, value)}")
+        merged.update(loaded)
+    return merged
+
+
+def _problem_of(err: Exception) -> str:
+    """A ruamel error's short problem text (its first line without the marks)."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    return " ".join(str(problem).split())
+
+
+def _glued_key(node: Any) -> str | None:
+    """The first mapping key in ``node`` that holds a ``key:value`` without a space (and no value)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if value is None and isinstance(key, str) and _GLUED_KEY.match(key):
+                return key
+            found = _glued_key(value)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for item in node:
+            found = _glued_key(item)
+            if found:
+                return found
+    return None
+
+
+def _yaml_fix(key: str, value: str) -> str:
+    """How to write ``value``: with a space after each colon where that makes it valid YAML."""
+    spaced = re.sub(r":(?=[^\s/])", ": ", value)
+    if spaced != value:
+        try:
+            loaded = ruamel.yaml.YAML().load(f"{key}: {spaced}")
+        except ruamel.yaml.YAMLError:
+            loaded = None
+        if isinstance(loaded, dict) and not _glued_key(loaded.get(key)):
+            return f'in flow style put a space after each colon: --{key} "{spaced}"'
+    return ("write the value as YAML, quoted for the shell; in flow style a space after each colon, "
+            f'e.g. --{key} "{{name: {{key: 1.0}}}}"')
 
 
 def _tag_of(node: Any) -> str | None:
@@ -107,10 +209,14 @@ def _check_keys(hparams_file: str | os.PathLike, overrides: dict, allowed_new=()
     yaml = ruamel.yaml.YAML()
     with open(hparams_file, encoding="utf-8") as fin:
         keys = set(yaml.load(fin) or {})
-    unknown = sorted(set(overrides) - keys - set(allowed_new))
+    known = keys | set(allowed_new)
+    unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"{hparams_file}: no hparam named {', '.join(unknown)} "
-                         f"(the file defines: {', '.join(sorted(keys))})")
+        names = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), sorted(str(k) for k in known), n=1)
+            names.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+        raise ValueError(f"{hparams_file}: no hparam named {', '.join(names)}")
 
 
 def _with_overrides(hparams_file: str | os.PathLike, overrides: dict | None, allowed_new) -> io.StringIO:

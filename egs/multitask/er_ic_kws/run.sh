@@ -101,8 +101,13 @@ if elp_stage 0; then
         root=${root_of[${corpus}]:-}
         if [ -n "${root}" ] || ! prepared "${dir}"; then
             log "Stage 0: preparing ${member} (its stages 0-2${root:+ from ${root}})"
-            (cd "${dir}" && ./run.sh --stop_stage 2 ${root:+--data_root "${root}"}) \
-                || die "preparing ${member} failed: run its stages 0-2 by hand (cd ${dir} && ./run.sh --stop_stage 2)"
+            prep=(./run.sh --stop_stage 2 ${root:+--data_root "${root}"})
+            # the command to repeat by hand, from where the user typed this one
+            where=${dir}
+            [ "${ELP_CALLER_PWD}" = "${PWD}" ] || where=$(cd "${dir}" && pwd)
+            (cd "${dir}" && "${prep[@]}") \
+                || die "preparing ${member} failed: run its stages 0-2 by hand" \
+                       "(cd $(printf '%q' "${where}") && $(printf '%q ' "${prep[@]}" | sed 's/ $//'))"
         else
             log "Stage 0: ${member}: data prepared ($( [ -f "${dir}/data/.mini" ] && echo "mini corpus" || echo "real corpus"))"
         fi
@@ -148,9 +153,10 @@ device=cpu
 if elp_stage 1; then
     log "Stage 1: validating every task's data dirs"
     sets=() tests=()
+    listing=$(python "${driver}" data-dirs "${config}" "${hp[@]}" "${overrides[@]}") || exit 1  # it said why
     while read -r kind dir; do
         if [ "${kind}" = test ]; then tests+=("${dir}"); else sets+=("${dir}"); fi
-    done < <(python "${driver}" data-dirs "${config}" "${hp[@]}" "${overrides[@]}")
+    done <<< "${listing}"
     python "${ELP_ROOT}/recipes/validate_data.py" "${sets[@]}" ${tests[0]:+--test "${tests[@]}"}
 fi
 if elp_stage 2; then

@@ -21,9 +21,12 @@ only at a *check*.
   copied on the device before the optimizer step; when the gradient norm or the updated
   parameters are non-finite, the step is undone (``torch.where`` puts the copies back).
 
-**Checks** (one host synchronisation each): every ``nonfinite_check_steps`` batches (an hparams
-key, default :data:`CHECK_STEPS`), before every intra-epoch checkpoint, at the end of the
-training stage, and after each ``fit_batch`` called outside SpeechBrain's ``fit`` loop. A check
+**Checks** (one host synchronisation each): after the first batch of a training stage, then
+every ``nonfinite_check_steps`` batches (an hparams key; default :data:`CHECK_STEPS` on an
+accelerator and every batch on the CPU, where a check waits for nothing), before every
+intra-epoch checkpoint, at the end of the training stage, and after each ``fit_batch`` called
+outside SpeechBrain's ``fit`` loop. The progress bar's ``train_loss`` is the mean as of the last
+check. A check
 
 * logs every non-finite batch since the previous check with its utterance ids (``batch.id``)
   and the reason, and adds them to :attr:`NonFiniteGuard.skipped_utterances`;
@@ -84,7 +87,8 @@ logger = logging.getLogger(__name__)
 
 #: How many utterance ids an error message lists before "...".
 MAX_IDS_IN_MESSAGE = 8
-#: Batches between two checks of the device flags (hparams ``nonfinite_check_steps``).
+#: Batches between two checks of the device flags on an accelerator (hparams
+#: ``nonfinite_check_steps``; on the CPU every batch is checked).
 CHECK_STEPS = 100
 
 # the bits of a batch's flags
@@ -252,6 +256,7 @@ class NonFiniteGuard:
             self._last_flags: torch.Tensor | None = None
             self._in_fit_loop = False
             self._used_in_stage = 0
+            self._first_step_of_stage = 1
             self._window_ids: list[str] = []  # batches since the last optimizer step
             self._window_reason = ""
             self._nonfinite_run: list[str] = []
@@ -269,7 +274,10 @@ class NonFiniteGuard:
 
     def _check_steps(self) -> int:
         hparams = getattr(self, "hparams", None)
-        return max(int(getattr(hparams, "nonfinite_check_steps", None) or CHECK_STEPS), 1)
+        configured = getattr(hparams, "nonfinite_check_steps", None)
+        if configured not in (None, "auto"):
+            return max(int(configured), 1)
+        return 1 if str(getattr(self, "device", "cpu")).startswith("cpu") else CHECK_STEPS
 
     def _patience(self) -> int:
         return max(int(getattr(self, "nonfinite_patience", 3) or 0), 1)
@@ -292,6 +300,7 @@ class NonFiniteGuard:
         self.check_nonfinite()
         self._in_fit_loop = stage == sb.Stage.TRAIN
         self._used_in_stage = int(getattr(self, "step", 0) or 0)  # a resumed epoch's batches so far
+        self._first_step_of_stage = self._used_in_stage + 1
         return super().on_stage_start(stage, epoch)
 
     def checked_train_loss(self) -> float:
@@ -333,8 +342,8 @@ class NonFiniteGuard:
         used = flags[0] == 0
         added = torch.stack([torch.where(used, flags[1], torch.zeros_like(flags[1])), used.float()])
         self._loss_total = added if self._loss_total is None else self._loss_total + added
-        if self.step % self._check_steps() == 0:
-            self.check_nonfinite()
+        if self.step % self._check_steps() == 0 or self.step == self._first_step_of_stage:
+            self.check_nonfinite()  # the first batch of the stage too: the bar has a loss at once
         return self.avg_train_loss
 
     # ------------------------------------------------------------------ training step
