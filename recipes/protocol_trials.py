@@ -612,6 +612,8 @@ def plan_text(root: Path, protocol: Protocol, data_roots: dict[str, str]) -> str
         seconds, count, unknown = total[phase]
         if unknown and unknown == count:
             return f"{phase} unknown (no cost basis for its {count} job(s))"
+        if unknown and not seconds:  # the others cost nothing to train (they reuse a grid trial)
+            return f"{phase} unknown (no cost basis for {unknown} of its {count} job(s))"
         if unknown:
             return f"{phase} at least {format_seconds(seconds)} ({unknown} of its {count} job(s) of unknown cost)"
         return f"{phase} {format_seconds(seconds)}"

@@ -423,3 +423,15 @@ def test_mini_tiny_protocol_end_to_end(tmp_path):
     assert "grid: 0 of 4 job(s) to run, 4 done and reused" in again.stderr
     assert "final: 0 of 4 job(s) to run, 4 done and reused" in again.stderr
     assert {p: p.stat().st_mtime for p in exp.glob("*/train_stats.json")} == stamps
+
+
+def test_a_dry_run_without_a_cost_basis_says_unknown_not_zero(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "egs" / "slurp" / "ic" / "conf", root / "egs" / "slurp" / "ic" / "conf")
+    (root / "recipes").symlink_to(ROOT / "recipes")
+    protocol = load_protocol(ROOT / "protocols" / "mini_tiny.yaml")  # no cost_basis, no finished run under root
+    estimate = next(line for line in trials.plan_text(root, protocol, {}).splitlines()
+                    if line.startswith("estimated training time"))
+    # the final runs of the selection seed reuse their grid trials: nothing to train
+    assert estimate.endswith("grid unknown (no cost basis for its 4 job(s)), final unknown (no cost basis for 2 of "
+                             "its 4 job(s))"), estimate
