@@ -308,19 +308,25 @@ def recipe_folds(root: Path, recipe: str) -> list[str]:
     return out.stdout.split()
 
 
+def top_level_values(root: Path, spec: RecipeSpec, key: str, configs: list[str]) -> list[str]:
+    """The values of the top-level ``key:`` lines of a recipe's YAML files ``configs`` (relative to
+    its directory, in the order given; files that are not there are skipped), comments cut."""
+    values = []
+    for config in configs:
+        path = recipe_dir(root, spec.recipe) / config
+        if path.is_file():
+            values += [line.split(":", 1)[1].split("#")[0].strip()
+                       for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(f"{key}:")]
+    return values
+
+
 def valid_set_name(root: Path, spec: RecipeSpec) -> str | None:
     """The name of the data dir a recipe validates on (the last ``valid_set`` of conf/train.yaml,
     its overrides files and the protocol's overrides), e.g. ``dev_other``; None if none says."""
-    name = None
-    for config in ["conf/train.yaml", *spec.overrides_files]:
-        path = recipe_dir(root, spec.recipe) / config
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.startswith("valid_set:"):
-                    name = line.split(":", 1)[1].split("#")[0].strip().rstrip("/").rsplit("/", 1)[-1]
+    values = top_level_values(root, spec, "valid_set", ["conf/train.yaml", *spec.overrides_files])
     if isinstance(spec.overrides.get("valid_set"), str):
-        name = spec.overrides["valid_set"].rstrip("/").rsplit("/", 1)[-1]
-    return name
+        values.append(spec.overrides["valid_set"])
+    return values[-1].rstrip("/").rsplit("/", 1)[-1] if values else None
 
 
 def task_class(root: Path, spec: RecipeSpec):
@@ -328,12 +334,9 @@ def task_class(root: Path, spec: RecipeSpec):
     None when it names none of :mod:`elp.tasks`."""
     import elp.tasks
 
-    path = recipe_dir(root, spec.recipe) / "conf" / "train.yaml"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("task:") and "!new:elp.tasks." in line:
-                return getattr(elp.tasks, line.split("!new:elp.tasks.", 1)[1].split()[0], None)
-    return None
+    names = [value.split("!new:elp.tasks.", 1)[1].split()[0]
+             for value in top_level_values(root, spec, "task", ["conf/train.yaml"]) if "!new:elp.tasks." in value]
+    return getattr(elp.tasks, names[0], None) if names else None
 
 
 def check_recipes(root: Path, protocol: Protocol) -> None:
@@ -506,15 +509,11 @@ def recipe_epochs(root: Path, protocol: Protocol, spec: RecipeSpec) -> int | Non
         return protocol.epochs
     epochs = None
     configs = ["conf/train.yaml", *(["conf/mini.yaml"] if protocol.mini else []), *spec.overrides_files]
-    for name in configs:
-        text = (recipe_dir(root, spec.recipe) / name)
-        if text.is_file():
-            for line in text.read_text(encoding="utf-8").splitlines():
-                if line.startswith("number_of_epochs:"):
-                    try:
-                        epochs = int(line.split(":", 1)[1].split("#")[0])
-                    except ValueError:
-                        pass
+    for value in top_level_values(root, spec, "number_of_epochs", configs):
+        try:
+            epochs = int(value)
+        except ValueError:
+            pass
     return epochs
 
 

@@ -75,7 +75,8 @@ def run_data_prep(parser: argparse.ArgumentParser, prepare: Callable[[argparse.N
     try:
         prepare(args)
     except (CorpusLayoutError, DataError, FileNotFoundError) as error:
-        logger.error("%s", str(error).replace("--corpus-root", os.environ.get("ELP_CORPUS_ROOT_OPTION") or "--corpus-root"))
+        option = os.environ.get("ELP_CORPUS_ROOT_OPTION") or "--corpus-root"
+        logger.error("%s", str(error).replace("--corpus-root", option))
         raise SystemExit(1) from None
     return 0
 

@@ -489,6 +489,17 @@ def _missing_package_message(directory: Path) -> str:
     return f"{directory}: no such model package directory; pass the directory stage 3 wrote ({PACKAGE_LAYOUTS})"
 
 
+def _run_directory_message(directory: Path) -> str | None:
+    """The one-line message for ``directory`` without a package of its own but with packages below
+    it (a run directory, ``exp/<tag>``), or None when it is not one."""
+    if (directory / PACKAGE_FILE).exists():
+        return None
+    packages = packages_below(directory)
+    if not packages:
+        return None
+    return f"{directory} is a run directory, not a model package: {_run_listing(directory, packages, 'it')}"
+
+
 def _package_file(directory: str | os.PathLike) -> Path:
     """``<directory>/package.json``; a missing directory or file is a :class:`PackageNotFoundError`.
 
@@ -500,10 +511,8 @@ def _package_file(directory: str | os.PathLike) -> Path:
         raise PackageNotFoundError(_missing_package_message(directory))
     path = directory / PACKAGE_FILE
     if not path.exists():
-        packages = packages_below(directory)
-        if packages:
-            raise PackageNotFoundError(f"{directory} is a run directory, not a model package: "
-                                       f"{_run_listing(directory, packages, 'it')}")
+        if (message := _run_directory_message(directory)) is not None:
+            raise PackageNotFoundError(message)
         raise PackageNotFoundError(f"{path} is missing: {directory} is an adapter export without a package; "
                                    "rerun stage 3 (or call elp.serve.package.write_package) to write it")
     return path
@@ -759,8 +768,8 @@ def check_package(directory: str | os.PathLike) -> list[str]:
     directory = Path(directory)
     if not directory.is_dir():
         return [_missing_package_message(directory)]
-    if not (directory / PACKAGE_FILE).exists() and (packages := packages_below(directory)):
-        return [f"{directory} is a run directory, not a model package: {_run_listing(directory, packages, 'it')}"]
+    if (message := _run_directory_message(directory)) is not None:
+        return [message]
     problems = manifest_problems(directory)
     if not (directory / MANIFEST_FILE).exists():
         problems.append(f"{directory / MANIFEST_FILE}: missing (package of an earlier elp); add it with "

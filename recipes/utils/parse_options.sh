@@ -48,9 +48,9 @@ while [ $# -gt 0 ]; do
             if [[ ! "${_po_name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!_po_name+set}" ]; then
                 # an option of the help message spelt the same without - and _ is what was meant
                 _po_near=
+                _po_b=${_po_option//[-_]/}
                 for _po_known in $(printf '%s\n' "${help_message:-}" | grep -o -- '--[A-Za-z][A-Za-z0-9_-]*' | sort -u); do
                     _po_a=${_po_known//[-_]/}
-                    _po_b=${_po_option//[-_]/}
                     [ "${_po_a,,}" = "${_po_b,,}" ] && _po_near=${_po_known}
                 done
                 echo "$0: unknown option ${_po_option}${_po_near:+ (did you mean ${_po_near}?)}" >&2
