@@ -19,17 +19,20 @@ in ``<output_folder>/<task>/adapters``. Stages 4 and 5 work per task in ``<outpu
 """
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from elp.eval.plots import plot_training_curves
 from elp.eval.results import append_results_line, backbone_label, write_results_json
-from elp.runtime import configure_logging, peak_memory_mb, run_main
+from elp.runtime import UserError, configure_logging, peak_memory_mb, run_main
 from elp.serve.package import calibrate_threshold, record_task_options, write_package
 from elp.train.hparams import build_node
 from elp.train.multitask import (check_joint_hparams, joint_dataset, joint_loader_kwargs, joint_modules,
                                  task_output_dir)
 from elp.train.recipe import load_experiment, loader_kwargs, peek_experiment
+
+logger = logging.getLogger("train_multitask")
 
 
 def present(test_sets) -> list[str]:
@@ -39,21 +42,42 @@ def present(test_sets) -> list[str]:
 
 def data_dirs(argv) -> int:
     hparams = peek_experiment(argv)
+    listed = []  # tasks on the same data dirs list them once
     for spec in hparams["tasks"].values():
-        print(f"train {spec['train_set']}")
-        print(f"valid {spec['valid_set']}")
-        for test_dir in present(spec["test_sets"]):
-            print(f"test {test_dir}")
+        for line in [f"train {spec['train_set']}", f"valid {spec['valid_set']}",
+                     *(f"test {test_dir}" for test_dir in present(spec["test_sets"]))]:
+            if line not in listed:
+                listed.append(line)
+    print("\n".join(listed))
     return 0
+
+
+DERIVED_INVENTORY = ".built_from_train_set"
+"""Marker of an inventory stage 2 of a joint recipe built itself (rebuilt when its training labels change)."""
 
 
 def inventory(argv) -> int:
     hparams = peek_experiment(argv)
     for name, spec in hparams["tasks"].items():
         task = build_node(spec["task"])
-        if not Path(spec["lang_dir"]).is_dir():
-            raise FileNotFoundError(f"tasks.{name}: {spec['lang_dir']} is missing: prepare the task's own recipe "
-                                    "(its stages 0-2; this recipe's stage 0 does it when its data is missing)")
+        lang_dir, train_set = Path(spec["lang_dir"]), Path(spec["train_set"])
+        marker = lang_dir / DERIVED_INVENTORY
+        label_files = [train_set / (getattr(task, "label_file", None) or "utt2label"), train_set / "text"]
+        newer = marker.is_file() and any(f.is_file() and f.stat().st_mtime > marker.stat().st_mtime
+                                         for f in label_files)
+        if not lang_dir.is_dir() or newer:
+            if not (train_set / "wav.scp").is_file():
+                raise UserError(f"tasks.{name}: {lang_dir} is missing: prepare the task's own recipe "
+                                "(its stages 0-2; this recipe's stage 0 does it when its data is missing)")
+            # a task of this recipe's own on a member's data (e.g. a second label file of the same
+            # audio): its inventory is built here from its training set, as a recipe's stage 2 does
+            try:
+                task.build_inventory(train_set, lang_dir)
+            except FileNotFoundError as error:
+                raise UserError(f"tasks.{name}: {error}; prepare {train_set.parent} again (stage 0 of the "
+                                "recipe that wrote it)") from None
+            marker.touch()
+            logger.info("tasks.%s: wrote its inventory %s from %s", name, lang_dir, train_set)
         for data_dir in [spec["valid_set"], *present(spec["test_sets"])]:
             task.check_coverage(spec["lang_dir"], data_dir)
     return 0
@@ -96,6 +120,8 @@ def train(argv) -> int:
         "train_wall_s": round(brain.train_wall_s, 2),
         "train_utterances": epochs * mixer.epoch_size,
         "utterances_per_epoch": dict(zip(brain.task_names, mixer.task_counts)),
+        # units of the last epoch's draw: what the backbone read (tasks on one recording share it)
+        "recordings_per_epoch": len(mixer.units(mixer.draw())),
         "peak_mem_mb": round(max(previous.get("peak_mem_mb", 0.0), peak_memory_mb(brain.device)), 1),
         "peak_mem_kind": "cuda max_memory_allocated" if str(brain.device).startswith("cuda") else "cpu peak RSS",
         "epochs": epochs,

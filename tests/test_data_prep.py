@@ -181,7 +181,7 @@ def test_slurp_with_real_annotations(tmp_path, caplog):
     expected = sorted(f"{r['slurp_id']}-{rec['file'].rsplit('.', 1)[0]}" for r in records
                       for rec in r["recordings"] if rec["file"] not in absent)
     assert keys(devel_dir / "wav.scp") == expected
-    for name in ("text", "utt2label", "utt2spk", "utt2num_samples"):
+    for name in ("text", "utt2label", "utt2scenario", "utt2spk", "utt2num_samples"):
         assert keys(devel_dir / name) == expected, name
     audio_dir = tmp_path / "slurp" / "slurp_real"
     assert f"devel: recordings whose audio is absent from {audio_dir}, dropped: 2" in caplog.text
@@ -195,6 +195,9 @@ def test_slurp_with_real_annotations(tmp_path, caplog):
     assert items[utt]["wav"].endswith("slurp_real/audio-1434542201.flac")
     assert read_mapping(devel_dir / "utt2label") == {
         u: next(r["intent"] for r in records if u.startswith(f"{r['slurp_id']}-")) for u in expected}
+    assert read_mapping(devel_dir / "utt2scenario") == {  # a second task on the same audio
+        u: next(r["scenario"] for r in records if u.startswith(f"{r['slurp_id']}-")) for u in expected}
+    assert read_mapping(devel_dir / "utt2scenario")[utt] == "qa"
 
 
 def test_slurp_split_without_any_audio_is_an_error(tmp_path):

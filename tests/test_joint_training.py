@@ -256,6 +256,31 @@ def test_joint_loss_is_the_weighted_sum_of_each_tasks_own_loss(checkpoint):
     assert sorted(brain.task_stats(sb.Stage.VALID)) == sorted(f"{n}_{k}" for n in NAMES for k in ("loss", "accuracy", "ua", "error"))
 
 
+def test_each_tasks_gradients_are_clipped_on_their_own(checkpoint):
+    """A task's clipped gradient does not depend on another task's gradient norm; shared groups are one unit."""
+    shared = backbone_of(checkpoint)
+    hparams = classification_tasks(shared, "el", ("e",))
+    brain = JointBrain(modules=joint_modules(hparams), hparams=hparams, run_opts={"device": "cpu", "max_grad_norm": 1.0})
+    brain.init_optimizers()
+    groups = {g["name"]: g["params"] for g in brain.optimizer.param_groups}
+    units = {"shared": ["shared_e"], **{n: [f"{n}_{g}" for g in ("ln", "l", "head")] for n in NAMES}}
+    scales = {"shared": 7.0, "er": 0.01, "ic": 300.0, "kws": 3.0}  # er under the limit, the others over it
+    expected = {}
+    for unit, names in units.items():
+        for name in names:
+            for param in groups[name]:
+                param.grad = scales[unit] * torch.ones_like(param) / (sum(p.numel() for n in names for p in groups[n])
+                                                                      ** 0.5)
+        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for n in names for p in groups[n]]))
+        assert abs(float(norm) - scales[unit]) < 1e-3
+        expected[unit] = min(scales[unit], 1.0)
+    total = brain.clip_gradients([brain.optimizer])
+    assert abs(float(total) - sum(v * v for v in scales.values()) ** 0.5) < 1e-2  # the norm before clipping
+    for unit, names in units.items():
+        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for n in names for p in groups[n]]))
+        assert abs(float(norm) - expected[unit]) < 1e-4, unit  # er keeps 0.01: not scaled down by ic's 300
+
+
 def test_joint_hparams_are_checked_in_one_line():
     with pytest.raises(UserError, match=r"^tasks\.er: missing brain_class, corpus; unknown lrr \(valid: "):
         check_joint_hparams({"tasks": {"er": {"task": 1, "train_set": 1, "valid_set": 1, "test_sets": 1,

@@ -76,7 +76,7 @@ def train_losses(train_log: Path) -> list[float]:
 def test_recipes_are_discovered():
     assert {"librispeech/asr", "voxceleb/sv", "iemocap/er", "slurp/ic", "speech_commands/kws",
             "fluent_speech_commands/ic"} <= set(SINGLE_TASK)
-    assert set(RECIPES) - set(SINGLE_TASK) == {"multitask/er_ic_kws"}
+    assert set(RECIPES) - set(SINGLE_TASK) == {"multitask/er_ic_kws", "multitask/slurp_intent_scenario"}
 
 
 @pytest.mark.slow

@@ -439,6 +439,7 @@ def write_data_dir(
     segments: Mapping[str, Segment] | None = None,
     utt2num_samples: Mapping[str, int] | None = None,
     trials: Sequence[Trial] | None = None,
+    label_files: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Path:
     """Write a data dir (created) and return it: sorted mapping files, ``spk2utt`` derived from ``utt2spk``.
 
@@ -457,6 +458,10 @@ def write_data_dir(
         utt -> segment of a recording in ``wav_scp``.
     utt2num_samples
         Usually left to :func:`validate_data_dir`.
+    label_files
+        Further per-utterance label files, file name -> mapping (e.g. ``{"utt2scenario": ...}``
+        beside ``utt2label``: a second task on the same audio reads it through its Task's
+        ``label_file``). Names start with ``utt2`` and are not one of :data:`DATA_DIR_FILES`.
 
     Raises
     ------
@@ -474,7 +479,13 @@ def write_data_dir(
     utts = set(segments) if segments is not None else set(wav_scp)
     if utt2spk is None:
         utt2spk = {utt: utt for utt in utts}
-    per_utt = {UTT2SPK: utt2spk, TEXT: text, UTT2LABEL: utt2label, UTT2NUM_SAMPLES: utt2num_samples}
+    label_files = dict(label_files or {})
+    bad_names = sorted(name for name in label_files if not name.startswith("utt2") or "/" in name
+                       or name in DATA_DIR_FILES)
+    if bad_names:
+        raise DataDirError(f"{data_dir}: label file names {bad_names} must start with 'utt2' and not be one of "
+                           f"{', '.join(DATA_DIR_FILES)}")
+    per_utt = {UTT2SPK: utt2spk, TEXT: text, UTT2LABEL: utt2label, UTT2NUM_SAMPLES: utt2num_samples, **label_files}
     for name, mapping in per_utt.items():
         if mapping is not None and set(mapping) != utts:
             missing = sorted(utts - set(mapping))[:5]
@@ -502,7 +513,7 @@ def write_data_dir(
     write_mapping(data_dir / WAV_SCP, wav_scp)
     write_mapping(data_dir / UTT2SPK, utt2spk)
     write_spk2utt(data_dir / SPK2UTT, utt2spk_to_spk2utt(utt2spk))
-    for name, mapping in ((TEXT, text), (UTT2LABEL, utt2label)):
+    for name, mapping in ((TEXT, text), (UTT2LABEL, utt2label), *label_files.items()):
         if mapping is not None:
             write_mapping(data_dir / name, mapping)
     if segments is not None:

@@ -16,8 +16,13 @@ sampler                        what it is for
                                (:class:`elp.data.sampler.BucketBatchSampler`); deterministic per
                                seed and epoch (a resumed run sees the same batches).
 :class:`TaskEvalBatchSampler`  validation / test: each task's utterances in its own length-sorted,
-                               duration-capped batches (:func:`elp.data.sampler.length_sorted_batches`).
+                               duration-capped batches (:func:`elp.data.sampler.length_sorted_batches`);
+                               tasks on the same recordings in shared batches.
 =============================  ===================================================================
+
+Tasks labelled on the same recordings (``audio_keys``) get each recording's items in one batch
+as one unit (:func:`audio_units`), and :class:`MixedBatch` holds its waveform once, so the
+backbone reads it once for all of them.
 
 Within a task, the draws of an epoch go through a random permutation of its utterances (again
 and again for a task drawn more often than it has utterances), so a task drawn less often than
@@ -37,8 +42,9 @@ Two tasks of 6 and 2 utterances, weighted equally (not by size):
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 
 import torch
 from speechbrain.dataio.batch import PaddedBatch
@@ -110,6 +116,38 @@ def draw_counts(shares: Sequence[float], total: int) -> list[int]:
     return counts
 
 
+def _task_of(offsets: Sequence[int], index: int) -> int:
+    """The task of a global index, given the tasks' offsets."""
+    return max(t for t, offset in enumerate(offsets) if index >= offset)
+
+
+def audio_units(items: Sequence[int], keys: Sequence[Hashable], tasks: Sequence[int]) -> list[list[int]]:
+    """Items grouped into units: items of *different* tasks on the same audio key, at most one per task.
+
+    Units come in the order of their first item; an item joins the first unit of its key that has
+    no item of its task yet (so a task's repeats of a recording stay in separate units).
+
+    Examples
+    --------
+    >>> audio_units([0, 1, 2, 3, 4], keys=["a", "b", "a", "a", "b"], tasks=[0, 0, 1, 1, 1])
+    [[0, 2], [1, 4], [3]]
+    """
+    units: list[list[int]] = []
+    unit_tasks: list[set[int]] = []
+    by_key: dict[Hashable, list[int]] = {}  # key -> positions of its units
+    for item, key, task in zip(items, keys, tasks):
+        for position in by_key.setdefault(key, []):
+            if task not in unit_tasks[position]:
+                units[position].append(item)
+                unit_tasks[position].add(task)
+                break
+        else:
+            by_key[key].append(len(units))
+            units.append([item])
+            unit_tasks.append({task})
+    return units
+
+
 class TaskMixer(Sampler[list[int]]):
     """Training batches mixing several tasks' utterances, a new draw every epoch.
 
@@ -130,6 +168,12 @@ class TaskMixer(Sampler[list[int]]):
         can then change by a few between epochs (each epoch draws other utterances).
     seed
         Draws and orders use ``seed + epoch``.
+    audio_keys
+        Per task, the identity of every utterance's audio (e.g. its ``wav.scp`` entry and
+        segment), by the task's own index. Utterances of *different* tasks drawn in one epoch on
+        the same audio go into one batch as one unit, and the caps count units (the backbone
+        reads each distinct waveform once: :class:`MixedBatch`). Without keys shared across tasks
+        the batches are those of no keys.
 
     Examples
     --------
@@ -138,12 +182,21 @@ class TaskMixer(Sampler[list[int]]):
     ([2, 2, 4], 8)
     >>> first = list(mixer); mixer.set_epoch(1); first != list(mixer)
     True
+
+    Two tasks labelled on the same three recordings: every batch holds both tasks' items of a
+    recording (global index ``i`` and ``3 + i``), two recordings per batch:
+
+    >>> keys = ["a.flac", "b.flac", "c.flac"]
+    >>> mixer = TaskMixer([[16000] * 3] * 2, max_batch_size=2, audio_keys=[keys, keys], seed=0)
+    >>> [sorted(batch) for batch in mixer]
+    [[0, 1, 3, 4], [2, 5]]
     """
 
     def __init__(self, lengths: Sequence[Sequence[int]], weights: Sequence[float] | None = None,
                  temperature: float | None = None, epoch_size: int | None = None,
                  max_batch_seconds: float | None = None, max_batch_size: int | None = 8, num_buckets: int = 32,
-                 seed: int = 0, sample_rate: int = SAMPLE_RATE):
+                 seed: int = 0, sample_rate: int = SAMPLE_RATE,
+                 audio_keys: Sequence[Sequence[Hashable]] | None = None):
         self.lengths = [_check_lengths(task_lengths) if len(task_lengths) else [] for task_lengths in lengths]
         sizes = [len(task_lengths) for task_lengths in self.lengths]
         self.shares = task_shares(sizes, weights, temperature)
@@ -161,11 +214,22 @@ class TaskMixer(Sampler[list[int]]):
         self.num_buckets, self.seed, self.sample_rate = num_buckets, int(seed), sample_rate
         self.epoch = 0
         self._batches: list[list[int]] | None = None
+        self.audio_keys: list | None = None
+        if audio_keys is not None:
+            if [len(keys) for keys in audio_keys] != sizes:
+                raise ValueError(f"audio_keys of {[len(keys) for keys in audio_keys]} utterances for tasks of {sizes}")
+            self.audio_keys = [key for task_keys in audio_keys for key in task_keys]
 
     def set_epoch(self, epoch: int) -> None:
         """Use the draw and order of ``epoch`` (SpeechBrain calls this at the start of every epoch)."""
         if int(epoch) != self.epoch:
             self.epoch, self._batches = int(epoch), None
+
+    def units(self, order: Sequence[int]) -> list[list[int]]:
+        """Global indices in ``order`` grouped into units (:func:`audio_units`); without keys, one item each."""
+        if self.audio_keys is None:
+            return [[index] for index in order]
+        return audio_units(order, [self.audio_keys[i] for i in order], [_task_of(self.offsets, i) for i in order])
 
     def draw(self) -> list[int]:
         """The global indices this epoch draws, task by task (before batching)."""
@@ -185,14 +249,16 @@ class TaskMixer(Sampler[list[int]]):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             if self.max_batch_seconds is None:
                 order = [drawn[i] for i in torch.randperm(len(drawn), generator=generator).tolist()]
-                size = self.max_batch_size
-                self._batches = [order[start:start + size] for start in range(0, len(order), size)]
+                units, size = self.units(order), self.max_batch_size
+                self._batches = [[i for unit in units[start:start + size] for i in unit]
+                                 for start in range(0, len(units), size)]
             else:
                 flat = [length for task_lengths in self.lengths for length in task_lengths]
-                buckets = BucketBatchSampler([flat[i] for i in drawn], self.max_batch_seconds, self.max_batch_size,
-                                             num_buckets=self.num_buckets, seed=self.seed + self.epoch,
-                                             sample_rate=self.sample_rate)
-                self._batches = [[drawn[i] for i in batch] for batch in buckets]
+                units = self.units(drawn)
+                buckets = BucketBatchSampler([max(flat[i] for i in unit) for unit in units], self.max_batch_seconds,
+                                             self.max_batch_size, num_buckets=self.num_buckets,
+                                             seed=self.seed + self.epoch, sample_rate=self.sample_rate)
+                self._batches = [[i for u in batch for i in units[u]] for batch in buckets]
         return self._batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -202,8 +268,36 @@ class TaskMixer(Sampler[list[int]]):
         return len(self.batches())
 
 
+def _tasks_sharing_audio(audio_keys: Sequence[Sequence[Hashable]]) -> list[list[int]]:
+    """Tasks grouped by shared recordings (connected: two tasks sharing a key are in one group), in task order."""
+    group_of = list(range(len(audio_keys)))
+
+    def root(t: int) -> int:
+        while group_of[t] != t:
+            t = group_of[t]
+        return t
+
+    owner: dict[Hashable, int] = {}
+    for task, keys in enumerate(audio_keys):
+        for key in keys:
+            if key in owner:
+                a, b = root(owner[key]), root(task)
+                if a != b:
+                    group_of[max(a, b)] = min(a, b)
+            else:
+                owner[key] = task
+    groups: dict[int, list[int]] = {}
+    for task in range(len(audio_keys)):
+        groups.setdefault(root(task), []).append(task)
+    return list(groups.values())
+
+
 class TaskEvalBatchSampler(Sampler[list[int]]):
     """Each task's utterances in length-sorted batches of that task alone, task after task.
+
+    With ``audio_keys``, tasks that share recordings are batched together instead: their items
+    on one recording form a unit (:func:`audio_units`) read by one backbone pass, and the caps
+    count units. Tasks sharing no recording keep batches of their own.
 
     Parameters
     ----------
@@ -211,27 +305,80 @@ class TaskEvalBatchSampler(Sampler[list[int]]):
         Per task, utterance lengths in samples (as :class:`TaskMixer`).
     max_batch_seconds, max_batch_size
         Caps of :func:`elp.data.sampler.length_sorted_batches`.
+    audio_keys
+        Per task, every utterance's audio identity (as :class:`TaskMixer`), or None.
 
     Examples
     --------
     >>> list(TaskEvalBatchSampler([[16000, 32000], [8000]], max_batch_seconds=4.0))
     [[1, 0], [2]]
+    >>> list(TaskEvalBatchSampler([[16000, 32000], [32000]], max_batch_seconds=4.0,
+    ...                           audio_keys=[["a", "b"], ["b"]]))
+    [[1, 2, 0]]
     """
 
     def __init__(self, lengths: Sequence[Sequence[int]], max_batch_seconds: float, max_batch_size: int | None = None,
-                 sample_rate: int = SAMPLE_RATE):
-        self.batches, offset = [], 0
-        for task_lengths in lengths:
-            if len(task_lengths):
-                self.batches += [[offset + i for i in batch] for batch in
-                                 length_sorted_batches(task_lengths, max_batch_seconds, max_batch_size, sample_rate)]
-            offset += len(task_lengths)
+                 sample_rate: int = SAMPLE_RATE, audio_keys: Sequence[Sequence[Hashable]] | None = None):
+        sizes = [len(task_lengths) for task_lengths in lengths]
+        offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+        if audio_keys is not None and [len(keys) for keys in audio_keys] != sizes:
+            raise ValueError(f"audio_keys of {[len(keys) for keys in audio_keys]} utterances for tasks of {sizes}")
+        self.batches = []
+        for group in _tasks_sharing_audio(audio_keys) if audio_keys is not None else [[t] for t in range(len(sizes))]:
+            items = [offsets[t] + i for t in group for i in range(sizes[t])]
+            if not items:
+                continue
+            flat = {offsets[t] + i: n for t in group for i, n in enumerate(lengths[t])}
+            if len(group) == 1:
+                units = [[index] for index in items]
+            else:
+                units = audio_units(items, [audio_keys[t][i] for t in group for i in range(sizes[t])],
+                                    [t for t in group for _ in range(sizes[t])])
+            for batch in length_sorted_batches([max(flat[i] for i in unit) for unit in units], max_batch_seconds,
+                                               max_batch_size, sample_rate):
+                self.batches.append([i for u in batch for i in units[u]])
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter([list(batch) for batch in self.batches])
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def distinct_waveforms(waveforms: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
+    """The distinct waveforms of a batch: ``(rows, sources)``.
+
+    ``rows`` are the indices of each distinct waveform's first occurrence, in order; ``sources[i]``
+    is the position in ``rows`` of waveform ``i``'s. Waveforms are the same when their samples are
+    equal (compared exactly, after their lengths and a hash of their bytes agree), so two tasks'
+    items share a backbone pass only when the backbone would see the same input.
+
+    Examples
+    --------
+    >>> a, b = torch.ones(4), torch.zeros(4)
+    >>> distinct_waveforms([a, b, a.clone(), torch.ones(3)])
+    ([0, 1, 3], [0, 1, 0, 2])
+    """
+    by_length: dict[tuple, list[int]] = {}
+    for index, waveform in enumerate(waveforms):
+        by_length.setdefault(tuple(waveform.shape), []).append(index)
+    first = list(range(len(waveforms)))
+    for indices in by_length.values():
+        if len(indices) < 2:
+            continue  # a length of its own: nothing to compare (no hashing for disjoint corpora)
+        by_digest: dict[bytes, list[int]] = {}
+        for index in indices:
+            data = waveforms[index].detach().cpu().contiguous()
+            digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).digest()
+            for earlier in by_digest.setdefault(digest, []):
+                if torch.equal(waveforms[earlier], waveforms[index]):
+                    first[index] = earlier
+                    break
+            else:
+                by_digest[digest].append(index)
+    rows = [index for index in range(len(waveforms)) if first[index] == index]
+    position = {row: k for k, row in enumerate(rows)}
+    return rows, [position[first[index]] for index in range(len(waveforms))]
 
 
 class TaskConcatDataset(Dataset):
@@ -246,8 +393,8 @@ class TaskConcatDataset(Dataset):
     >>> len(data), data[1][0]
     (2, 1)
     >>> batch = data.collate([data[1], data[0]])
-    >>> batch.id, batch.counts, batch.sig.data.shape
-    (['a', 'b'], [1, 1], torch.Size([2, 3]))
+    >>> batch.id, batch.counts, batch.sig.data.shape, batch.sources.tolist()
+    (['a', 'b'], [1, 1], torch.Size([2, 3]), [0, 1])
     >>> batch.task_batch(1).label_id.data.tolist()
     [[1]]
     """
@@ -273,13 +420,18 @@ class TaskConcatDataset(Dataset):
 class MixedBatch:
     """A batch of several tasks' items, task-major (stable within a task).
 
+    Items of several tasks on the same audio (the same samples) share one row of ``sig``: the
+    backbone then runs once for them (:func:`distinct_waveforms`).
+
     Attributes
     ----------
     id : list[str]
         Utterance ids in batch order.
     sig : speechbrain.dataio.batch.PaddedData
-        Every waveform padded together: ``data`` [B, T] and relative ``lengths`` [B] (what
-        the shared backbone reads).
+        Every distinct waveform padded together: ``data`` [U, T] and relative ``lengths`` [U]
+        (what the shared backbone reads; U <= B).
+    sources : torch.LongTensor
+        [B]: the row of ``sig`` holding each item's waveform, in batch order.
     counts : list[int]
         Utterances of each task (T numbers, zeros included), in task order.
     """
@@ -288,7 +440,10 @@ class MixedBatch:
         ordered = sorted(items, key=lambda pair: pair[0])  # stable: keeps the order within a task
         self.counts = [sum(1 for task, _ in ordered if task == t) for t in range(num_tasks)]
         self.id = [item["id"] for _, item in ordered]
-        self.sig = PaddedBatch([{"sig": item["sig"]} for _, item in ordered]).sig
+        waveforms = [item["sig"] for _, item in ordered]
+        rows, sources = distinct_waveforms(waveforms)
+        self.sig = PaddedBatch([{"sig": waveforms[row]} for row in rows]).sig
+        self.sources = torch.tensor(sources, dtype=torch.long)
         self._tasks = {t: PaddedBatch([item for task, item in ordered if task == t])
                        for t in range(num_tasks) if self.counts[t]}
 
@@ -299,11 +454,13 @@ class MixedBatch:
     def to(self, *args, **kwargs) -> MixedBatch:
         """Move every tensor (``torch.Tensor.to`` arguments); returns self."""
         self.sig = type(self.sig)(*(t.to(*args, **kwargs) for t in self.sig))
+        self.sources = self.sources.to(*args, **kwargs)
         self._tasks = {t: batch.to(*args, **kwargs) for t, batch in self._tasks.items()}
         return self
 
     def pin_memory(self) -> MixedBatch:
         """Pin every tensor (the DataLoader's ``pin_memory``); returns self."""
         self.sig = type(self.sig)(*(t.pin_memory() for t in self.sig))
+        self.sources = self.sources.pin_memory()
         self._tasks = {t: batch.pin_memory() for t, batch in self._tasks.items()}
         return self

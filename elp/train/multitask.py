@@ -169,18 +169,24 @@ class JointModel(nn.Module):
             self._routed[key] = RoutedGroup(self.backbone, [self.models[self.names[i]] for i in indices])
         return self._routed[key]
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor,
-                counts: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, counts: Sequence[int],
+                sources: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Each task's (features [n_t, F, D_t], frame_mask [n_t, F]) of a task-major batch.
 
         Parameters
         ----------
         wavs
-            [B, T] waveforms at 16 kHz, ``counts[0]`` of the first task, then the second's, ...
+            [U, T] waveforms at 16 kHz: with ``sources`` None, one per utterance (``counts[0]`` of
+            the first task, then the second's, ...); else the batch's distinct waveforms.
         wav_lens
-            [B] relative lengths.
+            [U] relative lengths.
         counts
             Utterances per task (one number per task, in task order; zeros allowed).
+        sources
+            [B] (B = ``sum(counts)``): the row of ``wavs`` of each utterance
+            (:attr:`elp.data.task_mixer.MixedBatch.sources`). Utterances of several tasks on one
+            waveform share its CNN pass, and its transformer pass where their tasks share one
+            (``frozen`` and ``encoder`` groups of :meth:`plan`).
 
         Returns
         -------
@@ -188,8 +194,11 @@ class JointModel(nn.Module):
             Per task, its features and frame mask, or None when it has no utterance here.
         """
         counts = [int(c) for c in counts]
-        if len(counts) != len(self.names) or sum(counts) != wavs.shape[0]:
-            raise ValueError(f"counts {counts} do not lay out a batch of {wavs.shape[0]} over tasks {self.names}")
+        if sources is None:
+            sources = torch.arange(wavs.shape[0], device=wavs.device)
+        sources = sources.to(wavs.device)
+        if len(counts) != len(self.names) or sum(counts) != sources.shape[0]:
+            raise ValueError(f"counts {counts} do not lay out a batch of {sources.shape[0]} over tasks {self.names}")
         lengths = self.backbone.sample_lengths(wavs, wav_lens)
         with torch.no_grad():
             cnn, frame_mask = self.backbone.extract_cnn_features(wavs, lengths)
@@ -200,8 +209,10 @@ class JointModel(nn.Module):
             if not present:
                 continue
             rows = torch.cat([torch.arange(starts[i], starts[i] + counts[i], device=cnn.device) for i in present])
-            features, mask = cnn.index_select(0, rows), frame_mask.index_select(0, rows)
+            waveform_rows = sources.index_select(0, rows)
             models = [self.models[self.names[i]] for i in present]
+            if kind in ("own", "routed"):  # each utterance through its own task's tensors
+                features, mask = cnn.index_select(0, waveform_rows), frame_mask.index_select(0, waveform_rows)
             if kind == "own":
                 outputs[present[0]] = models[0].forward_from_cnn_features(features, mask.sum(1))
                 continue
@@ -213,6 +224,9 @@ class JointModel(nn.Module):
                     outputs[i] = (read[i], mask[start:start + counts[i]])
                     start += counts[i]
                 continue
+            # one transformer pass per distinct waveform, read by every task of the group
+            distinct, inverse = torch.unique(waveform_rows, return_inverse=True)
+            features, mask = cnn.index_select(0, distinct), frame_mask.index_select(0, distinct)
             if kind == "frozen":
                 with torch.no_grad():
                     hidden_states, last = encoder_from_features(self.backbone, features, mask)
@@ -221,8 +235,9 @@ class JointModel(nn.Module):
                                                             **models[0].backbone_inputs())
             start = 0
             for i, model in zip(present, models):
-                block = slice(start, start + counts[i])
-                outputs[i] = (model.read_hidden_states([h[block] for h in hidden_states], last[block]), mask[block])
+                picked = inverse[start:start + counts[i]]
+                outputs[i] = (model.read_hidden_states([h.index_select(0, picked) for h in hidden_states],
+                                                       last.index_select(0, picked)), mask.index_select(0, picked))
                 start += counts[i]
         return outputs
 
@@ -284,14 +299,21 @@ def _task_lengths(dataset, crop_seconds: float) -> list[int]:
     return [min(n, crop) for n in lengths] if crop else lengths
 
 
+def _audio_keys(dataset) -> list[tuple]:
+    """A task dataset's audio identity per utterance: its ``wav.scp`` entry and segment (if any)."""
+    return [(entry["wav"], entry.get("start"), entry.get("end"))
+            for entry in (dataset.data[i] for i in dataset.data_ids)]
+
+
 def joint_loader_kwargs(hparams: Mapping, dataset: TaskConcatDataset, train: bool) -> dict:
     """DataLoader options of a joint dataset: the task mixer (training) or per-task eval batches.
 
     Training: :class:`elp.data.task_mixer.TaskMixer` with each task's ``mix_weight``, the
     hparams' ``mix_temperature`` and ``epoch_size`` (null: all utterances), fixed batches of
     ``batch_size`` or, with dynamic batching, duration-capped ones (``max_batch_seconds``,
-    ``max_batch_utterances``) as in single-task recipes (:func:`elp.train.recipe.loader_kwargs`).
-    Evaluation: :class:`elp.data.task_mixer.TaskEvalBatchSampler` (``eval_max_batch_seconds``,
+    ``max_batch_utterances``) as in single-task recipes (:func:`elp.train.recipe.loader_kwargs`);
+    tasks labelled on the same recordings get them in the same batches (the mixer's
+    ``audio_keys``: one backbone pass per recording, and the caps count recordings). Evaluation: :class:`elp.data.task_mixer.TaskEvalBatchSampler` (``eval_max_batch_seconds``,
     ``eval_batch_size``).
     """
     from elp.train.recipe import GPU_MAX_BATCH_UTTERANCES
@@ -306,9 +328,10 @@ def joint_loader_kwargs(hparams: Mapping, dataset: TaskConcatDataset, train: boo
     specs = list(hparams["tasks"].values())
     lengths = [_task_lengths(data, spec["task"].max_train_seconds if train else 0.0)
                for data, spec in zip(dataset.datasets, specs)]
+    audio_keys = [_audio_keys(data) for data in dataset.datasets]
     if not train:
         return {"batch_sampler": TaskEvalBatchSampler(lengths, hparams["eval_max_batch_seconds"],
-                                                      hparams["eval_batch_size"]), **common}
+                                                      hparams["eval_batch_size"], audio_keys=audio_keys), **common}
     dynamic = hparams["dynamic_batching"]
     dynamic = cuda if dynamic == "auto" else bool(dynamic)
     cap = hparams["max_batch_utterances"]
@@ -317,5 +340,6 @@ def joint_loader_kwargs(hparams: Mapping, dataset: TaskConcatDataset, train: boo
                       temperature=hparams.get("mix_temperature"), epoch_size=hparams.get("epoch_size"),
                       max_batch_seconds=hparams["max_batch_seconds"] if dynamic else None,
                       max_batch_size=cap if dynamic else int(hparams["batch_size"]),
-                      num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]))
+                      num_buckets=hparams["num_buckets"], seed=int(hparams["seed"]),
+                      audio_keys=audio_keys)
     return {"batch_sampler": mixer, **common}

@@ -145,6 +145,35 @@ def all_parameters(optimizers) -> list[torch.nn.Parameter]:
     return params
 
 
+def clip_each_unit(units, max_norm: float | None) -> torch.Tensor:
+    """Clip the total L2 gradient norm of each unit (a list of parameters) to ``max_norm`` on its own.
+
+    Returns the norm over every unit together, before clipping (NaN/inf when a gradient is
+    non-finite; the host does not wait for it). Joint training clips each task's own groups as
+    one unit, so a task's step does not depend on the other tasks' gradients.
+
+    Examples
+    --------
+    >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    >>> a.grad, b.grad = torch.tensor([3.0]), torch.tensor([400.0])
+    >>> round(float(clip_each_unit([[a], [b]], 5.0)), 2), a.grad.tolist(), round(b.grad.item(), 4)
+    (400.01, [3.0], 5.0)
+    """
+    norms = [_clip(unit, max_norm) for unit in units if unit]
+    if not norms:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
+def _clip(params, max_norm: float | None) -> torch.Tensor:
+    """Clip the total L2 norm of the gradients of ``params`` (None, 0 or inf: only measure it)."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    limit = float(max_norm) if max_norm and math.isfinite(float(max_norm)) else float("inf")
+    return torch.nn.utils.clip_grad_norm_(grads, limit)
+
+
 def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
     """Clip the total L2 gradient norm over all groups of all ``optimizers``; return the norm before.
 
@@ -160,12 +189,7 @@ def clip_all_groups(optimizers, max_norm: float | None) -> torch.Tensor:
     >>> float(clip_all_groups([opt], 1.0)), round(float(torch.cat([a.grad, b.grad]).norm()), 4)
     (5.0, 1.0)
     """
-    params = all_parameters(optimizers)
-    grads = [p for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device if params else None)
-    limit = float(max_norm) if max_norm and math.isfinite(float(max_norm)) else float("inf")
-    return torch.nn.utils.clip_grad_norm_(grads, limit)
+    return _clip(all_parameters(optimizers), max_norm)
 
 
 def parameters_finite(params: list[torch.Tensor]) -> torch.Tensor:
@@ -386,6 +410,14 @@ class NonFiniteGuard:
             self.check_nonfinite()
         return loss.detach()
 
+    def clip_gradients(self, optimizers) -> torch.Tensor:
+        """Clip the gradients of ``optimizers`` to ``max_grad_norm``; return the norm before clipping.
+
+        One unit: the total norm over every group of every optimizer (:func:`clip_all_groups`).
+        Joint training clips each task's groups on their own instead.
+        """
+        return clip_all_groups(optimizers, self.max_grad_norm)
+
     def optimizers_step(self):
         """Unscale, clip the total norm over every group of every optimizer, step; undo a bad step.
 
@@ -400,7 +432,7 @@ class NonFiniteGuard:
             return None
         for opt in optimizers.values():
             self.scaler.unscale_(opt)
-        norm = clip_all_groups(optimizers.values(), self.max_grad_norm)
+        norm = self.clip_gradients(list(optimizers.values()))
         device = norm.device
         flags = torch.zeros((), dtype=torch.int32, device=device)
         if not self.scaler.is_enabled():

@@ -12,7 +12,9 @@ computes its head, loss and validation statistics on its own samples, from those
   task without samples in a batch adds nothing.
 * **Optimiser**: one parameter group per (task, learning-rate group) named ``<task>_<group>``
   at the task's ``lr`` (falling back to the recipe's ``lr``), one per shared group named
-  ``shared_<group>`` at the recipe's ``lr``.
+  ``shared_<group>`` at the recipe's ``lr``. Gradient clipping (``max_grad_norm``) applies to
+  each task's groups on their own and to the shared groups on theirs
+  (:meth:`JointBrain.clip_gradients`), not to the total norm of every task.
 * **Validation**: every task on its own validation set, with its own statistics
   (``<task>_loss``, ``<task>_accuracy``, ...) and the weighted sum of the task losses as
   ``loss``.
@@ -58,6 +60,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 
 from elp.runtime import UserError
 from elp.train.brains.base import ELPBrain, known_lr_groups, unwrap
+from elp.train.brains.guards import clip_each_unit
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +230,20 @@ class JointBrain(ELPBrain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
+    def clip_gradients(self, optimizers) -> torch.Tensor:
+        """Clip each task's own groups (``<task>_*``) to ``max_grad_norm`` on their own, and the shared
+        groups (``shared_*``) on theirs: a task's step does not depend on the other tasks' gradients,
+        and without shared groups each task is clipped as its single-task run clips it."""
+        units: dict[str, list] = {}
+        prefixes = sorted(((f"{name}_", name) for name in self.task_names), key=lambda p: -len(p[0]))  # longest first
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                name = group.get("name", "")
+                unit = "shared" if name.startswith("shared_") else next(
+                    (task for prefix, task in prefixes if name.startswith(prefix)), name)
+                units.setdefault(unit, []).extend(group["params"])
+        return clip_each_unit(list(units.values()), self.max_grad_norm)
+
     def learnable_parameter_count(self) -> int:
         """Distinct learnable values of every task (a shared tensor counts once)."""
         return sum(p.numel() for p in self.learnable_parameters())
@@ -251,7 +268,8 @@ class JointBrain(ELPBrain):
     # ------------------------------------------------------------------ forward and loss
     def compute_forward(self, batch, stage):
         wavs, wav_lens = batch.sig
-        features = self.modules.joint(wavs.to(self.device), wav_lens.to(self.device), batch.counts)
+        features = self.modules.joint(wavs.to(self.device), wav_lens.to(self.device), batch.counts,
+                                      batch.sources.to(self.device))
         outputs = {}
         for index, name in enumerate(self.task_names):
             if features[index] is None:

@@ -8,7 +8,9 @@ the corpus root or in its ``audio/`` folder (where the SLURP download script put
 
 * One utterance per recording: utt id ``<slurp_id>-<file stem>``, e.g.
   ``13804-audio-1434542201-headset``. A file listed twice in a split is used once (logged).
-* ``text``: the ``sentence``; ``utt2label``: the ``intent`` (scenario_action).
+* ``text``: the ``sentence``; ``utt2label``: the ``intent`` (scenario_action);
+  ``utt2scenario``: the ``scenario``, a second classification task on the same audio
+  (``label_file: utt2scenario``); not written for a split where a record lacks the field (logged).
 * ``utt2spk``: the jsonl files carry no speaker. If ``dataset/slurp/metadata.json`` exists,
   its per-recording ``usrid`` is the speaker; otherwise each utterance is its own speaker
   (``<utt> <utt>``, the Kaldi convention for unknown speakers).
@@ -86,12 +88,12 @@ def find_audio_dir(corpus_root: Path, name: str, audio_root: Optional[Path] = No
 
 def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], split: str,
                drop_incomplete: bool = False) -> Dict[str, Dict[str, str]]:
-    """wav_scp / text / utt2label / utt2spk of one split's records.
+    """wav_scp / text / utt2label / utt2spk / label_files (utt2scenario) of one split's records.
 
     More than :data:`TOLERATED_ABSENT` of the listed recordings without audio is an error
     unless ``drop_incomplete`` (then they are skipped and logged, as the tolerated few are).
     """
-    wav_scp, text, utt2label, utt2spk = {}, {}, {}, {}
+    wav_scp, text, utt2label, utt2scenario, utt2spk = {}, {}, {}, {}, {}
     absent, repeated, seen = [], [], set()
     for record in records:
         for recording in record["recordings"]:
@@ -108,6 +110,7 @@ def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], s
             wav_scp[utt] = audio_path(path)
             text[utt] = " ".join(record["sentence"].split())
             utt2label[utt] = record["intent"]
+            utt2scenario[utt] = record.get("scenario")
             utt2spk[utt] = speakers.get(file_name, utt)
     log_skipped(f"{split}: recordings listed more than once, used once", repeated)
     if not wav_scp:
@@ -115,7 +118,13 @@ def read_split(records: List[dict], audio_dir: Path, speakers: Dict[str, str], s
     check_complete(f"{split}: recordings whose audio is absent from {audio_dir}", absent,
                    "download the audio again (SLURP's scripts/download_audio.sh)", drop_incomplete,
                    total=len(seen), tolerated_share=TOLERATED_ABSENT)
-    return {"wav_scp": wav_scp, "text": text, "utt2label": utt2label, "utt2spk": utt2spk}
+    label_files = {}
+    if all(utt2scenario.values()):
+        label_files["utt2scenario"] = utt2scenario
+    else:
+        logger.warning("%s: %d of %d records have no scenario: utt2scenario is not written", split,
+                       sum(1 for record in records if not record.get("scenario")), len(records))
+    return {"wav_scp": wav_scp, "text": text, "utt2label": utt2label, "utt2spk": utt2spk, "label_files": label_files}
 
 
 def prepare_slurp(corpus_root: Path, out_dir: Path, splits: Sequence[str] = SPLITS, add_synthetic: bool = False,
@@ -156,6 +165,10 @@ def prepare_slurp(corpus_root: Path, out_dir: Path, splits: Sequence[str] = SPLI
             synthetic = read_split(read_jsonl(annotations / f"{SYNTHETIC_SPLIT}.jsonl"),
                                    find_audio_dir(corpus_root, "slurp_synth", audio_root), speakers, SYNTHETIC_SPLIT,
                                    drop_incomplete)
+            synthetic_labels = synthetic.pop("label_files")
+            mappings["label_files"] = {name: {**mapping, **synthetic_labels[name]}
+                                       for name, mapping in mappings["label_files"].items()
+                                       if name in synthetic_labels}
             for name, mapping in synthetic.items():
                 mappings[name].update(mapping)
         written.append(write_prepared_dir(Path(out_dir) / split, validate=validate, **mappings))
