@@ -331,4 +331,6 @@ def test_the_step_benchmark_prints_its_ratio():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plan [('encoder', ['a', 'b'])]" in result.stdout
     single, joint, ratio = (float(x) for x in result.stdout.strip().splitlines()[-1].strip("|").split("|"))
-    assert single > 0 and joint > 0 and abs(ratio - joint / single) < 0.01
+    assert single > 0 and joint > 0
+    half = 0.0005  # the times are printed to 3 decimals: the ratio lies within what they round
+    assert (joint - half) / (single + half) - 0.005 <= ratio <= (joint + half) / max(single - half, 1e-9) + 0.005

@@ -18,7 +18,7 @@ fold of ``exp/<tag>/fold<k>/adapters``; a repeated name gets ``#2``, ``#3``...);
 the predictor summarises (:meth:`elp.serve.inference.Predictor.summary`: the transcript, the label
 and its probability, or the embedding's size and norm). For example, in the joint recipe
 ``elp infer --package exp/mini_elp/ic/adapters a.flac`` printed
-``a.flac ic (classify) weather_query 0.9781`` (docs/INFERENCE.md names the file).
+``a.flac ic (classify) weather_query 0.9967`` (docs/INFERENCE.md names the file).
 
 Inputs are read lazily, batch by batch (``--batch-size`` utterances and ``--max-batch-seconds``
 of padded audio at most); a bad input (unreadable, empty, too short, NaN/inf samples) stops
